@@ -1,0 +1,66 @@
+# Breakwater: the verbs a newcomer types. Each target sets up what it needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: help install lint fmt test test-unit test-cluster cluster control-plane demo bench crds chart docs generate clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv with breakwater and its dev tools
+
+control-plane: ## build (once) the cached etcd/kube-apiserver/kcm/kubectl/helm/kwok binaries
+	@bash hack/build-control-plane.sh >/dev/null
+
+lint: $(STAMP) ## ruff, mypy --strict, import-linter layers
+	$(BIN)/ruff check operator tests bench
+	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+fmt: $(STAMP) ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix operator tests bench
+	$(BIN)/ruff format operator tests bench
+
+test: $(STAMP) control-plane ## every test: unit and cluster suites (cluster tests run on the embedded control plane)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP) ## the fast suites only, no cluster
+	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
+
+test-cluster: $(STAMP) control-plane ## the cluster suites only
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
+cluster: $(STAMP) control-plane ## start a local control plane and keep it running until Ctrl-C
+	$(BIN)/breakwater dev-cluster
+
+demo: $(STAMP) control-plane ## the breaker demo on the embedded control plane
+	$(BIN)/python -m breakwater.testing.demo
+
+bench: $(STAMP) control-plane ## run the benchmarks and record results in bench/results/
+	$(BIN)/python bench/run_all.py
+
+crds: $(STAMP) ## regenerate crds/ and the chart's CRD copy from the api models
+	$(BIN)/breakwater crd --write crds/breakwater.dev_circuitbreakerpolicies.yaml
+	$(BIN)/breakwater crd --write charts/breakwater/files/crds/breakwater.dev_circuitbreakerpolicies.yaml
+
+docs: $(STAMP) ## regenerate docs/api.md from the api models
+	$(BIN)/breakwater api-docs --write docs/api.md
+
+generate: crds docs ## every generated file
+
+clean: ## remove the virtualenv and caches inside the repo (the control-plane cache outside stays)
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist operator/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,1 @@
+"""The CircuitBreakerPolicy API (pydantic models) and the sidecar configuration schema."""

@@ -1,0 +1,56 @@
+"""`breakwater <command>`: one entry point for the operator, the sidecar and the tools.
+
+Each command lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> int``;
+modules are imported only when their command runs, so `breakwater validate` never loads kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "operator": ("breakwater.controller.main", "run the operator (kopf) against the current cluster"),
+    "proxy": ("breakwater.proxy.main", "run the circuit-breaker sidecar proxy"),
+    "crd": ("breakwater.api.crdgen", "print or write the CustomResourceDefinition generated from the models"),
+    "validate": ("breakwater.api.validate", "validate CircuitBreakerPolicy manifests offline"),
+    "api-docs": ("breakwater.api.docgen", "print or write the API reference generated from the models"),
+    "render-config": ("breakwater.injection.render_cli", "render the sidecar config for policy manifests"),
+    "dev-cluster": ("breakwater.testing.cli", "start a local control plane from the cached binaries"),
+}
+
+
+class CommandModule(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+def _load(name: str) -> CommandModule:
+    return cast(CommandModule, importlib.import_module(COMMANDS[name][0]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="breakwater", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    module = _load(argv[0])
+    cmd_parser = argparse.ArgumentParser(prog=f"breakwater {argv[0]}", description=COMMANDS[argv[0]][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    try:
+        return module.run(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""kopf handlers: policy reconcile, pod mutation webhook, health aggregation, events."""

@@ -1,0 +1,1 @@
+"""Pure functions: (pod, policies) -> sidecar patch; (policy) -> sidecar config."""

@@ -1,0 +1,1 @@
+"""The only place, besides kopf itself, that talks to the Kubernetes API."""

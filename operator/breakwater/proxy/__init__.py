@@ -1,0 +1,1 @@
+"""The aiohttp sidecar proxy that enforces breakers on each upstream."""
