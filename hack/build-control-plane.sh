@@ -45,6 +45,9 @@ if [[ ${#missing[@]} -eq 0 ]]; then
   echo "${bin_dir}"
   exit 0
 fi
+if [[ "${BREAKWATER_BUILD_DRY_RUN:-}" == "1" ]]; then
+  die "not built yet: ${missing[*]} (run: make control-plane)"
+fi
 
 say "building: ${missing[*]} (cold builds take several minutes each on 2 cores)"
 say "module cache: ${GOMODCACHE}; build cache: ${GOCACHE}"

@@ -1,0 +1,381 @@
+"""Start a real, throw-away Kubernetes control plane on loopback.
+
+etcd, kube-apiserver (RBAC, admission webhooks, Pod Security), kube-controller-manager and kwok (which
+plays the kubelet for one fake Node whose pod CIDR is inside 127.0.0.0/8), all from the binaries that
+``hack/build-control-plane.sh`` caches. Free ports are picked, so two control planes can coexist; every
+process is stopped and every file removed on exit, and the processes die with their parent even when it
+is killed (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from breakwater.testing import pki
+
+logger = logging.getLogger("breakwater.testing.controlplane")
+
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm", "kwok")
+NODE_NAME = "kwok-node-0"
+POD_CIDR = "127.0.10.0/24"
+NODE_IP = "127.0.10.1"
+SERVICE_CIDR = "10.96.0.0/16"  # only allocated from, never sent traffic to
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be built or started; the message says which part and why."""
+
+
+def repo_root() -> Path | None:
+    """The source checkout this package runs from (editable installs), if any."""
+    candidate = Path(__file__).resolve().parents[3]
+    return candidate if (candidate / "hack" / "build-control-plane.sh").is_file() else None
+
+
+def find_binaries(*, build: bool = True) -> Path:
+    """The directory holding every control-plane binary, building them once when needed."""
+    explicit = os.environ.get("BREAKWATER_CONTROL_PLANE_BIN")
+    if explicit:
+        missing = [b for b in BINARIES if not (Path(explicit) / b).is_file()]
+        if missing:
+            raise ControlPlaneError(f"BREAKWATER_CONTROL_PLANE_BIN={explicit} lacks: {', '.join(missing)}")
+        return Path(explicit)
+    root = repo_root()
+    if root is None:
+        raise ControlPlaneError(
+            "no control-plane binaries: set BREAKWATER_CONTROL_PLANE_BIN (or KUBEBUILDER_ASSETS with "
+            "a source checkout), or BREAKWATER_TEST_KUBECONFIG to use an existing cluster"
+        )
+    script = root / "hack" / "build-control-plane.sh"
+    if not build:
+        # Ask the script for the directory without building anything missing.
+        env = {**os.environ, "BREAKWATER_BUILD_DRY_RUN": "1"}
+        out = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, check=False)
+    else:
+        out = subprocess.run(["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False)
+    if out.returncode != 0 or not out.stdout.strip():
+        detail = (out.stderr or "").strip().splitlines()[-3:] if not build else []
+        raise ControlPlaneError(
+            f"control-plane binaries unavailable ({script} exited {out.returncode}) {' '.join(detail)}"
+        )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+@dataclass
+class _Component:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane; use as a context manager or call start()/stop()."""
+
+    bin_dir: Path
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="breakwater-cp-")))
+    node_name: str = NODE_NAME
+    pod_cidr: str = POD_CIDR
+    node_ip: str = NODE_IP
+    components: list[_Component] = field(default_factory=list)
+    apiserver_port: int = 0
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "ca.crt"
+
+    def binary(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    def __enter__(self) -> ControlPlane:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- start -------------------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 90.0) -> None:
+        started = time.monotonic()
+        try:
+            self._write_pki()
+            etcd_port = self._start_etcd()
+            self._start_apiserver(etcd_port)
+            self._wait_ready(timeout=timeout)
+            self._start_controller_manager()
+            self._create_node()
+            self._start_kwok()
+        except BaseException as exc:
+            self.print_logs()
+            self.stop()
+            if isinstance(exc, ControlPlaneError):
+                raise
+            if isinstance(exc, Exception):
+                raise ControlPlaneError(f"control plane failed to start: {exc}") from exc
+            raise
+        logger.info("control plane ready at %s in %.1f s", self.server, time.monotonic() - started)
+
+    def _write_pki(self) -> None:
+        ca = pki.CertificateAuthority()
+        self.ca_file.write_bytes(ca.cert_pem)
+        ca.issue(
+            "kube-apiserver",
+            ips=("127.0.0.1", "10.96.0.1"),
+            dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
+            server=True,
+        ).write(self.workdir, "apiserver")
+        ca.issue("breakwater-admin", organizations=("system:masters",), client=True).write(
+            self.workdir, "admin"
+        )
+        pki.service_account_keys().write(self.workdir, "sa")
+        self.apiserver_port = free_port()
+        self.kubeconfig.write_text(
+            "\n".join(
+                [
+                    "apiVersion: v1",
+                    "kind: Config",
+                    "clusters:",
+                    "- name: breakwater-test",
+                    "  cluster:",
+                    f"    server: {self.server}",
+                    f"    certificate-authority: {self.ca_file}",
+                    "users:",
+                    "- name: admin",
+                    "  user:",
+                    f"    client-certificate: {self.workdir / 'admin.crt'}",
+                    f"    client-key: {self.workdir / 'admin.key'}",
+                    "contexts:",
+                    "- name: breakwater-test",
+                    "  context: {cluster: breakwater-test, user: admin}",
+                    "current-context: breakwater-test",
+                    "",
+                ]
+            )
+        )
+
+    def _spawn(self, name: str, args: list[str]) -> _Component:
+        log_path = self.workdir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [self.binary(name), *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.workdir,
+                preexec_fn=_die_with_parent,
+            )
+        component = _Component(name, process, log_path)
+        self.components.append(component)
+        return component
+
+    def _start_etcd(self) -> int:
+        client, peer = free_port(), free_port()
+        self._spawn(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{client}",
+                f"--advertise-client-urls=http://127.0.0.1:{client}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer}",
+                "--listen-metrics-urls=",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        return client
+
+    def _start_apiserver(self, etcd_port: int) -> None:
+        w = self.workdir
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--tls-cert-file={w / 'apiserver.crt'}",
+                f"--tls-private-key-file={w / 'apiserver.key'}",
+                f"--client-ca-file={self.ca_file}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={w / 'sa.crt'}",
+                f"--service-account-signing-key-file={w / 'sa.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=RBAC",
+                "--allow-privileged=true",
+                "--endpoint-reconciler-type=none",
+                f"--cert-dir={w / 'apiserver-certs'}",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        ctx.load_cert_chain(self.workdir / "admin.crt", self.workdir / "admin.key")
+        return ctx
+
+    def _wait_ready(self, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        ctx = self._ssl_context()
+        last_error = ""
+        while time.monotonic() < deadline:
+            for component in self.components:
+                if component.process.poll() is not None:
+                    raise ControlPlaneError(
+                        f"{component.name} exited with {component.process.returncode} during start-up"
+                    )
+            try:
+                with urllib.request.urlopen(f"{self.server}/readyz", context=ctx, timeout=2) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as exc:
+                last_error = str(exc)
+            time.sleep(0.2)
+        raise ControlPlaneError(f"kube-apiserver not ready after {timeout:.0f} s: {last_error}")
+
+    def _start_controller_manager(self) -> None:
+        w = self.workdir
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                "--leader-elect=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={free_port()}",
+                f"--root-ca-file={self.ca_file}",
+                f"--service-account-private-key-file={w / 'sa.key'}",
+                "--use-service-account-credentials=false",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
+                "--node-monitor-grace-period=120s",
+                "--v=1",
+            ],
+        )
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:
+        proc = subprocess.run(
+            [self.binary("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise ControlPlaneError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _create_node(self) -> None:
+        manifest = f"""
+apiVersion: v1
+kind: Node
+metadata:
+  name: {self.node_name}
+  annotations: {{kwok.x-k8s.io/node: fake, node.alpha.kubernetes.io/ttl: "0"}}
+  labels: {{type: kwok, kubernetes.io/hostname: {self.node_name}, kubernetes.io/os: linux}}
+spec:
+  podCIDR: {self.pod_cidr}
+  podCIDRs: [{self.pod_cidr}]
+"""
+        self.kubectl("apply", "-f", "-", input=manifest)
+
+    def _start_kwok(self) -> None:
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={self.kubeconfig}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
+                f"--cidr={self.pod_cidr}",
+                f"--node-ip={self.node_ip}",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ],
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            ready = self.kubectl(
+                "get",
+                "node",
+                self.node_name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
+                check=False,
+            )
+            if ready.strip() == "True":
+                return
+            if self.components[-1].process.poll() is not None:
+                raise ControlPlaneError("kwok exited during start-up")
+            time.sleep(0.2)
+        raise ControlPlaneError(f"kwok did not mark node {self.node_name} Ready within 30 s")
+
+    # -- stop --------------------------------------------------------------------------------------
+
+    def print_logs(self, *, lines: int = 25, stream: TextIO | None = None) -> None:
+        out = stream if stream is not None else sys.stderr
+        for component in self.components:
+            with contextlib.suppress(OSError):
+                tail = component.log_path.read_text(errors="replace").splitlines()[-lines:]
+                print(f"--- {component.name} (last {len(tail)} lines of its log) ---", file=out)
+                print("\n".join(tail), file=out)
+
+    def stop(self) -> None:
+        for component in reversed(self.components):
+            if component.process.poll() is None:
+                component.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for component in reversed(self.components):
+            remaining = max(0.1, deadline - time.monotonic())
+            try:
+                component.process.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                component.process.kill()
+                component.process.wait()
+        self.components.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_control_plane(*, build: bool = True) -> Iterator[ControlPlane]:
+    with ControlPlane(bin_dir=find_binaries(build=build)) as control_plane:
+        yield control_plane
