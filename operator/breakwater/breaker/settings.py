@@ -1,0 +1,125 @@
+"""What a breaker is told: its states, modes, window kinds and trip/open/half-open settings."""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+
+class State(enum.Enum):
+    """Where a breaker stands for one upstream."""
+
+    CLOSED = "Closed"
+    OPEN = "Open"
+    HALF_OPEN = "HalfOpen"
+
+
+class Mode(enum.Enum):
+    """How a breaker acts on its state.
+
+    ``ENFORCE`` rejects while Open; ``OBSERVE`` runs the same state machine but never rejects (it counts
+    what it would have rejected: the dry run); ``FORCE_OPEN`` rejects everything; ``DISABLED`` admits
+    everything and stays Closed.
+    """
+
+    ENFORCE = "Enforce"
+    OBSERVE = "Observe"
+    FORCE_OPEN = "ForceOpen"
+    DISABLED = "Disabled"
+
+
+class WindowKind(enum.Enum):
+    """The sliding window behind the rate rules: the last N calls, or the last N seconds."""
+
+    COUNT = "Count"
+    TIME = "Time"
+
+
+class InvalidBreakerSettings(ValueError):
+    """A `BreakerSettings` value the engine cannot run with (the message names the field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    """Everything one breaker needs; ``None`` switches a trip rule off.
+
+    The rate rules (failure rate, slow-call rate) are evaluated only once the window holds at least
+    ``minimum_calls`` calls (for a count window, at most ``window_size`` are ever needed).
+    """
+
+    mode: Mode = Mode.ENFORCE
+    consecutive_failures: int | None = 5
+    failure_rate_percent: float | None = None
+    slow_call_percent: float | None = None
+    slow_call_seconds: float | None = None
+    minimum_calls: int = 20
+    window_kind: WindowKind = WindowKind.COUNT
+    window_size: int = 100
+    window_seconds: float = 30.0
+    open_seconds: float = 60.0
+    open_max_seconds: float = 300.0
+    backoff_multiplier: float = 2.0
+    jitter: float = 0.2
+    half_open_permitted_calls: int = 3
+    half_open_successes_to_close: int = 3
+    half_open_max_wait_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        def bad(field: str, value: object, why: str) -> InvalidBreakerSettings:
+            return InvalidBreakerSettings(f"{field}={value!r}: {why}")
+
+        def finite(field: str, value: float) -> None:
+            if not math.isfinite(value):
+                raise bad(field, value, "must be a finite number")
+
+        if not isinstance(self.mode, Mode):
+            raise bad("mode", self.mode, "must be a Mode")
+        if not isinstance(self.window_kind, WindowKind):
+            raise bad("window_kind", self.window_kind, "must be a WindowKind")
+        if self.consecutive_failures is not None and self.consecutive_failures < 1:
+            raise bad("consecutive_failures", self.consecutive_failures, "must be >= 1 or None")
+        for name in ("failure_rate_percent", "slow_call_percent"):
+            pct = getattr(self, name)
+            if pct is not None and not (0.0 < pct <= 100.0):
+                raise bad(name, pct, "must be in (0, 100] or None")
+        if self.slow_call_seconds is not None:
+            finite("slow_call_seconds", self.slow_call_seconds)
+            if self.slow_call_seconds <= 0:
+                raise bad("slow_call_seconds", self.slow_call_seconds, "must be > 0")
+        if self.slow_call_percent is not None and self.slow_call_seconds is None:
+            raise bad("slow_call_percent", self.slow_call_percent, "needs slow_call_seconds")
+        if self.minimum_calls < 1:
+            raise bad("minimum_calls", self.minimum_calls, "must be >= 1")
+        if self.window_size < 1:
+            raise bad("window_size", self.window_size, "must be >= 1")
+        finite("window_seconds", self.window_seconds)
+        if self.window_seconds <= 0:
+            raise bad("window_seconds", self.window_seconds, "must be > 0")
+        finite("open_seconds", self.open_seconds)
+        finite("open_max_seconds", self.open_max_seconds)
+        if self.open_seconds < 0:
+            raise bad("open_seconds", self.open_seconds, "must be >= 0")
+        if self.open_max_seconds < self.open_seconds:
+            raise bad("open_max_seconds", self.open_max_seconds, "must be >= open_seconds")
+        finite("backoff_multiplier", self.backoff_multiplier)
+        if self.backoff_multiplier < 1.0:
+            raise bad("backoff_multiplier", self.backoff_multiplier, "must be >= 1")
+        if not (0.0 <= self.jitter < 1.0):
+            raise bad("jitter", self.jitter, "must be in [0, 1)")
+        if self.half_open_permitted_calls < 1:
+            raise bad("half_open_permitted_calls", self.half_open_permitted_calls, "must be >= 1")
+        if self.half_open_successes_to_close < 1:
+            raise bad("half_open_successes_to_close", self.half_open_successes_to_close, "must be >= 1")
+        if self.half_open_max_wait_seconds is not None:
+            finite("half_open_max_wait_seconds", self.half_open_max_wait_seconds)
+            if self.half_open_max_wait_seconds <= 0:
+                raise bad("half_open_max_wait_seconds", self.half_open_max_wait_seconds, "must be > 0")
+
+    def same_window(self, other: BreakerSettings) -> bool:
+        """Whether `other` keeps the same window shape (so its recorded calls can be kept)."""
+        if self.window_kind is not other.window_kind:
+            return False
+        if self.window_kind is WindowKind.COUNT:
+            return self.window_size == other.window_size
+        return self.window_seconds == other.window_seconds
