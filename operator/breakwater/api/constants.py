@@ -1,0 +1,35 @@
+"""Names of the CircuitBreakerPolicy resource: the one place other packages take them from."""
+
+from __future__ import annotations
+
+from typing import Final
+
+GROUP: Final = "breakwater.dev"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+
+KIND: Final = "CircuitBreakerPolicy"
+LIST_KIND: Final = "CircuitBreakerPolicyList"
+PLURAL: Final = "circuitbreakerpolicies"
+SINGULAR: Final = "circuitbreakerpolicy"
+SHORT_NAMES: Final = ("cbp",)
+CATEGORIES: Final = ("breakwater",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+# Condition types written to status.conditions (Kubernetes API conventions: positive polarity).
+CONDITION_ACCEPTED: Final = "Accepted"
+"""The spec is valid and the sidecar configuration was rendered from it."""
+CONDITION_READY: Final = "Ready"
+"""Every selected pod is injected and reports the current configuration."""
+CONDITION_CIRCUIT_OPEN: Final = "CircuitOpen"
+"""At least one breaker of this policy is open (or would be, in Observe mode)."""
+
+# Ports of the sidecar itself: an upstream's listenPort may not take them (a CEL rule says so).
+SIDECAR_ADMIN_PORT: Final = 15020
+"""The sidecar's admin listener (probes, /stats, /metrics, config pushes)."""
+SIDECAR_FORWARD_PROXY_PORT: Final = 15080
+"""The sidecar's HTTP forward-proxy listener (transparent mode, HTTP_PROXY)."""
+RESERVED_LISTEN_PORTS: Final = (SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT)
+
+MAX_UPSTREAMS: Final = 32
+"""Upper bound of spec.upstreams (bounded so the API server can cost the CEL rules)."""
