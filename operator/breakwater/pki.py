@@ -1,4 +1,4 @@
-"""Throw-away PKI for a local control plane: a CA, serving and client certificates, SA keys."""
+"""Certificates without a CA service: a throw-away or operator-managed CA, serving and client certs."""
 
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 class CertificateAuthority:
     """A CA that signs serving certs (with IP/DNS SANs) and client certs (CN = user, O = groups)."""
 
-    def __init__(self, common_name: str = "breakwater-test-ca") -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
+    def __init__(
+        self, common_name: str = "breakwater-test-ca", *, validity: datetime.timedelta = _VALIDITY
+    ) -> None:
+        self._key: ec.EllipticCurvePrivateKey = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         self._name = name
@@ -49,7 +51,7 @@ class CertificateAuthority:
             .public_key(self._key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -68,9 +70,25 @@ class CertificateAuthority:
             .sign(self._key, hashes.SHA256())
         )
 
+    @classmethod
+    def from_pem(cls, cert_pem: bytes, key_pem: bytes) -> CertificateAuthority:
+        """A CA loaded from a stored certificate and key (e.g. the operator's webhook Secret)."""
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ValueError("the stored CA key is not an EC key")
+        ca = cls.__new__(cls)
+        ca._key = key
+        ca._cert = x509.load_pem_x509_certificate(cert_pem)
+        ca._name = ca._cert.subject
+        return ca
+
     @property
     def cert_pem(self) -> bytes:
         return self._cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def key_pem(self) -> bytes:
+        return _key_pem(self._key)
 
     def issue(
         self,
@@ -81,6 +99,7 @@ class CertificateAuthority:
         dns_names: tuple[str, ...] = (),
         client: bool = False,
         server: bool = False,
+        validity: datetime.timedelta = _VALIDITY,
     ) -> KeyPair:
         key = ec.generate_private_key(ec.SECP256R1())
         attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
@@ -98,7 +117,7 @@ class CertificateAuthority:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + _VALIDITY)
+            .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
@@ -117,3 +136,19 @@ def service_account_keys() -> KeyPair:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return KeyPair(public, _key_pem(key))
+
+
+def expires_at(cert_pem: bytes) -> datetime.datetime:
+    return x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc
+
+
+def covers(cert_pem: bytes, *, ips: tuple[str, ...] = (), dns_names: tuple[str, ...] = ()) -> bool:
+    """True when the certificate's SANs include every requested IP and DNS name."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    have_ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+    have_dns = set(sans.get_values_for_type(x509.DNSName))
+    return set(ips) <= have_ips and set(dns_names) <= have_dns

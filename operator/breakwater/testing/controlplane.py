@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from breakwater.testing import pki
+from breakwater import pki
 
 logger = logging.getLogger("breakwater.testing.controlplane")
 

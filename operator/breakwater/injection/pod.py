@@ -1,0 +1,210 @@
+"""The sidecar patch: which pods get the proxy, and what exactly is added to them.
+
+Pure functions over plain dicts (the pod as the API server sends it), so the webhook, the tests and
+`breakwater render-config` share one implementation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from breakwater.api.constants import GROUP
+
+SIDECAR_NAME = "breakwater-proxy"
+CONFIG_VOLUME = "breakwater-config"
+PODINFO_VOLUME = "breakwater-podinfo"
+TOKEN_VOLUME = "breakwater-token"
+CONFIG_MOUNT = "/etc/breakwater/policies"
+PODINFO_MOUNT = "/etc/breakwater/pod"
+TOKEN_MOUNT = "/var/run/secrets/breakwater"
+TOKEN_AUDIENCE = "breakwater"
+CONFIGMAP_NAME = "breakwater-sidecar-config"
+
+ANNOTATION_INJECT = f"{GROUP}/inject"  # "false" opts a pod out
+ANNOTATION_INJECTED = f"{GROUP}/injected"
+ANNOTATION_POLICIES = f"{GROUP}/policies"
+ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+NAMESPACE_LABEL = f"{GROUP}/injection"  # "enabled" opts a namespace in
+
+NEVER_INJECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+
+
+@dataclass(frozen=True)
+class SidecarTemplate:
+    """What the operator's settings decide about every sidecar."""
+
+    image: str
+    image_pull_policy: str = "IfNotPresent"
+    resources: Mapping[str, Any] = field(default_factory=dict)
+    admin_port: int = 15020
+    proxy_port: int = 15080
+    report_url: str | None = None
+    run_as_user: int = 65532
+
+
+@dataclass(frozen=True)
+class InjectionPlan:
+    """What one pod gets: the resolved upstreams and the policies they came from."""
+
+    policies: tuple[str, ...]
+    listen_ports: tuple[tuple[str, int], ...]  # (upstream name, local port)
+    transparent: bool
+    config_hash: str
+
+
+def skip_reason(pod: Mapping[str, Any], namespace: str, *, operator_namespace: str) -> str | None:
+    """Why this pod must not be injected, or None when it may be."""
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if namespace in NEVER_INJECTED_NAMESPACES:
+        return f"namespace {namespace} is never injected"
+    if namespace == operator_namespace:
+        return "the operator's own namespace is never injected"
+    if str(annotations.get(ANNOTATION_INJECT, "")).lower() == "false":
+        return f"opted out by annotation {ANNOTATION_INJECT}=false"
+    if annotations.get(ANNOTATION_INJECTED) == "true" or any(
+        c.get("name") == SIDECAR_NAME for c in (pod.get("spec") or {}).get("containers") or ()
+    ):
+        return "already injected"
+    if (pod.get("spec") or {}).get("hostNetwork"):
+        return "hostNetwork pods share the node's ports; not injected"
+    return None
+
+
+def env_name(upstream: str) -> str:
+    """`BREAKWATER_<UPSTREAM>_URL`, with the upstream name upper-cased and non-alphanumerics as `_`."""
+    return f"BREAKWATER_{re.sub(r'[^A-Za-z0-9]', '_', upstream).upper()}_URL"
+
+
+def sidecar_container(template: SidecarTemplate, plan: InjectionPlan) -> dict[str, Any]:
+    admin = {"name": "bw-admin", "containerPort": template.admin_port, "protocol": "TCP"}
+    ports: list[dict[str, Any]] = [admin]
+    if plan.transparent:
+        ports.append({"name": "bw-proxy", "containerPort": template.proxy_port, "protocol": "TCP"})
+    ports += [
+        {"name": f"bw-{i}", "containerPort": port, "protocol": "TCP"}
+        for i, (_, port) in enumerate(plan.listen_ports)
+    ]
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_UID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+        {"name": "BREAKWATER_TOKEN_FILE", "value": f"{TOKEN_MOUNT}/token"},
+    ]
+    if template.report_url:
+        env.append({"name": "BREAKWATER_REPORT_URL", "value": template.report_url})
+    probe = {"httpGet": {"path": "/healthz", "port": "bw-admin"}, "periodSeconds": 10, "timeoutSeconds": 2}
+    return {
+        "name": SIDECAR_NAME,
+        "image": template.image,
+        "imagePullPolicy": template.image_pull_policy,
+        "args": [
+            "proxy",
+            "--policies-dir",
+            CONFIG_MOUNT,
+            "--pod-labels",
+            f"{PODINFO_MOUNT}/labels",
+            "--admin-port",
+            str(template.admin_port),
+            "--proxy-port",
+            str(template.proxy_port),
+            "--log-format",
+            "json",
+        ],
+        "ports": ports,
+        "env": env,
+        "resources": dict(template.resources),
+        "livenessProbe": probe,
+        "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "bw-admin"}, "periodSeconds": 5},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": template.run_as_user,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": CONFIG_VOLUME, "mountPath": CONFIG_MOUNT, "readOnly": True},
+            {"name": PODINFO_VOLUME, "mountPath": PODINFO_MOUNT, "readOnly": True},
+            {"name": TOKEN_VOLUME, "mountPath": TOKEN_MOUNT, "readOnly": True},
+        ],
+    }
+
+
+def volumes() -> list[dict[str, Any]]:
+    return [
+        # optional: a pod created before the operator wrote the namespace's ConfigMap still starts
+        {"name": CONFIG_VOLUME, "configMap": {"name": CONFIGMAP_NAME, "optional": True}},
+        {
+            "name": PODINFO_VOLUME,
+            "downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]},
+        },
+        {
+            "name": TOKEN_VOLUME,
+            "projected": {
+                "sources": [
+                    {
+                        "serviceAccountToken": {
+                            "audience": TOKEN_AUDIENCE,
+                            "expirationSeconds": 3600,
+                            "path": "token",
+                        }
+                    }
+                ]
+            },
+        },
+    ]
+
+
+def app_env(template: SidecarTemplate, plan: InjectionPlan) -> list[dict[str, str]]:
+    env = [{"name": env_name(name), "value": f"http://127.0.0.1:{port}"} for name, port in plan.listen_ports]
+    if plan.transparent:
+        proxy = f"http://127.0.0.1:{template.proxy_port}"
+        no_proxy = "localhost,127.0.0.1,::1"
+        env += [
+            {"name": "HTTP_PROXY", "value": proxy},
+            {"name": "http_proxy", "value": proxy},
+            {"name": "NO_PROXY", "value": no_proxy},
+            {"name": "no_proxy", "value": no_proxy},
+        ]
+    return env
+
+
+def inject(pod: dict[str, Any], *, template: SidecarTemplate, plan: InjectionPlan) -> None:
+    """Add the sidecar, its volumes, the app containers' env and the annotations to `pod` in place.
+
+    Env vars the app already sets win over ours: the user's explicit choice is never overwritten.
+    """
+    spec = pod.setdefault("spec", {})
+    containers: list[dict[str, Any]] = spec.setdefault("containers", [])
+    for container in containers:
+        existing = {e.get("name") for e in container.get("env") or ()}
+        additions = [e for e in app_env(template, plan) if e["name"] not in existing]
+        if additions:
+            container["env"] = [*(container.get("env") or []), *additions]
+    # First in the list: kubelets start containers in order, so the proxy is up before the app calls it.
+    containers.insert(0, sidecar_container(template, plan))
+    present = {v.get("name") for v in spec.get("volumes") or ()}
+    spec["volumes"] = [*(spec.get("volumes") or []), *(v for v in volumes() if v["name"] not in present)]
+    annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})
+    annotations[ANNOTATION_INJECTED] = "true"
+    annotations[ANNOTATION_POLICIES] = ",".join(plan.policies)
+    annotations[ANNOTATION_CONFIG_HASH] = plan.config_hash
+
+
+def listen_ports_in_use(pod: Mapping[str, Any]) -> set[int]:
+    """Container ports the app already declares: an upstream listener must not collide with them."""
+    return {
+        int(p["containerPort"])
+        for c in (pod.get("spec") or {}).get("containers") or ()
+        for p in c.get("ports") or ()
+        if "containerPort" in p
+    }
+
+
+def plan_summary(plan: InjectionPlan) -> Sequence[str]:
+    return [f"{name}=127.0.0.1:{port}" for name, port in plan.listen_ports]

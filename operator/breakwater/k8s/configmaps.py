@@ -1,0 +1,57 @@
+"""The per-namespace ConfigMap that carries every policy's rendered sidecar config, one key per policy.
+
+Each key is written with a JSON merge patch that touches only that key, so two policies of one
+namespace reconciled at the same time never overwrite each other (no read-modify-write).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kubernetes import client
+
+from breakwater.k8s.client import is_status
+
+logger = logging.getLogger("breakwater.k8s.configmaps")
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "breakwater", "app.kubernetes.io/component": "sidecar-config"}
+
+
+def put_key(api: client.ApiClient, *, namespace: str, name: str, key: str, value: str) -> None:
+    core = client.CoreV1Api(api)
+    body = {"metadata": {"labels": MANAGED_BY}, "data": {key: value}}
+    try:
+        core.patch_namespaced_config_map(name, namespace, body)
+        return
+    except client.ApiException as exc:
+        if not is_status(exc, 404):
+            raise
+    try:
+        core.create_namespaced_config_map(
+            namespace, {"metadata": {"name": name, "labels": MANAGED_BY}, "data": {key: value}}
+        )
+        logger.info("created ConfigMap %s/%s", namespace, name)
+    except client.ApiException as exc:
+        if not is_status(exc, 409):
+            raise
+        core.patch_namespaced_config_map(name, namespace, body)  # lost a creation race: patch instead
+
+
+def remove_key(api: client.ApiClient, *, namespace: str, name: str, key: str) -> None:
+    core = client.CoreV1Api(api)
+    try:
+        # A merge patch with null removes the key; the ConfigMap stays so mounts never break.
+        core.patch_namespaced_config_map(name, namespace, {"data": {key: None}})
+    except client.ApiException as exc:
+        if not is_status(exc, 404):
+            raise
+
+
+def read(api: client.ApiClient, *, namespace: str, name: str) -> dict[str, str]:
+    try:
+        cm = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+    except client.ApiException as exc:
+        if is_status(exc, 404):
+            return {}
+        raise
+    return dict(cm.data or {})

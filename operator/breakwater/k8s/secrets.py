@@ -1,0 +1,94 @@
+"""The operator-managed webhook certificate, kept in one Secret of the operator's namespace.
+
+The Secret holds the CA (cert and key) and a serving certificate it signed. It is reused across
+restarts and replicas, and re-issued when it nears expiry or no longer covers the Service names.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from breakwater import pki
+from breakwater.k8s.client import is_status
+
+logger = logging.getLogger("breakwater.k8s.secrets")
+
+CA_VALIDITY = datetime.timedelta(days=3650)
+SERVING_VALIDITY = datetime.timedelta(days=365)
+RENEW_BEFORE = datetime.timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class ServingCertificate:
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+
+
+def _decode(data: dict[str, str], key: str) -> bytes:
+    return base64.b64decode(data.get(key, ""))
+
+
+def _usable(cert: bytes, *, dns_names: tuple[str, ...], ips: tuple[str, ...]) -> bool:
+    if not cert:
+        return False
+    remaining = pki.expires_at(cert) - datetime.datetime.now(datetime.UTC)
+    return remaining > RENEW_BEFORE and pki.covers(cert, ips=ips, dns_names=dns_names)
+
+
+def ensure_serving_certificate(
+    api: client.ApiClient, *, namespace: str, name: str, dns_names: tuple[str, ...], ips: tuple[str, ...] = ()
+) -> ServingCertificate:
+    core = client.CoreV1Api(api)
+    try:
+        secret = core.read_namespaced_secret(name, namespace)
+        data = dict(secret.data or {})
+    except client.ApiException as exc:
+        if not is_status(exc, 404):
+            raise
+        secret, data = None, {}
+    ca_cert, ca_key = _decode(data, "ca.crt"), _decode(data, "ca.key")
+    cert, key = _decode(data, "tls.crt"), _decode(data, "tls.key")
+    ca_ok = bool(ca_cert and ca_key) and _usable(ca_cert, dns_names=(), ips=())
+    if ca_ok and key and _usable(cert, dns_names=dns_names, ips=ips):
+        return ServingCertificate(cert, key, ca_cert)
+    if ca_ok:
+        ca = pki.CertificateAuthority.from_pem(ca_cert, ca_key)
+    else:
+        ca = pki.CertificateAuthority("breakwater-webhook-ca", validity=CA_VALIDITY)
+        logger.info("generated a new webhook CA in Secret %s/%s", namespace, name)
+    pair = ca.issue(
+        dns_names[0] if dns_names else "breakwater-webhook",
+        dns_names=dns_names,
+        ips=ips,
+        server=True,
+        validity=SERVING_VALIDITY,
+    )
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "breakwater"}},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "ca.crt": base64.b64encode(ca.cert_pem).decode(),
+            "ca.key": base64.b64encode(ca.key_pem).decode(),
+            "tls.crt": base64.b64encode(pair.cert_pem).decode(),
+            "tls.key": base64.b64encode(pair.key_pem).decode(),
+        },
+    }
+    if secret is None:
+        core.create_namespaced_secret(namespace, body)
+    else:
+        body["metadata"]["resourceVersion"] = secret.metadata.resource_version
+        core.replace_namespaced_secret(name, namespace, body)
+    logger.info(
+        "issued webhook serving certificate for %s (Secret %s/%s)",
+        ", ".join(dns_names or ips),
+        namespace,
+        name,
+    )
+    return ServingCertificate(pair.cert_pem, pair.key_pem, ca.cert_pem)

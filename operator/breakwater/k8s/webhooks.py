@@ -1,0 +1,99 @@
+"""The MutatingWebhookConfiguration through which the API server calls the operator."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from kubernetes import client
+
+from breakwater.k8s.client import is_status
+
+logger = logging.getLogger("breakwater.k8s.webhooks")
+
+WEBHOOK_NAME = "inject.breakwater.dev"
+WEBHOOK_PATH = "/inject-sidecar"
+
+
+def desired_configuration(
+    *,
+    name: str,
+    client_config: dict[str, Any],
+    namespace_selector: dict[str, Any],
+    failure_policy: str,
+    timeout_seconds: int,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "breakwater"}},
+        "webhooks": [
+            {
+                "name": WEBHOOK_NAME,
+                "clientConfig": client_config,
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "operations": ["CREATE"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "namespaceSelector": namespace_selector,
+                "failurePolicy": failure_policy,
+                "timeoutSeconds": timeout_seconds,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "reinvocationPolicy": "Never",
+                "matchPolicy": "Equivalent",
+            }
+        ],
+    }
+
+
+def apply_configuration(api: client.ApiClient, body: dict[str, Any]) -> None:
+    """Create or replace the whole configuration (the operator owns it: `--webhook-manage=full`)."""
+    admission = client.AdmissionregistrationV1Api(api)
+    name = body["metadata"]["name"]
+    try:
+        current = admission.read_mutating_webhook_configuration(name)
+    except client.ApiException as exc:
+        if not is_status(exc, 404):
+            raise
+        admission.create_mutating_webhook_configuration(body)
+        logger.info("created MutatingWebhookConfiguration %s", name)
+        return
+    body = {**body, "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version}}
+    admission.replace_mutating_webhook_configuration(name, body)
+    logger.info("updated MutatingWebhookConfiguration %s", name)
+
+
+def patch_ca_bundle(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
+    """Keep the caBundle of every webhook in `name` equal to our CA (`--webhook-manage=ca-only`)."""
+    admission = client.AdmissionregistrationV1Api(api)
+    current = admission.read_mutating_webhook_configuration(name)
+    wanted = base64.b64encode(ca_pem).decode()
+    ops = [
+        {
+            "op": "replace" if hook.client_config.ca_bundle else "add",
+            "path": f"/webhooks/{i}/clientConfig/caBundle",
+            "value": wanted,
+        }
+        for i, hook in enumerate(current.webhooks or ())
+        if hook.client_config.ca_bundle != wanted
+    ]
+    if not ops:
+        return False
+    admission.patch_mutating_webhook_configuration(name, ops)
+    logger.info("patched caBundle of MutatingWebhookConfiguration %s", name)
+    return True
+
+
+def delete_configuration(api: client.ApiClient, *, name: str) -> None:
+    try:
+        client.AdmissionregistrationV1Api(api).delete_mutating_webhook_configuration(name)
+    except client.ApiException as exc:
+        if not is_status(exc, 404):
+            raise
