@@ -1,0 +1,343 @@
+"""The sidecar configuration: what the operator renders and the proxy loads (a JSON file or a push).
+
+This is a machine format, not a user-facing one: durations are plain float seconds, every field has the
+spelling the operator writes (camelCase), unknown fields are errors. The models are pure pydantic; the
+proxy turns them into its runtime objects (`breakwater.proxy.settings`).
+
+Additions beyond the first published sketch, all optional with inert defaults:
+
+- ``generation``: a monotonic number the operator may stamp on each config it renders; a config older
+  than the one running (lower generation) is refused, so a lagging ConfigMap mount cannot roll back a
+  config that was pushed live. ``0`` (the default) turns the check off.
+- ``listenAddress``: where the upstream listeners and the forward proxy bind (a pod's loopback by
+  default; the cluster tests bind each "pod" its own 127.x address).
+- ``admin.address``: where the admin listener binds (all interfaces by default, for probes and scrapes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "SIDECAR_CONFIG_VERSION",
+    "AdminConfig",
+    "BreakerConfig",
+    "BulkheadConfig",
+    "FailureConfig",
+    "FallbackConfig",
+    "ForwardProxyConfig",
+    "RetryConfig",
+    "SidecarConfig",
+    "SidecarConfigError",
+    "UpstreamConfig",
+    "load_sidecar_config",
+    "parse_sidecar_config",
+]
+
+SIDECAR_CONFIG_VERSION = 1
+"""The only `SidecarConfig.version` this code understands."""
+
+_STATUS_PATTERN = re.compile(r"^(?:[1-5]xx|[1-5][0-9]{2})$")
+_RETRY_ON_WORDS = frozenset({"connect-failure", "reset", "timeout", "5xx", "gateway-error", "retriable-4xx"})
+_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    }
+)
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+Percent = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
+
+
+class SidecarConfigError(Exception):
+    """A sidecar config that cannot be used: unreadable, not JSON, or not matching the schema.
+
+    ``source`` names where it came from (a path, or ``"PUT /config"``); the message says what is wrong
+    in terms of the camelCase field paths the operator writes.
+    """
+
+    def __init__(self, message: str, *, source: str = "") -> None:
+        super().__init__(f"{source}: {message}" if source else message)
+        self.source = source
+        self.reason = message
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+
+class AdminConfig(_Model):
+    """The admin listener: probes, stats, metrics, config pushes."""
+
+    port: Port = 15020
+    address: str = "0.0.0.0"
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        return _ip_address(value)
+
+
+class ForwardProxyConfig(_Model):
+    """The HTTP forward-proxy listener (for apps that honour ``HTTP_PROXY``)."""
+
+    enabled: bool = False
+    port: Port = 15080
+    unknown_hosts: Literal["PassThrough", "Refuse"] = "PassThrough"
+
+
+class BreakerConfig(_Model):
+    """When to trip, how long to stay open, how to probe: mirrors `breakwater.breaker.BreakerSettings`."""
+
+    consecutive_failures: Annotated[int, Field(ge=1)] | None = 5
+    failure_rate_percent: Percent | None = None
+    slow_call_percent: Percent | None = None
+    slow_call_seconds: Seconds | None = None
+    minimum_calls: Annotated[int, Field(ge=1)] = 20
+    window_kind: Literal["Count", "Time"] = "Count"
+    window_size: Annotated[int, Field(ge=1, le=100_000)] = 100
+    window_seconds: Seconds = 30.0
+    open_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 60.0
+    open_max_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
+    backoff_multiplier: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
+    jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
+    half_open_permitted_calls: Annotated[int, Field(ge=1)] = 3
+    half_open_successes_to_close: Annotated[int, Field(ge=1)] = 3
+    half_open_max_wait_seconds: Seconds | None = None
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Self:
+        if self.slow_call_percent is not None and self.slow_call_seconds is None:
+            raise ValueError("slowCallPercent needs slowCallSeconds")
+        if self.open_max_seconds < self.open_seconds:
+            raise ValueError("openMaxSeconds must be >= openSeconds")
+        return self
+
+
+class FailureConfig(_Model):
+    """What counts as a failure of the upstream (everything else an upstream answers is a success)."""
+
+    status_codes: list[str] = Field(default_factory=lambda: ["5xx"])
+    timeouts: bool = True
+    connect_errors: bool = True
+    resets: bool = True
+
+    @field_validator("status_codes")
+    @classmethod
+    def _check_codes(cls, value: list[str]) -> list[str]:
+        for code in value:
+            if not _STATUS_PATTERN.fullmatch(code):
+                raise ValueError(f"{code!r} is not a status code (e.g. '503') or class (e.g. '5xx')")
+        return value
+
+
+class FallbackConfig(_Model):
+    """What a rejected (or unanswered) request gets instead of a bare 503."""
+
+    kind: Literal["None", "Static", "Cached"] = "None"
+    status: Annotated[int, Field(ge=200, le=599)] = 503
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str = ""
+    max_age_seconds: Seconds = 300.0
+    max_entries: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
+    max_bytes: Annotated[int, Field(ge=1)] = 8 * 1024 * 1024
+
+    @field_validator("headers")
+    @classmethod
+    def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if name.lower() in _HOP_BY_HOP:
+                raise ValueError(f"{name!r} is managed by the proxy and cannot be set")
+            if "\r" in text or "\n" in text or "\0" in text:
+                raise ValueError(f"the value of {name!r} contains a line break or NUL")
+        return value
+
+
+class BulkheadConfig(_Model):
+    """At most ``maxConcurrent`` requests in flight to the upstream, ``maxPending`` more waiting."""
+
+    max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    max_pending: Annotated[int, Field(ge=0)] = 0
+
+
+class RetryConfig(_Model):
+    """Retries of idempotent requests, within a budget (retries <= budgetPercent of requests)."""
+
+    attempts: Annotated[int, Field(ge=1, le=10)] = 1
+    per_try_timeout_seconds: Seconds | None = None
+    budget_percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 20.0
+    retry_on: list[str] = Field(default_factory=lambda: ["connect-failure", "reset", "5xx"])
+
+    @field_validator("retry_on")
+    @classmethod
+    def _check_retry_on(cls, value: list[str]) -> list[str]:
+        for word in value:
+            if word not in _RETRY_ON_WORDS and not re.fullmatch(r"[1-5][0-9]{2}", word):
+                allowed = ", ".join(sorted(_RETRY_ON_WORDS))
+                raise ValueError(f"{word!r} is not a retry condition ({allowed}, or a status like '503')")
+        return value
+
+
+class UpstreamConfig(_Model):
+    """One upstream the app calls, with its breaker and protections."""
+
+    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    policy: str = ""
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    listen_port: Port | None = None
+    mode: Literal["Enforce", "Observe", "ForceOpen", "Disabled"] = "Enforce"
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    failures: FailureConfig = Field(default_factory=FailureConfig)
+    timeout_seconds: Seconds = 2.0
+    fallback: FallbackConfig = Field(default_factory=FallbackConfig)
+    bulkhead: BulkheadConfig = Field(default_factory=BulkheadConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        host = value.strip().rstrip(".").lower()
+        if not host or any(c in host for c in "/?#@ \t"):
+            raise ValueError(f"{value!r} is not a host name or IP address")
+        return host
+
+
+class SidecarConfig(_Model):
+    """The whole sidecar configuration (one JSON document)."""
+
+    version: int = SIDECAR_CONFIG_VERSION
+    config_hash: str = ""
+    generation: Annotated[int, Field(ge=0)] = 0
+    listen_address: str = "127.0.0.1"
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    forward_proxy: ForwardProxyConfig = Field(default_factory=ForwardProxyConfig)
+    upstreams: list[UpstreamConfig] = Field(default_factory=list)
+
+    @field_validator("version")
+    @classmethod
+    def _check_version(cls, value: int) -> int:
+        if value != SIDECAR_CONFIG_VERSION:
+            raise ValueError(f"unsupported sidecar config version {value} (this sidecar reads version 1)")
+        return value
+
+    @field_validator("listen_address")
+    @classmethod
+    def _check_listen_address(cls, value: str) -> str:
+        return _ip_address(value)
+
+    @model_validator(mode="after")
+    def _check_upstreams(self) -> Self:
+        names: set[str] = set()
+        ports: dict[int, str] = {}
+        if self.admin.port:
+            ports[self.admin.port] = "admin"
+        if self.forward_proxy.enabled and self.forward_proxy.port:
+            if self.forward_proxy.port in ports:
+                raise ValueError(f"forwardProxy.port {self.forward_proxy.port} is also the admin port")
+            ports[self.forward_proxy.port] = "forwardProxy"
+        targets: dict[tuple[str, int], str] = {}
+        for up in self.upstreams:
+            if up.name in names:
+                raise ValueError(f"upstream name {up.name!r} is used twice")
+            names.add(up.name)
+            if up.listen_port:
+                if up.listen_port in ports:
+                    raise ValueError(
+                        f"upstream {up.name!r}: listenPort {up.listen_port} is already used by "
+                        f"{ports[up.listen_port]}"
+                    )
+                ports[up.listen_port] = f"upstream {up.name!r}"
+            if self.forward_proxy.enabled:
+                target = (up.host, up.port)
+                if target in targets:
+                    raise ValueError(
+                        f"upstreams {targets[target]!r} and {up.name!r} both route {up.host}:{up.port} "
+                        "through the forward proxy"
+                    )
+                targets[target] = up.name
+        return self
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        """The upstream called `name` (`KeyError` if there is none)."""
+        for up in self.upstreams:
+            if up.name == name:
+                return up
+        raise KeyError(name)
+
+    def to_json(self) -> str:
+        """The canonical JSON form (camelCase, every field), as the operator should write it."""
+        return self.model_dump_json(by_alias=True)
+
+    def effective_hash(self) -> str:
+        """``configHash`` as rendered, or a digest of the canonical form when the renderer left it empty."""
+        if self.config_hash:
+            return self.config_hash
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def _ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"]) or "(document)"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> SidecarConfig:
+    """Parse and validate one config document; raise `SidecarConfigError` saying what is wrong."""
+    if isinstance(data, dict):
+        document: Any = data
+    else:
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SidecarConfigError(f"not valid JSON: {exc}", source=source) from exc
+    if not isinstance(document, dict):
+        raise SidecarConfigError("the document must be a JSON object", source=source)
+    try:
+        return SidecarConfig.model_validate(document)
+    except ValidationError as exc:
+        raise SidecarConfigError(_describe(exc), source=source) from exc
+
+
+def load_sidecar_config(path: str | Path) -> SidecarConfig:
+    """Read and validate the config file at `path`; raise `SidecarConfigError` if it cannot be used."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SidecarConfigError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    return parse_sidecar_config(raw, source=str(path))

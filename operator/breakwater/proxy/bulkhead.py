@@ -1,0 +1,95 @@
+"""The bulkhead: at most N requests in flight to one upstream, M more waiting in line, the rest refused."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+
+__all__ = ["Bulkhead"]
+
+
+class Bulkhead:
+    """A counting semaphore with a bounded, FIFO waiting line and a waiting deadline.
+
+    `try_enter` is the synchronous fast path; `enter` may wait (up to `timeout`) when a slot in the line
+    is free. Every successful enter is paired with exactly one `leave`. A slot released while someone
+    waits is handed over directly, so late arrivals cannot overtake the line.
+    """
+
+    __slots__ = ("_active", "_max_concurrent", "_max_pending", "_waiters")
+
+    def __init__(self, max_concurrent: int, max_pending: int = 0) -> None:
+        self._max_concurrent = max_concurrent
+        self._max_pending = max_pending
+        self._active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def active(self) -> int:
+        return self._active
+
+    @property
+    def pending(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    @property
+    def limits(self) -> tuple[int, int]:
+        return self._max_concurrent, self._max_pending
+
+    def try_enter(self) -> bool:
+        if self._active < self._max_concurrent and not self._waiters:
+            self._active += 1
+            return True
+        return False
+
+    async def enter(self, wait_seconds: float) -> bool:
+        """Take a slot, waiting in line up to `wait_seconds` if the line has room. False: refused."""
+        if self.try_enter():
+            return True
+        if self.pending >= self._max_pending or wait_seconds <= 0:
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(wait_seconds):
+                await waiter
+        except TimeoutError:
+            return self._abandon(waiter)
+        except asyncio.CancelledError:
+            if self._abandon(waiter):
+                self.leave()
+            raise
+        return True
+
+    def _abandon(self, waiter: asyncio.Future[None]) -> bool:
+        """Leave the line; True when a slot had been handed over meanwhile (the caller now holds it)."""
+        handed = waiter.done() and not waiter.cancelled()
+        if not waiter.done():
+            waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._waiters.remove(waiter)
+        return handed
+
+    def leave(self) -> None:
+        """Give a slot back (to the first live waiter, if any)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._active -= 1
+        self._admit_waiters()
+
+    def resize(self, max_concurrent: int, max_pending: int) -> None:
+        """Adopt new limits; slots already held are kept (a lowered limit may be exceeded for a while)."""
+        self._max_concurrent = max_concurrent
+        self._max_pending = max_pending
+        self._admit_waiters()
+
+    def _admit_waiters(self) -> None:
+        while self._waiters and self._active < self._max_concurrent:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._active += 1
+                waiter.set_result(None)

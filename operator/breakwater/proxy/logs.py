@@ -1,0 +1,70 @@
+"""Structured logging for the sidecar: one logger per subsystem, text or JSON lines.
+
+Subsystem loggers: ``breakwater.proxy`` (lifecycle), ``.transitions`` (one line per breaker
+transition), ``.config`` (loads and reloads), ``.forward`` / ``.forward_proxy`` (the data plane, debug
+only), ``.admin``. Structured fields travel in ``extra={"fields": {...}}`` and become JSON keys (or
+``key=value`` pairs in text form).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, Final
+
+__all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
+
+_RESERVED: Final = "fields"
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    value = getattr(record, _RESERVED, None)
+    return value if isinstance(value, dict) else {}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, msg, the structured fields, and exc if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in _fields(record).items():
+            doc.setdefault(key, value)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """``ts level logger: msg key=value ...``"""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [_timestamp(record), record.levelname.lower(), f"{record.name}:", record.getMessage()]
+        parts.extend(f"{k}={v}" for k, v in _fields(record).items())
+        line = " ".join(parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def configure_logging(*, fmt: str = "text", level: str = "INFO") -> None:
+    """Send the root logger to stderr in `fmt` (``text`` or ``json``) at `level`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    # aiohttp's own access log is off (the proxy counts requests itself); its errors stay.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)

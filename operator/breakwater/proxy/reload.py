@@ -1,0 +1,106 @@
+"""Watching the config file (the mounted ConfigMap) and feeding changes to the sidecar.
+
+The file is polled: ``stat`` every interval (cheap), and the content is read and hashed only when the
+stat changed, or every `recheck_every` polls anyway (a rewrite within one mtime tick, same size).
+Kubernetes swaps a ConfigMap mount through a ``..data`` symlink; ``stat`` follows it, so the swap shows.
+The same content is never applied twice, and an invalid file is reported once, not every second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from breakwater.api.sidecar import SidecarConfig, SidecarConfigError, parse_sidecar_config
+
+__all__ = ["ConfigWatcher"]
+
+log = logging.getLogger("breakwater.proxy.config")
+
+
+class ConfigWatcher:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        apply: Callable[[SidecarConfig, str], Awaitable[object]],
+        report_error: Callable[[str, str], None],
+        interval: float = 1.0,
+        recheck_every: int = 10,
+    ) -> None:
+        self.path = Path(path)
+        self._apply = apply
+        self._report_error = report_error
+        self.interval = interval
+        self._recheck_every = max(1, recheck_every)
+        self._stat: tuple[int, int, int] | None = None
+        self._digest: str | None = None
+        self._polls = 0
+
+    def _stat_key(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def read(self) -> tuple[SidecarConfig, str]:
+        """Read and parse the file now; remembers its digest. Raises `SidecarConfigError`."""
+        self._stat = self._stat_key()
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            self._digest = None
+            raise SidecarConfigError(f"cannot read: {exc.strerror or exc}", source=str(self.path)) from exc
+        self._digest = hashlib.sha256(raw).hexdigest()
+        return parse_sidecar_config(raw, source=str(self.path)), self._digest
+
+    async def check(self) -> bool:
+        """Look once; apply the file if its content changed. True when something was applied."""
+        self._polls += 1
+        key = self._stat_key()
+        if key == self._stat and self._polls % self._recheck_every:
+            return False
+        self._stat = key
+        if key is None:
+            if self._digest != "missing":
+                self._digest = "missing"
+                self._report_error(
+                    str(self.path), "the config file is missing (keeping the last good config)"
+                )
+            return False
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            self._report_error(str(self.path), f"cannot read: {exc.strerror or exc}")
+            return False
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest == self._digest:
+            return False
+        self._digest = digest
+        try:
+            config = parse_sidecar_config(raw, source=str(self.path))
+        except SidecarConfigError as exc:
+            self._report_error(str(self.path), exc.reason)
+            return False
+        try:
+            await self._apply(config, f"file:{self.path}")
+        except Exception as exc:  # the sidecar recorded and logged it; keep watching
+            log.debug("applying %s failed: %s", self.path, exc)
+            return False
+        return True
+
+    async def run(self) -> None:
+        """Poll until cancelled."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("config watcher failed; retrying")

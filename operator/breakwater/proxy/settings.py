@@ -1,0 +1,155 @@
+"""From the sidecar config (`breakwater.api.sidecar`) to the proxy's compiled runtime settings.
+
+The api package cannot import the breaker (layers), so the conversion to `BreakerSettings` lives here,
+together with the failure and retry classifiers compiled into O(1) lookups for the hot path.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from breakwater.api.sidecar import BreakerConfig, FailureConfig, RetryConfig, UpstreamConfig
+from breakwater.breaker import BreakerSettings, Mode, WindowKind
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "FailureKind",
+    "FailurePolicy",
+    "RetryPolicy",
+    "breaker_settings",
+    "status_matcher",
+]
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""RFC 9110 section 9.2.2: the only methods the proxy ever retries."""
+
+_MODES = {
+    "Enforce": Mode.ENFORCE,
+    "Observe": Mode.OBSERVE,
+    "ForceOpen": Mode.FORCE_OPEN,
+    "Disabled": Mode.DISABLED,
+}
+_WINDOWS = {"Count": WindowKind.COUNT, "Time": WindowKind.TIME}
+
+
+class FailureKind(enum.Enum):
+    """Why an upstream exchange produced no (complete) response. The value is the marker header."""
+
+    CONNECT = "connect-error"
+    TIMEOUT = "timeout"
+    RESET = "reset"
+
+
+def breaker_settings(upstream: UpstreamConfig) -> BreakerSettings:
+    """The engine settings for one upstream (its mode plus its ``breaker`` block)."""
+    b: BreakerConfig = upstream.breaker
+    return BreakerSettings(
+        mode=_MODES[upstream.mode],
+        consecutive_failures=b.consecutive_failures,
+        failure_rate_percent=b.failure_rate_percent,
+        slow_call_percent=b.slow_call_percent,
+        slow_call_seconds=b.slow_call_seconds,
+        minimum_calls=b.minimum_calls,
+        window_kind=_WINDOWS[b.window_kind],
+        window_size=b.window_size,
+        window_seconds=b.window_seconds,
+        open_seconds=b.open_seconds,
+        open_max_seconds=b.open_max_seconds,
+        backoff_multiplier=b.backoff_multiplier,
+        jitter=b.jitter,
+        half_open_permitted_calls=b.half_open_permitted_calls,
+        half_open_successes_to_close=b.half_open_successes_to_close,
+        half_open_max_wait_seconds=b.half_open_max_wait_seconds,
+    )
+
+
+def status_matcher(patterns: list[str]) -> tuple[bool, ...]:
+    """A 600-entry table: ``table[status]`` says whether `status` matches one of `patterns`.
+
+    Patterns are exact codes (``"503"``) or classes (``"5xx"``); anything outside 100..599 never matches.
+    """
+    table = [False] * 600
+    for pattern in patterns:
+        if pattern.endswith("xx"):
+            first = int(pattern[0]) * 100
+            for code in range(first, first + 100):
+                table[code] = True
+        else:
+            table[int(pattern)] = True
+    return tuple(table)
+
+
+@dataclass(frozen=True, slots=True)
+class FailurePolicy:
+    """What counts against the upstream: failure statuses, and which transport failures."""
+
+    statuses: tuple[bool, ...]
+    timeouts: bool
+    connect_errors: bool
+    resets: bool
+
+    @classmethod
+    def from_config(cls, config: FailureConfig) -> FailurePolicy:
+        return cls(
+            statuses=status_matcher(config.status_codes),
+            timeouts=config.timeouts,
+            connect_errors=config.connect_errors,
+            resets=config.resets,
+        )
+
+    def is_failure_status(self, status: int) -> bool:
+        return 0 <= status < 600 and self.statuses[status]
+
+    def counts(self, kind: FailureKind) -> bool:
+        """Whether a transport failure of this kind counts as a breaker failure (else it is ignored)."""
+        if kind is FailureKind.TIMEOUT:
+            return self.timeouts
+        if kind is FailureKind.CONNECT:
+            return self.connect_errors
+        return self.resets
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Whether and when to retry; `attempts` counts every try, the first included."""
+
+    attempts: int
+    per_try_timeout: float | None
+    budget_percent: float
+    statuses: tuple[bool, ...]
+    kinds: frozenset[FailureKind]
+
+    @classmethod
+    def from_config(cls, config: RetryConfig) -> RetryPolicy:
+        patterns: list[str] = []
+        kinds: set[FailureKind] = set()
+        for word in config.retry_on:
+            if word == "connect-failure":
+                kinds.add(FailureKind.CONNECT)
+            elif word == "reset":
+                kinds.add(FailureKind.RESET)
+            elif word == "timeout":
+                kinds.add(FailureKind.TIMEOUT)
+            elif word == "5xx":
+                patterns.append("5xx")
+            elif word == "gateway-error":
+                patterns.extend(["502", "503", "504"])
+            elif word == "retriable-4xx":
+                patterns.append("409")
+            else:
+                patterns.append(word)
+        return cls(
+            attempts=config.attempts,
+            per_try_timeout=config.per_try_timeout_seconds,
+            budget_percent=config.budget_percent,
+            statuses=status_matcher(patterns),
+            kinds=frozenset(kinds),
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.attempts > 1 and self.budget_percent > 0
+
+    def retries_status(self, status: int) -> bool:
+        return 0 <= status < 600 and self.statuses[status]

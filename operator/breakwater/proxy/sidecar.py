@@ -1,0 +1,629 @@
+"""The sidecar: listeners, config (file + push), breakers, transitions, admin; start, reload, drain.
+
+In-process use (tests, embedding)::
+
+    async with run_sidecar(config_path) as sidecar:
+        port = sidecar.listen_port("payments")          # the bound port (listenPort 0 = ephemeral)
+        sidecar.transition_listeners.append(on_event)   # TransitionEvent per breaker transition
+        await sidecar.apply_config(new_config)          # what PUT /config does
+
+Structure: one `web.Application` (the admin app) owns the sidecar's lifetime through its cleanup
+context: the shared `aiohttp.ClientSession`, the data-plane listeners (one low-level `web.Server` per
+listener: each upstream's ``listenPort`` and the forward proxy), and the config watcher. The data
+plane deliberately skips aiohttp's router and middlewares: a listener's handler is a closure that
+looks its upstream up in the current `RouteTable` and calls `Forwarder.forward`.
+
+Reload = `apply_config`: validate, bind the listeners the new config adds (rolled back if one cannot
+bind), update the per-name live parts (breaker reconfigured only if its settings changed; counters,
+bulkhead slots, budget, cache kept), swap the `RouteTable` in one assignment, then let removed
+listeners drain in the background. A request keeps the `Upstream` it started with.
+
+Breaker state never feeds `/healthz` or `/readyz`: ready means "a config is loaded", nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from breakwater.api.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
+from breakwater.breaker import InvalidBreakerSettings, Transition
+from breakwater.proxy.forward_proxy import ForwardProxy
+from breakwater.proxy.forwarding import Forwarder
+from breakwater.proxy.headers import MARKER
+from breakwater.proxy.metrics import ReloadCounters, SidecarCollector, new_registry
+from breakwater.proxy.reload import ConfigWatcher
+from breakwater.proxy.stats import TransitionEvent, TransitionListener, wall_time
+from breakwater.proxy.upstream import LiveParts, RouteTable, Upstream, compile_settings
+
+__all__ = [
+    "ADMIN_TOKEN_ENV",
+    "CLIENT_SESSION",
+    "SIDECAR",
+    "TRANSITION_LISTENERS",
+    "ConfigApplyError",
+    "ReloadStatus",
+    "Sidecar",
+    "StaleConfigError",
+    "run_sidecar",
+]
+
+log = logging.getLogger("breakwater.proxy")
+config_log = logging.getLogger("breakwater.proxy.config")
+transition_log = logging.getLogger("breakwater.proxy.transitions")
+
+ADMIN_TOKEN_ENV: Final = "BREAKWATER_ADMIN_TOKEN"
+"""If set, ``PUT /config`` (and ``GET /config``) need ``Authorization: Bearer <token>``; if not, they
+are served to loopback clients only."""
+
+CLIENT_SESSION: Final = web.AppKey("client_session", aiohttp.ClientSession)
+TRANSITION_LISTENERS: Final = web.AppKey("transition_listeners", list[TransitionListener])
+
+_POOL_KEEPALIVE: Final = 15.0
+_ListenerKey = tuple[str, str, str, int]  # (kind, upstream name or "", address, configured port)
+
+
+class ConfigApplyError(Exception):
+    """A valid config that could not be applied here (a port in use, settings the engine refuses)."""
+
+
+class StaleConfigError(ConfigApplyError):
+    """A config older (lower ``generation``) than the one running."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """The outcome of one config load attempt, as /readyz and /stats show it."""
+
+    ok: bool
+    source: str
+    at: float
+    config_hash: str = ""
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"ok": self.ok, "source": self.source, "at": self.at}
+        if self.config_hash:
+            doc["configHash"] = self.config_hash
+        if self.error:
+            doc["error"] = self.error
+        return doc
+
+
+@dataclass(slots=True)
+class _Listener:
+    key: _ListenerKey
+    runner: web.ServerRunner
+    site: web.TCPSite
+
+    @property
+    def port(self) -> int:
+        return self.site.port
+
+
+@dataclass(slots=True)
+class _Timing:
+    started_at: float = field(default_factory=time.time)
+
+
+class Sidecar:
+    """The circuit-breaker sidecar. Start with `start()` / `stop()` or `run_sidecar(...)`."""
+
+    def __init__(
+        self,
+        *,
+        config_path: str | Path | None = None,
+        config: SidecarConfig | None = None,
+        poll_interval: float = 1.0,
+        drain_seconds: float = 10.0,
+        idle_timeout: float = 60.0,
+        admin_token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if config_path is None and config is None:
+            raise ValueError("a Sidecar needs a config_path, a config, or both")
+        self.config_path = Path(config_path) if config_path is not None else None
+        self._initial_config = config
+        self.poll_interval = poll_interval
+        self.drain_seconds = drain_seconds
+        self.idle_timeout = idle_timeout
+        self.admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
+        self.clock = clock
+
+        self.routes: RouteTable = RouteTable.empty()
+        self.config: SidecarConfig | None = None
+        self.transition_listeners: list[TransitionListener] = []
+        self.last_reload: ReloadStatus | None = None
+        self.last_reload_error: ReloadStatus | None = None
+        self.reload_counters = ReloadCounters()
+        self.timing = _Timing()
+
+        self._live: dict[str, LiveParts] = {}
+        self._listeners: dict[_ListenerKey, _Listener] = {}
+        self._draining: set[asyncio.Task[None]] = set()
+        self._apply_lock = asyncio.Lock()
+        self._watcher: ConfigWatcher | None = None
+        self._watch_task: asyncio.Task[None] | None = None
+        self._forwarder: Forwarder | None = None
+        self._forward_proxy: ForwardProxy | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._admin_site: web.TCPSite | None = None
+        self._admin_bound: AdminConfig | None = None
+        self._stopped = asyncio.Event()
+
+        self.registry = new_registry(
+            SidecarCollector(routes=lambda: self.routes, reloads=self.reload_counters)
+        )
+        self.app = self._make_app()
+
+    # ------------------------------------------------------------------------------------------------
+    # Public surface
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """A config is loaded (the only readiness condition: breaker state never matters)."""
+        return self.config is not None
+
+    @property
+    def admin_port(self) -> int | None:
+        return self._admin_site.port if self._admin_site is not None else None
+
+    @property
+    def admin_url(self) -> str:
+        address = self._admin_bound.address if self._admin_bound is not None else "127.0.0.1"
+        if address in ("0.0.0.0", "::"):
+            address = "127.0.0.1"
+        host = f"[{address}]" if ":" in address else address
+        return f"http://{host}:{self.admin_port}"
+
+    @property
+    def forward_proxy_port(self) -> int | None:
+        for key, listener in self._listeners.items():
+            if key[0] == "forward":
+                return listener.port
+        return None
+
+    def listen_port(self, upstream: str) -> int:
+        """The port `upstream`'s listener is bound to (`KeyError` if it has none)."""
+        for key, listener in self._listeners.items():
+            if key[0] == "upstream" and key[1] == upstream:
+                return listener.port
+        raise KeyError(upstream)
+
+    def upstream(self, name: str) -> Upstream:
+        return self.routes.by_name[name]
+
+    async def start(self) -> None:
+        """Load the config, bind every listener, start watching the file."""
+        runner = web.AppRunner(
+            self.app,
+            access_log=None,
+            keepalive_timeout=15.0,
+            shutdown_timeout=1.0,
+            handle_signals=False,
+        )
+        await runner.setup()  # runs the cleanup context: session, data plane, watcher
+        self._admin_runner = runner
+        admin = self.config.admin if self.config is not None else AdminConfig()
+        await self._bind_admin(admin)
+        log.info(
+            "sidecar started",
+            extra={
+                "fields": {
+                    "admin": self.admin_url,
+                    "ready": self.ready,
+                    "config_hash": self.routes.config_hash,
+                }
+            },
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, drain requests in flight up to ``drain_seconds``, close everything."""
+        runner = self._admin_runner
+        if runner is None:
+            return
+        self._admin_runner = None
+        await runner.cleanup()
+        self._admin_site = None
+        self._stopped.set()
+        log.info("sidecar stopped")
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Sidecar:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def apply_config(self, config: SidecarConfig, *, source: str = "api") -> bool:
+        """Make `config` the running one (atomic swap). False when it equals the running config.
+
+        Raises `StaleConfigError` for a lower ``generation``, `ConfigApplyError` when it cannot be
+        applied (the running config stays; the error shows on /readyz and /stats).
+        """
+        async with self._apply_lock:
+            try:
+                return await self._apply(config, source)
+            except ConfigApplyError as exc:
+                self.record_failure(source, str(exc))
+                raise
+
+    def stats(self) -> dict[str, Any]:
+        """The /stats document."""
+        from breakwater.proxy.admin import stats_document
+
+        return stats_document(self)
+
+    # ------------------------------------------------------------------------------------------------
+    # Lifecycle (the admin app's cleanup context)
+    # ------------------------------------------------------------------------------------------------
+
+    def _make_app(self) -> web.Application:
+        from breakwater.proxy.admin import add_admin_routes
+
+        app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 8190})
+        app[SIDECAR] = self
+        app[TRANSITION_LISTENERS] = self.transition_listeners
+        add_admin_routes(app)
+        app.cleanup_ctx.append(self._lifetime)
+        return app
+
+    async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=0,
+            keepalive_timeout=_POOL_KEEPALIVE,
+            ttl_dns_cache=10,
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            timeout=aiohttp.ClientTimeout(total=None),
+            trust_env=False,
+        )
+        app[CLIENT_SESSION] = session
+        self._forwarder = Forwarder(session)
+        self._forward_proxy = ForwardProxy(
+            routes=lambda: self.routes,
+            forwarder=self._forwarder,
+            clock=self.clock,
+            own_address=self._forward_proxy_address,
+        )
+        try:
+            await self._load_initial()
+            if self.config_path is not None:
+                self._watcher = self._watcher or self._make_watcher(self.config_path)
+                self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
+            yield
+        finally:
+            if self._watch_task is not None:
+                self._watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._watch_task
+                self._watch_task = None
+            await self._drain_all()
+            await session.close()
+
+    def _make_watcher(self, path: Path) -> ConfigWatcher:
+        return ConfigWatcher(
+            path,
+            apply=lambda cfg, source: self.apply_config(cfg, source=source),
+            report_error=self.record_failure,
+            interval=self.poll_interval,
+        )
+
+    async def _load_initial(self) -> None:
+        config = self._initial_config
+        source = "init"
+        if self.config_path is not None:
+            self._watcher = self._make_watcher(self.config_path)
+            source = f"file:{self.config_path}"
+            try:
+                config, _ = self._watcher.read()
+            except SidecarConfigError as exc:
+                self.record_failure(source, exc.reason)
+                if config is None:
+                    return
+                source = "init"
+        if config is None:
+            return
+        with contextlib.suppress(ConfigApplyError):
+            await self.apply_config(config, source=source)
+
+    async def _drain_all(self) -> None:
+        listeners = list(self._listeners.values())
+        self._listeners.clear()
+        await asyncio.gather(
+            *(listener.runner.cleanup() for listener in listeners),
+            *self._draining,
+            return_exceptions=True,
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # Applying a config
+    # ------------------------------------------------------------------------------------------------
+
+    async def _apply(self, config: SidecarConfig, source: str) -> bool:
+        current = self.config
+        if current is not None and config.generation and config.generation < current.generation:
+            raise StaleConfigError(
+                f"generation {config.generation} is older than the running generation {current.generation}"
+            )
+        if current is not None and config == current:
+            self._record_success(source, changed=False)
+            return False
+        try:
+            settings = compile_settings(config)
+        except InvalidBreakerSettings as exc:
+            raise ConfigApplyError(f"breaker settings refused: {exc}") from exc
+
+        wanted = self._wanted_listeners(config)
+        removed = [ls for key, ls in self._listeners.items() if key not in wanted]
+        for listener in removed:
+            await listener.site.stop()
+        started: list[_Listener] = []
+        try:
+            for key in wanted:
+                if key not in self._listeners:
+                    started.append(await self._start_listener(key))
+        except OSError as exc:
+            for listener in started:
+                await listener.runner.cleanup()
+            for listener in removed:
+                await self._rebind(listener)
+            raise ConfigApplyError(f"cannot listen: {exc}") from exc
+
+        # Commit: nothing below can fail.
+        for listener in removed:
+            del self._listeners[listener.key]
+            self._drain_later(listener)
+        for listener in started:
+            self._listeners[listener.key] = listener
+        names = {up.name for up in config.upstreams}
+        for name in list(self._live):
+            if name not in names:
+                del self._live[name]
+        upstreams: dict[str, Upstream] = {}
+        for up_cfg in config.upstreams:
+            parts = self._live.get(up_cfg.name)
+            if parts is None:
+                parts = LiveParts.create(
+                    up_cfg,
+                    settings[up_cfg.name],
+                    clock=self.clock,
+                    on_transition=self._transition_sink(up_cfg.name),
+                )
+                self._live[up_cfg.name] = parts
+            else:
+                parts.update(up_cfg, settings[up_cfg.name], clock=self.clock)
+            upstreams[up_cfg.name] = Upstream(up_cfg, parts)
+        self.routes = RouteTable.build(config, upstreams)
+        self.config = config
+        if self._admin_runner is not None and self._admin_bound != config.admin:
+            try:
+                await self._bind_admin(config.admin)
+            except OSError as exc:
+                config_log.error("cannot move the admin listener: %s", exc)
+        self._record_success(source, changed=True)
+        return True
+
+    def _wanted_listeners(self, config: SidecarConfig) -> dict[_ListenerKey, None]:
+        wanted: dict[_ListenerKey, None] = {}
+        for up in config.upstreams:
+            if up.listen_port is not None:
+                wanted[("upstream", up.name, config.listen_address, up.listen_port)] = None
+        if config.forward_proxy.enabled:
+            wanted[("forward", "", config.listen_address, config.forward_proxy.port)] = None
+        return wanted
+
+    async def _start_listener(self, key: _ListenerKey) -> _Listener:
+        kind, name, address, port = key
+        handler = self._upstream_handler(name) if kind == "upstream" else self._forward_proxy_handler()
+        server = web.Server(
+            handler,
+            handler_cancellation=False,
+            access_log=None,
+            keepalive_timeout=self.idle_timeout,
+            max_line_size=8190,
+            max_field_size=8190,
+            max_headers=128,
+            lingering_time=2.0,
+        )
+        runner = web.ServerRunner(server, shutdown_timeout=self.drain_seconds)
+        await runner.setup()
+        site = web.TCPSite(runner, address, port, backlog=1024)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        return _Listener(key=key, runner=runner, site=site)
+
+    async def _rebind(self, listener: _Listener) -> None:
+        _, _, address, port = listener.key
+        site = web.TCPSite(listener.runner, address, listener.port if port == 0 else port, backlog=1024)
+        try:
+            await site.start()
+            listener.site = site
+        except OSError as exc:
+            config_log.error("could not restore listener %s after a failed reload: %s", listener.key, exc)
+            del self._listeners[listener.key]
+            self._drain_later(listener)
+
+    def _drain_later(self, listener: _Listener) -> None:
+        task = asyncio.get_running_loop().create_task(listener.runner.cleanup())
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def _bind_admin(self, admin: AdminConfig) -> None:
+        runner = self._admin_runner
+        assert runner is not None
+        site = web.TCPSite(runner, admin.address, admin.port)
+        old, old_bound = self._admin_site, self._admin_bound
+        if old is not None:
+            await old.stop()
+        try:
+            await site.start()
+        except OSError:
+            if old is not None and old_bound is not None:
+                restored = web.TCPSite(runner, old_bound.address, old.port)
+                await restored.start()
+                self._admin_site = restored
+            raise
+        self._admin_site = site
+        self._admin_bound = admin
+
+    def _forward_proxy_address(self) -> tuple[str, int] | None:
+        for key, listener in self._listeners.items():
+            if key[0] == "forward":
+                return key[2], listener.port
+        return None
+
+    # ------------------------------------------------------------------------------------------------
+    # Request handlers of the data-plane listeners
+    # ------------------------------------------------------------------------------------------------
+
+    def _upstream_handler(self, name: str) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+        forwarder = self._forwarder
+        assert forwarder is not None
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            up = self.routes.by_name.get(name)
+            if up is None:
+                return web.Response(
+                    status=503,
+                    headers={MARKER: "unknown-upstream"},
+                    text=f"upstream {name} is no longer configured\n",
+                )
+            return await forwarder.forward(request, up)
+
+        return handle
+
+    def _forward_proxy_handler(self) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+        proxy = self._forward_proxy
+        assert proxy is not None
+        return proxy.handle
+
+    @property
+    def forward_proxy(self) -> ForwardProxy | None:
+        return self._forward_proxy
+
+    # ------------------------------------------------------------------------------------------------
+    # Transitions and reload bookkeeping
+    # ------------------------------------------------------------------------------------------------
+
+    def _transition_sink(self, name: str) -> Callable[[Transition], None]:
+        def on_transition(t: Transition) -> None:
+            parts = self._live.get(name)
+            if parts is None:
+                return
+            event = TransitionEvent(
+                upstream=name,
+                policy=parts.policy,
+                from_state=t.from_state.value,
+                to_state=t.to_state.value,
+                reason=str(t.reason),
+                at=t.at,
+                wall_time=wall_time(t.at, clock=self.clock),
+                config_hash=self.routes.config_hash,
+            )
+            parts.stats.record_transition(event)
+            transition_log.info(
+                "upstream %s: %s -> %s (%s)",
+                name,
+                event.from_state,
+                event.to_state,
+                event.reason,
+                extra={
+                    "fields": {
+                        "event": "transition",
+                        "upstream": name,
+                        "policy": event.policy,
+                        "from": event.from_state,
+                        "to": event.to_state,
+                        "reason": event.reason,
+                    }
+                },
+            )
+            for listener in list(self.transition_listeners):
+                try:
+                    listener(event)
+                except Exception:
+                    transition_log.exception("a transition listener failed")
+
+        return on_transition
+
+    def _record_success(self, source: str, *, changed: bool) -> None:
+        self.reload_counters.success += 1
+        self.last_reload = ReloadStatus(
+            ok=True, source=source, at=time.time(), config_hash=self.routes.config_hash
+        )
+        self.last_reload_error = None
+        if changed:
+            config_log.info(
+                "config applied",
+                extra={
+                    "fields": {
+                        "source": source,
+                        "config_hash": self.routes.config_hash,
+                        "generation": self.routes.config.generation,
+                        "upstreams": len(self.routes.by_name),
+                    }
+                },
+            )
+
+    def record_failure(self, source: str, error: str) -> None:
+        self.reload_counters.failure += 1
+        status = ReloadStatus(ok=False, source=source, at=time.time(), error=error)
+        self.last_reload = status
+        self.last_reload_error = status
+        config_log.error(
+            "config rejected, keeping the last good one: %s",
+            error,
+            extra={"fields": {"source": source, "running_hash": self.routes.config_hash or None}},
+        )
+
+
+SIDECAR: Final = web.AppKey[Sidecar]("sidecar")
+"""The `Sidecar` that owns an admin app (``request.app[SIDECAR]`` in admin handlers)."""
+
+
+@contextlib.asynccontextmanager
+async def run_sidecar(
+    config_path: str | Path | None = None,
+    *,
+    config: SidecarConfig | None = None,
+    require_config: bool = True,
+    **options: Any,
+) -> AsyncIterator[Sidecar]:
+    """Start a sidecar in this event loop for the duration of the block.
+
+    With `require_config` (the default) a config that cannot be loaded raises `ConfigApplyError`
+    instead of starting an unready sidecar. `options` go to `Sidecar` (poll_interval,
+    drain_seconds, idle_timeout, admin_token, clock).
+    """
+    sidecar = Sidecar(config_path=config_path, config=config, **options)
+    await sidecar.start()
+    try:
+        if require_config and not sidecar.ready:
+            error = sidecar.last_reload_error.error if sidecar.last_reload_error else "no config"
+            raise ConfigApplyError(error)
+        yield sidecar
+    finally:
+        await sidecar.stop()

@@ -1,0 +1,202 @@
+"""One upstream at run time: its compiled settings (per config) and its live parts (kept across reloads).
+
+A reload builds new `Upstream` objects and swaps the routing table in one assignment; a request keeps
+the `Upstream` it started with, so its timeouts and fallbacks never change under it. What must survive
+a reload lives in `LiveParts`, one per upstream name: the breaker (reconfigured in place when its
+settings change, which keeps state and counters as `Breaker.reconfigure` documents), the counters,
+the bulkhead (resized in place, so requests in flight keep their slots), the retry budget and the
+response cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict
+
+from breakwater.api.sidecar import SidecarConfig, UpstreamConfig
+from breakwater.breaker import Breaker, BreakerSettings, Transition
+from breakwater.proxy.budget import RetryBudget
+from breakwater.proxy.bulkhead import Bulkhead
+from breakwater.proxy.cache import ResponseCache
+from breakwater.proxy.settings import FailurePolicy, RetryPolicy, breaker_settings
+from breakwater.proxy.stats import UpstreamStats
+
+__all__ = ["LiveParts", "RouteTable", "StaticFallback", "Upstream", "authority_aliases"]
+
+
+@dataclass(frozen=True, slots=True)
+class StaticFallback:
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(slots=True)
+class LiveParts:
+    """The parts of an upstream that outlive a config: one per upstream name."""
+
+    breaker: Breaker
+    policy: str = ""
+    stats: UpstreamStats = field(default_factory=UpstreamStats)
+    bulkhead: Bulkhead | None = None
+    budget: RetryBudget | None = None
+    cache: ResponseCache | None = None
+
+    @classmethod
+    def create(
+        cls,
+        config: UpstreamConfig,
+        settings: BreakerSettings,
+        *,
+        clock: Callable[[], float],
+        on_transition: Callable[[Transition], None],
+    ) -> LiveParts:
+        parts = cls(breaker=Breaker(config.name, settings, clock=clock, on_transition=on_transition))
+        parts.update(config, settings, clock=clock)
+        return parts
+
+    def update(
+        self, config: UpstreamConfig, settings: BreakerSettings, *, clock: Callable[[], float]
+    ) -> None:
+        """Adopt a new config for the same upstream name, keeping whatever still applies."""
+        self.policy = config.policy
+        if self.breaker.settings != settings:
+            self.breaker.reconfigure(settings)
+        bh = config.bulkhead
+        if bh.max_concurrent is None:
+            self.bulkhead = None
+        elif self.bulkhead is None:
+            self.bulkhead = Bulkhead(bh.max_concurrent, bh.max_pending)
+        elif self.bulkhead.limits != (bh.max_concurrent, bh.max_pending):
+            self.bulkhead.resize(bh.max_concurrent, bh.max_pending)
+        retry = config.retry
+        if retry.attempts > 1 and retry.budget_percent > 0:
+            if self.budget is None:
+                self.budget = RetryBudget(retry.budget_percent, clock=clock)
+            else:
+                self.budget.percent = retry.budget_percent
+        else:
+            self.budget = None
+        fb = config.fallback
+        if fb.kind == "Cached":
+            if self.cache is None:
+                self.cache = ResponseCache(
+                    max_entries=fb.max_entries,
+                    max_bytes=fb.max_bytes,
+                    max_age=fb.max_age_seconds,
+                    clock=clock,
+                )
+            else:
+                self.cache.resize(
+                    max_entries=fb.max_entries, max_bytes=fb.max_bytes, max_age=fb.max_age_seconds
+                )
+        else:
+            self.cache = None
+
+
+class Upstream:
+    """Everything the forwarding path needs about one upstream, for one config generation."""
+
+    __slots__ = (
+        "breaker",
+        "budget",
+        "bulkhead",
+        "cache",
+        "config",
+        "failures",
+        "host",
+        "host_header",
+        "name",
+        "origin",
+        "policy",
+        "port",
+        "retry",
+        "static_fallback",
+        "stats",
+        "timeout",
+    )
+
+    def __init__(self, config: UpstreamConfig, parts: LiveParts) -> None:
+        self.config = config
+        self.name = config.name
+        self.policy = config.policy
+        self.host = config.host
+        self.port = config.port
+        bracketed = f"[{config.host}]" if ":" in config.host else config.host
+        self.origin = f"http://{bracketed}:{config.port}"
+        self.host_header = bracketed if config.port == 80 else f"{bracketed}:{config.port}"
+        self.timeout = config.timeout_seconds
+        self.failures = FailurePolicy.from_config(config.failures)
+        self.retry = RetryPolicy.from_config(config.retry)
+        self.breaker = parts.breaker
+        self.stats = parts.stats
+        self.bulkhead = parts.bulkhead
+        self.budget = parts.budget
+        self.cache = parts.cache
+        fb = config.fallback
+        self.static_fallback: StaticFallback | None = None
+        if fb.kind == "Static":
+            self.static_fallback = StaticFallback(
+                status=fb.status, headers=tuple(fb.headers.items()), body=fb.body.encode()
+            )
+
+    @property
+    def fallback_kind(self) -> str:
+        return self.config.fallback.kind
+
+
+def authority_aliases(host: str, port: int) -> list[tuple[str, int]]:
+    """The (host, port) pairs a forward-proxy request may use to mean this upstream.
+
+    The host itself, and for in-cluster Service names (``name.ns.svc.<domain>``) the shorter forms a
+    pod's DNS search path resolves: ``name.ns`` and ``name.ns.svc``. (The bare ``name`` is not an alias:
+    it means a different Service in every namespace.)
+    """
+    aliases = [(host, port)]
+    labels = host.split(".")
+    if len(labels) >= 3 and labels[2] == "svc" and not host.replace(".", "").isdigit():
+        aliases.append((".".join(labels[:2]), port))
+        aliases.append((".".join(labels[:3]), port))
+    return list(dict.fromkeys(aliases))
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTable:
+    """The routing state of one config: swapped in one assignment on reload."""
+
+    config: SidecarConfig
+    config_hash: str
+    by_name: dict[str, Upstream]
+    by_authority: dict[tuple[str, int], Upstream]
+    refuse_unknown: bool
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def empty(cls) -> RouteTable:
+        return cls(config=SidecarConfig(), config_hash="", by_name={}, by_authority={}, refuse_unknown=False)
+
+    @classmethod
+    def build(cls, config: SidecarConfig, upstreams: dict[str, Upstream]) -> RouteTable:
+        by_authority: dict[tuple[str, int], Upstream] = {}
+        for up in upstreams.values():
+            for alias in authority_aliases(up.host, up.port):
+                by_authority.setdefault(alias, up)
+        return cls(
+            config=config,
+            config_hash=config.effective_hash(),
+            by_name=upstreams,
+            by_authority=by_authority,
+            refuse_unknown=config.forward_proxy.unknown_hosts == "Refuse",
+        )
+
+
+def static_headers(fallback: StaticFallback) -> CIMultiDict[str]:
+    return CIMultiDict(fallback.headers)
+
+
+def compile_settings(config: SidecarConfig) -> dict[str, BreakerSettings]:
+    """The breaker settings of every upstream; raises `InvalidBreakerSettings` if the engine refuses one."""
+    return {up.name: breaker_settings(up) for up in config.upstreams}
