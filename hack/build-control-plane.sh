@@ -40,6 +40,12 @@ for b in "${binaries[@]}"; do
   missing+=("${b}")
 done
 
+# kwok needs Stage objects to play the kubelet; they ship in its module (kustomize/stage/fast).
+stages="${bin_dir}/kwok-stages.yaml"
+if [[ ! -s "${stages}" ]] && ! printf '%s\n' "${missing[@]}" | grep -qx kwok; then
+  missing+=(kwok-stages)
+fi
+
 if [[ ${#missing[@]} -eq 0 ]]; then
   say "all binaries present in ${bin_dir}"
   echo "${bin_dir}"
@@ -149,7 +155,18 @@ want helm && simple_build helm helm.sh/helm/v3 "${HELM_VERSION}" helm.sh/helm/v3
   "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
 want kwok && simple_build kwok sigs.k8s.io/kwok "${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
+if [[ ! -s "${stages}" ]]; then
+  kwok_dir="$(go mod download -json "sigs.k8s.io/kwok@${KWOK_VERSION}" | sed -n 's/.*"Dir": "\(.*\)",/\1/p')"
+  [[ -d "${kwok_dir}/kustomize/stage" ]] || die "kwok module has no kustomize/stage directory (${kwok_dir})"
+  for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    printf -- '---\n'; cat "${kwok_dir}/kustomize/stage/${f}"
+  done > "${stages}.tmp"
+  mv "${stages}.tmp" "${stages}"
+  say "kwok-stages.yaml: node and pod lifecycle stages from kwok ${KWOK_VERSION}"
+fi
 
 for b in "${binaries[@]}"; do [[ -x "${bin_dir}/${b}" ]] || die "${b} missing after build"; done
+[[ -s "${stages}" ]] || die "kwok-stages.yaml missing after build"
 say "all binaries ready in ${bin_dir} ($(du -sh "${cache_root}" | cut -f1) cache in total)"
 echo "${bin_dir}"

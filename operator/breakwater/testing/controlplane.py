@@ -324,12 +324,11 @@ spec:
             "kwok",
             [
                 f"--kubeconfig={self.kubeconfig}",
-                "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--disregard-status-with-annotation-selector=kwok.x-k8s.io/status=custom",
                 f"--cidr={self.pod_cidr}",
                 f"--node-ip={self.node_ip}",
                 f"--server-address=127.0.0.1:{free_port()}",
+                f"--config={self.bin_dir / 'kwok-stages.yaml'}",
             ],
         )
         deadline = time.monotonic() + 30
