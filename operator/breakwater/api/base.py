@@ -1,0 +1,78 @@
+"""The two model bases: strict, frozen spec objects and lenient status objects.
+
+Both speak camelCase on the wire (Python attributes are snake_case), drop ``null`` values before
+validating (the API server prunes them from non-nullable fields before it validates), and, for spec
+objects, run the CEL rules of `breakwater.api.rules` that the class lists in ``__cel_rules__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
+
+from breakwater.api.rules import Rule
+
+__all__ = ["ApiModel", "SpecModel", "StatusModel"]
+
+
+class ApiModel(BaseModel):
+    """Common behaviour of every API object."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
+        use_attribute_docstrings=True,
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            return {key: value for key, value in data.items() if value is not None}
+        return data
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form: camelCase keys, JSON types, ``None`` fields left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class SpecModel(ApiModel):
+    """A user-written object: strict types (no "8080" for 8080), unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    __cel_rules__: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        for rule in type(self).__cel_rules__:
+            if not rule.check(self):
+                raise PydanticCustomError(
+                    "cel_rule",
+                    "{message}",
+                    {"message": rule.message, "rule": rule.id, "field_path": rule.field_path or ""},
+                )
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        if cls.__cel_rules__:
+            target = handler.resolve_ref_schema(json_schema)
+            target["x-kubernetes-validations"] = [rule.to_schema() for rule in cls.__cel_rules__]
+        return json_schema
+
+
+class StatusModel(ApiModel):
+    """An operator-written object: typed, but lenient (unknown fields kept, lax types)."""
+
+    model_config = ConfigDict(extra="allow")

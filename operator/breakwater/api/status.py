@@ -1,0 +1,166 @@
+"""The observed state of a CircuitBreakerPolicy, as the operator writes it.
+
+These models are typed but lenient: fields unknown to this version are kept (the CRD preserves them
+too), numbers and timestamps are coerced, so a newer operator's status never fails to parse.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from breakwater.api.base import StatusModel
+
+__all__ = [
+    "CircuitBreakerPolicyStatus",
+    "Condition",
+    "ConditionStatus",
+    "EffectiveThresholds",
+    "PodCounts",
+    "StatusSummary",
+    "UpstreamState",
+    "UpstreamStatus",
+]
+
+Count = Annotated[int, Field(ge=0)]
+
+
+class ConditionStatus(StrEnum):
+    """Whether a condition holds."""
+
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class UpstreamState(StrEnum):
+    """The fleet-wide state of one upstream's breakers.
+
+    Closed, Open or HalfOpen when every reporting pod agrees; Mixed when they differ; Unknown when no
+    pod reports.
+    """
+
+    CLOSED = "Closed"
+    OPEN = "Open"
+    HALF_OPEN = "HalfOpen"
+    MIXED = "Mixed"
+    UNKNOWN = "Unknown"
+
+
+class Condition(StatusModel):
+    """A condition of the policy, following the Kubernetes API conventions (metav1.Condition)."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    """Accepted, Ready or CircuitOpen."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: Annotated[str, Field(max_length=1024)] = ""
+    """A CamelCase word saying why (e.g. UpstreamFailing)."""
+    message: Annotated[str, Field(max_length=32_768)] = ""
+    """A sentence for people."""
+    last_transition_time: datetime | None = None
+    """When status last changed."""
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation the condition was computed from."""
+
+
+class PodCounts(StatusModel):
+    """How many client pods the policy reaches."""
+
+    selected: Count = 0
+    """Pods matching spec.selector."""
+    injected: Count = 0
+    """Selected pods that carry the sidecar."""
+    reporting: Count = 0
+    """Injected pods whose sidecar reports the current configuration."""
+    stale: Count = 0
+    """Injected pods whose sidecar reports an older configuration or stopped reporting."""
+
+
+class EffectiveThresholds(StatusModel):
+    """The thresholds in force for an upstream (after overrides and adaptive tuning)."""
+
+    mode: str | None = None
+    """The mode in force (spec.mode, or the override's)."""
+    consecutive_failures: Count | None = None
+    """trip.consecutiveFailures (0: off)."""
+    failure_rate_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    """trip.failureRate.percent (unset: off)."""
+    minimum_calls: Count | None = None
+    """trip.failureRate.minimumCalls."""
+    slow_call_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    """trip.slowCalls.percent (unset: off)."""
+    slower_than: str | None = None
+    """trip.slowCalls.slowerThan."""
+    timeout: str | None = None
+    """timeout."""
+    open_duration: str | None = None
+    """open.duration."""
+
+
+class UpstreamStatus(StatusModel):
+    """One upstream across every pod of the policy."""
+
+    name: str
+    """spec.upstreams[].name."""
+    state: UpstreamState = UpstreamState.UNKNOWN
+    """Closed, Open, HalfOpen, Mixed (pods disagree) or Unknown (no pod reports)."""
+    open: Count = 0
+    """Pods whose breaker for this upstream is open."""
+    half_open: Count = 0
+    """Pods whose breaker is half-open."""
+    closed: Count = 0
+    """Pods whose breaker is closed."""
+    would_open: Count = 0
+    """In Observe mode: pods whose breaker would be open."""
+    failure_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Failure ratio over the pods' current windows (0.41 = 41%)."""
+    trips: Count = 0
+    """Trips since the policy was created, summed over pods."""
+    last_transition_time: datetime | None = None
+    """When `state` last changed."""
+    effective: EffectiveThresholds | None = None
+    """The thresholds in force."""
+
+
+class StatusSummary(StatusModel):
+    """One-word answers for `kubectl get cbp` (the printer columns read these)."""
+
+    state: str | None = None
+    """Worst upstream state: Open, HalfOpen, Mixed, Closed or Unknown (STATE column)."""
+    open: str | None = None
+    """Open breakers over all breakers reporting, e.g. 3/12 (OPEN column)."""
+    pods: str | None = None
+    """Injected over selected pods, e.g. 12/12 (PODS column)."""
+    mode: str | None = None
+    """The mode in force, with any override applied."""
+    message: str | None = None
+    """A short sentence, e.g. "payments open on 3/12 pods"."""
+
+
+class CircuitBreakerPolicyStatus(StatusModel):
+    """The observed state of a CircuitBreakerPolicy, written by the operator."""
+
+    observed_generation: Annotated[int, Field(ge=0)] | None = None
+    """The metadata.generation this status describes."""
+    conditions: Annotated[
+        list[Condition],
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
+    ] = []
+    """Accepted, Ready and CircuitOpen (Kubernetes conventions)."""
+    pods: PodCounts | None = None
+    """Client pods reached."""
+    upstreams: Annotated[
+        list[UpstreamStatus],
+        Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}),
+    ] = []
+    """Per-upstream state across the fleet."""
+    summary: StatusSummary | None = None
+    """Printer-column strings."""
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of that type, if present."""
+        return next((c for c in self.conditions if c.type == type_), None)
