@@ -1,0 +1,258 @@
+"""Helpers for the sidecar tests: real upstream servers on 127.0.0.1 with fault modes, and sidecars.
+
+Every server, sidecar and client here lives on the loopback interface and in the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from breakwater.proxy import Sidecar, run_sidecar
+
+LOOPBACK = "127.0.0.1"
+
+
+class FaultyUpstream:
+    """An aiohttp server with one route per fault mode; `hits` counts requests per path."""
+
+    def __init__(self) -> None:
+        self.hits: Counter[str] = Counter()
+        self.failing = False
+        self.last_headers: dict[str, str] = {}
+        self.release = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    @property
+    def origin(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/ok", self.ok)
+        app.router.add_route("*", "/echo", self.echo)
+        app.router.add_get("/status/{code}", self.status)
+        app.router.add_get("/flaky", self.flaky)
+        app.router.add_get("/slow/{seconds}", self.slow)
+        app.router.add_get("/hang", self.hang)
+        app.router.add_get("/reset", self.reset)
+        app.router.add_get("/reset-small", self.reset_small)
+        app.router.add_get("/big/{mib}", self.big)
+        app.router.add_get("/chunked/{n}", self.chunked)
+        app.router.add_get("/headers", self.headers)
+        app.router.add_get("/cache/{name}", self.cache)
+        app.router.add_route("*", "/{tail:.*}", self.ok)
+        return app
+
+    async def start(self) -> None:
+        self.runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.5)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, LOOPBACK, 0)
+        await site.start()
+        self.port = site.port
+
+    async def stop(self) -> None:
+        self.release.set()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+    def _hit(self, request: web.Request) -> None:
+        self.hits[request.path] += 1
+        self.last_headers = dict(request.headers)
+
+    async def ok(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        return web.Response(text="ok", headers={"X-Upstream": "yes"})
+
+    async def echo(self, request: web.Request) -> web.StreamResponse:
+        self._hit(request)
+        resp = web.StreamResponse(headers={"X-Method": request.method})
+        await resp.prepare(request)
+        async for chunk in request.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+    async def status(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        return web.Response(status=int(request.match_info["code"]), text="status")
+
+    async def flaky(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        if self.failing:
+            return web.Response(status=503, text="down")
+        return web.Response(text="ok")
+
+    async def slow(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        await asyncio.sleep(float(request.match_info["seconds"]))
+        return web.Response(text="slow ok")
+
+    async def hang(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        await self.release.wait()
+        return web.Response(text="released")
+
+    async def reset(self, request: web.Request) -> web.StreamResponse:
+        self._hit(request)
+        resp = web.StreamResponse()
+        resp.content_length = 1_000_000
+        await resp.prepare(request)
+        await resp.write(b"x" * 200_000)
+        await asyncio.sleep(0.01)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async def reset_small(self, request: web.Request) -> web.StreamResponse:
+        self._hit(request)
+        resp = web.StreamResponse()
+        resp.content_length = 10_000
+        await resp.prepare(request)
+        await resp.write(b"x" * 100)
+        await asyncio.sleep(0.01)
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+
+    async def big(self, request: web.Request) -> web.StreamResponse:
+        self._hit(request)
+        mib = int(request.match_info["mib"])
+        resp = web.StreamResponse()
+        resp.content_length = mib * 1024 * 1024
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        block = b"b" * (64 * 1024)
+        for _ in range(mib * 16):
+            await resp.write(block)
+        await resp.write_eof()
+        return resp
+
+    async def chunked(self, request: web.Request) -> web.StreamResponse:
+        self._hit(request)
+        resp = web.StreamResponse()
+        resp.enable_chunked_encoding()
+        await resp.prepare(request)
+        for i in range(int(request.match_info["n"])):
+            await resp.write(f"{i:04d}".encode() * 256)
+        await resp.write_eof()
+        return resp
+
+    async def headers(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        return web.json_response(
+            dict(request.headers),
+            headers={
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "must-not-pass",
+                "Keep-Alive": "timeout=5",
+                "X-End-To-End": "passes",
+            },
+        )
+
+    async def cache(self, request: web.Request) -> web.Response:
+        self._hit(request)
+        if self.failing:
+            return web.Response(status=503, text="down")
+        headers = {"Vary": request.query["vary"]} if "vary" in request.query else {}
+        if "cc" in request.query:
+            headers["Cache-Control"] = request.query["cc"]
+        n = self.hits[request.path]
+        return web.Response(text=f"{request.match_info['name']}#{n}", headers=headers)
+
+
+async def start_raw_server(reply: bytes, *, close: bool = True) -> tuple[asyncio.Server, int]:
+    """A TCP server that reads a request head and answers `reply` verbatim (for malformed responses)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(reply)
+            await writer.drain()
+        if close:
+            writer.close()
+
+    server = await asyncio.start_server(handle, LOOPBACK, 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on (connecting to it is refused)."""
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def upstream_doc(name: str, port: int, **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "name": name,
+        "policy": f"shop/{name}",
+        "host": LOOPBACK,
+        "port": port,
+        "listenPort": 0,
+    }
+    doc.update(overrides)
+    return doc
+
+
+def sidecar_doc(*upstreams: dict[str, Any], **top: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "admin": {"port": 0, "address": LOOPBACK},
+        "upstreams": list(upstreams),
+    }
+    doc.update(top)
+    return doc
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class SidecarFactory:
+    """Starts sidecars from config documents written to a file (so reloads can rewrite it)."""
+
+    def __init__(self, tmp_path: Path, stack: contextlib.AsyncExitStack) -> None:
+        self.path = tmp_path / "sidecar.json"
+        self._stack = stack
+
+    def write(self, doc: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc))
+        tmp.replace(self.path)
+
+    async def __call__(self, doc: dict[str, Any], **options: Any) -> Sidecar:
+        self.write(doc)
+        options.setdefault("poll_interval", 0.05)
+        options.setdefault("drain_seconds", 2.0)
+        return await self._stack.enter_async_context(run_sidecar(self.path, **options))
+
+
+async def eventually(check: Callable[[], bool | Awaitable[bool]], *, within: float = 5.0) -> None:
+    """Wait until `check` holds (polling), failing after `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.02)
