@@ -66,3 +66,19 @@ def test_unselected_policies_do_not_apply_and_the_hash_is_stable() -> None:
     assert first.config_hash == resolve({"app": "checkout"}, [other, a]).config_hash
     changed = bundle("a", "1", up("one", "h1", port=9090))
     assert resolve({"app": "checkout"}, [changed]).config_hash != first.config_hash
+
+
+def test_an_upstream_of_a_deleted_policy_stays_as_a_pass_through_listener() -> None:
+    from breakwater.injection.podinfo import carry_over
+
+    before = resolve({"app": "checkout"}, [bundle("a", "1", up("one", "h1", listen=15001))]).config
+    after = resolve({"app": "checkout"}, []).config
+    kept = carry_over(before, after)
+    assert [(u.name, u.mode, u.listen_port) for u in kept.upstreams] == [("one", "Disabled", 15001)]
+
+
+def test_downward_api_labels_are_parsed() -> None:
+    from breakwater.injection.podinfo import parse_labels
+
+    text = 'app="checkout"\npod-template-hash="7d9f"\nquote="a\\"b"\n'
+    assert parse_labels(text) == {"app": "checkout", "pod-template-hash": "7d9f", "quote": 'a"b'}

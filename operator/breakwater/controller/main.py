@@ -1,0 +1,40 @@
+"""`breakwater operator`: run the kopf operator with Breakwater's handlers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from breakwater.controller import settings as operator_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    operator_settings.add_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = operator_settings.from_args(args)
+    except operator_settings.SettingsError as exc:
+        print(f"breakwater operator: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads it
+    import kopf
+
+    from breakwater.controller import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.watch_namespaces,
+        namespaces=settings.watch_namespaces,
+        liveness_endpoint=f"http://{settings.liveness}/healthz" if settings.liveness else None,
+        memo=kopf.Memo(settings=settings),
+    )
+    return 0

@@ -1,0 +1,171 @@
+"""Operator settings: one dataclass, filled from command-line flags with environment fallbacks.
+
+Every flag has a BREAKWATER_* environment variable so the Helm chart can pass settings either way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "20m", "memory": "48Mi"},
+    "limits": {"memory": "128Mi"},
+}
+
+
+class SettingsError(ValueError):
+    """A setting has a value the operator cannot run with; the message names the flag."""
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    watch_namespaces: tuple[str, ...] = ()  # empty: every namespace
+    operator_namespace: str = "breakwater-system"
+    sidecar_image: str = "ghcr.io/breakwater-dev/breakwater:0.1.0"
+    sidecar_image_pull_policy: str = "IfNotPresent"
+    sidecar_resources: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIDECAR_RESOURCES))
+    sidecar_admin_port: int = 15020
+    sidecar_proxy_port: int = 15080
+    inject_all_namespaces: bool = False
+    webhook_listen_host: str = "0.0.0.0"
+    webhook_listen_port: int = 9443
+    webhook_cert_dir: str | None = None
+    webhook_secret: str | None = None  # "namespace/name": operator-managed, rotated certificate
+    webhook_url: str | None = None  # dev and tests: the API server calls this URL
+    webhook_service: str | None = None  # in-cluster: "namespace/name[:port]"
+    webhook_configuration: str = "breakwater"
+    webhook_manage: str = "full"  # full | ca-only | none
+    webhook_failure_policy: str = "Ignore"
+    webhook_timeout_seconds: int = 5
+    liveness: str | None = "0.0.0.0:8080"
+    report_listen_host: str = "0.0.0.0"
+    report_listen_port: int = 9444
+    report_url: str | None = None  # how sidecars reach the report endpoint; default from the service
+    status_interval_seconds: float = 1.0
+    stale_after_seconds: float = 30.0
+    kubeconfig: str | None = None
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"BREAKWATER_{name}", default)
+
+
+def _bool_env(name: str) -> bool:
+    return (_env(name) or "").lower() in {"1", "true", "yes", "on"}
+
+
+def _host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{flag}: expected HOST:PORT, got {value!r}")
+    return host or "0.0.0.0", int(port)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--namespace",
+        action="append",
+        dest="namespaces",
+        default=None,
+        help="watch only this namespace (repeatable); default: all (env BREAKWATER_WATCH_NAMESPACES)",
+    )
+    add("--all-namespaces", action="store_true", help="watch every namespace (the default)")
+    add(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="kubeconfig file; default: in-cluster config",
+    )
+    add("--operator-namespace", default=os.environ.get("POD_NAMESPACE", _env("OPERATOR_NAMESPACE")))
+    add("--sidecar-image", default=_env("SIDECAR_IMAGE"))
+    add("--sidecar-image-pull-policy", default=_env("SIDECAR_IMAGE_PULL_POLICY"))
+    add(
+        "--sidecar-resources",
+        default=_env("SIDECAR_RESOURCES"),
+        help="JSON ResourceRequirements of the sidecar",
+    )
+    add(
+        "--inject-all-namespaces",
+        action="store_true",
+        default=_bool_env("INJECT_ALL_NAMESPACES"),
+        help="inject into every namespace, not only those labelled breakwater.dev/injection=enabled",
+    )
+    add("--webhook-listen", default=_env("WEBHOOK_LISTEN", "0.0.0.0:9443"), help="HOST:PORT of the webhook")
+    add("--webhook-cert-dir", default=_env("WEBHOOK_CERT_DIR"), help="tls.crt, tls.key and ca.crt to serve")
+    add(
+        "--webhook-secret",
+        default=_env("WEBHOOK_SECRET"),
+        help="NAMESPACE/NAME: operator-managed certificate",
+    )
+    add("--webhook-url", default=_env("WEBHOOK_URL"), help="URL the API server calls (local runs)")
+    add(
+        "--webhook-service",
+        default=_env("WEBHOOK_SERVICE"),
+        help="NAMESPACE/NAME[:PORT] of the webhook Service",
+    )
+    add("--webhook-configuration", default=_env("WEBHOOK_CONFIGURATION", "breakwater"))
+    add("--webhook-manage", choices=("full", "ca-only", "none"), default=_env("WEBHOOK_MANAGE", "full"))
+    add(
+        "--webhook-failure-policy",
+        choices=("Ignore", "Fail"),
+        default=_env("WEBHOOK_FAILURE_POLICY", "Ignore"),
+    )
+    add("--webhook-timeout-seconds", type=int, default=int(_env("WEBHOOK_TIMEOUT_SECONDS", "5") or 5))
+    add("--liveness", default=_env("LIVENESS", "0.0.0.0:8080"), help="HOST:PORT for /healthz; '' disables")
+    add(
+        "--report-listen",
+        default=_env("REPORT_LISTEN", "0.0.0.0:9444"),
+        help="HOST:PORT of the report endpoint",
+    )
+    add("--report-url", default=_env("REPORT_URL"), help="URL sidecars use to reach the report endpoint")
+    add("--stale-after-seconds", type=float, default=float(_env("STALE_AFTER_SECONDS", "30") or 30))
+    add("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def from_args(args: argparse.Namespace) -> OperatorSettings:
+    namespaces = tuple(args.namespaces or ())
+    if not namespaces and not args.all_namespaces:
+        namespaces = tuple(ns for ns in (_env("WATCH_NAMESPACES") or "").split(",") if ns)
+    resources = DEFAULT_SIDECAR_RESOURCES
+    if args.sidecar_resources:
+        try:
+            resources = json.loads(args.sidecar_resources)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"--sidecar-resources: not JSON: {exc}") from exc
+        if not isinstance(resources, dict):
+            raise SettingsError("--sidecar-resources: expected a JSON object")
+    webhook_host, webhook_port = _host_port(args.webhook_listen, "--webhook-listen")
+    report_host, report_port = _host_port(args.report_listen, "--report-listen")
+    if args.liveness:
+        _host_port(args.liveness, "--liveness")
+    if args.webhook_manage != "none" and not (args.webhook_url or args.webhook_service):
+        raise SettingsError("--webhook-url or --webhook-service is required unless --webhook-manage=none")
+    defaults = OperatorSettings()
+    return OperatorSettings(
+        watch_namespaces=namespaces,
+        operator_namespace=args.operator_namespace or defaults.operator_namespace,
+        sidecar_image=args.sidecar_image or defaults.sidecar_image,
+        sidecar_image_pull_policy=args.sidecar_image_pull_policy or defaults.sidecar_image_pull_policy,
+        sidecar_resources=resources,
+        inject_all_namespaces=args.inject_all_namespaces,
+        webhook_listen_host=webhook_host,
+        webhook_listen_port=webhook_port,
+        webhook_cert_dir=args.webhook_cert_dir,
+        webhook_secret=args.webhook_secret,
+        webhook_url=args.webhook_url,
+        webhook_service=args.webhook_service,
+        webhook_configuration=args.webhook_configuration,
+        webhook_manage=args.webhook_manage,
+        webhook_failure_policy=args.webhook_failure_policy,
+        webhook_timeout_seconds=args.webhook_timeout_seconds,
+        liveness=args.liveness or None,
+        report_listen_host=report_host,
+        report_listen_port=report_port,
+        report_url=args.report_url,
+        stale_after_seconds=args.stale_after_seconds,
+        kubeconfig=args.kubeconfig,
+    )

@@ -1,0 +1,71 @@
+"""What a sidecar knows about its own pod: the downward-API labels file, and the policies it mounts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import pydantic
+
+from breakwater.api.bundle import PolicyBundle
+from breakwater.api.sidecar import SidecarConfig
+
+
+class PodInfoError(ValueError):
+    """The labels file or a policy bundle cannot be read; the message names the file."""
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """Parse the downward API's `key="value"` lines (values are Go-quoted strings)."""
+    labels: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        key, sep, quoted = line.partition("=")
+        if not sep:
+            raise PodInfoError(f"not a label line: {line!r}")
+        try:
+            value = json.loads(quoted)
+        except json.JSONDecodeError as exc:
+            raise PodInfoError(f"label {key!r} has an unreadable value {quoted!r}") from exc
+        labels[key] = str(value)
+    return labels
+
+
+def read_bundles(directory: Path) -> tuple[list[PolicyBundle], list[str]]:
+    """Every readable bundle of a mounted ConfigMap directory, and one error line per unreadable one.
+
+    Kubelet mounts a ConfigMap as symlinks into a `..data` directory; hidden entries are skipped.
+    """
+    bundles, errors = [], []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            bundles.append(PolicyBundle.model_validate_json(path.read_bytes()))
+        except (OSError, pydantic.ValidationError) as exc:
+            errors.append(f"{path.name}: {exc}")
+    return bundles, errors
+
+
+def carry_over(previous: SidecarConfig | None, current: SidecarConfig) -> SidecarConfig:
+    """Keep upstreams that disappeared (policy deleted) as pass-through listeners.
+
+    The app may still call their local port: dropping the listener would break it, so the upstream
+    stays, with mode Disabled (forwarded, never rejected), until the pod restarts.
+    """
+    if previous is None:
+        return current
+    names = {u.name for u in current.upstreams}
+    ports = {u.listen_port for u in current.upstreams if u.listen_port}
+    kept = [
+        u.model_copy(update={"mode": "Disabled"})
+        for u in previous.upstreams
+        if u.name not in names and (not u.listen_port or u.listen_port not in ports)
+    ]
+    if not kept:
+        return current
+    return current.model_copy(update={"upstreams": [*current.upstreams, *kept]})
+
+
+def names(bundles: Iterable[PolicyBundle]) -> list[str]:
+    return [b.policy for b in bundles]

@@ -1,0 +1,169 @@
+"""From a CircuitBreakerPolicy (as the API server stores it) to the bundle its sidecars load.
+
+The policy is validated with the api models first: whatever the CRD schema and its CEL rules could
+not catch surfaces here as a `RenderError` with a reason for the `Accepted` condition.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
+from breakwater.api.bundle import PolicyBundle
+from breakwater.api.sidecar import (
+    BreakerConfig,
+    BulkheadConfig,
+    FailureConfig,
+    FallbackConfig,
+    RetryConfig,
+    UpstreamConfig,
+)
+from breakwater.api.spec import BreakerSettings, CircuitBreakerPolicySpec, FallbackKind, Mode, WindowKind
+
+
+class RenderError(Exception):
+    """The policy cannot be turned into sidecar config; `reason` is a CamelCase condition reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def describe(exc: pydantic.ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        where = ".".join(str(p) for p in err["loc"])
+        parts.append(f"spec.{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
+
+def parse_spec(spec: Mapping[str, Any]) -> CircuitBreakerPolicySpec:
+    try:
+        return CircuitBreakerPolicySpec.model_validate(dict(spec))
+    except pydantic.ValidationError as exc:
+        raise RenderError("InvalidSpec", describe(exc)) from exc
+
+
+def effective_mode(spec: CircuitBreakerPolicySpec, *, now: datetime.datetime) -> Mode:
+    """spec.mode, unless an override is in force (no `until`, or `until` still ahead)."""
+    override = spec.override
+    if override is None:
+        return Mode(spec.mode)
+    if override.until is not None and override.until <= now:
+        return Mode(spec.mode)
+    return Mode(override.mode)
+
+
+def override_expiry(spec: CircuitBreakerPolicySpec) -> datetime.datetime | None:
+    return spec.override.until if spec.override is not None else None
+
+
+def breaker_config(settings: BreakerSettings) -> BreakerConfig:
+    trip, half_open = settings.trip, settings.half_open
+    rate, slow = trip.failure_rate, trip.slow_calls
+    window = rate.window if rate is not None else None
+    kind = WindowKind(window.kind) if window is not None else WindowKind.TIME
+    return BreakerConfig(
+        consecutive_failures=trip.consecutive_failures or None,
+        failure_rate_percent=float(rate.percent) if rate is not None else None,
+        slow_call_percent=float(slow.percent) if slow is not None else None,
+        slow_call_seconds=slow.slower_than.seconds if slow is not None else None,
+        minimum_calls=rate.minimum_calls if rate is not None else 20,
+        window_kind=kind.value,
+        window_size=(window.size or 100) if window is not None and kind is WindowKind.COUNT else 100,
+        window_seconds=(
+            window.duration.seconds if window is not None and window.duration is not None else 30.0
+        ),
+        open_seconds=settings.open.duration.seconds,
+        open_max_seconds=settings.open.max_duration.seconds,
+        backoff_multiplier=settings.open.backoff_multiplier,
+        jitter=settings.open.jitter,
+        half_open_permitted_calls=half_open.permitted_calls,
+        half_open_successes_to_close=half_open.successes_to_close or half_open.permitted_calls,
+        half_open_max_wait_seconds=half_open.max_wait.seconds if half_open.max_wait is not None else None,
+    )
+
+
+def fallback_config(settings: BreakerSettings) -> FallbackConfig:
+    fallback = settings.fallback
+    kind = FallbackKind(fallback.kind)
+    if kind is FallbackKind.STATIC and fallback.static is not None:
+        return FallbackConfig(
+            kind="Static",
+            status=fallback.static.status,
+            headers=dict(fallback.static.headers or {}),
+            body=fallback.static.body,
+        )
+    if kind is FallbackKind.CACHED:
+        cached = fallback.cached_settings
+        return FallbackConfig(
+            kind="Cached",
+            max_age_seconds=cached.max_age.seconds,
+            max_entries=cached.max_entries,
+            max_bytes=cached.max_bytes,
+        )
+    return FallbackConfig(kind="None")
+
+
+def upstream_config(spec: CircuitBreakerPolicySpec, name: str, *, mode: Mode, policy: str) -> UpstreamConfig:
+    upstream = spec.upstream(name)
+    settings = spec.settings_for(name)
+    failures = settings.failures
+    retry = settings.retry
+    bulkhead = settings.bulkhead
+    return UpstreamConfig(
+        name=upstream.name,
+        policy=policy,
+        host=upstream.host,
+        port=upstream.port,
+        listen_port=upstream.listen_port,
+        mode=mode.value,
+        breaker=breaker_config(settings),
+        failures=FailureConfig(
+            status_codes=list(failures.status_codes),
+            timeouts=failures.timeouts,
+            connect_errors=failures.connect_errors,
+            resets=failures.resets,
+        ),
+        timeout_seconds=settings.timeout.seconds,
+        fallback=fallback_config(settings),
+        bulkhead=(
+            BulkheadConfig(max_concurrent=bulkhead.max_concurrent, max_pending=bulkhead.max_pending)
+            if bulkhead is not None
+            else BulkheadConfig()
+        ),
+        retry=(
+            RetryConfig(
+                attempts=retry.attempts,
+                per_try_timeout_seconds=retry.per_try_timeout.seconds if retry.per_try_timeout else None,
+                budget_percent=float(retry.budget_percent),
+                retry_on=list(retry.retry_on),
+            )
+            if retry is not None
+            else RetryConfig(attempts=1)
+        ),
+    )
+
+
+def render_bundle(body: Mapping[str, Any], *, now: datetime.datetime | None = None) -> PolicyBundle:
+    """The bundle of the policy `body` (a whole CircuitBreakerPolicy object)."""
+    meta = body.get("metadata") or {}
+    spec = parse_spec(body.get("spec") or {})
+    policy = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    mode = effective_mode(spec, now=now or datetime.datetime.now(datetime.UTC))
+    try:
+        upstreams = [upstream_config(spec, u.name, mode=mode, policy=policy) for u in spec.upstreams]
+    except pydantic.ValidationError as exc:
+        raise RenderError("InvalidSidecarConfig", describe(exc)) from exc
+    return PolicyBundle(
+        policy=policy,
+        uid=str(meta.get("uid", "")),
+        created=str(meta.get("creationTimestamp", "")),
+        generation=int(meta.get("generation") or 0),
+        selector=spec.selector.model_dump(by_alias=True, exclude_none=True),
+        transparent=spec.transparent,
+        upstreams=upstreams,
+    )
