@@ -69,7 +69,6 @@ are served to loopback clients only."""
 CLIENT_SESSION: Final = web.AppKey("client_session", aiohttp.ClientSession)
 TRANSITION_LISTENERS: Final = web.AppKey("transition_listeners", list[TransitionListener])
 
-_POOL_KEEPALIVE: Final = 15.0
 _ListenerKey = tuple[str, str, str, int]  # (kind, upstream name or "", address, configured port)
 
 
@@ -117,7 +116,12 @@ class _Timing:
 
 
 class Sidecar:
-    """The circuit-breaker sidecar. Start with `start()` / `stop()` or `run_sidecar(...)`."""
+    """The circuit-breaker sidecar. Start with `start()` / `stop()` or `run_sidecar(...)`.
+
+    ``idle_timeout``: how long a client connection may sit idle (or dribble a request head) before it is
+    closed; ``pool_keepalive``: how long an idle upstream connection stays pooled; ``drain_seconds``:
+    how long requests in flight may finish at shutdown (and on a listener a reload removed).
+    """
 
     def __init__(
         self,
@@ -127,6 +131,7 @@ class Sidecar:
         poll_interval: float = 1.0,
         drain_seconds: float = 10.0,
         idle_timeout: float = 60.0,
+        pool_keepalive: float = 15.0,
         admin_token: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -137,6 +142,7 @@ class Sidecar:
         self.poll_interval = poll_interval
         self.drain_seconds = drain_seconds
         self.idle_timeout = idle_timeout
+        self.pool_keepalive = pool_keepalive
         self.admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
         self.clock = clock
 
@@ -286,7 +292,7 @@ class Sidecar:
         connector = aiohttp.TCPConnector(
             limit=0,
             limit_per_host=0,
-            keepalive_timeout=_POOL_KEEPALIVE,
+            keepalive_timeout=self.pool_keepalive,
             ttl_dns_cache=10,
         )
         session = aiohttp.ClientSession(

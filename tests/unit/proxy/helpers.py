@@ -28,6 +28,7 @@ class FaultyUpstream:
     def __init__(self) -> None:
         self.hits: Counter[str] = Counter()
         self.failing = False
+        self.fail_next = 0
         self.last_headers: dict[str, str] = {}
         self.release = asyncio.Event()
         self.runner: web.AppRunner | None = None
@@ -43,6 +44,7 @@ class FaultyUpstream:
         app.router.add_route("*", "/echo", self.echo)
         app.router.add_get("/status/{code}", self.status)
         app.router.add_get("/flaky", self.flaky)
+        app.router.add_route("*", "/countdown", self.countdown)
         app.router.add_get("/slow/{seconds}", self.slow)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/reset", self.reset)
@@ -92,6 +94,14 @@ class FaultyUpstream:
         if self.failing:
             return web.Response(status=503, text="down")
         return web.Response(text="ok")
+
+    async def countdown(self, request: web.Request) -> web.Response:
+        """503 for the next `fail_next` requests, then 200."""
+        self._hit(request)
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return web.Response(status=503, text="not yet")
+        return web.Response(text="finally")
 
     async def slow(self, request: web.Request) -> web.Response:
         self._hit(request)
