@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Self
 from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import core_schema
 
 from breakwater.api.rules import Rule
 
@@ -54,11 +54,7 @@ class SpecModel(ApiModel):
     def _check_rules(self) -> Self:
         for rule in type(self).__cel_rules__:
             if not rule.check(self):
-                raise PydanticCustomError(
-                    "cel_rule",
-                    "{message}",
-                    {"message": rule.message, "rule": rule.id, "field_path": rule.field_path or ""},
-                )
+                raise rule.violation()
         return self
 
     @classmethod

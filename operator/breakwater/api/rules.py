@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic_core import PydanticCustomError
+
 from breakwater.api.constants import RESERVED_LISTEN_PORTS
 from breakwater.api.durations import (
     DURATION_PATTERN,
@@ -72,6 +74,14 @@ class Rule:
     field_path: str | None = None
     """Where the API server reports the error, relative to the object (``.successesToClose``)."""
     reason: Reason | None = None
+
+    def violation(self) -> PydanticCustomError:
+        """The pydantic error a model validator raises when `check` fails (type ``cel_rule``)."""
+        return PydanticCustomError(
+            "cel_rule",
+            "{message}",
+            {"message": self.message, "rule": self.id, "field_path": self.field_path or ""},
+        )
 
     def to_schema(self) -> dict[str, str]:
         """The ``x-kubernetes-validations`` entry."""

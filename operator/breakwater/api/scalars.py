@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import core_schema
 
 from breakwater.api import rules
 from breakwater.api.durations import (
@@ -64,7 +64,7 @@ class Duration(str):
         try:
             return cls(value)
         except ValueError:
-            raise PydanticCustomError("duration", "{message}", {"message": rules.DURATION.message}) from None
+            raise rules.DURATION.violation() from None
 
     @classmethod
     def __get_pydantic_core_schema__(
@@ -94,7 +94,7 @@ def _parse_timestamp(value: Any) -> datetime:
         return value
     parsed = parse_timestamp(value) if isinstance(value, str) else None
     if parsed is None:
-        raise PydanticCustomError("timestamp", "{message}", {"message": rules.TIMESTAMP.message})
+        raise rules.TIMESTAMP.violation()
     return parsed
 
 

@@ -90,7 +90,7 @@ def _check_file(name: str, out: TextIO) -> bool:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = getattr(exc, "problem", None) or " ".join(line.strip() for line in str(exc).splitlines())
         print(f"{label}: invalid YAML: {problem}{where}", file=out)
         return False
     if not verdicts:

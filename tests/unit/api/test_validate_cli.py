@@ -1,0 +1,159 @@
+"""`breakwater validate`: verdicts for CI pipelines, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from breakwater.cli import main
+from tests.unit.api.invalid_table import EXAMPLES, REPO
+
+MINIMAL = (REPO / "examples" / "minimal.yaml").read_text()
+DEPLOYMENT = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
+
+
+def validate(*files: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    code = main(["validate", *files])
+    return code, capsys.readouterr().out.splitlines()
+
+
+def write(tmp_path: Path, name: str, text: str) -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_valid_policy_prints_ok_and_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "p.yaml", MINIMAL)
+    assert validate(path, capsys=capsys) == (0, [f"{path}: OK"])
+
+
+def test_each_problem_is_one_line_with_its_field_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL.replace("port: 8080", "port: 0").replace("app: checkout", "app: -checkout")
+    path = write(tmp_path, "p.yaml", text)
+    code, lines = validate(path, capsys=capsys)
+    assert code == 1
+    assert lines == [
+        f"{path}: spec.selector.matchLabels.app: String should match pattern "
+        "'^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'",
+        f"{path}: spec.upstreams[0].port: Input should be greater than or equal to 1",
+    ]
+
+
+def test_several_documents_are_numbered_and_other_kinds_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = MINIMAL.replace("timeout", "x").replace("  upstreams:", "  timeout: 1d\n  upstreams:")
+    path = write(tmp_path, "all.yaml", f"{MINIMAL}---\n{DEPLOYMENT}---\n{bad}---\n")
+    code, lines = validate(path, capsys=capsys)
+    assert code == 1
+    assert lines[0] == f"{path} (document 1): OK"
+    assert lines[1] == f"{path} (document 2): skipped: apps/v1 Deployment is not a CircuitBreakerPolicy"
+    assert lines[2].startswith(f"{path} (document 3): spec.timeout: must be a duration")
+
+
+def test_a_file_without_policies_is_skipped_not_failed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "d.yaml", DEPLOYMENT)
+    assert validate(path, capsys=capsys) == (
+        0,
+        [f"{path}: skipped: apps/v1 Deployment is not a CircuitBreakerPolicy"],
+    )
+    empty = write(tmp_path, "e.yaml", "# nothing\n")
+    assert validate(empty, capsys=capsys) == (0, [f"{empty}: skipped: no documents"])
+
+
+def test_a_list_is_validated_item_by_item(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    item = "\n".join("    " + line for line in MINIMAL.splitlines() if line and not line.startswith("#"))
+    path = write(tmp_path, "l.yaml", f"apiVersion: v1\nkind: List\nitems:\n  -\n{item}\n")
+    assert validate(path, capsys=capsys) == (0, [f"{path} (item 1): OK"])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("spec: [\n", "invalid YAML: "),
+        ("- 1\n- 2\n", "not a Kubernetes object"),
+        ("\x00\x01binary", "invalid YAML"),
+    ],
+)
+def test_broken_input_is_reported_not_raised(
+    text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "b.yaml", text)
+    code, lines = validate(path, capsys=capsys)
+    assert code == 1
+    assert len(lines) == 1
+    assert lines[0].startswith(f"{path}: ")
+    assert expected in lines[0]
+
+
+def test_unreadable_files_are_reported_and_the_others_still_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = write(tmp_path, "p.yaml", MINIMAL)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes(b"kind: caf\xe9\n")
+    code, lines = validate(str(tmp_path / "missing.yaml"), str(latin), good, capsys=capsys)
+    assert code == 1
+    assert lines[0] == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"
+    assert lines[1].startswith(f"{latin}: cannot read: not UTF-8")
+    assert lines[2] == f"{good}: OK"
+
+
+def test_wrong_version_of_our_kind_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "v.yaml", MINIMAL.replace("v1alpha1", "v1"))
+    assert validate(path, capsys=capsys) == (1, [f"{path}: apiVersion: must be breakwater.dev/v1alpha1"])
+
+
+def test_unquoted_timestamps_are_read_as_kubectl_reads_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    override = "  override: {mode: ForceOpen, reason: x, until: %s}\n  upstreams:"
+    ok = write(tmp_path, "ok.yaml", MINIMAL.replace("  upstreams:", override % "2030-01-01T12:00:00Z"))
+    spaced = write(tmp_path, "sp.yaml", MINIMAL.replace("  upstreams:", override % "2030-01-01 12:00:00Z"))
+    assert validate(ok, capsys=capsys) == (0, [f"{ok}: OK"])
+    code, lines = validate(spaced, capsys=capsys)
+    assert code == 1
+    assert lines[0].startswith(f"{spaced}: spec.override.until: must be an RFC 3339 timestamp")
+
+
+def test_stdin_is_read_for_a_dash() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "breakwater.cli", "validate", "-", *map(str, EXAMPLES[:1])],
+        input=MINIMAL,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["<stdin>: OK", f"{EXAMPLES[0]}: OK"]
+    assert proc.stderr == ""
+
+
+def test_the_crd_command_checks_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "crd.yaml"
+    assert main(["crd", "--write", str(path)]) == 0
+    assert main(["crd", "--check", str(path)]) == 0
+    path.write_text(path.read_text().replace("cbp", "cb"))
+    capsys.readouterr()
+    assert main(["crd", "--check", str(path)]) == 1
+    diff = capsys.readouterr().out
+    assert "\n-    - cb\n" in diff
+    assert "\n+    - cbp\n" in diff
+    assert main(["crd"]) == 0
+    assert capsys.readouterr().out.startswith("# GENERATED")
+
+
+def test_the_api_docs_command_writes_and_checks(tmp_path: Path) -> None:
+    path = tmp_path / "api.md"
+    assert main(["api-docs", "--write", str(path)]) == 0
+    assert main(["api-docs", "--check", str(path)]) == 0
+    path.write_text("stale")
+    assert main(["api-docs", "--check", str(path)]) == 1
