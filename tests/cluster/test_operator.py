@@ -110,7 +110,8 @@ def test_pods_of_a_selected_deployment_get_the_sidecar_exactly_once(
         ),
     )
     assert body["status"]["pods"]["selected"] == 3
-    assert condition(body, "Ready")["status"] == "True"
+    ready = condition(body, "Ready")  # injected, but no sidecar process runs in this test
+    assert (ready["status"], ready["reason"]) == ("False", "SidecarsNotReporting")
 
 
 def test_pods_in_a_namespace_that_did_not_opt_in_are_untouched(
@@ -280,10 +281,11 @@ def test_a_sigkilled_operator_restarts_without_duplicate_sidecars_and_status_con
     for pod in cluster.wait_for("restarted pods with the sidecar", all_injected, timeout=60):
         assert len(sidecars(pod)) == 1
     body = cluster.wait_for(
-        "Ready",
+        "status converged: 2 selected, 2 injected",
         lambda: (
             (b := policy(cluster, namespace, "payments"))
-            and condition(b, "Ready").get("status") == "True"
+            and (b.get("status") or {}).get("pods", {}).get("injected") == 2
+            and (b.get("status") or {}).get("pods", {}).get("selected") == 2
             and b
         ),
     )

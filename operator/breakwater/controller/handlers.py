@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import time
 from typing import Any, cast
 
 import kopf
@@ -15,13 +17,16 @@ from breakwater.api.bundle import PolicyBundle, bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
 from breakwater.controller import pods as pod_facts
 from breakwater.controller import webhook
-from breakwater.controller.settings import OperatorSettings
+from breakwater.controller.fleet import TransitionClock
+from breakwater.controller.reports import FleetStore, ReportServer
+from breakwater.controller.settings import OperatorSettings, report_url
 from breakwater.controller.state import BundleCache, OperatorState, ReconcileOutcome
-from breakwater.controller.status import desired_status, view_pods, without_times
+from breakwater.controller.status import desired_status, fleet_view, significant, view_pods, without_times
 from breakwater.injection import pod as injection
 from breakwater.injection.render import RenderError, render_bundle
 from breakwater.injection.resolve import resolve
 from breakwater.k8s import configmaps
+from breakwater.k8s import pods as pod_api
 from breakwater.k8s.client import api_client
 
 logger = logging.getLogger("breakwater.controller")
@@ -51,8 +56,42 @@ async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> 
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
     api = await asyncio.to_thread(api_client, ours.kubeconfig)
-    memo["state"] = OperatorState(api=api, bundles=BundleCache(api))
-    await webhook.configure(settings, ours, api)
+    state = OperatorState(api=api, bundles=BundleCache(api))
+    memo["state"] = state
+    served = await webhook.configure(settings, ours, api)
+    state.ca_pem = served.ca_pem
+    store = FleetStore()
+    memo["fleet"] = store
+    server = ReportServer(
+        api=api,
+        bundles=state.bundles,
+        store=store,
+        pod_labels=lambda ns, pod: _pod_labels(state, ns, pod),
+        admin_port=ours.sidecar_admin_port,
+        proxy_port=ours.sidecar_proxy_port,
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(served.cert_dir / "tls.crt", served.cert_dir / "tls.key")
+    await server.start(host=ours.report_listen_host, port=ours.report_listen_port, ssl_context=context)
+    memo["report_server"] = server
+
+
+@kopf.on.cleanup()
+async def stop_report_server(*, memo: Any, **_: Any) -> None:
+    server: ReportServer | None = memo.get("report_server")
+    if server is not None:
+        await server.stop()
+
+
+async def _pod_labels(state: OperatorState, namespace: str, pod: str) -> dict[str, str] | None:
+    """A pod's labels from kopf's pod index, or from the API while the index is not captured yet."""
+    if state.pod_index is not None:
+        for facts in state.pod_index.get(namespace, []):
+            if facts.name == pod:
+                found: dict[str, str] = facts.label_map
+                return found
+        return None
+    return await asyncio.to_thread(pod_api.labels, state.api, namespace=namespace, name=pod)
 
 
 # -- policies -----------------------------------------------------------------------------------
@@ -130,13 +169,26 @@ async def _refresh(
     name: str,
     namespace: str,
     patch: kopf.Patch,
-    memo: kopf.Memo,
+    memo: Any,
     pods: list[pod_facts.PodFacts] | None = None,
 ) -> None:
-    state = _state(memo)
+    settings, state = _settings(memo), _state(memo)
+    store: FleetStore = memo["fleet"]
     bundles = await state.bundles.get(namespace)
     bundle: PolicyBundle | None = bundles.get(name)
-    view = view_pods(f"{namespace}/{name}", bundle, pods or [], bundles)
+    policy_id = f"{namespace}/{name}"
+    view = view_pods(policy_id, bundle, pods or [], bundles)
+    grace = time.monotonic() - state.started_at < settings.stale_after_seconds / 2
+    fleet = fleet_view(
+        policy_id,
+        bundle,
+        view,
+        bundles,
+        store.in_namespace(namespace),
+        stale_after=settings.stale_after_seconds,
+        grace=grace,
+    )
+    clock = state.clocks.setdefault((namespace, name), TransitionClock())
     previous = dict(body.get("status") or {})
     wanted = desired_status(
         generation=int(body.metadata.get("generation") or 0),
@@ -144,11 +196,53 @@ async def _refresh(
         outcome=state.outcomes.get((namespace, name)),
         bundle=bundle,
         view=view,
+        fleet=fleet,
+        clock=clock,
+        mode=bundle.upstreams[0].mode if bundle and bundle.upstreams else None,
     )
     comparable_previous = {k: previous.get(k) for k in wanted}
-    if without_times(wanted) != without_times(comparable_previous):
-        for key, value in wanted.items():
-            patch.status[key] = value
+    if without_times(wanted) == without_times(comparable_previous):
+        return
+    key = (namespace, name)
+    # State changes are written at once; figures alone (failure rate, trips) at most every 10 s.
+    if (
+        significant(wanted) == significant(comparable_previous)
+        and time.monotonic() - state.last_write.get(key, 0) < 10
+    ):
+        return
+    state.last_write[key] = time.monotonic()
+    for field_name, value in wanted.items():
+        patch.status[field_name] = value
+    _post_transition_events(body, state, namespace, name, previous, wanted)
+
+
+def _post_transition_events(
+    body: kopf.Body,
+    state: OperatorState,
+    namespace: str,
+    name: str,
+    previous: dict[str, Any],
+    wanted: dict[str, Any],
+) -> None:
+    before = {u.get("name"): u for u in previous.get("upstreams") or ()}
+    for upstream in wanted.get("upstreams") or ():
+        old_state = str((before.get(upstream["name"]) or {}).get("state", "Unknown"))
+        new_state = str(upstream["state"])
+        if old_state == new_state or "Unknown" in (old_state, new_state):
+            continue
+        admitted, skipped = state.events.admit((namespace, name, upstream["name"]))
+        if not admitted:
+            continue
+        total = upstream["open"] + upstream["halfOpen"] + upstream["closed"]
+        message = (
+            f"upstream {upstream['name']}: {old_state} -> {new_state} "
+            f"(open on {upstream['open']}/{total} pods, half-open on {upstream['halfOpen']})"
+        )
+        if skipped:
+            message += f"; {skipped} more transitions in the last {state.events.interval:.0f} s not shown"
+        kind = "Normal" if new_state == "Closed" else "Warning"
+        kopf.event(body, type=kind, reason=f"Upstream{new_state}", message=message)
+        logger.info("policy %s/%s: %s", namespace, name, message)
 
 
 @kopf.timer(*POLICY, interval=1.0, id="refresh-status")
@@ -157,6 +251,7 @@ async def refresh_status(
 ) -> None:
     namespace = namespace or ""
     index: kopf.Index[str, pod_facts.PodFacts] = kwargs["pods_by_namespace"]
+    _state(memo).pod_index = index
     pods = list(index.get(namespace, []))
     await _refresh(body=body, name=name, namespace=namespace, patch=patch, memo=memo, pods=pods)
 
@@ -213,7 +308,8 @@ async def _inject(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
         resources=settings.sidecar_resources,
         admin_port=settings.sidecar_admin_port,
         proxy_port=settings.sidecar_proxy_port,
-        report_url=settings.report_url,
+        report_url=report_url(settings),
+        report_ca=state.ca_pem.decode(),
     )
     patch.fns.append(lambda b: injection.inject(cast(dict[str, Any], b), template=template, plan=plan))
     logger.info(

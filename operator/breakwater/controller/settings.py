@@ -169,3 +169,14 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         stale_after_seconds=args.stale_after_seconds,
         kubeconfig=args.kubeconfig,
     )
+
+
+def report_url(settings: OperatorSettings) -> str | None:
+    """Where sidecars push reports: `--report-url`, or the webhook Service's `report` port in-cluster."""
+    if settings.report_url:
+        return settings.report_url
+    if settings.webhook_service:
+        ref = settings.webhook_service.partition(":")[0]
+        namespace, _, name = ref.partition("/")
+        return f"https://{name}.{namespace}.svc:{settings.report_listen_port}"
+    return None

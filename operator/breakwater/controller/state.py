@@ -7,6 +7,7 @@ handlers and a cache miss (one GET of the namespace's ConfigMap) rebuild all of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -62,6 +63,25 @@ class BundleCache:
     ttl: float = 5.0
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _versions: dict[str, int] = field(default_factory=dict)
+    _changed: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def version(self, namespace: str) -> int:
+        return self._versions.get(namespace, 0)
+
+    async def wait_change(self, namespace: str, version: int, *, within: float) -> None:
+        """Return when the namespace's bundles changed after `version`, or after `within` seconds."""
+        if self.version(namespace) != version or within <= 0:
+            return
+        event = self._changed.setdefault(namespace, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), within)
+
+    def _bump(self, namespace: str) -> None:
+        self._versions[namespace] = self.version(namespace) + 1
+        event = self._changed.pop(namespace, None)
+        if event is not None:
+            event.set()
 
     async def get(self, namespace: str) -> dict[str, PolicyBundle]:
         entry = self._entries.get(namespace)
@@ -76,18 +96,42 @@ class BundleCache:
                 configmaps.read, self.api, namespace=namespace, name=CONFIGMAP_NAME
             )
             bundles = parse_bundles(data, namespace=namespace)
+            previous = self._entries.get(namespace)
             self._entries[namespace] = _Entry(bundles, time.monotonic())
+            if previous is not None and previous.bundles != bundles:
+                self._bump(namespace)  # changed behind our back (another replica, a hand edit)
             return bundles
 
     def put(self, namespace: str, bundle: PolicyBundle) -> None:
         entry = self._entries.get(namespace)
         if entry is not None:
+            if entry.bundles.get(bundle.name) == bundle:
+                return
             entry.bundles = {**entry.bundles, bundle.name: bundle}
+        self._bump(namespace)
 
     def remove(self, namespace: str, name: str) -> None:
         entry = self._entries.get(namespace)
         if entry is not None:
             entry.bundles = {k: v for k, v in entry.bundles.items() if k != name}
+        self._bump(namespace)
+
+
+@dataclass
+class EventThrottle:
+    """At most one Event per policy and upstream per `interval`; the next one counts what it skipped."""
+
+    interval: float = 10.0
+    _last: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    _skipped: dict[tuple[str, str, str], int] = field(default_factory=dict)
+
+    def admit(self, key: tuple[str, str, str]) -> tuple[bool, int]:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < self.interval:
+            self._skipped[key] = self._skipped.get(key, 0) + 1
+            return False, 0
+        self._last[key] = now
+        return True, self._skipped.pop(key, 0)
 
 
 @dataclass
@@ -95,3 +139,9 @@ class OperatorState:
     api: Any
     bundles: BundleCache
     outcomes: dict[tuple[str, str], ReconcileOutcome] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.monotonic)
+    pod_index: Any = None  # kopf's live pods index, captured from the first handler that receives it
+    ca_pem: bytes = b""
+    last_write: dict[tuple[str, str], float] = field(default_factory=dict)
+    events: EventThrottle = field(default_factory=EventThrottle)
+    clocks: dict[tuple[str, str], Any] = field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,14 @@ from typing import Any
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import CONDITION_ACCEPTED, CONDITION_CIRCUIT_OPEN, CONDITION_READY
 from breakwater.controller.conditions import Condition, merge
+from breakwater.controller.fleet import (
+    PodReport,
+    TransitionClock,
+    UpstreamFleet,
+    aggregate,
+    open_message,
+    summary_word,
+)
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.state import ReconcileOutcome
 from breakwater.injection.resolve import Conflict, resolve
@@ -56,6 +65,72 @@ def not_injected_message(view: PodView) -> str:
     )
 
 
+@dataclass(frozen=True)
+class FleetView:
+    """What the sidecars of the policy's pods report, already aggregated."""
+
+    upstreams: tuple[UpstreamFleet, ...] = ()
+    reporting: int = 0  # injected pods reporting the config they should run
+    stale: int = 0  # injected pods silent for too long, or running an older config
+    hold: bool = False  # just restarted: keep the written upstream states until reports arrive
+
+
+def _accepted(outcome: ReconcileOutcome | None, previous: Mapping[str, Any]) -> Condition:
+    if outcome is not None:
+        return Condition(CONDITION_ACCEPTED, outcome.accepted, outcome.reason, outcome.message)
+    old = {c.get("type"): c for c in previous.get("conditions") or ()}.get(CONDITION_ACCEPTED)
+    if old is not None:
+        return Condition(
+            CONDITION_ACCEPTED, old.get("status") == "True", old.get("reason", ""), old.get("message", "")
+        )
+    return Condition(CONDITION_ACCEPTED, None, "Pending", "not reconciled yet")
+
+
+def _ready(bundle: PolicyBundle | None, view: PodView, fleet: FleetView) -> Condition:
+    selected, injected = len(view.selected), len(view.injected)
+    if bundle is None:
+        return Condition(CONDITION_READY, False, "NotAccepted", "the policy has no rendered config")
+    if selected == 0:
+        return Condition(
+            CONDITION_READY, False, "NoPodsSelected", "the selector matches no running pod in this namespace"
+        )
+    if injected < selected:
+        return Condition(CONDITION_READY, False, "PodsNotInjected", not_injected_message(view))
+    if fleet.reporting < injected:
+        stale = f"{fleet.stale} stale or outdated"
+        message = f"{fleet.reporting}/{injected} sidecars report the current config ({stale})"
+        return Condition(CONDITION_READY, False, "SidecarsNotReporting", message)
+    return Condition(
+        CONDITION_READY,
+        True,
+        "AllPodsReporting",
+        f"{injected}/{selected} pods run and report the current config",
+    )
+
+
+def _circuit(fleets: tuple[UpstreamFleet, ...]) -> tuple[Condition, Condition]:
+    message = open_message(fleets)
+    if not any(f.reporting for f in fleets):
+        return (
+            Condition(CONDITION_CIRCUIT_OPEN, None, "NoReports", "no sidecar reports yet"),
+            Condition(CONDITION_DEGRADED, None, "NoReports", "no sidecar reports yet"),
+        )
+    enforcing_open = any((f.open or f.half_open) and not f.observe for f in fleets)
+    would_open = any(f.would_open for f in fleets)
+    if enforcing_open:
+        circuit = Condition(CONDITION_CIRCUIT_OPEN, True, "UpstreamFailing", message)
+    elif would_open:
+        circuit = Condition(CONDITION_CIRCUIT_OPEN, False, "WouldOpen", f"Observe mode: {message}")
+    else:
+        circuit = Condition(CONDITION_CIRCUIT_OPEN, False, "AllClosed", "every breaker is closed")
+    degraded = (
+        Condition(CONDITION_DEGRADED, True, "UpstreamsFailing", message)
+        if enforcing_open or would_open
+        else Condition(CONDITION_DEGRADED, False, "Healthy", "")
+    )
+    return circuit, degraded
+
+
 def desired_status(
     *,
     generation: int,
@@ -63,66 +138,59 @@ def desired_status(
     outcome: ReconcileOutcome | None,
     bundle: PolicyBundle | None,
     view: PodView,
+    fleet: FleetView | None = None,
+    clock: TransitionClock | None = None,
+    mode: str | None = None,
 ) -> dict[str, Any]:
     previous = previous or {}
-    conditions: list[Condition] = []
-    if outcome is None:
-        old = {c.get("type"): c for c in previous.get("conditions") or ()}.get(CONDITION_ACCEPTED)
-        if old is not None:
-            conditions.append(
-                Condition(
-                    CONDITION_ACCEPTED,
-                    old.get("status") == "True",
-                    old.get("reason", ""),
-                    old.get("message", ""),
-                )
-            )
-        else:
-            conditions.append(Condition(CONDITION_ACCEPTED, None, "Pending", "not reconciled yet"))
-    else:
-        conditions.append(Condition(CONDITION_ACCEPTED, outcome.accepted, outcome.reason, outcome.message))
-
-    selected, injected = len(view.selected), len(view.injected)
-    if bundle is None:
-        conditions.append(
-            Condition(CONDITION_READY, False, "NotAccepted", "the policy has no rendered config")
-        )
-    elif selected == 0:
-        conditions.append(
-            Condition(
-                CONDITION_READY,
-                False,
-                "NoPodsSelected",
-                "the selector matches no running pod in this namespace",
-            )
-        )
-    elif injected < selected:
-        conditions.append(Condition(CONDITION_READY, False, "PodsNotInjected", not_injected_message(view)))
-    else:
-        conditions.append(
-            Condition(
-                CONDITION_READY,
-                True,
-                "AllPodsInjected",
-                f"{injected}/{selected} selected pods run the sidecar",
-            )
-        )
+    fleet = fleet or FleetView()
+    clock = clock or TransitionClock()
+    conditions = [_accepted(outcome, previous), _ready(bundle, view, fleet)]
     if view.conflicts:
         message = "; ".join(c.message() for c in view.conflicts)
         conditions.append(Condition(CONDITION_CONFLICT, True, "UpstreamClaimedByOlderPolicy", message))
     else:
         conditions.append(Condition(CONDITION_CONFLICT, False, "NoConflict", ""))
-    conditions.append(Condition(CONDITION_CIRCUIT_OPEN, None, "NoReports", "no sidecar has reported yet"))
 
-    upstreams = [
-        {"name": u.name, "state": "Unknown", "open": 0, "halfOpen": 0, "closed": 0}
-        for u in (bundle.upstreams if bundle else ())
-    ]
+    old_upstreams = {u.get("name"): u for u in previous.get("upstreams") or ()}
+    if fleet.hold and old_upstreams:
+        upstreams = list(previous.get("upstreams") or [])
+        fleets: tuple[UpstreamFleet, ...] = ()
+        old_conditions = {c.get("type"): c for c in previous.get("conditions") or ()}
+        for kind in (CONDITION_CIRCUIT_OPEN, CONDITION_DEGRADED):
+            if kind in old_conditions:
+                c = old_conditions[kind]
+                status = {"True": True, "False": False}.get(str(c.get("status")))
+                conditions.append(
+                    Condition(kind, status, str(c.get("reason", "")), str(c.get("message", "")))
+                )
+        summary = dict(previous.get("summary") or {})
+    else:
+        fleets = fleet.upstreams
+        upstreams = []
+        for f in fleets:
+            clock.observe(f.name, f.state, previous=old_upstreams.get(f.name))
+            upstreams.append(f.as_status(last_transition_time=clock.since(f.name)))
+        conditions.extend(_circuit(fleets))
+        summary = {
+            "state": summary_word(fleets),
+            "open": f"{sum(f.open for f in fleets)}/{sum(f.reporting for f in fleets)}",
+            "message": open_message(fleets) or None,
+        }
+    summary["pods"] = f"{len(view.injected)}/{len(view.selected)}"
+    if mode:
+        summary["mode"] = mode
     return {
         "observedGeneration": outcome.generation if outcome else previous.get("observedGeneration", 0),
         "conditions": merge(previous.get("conditions"), conditions, generation=generation),
-        "pods": {"selected": selected, "injected": injected, "reporting": 0, "stale": 0},
+        "pods": {
+            "selected": len(view.selected),
+            "injected": len(view.injected),
+            "reporting": fleet.reporting,
+            "stale": fleet.stale,
+        },
         "upstreams": upstreams,
+        "summary": {k: v for k, v in summary.items() if v is not None},
     }
 
 
@@ -131,5 +199,57 @@ def without_times(status: Mapping[str, Any]) -> dict[str, Any]:
     copy = dict(status)
     copy["conditions"] = [
         {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or ()
+    ]
+    return copy
+
+
+def fleet_view(
+    policy: str,
+    bundle: PolicyBundle | None,
+    view: PodView,
+    bundles: Mapping[str, PolicyBundle],
+    reports: Mapping[str, PodReport],
+    *,
+    stale_after: float,
+    grace: bool,
+    now: float | None = None,
+) -> FleetView:
+    """Aggregate the latest reports of the policy's injected pods.
+
+    A pod counts as reporting when its last report is fresh and names the config hash the operator
+    computes for it; as stale when it went silent or runs another config. Breaker states of every
+    fresh report count, whatever config it runs: they are what the app experiences.
+    """
+    if bundle is None:
+        return FleetView()
+    now = time.monotonic() if now is None else now
+    fresh, reporting, stale = [], 0, 0
+    expected: dict[tuple[tuple[str, str], ...], str] = {}
+    for pod in view.injected:
+        got = reports.get(pod.name)
+        if got is None:
+            continue
+        if now - got.received_at > stale_after or (got.report.pod_uid and got.report.pod_uid != pod.uid):
+            stale += 1
+            continue
+        fresh.append(got.report)
+        if pod.labels not in expected:
+            expected[pod.labels] = resolve(pod.label_map, bundles.values()).config_hash
+        if got.report.config_hash == expected[pod.labels]:
+            reporting += 1
+        else:
+            stale += 1
+    upstreams = tuple(aggregate(policy, u.name, fresh) for u in bundle.upstreams)
+    return FleetView(
+        upstreams=upstreams, reporting=reporting, stale=stale, hold=grace and len(fresh) < len(view.injected)
+    )
+
+
+def significant(status: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a status whose change must be written at once (states, counts, conditions)."""
+    copy = without_times(status)
+    copy["upstreams"] = [
+        {k: v for k, v in u.items() if k not in {"failureRate", "trips", "lastTransitionTime"}}
+        for u in status.get("upstreams") or ()
     ]
     return copy

@@ -128,7 +128,15 @@ async def _sync_configuration(settings: OperatorSettings, api: Any, where: Endpo
         )
 
 
-async def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings, api: Any) -> None:
+@dataclass(frozen=True)
+class Served:
+    """Where the serving certificate lives (the report endpoint serves the same one) and its CA."""
+
+    cert_dir: Path
+    ca_pem: bytes
+
+
+async def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings, api: Any) -> Served:
     """Set up kopf's webhook server and the webhook configuration; start certificate rotation."""
     where = endpoint(settings)
     given = Path(settings.webhook_cert_dir) if settings.webhook_cert_dir else None
@@ -162,6 +170,7 @@ async def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSett
         settings.webhook_configuration,
         settings.webhook_manage,
     )
+    return Served(cert_dir, ca_pem)
 
 
 async def _rotate(settings: OperatorSettings, api: Any, where: Endpoint, cert_dir: Path) -> None:

@@ -42,6 +42,7 @@ class SidecarTemplate:
     admin_port: int = 15020
     proxy_port: int = 15080
     report_url: str | None = None
+    report_ca: str = ""  # PEM of the CA that signed the report endpoint's certificate (public)
     run_as_user: int = 65532
 
 
@@ -96,6 +97,8 @@ def sidecar_container(template: SidecarTemplate, plan: InjectionPlan) -> dict[st
     ]
     if template.report_url:
         env.append({"name": "BREAKWATER_REPORT_URL", "value": template.report_url})
+    if template.report_ca:
+        env.append({"name": "BREAKWATER_REPORT_CA", "value": template.report_ca})
     probe = {"httpGet": {"path": "/healthz", "port": "bw-admin"}, "periodSeconds": 10, "timeoutSeconds": 2}
     return {
         "name": SIDECAR_NAME,

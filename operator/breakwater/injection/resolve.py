@@ -9,6 +9,7 @@ upstream name, the same host:port, or the same listen port. The later policy los
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -54,7 +55,14 @@ def precedence(bundle: PolicyBundle) -> tuple[str, str]:
 
 
 def config_hash(config: SidecarConfig) -> str:
-    canonical = config.model_copy(update={"config_hash": ""}).to_json()
+    """A digest of what the policies decide (upstreams, forward proxy), not of where the pod binds.
+
+    The operator and each sidecar compute it independently; a sidecar that binds its pod's own
+    address (or another admin port) still runs, and reports, the same hash.
+    """
+    decided = config.model_dump(by_alias=True, include={"forward_proxy", "upstreams"})
+    decided["forwardProxy"].pop("port", None)
+    canonical = json.dumps(decided, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

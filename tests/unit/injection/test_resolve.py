@@ -82,3 +82,10 @@ def test_downward_api_labels_are_parsed() -> None:
 
     text = 'app="checkout"\npod-template-hash="7d9f"\nquote="a\\"b"\n'
     assert parse_labels(text) == {"app": "checkout", "pod-template-hash": "7d9f", "quote": 'a"b'}
+
+
+def test_the_hash_ignores_where_the_sidecar_binds() -> None:
+    bundles = [bundle("a", "1", up("one", "h1", listen=15001))]
+    here = resolve({"app": "checkout"}, bundles)
+    there = resolve({"app": "checkout"}, bundles, listen_address="127.0.10.7", admin_port=16020)
+    assert here.config_hash == there.config_hash

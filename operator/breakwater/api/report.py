@@ -1,0 +1,75 @@
+"""The report channel between sidecars and the operator: what a sidecar says, what the operator answers.
+
+A sidecar POSTs a `SidecarReport` at once on each breaker transition and as a periodic summary; the
+operator answers with the config hash the pod should run and, when it differs, the config itself. A
+long poll (`GET /v1/config?hash=H`) delivers policy edits within about a second between reports.
+Times are wall-clock seconds since the epoch (the sidecar's clock).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from breakwater.api.sidecar import SidecarConfig
+
+REPORT_VERSION = 1
+REPORT_PATH = "/v1/report"
+CONFIG_PATH = "/v1/config"
+
+BreakerState = Literal["Closed", "Open", "HalfOpen"]
+Count = Annotated[int, Field(ge=0)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+
+class UpstreamReport(_Wire):
+    """One breaker of one sidecar."""
+
+    name: Annotated[str, Field(max_length=63)]
+    policy: Annotated[str, Field(max_length=317)] = ""
+    state: BreakerState
+    mode: Literal["Enforce", "Observe", "ForceOpen", "Disabled"] = "Enforce"
+    calls: Count = 0
+    failures: Count = 0
+    rejections: Count = 0
+    would_reject: Count = 0
+    trips: Count = 0
+    window_calls: Count = 0
+    failure_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    slow_rate: Annotated[float, Field(ge=0, le=1)] | None = None
+    state_since: float | None = None
+    latency_p50_ms: Annotated[float, Field(ge=0)] | None = None
+    latency_p99_ms: Annotated[float, Field(ge=0)] | None = None
+
+
+class TransitionReport(_Wire):
+    upstream: Annotated[str, Field(max_length=63)]
+    policy: str = ""
+    from_state: BreakerState
+    to_state: BreakerState
+    reason: Annotated[str, Field(max_length=64)] = ""
+    at: float
+
+
+class SidecarReport(_Wire):
+    version: int = REPORT_VERSION
+    namespace: Annotated[str, Field(min_length=1, max_length=63)]
+    pod: Annotated[str, Field(min_length=1, max_length=253)]
+    pod_uid: Annotated[str, Field(max_length=64)] = ""
+    config_hash: Annotated[str, Field(max_length=64)] = ""
+    seq: Count = 0
+    sent_at: float = 0.0
+    upstreams: Annotated[list[UpstreamReport], Field(max_length=64)] = Field(default_factory=list)
+    transitions: Annotated[list[TransitionReport], Field(max_length=256)] = Field(default_factory=list)
+
+
+class ConfigReply(_Wire):
+    """The operator's answer: the hash the pod should run, and the config when it is not the one it runs."""
+
+    config_hash: str
+    config: SidecarConfig | None = None

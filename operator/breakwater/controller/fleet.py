@@ -1,0 +1,154 @@
+"""What the sidecars of one policy observe, summed up across the fleet.
+
+Pure functions over the latest report of each pod: per upstream, how many pods hold the breaker
+Open, HalfOpen or Closed, the fleet state (Mixed when they disagree), the failure rate over the pods'
+windows, and trips. Observe-mode breakers never reject, so their Open/HalfOpen counts are reported as
+`wouldOpen` and the upstream stays Closed.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from breakwater.api.report import SidecarReport, UpstreamReport
+
+# Severity order for the summary's single word: the worst state of any upstream wins.
+SEVERITY = {"Open": 4, "Mixed": 3, "HalfOpen": 2, "Closed": 1, "Unknown": 0}
+
+
+@dataclass(frozen=True)
+class PodReport:
+    """The latest report of one pod, with when it arrived (operator's monotonic clock)."""
+
+    report: SidecarReport
+    received_at: float
+
+
+@dataclass(frozen=True)
+class UpstreamFleet:
+    name: str
+    state: str
+    open: int
+    half_open: int
+    closed: int
+    would_open: int
+    failure_rate: float | None
+    trips: int
+    observe: bool
+
+    @property
+    def reporting(self) -> int:
+        return self.open + self.half_open + self.closed
+
+    def as_status(self, *, last_transition_time: str | None) -> dict[str, object]:
+        status: dict[str, object] = {
+            "name": self.name,
+            "state": self.state,
+            "open": self.open,
+            "halfOpen": self.half_open,
+            "closed": self.closed,
+            "wouldOpen": self.would_open,
+            "trips": self.trips,
+        }
+        if self.failure_rate is not None:
+            status["failureRate"] = round(self.failure_rate, 2)
+        if last_transition_time:
+            status["lastTransitionTime"] = last_transition_time
+        return status
+
+
+def fleet_state(open_: int, half_open: int, closed: int) -> str:
+    total = open_ + half_open + closed
+    if total == 0:
+        return "Unknown"
+    if open_ == total:
+        return "Open"
+    if half_open == total:
+        return "HalfOpen"
+    if closed == total:
+        return "Closed"
+    return "Mixed"
+
+
+def _rate(reports: Iterable[UpstreamReport]) -> float | None:
+    weighted, calls = 0.0, 0
+    for r in reports:
+        if r.failure_rate is not None and r.window_calls:
+            weighted += r.failure_rate * r.window_calls
+            calls += r.window_calls
+    return weighted / calls if calls else None
+
+
+def aggregate(policy: str, upstream: str, reports: Iterable[SidecarReport]) -> UpstreamFleet:
+    mine = [u for r in reports for u in r.upstreams if u.name == upstream and u.policy == policy]
+    observe = any(u.mode == "Observe" for u in mine)
+    open_ = sum(1 for u in mine if u.state == "Open")
+    half = sum(1 for u in mine if u.state == "HalfOpen")
+    closed = sum(1 for u in mine if u.state == "Closed")
+    if observe:
+        would, open_, half, closed = open_ + half, 0, 0, open_ + half + closed
+    else:
+        would = 0
+    return UpstreamFleet(
+        name=upstream,
+        state=fleet_state(open_, half, closed),
+        open=open_,
+        half_open=half,
+        closed=closed,
+        would_open=would,
+        failure_rate=_rate(mine),
+        trips=sum(u.trips for u in mine),
+        observe=observe,
+    )
+
+
+@dataclass
+class TransitionClock:
+    """When each upstream's fleet state last changed, kept across status refreshes."""
+
+    states: dict[str, tuple[str, str]] = field(default_factory=dict)  # upstream -> (state, since)
+
+    def observe(
+        self, upstream: str, state: str, *, previous: Mapping[str, object] | None
+    ) -> tuple[str, str | None]:
+        """Record `state`; returns (the previous state, the time it changed, or None if it did not)."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        known = self.states.get(upstream)
+        if known is None and previous is not None:
+            # After a restart: trust the status as written, so no transition is invented.
+            known = (str(previous.get("state", "Unknown")), str(previous.get("lastTransitionTime") or now))
+        if known is None:
+            self.states[upstream] = (state, now)
+            return "Unknown", None if state == "Unknown" else now
+        if known[0] == state:
+            self.states[upstream] = known
+            return state, None
+        self.states[upstream] = (state, now)
+        return known[0], now
+
+    def since(self, upstream: str) -> str | None:
+        known = self.states.get(upstream)
+        return known[1] if known else None
+
+
+def summary_word(fleets: Iterable[UpstreamFleet]) -> str:
+    worst = "Unknown"
+    for f in fleets:
+        if SEVERITY[f.state] > SEVERITY[worst]:
+            worst = f.state
+    return worst
+
+
+def open_message(fleets: Iterable[UpstreamFleet]) -> str:
+    parts = []
+    for f in fleets:
+        if f.observe and f.would_open:
+            parts.append(f"{f.name} would be open on {f.would_open}/{f.reporting} pods")
+        elif f.open or f.half_open:
+            detail = f"{f.name} open on {f.open}/{f.reporting} pods"
+            if f.half_open:
+                detail += f" (half-open on {f.half_open})"
+            parts.append(detail)
+    return "; ".join(parts)

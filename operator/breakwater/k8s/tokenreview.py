@@ -1,0 +1,43 @@
+"""Who sent a report: the API server's verdict on a pod-bound service-account token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubernetes import client
+
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
+
+
+@dataclass(frozen=True)
+class PodIdentity:
+    namespace: str
+    pod: str
+    pod_uid: str
+    service_account: str
+
+
+class NotAuthenticated(Exception):
+    """The token is invalid, expired, for another audience, or not bound to a pod."""
+
+
+def review(api: client.ApiClient, token: str, *, audience: str) -> PodIdentity:
+    body = {"spec": {"token": token, "audiences": [audience]}}
+    result = client.AuthenticationV1Api(api).create_token_review(body)
+    status = result.status
+    if not status or not status.authenticated:
+        raise NotAuthenticated(status.error if status and status.error else "token not authenticated")
+    if audience not in (status.audiences or []):
+        raise NotAuthenticated(f"token is not for audience {audience!r}")
+    user = status.user
+    username = user.username or ""
+    extra = user.extra or {}
+    parts = username.split(":")
+    if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
+        raise NotAuthenticated(f"{username!r} is not a service account")
+    pod = (extra.get(POD_NAME_EXTRA) or [""])[0]
+    uid = (extra.get(POD_UID_EXTRA) or [""])[0]
+    if not pod:
+        raise NotAuthenticated("the token is not bound to a pod")
+    return PodIdentity(namespace=parts[2], pod=pod, pod_uid=uid, service_account=parts[3])
