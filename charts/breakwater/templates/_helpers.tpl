@@ -1,0 +1,139 @@
+{{/*
+The chart name, or nameOverride.
+*/}}
+{{- define "breakwater.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The full name of the release's objects: release name + chart name, unless the release name already
+contains the chart name. Truncated to 63 characters (Service names are DNS labels).
+*/}}
+{{- define "breakwater.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Chart name and version for the helm.sh/chart label.
+*/}}
+{{- define "breakwater.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Labels that select the operator pods; never change them (Deployment selectors are immutable).
+*/}}
+{{- define "breakwater.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "breakwater.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Labels on every object.
+*/}}
+{{- define "breakwater.labels" -}}
+helm.sh/chart: {{ include "breakwater.chart" . }}
+{{ include "breakwater.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: breakwater
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+The ServiceAccount the operator runs as.
+*/}}
+{{- define "breakwater.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "breakwater.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Names derived from the full name, in one place: the operator, its tests and the docs rely on them.
+*/}}
+{{- define "breakwater.webhookServiceName" -}}
+{{- include "breakwater.fullname" . }}
+{{- end }}
+
+{{- define "breakwater.webhookConfigurationName" -}}
+{{- include "breakwater.fullname" . }}
+{{- end }}
+
+{{- define "breakwater.webhookSecretName" -}}
+{{- printf "%s-webhook-tls" (include "breakwater.fullname" .) }}
+{{- end }}
+
+{{- define "breakwater.certificateName" -}}
+{{- printf "%s-webhook" (include "breakwater.fullname" .) }}
+{{- end }}
+
+{{- define "breakwater.issuerName" -}}
+{{- printf "%s-selfsigned" (include "breakwater.fullname" .) }}
+{{- end }}
+
+{{/*
+An image reference from {repository, tag, digest}, falling back to the chart's appVersion.
+Usage: include "breakwater.imageRef" (dict "image" .Values.image "fallback" .Values.image "chart" .Chart)
+*/}}
+{{- define "breakwater.imageRef" -}}
+{{- $repository := .image.repository | default .fallback.repository }}
+{{- $digest := .image.digest | default "" }}
+{{- if $digest }}
+{{- printf "%s@%s" $repository $digest }}
+{{- else }}
+{{- $tag := .image.tag | default .fallback.tag | default .chart.AppVersion }}
+{{- printf "%s:%s" $repository (toString $tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "breakwater.operatorImage" -}}
+{{- include "breakwater.imageRef" (dict "image" .Values.image "fallback" .Values.image "chart" .Chart) }}
+{{- end }}
+
+{{- define "breakwater.sidecarImage" -}}
+{{- include "breakwater.imageRef" (dict "image" .Values.sidecar.image "fallback" .Values.image "chart" .Chart) }}
+{{- end }}
+
+{{/*
+The webhook's namespaceSelector: the opt-in selector from values (or every namespace), always
+excluding kube-system, the release namespace and webhook.excludeNamespaces.
+*/}}
+{{- define "breakwater.namespaceSelector" -}}
+{{- $excluded := concat (list "kube-system" .Release.Namespace) .Values.webhook.excludeNamespaces | uniq }}
+{{- $exclusion := dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded }}
+{{- $selector := dict }}
+{{- if not .Values.webhook.injectAllNamespaces }}
+{{- $selector = deepCopy (.Values.webhook.namespaceSelector | default dict) }}
+{{- end }}
+{{- $expressions := concat ($selector.matchExpressions | default list) (list $exclusion) }}
+{{- $_ := set $selector "matchExpressions" $expressions }}
+{{- toYaml $selector }}
+{{- end }}
+
+{{/*
+Fail early, with the value to change, when the cluster lacks an API a chosen option needs.
+`helm template` has no cluster: pass --api-versions (e.g. --api-versions cert-manager.io/v1).
+*/}}
+{{- define "breakwater.requireApi" -}}
+{{- $api := index . 0 }}
+{{- $option := index . 1 }}
+{{- $capabilities := index . 2 }}
+{{- if not ($capabilities.APIVersions.Has $api) }}
+{{- fail (printf "%s=true needs the %s API, which this cluster does not serve: install it first (or pass --api-versions %s to helm template)" $option $api $api) }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,30 @@
+"""Fixtures of the chart unit tests: the helm binary (no cluster needed) and a copy of the chart."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from breakwater.testing.controlplane import ControlPlaneError, find_binaries
+from tests.cluster.chart_helpers import prepare_chart
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """The helm binary of the cached control-plane build; the chart tests skip without it."""
+    try:
+        path = find_binaries(build=False) / "helm"
+    except ControlPlaneError as exc:
+        reason = f"helm unavailable (run `make control-plane`): {exc}"
+        if os.environ.get("BREAKWATER_REQUIRE_CLUSTER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(scope="session")
+def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of charts/breakwater (with a stand-in CRD until `make crds` has generated the real one)."""
+    return prepare_chart(tmp_path_factory.mktemp("chart"))

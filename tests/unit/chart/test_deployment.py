@@ -1,0 +1,291 @@
+"""The operator Deployment, its Service, PodDisruptionBudget and PodMonitor: values in, objects out.
+
+The operator's command line is parsed by the operator's own argument parser, so the chart and
+`breakwater operator` cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from breakwater.controller import settings as operator_settings
+from breakwater.injection import pod as injection
+from tests.cluster.chart_helpers import ChartNames, Rendered, helm_template, render
+
+NS = "breakwater-system"
+
+
+def _settings(rendered: Rendered) -> operator_settings.OperatorSettings:
+    args = rendered.operator_args
+    assert args[0] == "operator"
+    parser = argparse.ArgumentParser()
+    operator_settings.add_arguments(parser)
+    return operator_settings.from_args(parser.parse_args(args[1:]))
+
+
+def test_the_operator_command_line_parses_into_the_in_cluster_settings(helm: Path, chart: Path) -> None:
+    rendered = render(helm, chart, release="bw", namespace=NS)
+    names = ChartNames("bw", NS)
+    settings = _settings(rendered)
+    assert settings.operator_namespace == NS
+    assert settings.watch_namespaces == ()
+    assert settings.webhook_service == f"{NS}/{names.service}:443"
+    assert settings.webhook_secret == f"{NS}/{names.webhook_secret}"
+    assert settings.webhook_configuration == names.webhook_configuration
+    assert settings.webhook_manage == "ca-only"
+    assert settings.webhook_cert_dir is None
+    assert (settings.webhook_listen_host, settings.webhook_listen_port) == ("0.0.0.0", 9443)
+    assert (settings.report_listen_host, settings.report_listen_port) == ("0.0.0.0", 9444)
+    assert settings.liveness == "0.0.0.0:8080"
+    assert settings.webhook_failure_policy == "Ignore"
+    assert settings.webhook_timeout_seconds == 5
+    assert settings.inject_all_namespaces is False
+    assert settings.sidecar_image == "ghcr.io/breakwater-dev/breakwater:0.1.0"
+    assert settings.sidecar_image_pull_policy == "IfNotPresent"
+    assert settings.sidecar_resources == {
+        "requests": {"cpu": "20m", "memory": "48Mi"},
+        "limits": {"memory": "128Mi"},
+    }
+    assert settings.stale_after_seconds == 30
+
+
+def test_operator_values_reach_its_command_line(helm: Path, chart: Path) -> None:
+    rendered = render(
+        helm,
+        chart,
+        values={
+            "operator": {
+                "watchNamespaces": ["shop", "billing"],
+                "verbose": True,
+                "staleAfterSeconds": 12.5,
+                "extraArgs": ["--report-url=https://bw.example:9444"],
+                "extraEnv": [{"name": "TZ", "value": "UTC"}],
+            },
+            "sidecar": {
+                "image": {"repository": "registry.example/sidecar", "tag": "1.2.3", "pullPolicy": "Always"},
+                "resources": {"requests": {"cpu": "5m"}, "limits": {"cpu": "100m"}},
+            },
+            "ports": {"report": 19444, "health": 18080},
+        },
+    )
+    settings = _settings(rendered)
+    assert settings.watch_namespaces == ("shop", "billing")
+    assert settings.stale_after_seconds == 12.5
+    assert settings.report_url == "https://bw.example:9444"
+    assert settings.report_listen_port == 19444
+    assert settings.liveness == "0.0.0.0:18080"
+    assert settings.sidecar_image == "registry.example/sidecar:1.2.3"
+    assert settings.sidecar_image_pull_policy == "Always"
+    # user values merge into the defaults, key by key
+    assert settings.sidecar_resources == {
+        "requests": {"cpu": "5m", "memory": "48Mi"},
+        "limits": {"cpu": "100m", "memory": "128Mi"},
+    }
+    assert "--verbose" in rendered.operator_args
+    assert {"name": "TZ", "value": "UTC"} in rendered.container["env"]
+    assert rendered.container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    health = next(p for p in rendered.container["ports"] if p["name"] == "health")
+    assert health["containerPort"] == 18080
+
+
+def test_the_sidecar_uses_the_operator_image_unless_told_otherwise(helm: Path, chart: Path) -> None:
+    digest = "sha256:" + "b" * 64
+    rendered = render(helm, chart, values={"image": {"repository": "registry.example/bw", "digest": digest}})
+    assert rendered.container["image"] == f"registry.example/bw@{digest}"
+    assert _settings(rendered).sidecar_image == "registry.example/bw:0.1.0"
+    rendered = render(helm, chart, values={"image": {"tag": "0.2.0"}})
+    assert rendered.container["image"] == "ghcr.io/breakwater-dev/breakwater:0.2.0"
+    assert _settings(rendered).sidecar_image == "ghcr.io/breakwater-dev/breakwater:0.2.0"
+
+
+def test_the_pod_meets_the_restricted_pod_security_standard(helm: Path, chart: Path) -> None:
+    rendered = render(helm, chart)
+    pod, container = rendered.pod_spec, rendered.container
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert not sc.get("privileged")
+    assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+    volumes = pod["volumes"]
+    assert all(set(v) <= {"name", "emptyDir", "secret", "configMap", "projected"} for v in volumes), volumes
+    assert all(p["containerPort"] >= 1024 for p in container["ports"]), "non-root binds no privileged port"
+    tmp = next(v for v in volumes if v["name"] == "tmp")
+    assert tmp["emptyDir"]["medium"] == "Memory"
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+
+
+def test_one_standalone_operator_is_replaced_with_recreate(helm: Path, chart: Path) -> None:
+    deployment = render(helm, chart).deployment
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert render(helm, chart, values={"replicaCount": 0}).deployment["spec"]["replicas"] == 0
+
+
+def test_probes_and_resources_come_from_values(helm: Path, chart: Path) -> None:
+    resources = {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
+    rendered = render(
+        helm,
+        chart,
+        values={"resources": resources, "livenessProbe": {"periodSeconds": 30, "failureThreshold": 2}},
+    )
+    assert rendered.container["resources"] == resources
+    probe = rendered.container["livenessProbe"]
+    assert (probe["periodSeconds"], probe["failureThreshold"], probe["timeoutSeconds"]) == (30, 2, 3)
+    assert rendered.container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    default = render(helm, chart).container["resources"]
+    assert default["requests"]
+    assert default["limits"]["memory"]
+
+
+def test_scheduling_values_reach_the_pod_template(helm: Path, chart: Path) -> None:
+    tolerations = [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}]
+    affinity: dict[str, Any] = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    pod = render(
+        helm,
+        chart,
+        values={
+            "nodeName": "kwok-node-0",
+            "nodeSelector": {"kubernetes.io/os": "linux"},
+            "tolerations": tolerations,
+            "affinity": affinity,
+            "priorityClassName": "system-cluster-critical",
+        },
+    ).pod_spec
+    assert pod["nodeName"] == "kwok-node-0"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == tolerations
+    assert pod["affinity"] == affinity
+    assert pod["priorityClassName"] == "system-cluster-critical"
+    default = render(helm, chart).pod_spec
+    assert not {"nodeName", "nodeSelector", "tolerations", "affinity", "priorityClassName"} & default.keys()
+
+
+def test_the_operator_pod_is_never_injected_itself(helm: Path, chart: Path) -> None:
+    annotations = render(helm, chart).deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["breakwater.dev/inject"] == "false"
+
+
+def test_the_service_selects_the_operator_pods_and_exposes_webhook_and_report(
+    helm: Path, chart: Path
+) -> None:
+    rendered = render(helm, chart)
+    service = rendered.one("Service")
+    pod_labels = rendered.deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert rendered.deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"webhook": (443, "webhook"), "report": (9444, "report")}
+    container_ports = {p["name"] for p in rendered.container["ports"]}
+    assert {"webhook", "report", "health"} <= container_ports
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        ({}, {"maxUnavailable": 1}),
+        ({"minAvailable": 1}, {"minAvailable": 1}),
+        ({"maxUnavailable": "50%"}, {"maxUnavailable": "50%"}),
+    ],
+    ids=["default lets a single replica be drained", "minAvailable wins", "percentage"],
+)
+def test_the_disruption_budget(
+    helm: Path, chart: Path, budget: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    rendered = render(helm, chart, values={"podDisruptionBudget": budget})
+    spec = rendered.one("PodDisruptionBudget")["spec"]
+    assert {k: v for k, v in spec.items() if k in ("minAvailable", "maxUnavailable")} == expected
+    assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert spec["selector"]["matchLabels"] == rendered.deployment["spec"]["selector"]["matchLabels"]
+    assert (
+        render(helm, chart, values={"podDisruptionBudget": {"enabled": False}}).maybe("PodDisruptionBudget")
+        is None
+    )
+
+
+def test_the_pod_monitor_scrapes_the_admin_port_the_injected_sidecar_declares(
+    helm: Path, chart: Path
+) -> None:
+    assert render(helm, chart).maybe("PodMonitor") is None
+    rendered = render(
+        helm,
+        chart,
+        values={"podMonitor": {"enabled": True, "labels": {"release": "prom"}, "interval": "15s"}},
+        api_versions=["monitoring.coreos.com/v1"],
+    )
+    monitor = rendered.one("PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    assert monitor["spec"]["selector"] == {}
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
+
+    sidecar = injection.sidecar_container(
+        injection.SidecarTemplate(image=_settings(rendered).sidecar_image),
+        injection.InjectionPlan(
+            policies=("p",), listen_ports=(("payments", 15001),), transparent=False, config_hash="h"
+        ),
+    )
+    admin = next(p for p in sidecar["ports"] if p["name"] == endpoint["port"])
+    assert admin["containerPort"] == _settings(rendered).sidecar_admin_port
+
+
+@pytest.mark.parametrize(
+    ("values", "api"),
+    [
+        ({"podMonitor": {"enabled": True}}, "monitoring.coreos.com/v1"),
+        ({"webhook": {"certManager": {"enabled": True}}}, "cert-manager.io/v1"),
+    ],
+    ids=["pod monitor", "cert-manager"],
+)
+def test_an_option_whose_api_the_cluster_lacks_fails_with_what_to_do(
+    helm: Path, chart: Path, values: dict[str, Any], api: str
+) -> None:
+    proc = helm_template(helm, chart, values=values)
+    assert proc.returncode != 0
+    assert f"needs the {api} API, which this cluster does not serve" in proc.stderr, proc.stderr
+
+
+def test_a_missing_service_account_name_is_reported(helm: Path, chart: Path) -> None:
+    proc = helm_template(helm, chart, values={"serviceAccount": {"create": False}})
+    assert proc.returncode != 0
+    assert "serviceAccount.name is required when serviceAccount.create is false" in proc.stderr
+
+
+def test_every_object_carries_the_standard_labels_and_namespaced_ones_live_in_the_release_namespace(
+    helm: Path, chart: Path
+) -> None:
+    rendered = render(
+        helm,
+        chart,
+        release="bw",
+        namespace=NS,
+        values={"commonLabels": {"team": "platform"}, "podMonitor": {"enabled": True}},
+        api_versions=["monitoring.coreos.com/v1"],
+    )
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "CustomResourceDefinition",
+    }
+    for obj in rendered:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "bw", obj["kind"]
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/part-of"] == "breakwater"
+        assert labels["helm.sh/chart"] == "breakwater-0.1.0"
+        assert labels["team"] == "platform"
+        if obj["kind"] in cluster_scoped:
+            assert "namespace" not in obj["metadata"], obj["kind"]
+        else:
+            assert obj["metadata"]["namespace"] == NS, obj["kind"]
