@@ -11,6 +11,7 @@ the chart, so everything but the CRD's content can be tested; ``crd_is_generated
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+
+from breakwater.controller import settings as operator_settings
 
 if TYPE_CHECKING:
     from tests.conftest import Cluster
@@ -258,6 +261,15 @@ def render(
     if proc.returncode != 0:
         raise AssertionError(f"helm template failed ({proc.returncode}):\n{proc.stderr}")
     return Rendered.parse(proc.stdout)
+
+
+def settings_of(rendered: Rendered) -> operator_settings.OperatorSettings:
+    """The operator's settings from the Deployment's command line, parsed by the operator's own parser."""
+    args = rendered.operator_args
+    assert args[0] == "operator", args
+    parser = argparse.ArgumentParser()
+    operator_settings.add_arguments(parser)
+    return operator_settings.from_args(parser.parse_args(args[1:]))
 
 
 # -- on a cluster ----------------------------------------------------------------------------------

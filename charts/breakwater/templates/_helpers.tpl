@@ -111,17 +111,21 @@ Usage: include "breakwater.imageRef" (dict "image" .Values.image "fallback" .Val
 
 {{/*
 The webhook's namespaceSelector: the opt-in selector from values (or every namespace), always
-excluding kube-system, the release namespace and webhook.excludeNamespaces.
+excluding the system namespaces the operator never injects (kube-system, kube-public,
+kube-node-lease), the release namespace and webhook.excludeNamespaces, and limited to
+operator.watchNamespaces when set. The same rule as the operator's own (controller/webhook.py).
 */}}
 {{- define "breakwater.namespaceSelector" -}}
-{{- $excluded := concat (list "kube-system" .Release.Namespace) .Values.webhook.excludeNamespaces | uniq }}
-{{- $exclusion := dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded }}
+{{- $excluded := concat (list "kube-system" "kube-public" "kube-node-lease" .Release.Namespace) .Values.webhook.excludeNamespaces | uniq }}
+{{- $expressions := list (dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded) }}
+{{- with .Values.operator.watchNamespaces }}
+{{- $expressions = append $expressions (dict "key" "kubernetes.io/metadata.name" "operator" "In" "values" .) }}
+{{- end }}
 {{- $selector := dict }}
 {{- if not .Values.webhook.injectAllNamespaces }}
 {{- $selector = deepCopy (.Values.webhook.namespaceSelector | default dict) }}
 {{- end }}
-{{- $expressions := concat ($selector.matchExpressions | default list) (list $exclusion) }}
-{{- $_ := set $selector "matchExpressions" $expressions }}
+{{- $_ := set $selector "matchExpressions" (concat ($selector.matchExpressions | default list) $expressions) }}
 {{- toYaml $selector }}
 {{- end }}
 

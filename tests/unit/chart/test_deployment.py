@@ -6,7 +6,6 @@ The operator's command line is parsed by the operator's own argument parser, so 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +13,15 @@ import pytest
 
 from breakwater.controller import settings as operator_settings
 from breakwater.injection import pod as injection
-from tests.cluster.chart_helpers import ChartNames, Rendered, helm_template, render
+from tests.cluster.chart_helpers import ChartNames, helm_template, render, settings_of
 
 NS = "breakwater-system"
-
-
-def _settings(rendered: Rendered) -> operator_settings.OperatorSettings:
-    args = rendered.operator_args
-    assert args[0] == "operator"
-    parser = argparse.ArgumentParser()
-    operator_settings.add_arguments(parser)
-    return operator_settings.from_args(parser.parse_args(args[1:]))
 
 
 def test_the_operator_command_line_parses_into_the_in_cluster_settings(helm: Path, chart: Path) -> None:
     rendered = render(helm, chart, release="bw", namespace=NS)
     names = ChartNames("bw", NS)
-    settings = _settings(rendered)
+    settings = settings_of(rendered)
     assert settings.operator_namespace == NS
     assert settings.watch_namespaces == ()
     assert settings.webhook_service == f"{NS}/{names.service}:443"
@@ -51,6 +42,12 @@ def test_the_operator_command_line_parses_into_the_in_cluster_settings(helm: Pat
         "limits": {"memory": "128Mi"},
     }
     assert settings.stale_after_seconds == 30
+    service = rendered.one("Service")
+    report = next(p for p in service["spec"]["ports"] if p["name"] == "report")
+    assert (
+        operator_settings.report_url(settings)
+        == f"https://{service['metadata']['name']}.{NS}.svc:{report['port']}"
+    )
 
 
 def test_operator_values_reach_its_command_line(helm: Path, chart: Path) -> None:
@@ -72,7 +69,7 @@ def test_operator_values_reach_its_command_line(helm: Path, chart: Path) -> None
             "ports": {"report": 19444, "health": 18080},
         },
     )
-    settings = _settings(rendered)
+    settings = settings_of(rendered)
     assert settings.watch_namespaces == ("shop", "billing")
     assert settings.stale_after_seconds == 12.5
     assert settings.report_url == "https://bw.example:9444"
@@ -96,10 +93,10 @@ def test_the_sidecar_uses_the_operator_image_unless_told_otherwise(helm: Path, c
     digest = "sha256:" + "b" * 64
     rendered = render(helm, chart, values={"image": {"repository": "registry.example/bw", "digest": digest}})
     assert rendered.container["image"] == f"registry.example/bw@{digest}"
-    assert _settings(rendered).sidecar_image == "registry.example/bw:0.1.0"
+    assert settings_of(rendered).sidecar_image == "registry.example/bw:0.1.0"
     rendered = render(helm, chart, values={"image": {"tag": "0.2.0"}})
     assert rendered.container["image"] == "ghcr.io/breakwater-dev/breakwater:0.2.0"
-    assert _settings(rendered).sidecar_image == "ghcr.io/breakwater-dev/breakwater:0.2.0"
+    assert settings_of(rendered).sidecar_image == "ghcr.io/breakwater-dev/breakwater:0.2.0"
 
 
 def test_the_pod_meets_the_restricted_pod_security_standard(helm: Path, chart: Path) -> None:
@@ -230,13 +227,13 @@ def test_the_pod_monitor_scrapes_the_admin_port_the_injected_sidecar_declares(
     assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
 
     sidecar = injection.sidecar_container(
-        injection.SidecarTemplate(image=_settings(rendered).sidecar_image),
+        injection.SidecarTemplate(image=settings_of(rendered).sidecar_image),
         injection.InjectionPlan(
             policies=("p",), listen_ports=(("payments", 15001),), transparent=False, config_hash="h"
         ),
     )
     admin = next(p for p in sidecar["ports"] if p["name"] == endpoint["port"])
-    assert admin["containerPort"] == _settings(rendered).sidecar_admin_port
+    assert admin["containerPort"] == settings_of(rendered).sidecar_admin_port
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cluster.chart_helpers import WEBHOOK_NAME, ChartNames, render
+from breakwater.controller import webhook as operator_webhook
+from tests.cluster.chart_helpers import WEBHOOK_NAME, ChartNames, render, settings_of
 
 NS = "breakwater-system"
 EXCLUDE_EXPRESSION_KEY = "kubernetes.io/metadata.name"
+SYSTEM = ["kube-system", "kube-public", "kube-node-lease"]
 
 
 def _exclusions(selector: dict[str, object]) -> list[str]:
@@ -41,7 +43,7 @@ def test_by_default_one_webhook_sends_pod_creations_in_opted_in_namespaces_to_th
         }
     ]
     assert webhook["namespaceSelector"]["matchLabels"] == {"breakwater.dev/injection": "enabled"}
-    assert _exclusions(webhook["namespaceSelector"]) == ["kube-system", NS]
+    assert _exclusions(webhook["namespaceSelector"]) == [*SYSTEM, NS]
     assert "objectSelector" not in webhook
     assert webhook["failurePolicy"] == "Ignore"
     assert webhook["timeoutSeconds"] == 5
@@ -76,7 +78,7 @@ def test_inject_all_namespaces_selects_every_namespace_but_the_system_and_releas
     )
     selector = rendered.webhook["namespaceSelector"]
     assert set(selector) == {"matchExpressions"}, "no opt-in label required"
-    assert _exclusions(selector) == ["kube-system", "bw-ops", "monitoring"]
+    assert _exclusions(selector) == [*SYSTEM, "bw-ops", "monitoring"]
     assert "--inject-all-namespaces" in rendered.operator_args
 
 
@@ -93,7 +95,7 @@ def test_a_custom_namespace_selector_keeps_its_expressions_and_gains_the_exclusi
     )
     selector = rendered.webhook["namespaceSelector"]
     assert selector["matchExpressions"][0] == custom["matchExpressions"][0]
-    assert _exclusions(selector) == ["kube-system", NS]
+    assert _exclusions(selector) == [*SYSTEM, NS]
     assert rendered.webhook["objectSelector"] == {"matchLabels": {"inject": "yes"}}
 
 
@@ -130,3 +132,26 @@ def test_a_release_named_after_the_chart_is_not_doubled(helm: Path, chart: Path)
     rendered = render(helm, chart, release="breakwater")
     assert rendered.one("MutatingWebhookConfiguration")["metadata"]["name"] == "breakwater"
     assert ChartNames("breakwater", NS).fullname == "breakwater"
+
+
+def test_the_chart_selects_the_same_namespaces_as_the_operator_would_for_itself(
+    helm: Path, chart: Path
+) -> None:
+    """`--webhook-manage=full` (local runs) makes the operator write its own selector: the chart's
+    must admit and exclude the same namespaces."""
+    for values in (
+        {},
+        {"webhook": {"injectAllNamespaces": True}},
+        {"operator": {"watchNamespaces": ["shop", "billing"]}},
+    ):
+        rendered = render(helm, chart, values=values)
+        settings = settings_of(rendered)
+        ours = operator_webhook.namespace_selector(settings)
+        chart_selector = rendered.webhook["namespaceSelector"]
+        assert chart_selector.get("matchLabels") == ours.get("matchLabels"), values
+        as_sets = [
+            (e["key"], e["operator"], frozenset(e["values"])) for e in chart_selector["matchExpressions"]
+        ]
+        assert sorted(as_sets, key=str) == sorted(
+            [(e["key"], e["operator"], frozenset(e["values"])) for e in ours["matchExpressions"]], key=str
+        ), values
