@@ -55,6 +55,7 @@ class OperatorProcess:
             f"--report-url=https://127.0.0.1:{self.report_port}",
             "--operator-namespace=breakwater-system",
             "--sidecar-image=registry.example/breakwater:test",
+            f"--webhook-cert-dir={self.log_path.parent / 'certs'}",
             *self.extra_args,
         ]  # fmt: skip
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import textwrap
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,7 +17,6 @@ from tests.cluster.harness import (
     OperatorProcess,
     condition,
     deployment_manifest,
-    install_crd,
     opt_in,
     pods,
     policy,
@@ -27,24 +25,6 @@ from tests.cluster.harness import (
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
-    install_crd(cluster)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(cluster=cluster, log_path=log)
-    proc.start()
-    yield proc
-    proc.cleanup()
-
-
-@pytest.fixture
-def running_operator(operator: OperatorProcess) -> OperatorProcess:
-    """The module's operator, restarted if an earlier test stopped it."""
-    if operator.process is None:
-        operator.start()
-    return operator
 
 
 def sidecars(pod: dict[str, Any]) -> list[dict[str, Any]]:

@@ -239,7 +239,7 @@ def _post_transition_events(
             f"(open on {upstream['open']}/{total} pods, half-open on {upstream['halfOpen']})"
         )
         if skipped:
-            message += f"; {skipped} more transitions in the last {state.events.interval:.0f} s not shown"
+            message += f"; {skipped} earlier transitions not shown (a flapping upstream is rate-limited)"
         kind = "Normal" if new_state == "Closed" else "Warning"
         kopf.event(body, type=kind, reason=f"Upstream{new_state}", message=message)
         logger.info("policy %s/%s: %s", namespace, name, message)

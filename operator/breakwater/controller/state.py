@@ -119,18 +119,23 @@ class BundleCache:
 
 @dataclass
 class EventThrottle:
-    """At most one Event per policy and upstream per `interval`; the next one counts what it skipped."""
+    """A token bucket per policy and upstream: a recovery cycle (Open, HalfOpen, Closed) is told in full,
+    a flapping upstream gets one Event per `refill` seconds, and the next Event counts what it skipped."""
 
-    interval: float = 10.0
-    _last: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    burst: int = 6
+    refill: float = 20.0
+    _buckets: dict[tuple[str, str, str], tuple[float, float]] = field(default_factory=dict)
     _skipped: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def admit(self, key: tuple[str, str, str]) -> tuple[bool, int]:
         now = time.monotonic()
-        if now - self._last.get(key, -1e9) < self.interval:
+        tokens, since = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - since) / self.refill)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
             self._skipped[key] = self._skipped.get(key, 0) + 1
             return False, 0
-        self._last[key] = now
+        self._buckets[key] = (tokens - 1, now)
         return True, self._skipped.pop(key, 0)
 
 

@@ -140,12 +140,16 @@ async def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSett
     """Set up kopf's webhook server and the webhook configuration; start certificate rotation."""
     where = endpoint(settings)
     given = Path(settings.webhook_cert_dir) if settings.webhook_cert_dir else None
-    if given and (given / "tls.crt").exists():
+    if given and (given / "tls.crt").exists() and not settings.webhook_secret:
+        # Mounted (e.g. cert-manager) or kept from an earlier run: serve what is there.
         cert_dir = given
         ca_file = given / "ca.crt"
         ca_pem = ca_file.read_bytes() if ca_file.exists() else b""
     else:
-        cert_dir = Path(tempfile.mkdtemp(prefix="breakwater-webhook-"))
+        # An empty --webhook-cert-dir keeps the generated certificate across restarts, so sidecars
+        # that trust its CA keep reporting after the operator restarts (local runs, tests, the demo).
+        cert_dir = given or Path(tempfile.mkdtemp(prefix="breakwater-webhook-"))
+        cert_dir.mkdir(parents=True, exist_ok=True)
         cert = await _certificate(settings, api, where)
         _write(cert_dir, cert)
         ca_pem = cert.ca_pem

@@ -1,19 +1,16 @@
-"""What a sidecar knows about its own pod: the downward-API labels file, and the policies it mounts."""
+"""What a sidecar knows about its own pod: its downward-API labels, and what it ran before."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from pathlib import Path
-
-import pydantic
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.sidecar import SidecarConfig
 
 
 class PodInfoError(ValueError):
-    """The labels file or a policy bundle cannot be read; the message names the file."""
+    """The labels file cannot be read or parsed; the message says which line."""
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -31,20 +28,6 @@ def parse_labels(text: str) -> dict[str, str]:
             raise PodInfoError(f"label {key!r} has an unreadable value {quoted!r}") from exc
         labels[key] = str(value)
     return labels
-
-
-def read_bundles(directory: Path) -> tuple[list[PolicyBundle], list[str]]:
-    """Every readable bundle of a mounted ConfigMap directory, and one error line per unreadable one.
-
-    Kubelet mounts a ConfigMap as symlinks into a `..data` directory; hidden entries are skipped.
-    """
-    bundles, errors = [], []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            bundles.append(PolicyBundle.model_validate_json(path.read_bytes()))
-        except (OSError, pydantic.ValidationError) as exc:
-            errors.append(f"{path.name}: {exc}")
-    return bundles, errors
 
 
 def carry_over(previous: SidecarConfig | None, current: SidecarConfig) -> SidecarConfig:

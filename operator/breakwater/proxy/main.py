@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
+from breakwater.api.sidecar import SidecarConfig, SidecarConfigError
+from breakwater.injection.podinfo import PodInfoError, carry_over
 from breakwater.proxy.logs import configure_logging
+from breakwater.proxy.podsource import Binding, PodConfigSource
+from breakwater.proxy.reporter import PodIdentity, Reporter
 from breakwater.proxy.sidecar import Sidecar
 
 __all__ = ["add_arguments", "run"]
@@ -18,7 +24,30 @@ log = logging.getLogger("breakwater.proxy")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, metavar="FILE", help="the sidecar config (JSON), watched")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", metavar="FILE", help="the sidecar config (JSON), watched")
+    source.add_argument(
+        "--policies-dir",
+        metavar="DIR",
+        help="injected mode: the mounted policy bundles, resolved with --pod-labels (watched)",
+    )
+    pod = parser.add_argument_group("injected mode (--policies-dir)")
+    pod.add_argument("--pod-labels", metavar="FILE", help="the downward-API labels file of this pod")
+    pod.add_argument("--listen-address", default="127.0.0.1", help="where upstream listeners bind")
+    pod.add_argument("--admin-address", default="0.0.0.0", help="where the admin listener binds")
+    pod.add_argument("--admin-port", type=int, default=15020)
+    pod.add_argument(
+        "--proxy-port", type=int, default=15080, help="the forward proxy's port (transparent mode)"
+    )
+    pod.add_argument(
+        "--report-url", default=os.environ.get("BREAKWATER_REPORT_URL"), help="the operator's report endpoint"
+    )
+    pod.add_argument(
+        "--report-interval", type=float, default=5.0, metavar="S", help="summary report interval"
+    )
+    pod.add_argument(
+        "--token-file", default=os.environ.get("BREAKWATER_TOKEN_FILE"), help="projected SA token"
+    )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
     parser.add_argument(
         "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper
@@ -36,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    if args.policies_dir:
+        return await _serve_pod(args)
     sidecar = Sidecar(
         config_path=args.config, drain_seconds=args.drain_seconds, poll_interval=args.poll_seconds
     )
@@ -48,6 +79,64 @@ async def _serve(args: argparse.Namespace) -> int:
         log.warning("started without a usable config; /readyz answers 503 until one loads")
     await stop.wait()
     log.info("signal received: draining", extra={"fields": {"drain_seconds": args.drain_seconds}})
+    await sidecar.stop()
+    return 0
+
+
+async def _serve_pod(args: argparse.Namespace) -> int:
+    """Injected mode: config from the mounted bundles, then live from the operator's report channel."""
+    if not args.pod_labels:
+        log.error("--policies-dir needs --pod-labels (the downward-API labels file)")
+        return 2
+    binding = Binding(
+        listen_address=args.listen_address,
+        admin_address=args.admin_address,
+        admin_port=args.admin_port,
+        proxy_port=args.proxy_port,
+    )
+    source = PodConfigSource(Path(args.policies_dir), Path(args.pod_labels), binding)
+    try:
+        initial = source.load()
+    except (PodInfoError, SidecarConfigError) as exc:
+        log.error("cannot resolve the pod's config: %s", exc)
+        return 1
+    sidecar = Sidecar(config=initial, drain_seconds=args.drain_seconds)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await sidecar.start()
+    tasks = [asyncio.create_task(source.follow(sidecar, interval=args.poll_seconds))]
+    reporter = None
+    if args.report_url and args.token_file:
+
+        async def apply_live(config: SidecarConfig) -> None:
+            await sidecar.apply_config(binding.apply(carry_over(sidecar.config, config)), source="operator")
+            log.info("config %s from the operator applied", config.config_hash)
+
+        identity = PodIdentity(
+            namespace=os.environ.get("POD_NAMESPACE", ""),
+            pod=os.environ.get("POD_NAME", ""),
+            uid=os.environ.get("POD_UID", ""),
+        )
+        reporter = Reporter(
+            sidecar=sidecar,
+            url=args.report_url.rstrip("/"),
+            identity=identity,
+            token_file=Path(args.token_file),
+            on_config=apply_live,
+            ca_pem=os.environ.get("BREAKWATER_REPORT_CA", ""),
+            interval=args.report_interval,
+        )
+        await reporter.start()
+    else:
+        log.info("no --report-url/--token-file: running on the mounted config only, not reporting")
+    await stop.wait()
+    log.info("signal received: draining", extra={"fields": {"drain_seconds": args.drain_seconds}})
+    for task in tasks:
+        task.cancel()
+    if reporter is not None:
+        await reporter.stop()
     await sidecar.stop()
     return 0
 

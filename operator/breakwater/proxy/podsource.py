@@ -1,0 +1,112 @@
+"""The sidecar's own config, as an injected pod gets it: mounted policy bundles + its labels.
+
+The operator writes every policy of the namespace into one ConfigMap, mounted as a directory; the
+downward API mounts the pod's labels. This module resolves the two into the pod's `SidecarConfig`
+with the same function the operator uses (so both compute the same config hash), applies where this
+pod binds, and re-resolves whenever either mount changes. Upstreams that disappear stay as
+pass-through listeners (see `carry_over`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydantic
+
+from breakwater.api.bundle import PolicyBundle
+from breakwater.api.sidecar import AdminConfig, SidecarConfig
+from breakwater.injection.podinfo import PodInfoError, carry_over, parse_labels
+from breakwater.injection.resolve import resolve
+from breakwater.proxy.sidecar import ConfigApplyError, Sidecar
+
+log = logging.getLogger("breakwater.proxy.podsource")
+
+
+def read_bundles(directory: Path) -> tuple[list[PolicyBundle], list[str]]:
+    """Every readable bundle of a mounted ConfigMap directory, and one error line per unreadable one.
+
+    Kubelet mounts a ConfigMap as symlinks into a `..data` directory; `*.json` skips those entries.
+    """
+    bundles, errors = [], []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            bundles.append(PolicyBundle.model_validate_json(path.read_bytes()))
+        except (OSError, pydantic.ValidationError) as exc:
+            errors.append(f"{path.name}: {exc}")
+    return bundles, errors
+
+
+@dataclass(frozen=True)
+class Binding:
+    """Where this sidecar listens: decided by the pod, not by the policies (outside the config hash)."""
+
+    listen_address: str = "127.0.0.1"
+    admin_address: str = "0.0.0.0"
+    admin_port: int = 15020
+    proxy_port: int = 15080
+
+    def apply(self, config: SidecarConfig) -> SidecarConfig:
+        return config.model_copy(
+            update={
+                "listen_address": self.listen_address,
+                "admin": AdminConfig(port=self.admin_port, address=self.admin_address),
+                "forward_proxy": config.forward_proxy.model_copy(update={"port": self.proxy_port}),
+            }
+        )
+
+
+@dataclass
+class PodConfigSource:
+    policies_dir: Path
+    labels_file: Path
+    binding: Binding
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256()
+        for path in [self.labels_file, *sorted(self.policies_dir.glob("*.json"))]:
+            try:
+                digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+            except OSError:
+                digest.update(path.name.encode() + b"\0missing\0")
+        return digest.hexdigest()
+
+    def load(self, running: SidecarConfig | None = None) -> SidecarConfig:
+        try:
+            labels = parse_labels(self.labels_file.read_text())
+        except OSError as exc:
+            raise PodInfoError(f"{self.labels_file}: {exc.strerror or exc}") from exc
+        bundles, errors = read_bundles(self.policies_dir)
+        for error in errors:
+            log.warning("skipping an unreadable policy bundle: %s", error)
+        resolution = resolve(
+            labels, bundles, admin_port=self.binding.admin_port, proxy_port=self.binding.proxy_port
+        )
+        for conflict in resolution.conflicts:
+            log.warning(
+                "policy conflict: %s loses upstream %s: %s",
+                conflict.loser,
+                conflict.upstream,
+                conflict.message(),
+            )
+        return self.binding.apply(carry_over(running, resolution.config))
+
+    async def follow(self, sidecar: Sidecar, *, interval: float = 1.0) -> None:
+        """Re-resolve whenever a mount changes (kubelet refreshes ConfigMap volumes about once a minute)."""
+        seen = self.fingerprint()
+        while True:
+            await asyncio.sleep(interval)
+            now = self.fingerprint()
+            if now == seen:
+                continue
+            seen = now
+            try:
+                config = self.load(sidecar.config)
+                if await sidecar.apply_config(config, source=str(self.policies_dir)):
+                    log.info("mounted policies changed: running config %s", config.config_hash)
+            except (PodInfoError, ConfigApplyError) as exc:
+                sidecar.record_failure(str(self.policies_dir), str(exc))
+                log.warning("keeping the running config: %s", exc)

@@ -1,0 +1,236 @@
+"""Sidecar processes for kwok pods: the part of a kubelet that Breakwater needs, on loopback.
+
+kwok marks pods Running and gives them IPs in 127.0.10.0/24 but runs no container. For each injected
+pod this starts the real sidecar (`breakwater proxy --policies-dir`) bound to the pod's own IP, with
+what the kubelet would mount: the namespace's ConfigMap as files, the downward-API labels file and a
+pod-bound service-account token (TokenRequest, audience breakwater). The ConfigMap files are
+refreshed every `mount_refresh` seconds, like the kubelet's sync period (about a minute in real
+clusters), so the operator's live channel is what makes edits arrive within a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from breakwater.injection.pod import CONFIGMAP_NAME, SIDECAR_NAME, TOKEN_AUDIENCE
+
+logger = logging.getLogger("breakwater.testing.fleet")
+
+
+def _kubectl(kubectl: str, kubeconfig: Path, *args: str) -> str:
+    proc = subprocess.run(
+        [kubectl, f"--kubeconfig={kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def labels_file_text(labels: dict[str, str]) -> str:
+    """The downward API's labels format: `key="value"` lines, sorted."""
+    return "".join(f"{k}={json.dumps(v)}\n" for k, v in sorted(labels.items()))
+
+
+@dataclass
+class SidecarProcess:
+    namespace: str
+    pod: str
+    uid: str
+    ip: str
+    directory: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.ip}:15020"
+
+    def url(self, port: int) -> str:
+        return f"http://{self.ip}:{port}"
+
+
+@dataclass
+class SidecarFleet:
+    """Starts and stops one sidecar per injected, running pod of a namespace."""
+
+    kubectl: str
+    kubeconfig: Path
+    namespace: str
+    report_interval: float = 2.0
+    mount_refresh: float = 60.0
+    python: str = sys.executable
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="breakwater-fleet-")))
+    sidecars: dict[str, SidecarProcess] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _refresher: threading.Thread | None = None
+
+    def pods(self) -> list[dict[str, Any]]:
+        out = _kubectl(self.kubectl, self.kubeconfig, "get", "pods", "-n", self.namespace, "-o", "json")
+        return [
+            p
+            for p in json.loads(out)["items"]
+            if p["status"].get("phase") == "Running"
+            and p["status"].get("podIP")
+            and any(c["name"] == SIDECAR_NAME for c in p["spec"]["containers"])
+            and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    def sync(self) -> list[SidecarProcess]:
+        """Start sidecars for new injected pods, stop those whose pod is gone; returns the new ones."""
+        pods = {p["metadata"]["name"]: p for p in self.pods()}
+        for name in [n for n in self.sidecars if n not in pods]:
+            self._stop_one(self.sidecars.pop(name))
+        started = []
+        for name, pod in pods.items():
+            if name not in self.sidecars:
+                self.sidecars[name] = self._start_one(pod)
+                started.append(self.sidecars[name])
+        if self._refresher is None:
+            self._refresher = threading.Thread(target=self._refresh_loop, daemon=True)
+            self._refresher.start()
+        return started
+
+    def _configmap_files(self) -> dict[str, str]:
+        try:
+            out = _kubectl(
+                self.kubectl,
+                self.kubeconfig,
+                "get",
+                "configmap",
+                CONFIGMAP_NAME,
+                "-n",
+                self.namespace,
+                "-o",
+                "json",
+            )
+        except RuntimeError:
+            return {}
+        data: dict[str, str] = json.loads(out).get("data") or {}
+        return data
+
+    def _write_mount(self, directory: Path) -> None:
+        """Replace the mounted files atomically, as the kubelet's `..data` symlink swap does."""
+        staging = directory.with_name(directory.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for key, value in self._configmap_files().items():
+            (staging / key).write_text(value)
+        old = directory.with_name(directory.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if directory.exists():
+            directory.rename(old)
+        staging.rename(directory)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _start_one(self, pod: dict[str, Any]) -> SidecarProcess:
+        meta = pod["metadata"]
+        name, uid, ip = meta["name"], meta["uid"], pod["status"]["podIP"]
+        directory = self.workdir / name
+        (directory / "pod").mkdir(parents=True, exist_ok=True)
+        self._write_mount(directory / "policies")
+        (directory / "pod" / "labels").write_text(labels_file_text(meta.get("labels") or {}))
+        account = pod["spec"].get("serviceAccountName") or "default"
+        token = _kubectl(
+            self.kubectl, self.kubeconfig, "create", "token", account, "-n", self.namespace,
+            f"--audience={TOKEN_AUDIENCE}", "--bound-object-kind=Pod", f"--bound-object-name={name}",
+            f"--bound-object-uid={uid}", "--duration=1h",
+        ).strip()  # fmt: skip
+        (directory / "token").write_text(token)
+        sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == SIDECAR_NAME)
+        env = {e["name"]: e["value"] for e in sidecar.get("env", []) if "value" in e}
+        log = (directory / "sidecar.log").open("ab")
+        process = subprocess.Popen(
+            [
+                self.python,
+                "-m",
+                "breakwater.cli",
+                "proxy",
+                "--policies-dir",
+                str(directory / "policies"),
+                "--pod-labels",
+                str(directory / "pod" / "labels"),
+                "--listen-address",
+                ip,
+                "--admin-address",
+                ip,
+                "--report-interval",
+                str(self.report_interval),
+                "--token-file",
+                str(directory / "token"),
+                "--log-format",
+                "json",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                **env,
+                "POD_NAME": name,
+                "POD_NAMESPACE": self.namespace,
+                "POD_UID": uid,
+                "PYTHONUNBUFFERED": "1",
+            },
+        )
+        logger.info("started the sidecar of pod %s/%s on %s", self.namespace, name, ip)
+        return SidecarProcess(self.namespace, name, uid, ip, directory, process)
+
+    def _refresh_loop(self) -> None:
+        while not self._stop.wait(self.mount_refresh):
+            for sidecar in list(self.sidecars.values()):
+                with contextlib.suppress(OSError, RuntimeError):
+                    self._write_mount(sidecar.directory / "policies")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        pending = dict(self.sidecars)
+        while pending and time.monotonic() < deadline:
+            for name, sidecar in list(pending.items()):
+                if sidecar.process.poll() is not None:
+                    log_text = (sidecar.directory / "sidecar.log").read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"sidecar of {name} exited:\n{log_text}")
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(f"{sidecar.admin_url}/readyz", timeout=1) as resp,
+                ):
+                    if resp.status == 200:
+                        del pending[name]
+            time.sleep(0.1)
+        if pending:
+            raise RuntimeError(f"sidecars not ready within {timeout} s: {', '.join(pending)}")
+
+    def _stop_one(self, sidecar: SidecarProcess, sig: int = signal.SIGTERM) -> None:
+        if sidecar.process.poll() is None:
+            sidecar.process.send_signal(sig)
+            try:
+                sidecar.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                sidecar.process.kill()
+                sidecar.process.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for sidecar in self.sidecars.values():
+            if sidecar.process.poll() is None:
+                sidecar.process.send_signal(signal.SIGTERM)
+        for sidecar in self.sidecars.values():
+            self._stop_one(sidecar)
+        self.sidecars.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)

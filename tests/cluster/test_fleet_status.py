@@ -1,0 +1,346 @@
+"""End to end: real sidecars for kwok pods report to the operator, and `kubectl get cbp` tells the truth."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from breakwater.testing.fleet import SidecarFleet
+from tests.cluster.harness import OperatorProcess, condition, deployment_manifest, opt_in, policy
+from tests.conftest import Cluster
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def operator_args() -> tuple[str, ...]:
+    return ("--stale-after-seconds=8",)
+
+
+class FlakyUpstream:
+    """An HTTP server on 127.0.0.1 that answers 200, or 500 while `failing` is set."""
+
+    def __init__(self) -> None:
+        self.failing = False
+        self.port = 0
+        self._loop_ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._stop: Any = None
+
+    def _run(self) -> None:
+        import asyncio
+
+        async def handle(request: web.Request) -> web.Response:
+            return web.Response(status=500 if self.failing else 200, text="upstream says hi")
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self._stop = asyncio.Event()
+            self._loop_ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(main())
+
+    def start(self) -> FlakyUpstream:
+        self._thread.start()
+        self._loop_ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(5)
+
+
+@pytest.fixture
+def upstream() -> Iterator[FlakyUpstream]:
+    server = FlakyUpstream().start()
+    yield server
+    server.stop()
+
+
+def breaker_policy(name: str, port: int, *, mode: str = "Enforce", open_for: str = "3s") -> str:
+    return json.dumps(
+        {
+            "apiVersion": "breakwater.dev/v1alpha1",
+            "kind": "CircuitBreakerPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"app": "checkout"}},
+                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
+                "mode": mode,
+                "trip": {"consecutiveFailures": 3},
+                "open": {"duration": open_for, "maxDuration": "5m", "jitter": 0},
+                "halfOpen": {"permittedCalls": 1, "successesToClose": 1},
+            },
+        }
+    )
+
+
+def call(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def upstream_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    body = policy(cluster, namespace, name)
+    for up in (body.get("status") or {}).get("upstreams") or ():
+        if up["name"] == "payments":
+            return dict(up)
+    return {}
+
+
+@pytest.fixture
+def fleet(cluster: Cluster, namespace: str) -> Iterator[SidecarFleet]:
+    sidecars = SidecarFleet(
+        kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=namespace
+    )
+    yield sidecars
+    sidecars.stop()
+
+
+def start_clients(cluster: Cluster, namespace: str, fleet: SidecarFleet, replicas: int) -> None:
+    cluster.wait_for(
+        "the policy accepted",
+        lambda: condition(policy(cluster, namespace, "payments"), "Accepted").get("status") == "True",
+    )
+    cluster.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        input=deployment_manifest("checkout", node=cluster.node_name, replicas=replicas),
+    )
+
+    def all_started() -> bool:
+        fleet.sync()
+        return len(fleet.sidecars) == replicas
+
+    cluster.wait_for(f"{replicas} injected, running pods", all_started, timeout=60, interval=0.5)
+    fleet.wait_ready()
+
+
+def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recovers(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port))
+    start_clients(cluster, namespace, fleet, replicas=2)
+    for sidecar in fleet.sidecars.values():
+        assert call(sidecar.url(15001) + "/pay") == 200
+    cluster.wait_for(
+        "Closed and Ready",
+        lambda: (
+            upstream_status(cluster, namespace, "payments").get("state") == "Closed"
+            and condition(policy(cluster, namespace, "payments"), "Ready").get("status") == "True"
+        ),
+        timeout=20,
+    )
+
+    upstream.failing = True
+    for sidecar in fleet.sidecars.values():
+        assert [call(sidecar.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]
+    tripped = time.monotonic()
+    for sidecar in fleet.sidecars.values():
+        assert call(sidecar.url(15001) + "/pay") == 503  # rejected by the open breaker
+    cluster.wait_for(
+        "state Open on the resource",
+        lambda: upstream_status(cluster, namespace, "payments").get("state") == "Open",
+        timeout=5,
+        interval=0.1,
+    )
+    latency = time.monotonic() - tripped
+    assert latency <= 2.0, f"status showed Open {latency:.2f} s after the trip"
+    columns = cluster.kubectl("get", "cbp", "payments", "-n", namespace).stdout
+    assert "Open" in columns
+    assert "2/2" in columns
+    body = policy(cluster, namespace, "payments")
+    assert condition(body, "CircuitOpen")["status"] == "True"
+    assert "payments open on 2/2 pods" in condition(body, "CircuitOpen")["message"]
+
+    upstream.failing = False
+    cluster.wait_for(
+        "HalfOpen after the open duration",
+        lambda: upstream_status(cluster, namespace, "payments").get("state") == "HalfOpen",
+        timeout=10,
+        interval=0.2,
+    )
+    for sidecar in fleet.sidecars.values():
+        assert call(sidecar.url(15001) + "/pay") == 200  # the trial call succeeds and closes
+    cluster.wait_for(
+        "Closed again",
+        lambda: upstream_status(cluster, namespace, "payments").get("state") == "Closed",
+        timeout=5,
+        interval=0.2,
+    )
+    events = cluster.kubectl(
+        "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=payments", "-o", "json"
+    ).stdout
+    reasons = {e["reason"] for e in json.loads(events)["items"]}
+    assert {"UpstreamOpen", "UpstreamHalfOpen", "UpstreamClosed"} <= reasons
+
+
+def test_observe_mode_rejects_nothing_and_reports_what_would_have_opened(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port, mode="Observe")
+    )
+    start_clients(cluster, namespace, fleet, replicas=2)
+    upstream.failing = True
+    for sidecar in fleet.sidecars.values():
+        assert {call(sidecar.url(15001) + "/pay") for _ in range(8)} == {500}  # never a 503 from the breaker
+    status = cluster.wait_for(
+        "wouldOpen on both pods",
+        lambda: (u := upstream_status(cluster, namespace, "payments")).get("wouldOpen") == 2 and u,
+        timeout=10,
+    )
+    assert status["state"] == "Closed"
+    assert status["open"] == 0
+    circuit = condition(policy(cluster, namespace, "payments"), "CircuitOpen")
+    assert (circuit["status"], circuit["reason"]) == ("False", "WouldOpen")
+
+
+def test_a_forged_report_is_rejected_and_changes_nothing(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    import ssl
+
+    opt_in(cluster, namespace)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port))
+    start_clients(cluster, namespace, fleet, replicas=2)
+    cluster.wait_for(
+        "Closed", lambda: upstream_status(cluster, namespace, "payments").get("state") == "Closed", timeout=20
+    )
+    first, second = list(fleet.sidecars.values())
+    forged = {
+        "namespace": namespace,
+        "pod": second.pod,
+        "podUid": second.uid,
+        "upstreams": [{"name": "payments", "policy": f"{namespace}/payments", "state": "Open"}],
+    }
+    url = f"https://127.0.0.1:{running_operator.report_port}/v1/report"
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+
+    def post(token: str) -> int:
+        request = urllib.request.Request(
+            url, data=json.dumps(forged).encode(), headers={"Authorization": f"Bearer {token}"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    assert post((first.directory / "token").read_text()) == 403  # another pod's token
+    assert post("not-a-token") == 401
+    time.sleep(2.5)
+    assert upstream_status(cluster, namespace, "payments")["state"] == "Closed"
+    assert "rejected a forged report" in running_operator.tail(200)
+
+
+def test_a_policy_edit_reaches_every_sidecar_through_the_live_channel(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port))
+    start_clients(cluster, namespace, fleet, replicas=3)
+
+    def hashes() -> set[str]:
+        found = set()
+        for sidecar in fleet.sidecars.values():
+            with urllib.request.urlopen(sidecar.admin_url + "/stats", timeout=2) as resp:
+                found.add(str(json.loads(resp.read())["configHash"]))
+        return found
+
+    cluster.wait_for("one config everywhere", lambda: len(hashes()) == 1, timeout=10)
+    before = hashes()
+    edited = time.monotonic()
+    cluster.kubectl(
+        "patch", "cbp", "payments", "-n", namespace, "--type=merge", "-p", '{"spec":{"timeout":"900ms"}}'
+    )
+    cluster.wait_for(
+        "the new config on every sidecar", lambda: (h := hashes()) != before and len(h) == 1, interval=0.05
+    )
+    took = time.monotonic() - edited
+    assert took < 3.0, f"the edit took {took:.2f} s (the mounted ConfigMap refreshes only every 60 s here)"
+    cluster.wait_for(
+        "Ready with the new config",
+        lambda: condition(policy(cluster, namespace, "payments"), "Ready").get("status") == "True",
+        timeout=15,
+    )
+
+
+def test_after_an_operator_restart_status_is_rebuilt_without_invented_transitions(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.kubectl(
+        "apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port, open_for="60s")
+    )
+    start_clients(cluster, namespace, fleet, replicas=2)
+    upstream.failing = True
+    for sidecar in fleet.sidecars.values():
+        for _ in range(3):
+            call(sidecar.url(15001) + "/pay")
+    cluster.wait_for(
+        "Open", lambda: upstream_status(cluster, namespace, "payments").get("state") == "Open", timeout=10
+    )
+
+    def event_count() -> int:
+        out = cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=payments", "-o", "json"
+        ).stdout
+        return sum(
+            int(e.get("count") or 1) for e in json.loads(out)["items"] if e["reason"].startswith("Upstream")
+        )
+
+    before = event_count()
+    running_operator.stop()
+    running_operator.start()
+    time.sleep(8)  # several report rounds and status refreshes after the restart
+    status = upstream_status(cluster, namespace, "payments")
+    assert (status["state"], status["open"]) == ("Open", 2)
+    assert event_count() == before
