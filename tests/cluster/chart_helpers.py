@@ -339,6 +339,46 @@ def remove_leftovers(cluster: Cluster, names: ChartNames, *, delete_crd: bool = 
         cluster.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=false", check=False)
 
 
+def service_account_kubeconfig(
+    cluster: Cluster, names: ChartNames, dest: Path, *, duration: str = "1h"
+) -> Path:
+    """A kubeconfig at ``dest`` that authenticates as the chart's ServiceAccount with a fresh token, the
+    identity the operator pod has in-cluster: run ``breakwater operator --kubeconfig`` with it to
+    prove the chart's RBAC is enough."""
+    token = cluster.kubectl(
+        "create", "token", names.service_account, "-n", names.namespace, f"--duration={duration}"
+    ).stdout.strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": admin["clusters"],
+        "users": [{"name": names.service_account, "user": {"token": token}}],
+        "contexts": [
+            {
+                "name": "operator",
+                "context": {
+                    "cluster": admin["clusters"][0]["name"],
+                    "user": names.service_account,
+                    "namespace": names.namespace,
+                },
+            }
+        ],
+        "current-context": "operator",
+    }
+    dest.write_text(yaml.safe_dump(config))
+    dest.chmod(0o600)
+    return dest
+
+
+def installed_operator_args(cluster: Cluster, names: ChartNames) -> list[str]:
+    """The operator's command line as the installed Deployment has it (``operator`` first)."""
+    out = cluster.kubectl("get", "deployment", names.deployment, "-n", names.namespace, "-o", "json").stdout
+    containers: list[dict[str, Any]] = json.loads(out)["spec"]["template"]["spec"]["containers"]
+    args: list[str] = next(c for c in containers if c["name"] == "operator")["args"]
+    return args
+
+
 def helm_release_manifest(cluster: Cluster, *, release: str, namespace: str) -> Rendered:
     """The objects helm recorded for the release."""
     proc = cluster.helm("get", "manifest", release, "--namespace", namespace)

@@ -14,14 +14,19 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from breakwater.pki import CertificateAuthority
+from breakwater.testing.controlplane import free_port
 from tests.cluster.chart_helpers import (
     CRD_NAME,
     WEBHOOK_NAME,
@@ -29,8 +34,10 @@ from tests.cluster.chart_helpers import (
     crd_is_generated,
     helm_release_manifest,
     install_chart,
+    installed_operator_args,
     prepare_chart,
     remove_leftovers,
+    service_account_kubeconfig,
     uninstall_chart,
     unique_release,
 )
@@ -289,6 +296,96 @@ def test_the_service_account_may_do_what_the_operator_needs_and_nothing_more(
     wrong = [" ".join(a) for a in allowed if not _can(cluster, names, *a)]
     wrong += [f"NOT {' '.join(a)}" for a in forbidden if _can(cluster, names, *a)]
     assert not wrong, f"RBAC differs from what the operator needs: {wrong}"
+
+
+def test_the_service_account_token_is_the_identity_of_the_chart_rbac(
+    cluster: Cluster, chart: Path, names: ChartNames, tmp_path: Path
+) -> None:
+    """What the operator pod mounts, minted for a local run: it reads its webhook, not the Secrets."""
+    install_chart(
+        cluster,
+        chart,
+        release=names.release,
+        namespace=names.namespace,
+        values=release_values(cluster, names),
+        wait=False,
+    )
+    kubeconfig = service_account_kubeconfig(cluster, names, tmp_path / "operator.kubeconfig")
+    as_operator = Cluster(kubeconfig=kubeconfig, bin_dir=cluster.bin_dir, node_name="", pod_cidr="")
+    whoami = as_operator.kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
+    assert whoami == f"system:serviceaccount:{names.namespace}:{names.service_account}"
+    as_operator.kubectl("get", "mutatingwebhookconfiguration", names.webhook_configuration)
+    denied = as_operator.kubectl("get", "secrets", "-n", names.namespace, check=False)
+    assert denied.returncode != 0
+    assert "Forbidden" in denied.stderr, denied.stderr
+    args = installed_operator_args(cluster, names)
+    assert args[0] == "operator"
+    assert f"--webhook-configuration={names.webhook_configuration}" in args
+
+
+def _with_local_listeners(args: list[str]) -> list[str]:
+    """The chart's operator command line, its listeners moved to free loopback ports."""
+    moved = {
+        flag: f"127.0.0.1:{free_port()}" for flag in ("--webhook-listen", "--liveness", "--report-listen")
+    }
+    return [
+        f"{a.split('=', 1)[0]}={moved[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in moved else a
+        for a in args
+    ]
+
+
+def test_the_operator_under_the_chart_service_account_issues_its_certificate_and_a_valid_ca_bundle(
+    cluster: Cluster, chart: Path, names: ChartNames, tmp_path: Path
+) -> None:
+    """The chart's command line and RBAC are enough for the certificate path: run the operator locally
+    with exactly the installed arguments (listeners on loopback) and the ServiceAccount's token."""
+    install_chart(
+        cluster,
+        chart,
+        release=names.release,
+        namespace=names.namespace,
+        values=release_values(cluster, names),
+    )
+    kubeconfig = service_account_kubeconfig(cluster, names, tmp_path / "operator.kubeconfig")
+    args = _with_local_listeners(installed_operator_args(cluster, names))
+    log_path = tmp_path / "operator.log"
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "breakwater.cli", *args, f"--kubeconfig={kubeconfig}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+    try:
+
+        def ca_bundle() -> str | None:
+            mwc = _get(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
+            assert operator.poll() is None, log_path.read_text()[-3000:]
+            return mwc["webhooks"][0]["clientConfig"].get("caBundle") if mwc else None
+
+        bundle: str = cluster.wait_for("the operator to write the caBundle", ca_bundle, timeout=60)
+        secret = _get(cluster, "secret", names.webhook_secret, names.namespace)
+        assert secret is not None
+        assert secret["type"] == "kubernetes.io/tls"
+        assert base64.b64decode(bundle) == base64.b64decode(secret["data"]["ca.crt"])
+
+        ca = x509.load_pem_x509_certificate(base64.b64decode(bundle))
+        serving = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+        serving.verify_directly_issued_by(ca)
+        sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert f"{names.service}.{names.namespace}.svc" in sans.get_values_for_type(x509.DNSName)
+
+        time.sleep(2)  # let kopf start its watches: any RBAC gap shows up as a 403 in the log
+        output = log_path.read_text()
+        assert "Forbidden" not in output, output[-3000:]
+        assert " 403" not in output, output[-3000:]
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
 
 
 def test_helm_upgrade_changes_the_webhook_and_keeps_the_ca_bundle_the_operator_wrote(
