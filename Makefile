@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: help install lint fmt test test-unit test-cluster cluster control-plane demo bench crds chart docs generate clean
+.PHONY: help install lint fmt test test-unit test-cluster cluster control-plane demo bench crds chart image docs generate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,13 @@ bench: $(STAMP) control-plane ## run the benchmarks and record results in bench/
 crds: $(STAMP) ## regenerate crds/ and the chart's CRD copy from the api models
 	$(BIN)/breakwater crd --write crds/breakwater.dev_circuitbreakerpolicies.yaml
 	$(BIN)/breakwater crd --write charts/breakwater/files/crds/breakwater.dev_circuitbreakerpolicies.yaml
+
+chart: $(STAMP) control-plane ## lint and unit-test the Helm chart
+	"$$(bash hack/build-control-plane.sh 2>/dev/null | tail -1)/helm" lint --strict charts/breakwater
+	$(BIN)/pytest tests/unit/chart $(PYTEST_ARGS)
+
+image: ## build the container image (needs a Docker engine; none on the CI machine)
+	docker build -t ghcr.io/breakwater-dev/breakwater:$$(grep '^appVersion' charts/breakwater/Chart.yaml | cut -d'"' -f2) .
 
 docs: $(STAMP) ## regenerate docs/api.md from the api models
 	$(BIN)/breakwater api-docs --write docs/api.md

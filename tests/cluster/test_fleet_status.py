@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -11,9 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from breakwater.testing.fleet import SidecarFleet
+from breakwater.testing.upstream import FlakyUpstream
 from tests.cluster.harness import OperatorProcess, condition, deployment_manifest, opt_in, policy
 from tests.conftest import Cluster
 
@@ -23,49 +22,6 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def operator_args() -> tuple[str, ...]:
     return ("--stale-after-seconds=8",)
-
-
-class FlakyUpstream:
-    """An HTTP server on 127.0.0.1 that answers 200, or 500 while `failing` is set."""
-
-    def __init__(self) -> None:
-        self.failing = False
-        self.port = 0
-        self._loop_ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._stop: Any = None
-
-    def _run(self) -> None:
-        import asyncio
-
-        async def handle(request: web.Request) -> web.Response:
-            return web.Response(status=500 if self.failing else 200, text="upstream says hi")
-
-        async def main() -> None:
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", handle)
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self._stop = asyncio.Event()
-            self._loop_ready.set()
-            await self._stop.wait()
-            await runner.cleanup()
-
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(main())
-
-    def start(self) -> FlakyUpstream:
-        self._thread.start()
-        self._loop_ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._stop is not None:
-            self.loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5)
 
 
 @pytest.fixture
