@@ -543,3 +543,126 @@ def test_a_kept_crd_is_adopted_by_the_next_release_as_documented(
         cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=policy)
     finally:
         remove_leftovers(cluster, second)
+
+
+def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
+    cluster: Cluster, chart: Path, names: ChartNames, tmp_path: Path
+) -> None:
+    """The operator under the chart's ServiceAccount token reconciles a policy, injects pods through the
+    webhook, authenticates sidecar reports with TokenReview and writes status — and nothing more.
+
+    The API server here cannot reach a Service (pod IPs are on loopback), so the test points the chart's
+    webhook at the operator's loopback URL, as the Service would route in a real cluster."""
+    from breakwater.testing.fleet import SidecarFleet
+    from breakwater.testing.upstream import FlakyUpstream
+    from tests.cluster.harness import condition, deployment_manifest, install_crd, policy
+
+    install_crd(cluster)
+    install_chart(
+        cluster,
+        chart,
+        release=names.release,
+        namespace=names.namespace,
+        values=release_values(cluster, names),
+    )
+    kubeconfig = service_account_kubeconfig(cluster, names, tmp_path / "operator.kubeconfig")
+    args = _with_local_listeners(installed_operator_args(cluster, names))
+    listen = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a}
+    webhook_url = f"https://{listen['--webhook-listen']}"
+    args = [a for a in args if not a.startswith(("--webhook-service", "--report-url"))]
+    args += [f"--webhook-url={webhook_url}", f"--report-url=https://{listen['--report-listen']}"]
+    log_path = tmp_path / "operator.log"
+    apps = f"{names.release}-apps"
+    cluster.kubectl("create", "namespace", apps)
+    cluster.kubectl(
+        "label",
+        "namespace",
+        apps,
+        f"breakwater.dev/test-release={names.release}",
+        "breakwater.dev/injection=enabled",
+    )
+    upstream = FlakyUpstream().start()
+    fleet = SidecarFleet(kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=apps)
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "breakwater.cli", *args, f"--kubeconfig={kubeconfig}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+    try:
+
+        def ca_bundle() -> str | None:
+            mwc = _get(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
+            assert operator.poll() is None, log_path.read_text()[-3000:]
+            return mwc["webhooks"][0]["clientConfig"].get("caBundle") if mwc else None
+
+        bundle = cluster.wait_for("the caBundle", ca_bundle, timeout=60)
+        route = [{"op": "replace", "path": "/webhooks/0/clientConfig",
+                  "value": {"url": webhook_url + "/inject-sidecar", "caBundle": bundle}}]  # fmt: skip
+        cluster.kubectl(
+            "patch",
+            "mutatingwebhookconfiguration",
+            names.webhook_configuration,
+            "--type=json",
+            "-p",
+            json.dumps(route),
+        )
+        manifest = {
+            "apiVersion": "breakwater.dev/v1alpha1",
+            "kind": "CircuitBreakerPolicy",
+            "metadata": {"name": "payments", "namespace": apps},
+            "spec": {
+                "selector": {"matchLabels": {"app": "checkout"}},
+                "upstreams": [
+                    {"name": "payments", "host": "127.0.0.1", "port": upstream.port, "listenPort": 15001}
+                ],
+            },
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+        cluster.wait_for(
+            "Accepted",
+            lambda: condition(policy(cluster, apps, "payments"), "Accepted").get("status") == "True",
+        )
+        cluster.kubectl(
+            "apply", "-n", apps, "-f", "-", input=deployment_manifest("checkout", node=cluster.node_name)
+        )
+
+        def started() -> bool:
+            fleet.sync()
+            return len(fleet.sidecars) == 2
+
+        cluster.wait_for("2 injected pods with their sidecars", started, timeout=60, interval=0.5)
+        fleet.wait_ready()
+        body = cluster.wait_for(
+            "Ready: injected and reporting through TokenReview",
+            lambda: (
+                (b := policy(cluster, apps, "payments"))
+                and condition(b, "Ready").get("status") == "True"
+                and b
+            ),
+            timeout=30,
+        )
+        assert body["status"]["pods"] == {"selected": 2, "injected": 2, "reporting": 2, "stale": 0}
+        assert cluster.kubectl(
+            "get", "configmap", "breakwater-sidecar-config", "-n", apps, "-o", "name"
+        ).stdout
+        output = log_path.read_text()
+        assert "Forbidden" not in output, output[-3000:]
+        assert " 403" not in output, output[-3000:]
+        outside = subprocess.run(
+            [cluster.tool("kubectl"), f"--kubeconfig={kubeconfig}", "get", "secrets", "-n", "kube-system"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert outside.returncode != 0
+        assert "forbidden" in outside.stderr.lower()
+    finally:
+        fleet.stop()
+        upstream.stop()
+        operator.terminate()
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+        cluster.kubectl("delete", "namespace", apps, "--wait=false", check=False)
