@@ -50,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return module.run(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `breakwater crd | head`: the reader left, nothing went wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
