@@ -296,3 +296,27 @@ def test_restricted_pod_security_admits_the_injected_pod(
     assert result.returncode == 0, result.stderr
     created = json.loads(cluster.kubectl("get", "pod", "client", "-n", namespace, "-o", "json").stdout)
     assert len(sidecars(created)) == 1
+
+
+def test_a_time_boxed_override_ends_by_itself(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess
+) -> None:
+    import datetime
+
+    until = (datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=5)).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    manifest = policy_manifest(
+        "payments", override={"mode": "ForceOpen", "until": until, "reason": "INC-42 drill"}
+    )
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+    def modes() -> list[str]:
+        got = cluster.kubectl("get", "configmap", CONFIGMAP_NAME, "-n", namespace, "-o", "json", check=False)
+        if got.returncode != 0:
+            return []
+        text = (json.loads(got.stdout).get("data") or {}).get("payments.json")
+        return [u.mode for u in PolicyBundle.model_validate_json(text).upstreams] if text else []
+
+    cluster.wait_for("ForceOpen while the override lasts", lambda: modes() == ["ForceOpen"])
+    cluster.wait_for("Enforce once it has expired", lambda: modes() == ["Enforce"], timeout=15)

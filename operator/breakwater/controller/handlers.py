@@ -104,7 +104,11 @@ async def reconcile_policy(
     *, body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, memo: Any, **_: Any
 ) -> None:
     namespace = namespace or ""
-    state = _state(memo)
+    await _render_and_publish(body, name, namespace, _state(memo))
+    await _refresh(body=body, name=name, namespace=namespace, patch=patch, memo=memo)
+
+
+async def _render_and_publish(body: kopf.Body, name: str, namespace: str, state: OperatorState) -> None:
     generation = int(body.metadata.get("generation") or 0)
     try:
         bundle = render_bundle(body)
@@ -128,7 +132,22 @@ async def reconcile_policy(
         outcome = ReconcileOutcome(generation, True, "Rendered", f"sidecar config rendered for {upstreams}")
         state.outcomes[(namespace, name)] = outcome
         logger.info("policy %s/%s generation %s rendered (%s)", namespace, name, generation, upstreams)
-    await _refresh(body=body, name=name, namespace=namespace, patch=patch, memo=memo)
+
+
+async def _expire_override(body: kopf.Body, name: str, namespace: str, state: OperatorState) -> None:
+    """Re-render a policy whose override may have started or ended: time, not an edit, changed it."""
+    if not (body.get("spec") or {}).get("override"):
+        return
+    cached = (await state.bundles.get(namespace)).get(name)
+    try:
+        fresh = render_bundle(body)
+    except RenderError:
+        return
+    if cached is not None and [u.mode for u in cached.upstreams] != [u.mode for u in fresh.upstreams]:
+        logger.info(
+            "policy %s/%s: the override's time window changed the mode; re-rendering", namespace, name
+        )
+        await _render_and_publish(body, name, namespace, state)
 
 
 @kopf.on.delete(*POLICY)
@@ -253,6 +272,7 @@ async def refresh_status(
     index: kopf.Index[str, pod_facts.PodFacts] = kwargs["pods_by_namespace"]
     _state(memo).pod_index = index
     pods = list(index.get(namespace, []))
+    await _expire_override(body, name, namespace, _state(memo))
     await _refresh(body=body, name=name, namespace=namespace, patch=patch, memo=memo, pods=pods)
 
 
