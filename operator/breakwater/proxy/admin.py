@@ -197,6 +197,7 @@ def stats_document(sidecar: Sidecar) -> dict[str, Any]:
             "admin": sidecar.admin_port,
             "forwardProxy": sidecar.forward_proxy_port,
         },
+        "clientConnections": sidecar.client_connections(),
         "forwardProxy": proxy.stats.to_json() if proxy is not None else None,
         "upstreams": upstreams,
     }

@@ -63,7 +63,13 @@ _FAILURE: Final = Outcome.FAILURE
 _IGNORED: Final = Outcome.IGNORED
 _EMPTY_BODY_STATUSES: Final = frozenset({204, 304})
 _CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
-_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+class _ClientBodyError(Exception):
+    """The client's request body could not be read (it went away, stalled or sent garbage)."""
+
+
+_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, _ClientBodyError)
 _FAILURE_STATUS: Final = {FailureKind.CONNECT: 502, FailureKind.RESET: 502, FailureKind.TIMEOUT: 504}
 _BACKOFF_BASE: Final = 0.025
 _BACKOFF_CAP: Final = 0.25
@@ -80,18 +86,19 @@ def classify_exception(exc: BaseException) -> FailureKind:
     return FailureKind.RESET
 
 
-class _ClientBodyError(Exception):
-    """The client's request body could not be read (it went away, stalled or sent garbage)."""
-
-
 class _RequestBody:
-    """The client's request body as an async iterable for the upstream request, watching who is slow."""
+    """The client's request body as an async iterable for the upstream request, watching who is slow.
 
-    __slots__ = ("_expect", "_request", "done", "error", "reading")
+    A client silent for longer than `idle` seconds mid-body fails the request (408): an upload that
+    stalls must not hold a request, a bulkhead slot or a breaker permit forever.
+    """
 
-    def __init__(self, request: web.BaseRequest, expect: bool) -> None:
+    __slots__ = ("_expect", "_idle", "_request", "done", "error", "reading")
+
+    def __init__(self, request: web.BaseRequest, expect: bool, idle: float) -> None:
         self._request = request
         self._expect = expect
+        self._idle = idle
         self.reading = False
         self.done = False
         self.error: BaseException | None = None
@@ -111,7 +118,8 @@ class _RequestBody:
         while True:
             self.reading = True
             try:
-                chunk = await content.readany()
+                async with asyncio.timeout(self._idle):
+                    chunk = await content.readany()
             except Exception as exc:
                 self.error = exc
                 raise _ClientBodyError(str(exc)) from exc
@@ -209,7 +217,7 @@ class Forwarder:
                     stats.client_errors += 1
                     return self._client_error(exc)
             else:
-                data = streamed = _RequestBody(request, expect)
+                data = streamed = _RequestBody(request, expect, up.timeout)
 
         raw = request.raw_path
         url = URL(up.origin + (raw if raw[:1] == "/" else request.rel_url.raw_path_qs), encoded=True)
@@ -240,7 +248,7 @@ class Forwarder:
                 if streamed is not None and streamed.client_at_fault:
                     permit.finish(_IGNORED)
                     stats.client_errors += 1
-                    return self._client_error(exc)
+                    return self._client_error(exc, streamed)
                 kind = classify_exception(exc)
                 stats.observe(elapsed)
                 permit.finish(_FAILURE if up.failures.counts(kind) else _IGNORED)
@@ -266,7 +274,7 @@ class Forwarder:
                     resp.close()
                     await asyncio.sleep(delay)
                     continue
-            return await self._relay(request, up, resp, permit, failed)
+            return await self._relay(request, up, resp, permit, failed, streamed)
 
     async def _read_small_body(self, request: web.BaseRequest, limit: float, expect: bool) -> bytes:
         try:
@@ -323,6 +331,7 @@ class Forwarder:
         resp: aiohttp.ClientResponse,
         permit: _Permit,
         failed: bool,
+        streamed: _RequestBody | None,
     ) -> web.StreamResponse:
         stats = up.stats
         status = resp.status
@@ -360,7 +369,7 @@ class Forwarder:
                     fill.commit(request.headers)
                 return web.Response(status=status, reason=resp.reason, headers=headers, body=body)
 
-            return await self._stream(request, up, resp, permit, outcome, headers, fill)
+            return await self._stream(request, up, resp, permit, outcome, headers, fill, streamed)
         except BaseException:
             # Anything unexpected (cancellation at shutdown included): the permit must not leak.
             permit.finish(_IGNORED)
@@ -376,6 +385,7 @@ class Forwarder:
         outcome: Outcome,
         headers: CIMultiDict[str],
         fill: CacheFill | None,
+        streamed: _RequestBody | None,
     ) -> web.StreamResponse:
         stats = up.stats
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
@@ -393,9 +403,14 @@ class Forwarder:
             except _UPSTREAM_ERRORS as exc:
                 kind = classify_exception(exc)
                 resp.close()
+                _abort_client(request)
+                if streamed is not None and streamed.client_at_fault:
+                    # The upstream answers as it reads, and the client stopped sending.
+                    permit.finish(_IGNORED)
+                    stats.client_errors += 1
+                    return out
                 permit.finish(_FAILURE if up.failures.counts(kind) else _IGNORED)
                 stats.failures += 1
-                _abort_client(request)
                 log.debug("upstream %s: body broke off: %s (%r)", up.name, kind.value, exc)
                 return out
             if not chunk:
@@ -462,10 +477,13 @@ class Forwarder:
         return web.Response(status=status, headers=headers, body=_json_body(**fields))
 
     @staticmethod
-    def _client_error(exc: BaseException) -> web.Response:
+    def _client_error(exc: BaseException, streamed: _RequestBody | None = None) -> web.Response:
         """The client stalled or broke its own request body: 408/400, and the connection is closed."""
-        cause = exc.__cause__ if isinstance(exc, _ClientBodyError) else exc
-        status = 408 if isinstance(cause, TimeoutError) or isinstance(exc, TimeoutError) else 400
+        cause = streamed.error if streamed is not None and streamed.error is not None else exc
+        if isinstance(cause, _ClientBodyError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        stalled = streamed is not None and streamed.error is None  # still waiting on the client
+        status = 408 if stalled or isinstance(cause, TimeoutError) else 400
         resp = web.Response(
             status=status,
             headers={MARKER: "client-error", "Content-Type": "application/json"},

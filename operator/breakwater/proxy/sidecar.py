@@ -207,6 +207,15 @@ class Sidecar:
                 return listener.port
         raise KeyError(upstream)
 
+    def client_connections(self) -> int:
+        """Client connections open on the data-plane listeners right now."""
+        total = 0
+        for listener in self._listeners.values():
+            server = listener.runner.server
+            if server is not None:
+                total += len(server.connections)
+        return total
+
     def upstream(self, name: str) -> Upstream:
         return self.routes.by_name[name]
 

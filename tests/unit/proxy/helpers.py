@@ -45,6 +45,7 @@ class FaultyUpstream:
         app.router.add_get("/status/{code}", self.status)
         app.router.add_get("/flaky", self.flaky)
         app.router.add_route("*", "/countdown", self.countdown)
+        app.router.add_post("/consume", self.consume)
         app.router.add_get("/slow/{seconds}", self.slow)
         app.router.add_get("/hang", self.hang)
         app.router.add_get("/reset", self.reset)
@@ -102,6 +103,15 @@ class FaultyUpstream:
             self.fail_next -= 1
             return web.Response(status=503, text="not yet")
         return web.Response(text="finally")
+
+    async def consume(self, request: web.Request) -> web.Response:
+        """Reads the whole body before answering with its length."""
+        self._hit(request)
+        try:
+            body = await request.read()
+        except ConnectionError:
+            return web.Response(status=499)
+        return web.Response(text=str(len(body)))
 
     async def slow(self, request: web.Request) -> web.Response:
         self._hit(request)
