@@ -1,28 +1,74 @@
-"""Reading YAML manifests the way kubectl does, as far as the API's scalars are concerned."""
+"""Reading YAML manifests the way kubectl does, so `breakwater validate` sees what the API server sees.
+
+kubectl turns YAML into JSON with go-yaml (YAML 1.1), whose idea of plain scalars differs from
+PyYAML's in a few places that matter for a strict schema:
+
+- ``y``, ``Y``, ``n``, ``N`` are booleans (PyYAML: strings), so ``name: n`` is not a string;
+- ``1e3`` is a number (PyYAML: a string without a dot);
+- ``1:30`` is a string (PyYAML: the sexagesimal integer 90);
+- ``2030-01-01T12:00:00Z`` stays a string (PyYAML: a datetime, and it also reads forms with a space
+  for the ``T`` that the API server refuses);
+- mapping keys become JSON strings (``y: x`` is ``{"true": "x"}``, ``1: x`` is ``{"1": "x"}``).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 __all__ = ["ManifestLoader", "load_documents"]
 
+_BOOL = re.compile(
+    r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$"
+)
+_INT = re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$")
+_FLOAT = re.compile(
+    r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_REPLACED = {
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:timestamp",
+}
+
 
 class ManifestLoader(yaml.SafeLoader):
-    """A safe loader that keeps unquoted timestamps as text.
+    """A safe loader with go-yaml's (kubectl's) plain-scalar rules."""
 
-    kubectl converts YAML to JSON, where ``until: 2030-01-01T12:00:00Z`` stays a string; PyYAML
-    would make it a datetime (and accept forms the API server refuses, such as a space for the T).
-    """
+    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
 
 
 ManifestLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _REPLACED]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+ManifestLoader.add_implicit_resolver("tag:yaml.org,2002:bool", _BOOL, list("yYnNtTfFoO"))
+ManifestLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT, list("-+0123456789"))
+ManifestLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def _json_key(key: Any) -> str:
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if key is None:
+        return "null"
+    if isinstance(key, float):
+        return format(key, "g")
+    return str(key)
+
+
+def _jsonable(value: Any) -> Any:
+    """What sigs.k8s.io/yaml hands the API server: string keys all the way down."""
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else _json_key(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
 
 
 def load_documents(text: str) -> list[Any]:
     """Every document of a (multi-document) YAML text; raises `yaml.YAMLError` on bad YAML."""
-    return list(yaml.load_all(text, Loader=ManifestLoader))
+    return [_jsonable(document) for document in yaml.load_all(text, Loader=ManifestLoader)]

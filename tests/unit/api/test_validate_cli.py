@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from breakwater.api.manifests import load_documents
 from breakwater.cli import main
 from tests.unit.api.invalid_table import EXAMPLES, REPO
 
@@ -157,3 +158,22 @@ def test_the_api_docs_command_writes_and_checks(tmp_path: Path) -> None:
     assert main(["api-docs", "--check", str(path)]) == 0
     path.write_text("stale")
     assert main(["api-docs", "--check", str(path)]) == 1
+
+
+@pytest.mark.parametrize(
+    ("scalar", "value"),
+    [("n", False), ("Y", True), ("on", True), ("1e3", 1000.0), ("1:30", "1:30"), ("0x1F", 31), ("'n'", "n")],
+)
+def test_plain_scalars_are_read_as_kubectl_reads_them(scalar: str, value: object) -> None:
+    assert load_documents(f"v: {scalar}\n") == [{"v": value}]
+
+
+def test_an_upstream_named_n_must_be_quoted_as_for_the_api_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "n.yaml", MINIMAL.replace("- name: payments", "- name: n"))
+    code, lines = validate(path, capsys=capsys)
+    assert code == 1
+    assert lines == [f"{path}: spec.upstreams[0].name: Input should be a valid string"]
+    quoted = write(tmp_path, "q.yaml", MINIMAL.replace("- name: payments", "- name: 'n'"))
+    assert validate(quoted, capsys=capsys) == (0, [f"{quoted}: OK"])

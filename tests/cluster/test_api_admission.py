@@ -1,0 +1,271 @@
+"""The CircuitBreakerPolicy CRD on a real API server: what it accepts, refuses, shows and explains.
+
+The invalid manifests come from the table the unit suite runs through `breakwater validate`
+(tests/cluster/data/invalid_policies.yaml): here each must also be refused by `kubectl apply`, naming
+the same field, and for cross-field rules printing the same message.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from breakwater.api import (
+    CircuitBreakerPolicyStatus,
+    Condition,
+    PodCounts,
+    StatusSummary,
+    UpstreamStatus,
+    parse_policy,
+    parse_spec,
+)
+from breakwater.api.constants import CRD_NAME
+from breakwater.api.manifests import load_documents
+from breakwater.api.rules import ALL_RULES
+from breakwater.api.validate import validate_text
+from tests.conftest import Cluster
+from tests.unit.api.invalid_table import CASES, EXAMPLES, REPO, InvalidCase, base_manifest
+from tests.unit.api.strategies import specs
+
+pytestmark = pytest.mark.cluster
+
+CRD = REPO / "crds" / "breakwater.dev_circuitbreakerpolicies.yaml"
+RULES = {rule.id: rule for rule in ALL_RULES}
+MINIMAL = (REPO / "examples" / "minimal.yaml").read_text()
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: Cluster) -> str:
+    """The generated CRD, applied as `make crds` writes it, Established and served."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.wait_for(
+        "cbp to be served", lambda: cluster.kubectl("get", "cbp", "-A", check=False).returncode == 0
+    )
+    return CRD_NAME
+
+
+@pytest.fixture(scope="module")
+def table_namespace(cluster: Cluster, crd: str) -> Iterator[str]:
+    """One namespace for the refusal tests: a refused manifest never creates anything."""
+    name = f"api-admission-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def apply(cluster: Cluster, namespace: str, text: str, *extra: str) -> Any:
+    return cluster.kubectl("apply", "-n", namespace, *extra, "-f", "-", input=text, check=False)
+
+
+def validate(text: str) -> list[str]:
+    """What `breakwater validate` reports for a manifest text (empty: accepted)."""
+    return [str(problem) for verdict in validate_text(text) for problem in verdict.problems]
+
+
+def get(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(
+        cluster.kubectl("get", "cbp", name, "-n", namespace, "-o", "json").stdout
+    )
+    return result
+
+
+def test_the_generated_crd_is_established_with_its_names(cluster: Cluster, crd: str) -> None:
+    stored = json.loads(cluster.kubectl("get", "crd", crd, "-o", "json").stdout)
+    assert stored["status"]["acceptedNames"]["shortNames"] == ["cbp"]
+    assert stored["status"]["acceptedNames"]["categories"] == ["breakwater"]
+    conditions = {c["type"]: c["status"] for c in stored["status"]["conditions"]}
+    assert conditions["Established"] == "True"
+    assert conditions["NamesAccepted"] == "True"
+    assert conditions.get("NonStructuralSchema", "False") != "True"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_is_accepted_and_defaulted_as_the_models_default_it(
+    cluster: Cluster, crd: str, namespace: str, path: Any
+) -> None:
+    result = apply(cluster, namespace, path.read_text())
+    assert result.returncode == 0, result.stderr
+
+    (document,) = load_documents(path.read_text())
+    stored = get(cluster, namespace, document["metadata"]["name"])
+    # What the API server filled in is exactly what the models assume.
+    assert stored["spec"] == parse_spec(document["spec"]).to_dict()
+    assert parse_policy(stored).spec == parse_spec(document["spec"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_an_invalid_manifest_is_refused_by_the_api_server_and_by_validate(
+    cluster: Cluster, table_namespace: str, case: InvalidCase
+) -> None:
+    result = apply(cluster, table_namespace, case.yaml())
+    if result.returncode == 0:
+        cluster.kubectl("delete", "cbp", "--all", "-n", table_namespace, check=False)
+    assert result.returncode != 0, f"the API server accepted {case.id}:\n{case.yaml()}"
+    assert case.field in result.stderr, result.stderr
+    if case.rule is not None:
+        assert RULES[case.rule].message in result.stderr, result.stderr
+
+    problems = validate(case.yaml())
+    assert problems, "breakwater validate accepted what the API server refused"
+    assert any(case.field in p for p in problems), problems
+
+
+_MUTATIONS = st.fixed_dictionaries(
+    {},
+    optional={
+        "port": st.integers(-1, 70_000),
+        "listenPort": st.sampled_from([0, 80, 1023, 1024, 15020, 15080, 65535, 65536]),
+        "consecutiveFailures": st.integers(-1, 10_001),
+        "permittedCalls": st.integers(0, 4),
+        "successesToClose": st.integers(0, 4),
+        "timeout": st.sampled_from(
+            ["1s", "0s", "30", "1.5s", "1.2345s", "720h", "721h", "1d", "5 m", "250ms"]
+        )
+        | st.text(alphabet="0123456789.hmsdu-", max_size=8),
+        "labelKey": st.text(alphabet="abAB09-_./ ", max_size=12),
+        "until": st.sampled_from(
+            ["2030-01-01T12:00:00Z", "2032-02-29T00:00:00Z", "2030-02-29T00:00:00Z", "2030-01-01T24:00:00Z"]
+        )
+        | st.text(alphabet="0123456789-T:Z.+ ", min_size=15, max_size=26),
+        "slowerThan": st.sampled_from(["100ms", "2s", "10s", "1h"]),
+        "jitter": st.sampled_from([0, 0.5, 0.999, 1, -0.1]),
+        "mode": st.sampled_from(["Enforce", "Observe", "ForceOpen", "Disabled", "enforce"]),
+    },
+)
+
+
+def _mutate(spec: dict[str, Any], mutations: dict[str, Any]) -> dict[str, Any]:
+    spec = json.loads(json.dumps(spec))
+    first = spec["upstreams"][0]
+    for key in ("port", "listenPort"):
+        if key in mutations:
+            first[key] = mutations[key]
+    if "consecutiveFailures" in mutations:
+        spec.setdefault("trip", {})["consecutiveFailures"] = mutations["consecutiveFailures"]
+    for key in ("permittedCalls", "successesToClose"):
+        if key in mutations:
+            spec.setdefault("halfOpen", {})[key] = mutations[key]
+    if "slowerThan" in mutations:
+        spec.setdefault("trip", {})["slowCalls"] = {"slowerThan": mutations["slowerThan"]}
+    if "jitter" in mutations:
+        spec.setdefault("open", {})["jitter"] = mutations["jitter"]
+    for key in ("timeout", "mode"):
+        if key in mutations:
+            spec[key] = mutations[key]
+    if "labelKey" in mutations:
+        spec["selector"] = {"matchLabels": {mutations["labelKey"]: "x"}}
+    if "until" in mutations:
+        spec["override"] = {"mode": "Observe", "until": mutations["until"], "reason": "generated"}
+    return spec
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=specs(), mutations=_MUTATIONS)
+def test_validate_and_the_api_server_agree_on_generated_policies(
+    cluster: Cluster, table_namespace: str, spec: dict[str, Any], mutations: dict[str, Any]
+) -> None:
+    manifest = {**base_manifest(), "metadata": {"name": "generated"}, "spec": _mutate(spec, mutations)}
+    text = yaml.safe_dump(manifest, sort_keys=False)
+    result = apply(cluster, table_namespace, text, "--dry-run=server")
+    problems = validate(text)
+    assert (result.returncode == 0) == (not problems), (
+        f"API server: {result.stderr or 'accepted'}\nvalidate: {problems or 'accepted'}\n{text}"
+    )
+
+
+def _status() -> CircuitBreakerPolicyStatus:
+    moment = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    return CircuitBreakerPolicyStatus(
+        observed_generation=1,
+        conditions=[
+            Condition(type="Accepted", status="True", reason="Rendered", last_transition_time=moment),
+            Condition(type="Ready", status="True", reason="AllReporting", last_transition_time=moment),
+        ],
+        pods=PodCounts(selected=12, injected=12, reporting=12),
+        upstreams=[
+            UpstreamStatus(name="payments", state="Open", open=3, closed=9, failure_rate=0.41, trips=7)
+        ],
+        summary=StatusSummary(
+            state="Open", open="3/12", pods="12/12", mode="Enforce", message="payments open on 3/12 pods"
+        ),
+        futureField={"kept": True},  # type: ignore[call-arg]
+    )
+
+
+def test_status_written_by_the_models_is_accepted_kept_and_read_back(
+    cluster: Cluster, crd: str, namespace: str
+) -> None:
+    assert apply(cluster, namespace, MINIMAL).returncode == 0
+    status = _status()
+    cluster.kubectl(
+        "patch", "cbp", "payments", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": status.to_dict()}),
+    )  # fmt: skip
+    stored = get(cluster, namespace, "payments")
+    assert stored["status"]["futureField"] == {"kept": True}
+    policy = parse_policy(stored)
+    assert policy.status == status
+
+    # Through the main resource, status is not writable (the status subresource is on).
+    cluster.kubectl(
+        "patch", "cbp", "payments", "-n", namespace, "--type=merge",
+        "-p", json.dumps({"status": {"summary": {"state": "Closed"}}}),
+    )  # fmt: skip
+    assert get(cluster, namespace, "payments")["status"]["summary"]["state"] == "Open"
+
+
+def test_kubectl_get_shows_the_fleet_state_in_its_columns(cluster: Cluster, crd: str, namespace: str) -> None:
+    assert apply(cluster, namespace, MINIMAL).returncode == 0
+    cluster.kubectl(
+        "patch", "cbp", "payments", "-n", namespace, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": _status().to_dict()}),
+    )  # fmt: skip
+
+    header, row = cluster.kubectl("get", "cbp", "-n", namespace).stdout.splitlines()
+    assert header.split() == ["NAME", "STATE", "OPEN", "PODS", "MODE", "AGE"]
+    assert row.split()[:5] == ["payments", "Open", "3/12", "12/12", "Enforce"]
+
+    wide_header, wide_row = cluster.kubectl("get", "cbp", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert wide_header.split() == [
+        "NAME", "STATE", "OPEN", "PODS", "MODE", "AGE", "OVERRIDE", "UNTIL", "READY", "MESSAGE",
+    ]  # fmt: skip
+    assert "payments open on 3/12 pods" in wide_row
+    assert wide_row.split()[6] == "True"  # READY, from the Ready condition (OVERRIDE, UNTIL empty)
+
+    by_category = cluster.kubectl("get", "breakwater", "-n", namespace, "-o", "name").stdout.split()
+    assert by_category == ["circuitbreakerpolicy.breakwater.dev/payments"]
+
+
+def test_policies_can_be_selected_by_mode(cluster: Cluster, crd: str, namespace: str) -> None:
+    assert apply(cluster, namespace, MINIMAL).returncode == 0
+    assert apply(cluster, namespace, (REPO / "examples" / "observe-mode.yaml").read_text()).returncode == 0
+    names = cluster.kubectl(
+        "get", "cbp", "-n", namespace, "--field-selector", "spec.mode=Observe", "-o", "name"
+    ).stdout.split()
+    assert names == ["circuitbreakerpolicy.breakwater.dev/search-dry-run"]
+
+
+def test_kubectl_explain_shows_the_field_docs(cluster: Cluster, crd: str) -> None:
+    def explain() -> str:
+        result = cluster.kubectl("explain", "cbp.spec.trip.failureRate", check=False)
+        return result.stdout if result.returncode == 0 and "minimumCalls" in result.stdout else ""
+
+    text = cluster.wait_for("the CRD's OpenAPI to be published", explain, timeout=60)
+    assert "Trip on the failure rate over a sliding window" in text
+    assert "Calls the window must hold before the rate is judged" in text
+    assert "window\t<Object>" in text or "window <Object>" in " ".join(text.split("\t"))
+
+    window = cluster.kubectl("explain", "cbp.spec.trip.failureRate.window").stdout
+    assert "Count (the last `size` calls) or Time" in window
+
+    status = cluster.kubectl("explain", "cbp.status.upstreams.wouldOpen").stdout
+    assert "In Observe mode: pods whose breaker would be open." in status
