@@ -135,10 +135,13 @@ class Breaker:
         "_state_since",
         "_streak",
         "_tb_calls",
+        "_tb_end",
         "_tb_fail",
         "_tb_head",
+        "_tb_i",
         "_tb_n",
         "_tb_slow",
+        "_tb_start",
         "_tb_width",
         "_to_close",
         "_transitions",
@@ -161,6 +164,9 @@ class Breaker:
     _tb_n: int
     _tb_width: float
     _tb_head: int
+    _tb_i: int
+    _tb_start: float
+    _tb_end: float
     _tb_calls: list[int]
     _tb_fail: list[int]
     _tb_slow: list[int]
@@ -286,8 +292,26 @@ class Breaker:
                 self._evaluate(code, None)
         else:
             now = self._clock()
-            self._record_in_time_window(code, now)
-            self._evaluate(code, now)
+            if self._tb_start <= now < self._tb_end:
+                expired = False
+            else:
+                self._advance_time_window(math.floor(now / self._tb_width))
+                expired = True
+            i = self._tb_i
+            self._tb_calls[i] += 1
+            wcalls = self._wcalls + 1
+            self._wcalls = wcalls
+            if code:
+                if code & 1:
+                    self._tb_fail[i] += 1
+                    self._wfail += 1
+                if code & 2:
+                    self._tb_slow[i] += 1
+                    self._wslow += 1
+            # A rate can only have risen if this call failed or was slow, if old buckets expired, or if
+            # the window just reached its minimum: otherwise there is nothing to evaluate.
+            if code or expired or wcalls == self._min_calls:
+                self._evaluate(code, now)
 
     def retry_after(self) -> float:
         """Seconds until the breaker would admit a trial; 0 unless Open (``open_seconds`` if forced)."""
@@ -320,9 +344,7 @@ class Breaker:
         """A consistent copy of the breaker's figures at the clock's current time."""
         now = self._clock()
         self._tick(now)
-        if not self._count_window:
-            self._advance_time_window(math.floor(now / self._tb_width))
-        wcalls = self._wcalls
+        wcalls, wfail, wslow = self._window_figures(now)
         return BreakerSnapshot(
             name=self._name,
             state=_STATES[self._st],
@@ -335,8 +357,8 @@ class Breaker:
             trips=self._trips,
             consecutive_failures=self._consecutive,
             window_calls=wcalls,
-            window_failure_rate=self._wfail / wcalls if wcalls else None,
-            window_slow_rate=self._wslow / wcalls if wcalls else None,
+            window_failure_rate=wfail / wcalls if wcalls else None,
+            window_slow_rate=wslow / wcalls if wcalls else None,
             open_until=self._open_until if self._st == _OPEN else None,
             last_transitions=tuple(self._transitions),
             state_since=self._state_since,
@@ -401,6 +423,9 @@ class Breaker:
             self._tb_fail = [0] * n
             self._tb_slow = [0] * n
         self._tb_head = -(2**62)
+        self._tb_i = 0
+        self._tb_start = _INF  # the current bucket covers [start, end): none yet
+        self._tb_end = -_INF
 
     def _clear_window(self) -> None:
         if self._wcalls == 0:
@@ -414,6 +439,27 @@ class Breaker:
         else:
             for i in range(self._tb_n):
                 self._tb_calls[i] = self._tb_fail[i] = self._tb_slow[i] = 0
+
+    def _window_figures(self, now: float) -> tuple[int, int, int]:
+        """(calls, failures, slow calls) in the window as of `now`, without changing it.
+
+        Reading must not expire buckets: the hot path relies on expiry happening only when it records
+        a call, so that it can re-evaluate the rates exactly when they may have risen.
+        """
+        if self._count_window:
+            return self._wcalls, self._wfail, self._wslow
+        bucket = math.floor(now / self._tb_width)
+        head, n = self._tb_head, self._tb_n
+        if bucket <= head:
+            return self._wcalls, self._wfail, self._wslow
+        calls = fail = slow = 0
+        oldest_kept = bucket - n + 1
+        for i in range(n):
+            if head - (head - i) % n >= oldest_kept:  # the absolute bucket slot i holds
+                calls += self._tb_calls[i]
+                fail += self._tb_fail[i]
+                slow += self._tb_slow[i]
+        return calls, fail, slow
 
     def _advance_time_window(self, bucket: int) -> None:
         """Expire the buckets between the newest one and `bucket` (at most `n` of them)."""
@@ -436,20 +482,9 @@ class Breaker:
                     self._wslow -= slow[i]
                     calls[i] = fail[i] = slow[i] = 0
         self._tb_head = bucket
-
-    def _record_in_time_window(self, code: int, now: float) -> None:
-        bucket = math.floor(now / self._tb_width)
-        if bucket != self._tb_head:
-            self._advance_time_window(bucket)
-        i = self._tb_head % self._tb_n
-        self._tb_calls[i] += 1
-        self._wcalls += 1
-        if code & _FAILED:
-            self._tb_fail[i] += 1
-            self._wfail += 1
-        if code & _SLOW:
-            self._tb_slow[i] += 1
-            self._wslow += 1
+        self._tb_i = bucket % n
+        self._tb_start = bucket * self._tb_width
+        self._tb_end = (bucket + 1) * self._tb_width
 
     def _evaluate(self, code: int, now: float | None) -> None:
         """After a Closed call was recorded: trip if a rule says so."""

@@ -329,3 +329,71 @@ class BreakerMachine(RuleBasedStateMachine):
 
 BreakerMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 TestBreakerInvariants = BreakerMachine.TestCase
+
+
+@given(
+    kind=st.sampled_from(list(WindowKind)),
+    percent=st.floats(1, 100),
+    slow_percent=st.none() | st.floats(1, 100),
+    minimum=st.integers(1, 12),
+    size=st.integers(1, 15),
+    seconds=st.sampled_from([0.5, 1.0, 3.0, 10.0, 12.5, 30.0]),
+    steps=st.lists(
+        st.tuples(st.sampled_from([0.0, 0.0, 0.05, 0.3, 1.0, 2.5, 7.0, 40.0]), st.booleans(), st.booleans()),
+        max_size=80,
+    ),
+    peeks=st.booleans(),
+)
+def test_the_rate_rules_trip_exactly_when_a_brute_force_window_says_so(
+    kind: WindowKind,
+    percent: float,
+    slow_percent: float | None,
+    minimum: int,
+    size: int,
+    seconds: float,
+    steps: list[tuple[float, bool, bool]],
+    peeks: bool,
+) -> None:
+    clock = FakeClock(start=0.0)
+    config = BreakerSettings(
+        consecutive_failures=None,
+        failure_rate_percent=percent,
+        slow_call_percent=slow_percent,
+        slow_call_seconds=1.0,
+        minimum_calls=minimum,
+        window_kind=kind,
+        window_size=size,
+        window_seconds=seconds,
+    )
+    breaker = Breaker("u", config, clock=clock)
+    n_buckets = min(max(math.ceil(seconds), 10), 1000)
+    width = seconds / n_buckets
+    records: list[tuple[float, bool, bool]] = []  # (time, failed, slow)
+    for dt, failed, slow in steps:
+        clock.advance(dt)
+        if peeks:  # reading the breaker must not change what it decides
+            breaker.snapshot()
+        token = breaker.try_acquire()
+        assert token == ADMITTED
+        breaker.on_result(token, Outcome.FAILURE if failed else Outcome.SUCCESS, 1.5 if slow else 0.1)
+        records.append((clock.now, failed, slow))
+        if kind is WindowKind.COUNT:
+            window = records[-size:]
+            needed = min(minimum, size)
+        else:
+            newest = math.floor(clock.now / width)
+            window = [r for r in records if math.floor(r[0] / width) > newest - n_buckets]
+            needed = minimum
+        calls = len(window)
+        failures = sum(1 for r in window if r[1])
+        slows = sum(1 for r in window if r[2])
+        should_trip = calls >= needed and (
+            failures * 100.0 >= percent * calls
+            or (slow_percent is not None and slows * 100.0 >= slow_percent * calls)
+        )
+        assert (breaker.state is State.OPEN) == should_trip, (calls, failures, slows)
+        if should_trip:
+            return
+        snap = breaker.snapshot()
+        assert snap.window_calls == calls
+        assert snap.window_failure_rate == (failures / calls if calls else None)

@@ -192,3 +192,23 @@ def test_calls_admitted_before_the_trip_complete_without_changing_the_state(
     breaker.on_result(slow_token, Outcome.SUCCESS, 5.0)
     assert breaker.state is State.OPEN
     assert breaker.snapshot().calls == 3
+
+
+def test_a_success_trips_the_time_window_once_older_successes_expired(
+    make_breaker: MakeBreaker, clock: FakeClock
+) -> None:
+    breaker = make_breaker(
+        consecutive_failures=None,
+        failure_rate_percent=50,
+        minimum_calls=5,
+        window_kind=WindowKind.TIME,
+        window_seconds=10,
+    )
+    succeed(breaker, 20)
+    clock.advance(5)
+    fail(breaker, 4)  # 4 of 24
+    clock.advance(6)  # the 20 successes leave the window
+    snap = breaker.snapshot()
+    assert (snap.state, snap.window_calls, snap.window_failure_rate) == (State.CLOSED, 4, 1.0)
+    succeed(breaker)  # 4 of 5
+    assert breaker.state is State.OPEN
