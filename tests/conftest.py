@@ -78,6 +78,19 @@ class Cluster:
         config.load_kube_config(config_file=str(self.kubeconfig), client_configuration=configuration)
         return client.ApiClient(configuration)
 
+    def wait_established(self, crd: str, *, timeout: float = 60) -> None:
+        """Wait until a CRD is Established and served.
+
+        Polls instead of `kubectl wait`, which fails at once ("accessor error: <nil>") when it reads a
+        CRD created so recently that its status has no conditions yet.
+        """
+        jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+        self.wait_for(
+            f"CRD {crd} Established",
+            lambda: self.kubectl("get", "crd", crd, "-o", jsonpath, check=False).stdout.strip() == "True",
+            timeout=timeout,
+        )
+
     def wait_for(self, what: str, check: Any, *, timeout: float = 30, interval: float = 0.2) -> Any:
         """Poll `check()` until it returns something truthy; fail with `what` after `timeout` seconds."""
         deadline = time.monotonic() + timeout

@@ -24,9 +24,7 @@ def install_crd(cluster: Cluster) -> None:
     from breakwater.api.crdgen import crd_yaml
 
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=crd_yaml())
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/circuitbreakerpolicies.breakwater.dev", "--timeout=30s"
-    )
+    cluster.wait_established("circuitbreakerpolicies.breakwater.dev")
 
 
 @dataclass

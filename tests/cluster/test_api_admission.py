@@ -46,7 +46,7 @@ MINIMAL = (REPO / "examples" / "minimal.yaml").read_text()
 def crd(cluster: Cluster) -> str:
     """The generated CRD, applied as `make crds` writes it, Established and served."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    cluster.wait_established(CRD_NAME)
     cluster.wait_for(
         "cbp to be served", lambda: cluster.kubectl("get", "cbp", "-A", check=False).returncode == 0
     )

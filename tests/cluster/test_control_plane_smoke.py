@@ -41,9 +41,7 @@ WIDGET_CRD = textwrap.dedent(
 
 def test_a_custom_resource_round_trips_through_the_api_server(cluster: Cluster, namespace: str) -> None:
     cluster.kubectl("apply", "-f", "-", input=WIDGET_CRD)
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/widgets.smoke.breakwater.dev", "--timeout=30s"
-    )
+    cluster.wait_established("widgets.smoke.breakwater.dev")
     widget = "apiVersion: smoke.breakwater.dev/v1\nkind: Widget\nmetadata: {name: w1}\nspec: {size: 3}\n"
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=widget)
 

@@ -135,6 +135,12 @@ def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recover
     assert "Open" in columns
     assert "2/2" in columns
     body = policy(cluster, namespace, "payments")
+    assert upstream_status(cluster, namespace, "payments")["effective"] == {
+        "mode": "Enforce",
+        "consecutiveFailures": 3,
+        "timeout": "2s",
+        "openDuration": "3s",
+    }
     assert condition(body, "CircuitOpen")["status"] == "True"
     assert "payments open on 2/2 pods" in condition(body, "CircuitOpen")["message"]
 

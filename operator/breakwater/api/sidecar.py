@@ -26,6 +26,8 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+
 __all__ = [
     "SIDECAR_CONFIG_VERSION",
     "AdminConfig",
@@ -93,7 +95,7 @@ class _Model(BaseModel):
 class AdminConfig(_Model):
     """The admin listener: probes, stats, metrics, config pushes."""
 
-    port: Port = 15020
+    port: Port = SIDECAR_ADMIN_PORT
     address: str = "0.0.0.0"
 
     @field_validator("address")
@@ -106,7 +108,7 @@ class ForwardProxyConfig(_Model):
     """The HTTP forward-proxy listener (for apps that honour ``HTTP_PROXY``)."""
 
     enabled: bool = False
-    port: Port = 15080
+    port: Port = SIDECAR_FORWARD_PROXY_PORT
     unknown_hosts: Literal["PassThrough", "Refuse"] = "PassThrough"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.report import CONFIG_PATH, REPORT_PATH, ConfigReply, SidecarReport
 from breakwater.api.sidecar import SidecarConfig
 from breakwater.controller.fleet import PodReport
@@ -99,8 +100,8 @@ class ReportServer:
     bundles: BundleCache
     store: FleetStore
     pod_labels: Callable[[str, str], Any]  # async (namespace, pod) -> labels or None
-    admin_port: int = 15020
-    proxy_port: int = 15080
+    admin_port: int = SIDECAR_ADMIN_PORT
+    proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
     on_report: Callable[[str], None] | None = None  # namespace: something changed there
     auth: Authenticator = field(init=False)
     _runner: web.AppRunner | None = None

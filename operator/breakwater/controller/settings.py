@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+
 DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "20m", "memory": "48Mi"},
     "limits": {"memory": "128Mi"},
@@ -28,8 +30,8 @@ class OperatorSettings:
     sidecar_image: str = "ghcr.io/breakwater-dev/breakwater:0.1.0"
     sidecar_image_pull_policy: str = "IfNotPresent"
     sidecar_resources: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SIDECAR_RESOURCES))
-    sidecar_admin_port: int = 15020
-    sidecar_proxy_port: int = 15080
+    sidecar_admin_port: int = SIDECAR_ADMIN_PORT
+    sidecar_proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
     inject_all_namespaces: bool = False
     webhook_listen_host: str = "0.0.0.0"
     webhook_listen_port: int = 9443

@@ -9,6 +9,8 @@ from typing import Any
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import CONDITION_ACCEPTED, CONDITION_CIRCUIT_OPEN, CONDITION_READY
+from breakwater.api.scalars import Duration
+from breakwater.api.sidecar import UpstreamConfig
 from breakwater.controller.conditions import Condition, merge
 from breakwater.controller.fleet import (
     PodReport,
@@ -168,9 +170,13 @@ def desired_status(
     else:
         fleets = fleet.upstreams
         upstreams = []
+        rendered = {u.name: u for u in (bundle.upstreams if bundle else ())}
         for f in fleets:
             clock.observe(f.name, f.state, previous=old_upstreams.get(f.name))
-            upstreams.append(f.as_status(last_transition_time=clock.since(f.name)))
+            entry = f.as_status(last_transition_time=clock.since(f.name))
+            if f.name in rendered:
+                entry["effective"] = effective_thresholds(rendered[f.name])
+            upstreams.append(entry)
         conditions.extend(_circuit(fleets))
         summary = {
             "state": summary_word(fleets),
@@ -192,6 +198,24 @@ def desired_status(
         "upstreams": upstreams,
         "summary": {k: v for k, v in summary.items() if v is not None},
     }
+
+
+def effective_thresholds(upstream: UpstreamConfig) -> dict[str, Any]:
+    """The thresholds in force for one upstream, after overrides (and, later, adaptive tuning)."""
+    breaker = upstream.breaker
+    effective: dict[str, Any] = {
+        "mode": upstream.mode,
+        "consecutiveFailures": breaker.consecutive_failures or 0,
+        "timeout": str(Duration.from_seconds(upstream.timeout_seconds)),
+        "openDuration": str(Duration.from_seconds(breaker.open_seconds)),
+    }
+    if breaker.failure_rate_percent is not None:
+        effective["failureRatePercent"] = breaker.failure_rate_percent
+        effective["minimumCalls"] = breaker.minimum_calls
+    if breaker.slow_call_percent is not None and breaker.slow_call_seconds is not None:
+        effective["slowCallPercent"] = breaker.slow_call_percent
+        effective["slowerThan"] = str(Duration.from_seconds(breaker.slow_call_seconds))
+    return effective
 
 
 def without_times(status: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from breakwater.api.constants import GROUP
+from breakwater.api.constants import GROUP, SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 
 SIDECAR_NAME = "breakwater-proxy"
 CONFIG_VOLUME = "breakwater-config"
@@ -39,8 +39,8 @@ class SidecarTemplate:
     image: str
     image_pull_policy: str = "IfNotPresent"
     resources: Mapping[str, Any] = field(default_factory=dict)
-    admin_port: int = 15020
-    proxy_port: int = 15080
+    admin_port: int = SIDECAR_ADMIN_PORT
+    proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
     report_url: str | None = None
     report_ca: str = ""  # PEM of the CA that signed the report endpoint's certificate (public)
     run_as_user: int = 65532

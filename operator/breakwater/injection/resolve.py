@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from breakwater.api.bundle import PolicyBundle
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.sidecar import AdminConfig, ForwardProxyConfig, SidecarConfig, UpstreamConfig
 from breakwater.injection.selectors import matches
 
@@ -70,8 +71,8 @@ def resolve(
     labels: Mapping[str, str],
     bundles: Iterable[PolicyBundle],
     *,
-    admin_port: int = 15020,
-    proxy_port: int = 15080,
+    admin_port: int = SIDECAR_ADMIN_PORT,
+    proxy_port: int = SIDECAR_FORWARD_PROXY_PORT,
     listen_address: str = "127.0.0.1",
 ) -> Resolution:
     selecting = sorted((b for b in bundles if matches(b.selector, labels)), key=precedence)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.sidecar import SidecarConfig, SidecarConfigError
 from breakwater.injection.podinfo import PodInfoError, carry_over
 from breakwater.proxy.logs import configure_logging
@@ -35,9 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     pod.add_argument("--pod-labels", metavar="FILE", help="the downward-API labels file of this pod")
     pod.add_argument("--listen-address", default="127.0.0.1", help="where upstream listeners bind")
     pod.add_argument("--admin-address", default="0.0.0.0", help="where the admin listener binds")
-    pod.add_argument("--admin-port", type=int, default=15020)
+    pod.add_argument("--admin-port", type=int, default=SIDECAR_ADMIN_PORT)
     pod.add_argument(
-        "--proxy-port", type=int, default=15080, help="the forward proxy's port (transparent mode)"
+        "--proxy-port",
+        type=int,
+        default=SIDECAR_FORWARD_PROXY_PORT,
+        help="the forward proxy's port (transparent mode)",
     )
     pod.add_argument(
         "--report-url", default=os.environ.get("BREAKWATER_REPORT_URL"), help="the operator's report endpoint"

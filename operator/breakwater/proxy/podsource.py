@@ -18,6 +18,7 @@ from pathlib import Path
 import pydantic
 
 from breakwater.api.bundle import PolicyBundle
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.sidecar import AdminConfig, SidecarConfig
 from breakwater.injection.podinfo import PodInfoError, carry_over, parse_labels
 from breakwater.injection.resolve import resolve
@@ -46,8 +47,8 @@ class Binding:
 
     listen_address: str = "127.0.0.1"
     admin_address: str = "0.0.0.0"
-    admin_port: int = 15020
-    proxy_port: int = 15080
+    admin_port: int = SIDECAR_ADMIN_PORT
+    proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
 
     def apply(self, config: SidecarConfig) -> SidecarConfig:
         return config.model_copy(
