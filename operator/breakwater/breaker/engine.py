@@ -18,6 +18,9 @@ Design notes (the decisions the interface leaves open):
 - Closed is the hot path: `try_acquire` reads one flag and returns an int; `on_result` updates a few
   counters and a ring buffer (count window) or a ring of per-time buckets (time window). Neither
   raises, neither allocates beyond CPython's int arithmetic; a rejection likewise.
+- A time window of W seconds is a ring of ``min(max(ceil(W), 10), 1000)`` equal buckets (1 s each for
+  10 s <= W <= 1000 s): it holds the calls of the current bucket and of the buckets before it, so its
+  edge moves one bucket at a time. Reading it (`snapshot`) never changes it.
 - Trip rules, in order: consecutive failures, failure rate, slow-call rate. The rate rules look at the
   window only once it holds ``minimum_calls`` calls (a count window: ``min(minimum_calls,
   window_size)``). A slow call is one that took ``>= slow_call_seconds``, successful or not.
