@@ -10,6 +10,10 @@ The key is the request target (path and query) plus a digest of the request's ``
 user's answer must never be replayed to another. Headers named by the response's ``Vary`` must match too.
 What is served: a ``GET`` or ``HEAD`` whose entry is younger than ``maxAgeSeconds``; entries are evicted
 least-recently-used first when the entry or byte budget is exceeded, and lazily once too old.
+
+Refreshing is throttled: while an entry is younger than `REFRESH_SECONDS` the next answers to the same
+request are not captured again (at thousands of requests per second, re-copying every body would
+cost more than the rest of the proxy; a fallback that is one second older does not matter).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 __all__ = ["CacheFill", "CachedResponse", "ResponseCache"]
 
 _UNSTORED_HEADERS = frozenset({"set-cookie", "age", "date", "content-length"})
+REFRESH_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,10 +38,11 @@ class CachedResponse:
     body: bytes
     stored_at: float
     vary: tuple[tuple[str, str], ...]
+    size: int = 0
 
-    @property
-    def size(self) -> int:
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers) + 64
+    @staticmethod
+    def measure(headers: tuple[tuple[str, str], ...], body: bytes) -> int:
+        return len(body) + sum(len(k) + len(v) for k, v in headers) + 64
 
 
 def _no_store(headers: Mapping[str, str]) -> bool:
@@ -88,7 +94,12 @@ class ResponseCache:
         self, key: str, status: int, headers: Mapping[str, str], length: int | None
     ) -> CacheFill | None:
         """A tee for this response if it may be stored, else None (decided from the headers alone)."""
-        if status != 200 or _no_store(headers):
+        if status != 200:
+            return None
+        current = self._entries.get(key)
+        if current is not None and self._clock() - current.stored_at < REFRESH_SECONDS:
+            return None
+        if _no_store(headers):
             return None
         vary = headers.get("Vary", "")
         if "*" in vary:
@@ -190,5 +201,6 @@ class CacheFill:
                 body=body,
                 stored_at=self._cache.now(),
                 vary=vary,
+                size=CachedResponse.measure(self._headers, body),
             ),
         )

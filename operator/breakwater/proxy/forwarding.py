@@ -220,7 +220,7 @@ class Forwarder:
                 data = streamed = _RequestBody(request, expect, up.timeout)
 
         raw = request.raw_path
-        url = URL(up.origin + (raw if raw[:1] == "/" else request.rel_url.raw_path_qs), encoded=True)
+        url = up.url(raw if raw[:1] == "/" else request.rel_url.raw_path_qs)
 
         retry = up.retry
         budget = up.budget
@@ -241,8 +241,12 @@ class Forwarder:
             try_timeout = deadline - start
             if retry.per_try_timeout is not None and retry.per_try_timeout < try_timeout:
                 try_timeout = retry.per_try_timeout
+            timeout = up.client_timeout
+            if try_timeout < up.timeout:
+                try_timeout = max(try_timeout, 0.001)
+                timeout = aiohttp.ClientTimeout(total=None, sock_connect=try_timeout, sock_read=try_timeout)
             try:
-                resp = await self._send(method, url, headers, data, max(try_timeout, 0.001), streamed is None)
+                resp = await self._send(method, url, headers, data, timeout, try_timeout, streamed is None)
             except _UPSTREAM_ERRORS as exc:
                 permit.duration = elapsed = loop.time() - start
                 if streamed is not None and streamed.client_at_fault:
@@ -291,10 +295,10 @@ class Forwarder:
         url: URL,
         headers: CIMultiDict[str],
         data: bytes | _RequestBody | None,
+        client_timeout: aiohttp.ClientTimeout,
         limit: float,
         bounded: bool,
     ) -> aiohttp.ClientResponse:
-        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=limit, sock_read=limit)
         call = self._session.request(
             method,
             url,

@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import aiohttp
 from multidict import CIMultiDict
+from yarl import URL
 
 from breakwater.api.sidecar import SidecarConfig, UpstreamConfig
 from breakwater.breaker import Breaker, BreakerSettings, Transition
@@ -105,6 +107,7 @@ class Upstream:
         "budget",
         "bulkhead",
         "cache",
+        "client_timeout",
         "config",
         "failures",
         "host",
@@ -117,7 +120,10 @@ class Upstream:
         "static_fallback",
         "stats",
         "timeout",
+        "urls",
     )
+
+    _URL_CACHE = 1024
 
     def __init__(self, config: UpstreamConfig, parts: LiveParts) -> None:
         self.config = config
@@ -129,6 +135,9 @@ class Upstream:
         self.origin = f"http://{bracketed}:{config.port}"
         self.host_header = bracketed if config.port == 80 else f"{bracketed}:{config.port}"
         self.timeout = config.timeout_seconds
+        t = config.timeout_seconds
+        self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+        self.urls: dict[str, URL] = {}
         self.failures = FailurePolicy.from_config(config.failures)
         self.retry = RetryPolicy.from_config(config.retry)
         self.breaker = parts.breaker
@@ -146,6 +155,15 @@ class Upstream:
     @property
     def fallback_kind(self) -> str:
         return self.config.fallback.kind
+
+    def url(self, path_qs: str) -> URL:
+        """The upstream URL for a request target (parsed once per distinct target, a bounded cache)."""
+        url = self.urls.get(path_qs)
+        if url is None:
+            if len(self.urls) >= self._URL_CACHE:
+                self.urls.clear()
+            url = self.urls[path_qs] = URL(self.origin + path_qs, encoded=True)
+        return url
 
 
 def authority_aliases(host: str, port: int) -> list[tuple[str, int]]:
