@@ -58,6 +58,10 @@ class Cluster:
             raise AssertionError(f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
         return proc
 
+    def apply(self, manifest: str, *, namespace: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`kubectl apply -f -` of a YAML or JSON manifest."""
+        return self.kubectl("apply", *(["-n", namespace] if namespace else []), "-f", "-", input=manifest)
+
     def helm(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [self.tool("helm"), f"--kubeconfig={self.kubeconfig}", *args],

@@ -195,3 +195,12 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
         if cond.get("type") == kind:
             return dict(cond)
     return {}
+
+
+def wait_accepted(cluster: Cluster, namespace: str, name: str, *, timeout: float = 30) -> None:
+    """Wait until the operator has rendered the policy (`Accepted=True`)."""
+    cluster.wait_for(
+        f"policy {namespace}/{name} Accepted",
+        lambda: condition(policy(cluster, namespace, name), "Accepted").get("status") == "True",
+        timeout=timeout,
+    )

@@ -12,6 +12,7 @@ no namespace carries, so the API server never sends another test's pods to a web
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import subprocess
@@ -334,6 +335,39 @@ def _with_local_listeners(args: list[str]) -> list[str]:
     ]
 
 
+@contextlib.contextmanager
+def _operator_process(args: list[str], kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`breakwater <args>` authenticated by `kubeconfig` (the chart's ServiceAccount), stopped on exit."""
+    with log_path.open("w") as log:
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "breakwater.cli", *args, f"--kubeconfig={kubeconfig}"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        )
+    try:
+        yield operator
+    finally:
+        operator.terminate()
+        try:
+            operator.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            operator.kill()
+            operator.wait()
+
+
+def _written_ca_bundle(
+    cluster: Cluster, names: ChartNames, operator: subprocess.Popen[bytes], log_path: Path
+) -> str:
+    def ca_bundle() -> str | None:
+        mwc = _get(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
+        assert operator.poll() is None, log_path.read_text()[-3000:]
+        return mwc["webhooks"][0]["clientConfig"].get("caBundle") if mwc else None
+
+    bundle: str = cluster.wait_for("the operator to write the caBundle", ca_bundle, timeout=60)
+    return bundle
+
+
 def test_the_operator_under_the_chart_service_account_issues_its_certificate_and_a_valid_ca_bundle(
     cluster: Cluster, chart: Path, names: ChartNames, tmp_path: Path
 ) -> None:
@@ -349,21 +383,8 @@ def test_the_operator_under_the_chart_service_account_issues_its_certificate_and
     kubeconfig = service_account_kubeconfig(cluster, names, tmp_path / "operator.kubeconfig")
     args = _with_local_listeners(installed_operator_args(cluster, names))
     log_path = tmp_path / "operator.log"
-    with log_path.open("w") as log:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "breakwater.cli", *args, f"--kubeconfig={kubeconfig}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-        )
-    try:
-
-        def ca_bundle() -> str | None:
-            mwc = _get(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-            assert operator.poll() is None, log_path.read_text()[-3000:]
-            return mwc["webhooks"][0]["clientConfig"].get("caBundle") if mwc else None
-
-        bundle: str = cluster.wait_for("the operator to write the caBundle", ca_bundle, timeout=60)
+    with _operator_process(args, kubeconfig, log_path) as operator:
+        bundle = _written_ca_bundle(cluster, names, operator, log_path)
         secret = _get(cluster, "secret", names.webhook_secret, names.namespace)
         assert secret is not None
         assert secret["type"] == "kubernetes.io/tls"
@@ -379,13 +400,6 @@ def test_the_operator_under_the_chart_service_account_issues_its_certificate_and
         output = log_path.read_text()
         assert "Forbidden" not in output, output[-3000:]
         assert " 403" not in output, output[-3000:]
-    finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
 
 
 def test_helm_upgrade_changes_the_webhook_and_keeps_the_ca_bundle_the_operator_wrote(
@@ -555,7 +569,7 @@ def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
     webhook at the operator's loopback URL, as the Service would route in a real cluster."""
     from breakwater.testing.fleet import SidecarFleet
     from breakwater.testing.upstream import FlakyUpstream
-    from tests.cluster.harness import condition, deployment_manifest, install_crd, policy
+    from tests.cluster.harness import condition, deployment_manifest, install_crd, policy, wait_accepted
 
     install_crd(cluster)
     install_chart(
@@ -583,21 +597,12 @@ def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
     )
     upstream = FlakyUpstream().start()
     fleet = SidecarFleet(kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=apps)
-    with log_path.open("w") as log:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "breakwater.cli", *args, f"--kubeconfig={kubeconfig}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-        )
-    try:
-
-        def ca_bundle() -> str | None:
-            mwc = _get(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-            assert operator.poll() is None, log_path.read_text()[-3000:]
-            return mwc["webhooks"][0]["clientConfig"].get("caBundle") if mwc else None
-
-        bundle = cluster.wait_for("the caBundle", ca_bundle, timeout=60)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(cluster.kubectl, "delete", "namespace", apps, "--wait=false", check=False)
+        cleanup.callback(upstream.stop)
+        cleanup.callback(fleet.stop)
+        operator = cleanup.enter_context(_operator_process(args, kubeconfig, log_path))
+        bundle = _written_ca_bundle(cluster, names, operator, log_path)
         route = [{"op": "replace", "path": "/webhooks/0/clientConfig",
                   "value": {"url": webhook_url + "/inject-sidecar", "caBundle": bundle}}]  # fmt: skip
         cluster.kubectl(
@@ -619,14 +624,9 @@ def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
                 ],
             },
         }
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-        cluster.wait_for(
-            "Accepted",
-            lambda: condition(policy(cluster, apps, "payments"), "Accepted").get("status") == "True",
-        )
-        cluster.kubectl(
-            "apply", "-n", apps, "-f", "-", input=deployment_manifest("checkout", node=cluster.node_name)
-        )
+        cluster.apply(json.dumps(manifest))
+        wait_accepted(cluster, apps, "payments")
+        cluster.apply(deployment_manifest("checkout", node=cluster.node_name), namespace=apps)
 
         def started() -> bool:
             fleet.sync()
@@ -656,13 +656,3 @@ def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
         )  # fmt: skip
         assert outside.returncode != 0
         assert "forbidden" in outside.stderr.lower()
-    finally:
-        fleet.stop()
-        upstream.stop()
-        operator.terminate()
-        try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
-        cluster.kubectl("delete", "namespace", apps, "--wait=false", check=False)

@@ -13,7 +13,14 @@ import pytest
 
 from breakwater.testing.fleet import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
-from tests.cluster.harness import OperatorProcess, condition, deployment_manifest, opt_in, policy
+from tests.cluster.harness import (
+    OperatorProcess,
+    condition,
+    deployment_manifest,
+    opt_in,
+    policy,
+    wait_accepted,
+)
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -75,17 +82,9 @@ def fleet(cluster: Cluster, namespace: str) -> Iterator[SidecarFleet]:
 
 
 def start_clients(cluster: Cluster, namespace: str, fleet: SidecarFleet, replicas: int) -> None:
-    cluster.wait_for(
-        "the policy accepted",
-        lambda: condition(policy(cluster, namespace, "payments"), "Accepted").get("status") == "True",
-    )
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("checkout", node=cluster.node_name, replicas=replicas),
+    wait_accepted(cluster, namespace, "payments")
+    cluster.apply(
+        deployment_manifest("checkout", node=cluster.node_name, replicas=replicas), namespace=namespace
     )
 
     def all_started() -> bool:
@@ -104,7 +103,7 @@ def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recover
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port))
+    cluster.apply(breaker_policy("payments", upstream.port), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
     for sidecar in fleet.sidecars.values():
         assert call(sidecar.url(15001) + "/pay") == 200
@@ -174,9 +173,7 @@ def test_observe_mode_rejects_nothing_and_reports_what_would_have_opened(
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port, mode="Observe")
-    )
+    cluster.apply(breaker_policy("payments", upstream.port, mode="Observe", namespace=namespace))
     start_clients(cluster, namespace, fleet, replicas=2)
     upstream.failing = True
     for sidecar in fleet.sidecars.values():
@@ -202,7 +199,7 @@ def test_a_forged_report_is_rejected_and_changes_nothing(
     import ssl
 
     opt_in(cluster, namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port))
+    cluster.apply(breaker_policy("payments", upstream.port), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
     cluster.wait_for(
         "Closed", lambda: upstream_status(cluster, namespace, "payments").get("state") == "Closed", timeout=20
@@ -243,7 +240,7 @@ def test_a_policy_edit_reaches_every_sidecar_through_the_live_channel(
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port))
+    cluster.apply(breaker_policy("payments", upstream.port), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=3)
 
     def hashes() -> set[str]:
@@ -279,9 +276,7 @@ def test_after_an_operator_restart_status_is_rebuilt_without_invented_transition
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl(
-        "apply", "-n", namespace, "-f", "-", input=breaker_policy("payments", upstream.port, open_for="60s")
-    )
+    cluster.apply(breaker_policy("payments", upstream.port, open_for="60s", namespace=namespace))
     start_clients(cluster, namespace, fleet, replicas=2)
     upstream.failing = True
     for sidecar in fleet.sidecars.values():

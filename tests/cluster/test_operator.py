@@ -21,6 +21,7 @@ from tests.cluster.harness import (
     pods,
     policy,
     policy_manifest,
+    wait_accepted,
 )
 from tests.conftest import Cluster
 
@@ -44,31 +45,16 @@ def test_pods_of_a_selected_deployment_get_the_sidecar_exactly_once(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess
 ) -> None:
     opt_in(cluster, namespace, restricted=True)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("payments"))
-    cluster.wait_for(
-        "Accepted",
-        lambda: condition(policy(cluster, namespace, "payments"), "Accepted").get("status") == "True",
-    )
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("checkout", node=cluster.node_name, replicas=3),
-    )
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("other", node=cluster.node_name, app="cart", replicas=1),
+    cluster.apply(policy_manifest("payments"), namespace=namespace)
+    wait_accepted(cluster, namespace, "payments")
+    cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=3), namespace=namespace)
+    cluster.apply(
+        deployment_manifest("other", node=cluster.node_name, app="cart", replicas=1), namespace=namespace
     )
     opted_out = deployment_manifest(
         "legacy", node=cluster.node_name, replicas=1, annotations={"breakwater.dev/inject": "false"}
     )
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=opted_out)
+    cluster.apply(opted_out, namespace=namespace)
 
     for pod in running(cluster, namespace, "deployment=checkout", 3):
         (sidecar,) = sidecars(pod)  # exactly once
@@ -97,15 +83,8 @@ def test_pods_of_a_selected_deployment_get_the_sidecar_exactly_once(
 def test_pods_in_a_namespace_that_did_not_opt_in_are_untouched(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess
 ) -> None:
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("payments"))
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("checkout", node=cluster.node_name, replicas=1),
-    )
+    cluster.apply(policy_manifest("payments"), namespace=namespace)
+    cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=1), namespace=namespace)
     assert not sidecars(running(cluster, namespace, "deployment=checkout", 1)[0])
 
 
@@ -113,7 +92,7 @@ def test_editing_a_policy_changes_its_config_and_deleting_it_removes_it_while_po
     cluster: Cluster, namespace: str, running_operator: OperatorProcess
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("payments"))
+    cluster.apply(policy_manifest("payments"), namespace=namespace)
 
     def bundle() -> PolicyBundle | None:
         got = cluster.kubectl("get", "configmap", CONFIGMAP_NAME, "-n", namespace, "-o", "json", check=False)
@@ -124,14 +103,7 @@ def test_editing_a_policy_changes_its_config_and_deleting_it_removes_it_while_po
 
     first = cluster.wait_for("the policy's bundle", bundle)
     assert first.upstreams[0].timeout_seconds == 2.0
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("checkout", node=cluster.node_name, replicas=1),
-    )
+    cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=1), namespace=namespace)
     (pod,) = running(cluster, namespace, "deployment=checkout", 1)
     old_hash = pod["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
     assert old_hash == resolve(pod["metadata"]["labels"], [first]).config_hash
@@ -154,15 +126,8 @@ def test_pods_created_while_the_operator_is_down_start_and_are_reported_later(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("payments"))
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("checkout", node=cluster.node_name, replicas=1),
-    )
+    cluster.apply(policy_manifest("payments"), namespace=namespace)
+    cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=1), namespace=namespace)
     running(cluster, namespace, "deployment=checkout", 1)
 
     running_operator.stop()
@@ -186,11 +151,8 @@ def test_two_policies_claiming_one_upstream_mark_the_newer_one_conflicting(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("first"))
-    cluster.wait_for(
-        "first accepted",
-        lambda: condition(policy(cluster, namespace, "first"), "Accepted").get("status") == "True",
-    )
+    cluster.apply(policy_manifest("first"), namespace=namespace)
+    wait_accepted(cluster, namespace, "first")
     stock = textwrap.dedent(
         """
         - name: pay
@@ -203,15 +165,8 @@ def test_two_policies_claiming_one_upstream_mark_the_newer_one_conflicting(
           listenPort: 15002
         """
     )
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("second", upstreams=stock))
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("checkout", node=cluster.node_name, replicas=1),
-    )
+    cluster.apply(policy_manifest("second", upstreams=stock), namespace=namespace)
+    cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=1), namespace=namespace)
     (pod,) = running(cluster, namespace, "deployment=checkout", 1)
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][1].get("env", [])}
     assert env["BREAKWATER_PAYMENTS_URL"] == "http://127.0.0.1:15001"
@@ -232,22 +187,12 @@ def test_a_sigkilled_operator_restarts_without_duplicate_sidecars_and_status_con
     cluster: Cluster, namespace: str, running_operator: OperatorProcess
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=deployment_manifest("checkout", node=cluster.node_name, replicas=2),
-    )
+    cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=2), namespace=namespace)
     running(cluster, namespace, "deployment=checkout", 2)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("payments"))
+    cluster.apply(policy_manifest("payments"), namespace=namespace)
     running_operator.stop(signal.SIGKILL)  # mid-reconcile: the policy was just applied
     running_operator.start()
-    cluster.wait_for(
-        "Accepted after restart",
-        lambda: condition(policy(cluster, namespace, "payments"), "Accepted").get("status") == "True",
-    )
+    wait_accepted(cluster, namespace, "payments")
     cluster.kubectl("rollout", "restart", "deployment/checkout", "-n", namespace)
 
     def all_injected() -> list[dict[str, Any]]:
@@ -278,11 +223,8 @@ def test_restricted_pod_security_admits_the_injected_pod(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess
 ) -> None:
     opt_in(cluster, namespace, restricted=True)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=policy_manifest("payments"))
-    cluster.wait_for(
-        "Accepted",
-        lambda: condition(policy(cluster, namespace, "payments"), "Accepted").get("status") == "True",
-    )
+    cluster.apply(policy_manifest("payments"), namespace=namespace)
+    wait_accepted(cluster, namespace, "payments")
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -292,7 +234,7 @@ def test_restricted_pod_security_admits_the_injected_pod(
             "containers": [{"name": "app", "image": "app:1", **RESTRICTED_CONTAINER}],
         },
     }
-    result = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
+    result = cluster.apply(json.dumps(pod), check=False, namespace=namespace)
     assert result.returncode == 0, result.stderr
     created = json.loads(cluster.kubectl("get", "pod", "client", "-n", namespace, "-o", "json").stdout)
     assert len(sidecars(created)) == 1
@@ -309,7 +251,7 @@ def test_a_time_boxed_override_ends_by_itself(
     manifest = policy_manifest(
         "payments", override={"mode": "ForceOpen", "until": until, "reason": "INC-42 drill"}
     )
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+    cluster.apply(manifest, namespace=namespace)
 
     def modes() -> list[str]:
         got = cluster.kubectl("get", "configmap", CONFIGMAP_NAME, "-n", namespace, "-o", "json", check=False)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.rules import MANAGED_HEADERS
 
 __all__ = [
     "SIDECAR_CONFIG_VERSION",
@@ -51,18 +52,7 @@ _STATUS_PATTERN = re.compile(r"^(?:[1-5]xx|[1-5][0-9]{2})$")
 _RETRY_ON_WORDS = frozenset({"connect-failure", "reset", "timeout", "5xx", "gateway-error", "retriable-4xx"})
 _NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    }
-)
+_HOP_BY_HOP = frozenset(MANAGED_HEADERS)
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
