@@ -231,6 +231,11 @@ async def _refresh(
         return
     state.last_write[key] = time.monotonic()
     for field_name, value in wanted.items():
+        old = previous.get(field_name)
+        if isinstance(value, dict) and isinstance(old, dict):
+            # A merge patch keeps keys it does not name: null the ones that went away (summary.message
+            # once every breaker closed), or the status keeps them and is rewritten every second.
+            value = {**dict.fromkeys((k for k in old if k not in value), None), **value}
         patch.status[field_name] = value
     _post_transition_events(body, state, namespace, name, previous, wanted)
 
