@@ -9,10 +9,13 @@ Semantics (what a reader of the code should not have to reverse-engineer):
 - Streaming: request and response bodies flow through in chunks. Bodies whose length is known and at
   most `SMALL_BODY` bytes are read in one piece instead (one write instead of two, and such a request
   can be retried); nothing larger is ever held whole.
-- Timeouts: ``timeoutSeconds`` bounds connecting, every silence of the upstream (waiting for the
-  response, and between body chunks), and, for requests whose body is not streamed, the whole time
-  until the response headers. A long download that keeps flowing is not cut; a stalled one is.
-  Retries share one deadline of ``timeoutSeconds``; ``perTryTimeoutSeconds`` caps each try within it.
+- Timeouts: ``timeoutSeconds`` is an inactivity timeout, like nginx's ``proxy_read_timeout`` and
+  HAProxy's ``timeout server``: it bounds connecting, the wait for the response once the request is
+  sent, and every silence between body chunks. A download that keeps flowing is never cut, a stalled
+  one is. (A per-request hard deadline costs a timer per request on the hot path; an upstream that
+  trickles its answer a byte at a time is progress, not a hang.) Retries are only started within
+  ``timeoutSeconds`` of the request's arrival; ``perTryTimeoutSeconds`` replaces the inactivity timeout
+  of each try.
 - The breaker sees one result per attempt: the status class (``failures.statusCodes``) or the transport
   failure (connect error / timeout / reset, each countable or not), with the time until the response
   headers as its duration. A response whose body breaks off counts as a reset. A client that goes away
@@ -36,7 +39,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Final
 
 import aiohttp
@@ -238,15 +241,9 @@ class Forwarder:
                 return self._fallback_or(request, up, "open", 503, breaker.retry_after())
             start = loop.time()
             permit = _Permit(breaker, token, 0.0)
-            try_timeout = deadline - start
-            if retry.per_try_timeout is not None and retry.per_try_timeout < try_timeout:
-                try_timeout = retry.per_try_timeout
-            timeout = up.client_timeout
-            if try_timeout < up.timeout:
-                try_timeout = max(try_timeout, 0.001)
-                timeout = aiohttp.ClientTimeout(total=None, sock_connect=try_timeout, sock_read=try_timeout)
+            timeout = up.client_timeout if retry.per_try_timeout is None else up.per_try_timeout
             try:
-                resp = await self._send(method, url, headers, data, timeout, try_timeout, streamed is None)
+                resp = await self._send(method, url, headers, data, timeout)
             except _UPSTREAM_ERRORS as exc:
                 permit.duration = elapsed = loop.time() - start
                 if streamed is not None and streamed.client_at_fault:
@@ -289,17 +286,15 @@ class Forwarder:
         except (TimeoutError, ConnectionError, aiohttp.ClientError, ValueError) as exc:
             raise _ClientBodyError(str(exc) or type(exc).__name__) from exc
 
-    async def _send(
+    def _send(
         self,
         method: str,
         url: URL,
         headers: CIMultiDict[str],
         data: bytes | _RequestBody | None,
         client_timeout: aiohttp.ClientTimeout,
-        limit: float,
-        bounded: bool,
-    ) -> aiohttp.ClientResponse:
-        call = self._session.request(
+    ) -> Awaitable[aiohttp.ClientResponse]:
+        return self._session.request(
             method,
             url,
             headers=headers,
@@ -307,10 +302,6 @@ class Forwarder:
             allow_redirects=False,
             timeout=client_timeout,
         )
-        if not bounded:
-            return await call
-        async with asyncio.timeout(limit):
-            return await call
 
     @staticmethod
     def _retry_delay(up: Upstream, attempt: int, deadline: float) -> float | None:

@@ -78,7 +78,11 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await sidecar.start()
+    try:
+        await sidecar.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     if not sidecar.ready:
         log.warning("started without a usable config; /readyz answers 503 until one loads")
     await stop.wait()

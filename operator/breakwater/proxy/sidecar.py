@@ -120,7 +120,8 @@ class Sidecar:
 
     ``idle_timeout``: how long a client connection may sit idle (or dribble a request head) before it is
     closed; ``pool_keepalive``: how long an idle upstream connection stays pooled; ``drain_seconds``:
-    how long requests in flight may finish at shutdown (and on a listener a reload removed).
+    how long requests in flight may finish at shutdown (and on a listener a reload removed);
+    ``admin``: where the admin listener binds while no config could be loaded (else the config's).
     """
 
     def __init__(
@@ -133,6 +134,7 @@ class Sidecar:
         idle_timeout: float = 60.0,
         pool_keepalive: float = 15.0,
         admin_token: str | None = None,
+        admin: AdminConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if config_path is None and config is None:
@@ -165,6 +167,7 @@ class Sidecar:
         self._admin_runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
         self._admin_bound: AdminConfig | None = None
+        self._admin_fallback = admin or AdminConfig()
         self._stopped = asyncio.Event()
 
         self.registry = new_registry(
@@ -230,8 +233,13 @@ class Sidecar:
         )
         await runner.setup()  # runs the cleanup context: session, data plane, watcher
         self._admin_runner = runner
-        admin = self.config.admin if self.config is not None else AdminConfig()
-        await self._bind_admin(admin)
+        admin = self.config.admin if self.config is not None else self._admin_fallback
+        try:
+            await self._bind_admin(admin)
+        except BaseException:
+            self._admin_runner = None
+            await runner.cleanup()
+            raise
         log.info(
             "sidecar started",
             extra={
@@ -358,6 +366,8 @@ class Sidecar:
                 source = "init"
         if config is None:
             return
+        # Even if it cannot be applied (a port in use), its admin listener is the one to serve.
+        self._admin_fallback = config.admin
         with contextlib.suppress(ConfigApplyError):
             await self.apply_config(config, source=source)
 

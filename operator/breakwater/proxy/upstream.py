@@ -114,6 +114,7 @@ class Upstream:
         "host_header",
         "name",
         "origin",
+        "per_try_timeout",
         "policy",
         "port",
         "retry",
@@ -137,6 +138,12 @@ class Upstream:
         self.timeout = config.timeout_seconds
         t = config.timeout_seconds
         self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
+        per_try = config.retry.per_try_timeout_seconds
+        self.per_try_timeout = (
+            self.client_timeout
+            if per_try is None
+            else aiohttp.ClientTimeout(total=None, sock_connect=per_try, sock_read=per_try)
+        )
         self.urls: dict[str, URL] = {}
         self.failures = FailurePolicy.from_config(config.failures)
         self.retry = RetryPolicy.from_config(config.retry)

@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from breakwater.api.sidecar import AdminConfig
 from breakwater.breaker import State
 from breakwater.proxy import ConfigApplyError, Sidecar, StaleConfigError
 from breakwater.proxy.sidecar import run_sidecar
@@ -175,7 +176,8 @@ async def test_a_sidecar_started_on_an_invalid_file_is_unready_until_a_good_one_
 ) -> None:
     path = tmp_path / "late.json"
     path.write_text("{}}")
-    async with run_sidecar(path, require_config=False, poll_interval=0.05) as sidecar:
+    admin = AdminConfig(port=0, address="127.0.0.1")
+    async with run_sidecar(path, require_config=False, poll_interval=0.05, admin=admin) as sidecar:
         assert not sidecar.ready
         async with client.get(f"{sidecar.admin_url}/readyz") as resp:
             assert resp.status == 503
