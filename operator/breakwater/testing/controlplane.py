@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -34,8 +36,18 @@ logger = logging.getLogger("breakwater.testing.controlplane")
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm", "kwok")
 NODE_NAME = "kwok-node-0"
-POD_CIDR = "127.0.10.0/24"
-NODE_IP = "127.0.10.1"
+POD_CIDR_POOL = "127.64.0.0/10"  # each control plane takes one random /24 of it, all on loopback
+
+
+def random_pod_cidr() -> tuple[str, str]:
+    """A /24 for the kwok node's pods, and its node IP: distinct per control plane, so the sidecars
+    of two control planes running at once (two test runs, a benchmark) never bind the same address."""
+    pool = ipaddress.ip_network(POD_CIDR_POOL)
+    index = random.randrange(1, 2 ** (24 - pool.prefixlen))
+    network = ipaddress.ip_network((int(pool.network_address) + (index << 8), 24))
+    return str(network), str(network.network_address + 1)
+
+
 SERVICE_CIDR = "10.96.0.0/16"  # only allocated from, never sent traffic to
 
 
@@ -104,10 +116,16 @@ class ControlPlane:
     bin_dir: Path
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="breakwater-cp-")))
     node_name: str = NODE_NAME
-    pod_cidr: str = POD_CIDR
-    node_ip: str = NODE_IP
+    pod_cidr: str = ""
+    node_ip: str = ""
     components: list[_Component] = field(default_factory=list)
     apiserver_port: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.pod_cidr:
+            self.pod_cidr, self.node_ip = random_pod_cidr()
+        elif not self.node_ip:
+            self.node_ip = str(ipaddress.ip_network(self.pod_cidr).network_address + 1)
 
     @property
     def kubeconfig(self) -> Path:
