@@ -1,9 +1,10 @@
 """Sidecar processes for kwok pods: the part of a kubelet that Breakwater needs, on loopback.
 
 kwok marks pods Running and gives them IPs in its pod CIDR (a /24 inside 127.64.0.0/10) but runs no
-container. For each injected pod this starts the real sidecar (`breakwater proxy --policies-dir`) bound to the pod's own IP, with
-what the kubelet would mount: the namespace's ConfigMap as files, the downward-API labels file and a
-pod-bound service-account token (TokenRequest, audience breakwater). The ConfigMap files are
+container. For each injected pod this starts the real sidecar (`breakwater proxy --policies-dir`)
+bound to the pod's own IP, with what the kubelet would mount: the namespace's ConfigMap as files, the
+downward-API labels file and a pod-bound service-account token (TokenRequest, audience breakwater).
+The ConfigMap files are
 refreshed every `mount_refresh` seconds, like the kubelet's sync period (about a minute in real
 clusters), so the operator's live channel is what makes edits arrive within a second.
 """
