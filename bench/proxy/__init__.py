@@ -1,0 +1,1 @@
+"""Helpers of the proxy benchmark (`bench/proxy_bench.py`): peers, load generation, reporting."""
