@@ -119,7 +119,10 @@ def _unavailable(reason: str) -> None:
 def cluster() -> Iterator[Cluster]:
     existing = os.environ.get("BREAKWATER_TEST_KUBECONFIG")
     if existing:
-        yield Cluster(kubeconfig=Path(existing), bin_dir=None, node_name="", pod_cidr="")
+        # An existing cluster needs a kwok-managed node (or any node whose pods' IPs are on loopback
+        # of this machine) for the suites that start sidecars: name it in BREAKWATER_TEST_NODE.
+        node = os.environ.get("BREAKWATER_TEST_NODE", "")
+        yield Cluster(kubeconfig=Path(existing), bin_dir=None, node_name=node, pod_cidr="")
         return
     try:
         bin_dir = find_binaries(build=False)
