@@ -173,7 +173,7 @@ def test_observe_mode_rejects_nothing_and_reports_what_would_have_opened(
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.apply(breaker_policy("payments", upstream.port, mode="Observe", namespace=namespace))
+    cluster.apply(breaker_policy("payments", upstream.port, mode="Observe"), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
     upstream.failing = True
     for sidecar in fleet.sidecars.values():
@@ -276,7 +276,7 @@ def test_after_an_operator_restart_status_is_rebuilt_without_invented_transition
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.apply(breaker_policy("payments", upstream.port, open_for="60s", namespace=namespace))
+    cluster.apply(breaker_policy("payments", upstream.port, open_for="60s"), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
     upstream.failing = True
     for sidecar in fleet.sidecars.values():

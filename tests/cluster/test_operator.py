@@ -234,7 +234,7 @@ def test_restricted_pod_security_admits_the_injected_pod(
             "containers": [{"name": "app", "image": "app:1", **RESTRICTED_CONTAINER}],
         },
     }
-    result = cluster.apply(json.dumps(pod), check=False, namespace=namespace)
+    result = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pod), check=False)
     assert result.returncode == 0, result.stderr
     created = json.loads(cluster.kubectl("get", "pod", "client", "-n", namespace, "-o", "json").stdout)
     assert len(sidecars(created)) == 1
