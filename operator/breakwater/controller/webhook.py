@@ -10,9 +10,11 @@ chart owns the object), or left alone (`none`, cert-manager's CA injector does i
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import ipaddress
 import logging
+import shutil
 import tempfile
 import urllib.parse
 from dataclasses import dataclass
@@ -148,7 +150,11 @@ async def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSett
     else:
         # An empty --webhook-cert-dir keeps the generated certificate across restarts, so sidecars
         # that trust its CA keep reporting after the operator restarts (local runs, tests, the demo).
-        cert_dir = given or Path(tempfile.mkdtemp(prefix="breakwater-webhook-"))
+        if given is None:
+            cert_dir = Path(tempfile.mkdtemp(prefix="breakwater-webhook-"))
+            atexit.register(shutil.rmtree, cert_dir, ignore_errors=True)  # keys never outlive the process
+        else:
+            cert_dir = given
         cert_dir.mkdir(parents=True, exist_ok=True)
         cert = await _certificate(settings, api, where)
         _write(cert_dir, cert)
