@@ -196,26 +196,13 @@ class BenchControlPlane(ControlPlane):
 
     kcm_qps: int = 400
 
-    def _start_controller_manager(self) -> None:
-        w = self.workdir
-        self._spawn(
-            "kube-controller-manager",
-            [
-                f"--kubeconfig={self.kubeconfig}",
-                "--leader-elect=false",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={free_port()}",
-                f"--root-ca-file={self.ca_file}",
-                f"--service-account-private-key-file={w / 'sa.key'}",
-                "--use-service-account-credentials=false",
-                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
-                "--node-monitor-grace-period=120s",
-                f"--kube-api-qps={self.kcm_qps}",
-                f"--kube-api-burst={2 * self.kcm_qps}",
-                "--concurrent-replicaset-syncs=20",
-                "--concurrent-deployment-syncs=20",
-                "--v=1",
-            ],
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.controller_manager_args = (
+            f"--kube-api-qps={self.kcm_qps}",
+            f"--kube-api-burst={2 * self.kcm_qps}",
+            "--concurrent-replicaset-syncs=20",
+            "--concurrent-deployment-syncs=20",
         )
 
     @property

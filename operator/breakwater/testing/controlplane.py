@@ -118,6 +118,7 @@ class ControlPlane:
     node_name: str = NODE_NAME
     pod_cidr: str = ""
     node_ip: str = ""
+    controller_manager_args: tuple[str, ...] = ()  # extra flags, e.g. a higher client rate for benchmarks
     components: list[_Component] = field(default_factory=list)
     apiserver_port: int = 0
 
@@ -308,6 +309,7 @@ class ControlPlane:
                 "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle-controller",
                 "--node-monitor-grace-period=120s",
                 "--v=1",
+                *self.controller_manager_args,
             ],
         )
 
