@@ -9,6 +9,7 @@ the scripts run in a `finally`, and the control plane's processes die with their
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
 import json
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,7 @@ from typing import Any
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from breakwater.api import datagram
 from breakwater.api.crdgen import crd_yaml
 from breakwater.injection.pod import NAMESPACE_LABEL, SIDECAR_NAME, TOKEN_AUDIENCE
 from breakwater.testing.controlplane import ControlPlane, _die_with_parent, find_binaries, free_port
@@ -634,22 +637,35 @@ class SimPod:
         ).encode()
 
 
+class _SimEndpoint(asyncio.DatagramProtocol):
+    def __init__(self, fleet: SimFleet, pod: SimPod) -> None:
+        self.fleet, self.pod = fleet, pod
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.fleet.answered(self.pod, data)
+
+
 @dataclass
 class SimFleet:
-    """Simulated sidecars pushing real-shaped reports with real pod-bound tokens to the operator."""
+    """Simulated sidecars speaking the real report channel: a session per pod over HTTPS with its
+    pod-bound token, then signed report datagrams from one UDP socket per pod, answered by the operator."""
 
     url: str
     ca_pem: str
     pods: list[SimPod]
     interval: float = 5.0
-    connections: int = 0  # 0: one connection per pod, like real sidecars
-    post_latencies: list[float] = field(default_factory=list)
-    transition_latencies: list[float] = field(default_factory=list)  # transition -> operator replied
+    session_concurrency: int = 16
+    post_latencies: list[float] = field(default_factory=list)  # report sent -> its answer arrived
+    transition_latencies: list[float] = field(default_factory=list)  # transition -> answer arrived
+    config_notices: list[tuple[str, float]] = field(default_factory=list)  # (hash, when) unasked answers
     errors: dict[str, int] = field(default_factory=dict)
     sent: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _sessions: list[aiohttp.ClientSession] = field(default_factory=list)
+    _http: aiohttp.ClientSession | None = None
     _wake: dict[str, asyncio.Event] = field(default_factory=dict)
+    _keys: dict[str, tuple[str, bytes, asyncio.DatagramTransport]] = field(default_factory=dict)
+    _inflight: dict[str, tuple[int, float, float | None]] = field(default_factory=dict)
+    _gate: asyncio.Semaphore | None = None
     _stop: bool = False
 
     def _context(self) -> ssl.SSLContext:
@@ -657,62 +673,106 @@ class SimFleet:
         ctx.check_hostname = False  # the serving certificate names 127.0.0.1 as an IP SAN; keep it simple
         return ctx
 
-    def _session(self) -> aiohttp.ClientSession:
-        if self.connections and self._sessions:
-            return self._sessions[0]
-        limit = self.connections or 2
-        s = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._context(), limit=limit),
-            timeout=aiohttp.ClientTimeout(total=30),
-        )
-        self._sessions.append(s)
-        return s
+    def _error(self, key: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
 
-    async def post(self, session: aiohttp.ClientSession, pod: SimPod) -> float:
+    async def open_session(self, pod: SimPod) -> bool:
+        assert self._http is not None
+        assert self._gate is not None
+        ask = {"namespace": pod.namespace, "pod": pod.name, "podUid": pod.uid}
+        headers = {"Authorization": f"Bearer {pod.token}", "Content-Type": "application/json"}
+        async with self._gate:
+            try:
+                url = self.url + datagram.SESSION_PATH
+                async with self._http.post(url, data=json.dumps(ask), headers=headers) as r:
+                    text = await r.text()
+                    if r.status != 200:
+                        self._error(f"session http {r.status}")
+                        return False
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._error(f"session {type(exc).__name__}")
+                return False
+        grant = json.loads(text)
+        host = urllib.parse.urlsplit(self.url).hostname or "127.0.0.1"
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _SimEndpoint(self, pod), remote_addr=(host, int(grant["port"]))
+        )
+        old = self._keys.get(pod_key(pod))
+        if old is not None:
+            old[2].close()
+        self._keys[pod_key(pod)] = (grant["session"], base64.b64decode(grant["key"]), transport)
+        return True
+
+    def send(self, pod: SimPod) -> None:
+        found = self._keys.get(pod_key(pod))
+        if found is None:
+            return
+        session_id, key, transport = found
         first_transition = min((t["at"] for t in pod.pending), default=None)
         body = pod.report()
-        headers = {"Authorization": f"Bearer {pod.token}", "Content-Type": "application/json"}
-        started = time.monotonic()
-        try:
-            async with session.post(self.url + "/v1/report", data=body, headers=headers) as resp:
-                text = await resp.text()
-                if resp.status != 200:
-                    key = f"http {resp.status}"
-                    self.errors[key] = self.errors.get(key, 0) + 1
-                    return math.nan
-                reply = json.loads(text)
-                pod.config_hash = reply.get("configHash", pod.config_hash)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            key = type(exc).__name__
-            self.errors[key] = self.errors.get(key, 0) + 1
-            return math.nan
-        took = time.monotonic() - started
-        self.post_latencies.append(took)
-        if first_transition is not None:
-            self.transition_latencies.append(time.time() - first_transition)
+        transport.sendto(datagram.report_datagram(session_id, key, body))
+        self._inflight[pod_key(pod)] = (pod.seq, time.monotonic(), first_transition)
         self.sent += 1
-        return took
 
-    async def _loop(self, pod: SimPod, session: aiohttp.ClientSession, first_delay: float) -> None:
-        wake = self._wake.setdefault(pod.name + "@" + pod.namespace, asyncio.Event())
+    def answered(self, pod: SimPod, data: bytes) -> None:
+        found = self._keys.get(pod_key(pod))
+        if found is None:
+            return
+        try:
+            kind, fields = datagram.parse(data)
+            if kind == datagram.RENEW:
+                self._error("renew asked")
+                return
+            answer = datagram.open_answer(found[1], fields)
+        except (datagram.DatagramError, ValueError):
+            self._error("bad answer")
+            return
+        if answer.seq < 0:
+            self.config_notices.append((answer.config_hash, time.monotonic()))
+            pod.config_hash = answer.config_hash or pod.config_hash
+            return
+        inflight = self._inflight.get(pod_key(pod))
+        if inflight is None or inflight[0] != answer.seq:
+            return
+        del self._inflight[pod_key(pod)]
+        self.post_latencies.append(time.monotonic() - inflight[1])
+        if inflight[2] is not None:
+            self.transition_latencies.append(time.time() - inflight[2])
+        if answer.config_hash:
+            pod.config_hash = answer.config_hash
+
+    async def _loop(self, pod: SimPod, first_delay: float) -> None:
+        wake = self._wake.setdefault(pod_key(pod), asyncio.Event())
         await asyncio.sleep(first_delay)
         while not self._stop:
-            await self.post(session, pod)
+            if await self.open_session(pod):
+                break
+            await asyncio.sleep(2)  # a retry delay
+        while not self._stop:
+            self.send(pod)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), self.interval)
             wake.clear()
 
     def start(self, pods: Sequence[SimPod] | None = None) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._context(), limit=self.session_concurrency),
+                timeout=aiohttp.ClientTimeout(total=60),
+            )
+            self._gate = asyncio.Semaphore(self.session_concurrency)
         for pod in pods if pods is not None else self.pods:
-            session = self._session()
             delay = random.uniform(0, self.interval)  # spread like independently started sidecars
-            self._tasks.append(asyncio.create_task(self._loop(pod, session, delay)))
+            self._tasks.append(asyncio.create_task(self._loop(pod, delay)))
 
     def kick(self, pod: SimPod) -> None:
         """Send the pod's report now (a transition), as a real sidecar does."""
-        event = self._wake.get(pod.name + "@" + pod.namespace)
+        event = self._wake.get(pod_key(pod))
         if event is not None:
             event.set()
+
+    def unanswered(self) -> int:
+        return len(self._inflight)
 
     async def stop(self) -> None:
         self._stop = True
@@ -722,9 +782,16 @@ class SimFleet:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
-        for s in self._sessions:
-            await s.close()
-        self._sessions.clear()
+        for _, _, transport in self._keys.values():
+            transport.close()
+        self._keys.clear()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+
+def pod_key(pod: SimPod) -> str:
+    return pod.namespace + "/" + pod.name
 
 
 async def sim_pods_for(

@@ -196,7 +196,11 @@ def test_a_forged_report_is_rejected_and_changes_nothing(
     upstream: FlakyUpstream,
     fleet: SidecarFleet,
 ) -> None:
+    import base64
+    import socket
     import ssl
+
+    from breakwater.api import datagram
 
     opt_in(cluster, namespace)
     cluster.apply(breaker_policy("payments", upstream.port), namespace=namespace)
@@ -205,31 +209,53 @@ def test_a_forged_report_is_rejected_and_changes_nothing(
         "Closed", lambda: upstream_status(cluster, namespace, "payments").get("state") == "Closed", timeout=20
     )
     first, second = list(fleet.sidecars.values())
-    forged = {
-        "namespace": namespace,
-        "pod": second.pod,
-        "podUid": second.uid,
-        "upstreams": [{"name": "payments", "policy": f"{namespace}/payments", "state": "Open"}],
-    }
-    url = f"https://127.0.0.1:{running_operator.report_port}/v1/report"
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
 
-    def post(token: str) -> int:
+    def open_session(token: str, pod: str, uid: str) -> tuple[int, dict[str, Any]]:
+        url = f"https://127.0.0.1:{running_operator.report_port}{datagram.SESSION_PATH}"
+        ask = {"namespace": namespace, "pod": pod, "podUid": uid}
         request = urllib.request.Request(
-            url, data=json.dumps(forged).encode(), headers={"Authorization": f"Bearer {token}"}, method="POST"
+            url, data=json.dumps(ask).encode(), headers={"Authorization": f"Bearer {token}"}, method="POST"
         )
         try:
             with urllib.request.urlopen(request, timeout=10, context=context) as resp:
-                return int(resp.status)
+                return int(resp.status), json.loads(resp.read())
         except urllib.error.HTTPError as exc:
-            return int(exc.code)
+            return int(exc.code), {}
 
-    assert post((first.directory / "token").read_text()) == 403  # another pod's token
-    assert post("not-a-token") == 401
+    first_token = (first.directory / "token").read_text()
+    assert open_session(first_token, second.pod, second.uid)[0] == 403  # another pod's token
+    assert open_session("not-a-token", second.pod, second.uid)[0] == 401
+    status, grant = open_session(first_token, first.pod, first.uid)  # the first pod's own session
+    assert status == 200
+    first_key = base64.b64decode(grant["key"])
+
+    open_report = {
+        "namespace": namespace,
+        "pod": second.pod,
+        "podUid": second.uid,
+        "seq": 10**6,
+        "upstreams": [{"name": "payments", "policy": f"{namespace}/payments", "state": "Open"}],
+    }
+    body = json.dumps(open_report).encode()
+    second_session = datagram.Session(namespace, second.pod, second.uid, int(time.time()) + 600).encode()
+    forgeries = [
+        # the first pod's real session, reporting for the second pod
+        datagram.report_datagram(grant["session"], first_key, body),
+        # a session id for the second pod, signed with a key the operator did not give for it
+        datagram.report_datagram(second_session, first_key, body),
+        # garbage
+        b"bw1 R nonsense",
+    ]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for forged in forgeries:
+            sock.sendto(forged, ("127.0.0.1", running_operator.report_port))
     time.sleep(2.5)
     assert upstream_status(cluster, namespace, "payments")["state"] == "Closed"
-    assert "rejected a forged report" in running_operator.tail(200)
+    log = running_operator.tail(300)
+    assert "rejected a forged report: token of pod" in log  # the session request
+    assert "claims pod" in log and "bad signature" in log  # the two forged datagrams
 
 
 def test_a_policy_edit_reaches_every_sidecar_through_the_live_channel(

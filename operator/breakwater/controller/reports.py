@@ -1,46 +1,65 @@
-"""The report endpoint: sidecars push breaker states here and receive the config their pod should run.
+"""The report channel, operator side: HTTPS for sessions and config, signed UDP datagrams for reports.
 
-Every request carries the pod's projected service-account token (audience `breakwater`). The API
-server's TokenReview says which pod the token is bound to; a report about any other pod is rejected
-(403) and logged. Verdicts are cached for a minute per token, so a fleet reporting every few seconds
-costs the API server about one TokenReview per pod per minute.
+A sidecar opens a session once (`POST /v1/session` with its projected service-account token, audience
+`breakwater`); the API server's TokenReview says which pod the token is bound to, and a session for
+any other pod is refused (403) and logged. From then on it sends its reports as datagrams signed with
+the session key, and the operator answers each with the config hash the pod should run; when a policy
+changes, the operator tells every affected sidecar unasked, and the sidecar fetches the new config with
+`GET /v1/config`. No connection stays open per sidecar: see `breakwater.api.datagram` for why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import hashlib
+import json
 import logging
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 from aiohttp import web
 
+from breakwater.api import datagram
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
-from breakwater.api.report import CONFIG_PATH, REPORT_PATH, ConfigReply, SidecarReport
+from breakwater.api.report import CONFIG_PATH, ConfigReply, SidecarReport
 from breakwater.api.sidecar import SidecarConfig
 from breakwater.controller.fleet import PodReport
+from breakwater.controller.resolutions import Labels, Resolutions
 from breakwater.controller.state import BundleCache
 from breakwater.injection.pod import TOKEN_AUDIENCE
-from breakwater.injection.resolve import resolve
 from breakwater.k8s import tokenreview
 
 logger = logging.getLogger("breakwater.controller.reports")
 
 TOKEN_CACHE_SECONDS = 60.0
+SESSION_MAX_SECONDS = 3600.0
 LONG_POLL_MAX_SECONDS = 30.0
 MAX_BODY_BYTES = 256 * 1024
+WARN_EVERY_SECONDS = 10.0
+
+
+@dataclass(slots=True)
+class Peer:
+    """Where a pod's sidecar listens for answers, and the session it signs with."""
+
+    address: tuple[str, int]
+    key: bytes
+    session_id: str
+    seq: int
 
 
 @dataclass
 class FleetStore:
-    """The latest report of every pod, by namespace."""
+    """The latest report of every pod, by namespace, and how to reach each sidecar."""
 
     reports: dict[str, dict[str, PodReport]] = field(default_factory=dict)
+    peers: dict[str, dict[str, Peer]] = field(default_factory=dict)
     forged: int = 0
 
     def record(self, report: SidecarReport) -> None:
@@ -51,6 +70,7 @@ class FleetStore:
 
     def forget(self, namespace: str, pod: str) -> None:
         self.reports.get(namespace, {}).pop(pod, None)
+        self.peers.get(namespace, {}).pop(pod, None)
 
 
 @dataclass
@@ -58,7 +78,8 @@ class Authenticator:
     api: Any
     _cache: dict[str, tuple[tokenreview.PodIdentity, float]] = field(default_factory=dict)
 
-    async def identify(self, request: web.Request) -> tokenreview.PodIdentity:
+    async def identify(self, request: web.Request) -> tuple[tokenreview.PodIdentity, float]:
+        """The pod a request's token is bound to, and the token's expiry (wall clock)."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
             raise web.HTTPUnauthorized(
@@ -68,16 +89,26 @@ class Authenticator:
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._cache.get(key)
         if cached is not None and cached[1] > time.monotonic():
-            return cached[0]
+            return cached[0], token_expiry(token)
         try:
             identity = await asyncio.to_thread(tokenreview.review, self.api, token, audience=TOKEN_AUDIENCE)
         except tokenreview.NotAuthenticated as exc:
-            logger.warning("rejected a report from %s: %s", request.remote, exc)
+            logger.warning("rejected a request from %s: %s", request.remote, exc)
             raise web.HTTPUnauthorized(text=f"token rejected: {exc}") from exc
         if len(self._cache) > 50_000:
             self._cache.clear()
         self._cache[key] = (identity, time.monotonic() + TOKEN_CACHE_SECONDS)
-        return identity
+        return identity, token_expiry(token)
+
+
+def token_expiry(token: str) -> float:
+    """The `exp` claim of a JWT the API server already verified; an hour from now if it has none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, KeyError, TypeError, ValueError, binascii.Error):
+        return time.time() + SESSION_MAX_SECONDS
 
 
 def _check_claim(identity: tokenreview.PodIdentity, namespace: str, pod: str, uid: str) -> None:
@@ -91,7 +122,18 @@ def _check_claim(identity: tokenreview.PodIdentity, namespace: str, pod: str, ui
         raise web.HTTPForbidden(text=f"this token belongs to pod {identity.namespace}/{identity.pod}")
 
 
-PodLabels = Callable[[str, str], "asyncio.Future[dict[str, str] | None] | Any"]
+PodLabels = Callable[[str, str], Labels | None]  # (namespace, pod) -> its labels, if known
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        logger.debug("report channel: %s", exc)
 
 
 @dataclass
@@ -99,19 +141,30 @@ class ReportServer:
     api: Any
     bundles: BundleCache
     store: FleetStore
-    pod_labels: Callable[[str, str], Any]  # async (namespace, pod) -> labels or None
+    pod_labels: PodLabels
+    secret: bytes  # signs session keys; derived from the serving key so sessions survive a restart
     admin_port: int = SIDECAR_ADMIN_PORT
     proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
-    on_report: Callable[[str], None] | None = None  # namespace: something changed there
+    on_report: Callable[[SidecarReport, SidecarReport | None], None] | None = None  # (new, previous)
+    resolve_labels: Callable[[str, str], Awaitable[Labels | None]] | None = None  # before the index syncs
     auth: Authenticator = field(init=False)
+    resolutions: Resolutions = field(init=False)
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> datagrams dropped
+    accepted: int = 0
+    port: int = 0
     _runner: web.AppRunner | None = None
+    _transport: asyncio.DatagramTransport | None = None
+    _warned_at: dict[str, float] = field(default_factory=dict)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.api)
+        self.resolutions = Resolutions(self.bundles, self.admin_port, self.proxy_port)
+        self.bundles.listeners.append(self._bundles_changed)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
-        app.router.add_post(REPORT_PATH, self.handle_report)
+        app.router.add_post(datagram.SESSION_PATH, self.handle_session)
         app.router.add_get(CONFIG_PATH, self.handle_config)
         return app
 
@@ -119,44 +172,55 @@ class ReportServer:
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await self._runner.setup()
         await web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True).start()
-        logger.info("report endpoint listening on %s:%s", host, port)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Endpoint(self.datagram_received), local_addr=(host, port)
+        )
+        self._transport = transport
+        self.port = port
+        logger.info("report channel listening on %s:%s (sessions over TLS, reports over UDP)", host, port)
 
     async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
-    async def desired(self, namespace: str, pod: str) -> SidecarConfig | None:
-        labels = await self.pod_labels(namespace, pod)
-        if labels is None:
-            return None
-        bundles = await self.bundles.get(namespace)
-        return resolve(
-            labels, bundles.values(), admin_port=self.admin_port, proxy_port=self.proxy_port
-        ).config
+    # -- HTTPS: sessions and config ------------------------------------------------------------------
 
-    async def handle_report(self, request: web.Request) -> web.Response:
-        identity = await self.auth.identify(request)
+    async def handle_session(self, request: web.Request) -> web.Response:
+        identity, token_expires = await self.auth.identify(request)
         try:
-            report = SidecarReport.model_validate_json(await request.read())
+            ask = datagram.SessionRequest.model_validate_json(await request.read())
         except pydantic.ValidationError as exc:
-            raise web.HTTPBadRequest(text=f"not a sidecar report: {exc.error_count()} errors") from exc
+            raise web.HTTPBadRequest(text=f"not a session request: {exc.error_count()} errors") from exc
         try:
-            _check_claim(identity, report.namespace, report.pod, report.pod_uid)
+            _check_claim(identity, ask.namespace, ask.pod, ask.pod_uid)
         except web.HTTPForbidden:
             self.store.forged += 1
             raise
-        self.store.record(report)
-        for t in report.transitions:
-            logger.info(
-                "pod %s/%s: upstream %s %s -> %s (%s)",
-                report.namespace, report.pod, t.upstream, t.from_state, t.to_state, t.reason,
-            )  # fmt: skip
-        if self.on_report is not None:
-            self.on_report(report.namespace)
-        return self._reply(await self.desired(report.namespace, report.pod), report.config_hash)
+        expires = int(min(token_expires, time.time() + SESSION_MAX_SECONDS))
+        session = datagram.Session(ask.namespace, ask.pod, ask.pod_uid or identity.pod_uid, expires)
+        session_id = session.encode()
+        grant = datagram.SessionGrant(
+            session=session_id,
+            key=base64.b64encode(datagram.session_key(self.secret, session_id)).decode(),
+            expires_at=expires,
+            port=self.port,
+        )
+        logger.debug("session for pod %s/%s until %s", ask.namespace, ask.pod, expires)
+        return web.Response(text=grant.model_dump_json(by_alias=True), content_type="application/json")
+
+    async def desired(self, namespace: str, pod: str) -> SidecarConfig | None:
+        labels = self.pod_labels(namespace, pod)
+        if labels is None and self.resolve_labels is not None:
+            labels = await self.resolve_labels(namespace, pod)
+        if labels is None:
+            return None
+        return (await self.resolutions.get(namespace, labels)).config
 
     async def handle_config(self, request: web.Request) -> web.Response:
-        identity = await self.auth.identify(request)
+        identity, _ = await self.auth.identify(request)
         namespace = request.query.get("namespace", identity.namespace)
         pod = request.query.get("pod", identity.pod)
         _check_claim(identity, namespace, pod, request.query.get("uid", ""))
@@ -179,3 +243,122 @@ class ReportServer:
         return web.Response(
             text=reply.model_dump_json(by_alias=True, exclude_none=True), content_type="application/json"
         )
+
+    # -- UDP: reports and answers --------------------------------------------------------------------
+
+    def _reject(self, reason: str, addr: tuple[str, int], detail: str, *, renew: bool = False) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._warned_at.get(reason, 0.0) >= WARN_EVERY_SECONDS:
+            self._warned_at[reason] = now
+            logger.warning(
+                "rejected a report datagram from %s:%s: %s (%d %s so far)",
+                addr[0], addr[1], detail, self.rejected[reason], reason,
+            )  # fmt: skip
+        if renew and self._transport is not None:
+            self._transport.sendto(datagram.renew_datagram(reason), addr)
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        try:
+            received = datagram.parse_report(data)
+            session = datagram.Session.decode(received.session_id)
+        except datagram.DatagramError as exc:
+            self._reject("malformed", addr, str(exc))
+            return
+        whose = f"pod {session.namespace}/{session.pod}"
+        if session.expires_at < time.time():
+            self._reject("expired", addr, f"session of {whose} expired", renew=True)
+            return
+        key = datagram.session_key(self.secret, received.session_id)
+        try:
+            received.verify(key)
+        except datagram.DatagramError:
+            # An operator with another serving key (rotated) also lands here: the sidecar renews.
+            self.store.forged += 1
+            self._reject("bad-signature", addr, f"bad signature for a session of {whose}", renew=True)
+            return
+        try:
+            report = SidecarReport.model_validate_json(received.body)
+        except pydantic.ValidationError as exc:
+            self._reject("invalid", addr, f"not a sidecar report: {exc.error_count()} errors")
+            return
+        if (report.namespace, report.pod) != (session.namespace, session.pod) or (
+            report.pod_uid and session.uid and report.pod_uid != session.uid
+        ):
+            self.store.forged += 1
+            claimed = f"pod {report.namespace}/{report.pod}"
+            self._reject("claims-other-pod", addr, f"session of {whose} claims {claimed}")
+            return
+        peers = self.store.peers.setdefault(report.namespace, {})
+        peer = peers.get(report.pod)
+        if peer is not None and peer.session_id == received.session_id and report.seq <= peer.seq:
+            self.rejected["replayed"] = self.rejected.get("replayed", 0) + 1
+            return
+        peers[report.pod] = Peer(addr, key, received.session_id, report.seq)
+        before = self.store.in_namespace(report.namespace).get(report.pod)
+        self.store.record(report)
+        self.accepted += 1
+        for t in report.transitions:
+            logger.info(
+                "pod %s/%s: upstream %s %s -> %s (%s)",
+                report.namespace, report.pod, t.upstream, t.from_state, t.to_state, t.reason,
+            )  # fmt: skip
+        if self.on_report is not None:
+            self.on_report(report, before.report if before else None)
+        self._answer(report.namespace, report.pod, report.seq)
+
+    def _answer(self, namespace: str, pod: str, seq: int) -> None:
+        labels = self.pod_labels(namespace, pod)
+        if labels is not None:
+            found = self.resolutions.cached(namespace, labels)
+            if found is not None:
+                self._send_answer(namespace, pod, seq, found.config)
+                return
+        task = asyncio.get_running_loop().create_task(self._answer_slowly(namespace, pod, seq))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer_slowly(self, namespace: str, pod: str, seq: int) -> None:
+        try:
+            config = await self.desired(namespace, pod)
+        except Exception as exc:  # the API is away: the sidecar keeps its config and reports again
+            logger.warning("cannot resolve the config of pod %s/%s: %s", namespace, pod, exc)
+            return
+        self._send_answer(namespace, pod, seq, config)
+
+    def _send_answer(self, namespace: str, pod: str, seq: int, config: SidecarConfig | None) -> None:
+        peer = self.store.peers.get(namespace, {}).get(pod)
+        if peer is None or self._transport is None:
+            return
+        answer = datagram.Answer(seq=seq, config_hash=config.config_hash if config else "")
+        self._transport.sendto(datagram.answer_datagram(peer.key, answer), peer.address)
+
+    def _bundles_changed(self, namespace: str) -> None:
+        """A policy changed: tell each sidecar of the namespace that runs another config than it should."""
+        if not self.store.peers.get(namespace):
+            return
+        task = asyncio.get_running_loop().create_task(self._notify(namespace))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _notify(self, namespace: str) -> None:
+        told = 0
+        for pod, peer in list(self.store.peers.get(namespace, {}).items()):
+            labels = self.pod_labels(namespace, pod)
+            if labels is None:
+                continue
+            try:
+                config = (await self.resolutions.get(namespace, labels)).config
+            except Exception as exc:
+                logger.warning("cannot tell the sidecars of %s about a policy change: %s", namespace, exc)
+                return
+            report = self.store.in_namespace(namespace).get(pod)
+            running = report.report.config_hash if report else ""
+            wanted = config.config_hash if config else ""
+            if wanted and wanted != running and self._transport is not None:
+                self._transport.sendto(
+                    datagram.answer_datagram(peer.key, datagram.Answer(config_hash=wanted)), peer.address
+                )
+                told += 1
+        if told:
+            logger.info("told %d sidecars in %s that their config changed", told, namespace)

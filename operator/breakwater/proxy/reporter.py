@@ -1,16 +1,20 @@
 """The sidecar's half of the report channel: push breaker states, receive the pod's config.
 
 A report goes out at once (batched over a few milliseconds) on every breaker transition, and as a
-summary every `interval` seconds. A long poll keeps one request open to the operator, answered as
-soon as the pod's config changes, so policy edits arrive in about a second instead of after the
-kubelet's ConfigMap refresh. The mounted ConfigMap keeps working while the operator is away.
-Authentication: the pod's projected service-account token (re-read for each request: the kubelet
-rotates it).
+summary every `interval` seconds, as a UDP datagram signed with a session key (see
+`breakwater.api.datagram`). The session comes from the operator over HTTPS, once per token lifetime,
+authenticated by the pod's projected service-account token (re-read each time: the kubelet rotates
+it). The operator answers every report, and writes unasked when a policy changes, with the config hash
+the pod should run; a different hash makes the sidecar fetch that config over HTTPS at once, so
+policy edits arrive in about a second instead of after the kubelet's ConfigMap refresh. Transitions
+are sent again until a report that carries them is answered. The mounted ConfigMap keeps working
+while the operator is away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import ssl
@@ -19,13 +23,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pydantic
 
+from breakwater.api import datagram
 from breakwater.api.report import (
     CONFIG_PATH,
-    REPORT_PATH,
     ConfigReply,
     SidecarReport,
     TransitionReport,
@@ -38,7 +43,11 @@ from breakwater.proxy.stats import TransitionEvent, wall_time
 log = logging.getLogger("breakwater.proxy.reporter")
 
 MAX_PENDING_TRANSITIONS = 256
+MAX_TRANSITIONS_PER_REPORT = 16  # keeps a datagram well under one MTU's worth of fragments
 BATCH_SECONDS = 0.02
+RESEND_SECONDS = 1.0  # a report that carries transitions is sent again if not answered by then
+RENEW_BEFORE_SECONDS = 300.0
+HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,25 @@ class PodIdentity:
     namespace: str
     pod: str
     uid: str = ""
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
+        self.on_datagram = on_datagram
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.on_datagram(data)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP unreachable: the operator is away
+        log.debug("report channel: %s", exc)
+
+
+@dataclass
+class _Session:
+    session_id: str
+    key: bytes
+    expires_at: float
+    transport: asyncio.DatagramTransport
 
 
 @dataclass
@@ -57,13 +85,19 @@ class Reporter:
     on_config: Callable[[SidecarConfig], Awaitable[None]]
     ca_pem: str = ""
     interval: float = 5.0
-    long_poll: float = 25.0
     sent: int = 0
-    failures: int = 0
-    _pending: list[TransitionReport] = field(default_factory=list)
+    answered: int = 0
+    failures: int = 0  # reports sent since the last answer (or failed session requests in a row)
+    _pending: list[TransitionReport] = field(default_factory=list)  # not yet in an answered report
+    _carried: int = 0  # how many of _pending the last report carried
+    _carried_seq: int = -1
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _session: aiohttp.ClientSession | None = None
+    _http: aiohttp.ClientSession | None = None
+    _session: _Session | None = None
+    _renew: asyncio.Event = field(default_factory=asyncio.Event)
+    _renew_asked_at: float = 0.0
+    _fetching: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.sidecar.transition_listeners.append(self._on_transition)
@@ -71,6 +105,7 @@ class Reporter:
     def _on_transition(self, event: TransitionEvent) -> None:
         if len(self._pending) >= MAX_PENDING_TRANSITIONS:
             del self._pending[0]
+            self._carried = max(0, self._carried - 1)
         self._pending.append(
             TransitionReport(
                 upstream=event.upstream,
@@ -85,22 +120,21 @@ class Reporter:
 
     async def start(self) -> None:
         context = ssl.create_default_context(cadata=self.ca_pem) if self.ca_pem else None
-        connector = aiohttp.TCPConnector(ssl=context if context is not None else True, limit=4)
-        self._session = aiohttp.ClientSession(connector=connector)
-        self._tasks = [
-            asyncio.create_task(self._report_loop(), name="breakwater-report"),
-            asyncio.create_task(self._config_loop(), name="breakwater-config-poll"),
-        ]
+        # No connection is kept: a session lasts an hour, a config fetch happens once per policy edit.
+        connector = aiohttp.TCPConnector(ssl=context if context is not None else True, force_close=True)
+        self._http = aiohttp.ClientSession(connector=connector)
+        self._tasks = [asyncio.create_task(self._report_loop(), name="breakwater-report")]
         log.info("reporting to %s every %.0f s and on each transition", self.url, self.interval)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in [*self._tasks, *([self._fetching] if self._fetching else [])]:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._session is not None:
-            await self._session.close()
+            self._session.transport.close()
+        if self._http is not None:
+            await self._http.close()
 
     # -- what is sent ------------------------------------------------------------------------------
 
@@ -125,7 +159,8 @@ class Reporter:
                     state_since=wall_time(snap.state_since, clock=self.sidecar.clock),
                 )
             )
-        transitions, self._pending = self._pending, []
+        self._carried = min(len(self._pending), MAX_TRANSITIONS_PER_REPORT)
+        self._carried_seq = self.sent
         return SidecarReport(
             namespace=self.identity.namespace,
             pod=self.identity.pod,
@@ -134,83 +169,139 @@ class Reporter:
             seq=self.sent,
             sent_at=time.time(),
             upstreams=upstreams,
-            transitions=transitions,
+            transitions=self._pending[: self._carried],
         )
 
     def _headers(self) -> dict[str, str]:
         token = self.token_file.read_text().strip()
         return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
 
-    # -- loops -------------------------------------------------------------------------------------
+    # -- the session -------------------------------------------------------------------------------
 
-    async def _report_loop(self) -> None:
-        backoff = 1.0
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
-            if self._wake.is_set():
-                await asyncio.sleep(BATCH_SECONDS)  # one report for a burst of transitions
-            self._wake.clear()
-            report = self.snapshot()
-            try:
-                reply = await self._post(report)
-            except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
-                self.failures += 1
-                self._pending[:0] = list(report.transitions)[-MAX_PENDING_TRANSITIONS:]
-                if self.failures == 1 or self.failures % 20 == 0:
-                    log.warning("report to %s failed (%d in a row): %s", self.url, self.failures, exc)
-                await asyncio.sleep(min(backoff, self.interval))
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if self.failures:
-                log.info("reports reach the operator again after %d failures", self.failures)
-            self.failures, backoff = 0, 1.0
-            self.sent += 1
-            await self._maybe_apply(reply)
-
-    async def _post(self, report: SidecarReport) -> ConfigReply:
-        assert self._session is not None
-        body = report.model_dump_json(by_alias=True)
-        timeout = aiohttp.ClientTimeout(total=10)
-        async with self._session.post(
-            self.url + REPORT_PATH, data=body, headers=self._headers(), timeout=timeout
+    async def _open_session(self) -> _Session:
+        assert self._http is not None
+        ask = datagram.SessionRequest(
+            namespace=self.identity.namespace, pod=self.identity.pod, pod_uid=self.identity.uid
+        )
+        async with self._http.post(
+            self.url + datagram.SESSION_PATH,
+            data=ask.model_dump_json(by_alias=True),
+            headers=self._headers(),
+            timeout=HTTP_TIMEOUT,
         ) as resp:
             text = await resp.text()
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(
                     resp.request_info, (), status=resp.status, message=text[:200]
                 )
-            return ConfigReply.model_validate_json(text)
+        grant = datagram.SessionGrant.model_validate_json(text)
+        host = urlsplit(self.url).hostname or "localhost"
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Endpoint(self._on_datagram), remote_addr=(host, grant.port)
+        )
+        if self._session is not None:
+            self._session.transport.close()
+        log.info("report session opened with %s:%s until %s", host, grant.port, time.ctime(grant.expires_at))
+        return _Session(grant.session, base64.b64decode(grant.key), grant.expires_at, transport)
 
-    async def _config_loop(self) -> None:
-        assert self._session is not None
+    def _on_datagram(self, data: bytes) -> None:
+        try:
+            kind, fields = datagram.parse(data)
+        except datagram.DatagramError as exc:
+            log.debug("ignoring a datagram: %s", exc)
+            return
+        if kind == datagram.RENEW:
+            # The operator cannot check our session (it restarted with another key, or it expired).
+            if time.monotonic() - self._renew_asked_at >= datagram.RENEW_MIN_SECONDS:
+                self._renew_asked_at = time.monotonic()
+                log.info("the operator asks for a new report session: %s", fields[0].decode(errors="replace"))
+                self._renew.set()
+                self._wake.set()
+            return
+        if kind != datagram.ANSWER or self._session is None:
+            return
+        try:
+            answer = datagram.open_answer(self._session.key, fields)
+        except (datagram.DatagramError, pydantic.ValidationError) as exc:
+            log.warning("ignoring an answer that does not verify: %s", exc)
+            return
+        if answer.seq >= 0:
+            if self.failures:
+                log.info("reports reach the operator again after %d unanswered", self.failures)
+            self.answered += 1
+            self.failures = 0
+            if answer.seq >= self._carried_seq and self._carried:
+                del self._pending[: self._carried]
+                self._carried = 0
+        stale = answer.config_hash and answer.config_hash != self.sidecar.routes.config_hash
+        if stale and (self._fetching is None or self._fetching.done()):
+            self._fetching = asyncio.get_running_loop().create_task(self._fetch_config())
+
+    # -- loops -------------------------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
         backoff = 1.0
         while True:
-            params = {
-                "hash": self.sidecar.routes.config_hash,
-                "wait": str(self.long_poll),
-                "namespace": self.identity.namespace,
-                "pod": self.identity.pod,
-                "uid": self.identity.uid,
-            }
-            timeout = aiohttp.ClientTimeout(total=self.long_poll + 10)
-            try:
-                async with self._session.get(
-                    self.url + CONFIG_PATH, params=params, headers=self._headers(), timeout=timeout
-                ) as resp:
-                    text = await resp.text()
-                    if resp.status != 200:
-                        raise aiohttp.ClientResponseError(
-                            resp.request_info, (), status=resp.status, message=text[:200]
-                        )
-                    reply = ConfigReply.model_validate_json(text)
-            except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
-                log.debug("config poll failed: %s", exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            backoff = 1.0
-            await self._maybe_apply(reply)
+            session = self._session
+            if (
+                session is None
+                or self._renew.is_set()
+                or time.time() > session.expires_at - RENEW_BEFORE_SECONDS
+            ):
+                self._renew.clear()
+                try:
+                    self._session = session = await self._open_session()
+                except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
+                    self.failures += 1
+                    if self.failures == 1 or self.failures % 20 == 0:
+                        log.warning("no report session with %s (%d tries): %s", self.url, self.failures, exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 30.0)
+                    continue
+                backoff = 1.0
+            report = self.snapshot()
+            body = report.model_dump_json(by_alias=True).encode()
+            session.transport.sendto(datagram.report_datagram(session.session_id, session.key, body))
+            self.sent += 1
+            self.failures += 1  # until answered
+            await self._wait_for_next(time.monotonic())
+            if self._wake.is_set():
+                await asyncio.sleep(BATCH_SECONDS)  # one report for a burst of transitions
+            self._wake.clear()
+
+    async def _wait_for_next(self, sent_at: float) -> None:
+        """Until a transition, the summary interval, or (while the last transitions are unanswered) the
+        resend delay: an answer arriving meanwhile cancels the resend."""
+        while not self._wake.is_set():
+            due = sent_at + (RESEND_SECONDS if self._carried else self.interval)
+            left = due - time.monotonic()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(left, RESEND_SECONDS))
+
+    async def _fetch_config(self) -> None:
+        assert self._http is not None
+        params = {
+            "hash": self.sidecar.routes.config_hash,
+            "namespace": self.identity.namespace,
+            "pod": self.identity.pod,
+            "uid": self.identity.uid,
+        }
+        try:
+            async with self._http.get(
+                self.url + CONFIG_PATH, params=params, headers=self._headers(), timeout=HTTP_TIMEOUT
+            ) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise aiohttp.ClientResponseError(
+                        resp.request_info, (), status=resp.status, message=text[:200]
+                    )
+                reply = ConfigReply.model_validate_json(text)
+        except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
+            log.warning("fetching the pod's new config failed (the next answer retries): %s", exc)
+            return
+        await self._maybe_apply(reply)
 
     async def _maybe_apply(self, reply: ConfigReply) -> None:
         if reply.config is None or reply.config_hash == self.sidecar.routes.config_hash:
@@ -222,4 +313,9 @@ class Reporter:
 
 
 def describe(reporter: Reporter) -> dict[str, Any]:
-    return {"url": reporter.url, "sent": reporter.sent, "consecutiveFailures": reporter.failures}
+    return {
+        "url": reporter.url,
+        "sent": reporter.sent,
+        "answered": reporter.answered,
+        "consecutiveFailures": reporter.failures,
+    }

@@ -180,10 +180,14 @@ def test_the_service_selects_the_operator_pods_and_exposes_webhook_and_report(
     pod_labels = rendered.deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= pod_labels.items()
     assert rendered.deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
-    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
-    assert ports == {"webhook": (443, "webhook"), "report": (9444, "report")}
-    container_ports = {p["name"] for p in rendered.container["ports"]}
-    assert {"webhook", "report", "health"} <= container_ports
+    ports = {p["name"]: (p["port"], p["targetPort"], p["protocol"]) for p in service["spec"]["ports"]}
+    assert ports == {
+        "webhook": (443, "webhook", "TCP"),
+        "report": (9444, "report", "TCP"),  # sessions and config over HTTPS
+        "report-udp": (9444, "report-udp", "UDP"),  # the signed report datagrams
+    }
+    container_ports = {p["name"]: p["protocol"] for p in rendered.container["ports"]}
+    assert container_ports.items() >= {"webhook": "TCP", "report": "TCP", "report-udp": "UDP"}.items()
 
 
 @pytest.mark.parametrize(

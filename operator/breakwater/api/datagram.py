@@ -1,0 +1,165 @@
+"""The report channel's datagrams: signed UDP messages between a sidecar and the operator.
+
+Why datagrams: a fleet of 10,000 sidecars each holding a TLS connection to the operator costs it
+~35 KiB per connection (350 MB in all) and a TLS record + HTTP parse per report. A datagram costs the
+operator nothing between reports, and one HMAC and one JSON parse per report.
+
+Trust comes from a session: the sidecar proves who it is once over HTTPS (`POST /v1/session` with its
+pod-bound service-account token, checked by TokenReview) and receives a session id and a key. The
+session id names the pod and an expiry; the key is HMAC(operator secret, session id), so the operator
+keeps no per-session state and can check any datagram on its own. A datagram for another pod, with a
+forged or expired session, or a replayed sequence number, is dropped and counted.
+
+Layout (ASCII header, space separated, then the JSON body):
+    sidecar -> operator   b"bw1 R <session> <tag> <report JSON>"    tag = HMAC(key, b"R" + body)
+    operator -> sidecar   b"bw1 A <tag> <answer JSON>"              tag = HMAC(key, b"A" + body)
+    operator -> sidecar   b"bw1 K <reason>"                         unsigned: "get a new session"
+An answer carries the config hash the pod should run; the operator sends one for every report and,
+unasked, to each affected sidecar when a policy changes. A sidecar that runs another hash fetches the
+config over HTTPS (`GET /v1/config`). A `K` can only make a sidecar ask for a new session, which it
+does at most once per `RENEW_MIN_SECONDS`, so forging one achieves nothing but a TokenReview.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import Field
+
+from breakwater.api.report import _Wire
+
+MAGIC = b"bw1"
+SESSION_PATH = "/v1/session"
+MAX_DATAGRAM_BYTES = 16 * 1024
+TAG_BYTES = 16
+RENEW_MIN_SECONDS = 5.0
+
+REPORT = b"R"
+ANSWER = b"A"
+RENEW = b"K"
+
+
+class DatagramError(ValueError):
+    """Not a datagram of this channel, or one that does not verify."""
+
+
+class SessionRequest(_Wire):
+    namespace: Annotated[str, Field(min_length=1, max_length=63)]
+    pod: Annotated[str, Field(min_length=1, max_length=253)]
+    pod_uid: Annotated[str, Field(max_length=64)] = ""
+
+
+class SessionGrant(_Wire):
+    """The operator's answer to a session request: where to send datagrams and how to sign them."""
+
+    session: str
+    key: str  # base64 of the HMAC key; it travels only inside the TLS answer
+    expires_at: float  # wall-clock seconds
+    port: int  # the operator's UDP port (its host is the report URL's)
+
+
+class Answer(_Wire):
+    seq: int = -1  # the report answered; -1 when the operator writes unasked (a policy changed)
+    config_hash: str = ""  # what the pod should run; "" when the operator has no opinion (no policy)
+
+
+@dataclass(frozen=True)
+class Session:
+    """Who a session belongs to and until when. Encoded in the session id itself."""
+
+    namespace: str
+    pod: str
+    uid: str
+    expires_at: int
+
+    def encode(self) -> str:
+        raw = f"{self.namespace}/{self.pod}/{self.uid}/{self.expires_at}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> Session:
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+            namespace, pod, uid, expires = raw.split("/")
+            return cls(namespace, pod, uid, int(expires))
+        except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+            raise DatagramError("malformed session id") from exc
+
+
+def session_key(secret: bytes, session_id: str) -> bytes:
+    return hmac.digest(secret, b"breakwater session " + session_id.encode(), hashlib.sha256)
+
+
+def _tag(key: bytes, kind: bytes, body: bytes) -> bytes:
+    return hmac.digest(key, kind + body, hashlib.sha256)[:TAG_BYTES].hex().encode()
+
+
+def report_datagram(session_id: str, key: bytes, body: bytes) -> bytes:
+    return b" ".join((MAGIC, REPORT, session_id.encode(), _tag(key, REPORT, body), body))
+
+
+def answer_datagram(key: bytes, answer: Answer) -> bytes:
+    body = answer.model_dump_json(by_alias=True).encode()
+    return b" ".join((MAGIC, ANSWER, _tag(key, ANSWER, body), body))
+
+
+def renew_datagram(reason: str) -> bytes:
+    return b" ".join((MAGIC, RENEW, reason.encode()[:200]))
+
+
+@dataclass(frozen=True)
+class ReportDatagram:
+    session_id: str
+    tag: bytes
+    body: bytes
+
+    def verify(self, key: bytes) -> None:
+        if not hmac.compare_digest(self.tag, _tag(key, REPORT, self.body)):
+            raise DatagramError("bad signature")
+
+
+def parse(data: bytes) -> tuple[bytes, list[bytes]]:
+    """The kind and the remaining fields of a datagram (body last, unsplit)."""
+    if len(data) > MAX_DATAGRAM_BYTES:
+        raise DatagramError("datagram too large")
+    head = data.split(b" ", 2)
+    if len(head) < 2 or head[0] != MAGIC:
+        raise DatagramError("not a breakwater datagram")
+    kind = head[1]
+    rest = head[2] if len(head) > 2 else b""
+    if kind == REPORT:
+        fields = rest.split(b" ", 2)
+        if len(fields) != 3:
+            raise DatagramError("truncated report")
+        return kind, fields
+    if kind == ANSWER:
+        fields = rest.split(b" ", 1)
+        if len(fields) != 2:
+            raise DatagramError("truncated answer")
+        return kind, fields
+    if kind == RENEW:
+        return kind, [rest]
+    raise DatagramError(f"unknown datagram kind {kind!r}")
+
+
+def parse_report(data: bytes) -> ReportDatagram:
+    kind, fields = parse(data)
+    if kind != REPORT:
+        raise DatagramError("not a report")
+    try:
+        session_id = fields[0].decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise DatagramError("malformed session id") from exc
+    return ReportDatagram(session_id, fields[1], fields[2])
+
+
+def open_answer(key: bytes, fields: list[bytes]) -> Answer:
+    tag, body = fields
+    if not hmac.compare_digest(tag, _tag(key, ANSWER, body)):
+        raise DatagramError("bad signature on an answer")
+    return Answer.model_validate_json(body)
