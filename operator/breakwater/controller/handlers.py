@@ -1,33 +1,41 @@
-"""The kopf handlers: policy reconcile, the pod index, the sidecar-injection webhook, status refresh.
+"""The kopf handlers: policy reconcile and the sidecar-injection webhook; start-up of the pod watch, the
+report channel and the status loop.
 
 Importing this module registers the handlers with kopf's default registry (`kopf run -m` style).
+Pods are not watched through kopf (it would keep whole pod bodies): `PodWatch` keeps a metadata-only
+index. Status is not refreshed by kopf timers (one per policy per second): `Refresher` runs one loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import hmac
 import logging
 import ssl
-import time
 from typing import Any, cast
 
 import kopf
 
-from breakwater.api.bundle import PolicyBundle, bundle_key
+from breakwater.api.bundle import bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
-from breakwater.controller import pods as pod_facts
+from breakwater.api.report import SidecarReport
 from breakwater.controller import webhook
-from breakwater.controller.fleet import TransitionClock
+from breakwater.controller.pods import PodIndex
+from breakwater.controller.pods import facts as pod_facts
+from breakwater.controller.refresher import PolicyRecord, Refresher
 from breakwater.controller.reports import FleetStore, ReportServer
+from breakwater.controller.resolutions import Labels
 from breakwater.controller.settings import OperatorSettings, report_url
 from breakwater.controller.state import BundleCache, OperatorState, ReconcileOutcome
-from breakwater.controller.status import desired_status, fleet_view, significant, view_pods, without_times
 from breakwater.injection import pod as injection
 from breakwater.injection.render import RenderError, render_bundle
 from breakwater.injection.resolve import resolve
-from breakwater.k8s import configmaps
+from breakwater.k8s import configmaps, events, policies
 from breakwater.k8s import pods as pod_api
 from breakwater.k8s.client import api_client
+from breakwater.k8s.podwatch import PodWatch
 
 logger = logging.getLogger("breakwater.controller")
 
@@ -42,6 +50,11 @@ def _settings(memo: Any) -> OperatorSettings:
 def _state(memo: Any) -> OperatorState:
     state: OperatorState = memo["state"]
     return state
+
+
+def _refresher(memo: Any) -> Refresher:
+    refresher: Refresher = memo["refresher"]
+    return refresher
 
 
 @kopf.on.startup()
@@ -60,38 +73,98 @@ async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> 
     memo["state"] = state
     served = await webhook.configure(settings, ours, api)
     state.ca_pem = served.ca_pem
+
+    index = PodIndex()
+    watch = PodWatch(api, index, pod_facts, namespaces=ours.watch_namespaces or ())
+    watch.start(asyncio.get_running_loop())
+    memo["pod_watch"] = watch
+
     store = FleetStore()
-    memo["fleet"] = store
+    key_pem = (served.cert_dir / "tls.key").read_bytes()
     server = ReportServer(
         api=api,
         bundles=state.bundles,
         store=store,
-        pod_labels=lambda ns, pod: _pod_labels(state, ns, pod),
+        pod_labels=lambda ns, pod: _labels(index, ns, pod),
+        # Sessions survive an operator restart while the serving key stays the same.
+        secret=hmac.digest(key_pem, b"breakwater report sessions", hashlib.sha256),
         admin_port=ours.sidecar_admin_port,
         proxy_port=ours.sidecar_proxy_port,
+        resolve_labels=lambda ns, pod: _labels_from_api(state, index, ns, pod),
     )
+    refresher = Refresher(
+        state=state,
+        store=store,
+        resolutions=server.resolutions,
+        pods_of=lambda ns: list(index.in_namespace(ns)),
+        write_status=lambda ns, name, status: asyncio.to_thread(
+            policies.patch_status, api, namespace=ns, name=name, status=status
+        ),
+        stale_after=ours.stale_after_seconds,
+        on_refresh=lambda record: _expire_override(record, state),
+        post_event=lambda body, kind, reason, message: asyncio.to_thread(
+            events.post, api, involved=body, kind=kind, reason=reason, message=message
+        ),
+    )
+    memo["refresher"] = refresher
+    server.on_report = lambda report, before: _on_report(refresher, report, before)
+    index.listeners.append(lambda ns: _pods_changed(refresher, store, index, ns))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(served.cert_dir / "tls.crt", served.cert_dir / "tls.key")
     await server.start(host=ours.report_listen_host, port=ours.report_listen_port, ssl_context=context)
     memo["report_server"] = server
+    memo["refresher_task"] = asyncio.create_task(refresher.run(), name="breakwater-status-loop")
 
 
 @kopf.on.cleanup()
-async def stop_report_server(*, memo: Any, **_: Any) -> None:
+async def stop_background(*, memo: Any, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("refresher_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     server: ReportServer | None = memo.get("report_server")
     if server is not None:
         await server.stop()
+    watch: PodWatch[Any] | None = memo.get("pod_watch")
+    if watch is not None:
+        await asyncio.to_thread(watch.stop)
 
 
-async def _pod_labels(state: OperatorState, namespace: str, pod: str) -> dict[str, str] | None:
-    """A pod's labels from kopf's pod index, or from the API while the index is not captured yet."""
-    if state.pod_index is not None:
-        for facts in state.pod_index.get(namespace, []):
-            if facts.name == pod:
-                found: dict[str, str] = facts.label_map
-                return found
+def _labels(index: PodIndex, namespace: str, pod: str) -> Labels | None:
+    found = index.get(namespace, pod)
+    return found.labels if found is not None else None
+
+
+async def _labels_from_api(state: OperatorState, index: PodIndex, namespace: str, pod: str) -> Labels | None:
+    """Before the pod index has listed every pod, a report from an unknown pod asks the API."""
+    if index.synced.is_set():
         return None
-    return await asyncio.to_thread(pod_api.labels, state.api, namespace=namespace, name=pod)
+    labels = await asyncio.to_thread(pod_api.labels, state.api, namespace=namespace, name=pod)
+    return tuple(sorted(labels.items())) if labels is not None else None
+
+
+def _signature(report: SidecarReport) -> tuple[object, ...]:
+    return (report.config_hash, tuple((u.policy, u.name, u.state, u.mode) for u in report.upstreams))
+
+
+def _on_report(refresher: Refresher, report: SidecarReport, before: SidecarReport | None) -> None:
+    """A report changes a status only when a breaker state or the config it runs changed: mark those
+    policies; figures alone wait for the loop's sweep."""
+    if before is None:
+        refresher.mark_namespace(report.namespace)
+        return
+    if _signature(report) == _signature(before):
+        return
+    for policy in {u.policy for u in report.upstreams} | {u.policy for u in before.upstreams}:
+        namespace, _, name = policy.partition("/")
+        refresher.mark((namespace, name))
+
+
+def _pods_changed(refresher: Refresher, store: FleetStore, index: PodIndex, namespace: str) -> None:
+    refresher.mark_namespace(namespace)
+    for pod in [p for p in store.in_namespace(namespace) if index.get(namespace, p) is None]:
+        store.forget(namespace, pod)
 
 
 # -- policies -----------------------------------------------------------------------------------
@@ -105,18 +178,22 @@ async def reconcile_policy(
 ) -> None:
     namespace = namespace or ""
     await _render_and_publish(body, name, namespace, _state(memo))
-    await _refresh(body=body, name=name, namespace=namespace, patch=patch, memo=memo)
+    refresher = _refresher(memo)
+    refresher.track(body)
+    await refresher.refresh((namespace, name))  # Accepted is on the resource when the handler ends
 
 
-async def _render_and_publish(body: kopf.Body, name: str, namespace: str, state: OperatorState) -> None:
-    generation = int(body.metadata.get("generation") or 0)
+async def _render_and_publish(
+    body: kopf.Body | dict[str, Any], name: str, namespace: str, state: OperatorState
+) -> None:
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
     try:
         bundle = render_bundle(body)
     except RenderError as exc:
         # Keep the last good bundle: a sidecar keeps enforcing what it had rather than nothing.
         outcome = ReconcileOutcome(generation, False, exc.reason, str(exc))
         state.outcomes[(namespace, name)] = outcome
-        kopf.warn(body, reason=exc.reason, message=str(exc))
+        kopf.warn(cast(kopf.Body, body), reason=exc.reason, message=str(exc))
         logger.warning("policy %s/%s not accepted: %s", namespace, name, exc)
     else:
         await asyncio.to_thread(
@@ -134,8 +211,10 @@ async def _render_and_publish(body: kopf.Body, name: str, namespace: str, state:
         logger.info("policy %s/%s generation %s rendered (%s)", namespace, name, generation, upstreams)
 
 
-async def _expire_override(body: kopf.Body, name: str, namespace: str, state: OperatorState) -> None:
+async def _expire_override(record: PolicyRecord, state: OperatorState) -> None:
     """Re-render a policy whose override may have started or ended: time, not an edit, changed it."""
+    body = record.body
+    namespace, name = str(body["metadata"].get("namespace") or ""), str(body["metadata"]["name"])
     if not (body.get("spec") or {}).get("override"):
         return
     cached = (await state.bundles.get(namespace)).get(name)
@@ -163,122 +242,10 @@ async def remove_policy(*, name: str, namespace: str | None, memo: Any, **_: Any
     )
     state.bundles.remove(namespace, name)
     state.outcomes.pop((namespace, name), None)
+    _refresher(memo).forget((namespace, name))
     logger.info(
         "policy %s/%s deleted: its config is removed, its sidecars pass traffic through", namespace, name
     )
-
-
-# -- pods ---------------------------------------------------------------------------------------
-
-
-@kopf.index("pods")
-def pods_by_namespace(
-    *, body: kopf.Body, namespace: str | None, **_: Any
-) -> dict[str, pod_facts.PodFacts] | None:
-    found = pod_facts.facts(body)
-    return None if found is None or not namespace else {namespace: found}
-
-
-# -- status -------------------------------------------------------------------------------------
-
-
-async def _refresh(
-    *,
-    body: kopf.Body,
-    name: str,
-    namespace: str,
-    patch: kopf.Patch,
-    memo: Any,
-    pods: list[pod_facts.PodFacts] | None = None,
-) -> None:
-    settings, state = _settings(memo), _state(memo)
-    store: FleetStore = memo["fleet"]
-    bundles = await state.bundles.get(namespace)
-    bundle: PolicyBundle | None = bundles.get(name)
-    policy_id = f"{namespace}/{name}"
-    view = view_pods(policy_id, bundle, pods or [], bundles)
-    grace = time.monotonic() - state.started_at < settings.stale_after_seconds / 2
-    fleet = fleet_view(
-        policy_id,
-        bundle,
-        view,
-        bundles,
-        store.in_namespace(namespace),
-        stale_after=settings.stale_after_seconds,
-        grace=grace,
-    )
-    clock = state.clocks.setdefault((namespace, name), TransitionClock())
-    previous = dict(body.get("status") or {})
-    wanted = desired_status(
-        generation=int(body.metadata.get("generation") or 0),
-        previous=previous,
-        outcome=state.outcomes.get((namespace, name)),
-        bundle=bundle,
-        view=view,
-        fleet=fleet,
-        clock=clock,
-        mode=bundle.upstreams[0].mode if bundle and bundle.upstreams else None,
-    )
-    comparable_previous = {k: previous.get(k) for k in wanted}
-    if without_times(wanted) == without_times(comparable_previous):
-        return
-    key = (namespace, name)
-    # State changes are written at once; figures alone (failure rate, trips) at most every 10 s.
-    if (
-        significant(wanted) == significant(comparable_previous)
-        and time.monotonic() - state.last_write.get(key, 0) < 10
-    ):
-        return
-    state.last_write[key] = time.monotonic()
-    for field_name, value in wanted.items():
-        old = previous.get(field_name)
-        if isinstance(value, dict) and isinstance(old, dict):
-            # A merge patch keeps keys it does not name: null the ones that went away (summary.message
-            # once every breaker closed), or the status keeps them and is rewritten every second.
-            value = {**dict.fromkeys((k for k in old if k not in value), None), **value}
-        patch.status[field_name] = value
-    _post_transition_events(body, state, namespace, name, previous, wanted)
-
-
-def _post_transition_events(
-    body: kopf.Body,
-    state: OperatorState,
-    namespace: str,
-    name: str,
-    previous: dict[str, Any],
-    wanted: dict[str, Any],
-) -> None:
-    before = {u.get("name"): u for u in previous.get("upstreams") or ()}
-    for upstream in wanted.get("upstreams") or ():
-        old_state = str((before.get(upstream["name"]) or {}).get("state", "Unknown"))
-        new_state = str(upstream["state"])
-        if old_state == new_state or "Unknown" in (old_state, new_state):
-            continue
-        admitted, skipped = state.events.admit((namespace, name, upstream["name"]))
-        if not admitted:
-            continue
-        total = upstream["open"] + upstream["halfOpen"] + upstream["closed"]
-        message = (
-            f"upstream {upstream['name']}: {old_state} -> {new_state} "
-            f"(open on {upstream['open']}/{total} pods, half-open on {upstream['halfOpen']})"
-        )
-        if skipped:
-            message += f"; {skipped} earlier transitions not shown (a flapping upstream is rate-limited)"
-        kind = "Normal" if new_state == "Closed" else "Warning"
-        kopf.event(body, type=kind, reason=f"Upstream{new_state}", message=message)
-        logger.info("policy %s/%s: %s", namespace, name, message)
-
-
-@kopf.timer(*POLICY, interval=1.0, id="refresh-status")
-async def refresh_status(
-    *, body: kopf.Body, name: str, namespace: str | None, patch: kopf.Patch, memo: Any, **kwargs: Any
-) -> None:
-    namespace = namespace or ""
-    index: kopf.Index[str, pod_facts.PodFacts] = kwargs["pods_by_namespace"]
-    _state(memo).pod_index = index
-    pods = list(index.get(namespace, []))
-    await _expire_override(body, name, namespace, _state(memo))
-    await _refresh(body=body, name=name, namespace=namespace, patch=patch, memo=memo, pods=pods)
 
 
 # -- the webhook --------------------------------------------------------------------------------

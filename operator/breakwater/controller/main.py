@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import ctypes
 import logging
 import os
 import sys
@@ -27,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads it
+    _fewer_malloc_arenas()
     import kopf
 
     from breakwater.controller import handlers  # noqa: F401  (registers the handlers)
@@ -42,12 +45,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+M_ARENA_MAX = -8  # glibc's mallopt parameter number
+
+
+def _fewer_malloc_arenas() -> None:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and the API calls
+    that run in worker threads would each keep one mostly empty: cap them at two, as MALLOC_ARENA_MAX=2
+    would, before any thread starts."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
+
+
 def _event_loop() -> asyncio.AbstractEventLoop | None:
     """uvloop when installed (the `fast` extra, in the image), as `kopf run` would; else asyncio's own.
 
-    Besides speed, it is memory: every sidecar keeps a TLS connection to the report endpoint, and
-    asyncio's own TLS transport holds a 256 KiB read buffer per connection (about 290 KiB each,
-    measured), uvloop's about 35 KiB (bench/results/operator-scale.md).
+    Besides speed, it is memory: asyncio's own TLS transport holds a 256 KiB read buffer per connection
+    (about 290 KiB each, measured), uvloop's about 35 KiB (docs/benchmarks-operator.md).
     """
     try:
         import uvloop

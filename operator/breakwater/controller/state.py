@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,11 +61,12 @@ class BundleCache:
     """Per-namespace bundles: updated by our own writes, re-read from the ConfigMap after `ttl` seconds."""
 
     api: Any
-    ttl: float = 5.0
+    ttl: float = 30.0  # our own writes update it at once; this only catches hand edits of the ConfigMap
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _versions: dict[str, int] = field(default_factory=dict)
     _changed: dict[str, asyncio.Event] = field(default_factory=dict)
+    listeners: list[Callable[[str], None]] = field(default_factory=list)  # called with a changed namespace
 
     def version(self, namespace: str) -> int:
         return self._versions.get(namespace, 0)
@@ -82,6 +84,8 @@ class BundleCache:
         event = self._changed.pop(namespace, None)
         if event is not None:
             event.set()
+        for listener in self.listeners:
+            listener(namespace)
 
     async def get(self, namespace: str) -> dict[str, PolicyBundle]:
         entry = self._entries.get(namespace)
@@ -145,7 +149,6 @@ class OperatorState:
     bundles: BundleCache
     outcomes: dict[tuple[str, str], ReconcileOutcome] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
-    pod_index: Any = None  # kopf's live pods index, captured from the first handler that receives it
     ca_pem: bytes = b""
     last_write: dict[tuple[str, str], float] = field(default_factory=dict)
     events: EventThrottle = field(default_factory=EventThrottle)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from breakwater.controller.fleet import (
 )
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.state import ReconcileOutcome
-from breakwater.injection.resolve import Conflict, resolve
+from breakwater.injection.resolve import Conflict, Resolution
 from breakwater.injection.selectors import matches
 
 CONDITION_CONFLICT = "Conflict"
@@ -38,8 +38,11 @@ class PodView:
     conflicts: tuple[Conflict, ...]
 
 
+Resolver = Callable[[tuple[tuple[str, str], ...]], Resolution]  # a pod's labels -> what it should run
+
+
 def view_pods(
-    policy: str, bundle: PolicyBundle | None, pods: Iterable[PodFacts], bundles: Mapping[str, PolicyBundle]
+    policy: str, bundle: PolicyBundle | None, pods: Iterable[PodFacts], resolver: Resolver
 ) -> PodView:
     if bundle is None:
         return PodView((), (), ())
@@ -51,7 +54,7 @@ def view_pods(
         if pod.labels in seen_label_sets:
             continue
         seen_label_sets.add(pod.labels)
-        for conflict in resolve(pod.label_map, bundles.values()).conflicts:
+        for conflict in resolver(pod.labels).conflicts:
             if conflict.loser == policy:
                 conflicts[(conflict.upstream, conflict.winner)] = conflict
     return PodView(selected, injected, tuple(conflicts.values()))
@@ -231,7 +234,7 @@ def fleet_view(
     policy: str,
     bundle: PolicyBundle | None,
     view: PodView,
-    bundles: Mapping[str, PolicyBundle],
+    resolver: Resolver,
     reports: Mapping[str, PodReport],
     *,
     stale_after: float,
@@ -258,7 +261,7 @@ def fleet_view(
             continue
         fresh.append(got.report)
         if pod.labels not in expected:
-            expected[pod.labels] = resolve(pod.label_map, bundles.values()).config_hash
+            expected[pod.labels] = resolver(pod.labels).config_hash
         if got.report.config_hash == expected[pod.labels]:
             reporting += 1
         else:

@@ -1,0 +1,235 @@
+"""One status loop for every policy: recompute the status of policies whose inputs changed, write it when
+it differs, post an Event per fleet-level transition.
+
+kopf's per-object timers would wake every policy every second (1,000 policies: 1,000 handler runs a
+second with nothing to do). Here a report, a pod change or a reconcile marks a policy dirty; the loop
+refreshes dirty policies at most once per `min_interval` each, and every policy once per `sweep`
+seconds (stale sidecars, an override's end, figures that only move slowly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from breakwater.api.bundle import PolicyBundle
+from breakwater.controller.fleet import TransitionClock
+from breakwater.controller.pods import PodFacts
+from breakwater.controller.reports import FleetStore
+from breakwater.controller.resolutions import Resolutions
+from breakwater.controller.state import OperatorState
+from breakwater.controller.status import desired_status, fleet_view, significant, view_pods, without_times
+
+logger = logging.getLogger("breakwater.controller.refresher")
+
+Key = tuple[str, str]  # (namespace, name)
+FIGURES_EVERY_SECONDS = 10.0  # failure rates and trips alone are written at most this often
+
+
+@dataclass
+class PolicyRecord:
+    """What the loop needs of one policy: its identity, spec (override windows) and last known status."""
+
+    body: dict[str, Any]  # apiVersion, kind, metadata (name, namespace, uid, generation), spec
+    status: dict[str, Any]
+
+
+def record_of(body: kopf.Body | dict[str, Any]) -> PolicyRecord:
+    meta = body.get("metadata") or {}
+    slim = {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation") if k in meta},
+        "spec": dict(body.get("spec") or {}),
+    }
+    return PolicyRecord(slim, dict(body.get("status") or {}))
+
+
+StatusWriter = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]  # ns, name, patch -> stored
+PodsOf = Callable[[str], list[PodFacts]]
+EventPoster = Callable[
+    [dict[str, Any], str, str, str], Awaitable[None]
+]  # (policy body, type, reason, message)
+
+
+@dataclass
+class Refresher:
+    state: OperatorState
+    store: FleetStore
+    resolutions: Resolutions
+    pods_of: PodsOf
+    write_status: StatusWriter
+    stale_after: float
+    on_refresh: Callable[[PolicyRecord], Awaitable[None]] | None = None  # override expiry, before the status
+    post_event: EventPoster | None = None
+    min_interval: float = 1.0
+    sweep: float = 5.0
+    tick: float = 0.2
+    records: dict[Key, PolicyRecord] = field(default_factory=dict)
+    writes: int = 0
+    _dirty: set[Key] = field(default_factory=set)
+    _dirty_namespaces: set[str] = field(default_factory=set)
+    _refreshed_at: dict[Key, float] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:  # an Event is best effort: the status already says it
+                logger.warning("could not post an Event: %s", exc)
+
+        task = asyncio.get_running_loop().create_task(guarded())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- inputs ------------------------------------------------------------------------------------
+
+    def track(self, body: kopf.Body | dict[str, Any]) -> None:
+        record = record_of(body)
+        meta = record.body["metadata"]
+        key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        old = self.records.get(key)
+        if old is not None and not record.status:
+            record.status = old.status
+        self.records[key] = record
+        self.mark(key, now=True)
+
+    def forget(self, key: Key) -> None:
+        self.records.pop(key, None)
+        self._dirty.discard(key)
+        self._refreshed_at.pop(key, None)
+        self.state.last_write.pop(key, None)
+        self.state.clocks.pop(key, None)
+
+    def mark(self, key: Key, *, now: bool = False) -> None:
+        self._dirty.add(key)
+        if now:
+            self._refreshed_at.pop(key, None)
+        self._wake.set()
+
+    def mark_namespace(self, namespace: str) -> None:
+        self._dirty_namespaces.add(namespace)
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        last_sweep = time.monotonic()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.tick)
+            self._wake.clear()
+            await asyncio.sleep(self.tick)  # gather a burst of reports into one pass
+            now = time.monotonic()
+            if now - last_sweep >= self.sweep:
+                last_sweep = now
+                self._dirty.update(self.records)
+            if self._dirty_namespaces:
+                spaces, self._dirty_namespaces = self._dirty_namespaces, set()
+                self._dirty.update(k for k in self.records if k[0] in spaces)
+            due = [k for k in self._dirty if now - self._refreshed_at.get(k, 0.0) >= self.min_interval]
+            for key in due:
+                self._dirty.discard(key)
+                self._refreshed_at[key] = now
+                try:
+                    await self.refresh(key)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("status refresh of policy %s/%s failed; retrying", *key)
+                    self._dirty.add(key)
+
+    async def refresh(self, key: Key) -> None:
+        record = self.records.get(key)
+        if record is None:
+            return
+        if self.on_refresh is not None:
+            await self.on_refresh(record)
+        namespace, name = key
+        state = self.state
+        bundles = await state.bundles.get(namespace)
+        bundle: PolicyBundle | None = bundles.get(name)
+
+        def resolver(labels: tuple[tuple[str, str], ...]) -> Any:
+            return self.resolutions.resolve(namespace, labels, bundles)
+
+        policy_id = f"{namespace}/{name}"
+        view = view_pods(policy_id, bundle, self.pods_of(namespace), resolver)
+        grace = time.monotonic() - state.started_at < self.stale_after / 2
+        fleet = fleet_view(
+            policy_id,
+            bundle,
+            view,
+            resolver,
+            self.store.in_namespace(namespace),
+            stale_after=self.stale_after,
+            grace=grace,
+        )
+        clock = state.clocks.setdefault(key, TransitionClock())
+        previous = record.status
+        wanted = desired_status(
+            generation=int(record.body["metadata"].get("generation") or 0),
+            previous=previous,
+            outcome=state.outcomes.get(key),
+            bundle=bundle,
+            view=view,
+            fleet=fleet,
+            clock=clock,
+            mode=bundle.upstreams[0].mode if bundle and bundle.upstreams else None,
+        )
+        comparable_previous = {k: previous.get(k) for k in wanted}
+        if without_times(wanted) == without_times(comparable_previous):
+            return
+        # State changes are written at once; figures alone (failure rate, trips) at most every 10 s.
+        if (
+            significant(wanted) == significant(comparable_previous)
+            and time.monotonic() - state.last_write.get(key, 0) < FIGURES_EVERY_SECONDS
+        ):
+            return  # the sweep comes back when the figures may be written
+        patch: dict[str, Any] = {}
+        for field_name, value in wanted.items():
+            old = previous.get(field_name)
+            if isinstance(value, dict) and isinstance(old, dict):
+                # A merge patch keeps keys it does not name: null the ones that went away (summary.message
+                # once every breaker closed), or the stored status keeps them and never equals `wanted`.
+                value = {**dict.fromkeys((k for k in old if k not in value), None), **value}
+            patch[field_name] = value
+        state.last_write[key] = time.monotonic()
+        record.status = await self.write_status(namespace, name, patch)
+        self.writes += 1
+        self._post_transition_events(record, previous, wanted)
+
+    def _post_transition_events(
+        self, record: PolicyRecord, previous: dict[str, Any], wanted: dict[str, Any]
+    ) -> None:
+        meta = record.body["metadata"]
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+        before = {u.get("name"): u for u in previous.get("upstreams") or ()}
+        for upstream in wanted.get("upstreams") or ():
+            old_state = str((before.get(upstream["name"]) or {}).get("state", "Unknown"))
+            new_state = str(upstream["state"])
+            if old_state == new_state or "Unknown" in (old_state, new_state):
+                continue
+            admitted, skipped = self.state.events.admit((namespace, name, upstream["name"]))
+            if not admitted:
+                continue
+            total = upstream["open"] + upstream["halfOpen"] + upstream["closed"]
+            message = (
+                f"upstream {upstream['name']}: {old_state} -> {new_state} "
+                f"(open on {upstream['open']}/{total} pods, half-open on {upstream['halfOpen']})"
+            )
+            if skipped:
+                message += f"; {skipped} earlier transitions not shown (a flapping upstream is rate-limited)"
+            kind = "Normal" if new_state == "Closed" else "Warning"
+            if self.post_event is not None:
+                self._spawn(self.post_event(record.body, kind, f"Upstream{new_state}", message))
+            logger.info("policy %s/%s: %s", namespace, name, message)
