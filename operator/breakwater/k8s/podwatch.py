@@ -1,0 +1,371 @@
+"""A lean pod watch: metadata only, paginated, in one thread, handing batches to the event loop.
+
+kopf's pod index receives every full pod body (spec, status, managedFields), which at 10,000 pods costs
+far more memory than the few facts the operator keeps. This watch asks the API server for
+PartialObjectMetadata only, leaves finished pods out by field selector, lists in pages and converts each
+pod in its own thread (`convert`, e.g. `controller.pods.facts`); the event loop only receives the
+converted results, in batches, through a `PodSink` (e.g. `controller.pods.PodIndex`).
+
+One thread per scope: the whole cluster, or each watched namespace (the API has no multi-namespace
+watch). Each thread lists, then watches from the list's resourceVersion; a 410 (expired) relists at
+once, any other error relists after a backoff of 1 s doubling to 30 s. A relist replaces the scope's
+pods atomically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+from urllib.parse import quote, urlencode
+
+import urllib3
+from kubernetes import client
+
+logger = logging.getLogger("breakwater.k8s.podwatch")
+
+T = TypeVar("T")
+
+FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
+LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+BACKOFF_MIN = 1.0
+BACKOFF_MAX = 30.0
+HEALTHY_AFTER = 60.0  # a watch that ran this long since its list resets the backoff
+
+
+class PodSink(Protocol[T]):
+    """Where the watch delivers, always on the event loop's thread and in the order things happened."""
+
+    def replace(self, scope: str | None, pods: dict[str, dict[str, T]]) -> None:
+        """A complete list: `pods` (namespace -> name -> item) is everything in `scope` (None: all)."""
+
+    def apply(self, changes: Sequence[tuple[str, str, T | None]]) -> None:
+        """Watch events: (namespace, name, item), item None for a pod gone or no longer counted."""
+
+    def mark_synced(self) -> None:
+        """Every scope has been listed once."""
+
+
+class WatchError(Exception):
+    """The API server answered with an error (other than 410 Gone)."""
+
+
+class _Expired(Exception):
+    """410 Gone: the resourceVersion (or the continue token) is too old; list again."""
+
+
+class _Stopped(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class _Listed(Generic[T]):
+    scope: str | None
+    pods: dict[str, dict[str, T]]
+    count: int
+    pages: int
+    seconds: float
+
+
+class PodWatch(Generic[T]):
+    """Keeps a `PodSink` current with the pods of the cluster (or of `namespaces`).
+
+    `start(loop)` from the loop's thread; `stop()` (blocking, a few seconds at most) at shutdown.
+    """
+
+    def __init__(
+        self,
+        api: client.ApiClient,
+        sink: PodSink[T],
+        convert: Callable[[Mapping[str, Any]], T | None],
+        *,
+        namespaces: Sequence[str] = (),
+        page_size: int = 500,
+        watch_timeout: int = 300,
+        connect_timeout: float = 10.0,
+        list_timeout: float = 60.0,
+    ) -> None:
+        self._api = api
+        self._sink = sink
+        self._convert = convert
+        self._scopes: tuple[str | None, ...] = tuple(dict.fromkeys(namespaces)) or (None,)
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.connect_timeout = connect_timeout
+        self.list_timeout = list_timeout
+        self.pages_listed = 0  # LIST pages fetched, over every list and relist
+        self.lists = 0  # complete lists, the first ones included
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._queue: list[_Listed[T] | tuple[str, str, T | None]] = []
+        self._scheduled = False
+        self._responses: set[Any] = set()
+        self._unsynced: set[str | None] = set()
+        self._started_at = 0.0
+        self._first_pods = 0
+        self._first_namespaces: set[str] = set()
+
+    # -- control (the loop's thread) ----------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._threads:
+            raise RuntimeError("PodWatch already started")
+        self._loop = loop
+        self._started_at = time.monotonic()
+        self._unsynced = set(self._scopes)
+        for scope in self._scopes:
+            name = "breakwater-podwatch" + (f"-{scope}" if scope else "")
+            thread = threading.Thread(target=self._run, args=(scope,), name=name, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the threads: open requests are shut down, so this takes well under `timeout`."""
+        self._stopping.set()
+        with self._lock:
+            responses = list(self._responses)
+        for response in responses:
+            _interrupt(response)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in self._threads if t.is_alive()]
+        if alive:
+            logger.warning("pod watch threads still running after %.0f s: %s", timeout, ", ".join(alive))
+
+    # -- the loop's side ----------------------------------------------------------------------------
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._queue, self._scheduled = self._queue, [], False
+        changes: list[tuple[str, str, T | None]] = []
+        for item in items:
+            if isinstance(item, _Listed):
+                if changes:
+                    self._sink.apply(changes)
+                    changes = []
+                self._sink.replace(item.scope, item.pods)
+                self._listed(item)
+            else:
+                changes.append(item)
+        if changes:
+            self._sink.apply(changes)
+
+    def _listed(self, listed: _Listed[T]) -> None:
+        where = _where(listed.scope)
+        if listed.scope not in self._unsynced:
+            logger.info(
+                "pod index: relisted %d pods%s in %.1f s (%d pages)",
+                listed.count,
+                where,
+                listed.seconds,
+                listed.pages,
+            )
+            return
+        self._unsynced.discard(listed.scope)
+        self._first_pods += listed.count
+        self._first_namespaces.update(ns for ns, pods in listed.pods.items() if pods)
+        if not self._unsynced:
+            logger.info(
+                "pod index: %d pods in %d namespaces listed in %.1f s",
+                self._first_pods,
+                len(self._first_namespaces),
+                time.monotonic() - self._started_at,
+            )
+            self._sink.mark_synced()
+
+    # -- the thread's side --------------------------------------------------------------------------
+
+    def _enqueue(self, items: Sequence[_Listed[T] | tuple[str, str, T | None]]) -> None:
+        assert self._loop is not None
+        with self._lock:
+            self._queue.extend(items)
+            if self._scheduled:
+                return
+            self._scheduled = True
+        try:
+            self._loop.call_soon_threadsafe(self._drain)
+        except RuntimeError as exc:  # the loop is closed: nobody is listening any more
+            self._stopping.set()
+            raise _Stopped from exc
+
+    def _run(self, scope: str | None) -> None:
+        where = _where(scope)
+        resource_version: str | None = None
+        delay = BACKOFF_MIN
+        healthy_since: float | None = None
+        while not self._stopping.is_set():
+            try:
+                if resource_version is None:
+                    resource_version = self._list(scope)
+                    healthy_since = time.monotonic()
+                resource_version = self._watch(scope, resource_version)
+            except _Stopped:
+                break
+            except _Expired:
+                if self._stopping.is_set():
+                    break
+                logger.info("pod watch%s: resourceVersion %s expired; relisting", where, resource_version)
+                resource_version = None
+            except Exception as exc:
+                if self._stopping.is_set():
+                    break
+                if healthy_since is not None and time.monotonic() - healthy_since > HEALTHY_AFTER:
+                    delay = BACKOFF_MIN
+                healthy_since = None
+                resource_version = None
+                logger.warning(
+                    "pod watch%s failed (%s: %s); relisting in %.0f s",
+                    where,
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
+                if self._stopping.wait(delay):
+                    break
+                delay = min(delay * 2, BACKOFF_MAX)
+
+    def _path(self, scope: str | None) -> str:
+        return f"/api/v1/namespaces/{quote(scope, safe='')}/pods" if scope else "/api/v1/pods"
+
+    def _list(self, scope: str | None) -> str:
+        started = time.monotonic()
+        pods: dict[str, dict[str, T]] = {}
+        count = pages = 0
+        token = ""
+        while True:
+            params = {"fieldSelector": FIELD_SELECTOR, "limit": str(self.page_size)}
+            if token:
+                params["continue"] = token
+            with self._request(self._path(scope), params, LIST_ACCEPT, self.list_timeout) as response:
+                body = json.loads(response.data)
+            pages += 1
+            with self._lock:
+                self.pages_listed += 1
+            for item in body.get("items") or ():
+                found = self._convert(item)
+                if found is None:
+                    continue
+                meta = item.get("metadata") or {}
+                namespace = sys.intern(str(meta.get("namespace", "")))
+                by_name = pods.get(namespace)
+                if by_name is None:
+                    by_name = pods[namespace] = {}
+                by_name[str(meta.get("name", ""))] = found
+                count += 1
+            list_meta = body.get("metadata") or {}
+            token = str(list_meta.get("continue") or "")
+            del body
+            if not token:
+                break
+        with self._lock:
+            self.lists += 1
+        self._enqueue([_Listed(scope, pods, count, pages, time.monotonic() - started)])
+        return str(list_meta.get("resourceVersion") or "")
+
+    def _watch(self, scope: str | None, resource_version: str) -> str:
+        params = {
+            "watch": "1",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(self.watch_timeout),
+            "fieldSelector": FIELD_SELECTOR,
+            "resourceVersion": resource_version,
+        }
+        read_timeout = self.watch_timeout + 30.0  # the server ends the watch first; bookmarks keep it alive
+        with self._request(self._path(scope), params, WATCH_ACCEPT, read_timeout) as response:
+            rest = b""
+            for chunk in response.stream(None, decode_content=True):
+                if b"\n" not in chunk:
+                    rest += chunk
+                    continue
+                lines = (rest + chunk).split(b"\n")
+                rest = lines.pop()
+                changes: list[tuple[str, str, T | None]] = []
+                for line in lines:
+                    if line.strip():
+                        resource_version = self._event(json.loads(line), changes, resource_version)
+                if changes:
+                    self._enqueue(changes)
+        if self._stopping.is_set():
+            raise _Stopped
+        return resource_version
+
+    def _event(
+        self, event: Mapping[str, Any], changes: list[tuple[str, str, T | None]], resource_version: str
+    ) -> str:
+        kind = event.get("type")
+        obj = event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise _Expired
+            raise WatchError(f"watch error {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
+        meta = obj.get("metadata") or {}
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            namespace = sys.intern(str(meta.get("namespace", "")))
+            found = self._convert(obj) if kind != "DELETED" else None
+            changes.append((namespace, str(meta.get("name", "")), found))
+        # BOOKMARK (and anything unknown): only its resourceVersion matters
+        return str(meta.get("resourceVersion") or resource_version)
+
+    @contextlib.contextmanager
+    def _request(
+        self, path: str, params: Mapping[str, str], accept: str, read_timeout: float
+    ) -> Iterator[Any]:
+        """A streaming GET with the client's TLS and credentials; shut down by `stop()` if it comes."""
+        api = self._api
+        configuration = api.configuration
+        headers = {**api.default_headers, "Accept": accept}
+        for auth in configuration.auth_settings().values():  # refreshes expiring tokens itself
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[auth["key"]] = auth["value"]
+        response = api.rest_client.pool_manager.request(
+            "GET",
+            f"{configuration.host}{path}?{urlencode(params)}",
+            headers=headers,
+            preload_content=False,
+            timeout=urllib3.Timeout(connect=self.connect_timeout, read=read_timeout),
+            retries=False,
+        )
+        with self._lock:
+            self._responses.add(response)
+        try:
+            if self._stopping.is_set():
+                raise _Stopped
+            if response.status != 200:
+                detail = response.data[:300].decode(errors="replace")
+                if response.status == 410:
+                    raise _Expired
+                raise WatchError(f"GET {path}: HTTP {response.status}: {detail}")
+            yield response
+        finally:
+            with self._lock:
+                self._responses.discard(response)
+            response.close()
+
+
+def _where(scope: str | None) -> str:
+    return f" in namespace {scope}" if scope else ""
+
+
+def _interrupt(response: Any) -> None:
+    """Unblock a thread reading `response`: shut its socket down (urllib3 2.3+ has a method for it)."""
+    try:
+        response.shutdown()
+        return
+    except Exception:
+        pass
+    sock = getattr(getattr(response, "_connection", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
