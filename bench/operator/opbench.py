@@ -36,7 +36,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from breakwater.api import datagram
 from breakwater.api.crdgen import crd_yaml
-from breakwater.injection.pod import NAMESPACE_LABEL, SIDECAR_NAME, TOKEN_AUDIENCE
+from breakwater.injection.pod import ANNOTATION_INJECTED, NAMESPACE_LABEL, SIDECAR_NAME, TOKEN_AUDIENCE
 from breakwater.testing.controlplane import ControlPlane, _die_with_parent, find_binaries, free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,6 +156,18 @@ def memory_mib(pid: int) -> tuple[float, float]:
         elif line.startswith("VmHWM:"):
             hwm = int(line.split()[1]) / 1024
     return rss, hwm
+
+
+def udp_drops(port: int) -> int:
+    """Datagrams the kernel dropped for the UDP socket(s) bound to `port` (receive buffer full)."""
+    total = 0
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    total += int(fields[-1])
+    return total
 
 
 def loadavg() -> list[str]:
@@ -429,6 +441,23 @@ class Api:
             if not cont:
                 return items
 
+    async def running_pod_metadata(self) -> list[dict[str, Any]]:
+        """Metadata of every Running pod (PartialObjectMetadata): cheap enough to poll at 10,000 pods."""
+        items: list[dict[str, Any]] = []
+        cont = ""
+        headers = {"Accept": "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"}
+        while True:
+            query = "?limit=5000&fieldSelector=status.phase%3DRunning" + (f"&continue={cont}" if cont else "")
+            async with self.session.get(self.server + "/api/v1/pods" + query, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status >= 300:
+                    raise RuntimeError(f"GET pods metadata: {resp.status} {text[:300]}")
+            page = json.loads(text)
+            items += [item["metadata"] for item in page.get("items") or ()]
+            cont = page["metadata"].get("continue", "")
+            if not cont:
+                return items
+
     async def token(self, namespace: str, pod: str, uid: str, *, seconds: int = 3600) -> str:
         body = {
             "apiVersion": "authentication.k8s.io/v1",
@@ -447,6 +476,15 @@ class Api:
             f"{GROUP_PATH}/namespaces/{namespace}/circuitbreakerpolicies/{name}"
         )
         return got
+
+
+def injected_metadata(metas: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pods (metadata) the webhook injected, not being deleted."""
+    return [
+        m
+        for m in metas
+        if (m.get("annotations") or {}).get(ANNOTATION_INJECTED) == "true" and not m.get("deletionTimestamp")
+    ]
 
 
 def running_injected(pods: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -582,6 +620,7 @@ class SimPod:
     seq: int = 0
     config_hash: str = ""
     pending: list[dict[str, Any]] = field(default_factory=list)
+    carried_seq: int = -1
 
     def transition(self, to_state: str, *, reason: str = "bench") -> float:
         at = time.time()
@@ -605,7 +644,8 @@ class SimPod:
         self.calls += 50
         failures = random.randint(0, 5)
         self.failures += failures
-        transitions, self.pending = self.pending, []
+        transitions = self.pending  # kept until an answer to this report arrives, like a real sidecar
+        self.carried_seq = self.seq
         return json.dumps(
             {
                 "version": 1,
@@ -740,6 +780,8 @@ class SimFleet:
             self.transition_latencies.append(time.time() - inflight[2])
         if answer.config_hash:
             pod.config_hash = answer.config_hash
+        if answer.seq >= pod.carried_seq:
+            pod.pending = []
 
     async def _loop(self, pod: SimPod, first_delay: float) -> None:
         wake = self._wake.setdefault(pod_key(pod), asyncio.Event())
@@ -750,8 +792,10 @@ class SimFleet:
             await asyncio.sleep(2)  # a retry delay
         while not self._stop:
             self.send(pod)
+            # Unanswered transitions are sent again after about a second, as the real sidecar does.
+            wait = random.uniform(0.5, 1.5) if pod.pending else self.interval
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), self.interval)
+                await asyncio.wait_for(wake.wait(), wait)
             wake.clear()
 
     def start(self, pods: Sequence[SimPod] | None = None) -> None:
@@ -870,6 +914,10 @@ class Bench:
         self.cp.stop()
         import shutil
 
+        kept = Path(tempfile.gettempdir()) / "breakwater-bench-operator.log"
+        with contextlib.suppress(OSError):
+            shutil.copy(self.operator.log_path, kept)
+            log(f"the operator's log is kept in {kept}")
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -42,6 +44,7 @@ SESSION_MAX_SECONDS = 3600.0
 LONG_POLL_MAX_SECONDS = 30.0
 MAX_BODY_BYTES = 256 * 1024
 WARN_EVERY_SECONDS = 10.0
+RECEIVE_BUFFER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -178,6 +181,16 @@ class ReportServer:
         )
         self._transport = transport
         self.port = port
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A storm (every sidecar of a fleet trips at once) arrives as one burst: give the kernel room
+            # to queue it while the loop is busy (capped by net.core.rmem_max; a dropped report is resent).
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
+            logger.info(
+                "report datagrams: %d KiB receive buffer",
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 1024,
+            )
         logger.info("report channel listening on %s:%s (sessions over TLS, reports over UDP)", host, port)
 
     async def stop(self) -> None:

@@ -67,6 +67,9 @@ class BundleCache:
     _versions: dict[str, int] = field(default_factory=dict)
     _changed: dict[str, asyncio.Event] = field(default_factory=dict)
     listeners: list[Callable[[str], None]] = field(default_factory=list)  # called with a changed namespace
+    # Every bundle this operator wrote (None: removed). The operator is the keys' only writer, so these
+    # are authoritative; the ConfigMap read fills in the policies not reconciled yet (after a restart).
+    _written: dict[str, dict[str, PolicyBundle | None]] = field(default_factory=dict)
 
     def version(self, namespace: str) -> int:
         return self._versions.get(namespace, 0)
@@ -100,6 +103,13 @@ class BundleCache:
                 configmaps.read, self.api, namespace=namespace, name=CONFIGMAP_NAME
             )
             bundles = parse_bundles(data, namespace=namespace)
+            # Our own writes win over what the read returned: a policy reconciled while the read was in
+            # flight is in `_written` but maybe not in `data` (and a pod created meanwhile must see it).
+            for name, written in self._written.get(namespace, {}).items():
+                if written is None:
+                    bundles.pop(name, None)
+                else:
+                    bundles[name] = written
             previous = self._entries.get(namespace)
             self._entries[namespace] = _Entry(bundles, time.monotonic())
             if previous is not None and previous.bundles != bundles:
@@ -107,6 +117,7 @@ class BundleCache:
             return bundles
 
     def put(self, namespace: str, bundle: PolicyBundle) -> None:
+        self._written.setdefault(namespace, {})[bundle.name] = bundle
         entry = self._entries.get(namespace)
         if entry is not None:
             if entry.bundles.get(bundle.name) == bundle:
@@ -115,6 +126,7 @@ class BundleCache:
         self._bump(namespace)
 
     def remove(self, namespace: str, name: str) -> None:
+        self._written.setdefault(namespace, {})[name] = None
         entry = self._entries.get(namespace)
         if entry is not None:
             entry.bundles = {k: v for k, v in entry.bundles.items() if k != name}

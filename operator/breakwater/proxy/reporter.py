@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -45,7 +46,8 @@ log = logging.getLogger("breakwater.proxy.reporter")
 MAX_PENDING_TRANSITIONS = 256
 MAX_TRANSITIONS_PER_REPORT = 16  # keeps a datagram well under one MTU's worth of fragments
 BATCH_SECONDS = 0.02
-RESEND_SECONDS = 1.0  # a report that carries transitions is sent again if not answered by then
+RESEND_SECONDS = 1.0  # a report that carries transitions is sent again if not answered by then (± 50 %,
+# so a fleet that tripped at once does not resend at once)
 RENEW_BEFORE_SECONDS = 300.0
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -272,8 +274,9 @@ class Reporter:
     async def _wait_for_next(self, sent_at: float) -> None:
         """Until a transition, the summary interval, or (while the last transitions are unanswered) the
         resend delay: an answer arriving meanwhile cancels the resend."""
+        resend = RESEND_SECONDS * random.uniform(0.5, 1.5)
         while not self._wake.is_set():
-            due = sent_at + (RESEND_SECONDS if self._carried else self.interval)
+            due = sent_at + (resend if self._carried else self.interval)
             left = due - time.monotonic()
             if left <= 0:
                 return
