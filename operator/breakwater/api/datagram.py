@@ -26,10 +26,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from breakwater.api.report import _Wire
 
@@ -70,23 +71,28 @@ class Answer(_Wire):
 
 @dataclass(frozen=True)
 class Session:
-    """Who a session belongs to and until when. Encoded in the session id itself."""
+    """Who a session belongs to and until when. Encoded in the session id itself.
+
+    The nonce makes every session new, even one asked for again with the same token (a restarted
+    sidecar counts its sequence numbers from 0 again: the operator must not take them for replays).
+    """
 
     namespace: str
     pod: str
     uid: str
     expires_at: int
+    nonce: str = field(default_factory=lambda: secrets.token_hex(8))
 
     def encode(self) -> str:
-        raw = f"{self.namespace}/{self.pod}/{self.uid}/{self.expires_at}".encode()
+        raw = f"{self.namespace}/{self.pod}/{self.uid}/{self.expires_at}/{self.nonce}".encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str) -> Session:
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-            namespace, pod, uid, expires = raw.split("/")
-            return cls(namespace, pod, uid, int(expires))
+            namespace, pod, uid, expires, nonce = raw.split("/")
+            return cls(namespace, pod, uid, int(expires), nonce)
         except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
             raise DatagramError("malformed session id") from exc
 
@@ -162,4 +168,7 @@ def open_answer(key: bytes, fields: list[bytes]) -> Answer:
     tag, body = fields
     if not hmac.compare_digest(tag, _tag(key, ANSWER, body)):
         raise DatagramError("bad signature on an answer")
-    return Answer.model_validate_json(body)
+    try:
+        return Answer.model_validate_json(body)
+    except ValidationError as exc:
+        raise DatagramError("malformed answer") from exc

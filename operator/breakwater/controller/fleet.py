@@ -9,21 +9,86 @@ windows, and trips. Observe-mode breakers never reject, so their Open/HalfOpen c
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from breakwater.api.report import SidecarReport, UpstreamReport
+from breakwater.api.report import SidecarReport
 
 # Severity order for the summary's single word: the worst state of any upstream wins.
 SEVERITY = {"Open": 4, "Mixed": 3, "HalfOpen": 2, "Closed": 1, "Unknown": 0}
 
 
-@dataclass(frozen=True)
-class PodReport:
-    """The latest report of one pod, with when it arrived (operator's monotonic clock)."""
+class BreakerReport(Protocol):
+    """What the fleet view reads of one breaker's report (an `UpstreamReport` or a `BreakerState`)."""
 
-    report: SidecarReport
+    @property
+    def name(self) -> str: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def trips(self) -> int: ...
+    @property
+    def window_calls(self) -> int: ...
+    @property
+    def failure_rate(self) -> float | None: ...
+
+
+class HasBreakers(Protocol):
+    @property
+    def upstreams(self) -> Sequence[BreakerReport]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerState:
+    """One breaker of one pod, as kept between reports: only what the fleet view reads."""
+
+    name: str
+    policy: str
+    state: str
+    mode: str
+    trips: int
+    window_calls: int
+    failure_rate: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class PodReport:
+    """The latest report of one pod, with when it arrived (operator's monotonic clock).
+
+    Kept for every reporting pod, so it is slim: a few hundred bytes instead of the parsed report's
+    few kilobytes (its figures and transitions are logged or aggregated, not kept), strings interned.
+    """
+
+    pod_uid: str
+    config_hash: str
+    upstreams: tuple[BreakerState, ...]
     received_at: float
+
+    @classmethod
+    def of(cls, report: SidecarReport, received_at: float) -> PodReport:
+        return cls(
+            pod_uid=report.pod_uid,
+            config_hash=sys.intern(report.config_hash),
+            upstreams=tuple(
+                BreakerState(
+                    name=sys.intern(u.name),
+                    policy=sys.intern(u.policy),
+                    state=sys.intern(u.state),
+                    mode=sys.intern(u.mode),
+                    trips=u.trips,
+                    window_calls=u.window_calls,
+                    failure_rate=u.failure_rate,
+                )
+                for u in report.upstreams
+            ),
+            received_at=received_at,
+        )
 
 
 @dataclass(frozen=True)
@@ -72,7 +137,7 @@ def fleet_state(open_: int, half_open: int, closed: int) -> str:
     return "Mixed"
 
 
-def _rate(reports: Iterable[UpstreamReport]) -> float | None:
+def _rate(reports: Iterable[BreakerReport]) -> float | None:
     weighted, calls = 0.0, 0
     for r in reports:
         if r.failure_rate is not None and r.window_calls:
@@ -81,7 +146,7 @@ def _rate(reports: Iterable[UpstreamReport]) -> float | None:
     return weighted / calls if calls else None
 
 
-def aggregate(policy: str, upstream: str, reports: Iterable[SidecarReport]) -> UpstreamFleet:
+def aggregate(policy: str, upstream: str, reports: Iterable[HasBreakers]) -> UpstreamFleet:
     mine = [u for r in reports for u in r.upstreams if u.name == upstream and u.policy == policy]
     observe = any(u.mode == "Observe" for u in mine)
     open_ = sum(1 for u in mine if u.state == "Open")

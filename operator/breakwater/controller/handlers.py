@@ -21,7 +21,8 @@ import kopf
 from breakwater.api.bundle import bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
 from breakwater.api.report import SidecarReport
-from breakwater.controller import webhook
+from breakwater.controller import memory, webhook
+from breakwater.controller.fleet import PodReport
 from breakwater.controller.pods import PodIndex
 from breakwater.controller.pods import facts as pod_facts
 from breakwater.controller.refresher import PolicyRecord, Refresher
@@ -113,14 +114,18 @@ async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> 
     context.load_cert_chain(served.cert_dir / "tls.crt", served.cert_dir / "tls.key")
     await server.start(host=ours.report_listen_host, port=ours.report_listen_port, ssl_context=context)
     memo["report_server"] = server
-    memo["refresher_task"] = asyncio.create_task(refresher.run(), name="breakwater-status-loop")
+    memo["background"] = [
+        asyncio.create_task(refresher.run(), name="breakwater-status-loop"),
+        asyncio.create_task(memory.trim_forever(), name="breakwater-memory-trim"),
+    ]
 
 
 @kopf.on.cleanup()
 async def stop_background(*, memo: Any, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get("refresher_task")
-    if task is not None:
+    tasks: list[asyncio.Task[None]] = memo.get("background") or []
+    for task in tasks:
         task.cancel()
+    for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     server: ReportServer | None = memo.get("report_server")
@@ -144,11 +149,11 @@ async def _labels_from_api(state: OperatorState, index: PodIndex, namespace: str
     return tuple(sorted(labels.items())) if labels is not None else None
 
 
-def _signature(report: SidecarReport) -> tuple[object, ...]:
+def _signature(report: SidecarReport | PodReport) -> tuple[object, ...]:
     return (report.config_hash, tuple((u.policy, u.name, u.state, u.mode) for u in report.upstreams))
 
 
-def _on_report(refresher: Refresher, report: SidecarReport, before: SidecarReport | None) -> None:
+def _on_report(refresher: Refresher, report: SidecarReport, before: PodReport | None) -> None:
     """A report changes a status only when a breaker state or the config it runs changed: mark those
     policies; figures alone wait for the loop's sweep."""
     if before is None:

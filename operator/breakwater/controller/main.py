@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import ctypes
 import logging
 import os
 import sys
 
+from breakwater.controller import memory
 from breakwater.controller import settings as operator_settings
 
 
@@ -29,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if settings.kubeconfig:
         os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads it
-    _fewer_malloc_arenas()
+    memory.fewer_malloc_arenas()
     import kopf
 
     from breakwater.controller import handlers  # noqa: F401  (registers the handlers)
@@ -43,17 +42,6 @@ def run(args: argparse.Namespace) -> int:
         memo=kopf.Memo(settings=settings),
     )
     return 0
-
-
-M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def _fewer_malloc_arenas() -> None:
-    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and the API calls
-    that run in worker threads would each keep one mostly empty: cap them at two, as MALLOC_ARENA_MAX=2
-    would, before any thread starts."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
 
 
 def _event_loop() -> asyncio.AbstractEventLoop | None:

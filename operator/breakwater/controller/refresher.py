@@ -23,7 +23,7 @@ from breakwater.api.bundle import PolicyBundle
 from breakwater.controller.fleet import TransitionClock
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.reports import FleetStore
-from breakwater.controller.resolutions import Resolutions
+from breakwater.controller.resolutions import Resolutions, Verdict
 from breakwater.controller.state import OperatorState
 from breakwater.controller.status import desired_status, fleet_view, significant, view_pods, without_times
 
@@ -165,8 +165,8 @@ class Refresher:
         bundles = await state.bundles.get(namespace)
         bundle: PolicyBundle | None = bundles.get(name)
 
-        def resolver(labels: tuple[tuple[str, str], ...]) -> Any:
-            return self.resolutions.resolve(namespace, labels, bundles)
+        def resolver(labels: tuple[tuple[str, str], ...]) -> Verdict:
+            return self.resolutions.verdict(namespace, labels, bundles)
 
         policy_id = f"{namespace}/{name}"
         view = view_pods(policy_id, bundle, self.pods_of(namespace), resolver)

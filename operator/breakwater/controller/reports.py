@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import socket
 import ssl
 import time
@@ -66,7 +67,7 @@ class FleetStore:
     forged: int = 0
 
     def record(self, report: SidecarReport) -> None:
-        self.reports.setdefault(report.namespace, {})[report.pod] = PodReport(report, time.monotonic())
+        self.reports.setdefault(report.namespace, {})[report.pod] = PodReport.of(report, time.monotonic())
 
     def in_namespace(self, namespace: str) -> dict[str, PodReport]:
         return self.reports.get(namespace, {})
@@ -80,6 +81,7 @@ class FleetStore:
 class Authenticator:
     api: Any
     _cache: dict[str, tuple[tokenreview.PodIdentity, float]] = field(default_factory=dict)
+    _purged_at: float = 0.0
 
     async def identify(self, request: web.Request) -> tuple[tokenreview.PodIdentity, float]:
         """The pod a request's token is bound to, and the token's expiry (wall clock)."""
@@ -98,9 +100,12 @@ class Authenticator:
         except tokenreview.NotAuthenticated as exc:
             logger.warning("rejected a request from %s: %s", request.remote, exc)
             raise web.HTTPUnauthorized(text=f"token rejected: {exc}") from exc
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[key] = (identity, time.monotonic() + TOKEN_CACHE_SECONDS)
+        now = time.monotonic()
+        if now - self._purged_at > TOKEN_CACHE_SECONDS:
+            # A session lasts up to an hour: most verdicts are never asked for again. Keep only live ones.
+            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+            self._purged_at = now
+        self._cache[key] = (identity, now + TOKEN_CACHE_SECONDS)
         return identity, token_expiry(token)
 
 
@@ -148,7 +153,7 @@ class ReportServer:
     secret: bytes  # signs session keys; derived from the serving key so sessions survive a restart
     admin_port: int = SIDECAR_ADMIN_PORT
     proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
-    on_report: Callable[[SidecarReport, SidecarReport | None], None] | None = None  # (new, previous)
+    on_report: Callable[[SidecarReport, PodReport | None], None] | None = None  # (new, the pod's previous)
     resolve_labels: Callable[[str, str], Awaitable[Labels | None]] | None = None  # before the index syncs
     auth: Authenticator = field(init=False)
     resolutions: Resolutions = field(init=False)
@@ -230,7 +235,7 @@ class ReportServer:
             labels = await self.resolve_labels(namespace, pod)
         if labels is None:
             return None
-        return (await self.resolutions.get(namespace, labels)).config
+        return await self.resolutions.config(namespace, labels)
 
     async def handle_config(self, request: web.Request) -> web.Response:
         identity, _ = await self.auth.identify(request)
@@ -238,7 +243,11 @@ class ReportServer:
         pod = request.query.get("pod", identity.pod)
         _check_claim(identity, namespace, pod, request.query.get("uid", ""))
         running = request.query.get("hash", "")
-        wait = min(float(request.query.get("wait", "0") or 0), LONG_POLL_MAX_SECONDS)
+        try:
+            wait = float(request.query.get("wait", "0") or 0)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text="wait must be a number of seconds") from exc
+        wait = min(wait, LONG_POLL_MAX_SECONDS) if math.isfinite(wait) else 0.0
         deadline = time.monotonic() + wait
         while True:
             version = self.bundles.version(namespace)
@@ -317,7 +326,7 @@ class ReportServer:
                 report.namespace, report.pod, t.upstream, t.from_state, t.to_state, t.reason,
             )  # fmt: skip
         if self.on_report is not None:
-            self.on_report(report, before.report if before else None)
+            self.on_report(report, before)
         self._answer(report.namespace, report.pod, report.seq)
 
     def _answer(self, namespace: str, pod: str, seq: int) -> None:
@@ -325,7 +334,7 @@ class ReportServer:
         if labels is not None:
             found = self.resolutions.cached(namespace, labels)
             if found is not None:
-                self._send_answer(namespace, pod, seq, found.config)
+                self._send_answer(namespace, pod, seq, found.config_hash)
                 return
         task = asyncio.get_running_loop().create_task(self._answer_slowly(namespace, pod, seq))
         self._tasks.add(task)
@@ -333,17 +342,20 @@ class ReportServer:
 
     async def _answer_slowly(self, namespace: str, pod: str, seq: int) -> None:
         try:
-            config = await self.desired(namespace, pod)
+            labels = self.pod_labels(namespace, pod)
+            if labels is None and self.resolve_labels is not None:
+                labels = await self.resolve_labels(namespace, pod)
+            wanted = (await self.resolutions.get(namespace, labels)).config_hash if labels is not None else ""
         except Exception as exc:  # the API is away: the sidecar keeps its config and reports again
             logger.warning("cannot resolve the config of pod %s/%s: %s", namespace, pod, exc)
             return
-        self._send_answer(namespace, pod, seq, config)
+        self._send_answer(namespace, pod, seq, wanted)
 
-    def _send_answer(self, namespace: str, pod: str, seq: int, config: SidecarConfig | None) -> None:
+    def _send_answer(self, namespace: str, pod: str, seq: int, config_hash: str) -> None:
         peer = self.store.peers.get(namespace, {}).get(pod)
         if peer is None or self._transport is None:
             return
-        answer = datagram.Answer(seq=seq, config_hash=config.config_hash if config else "")
+        answer = datagram.Answer(seq=seq, config_hash=config_hash)
         self._transport.sendto(datagram.answer_datagram(peer.key, answer), peer.address)
 
     def _bundles_changed(self, namespace: str) -> None:
@@ -361,13 +373,12 @@ class ReportServer:
             if labels is None:
                 continue
             try:
-                config = (await self.resolutions.get(namespace, labels)).config
+                wanted = (await self.resolutions.get(namespace, labels)).config_hash
             except Exception as exc:
                 logger.warning("cannot tell the sidecars of %s about a policy change: %s", namespace, exc)
                 return
             report = self.store.in_namespace(namespace).get(pod)
-            running = report.report.config_hash if report else ""
-            wanted = config.config_hash if config else ""
+            running = report.config_hash if report else ""
             if wanted and wanted != running and self._transport is not None:
                 self._transport.sendto(
                     datagram.answer_datagram(peer.key, datagram.Answer(config_hash=wanted)), peer.address

@@ -61,7 +61,7 @@ class BundleCache:
     """Per-namespace bundles: updated by our own writes, re-read from the ConfigMap after `ttl` seconds."""
 
     api: Any
-    ttl: float = 30.0  # our own writes update it at once; this only catches hand edits of the ConfigMap
+    ttl: float = 30.0  # our own writes update it at once; this catches keys written by others
     _entries: dict[str, _Entry] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     _versions: dict[str, int] = field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import CONDITION_ACCEPTED, CONDITION_CIRCUIT_OPEN, CONDITION_READY
@@ -22,7 +22,7 @@ from breakwater.controller.fleet import (
 )
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.state import ReconcileOutcome
-from breakwater.injection.resolve import Conflict, Resolution
+from breakwater.injection.resolve import Conflict
 from breakwater.injection.selectors import matches
 
 CONDITION_CONFLICT = "Conflict"
@@ -38,7 +38,16 @@ class PodView:
     conflicts: tuple[Conflict, ...]
 
 
-Resolver = Callable[[tuple[tuple[str, str], ...]], Resolution]  # a pod's labels -> what it should run
+class Verdict(Protocol):
+    """What the status needs of a resolution (a `Resolution` or a memoized `Verdict`)."""
+
+    @property
+    def config_hash(self) -> str: ...
+    @property
+    def conflicts(self) -> tuple[Conflict, ...]: ...
+
+
+Resolver = Callable[[tuple[tuple[str, str], ...]], Verdict]  # a pod's labels -> what it should run
 
 
 def view_pods(
@@ -256,13 +265,13 @@ def fleet_view(
         got = reports.get(pod.name)
         if got is None:
             continue
-        if now - got.received_at > stale_after or (got.report.pod_uid and got.report.pod_uid != pod.uid):
+        if now - got.received_at > stale_after or (got.pod_uid and got.pod_uid != pod.uid):
             stale += 1
             continue
-        fresh.append(got.report)
+        fresh.append(got)
         if pod.labels not in expected:
             expected[pod.labels] = resolver(pod.labels).config_hash
-        if got.report.config_hash == expected[pod.labels]:
+        if got.config_hash == expected[pod.labels]:
             reporting += 1
         else:
             stale += 1

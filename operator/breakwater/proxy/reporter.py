@@ -235,6 +235,8 @@ class Reporter:
             if answer.seq >= self._carried_seq and self._carried:
                 del self._pending[: self._carried]
                 self._carried = 0
+                if self._pending:  # more than one report could carry: send the rest now
+                    self._wake.set()
         stale = answer.config_hash and answer.config_hash != self.sidecar.routes.config_hash
         if stale and (self._fetching is None or self._fetching.done()):
             self._fetching = asyncio.get_running_loop().create_task(self._fetch_config())

@@ -453,12 +453,6 @@ async def test_a_refused_session_is_retried_and_reports_start_once_it_is_granted
     assert first.session_id == operator.grants[0].session_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reporter.py: transitions beyond MAX_TRANSITIONS_PER_REPORT wait for the next summary "
-    "(up to `interval`) once the first 16 are answered: _on_datagram does not wake the report loop "
-    "when transitions remain pending",
-)
 async def test_transitions_beyond_one_reports_worth_follow_as_soon_as_the_first_are_answered(
     start_reporter: StartReporter, operator: OperatorStandIn
 ) -> None:
