@@ -25,12 +25,23 @@ from breakwater.controller.pods import PodFacts
 from breakwater.controller.reports import FleetStore
 from breakwater.controller.resolutions import Resolutions, Verdict
 from breakwater.controller.state import OperatorState
-from breakwater.controller.status import desired_status, fleet_view, significant, view_pods, without_times
+from breakwater.controller.status import (
+    desired_status,
+    figures_moved,
+    fleet_view,
+    significant,
+    view_pods,
+    without_times,
+)
 
 logger = logging.getLogger("breakwater.controller.refresher")
 
 Key = tuple[str, str]  # (namespace, name)
-FIGURES_EVERY_SECONDS = 10.0  # failure rates and trips alone are written at most this often
+# Figures alone (failure rates, trips) are written at most every 10 s when they moved (5 points of
+# failure rate, or trips), and drift of less is written at most every 60 s: a fleet under traffic
+# changes its rates on every report, and each write is a watch event for every client of the API.
+FIGURES_EVERY_SECONDS = 10.0
+DRIFT_EVERY_SECONDS = 60.0
 
 
 @dataclass
@@ -196,11 +207,12 @@ class Refresher:
         if without_times(wanted) == without_times(comparable_previous):
             return
         # State changes are written at once; figures alone (failure rate, trips) at most every 10 s.
-        if (
-            significant(wanted) == significant(comparable_previous)
-            and time.monotonic() - state.last_write.get(key, 0) < FIGURES_EVERY_SECONDS
-        ):
-            return  # the sweep comes back when the figures may be written
+        if significant(wanted) == significant(comparable_previous):
+            since = time.monotonic() - state.last_write.get(key, 0)
+            if since < FIGURES_EVERY_SECONDS:
+                return  # the sweep comes back when the figures may be written
+            if since < DRIFT_EVERY_SECONDS and not figures_moved(wanted, comparable_previous):
+                return
         patch: dict[str, Any] = {}
         for field_name, value in wanted.items():
             old = previous.get(field_name)

@@ -55,7 +55,15 @@ def view_pods(
 ) -> PodView:
     if bundle is None:
         return PodView((), (), ())
-    selected = tuple(p for p in pods if not p.opted_out and matches(bundle.selector, p.label_map))
+    matched: dict[tuple[tuple[str, str], ...], bool] = {}  # pods of one workload share their labels
+
+    def selects(pod: PodFacts) -> bool:
+        found = matched.get(pod.labels)
+        if found is None:
+            found = matched[pod.labels] = matches(bundle.selector, pod.label_map)
+        return found
+
+    selected = tuple(p for p in pods if not p.opted_out and selects(p))
     injected = tuple(p for p in selected if p.injected)
     conflicts: dict[tuple[str, str], Conflict] = {}
     seen_label_sets: set[tuple[tuple[str, str], ...]] = set()
@@ -279,6 +287,23 @@ def fleet_view(
     return FleetView(
         upstreams=upstreams, reporting=reporting, stale=stale, hold=grace and len(fresh) < len(view.injected)
     )
+
+
+def figures_moved(wanted: Mapping[str, Any], stored: Mapping[str, Any], *, rate_step: float = 0.05) -> bool:
+    """Whether the figures alone moved enough to be worth a write: trips changed, or a failure rate
+    moved by `rate_step` or more (5 points by default) or appeared or went away."""
+    before = {u.get("name"): u for u in stored.get("upstreams") or ()}
+    for upstream in wanted.get("upstreams") or ():
+        old = before.get(upstream.get("name")) or {}
+        if upstream.get("trips") != old.get("trips"):
+            return True
+        new_rate, old_rate = upstream.get("failureRate"), old.get("failureRate")
+        if new_rate is None or old_rate is None:
+            if (new_rate is None) != (old_rate is None):
+                return True
+        elif abs(float(new_rate) - float(old_rate)) >= rate_step:
+            return True
+    return False
 
 
 def significant(status: Mapping[str, Any]) -> dict[str, Any]:
