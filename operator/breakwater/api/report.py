@@ -1,8 +1,8 @@
 """The report channel between sidecars and the operator: what a sidecar says, what the operator answers.
 
-A sidecar POSTs a `SidecarReport` at once on each breaker transition and as a periodic summary; the
-operator answers with the config hash the pod should run and, when it differs, the config itself. A
-long poll (`GET /v1/config?hash=H`) delivers policy edits within about a second between reports.
+A sidecar sends a `SidecarReport` at once on each breaker transition and as a periodic summary, as a
+signed datagram (`api/datagram.py`); the operator answers with the config hash the pod should run. A
+sidecar told another hash than it runs fetches `GET /v1/config?hash=H`, answered with a `ConfigReply`.
 Times are wall-clock seconds since the epoch (the sidecar's clock).
 """
 
@@ -16,7 +16,6 @@ from pydantic.alias_generators import to_camel
 from breakwater.api.sidecar import SidecarConfig
 
 REPORT_VERSION = 1
-REPORT_PATH = "/v1/report"
 CONFIG_PATH = "/v1/config"
 
 BreakerState = Literal["Closed", "Open", "HalfOpen"]

@@ -33,8 +33,9 @@ from breakwater.controller.state import BundleCache, OperatorState, ReconcileOut
 from breakwater.injection import pod as injection
 from breakwater.injection.render import RenderError, render_bundle
 from breakwater.injection.resolve import resolve
-from breakwater.k8s import configmaps, events, policies
+from breakwater.k8s import configmaps, events
 from breakwater.k8s import pods as pod_api
+from breakwater.k8s.aio import AsyncApi
 from breakwater.k8s.client import api_client
 from breakwater.k8s.podwatch import PodWatch
 
@@ -80,6 +81,8 @@ async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> 
     watch.start(asyncio.get_running_loop())
     memo["pod_watch"] = watch
 
+    writer = AsyncApi(api)
+    memo["writer"] = writer
     store = FleetStore()
     key_pem = (served.cert_dir / "tls.key").read_bytes()
     server = ReportServer(
@@ -98,14 +101,10 @@ async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> 
         store=store,
         resolutions=server.resolutions,
         pods_of=lambda ns: list(index.in_namespace(ns)),
-        write_status=lambda ns, name, status: asyncio.to_thread(
-            policies.patch_status, api, namespace=ns, name=name, status=status
-        ),
+        write_status=writer.patch_policy_status,
         stale_after=ours.stale_after_seconds,
         on_refresh=lambda record: _expire_override(record, state),
-        post_event=lambda body, kind, reason, message: asyncio.to_thread(
-            events.post, api, involved=body, kind=kind, reason=reason, message=message
-        ),
+        post_event=lambda body, kind, reason, message: _post_event(writer, body, kind, reason, message),
     )
     memo["refresher"] = refresher
     server.on_report = lambda report, before: _on_report(refresher, report, before)
@@ -134,6 +133,16 @@ async def stop_background(*, memo: Any, **_: Any) -> None:
     watch: PodWatch[Any] | None = memo.get("pod_watch")
     if watch is not None:
         await asyncio.to_thread(watch.stop)
+    writer: AsyncApi | None = memo.get("writer")
+    if writer is not None:
+        await writer.close()
+
+
+async def _post_event(
+    writer: AsyncApi, involved: dict[str, Any], kind: str, reason: str, message: str
+) -> None:
+    body = events.event_body(involved=involved, kind=kind, reason=reason, message=message)
+    await writer.create_event(body["metadata"]["namespace"], body)
 
 
 def _labels(index: PodIndex, namespace: str, pod: str) -> Labels | None:

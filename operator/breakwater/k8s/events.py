@@ -6,12 +6,10 @@ import datetime
 import socket
 from typing import Any
 
-from kubernetes import client
-
 COMPONENT = "breakwater-operator"
 
 
-def post(api: client.ApiClient, *, involved: dict[str, Any], kind: str, reason: str, message: str) -> None:
+def event_body(*, involved: dict[str, Any], kind: str, reason: str, message: str) -> dict[str, Any]:
     """A core/v1 Event about `involved` (a body with apiVersion, kind and metadata name/namespace/uid)."""
     meta = involved.get("metadata") or {}
     namespace = str(meta.get("namespace") or "default")
@@ -35,4 +33,4 @@ def post(api: client.ApiClient, *, involved: dict[str, Any], kind: str, reason: 
         "reportingComponent": COMPONENT,
         "reportingInstance": socket.gethostname()[:128],
     }
-    client.CoreV1Api(api).create_namespaced_event(namespace, body)
+    return body
