@@ -1,11 +1,13 @@
 """Issue 6 benchmark: policy edit -> every sidecar running the new config, with 10 real sidecars and
-100 simulated long-poll clients.
+100 simulated ones.
 
 Real: `SidecarFleet` runs one `breakwater proxy` per injected kwok pod; its ConfigMap mount is only
-refreshed every 60 s (as a kubelet would), so the live channel (the long poll to the operator) is what
-delivers the edit. Each sidecar's `/stats` `configHash` is polled every `--poll-ms` ms.
-Simulated: 100 clients each hold `GET /v1/config?hash=H&wait=25` open with the pod's own bound token
-(one connection per pod, like real sidecars) and record when the new hash arrives.
+refreshed every 60 s (as a kubelet would), so the live channel (the operator's notice over the report
+channel, then a config fetch) is what delivers the edit. Each sidecar's `/stats` `configHash` is
+polled every `--poll-ms` ms.
+Simulated: 100 `opbench.SimFleet` sidecars (a session each with the pod's own bound token, signed
+report datagrams every 5 s); when the operator tells one its config changed, it fetches
+`GET /v1/config` as a real sidecar does, and the time the new config arrives is recorded.
 
 An edit is `kubectl patch cbp payments --type=merge -p '{"spec":{"timeout":...}}'`, timed from just
 before kubectl starts. Reported: per edit, the time until the last sidecar runs the new config
@@ -18,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import ssl
 import time
 from typing import Any
 
@@ -129,85 +129,39 @@ async def run_sim(bench: ob.Bench, api: ob.Api, size: int, edits: int) -> dict[s
     namespace = f"sim-{size}"
     await setup(bench, api, namespace, size, 8080)
     sims = await ob.sim_pods_for(api, namespace, policy_of={"checkout": f"{namespace}/payments"})
-    ctx = ssl.create_default_context(cadata=bench.operator.ca_pem())
-    ctx.check_hostname = False
-    session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(ssl=ctx, limit=0), timeout=aiohttp.ClientTimeout(total=40)
-    )
-    received: dict[str, dict[str, float]] = {}  # hash -> pod -> monotonic arrival
-    current: dict[str, str] = {}
-    errors: list[str] = []
-
-    async def client(pod: ob.SimPod) -> None:
-        headers = {"Authorization": f"Bearer {pod.token}"}
-        while True:
-            params = {
-                "hash": current.get(pod.name, ""),
-                "wait": "25",
-                "namespace": pod.namespace,
-                "pod": pod.name,
-                "uid": pod.uid,
-            }
-            try:
-                async with session.get(
-                    bench.operator.report_url + "/v1/config", params=params, headers=headers
-                ) as r:
-                    body = await r.json()
-                    now = time.monotonic()
-                    if r.status != 200:
-                        errors.append(f"http {r.status}")
-                        await asyncio.sleep(1)
-                        continue
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                errors.append(type(exc).__name__)
-                await asyncio.sleep(1)
-                continue
-            h = body["configHash"]
-            if h != current.get(pod.name):
-                current[pod.name] = h
-                received.setdefault(h, {})[pod.name] = now
-
-    tasks = [asyncio.create_task(client(p)) for p in sims]
+    fleet = ob.SimFleet(bench.operator.report_url, bench.operator.ca_pem(), sims, fetch_on_notice=True)
+    fleet.start()
     try:
         deadline = time.monotonic() + 30
-        while len(current) < size or len(set(current.values())) != 1:
+        while len({p.config_hash for p in sims} - {""}) != 1 or any(not p.config_hash for p in sims):
             if time.monotonic() > deadline:
-                raise RuntimeError("simulated clients do not agree on one config")
+                raise RuntimeError("simulated sidecars do not agree on one config")
             await asyncio.sleep(0.2)
-        await asyncio.sleep(1)  # every client is parked in its long poll
-        ob.log(f"{size} simulated long-poll clients parked")
+        ob.log(f"{size} simulated sidecars report and run one config")
         per_edit = []
         cpu = ob.CpuWindow(bench.operator.pid).start()
         for i in range(edits):
-            before = next(iter(current.values()))
+            before = sims[0].config_hash
             started = time.monotonic()
             await kubectl_patch(bench, namespace, 900 + 10 * (i % 2) + i)
             limit = started + 15
             while time.monotonic() < limit:
-                new = [
-                    h
-                    for h in received
-                    if h != before and len(received[h]) == size and h == current[sims[0].name]
-                ]
+                new = [h for h, pods in fleet.fetched.items() if h != before and len(pods) == size]
                 if new:
-                    per_edit.append([t - started for t in received[new[0]].values()])
+                    per_edit.append([t - started for t in fleet.fetched[new[0]].values()])
                     break
                 await asyncio.sleep(0.01)
             else:
-                raise RuntimeError(f"edit {i}: not every client got the new config in 15 s")
+                raise RuntimeError(f"edit {i}: not every simulated sidecar got the new config in 15 s")
+            fleet.fetched.clear()
             await asyncio.sleep(1.5)
         cpu.stop()
-        out = summarize(per_edit, size, "simulated long poll")
-        out["errors"] = len(errors)
+        out = summarize(per_edit, size, "simulated")
+        out["errors"] = sum(fleet.errors.values())
         out["operator_cpu_percent"] = cpu.percent
         return out
     finally:
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        await session.close()
+        await fleet.stop()
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -233,7 +187,7 @@ async def main(args: argparse.Namespace) -> None:
     body = f"""
 Each edit changes `spec.timeout` with `kubectl patch`; time runs from just before kubectl starts (so it
 includes kubectl's own start-up, ~0.1 s) to the moment the sidecar runs (real: `/stats` `configHash`,
-polled every {args.poll_ms} ms) or receives (simulated: the long-poll reply) the new config.
+polled every {args.poll_ms} ms) or receives (simulated: the reply to its config fetch) the new config.
 
 {ob.md_table(HEADERS, rows)}
 

@@ -698,6 +698,8 @@ class SimFleet:
     post_latencies: list[float] = field(default_factory=list)  # report sent -> its answer arrived
     transition_latencies: list[float] = field(default_factory=list)  # transition -> answer arrived
     config_notices: list[tuple[str, float]] = field(default_factory=list)  # (hash, when) unasked answers
+    fetch_on_notice: bool = False  # fetch the config when told it changed, as a real sidecar does
+    fetched: dict[str, dict[str, float]] = field(default_factory=dict)  # hash -> pod -> when it arrived
     errors: dict[str, int] = field(default_factory=dict)
     sent: int = 0
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -769,7 +771,11 @@ class SimFleet:
             return
         if answer.seq < 0:
             self.config_notices.append((answer.config_hash, time.monotonic()))
-            pod.config_hash = answer.config_hash or pod.config_hash
+            if self.fetch_on_notice and answer.config_hash and answer.config_hash != pod.config_hash:
+                task = asyncio.get_running_loop().create_task(self._fetch_config(pod))
+                self._tasks.append(task)
+            else:
+                pod.config_hash = answer.config_hash or pod.config_hash
             return
         inflight = self._inflight.get(pod_key(pod))
         if inflight is None or inflight[0] != answer.seq:
@@ -782,6 +788,23 @@ class SimFleet:
             pod.config_hash = answer.config_hash
         if answer.seq >= pod.carried_seq:
             pod.pending = []
+
+    async def _fetch_config(self, pod: SimPod) -> None:
+        """What a sidecar does when told its config changed: GET /v1/config with its token."""
+        assert self._http is not None
+        params = {"hash": pod.config_hash, "namespace": pod.namespace, "pod": pod.name, "uid": pod.uid}
+        headers = {"Authorization": f"Bearer {pod.token}"}
+        try:
+            async with self._http.get(self.url + "/v1/config", params=params, headers=headers) as r:
+                body = await r.json()
+                if r.status != 200:
+                    self._error(f"config http {r.status}")
+                    return
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self._error(f"config {type(exc).__name__}")
+            return
+        pod.config_hash = str(body.get("configHash") or pod.config_hash)
+        self.fetched.setdefault(pod.config_hash, {})[pod_key(pod)] = time.monotonic()
 
     async def _loop(self, pod: SimPod, first_delay: float) -> None:
         wake = self._wake.setdefault(pod_key(pod), asyncio.Event())

@@ -1,11 +1,12 @@
 """Push or scrape, measured at 100 and 1,000 sidecars.
 
-Push (what Breakwater does): the real operator's report endpoint receives simulated reports with real
-pod-bound tokens of real kwok pods: a summary every 5 s per pod, and a transition report at once
-whenever a breaker flips. `--flips` pods per second flip state. Measured: the operator's CPU over the
-window minus its CPU with the same policies and pods but no reports (its 1 s timers), transition ->
-operator latency (from the transition to the operator's 200, which it sends after storing the report),
-TokenReviews per second at the API server (cached 60 s per token), status PATCHes per second.
+Push (what Breakwater does): the real operator's report channel receives simulated sidecars' signed
+report datagrams, each sidecar holding a session opened over HTTPS with the real pod-bound token of a
+real kwok pod: a summary every 5 s per pod, and a transition report at once whenever a breaker flips.
+`--flips` pods per second flip state. Measured: the operator's CPU over the window minus its CPU with
+the same policies and pods but no reports, transition -> operator latency (from the transition to the
+operator's answer datagram, which it sends after storing the report), TokenReviews per second at the
+API server (one per session), status PATCHes per second.
 
 Scrape (the alternative): a minimal poller written here, not in the operator. A separate "farm"
 process serves `/stats` (the real document's shape, one upstream) on N pod-like addresses
@@ -318,8 +319,8 @@ async def push(args: argparse.Namespace) -> list[dict[str, Any]]:
                 idle.stop()
                 fleet.pods.extend(sims)
                 fleet.start(sims)
-                # Past the first TokenReview of every new pod and into the 60 s cache's re-reviews, so the
-                # window shows the steady TokenReview rate (about N/60 per second).
+                # Past every new pod's session request (one TokenReview each), so the window shows the
+                # steady state: datagrams only.
                 await asyncio.sleep(args.push_warmup)
                 m0 = ob.request_counts(ob.parse_metrics(await api.metrics_text()))
                 fleet.post_latencies.clear()
@@ -339,7 +340,7 @@ async def push(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "mode": "push",
                     "sidecars": len(fleet.pods),
                     "interval_seconds": 5.0,
-                    "auth": "pod-bound token + TokenReview (cached 60 s), TLS",
+                    "auth": "HMAC-signed datagrams; session over TLS per token (TokenReview)",
                     "transition_to_operator_seconds": ob.summary(fleet.transition_latencies),
                     "operator_side_cpu_percent": round(cpu.percent - idle.percent, 1),
                     "operator_cpu_percent_total": cpu.percent,
@@ -378,12 +379,12 @@ def render(args: argparse.Namespace, machine: dict[str, Any], results: list[dict
     ]  # fmt: skip
     body = f"""
 {args.flips:g} breakers flip per second in every configuration; window {args.window:g} s per scrape row, and
-{args.push_window:g} s per push row, starting {args.push_warmup:g} s after the pods began to report (so
-it holds the 60 s token cache's re-reviews).
+{args.push_window:g} s per push row, starting {args.push_warmup:g} s after the pods began to report (past
+their session requests).
 "operator-side CPU" is, for push, the operator's CPU over the window minus its CPU with the same
 policies and pods but no reports; for scrape, the scraper process's CPU (it does nothing else). 100 % =
-one core of the 2. Transition → operator: push, from the transition to the operator's 200 (after it
-stored the report); scrape, from the flip (`stateSince`) to the scrape that saw it.
+one core of the 2. Transition → operator: push, from the transition to the operator's answer datagram
+(sent after it stored the report); scrape, from the flip (`stateSince`) to the scrape that saw it.
 
 {ob.md_table(columns, rows)}
 
