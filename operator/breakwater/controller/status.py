@@ -301,7 +301,7 @@ def figures_moved(wanted: Mapping[str, Any], stored: Mapping[str, Any], *, rate_
         if new_rate is None or old_rate is None:
             if (new_rate is None) != (old_rate is None):
                 return True
-        elif abs(float(new_rate) - float(old_rate)) >= rate_step:
+        elif abs(float(new_rate) - float(old_rate)) >= rate_step - 1e-9:  # rates are rounded to 0.01
             return True
     return False
 
