@@ -83,7 +83,7 @@ class Refresher:
     min_interval: float = 1.0
     sweep: float = 5.0
     tick: float = 0.2
-    concurrency: int = 8  # status writes in flight
+    concurrency: int = 16  # status writes in flight
     records: dict[Key, PolicyRecord] = field(default_factory=dict)
     writes: int = 0
     _dirty: set[Key] = field(default_factory=set)

@@ -25,7 +25,7 @@ class ApiError(Exception):
 
 
 class AsyncApi:
-    def __init__(self, api: client.ApiClient, *, connections: int = 8, timeout: float = 30.0) -> None:
+    def __init__(self, api: client.ApiClient, *, connections: int = 16, timeout: float = 30.0) -> None:
         self._api = api
         self._configuration = api.configuration
         self._connections = connections
