@@ -347,7 +347,7 @@ operator CPU {pause.get("cpu_percent", {}).get("operator")}%,
 status PATCH/s {pause.get("status_patches_per_second")}.
 """
     ob.write_results(
-        "operator-scale", title="Operator: CPU, memory and API-server load with policies and reporting pods",
+        args.results, title="Operator: CPU, memory and API-server load with policies and reporting pods",
         machine=machine, body_md=body,
         data={"steps": steps, **extra, "stopped": stopped, "args": vars(args)},
     )  # fmt: skip
@@ -372,6 +372,9 @@ if __name__ == "__main__":
     )
     parser.add_argument("--settle-max", type=float, default=150.0, help="most seconds to wait for a calm")
     parser.add_argument("--window", type=float, default=60.0)
+    parser.add_argument(
+        "--results", default="operator-scale", help="name of the result files in bench/results/"
+    )
     parser.add_argument("--pod-limit", type=float, default=900.0, help="seconds to wait for a step's pods")
     parser.add_argument(
         "--force", action="store_true", help="keep growing even when the operator falls behind"
