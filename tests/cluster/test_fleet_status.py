@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -251,6 +252,29 @@ def test_a_forged_report_is_rejected_and_changes_nothing(
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for forged in forgeries:
             sock.sendto(forged, ("127.0.0.1", running_operator.report_port))
+
+    def fetch_config(authorization: str, pod: str, uid: str) -> int:
+        query = urllib.parse.urlencode({"namespace": namespace, "pod": pod, "uid": uid})
+        url = f"https://127.0.0.1:{running_operator.report_port}/v1/config?{query}"
+        request = urllib.request.Request(url, headers={"Authorization": authorization})
+        try:
+            with urllib.request.urlopen(request, timeout=10, context=context) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    # A config fetch proven by the first pod's session: fine for itself, refused for the second pod;
+    # a session id for the second pod with a proof made from the first pod's key is refused outright.
+    assert (
+        fetch_config(datagram.session_authorization(grant["session"], first_key), first.pod, first.uid) == 200
+    )
+    assert (
+        fetch_config(datagram.session_authorization(grant["session"], first_key), second.pod, second.uid)
+        == 403
+    )
+    assert (
+        fetch_config(datagram.session_authorization(second_session, first_key), second.pod, second.uid) == 401
+    )
     time.sleep(2.5)
     assert upstream_status(cluster, namespace, "payments")["state"] == "Closed"
     log = running_operator.tail(300)

@@ -43,6 +43,8 @@ RENEW_MIN_SECONDS = 5.0
 REPORT = b"R"
 ANSWER = b"A"
 RENEW = b"K"
+CONFIG = b"C"  # the tag of a session authorization (HTTPS), never a datagram kind
+SESSION_SCHEME = "Session"
 
 
 class DatagramError(ValueError):
@@ -103,6 +105,28 @@ def session_key(secret: bytes, session_id: str) -> bytes:
 
 def _tag(key: bytes, kind: bytes, body: bytes) -> bytes:
     return hmac.digest(key, kind + body, hashlib.sha256)[:TAG_BYTES].hex().encode()
+
+
+def session_authorization(session_id: str, key: bytes) -> str:
+    """An `Authorization` header value for the operator's HTTPS endpoints (`GET /v1/config`): the
+    session id and a proof of its key. It travels only inside TLS, like the token it stands for, and
+    saves the API server a TokenReview per config fetch (an edit can make a thousand sidecars fetch)."""
+    return f"{SESSION_SCHEME} {session_id} {_tag(key, CONFIG, session_id.encode()).decode()}"
+
+
+def check_session_authorization(secret: bytes, header: str, *, now: float) -> Session:
+    """The session a `session_authorization` header proves, or DatagramError."""
+    scheme, _, rest = header.partition(" ")
+    session_id, _, proof = rest.partition(" ")
+    if scheme != SESSION_SCHEME or not session_id or not proof:
+        raise DatagramError("not a session authorization")
+    session = Session.decode(session_id)
+    if session.expires_at < now:
+        raise DatagramError("the session expired")
+    expected = _tag(session_key(secret, session_id), CONFIG, session_id.encode())
+    if not hmac.compare_digest(proof.encode(), expected):
+        raise DatagramError("bad session proof")
+    return session
 
 
 def report_datagram(session_id: str, key: bytes, body: bytes) -> bytes:

@@ -293,20 +293,31 @@ class Reporter:
             "pod": self.identity.pod,
             "uid": self.identity.uid,
         }
-        try:
-            async with self._http.get(
-                self.url + CONFIG_PATH, params=params, headers=self._headers(), timeout=HTTP_TIMEOUT
-            ) as resp:
-                text = await resp.text()
-                if resp.status != 200:
-                    raise aiohttp.ClientResponseError(
-                        resp.request_info, (), status=resp.status, message=text[:200]
-                    )
-                reply = ConfigReply.model_validate_json(text)
-        except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
-            log.warning("fetching the pod's new config failed (the next answer retries): %s", exc)
+        session = self._session
+        # The session proves who we are without a TokenReview; the token is the fallback (a session
+        # the operator no longer accepts: it restarted with another serving key).
+        ways: list[Callable[[], dict[str, str]]] = [self._headers]
+        if session is not None:
+            proof = datagram.session_authorization(session.session_id, session.key)
+            ways.insert(0, lambda: {"Authorization": proof})
+        for i, way in enumerate(ways):
+            try:
+                async with self._http.get(
+                    self.url + CONFIG_PATH, params=params, headers=way(), timeout=HTTP_TIMEOUT
+                ) as resp:
+                    text = await resp.text()
+                    if resp.status == 401 and i + 1 < len(ways):
+                        continue
+                    if resp.status != 200:
+                        raise aiohttp.ClientResponseError(
+                            resp.request_info, (), status=resp.status, message=text[:200]
+                        )
+                    reply = ConfigReply.model_validate_json(text)
+            except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
+                log.warning("fetching the pod's new config failed (the next answer retries): %s", exc)
+                return
+            await self._maybe_apply(reply)
             return
-        await self._maybe_apply(reply)
 
     async def _maybe_apply(self, reply: ConfigReply) -> None:
         if reply.config is None or reply.config_hash == self.sidecar.routes.config_hash:

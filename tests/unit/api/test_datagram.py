@@ -371,3 +371,23 @@ def test_opening_an_arbitrary_answer_only_ever_raises_datagram_error(data: bytes
         return
     with pytest.raises(DatagramError):
         open_answer(KEY, fields)
+
+
+def test_a_session_authorization_proves_its_session_and_nothing_else() -> None:
+    now = 1_800_000_000.0
+    key = session_key(SECRET, SESSION_ID)
+    header = datagram.session_authorization(SESSION_ID, key)
+    assert datagram.check_session_authorization(SECRET, header, now=now) == SESSION
+    other_id = Session("shop", "other-pod", "", 1_900_000_000).encode()
+    forged = [
+        datagram.session_authorization(SESSION_ID, b"k" * 32),  # a key the operator did not give
+        datagram.session_authorization(other_id, key),  # another session, this session's key
+        header.replace("Session ", "Bearer ", 1),
+        "Session " + SESSION_ID,  # no proof
+        "",
+    ]
+    for bad in forged:
+        with pytest.raises(DatagramError):
+            datagram.check_session_authorization(SECRET, bad, now=now)
+    with pytest.raises(DatagramError, match="expired"):
+        datagram.check_session_authorization(SECRET, header, now=SESSION.expires_at + 1.0)

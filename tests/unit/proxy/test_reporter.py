@@ -345,13 +345,14 @@ async def test_an_answer_with_another_config_hash_makes_the_sidecar_fetch_and_ap
     assert h.sidecar.config is not None
     wanted = h.sidecar.config.model_copy(update={"config_hash": "h2", "generation": 1})
     operator.config_reply = ConfigReply(config_hash="h2", config=wanted)
-    write_token(token_file, "token-2")  # the kubelet rotated it: the fetch reads the file again
 
     operator.answer(first.report.seq, "h2")
     await until(lambda: h.applied, within=3.0, what="on_config called")
     [request] = operator.config_requests
     assert request.query == {"hash": "h1", "namespace": "shop", "pod": "checkout-1", "uid": "uid-1"}
-    assert request.authorization == "Bearer token-2"
+    # The session proves the pod (no TokenReview for a fetch), signed with the session's key.
+    [grant] = operator.grants
+    assert request.authorization == datagram.session_authorization(grant.session_id, grant.key)
     assert h.applied == [wanted]
     assert h.sidecar.routes.config_hash == "h2"
     assert h.reporter.answered == 1
