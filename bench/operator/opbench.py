@@ -790,10 +790,11 @@ class SimFleet:
             pod.pending = []
 
     async def _fetch_config(self, pod: SimPod) -> None:
-        """What a sidecar does when told its config changed: GET /v1/config with its token."""
+        """What a sidecar does when told its config changed: GET /v1/config, proven by its session."""
         assert self._http is not None
         params = {"hash": pod.config_hash, "namespace": pod.namespace, "pod": pod.name, "uid": pod.uid}
-        headers = {"Authorization": f"Bearer {pod.token}"}
+        session_id, key, _ = self._keys[pod_key(pod)]
+        headers = {"Authorization": datagram.session_authorization(session_id, key)}
         try:
             async with self._http.get(self.url + "/v1/config", params=params, headers=headers) as r:
                 body = await r.json()
