@@ -91,7 +91,7 @@ def test_full_pod_bodies_still_work() -> None:
     body = {
         **meta("web-1", annotations=INJECTED),
         "spec": {"containers": [{"name": SIDECAR_NAME}, {"name": "app"}]},
-        "status": {"phase": "Running", "podIP": "10.0.0.1"},
+        "status": {"phase": "Running", "podIP": "127.64.0.1"},
     }
     found = facts(body)
     assert found is not None
