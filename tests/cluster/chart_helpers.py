@@ -36,6 +36,7 @@ CRD_RELATIVE_PATH = Path("files/crds/breakwater.dev_circuitbreakerpolicies.yaml"
 GENERATED_CRD = CHART_DIR / CRD_RELATIVE_PATH
 CRD_NAME = "circuitbreakerpolicies.breakwater.dev"
 WEBHOOK_NAME = "inject.breakwater.dev"
+POLICY_WEBHOOK_NAME = "policies.breakwater.dev"
 
 
 def kubernetes_version() -> str:
@@ -232,10 +233,16 @@ class Rendered:
         return args
 
     @property
+    def webhooks(self) -> dict[str, dict[str, Any]]:
+        found: list[dict[str, Any]] = self.one("MutatingWebhookConfiguration")["webhooks"]
+        by_name = {w["name"]: w for w in found}
+        assert sorted(by_name) == [WEBHOOK_NAME, POLICY_WEBHOOK_NAME], found
+        return by_name
+
+    @property
     def webhook(self) -> dict[str, Any]:
-        webhooks: list[dict[str, Any]] = self.one("MutatingWebhookConfiguration")["webhooks"]
-        assert len(webhooks) == 1, webhooks
-        return webhooks[0]
+        """The sidecar injection webhook."""
+        return self.webhooks[WEBHOOK_NAME]
 
 
 def render(

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +85,30 @@ class OperatorProcess:
                 pass
             time.sleep(0.2)
         raise AssertionError(f"operator not ready within {timeout} s:\n{self.tail()}")
+
+    def wait_webhook_listening(self, timeout: float = 60) -> None:
+        """Return as soon as the webhook port accepts connections (the operator may still be syncing)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.webhook_port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise AssertionError(f"webhook not listening within {timeout} s:\n{self.tail()}")
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """The operator stopped in its tracks (SIGSTOP) inside the block: its caches keep what they hold
+        while the API changes, as when a watch event is late."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process is None:

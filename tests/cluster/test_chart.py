@@ -30,6 +30,7 @@ from breakwater.pki import CertificateAuthority
 from breakwater.testing.controlplane import free_port
 from tests.cluster.chart_helpers import (
     CRD_NAME,
+    POLICY_WEBHOOK_NAME,
     WEBHOOK_NAME,
     ChartNames,
     crd_is_generated,
@@ -165,8 +166,9 @@ def test_helm_install_creates_every_object_and_the_webhook_points_at_the_service
 
     mwc = _get(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
     assert mwc is not None
-    [webhook] = mwc["webhooks"]
-    assert webhook["name"] == WEBHOOK_NAME
+    webhook, policy_webhook = mwc["webhooks"]
+    assert (webhook["name"], policy_webhook["name"]) == (WEBHOOK_NAME, POLICY_WEBHOOK_NAME)
+    assert policy_webhook["clientConfig"]["service"]["path"] == "/expect-policy"
     service_ref = webhook["clientConfig"]["service"]
     assert (service_ref["name"], service_ref["namespace"], service_ref["path"]) == (
         names.service,
@@ -416,7 +418,9 @@ def test_helm_upgrade_changes_the_webhook_and_keeps_the_ca_bundle_the_operator_w
 
     # What the operator does at start-up (--webhook-manage=ca-only): patch its CA into the webhook.
     ca_bundle = base64.b64encode(CertificateAuthority("breakwater-test-ca").cert_pem).decode()
-    patch = [{"op": "add", "path": "/webhooks/0/clientConfig/caBundle", "value": ca_bundle}]
+    patch = [
+        {"op": "add", "path": f"/webhooks/{i}/clientConfig/caBundle", "value": ca_bundle} for i in (0, 1)
+    ]
     cluster.kubectl(
         "patch",
         "mutatingwebhookconfiguration",
@@ -433,8 +437,10 @@ def test_helm_upgrade_changes_the_webhook_and_keeps_the_ca_bundle_the_operator_w
 
     mwc = _get(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
     assert mwc is not None
-    [webhook] = mwc["webhooks"]
+    webhook, policy_webhook = mwc["webhooks"]
     assert (webhook["failurePolicy"], webhook["timeoutSeconds"]) == ("Fail", 10)
+    assert policy_webhook["failurePolicy"] == "Ignore", "a policy write never waits for the operator"
+    assert policy_webhook["clientConfig"].get("caBundle") == ca_bundle
     assert webhook["clientConfig"].get("caBundle") == ca_bundle, (
         "helm upgrade must not wipe the operator's caBundle"
     )
@@ -603,8 +609,9 @@ def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
         cleanup.callback(fleet.stop)
         operator = cleanup.enter_context(_operator_process(args, kubeconfig, log_path))
         bundle = _written_ca_bundle(cluster, names, operator, log_path)
-        route = [{"op": "replace", "path": "/webhooks/0/clientConfig",
-                  "value": {"url": webhook_url + "/inject-sidecar", "caBundle": bundle}}]  # fmt: skip
+        route = [{"op": "replace", "path": f"/webhooks/{i}/clientConfig",
+                  "value": {"url": f"{webhook_url}/{path}", "caBundle": bundle}}
+                 for i, path in enumerate(("inject-sidecar", "expect-policy"))]  # fmt: skip
         cluster.kubectl(
             "patch",
             "mutatingwebhookconfiguration",

@@ -13,7 +13,7 @@ import pytest
 
 from breakwater.controller.pods import PodIndex, facts
 from breakwater.injection.pod import ANNOTATION_INJECTED
-from breakwater.k8s.podwatch import PodWatch
+from breakwater.k8s.listwatch import ListWatch
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.timeout(120)
@@ -83,7 +83,7 @@ async def test_the_index_follows_pods_created_relabelled_finished_and_deleted(
     index = PodIndex()
     changed: list[str] = []
     index.listeners.append(changed.append)
-    watch = PodWatch(api, index, facts)  # cluster-wide, as the operator runs by default
+    watch = ListWatch(api, index, facts)  # cluster-wide, as the operator runs by default
     started = time.monotonic()
     watch.start(asyncio.get_running_loop())
     try:
@@ -142,7 +142,7 @@ async def test_a_big_namespace_is_listed_completely_across_pages(
         finish(cluster, namespace, name)
 
     index = PodIndex()
-    watch = PodWatch(api, index, facts, namespaces=(namespace,))
+    watch = ListWatch(api, index, facts, namespaces=(namespace,))
     watch.start(asyncio.get_running_loop())
     try:
         await asyncio.wait_for(index.synced.wait(), 30)

@@ -2,7 +2,7 @@
 report channel and the status loop.
 
 Importing this module registers the handlers with kopf's default registry (`kopf run -m` style).
-Pods are not watched through kopf (it would keep whole pod bodies): `PodWatch` keeps a metadata-only
+Pods are not watched through kopf (it would keep whole pod bodies): `ListWatch` keeps a metadata-only
 index. Status is not refreshed by kopf timers (one per policy per second): `Refresher` runs one loop.
 """
 
@@ -18,10 +18,10 @@ from typing import Any, cast
 
 import kopf
 
-from breakwater.api.bundle import bundle_key
+from breakwater.api.bundle import PolicyBundle, bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
 from breakwater.api.report import SidecarReport
-from breakwater.controller import memory, webhook
+from breakwater.controller import admission, memory, webhook
 from breakwater.controller.fleet import PodReport
 from breakwater.controller.pods import PodIndex
 from breakwater.controller.pods import facts as pod_facts
@@ -32,16 +32,17 @@ from breakwater.controller.settings import OperatorSettings, report_url
 from breakwater.controller.state import BundleCache, OperatorState, ReconcileOutcome
 from breakwater.injection import pod as injection
 from breakwater.injection.render import RenderError, render_bundle
-from breakwater.injection.resolve import resolve
 from breakwater.k8s import configmaps, events
 from breakwater.k8s import pods as pod_api
 from breakwater.k8s.aio import AsyncApi
 from breakwater.k8s.client import api_client
-from breakwater.k8s.podwatch import PodWatch
+from breakwater.k8s.listwatch import POLICIES, ListWatch
+from breakwater.k8s.webhooks import EXPECT_POLICY_ID, INJECT_SIDECAR_ID
 
 logger = logging.getLogger("breakwater.controller")
 
 POLICY = (GROUP, VERSION, PLURAL)
+POLICY_SYNC_SECONDS = 30.0
 
 
 def _settings(memo: Any) -> OperatorSettings:
@@ -76,13 +77,22 @@ async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> 
     served = await webhook.configure(settings, ours, api)
     state.ca_pem = served.ca_pem
 
+    # The webhook's own view of the policies (controller/admission.py): listed before the webhook
+    # serves (kopf starts its server once the startup handlers are done), so that an admission right
+    # after start-up needs no LIST of its own.
+    view = admission.PolicyView()
+    policy_watch = ListWatch(api, view, admission.slim, resource=POLICIES, namespaces=ours.watch_namespaces)
+    policy_watch.start(asyncio.get_running_loop())
+    memo["policy_view"], memo["policy_watch"] = view, policy_watch
+
     index = PodIndex()
-    watch = PodWatch(api, index, pod_facts, namespaces=ours.watch_namespaces or ())
+    watch = ListWatch(api, index, pod_facts, namespaces=ours.watch_namespaces)
     watch.start(asyncio.get_running_loop())
     memo["pod_watch"] = watch
 
     writer = AsyncApi(api)
     memo["writer"] = writer
+    memo["policy_reads"] = admission.ConsistentReads(writer)
     store = FleetStore()
     key_pem = (served.cert_dir / "tls.key").read_bytes()
     server = ReportServer(
@@ -117,6 +127,13 @@ async def configure(*, settings: kopf.OperatorSettings, memo: Any, **_: Any) -> 
         asyncio.create_task(refresher.run(), name="breakwater-status-loop"),
         asyncio.create_task(memory.trim_forever(), name="breakwater-memory-trim"),
     ]
+    try:
+        await asyncio.wait_for(view.synced.wait(), POLICY_SYNC_SECONDS)
+    except TimeoutError:
+        logger.warning(
+            "policies not listed within %.0f s; admissions read them with a LIST until they are",
+            POLICY_SYNC_SECONDS,
+        )
 
 
 @kopf.on.cleanup()
@@ -130,9 +147,10 @@ async def stop_background(*, memo: Any, **_: Any) -> None:
     server: ReportServer | None = memo.get("report_server")
     if server is not None:
         await server.stop()
-    watch: PodWatch[Any] | None = memo.get("pod_watch")
-    if watch is not None:
-        await asyncio.to_thread(watch.stop)
+    for key in ("pod_watch", "policy_watch"):
+        watch: ListWatch[Any] | None = memo.get(key)
+        if watch is not None:
+            await asyncio.to_thread(watch.stop)
     writer: AsyncApi | None = memo.get("writer")
     if writer is not None:
         await writer.close()
@@ -210,7 +228,7 @@ async def _render_and_publish(
         kopf.warn(cast(kopf.Body, body), reason=exc.reason, message=str(exc))
         logger.warning("policy %s/%s not accepted: %s", namespace, name, exc)
     else:
-        await asyncio.to_thread(
+        written = await asyncio.to_thread(
             configmaps.put_key,
             state.api,
             namespace=namespace,
@@ -218,6 +236,8 @@ async def _render_and_publish(
             key=bundle_key(name),
             value=bundle.to_json(),
         )
+        if not written:
+            return  # the namespace is being deleted, the policy with it
         state.bundles.put(namespace, bundle)
         upstreams = ", ".join(u.name for u in bundle.upstreams)
         outcome = ReconcileOutcome(generation, True, "Rendered", f"sidecar config rendered for {upstreams}")
@@ -265,7 +285,19 @@ async def remove_policy(*, name: str, namespace: str | None, memo: Any, **_: Any
 # -- the webhook --------------------------------------------------------------------------------
 
 
-@kopf.on.mutate("pods", operations=["CREATE"], id="inject-sidecar")
+@kopf.on.mutate(*POLICY, operations=["CREATE"], id=EXPECT_POLICY_ID)
+async def expect_policy(*, body: kopf.Body, memo: Any, dryrun: bool, **_: Any) -> None:
+    """A policy is being created: note its name so the pods admitted once it is persisted find it
+    (controller/admission.py). Never changes or refuses the policy."""
+    if dryrun:
+        return
+    try:
+        _view(memo).expect(body.metadata.namespace or "", body.metadata.name or "")
+    except Exception:
+        logger.exception("could not note a policy being created in %s", body.metadata.namespace)
+
+
+@kopf.on.mutate("pods", operations=["CREATE"], id=INJECT_SIDECAR_ID)
 async def inject_sidecar(
     *, body: kopf.Body, patch: kopf.Patch, memo: Any, warnings: list[str], **_: Any
 ) -> None:
@@ -275,6 +307,23 @@ async def inject_sidecar(
     except Exception:
         logger.exception("injection failed for a pod of %s; admitting it unchanged", body.metadata.namespace)
         warnings.append("breakwater: sidecar injection failed; the pod runs unprotected (see operator logs)")
+
+
+ADMISSION_READ_SECONDS = 2.0  # within the webhook's 5 s: past it, what the operator knows decides
+
+
+def _view(memo: Any) -> admission.PolicyView:
+    view: admission.PolicyView = memo["policy_view"]
+    return view
+
+
+async def _admission_bundles(
+    state: OperatorState, view: admission.PolicyView, api: admission.PolicyReader, namespace: str
+) -> dict[str, PolicyBundle]:
+    """The namespace's bundles as the API holds its policies now (see controller/admission.py)."""
+    cached = asyncio.ensure_future(state.bundles.get(namespace))
+    listed = await admission.read_policies(view, api, namespace, deadline=ADMISSION_READ_SECONDS)
+    return admission.consistent_bundles(listed, await cached)
 
 
 async def _inject(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
@@ -287,21 +336,19 @@ async def _inject(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
         return
     if settings.watch_namespaces and namespace not in settings.watch_namespaces:
         return
-    bundles = await state.bundles.get(namespace)
-    labels = dict(body.metadata.labels or {})
-    resolution = resolve(
-        labels,
-        bundles.values(),
-        admin_port=settings.sidecar_admin_port,
-        proxy_port=settings.sidecar_proxy_port,
+    bundles = await _admission_bundles(state, _view(memo), memo["policy_reads"], namespace)
+    decision = admission.decide(
+        pod, bundles.values(), admin_port=settings.sidecar_admin_port, proxy_port=settings.sidecar_proxy_port
     )
-    if not resolution.policies:
+    pod_name = body.metadata.name or body.metadata.get("generateName", "?")
+    if decision is None:
         return
-    taken = injection.listen_ports_in_use(pod)
-    clashing = [port for _, port in resolution.listen_ports if port in taken]
-    if clashing:
-        logger.warning("not injecting a pod of %s: the app already uses listen ports %s", namespace, clashing)
+    if isinstance(decision, admission.Skip):
+        note = f"{decision.reason}: {decision.detail}"
+        patch.metadata.annotations[injection.ANNOTATION_NOT_INJECTED] = note
+        logger.warning("not injecting %s/%s: %s (%s)", namespace, pod_name, decision.reason, decision.detail)
         return
+    resolution = decision.resolution
     plan = injection.InjectionPlan(
         policies=resolution.policies,
         listen_ports=resolution.listen_ports,
@@ -321,7 +368,7 @@ async def _inject(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
     logger.info(
         "injecting the sidecar into %s/%s (policies %s, config %s)",
         namespace,
-        body.metadata.name or body.metadata.get("generateName", "?"),
+        pod_name,
         ",".join(resolution.policies),
         resolution.config_hash,
     )

@@ -1,7 +1,7 @@
 """What the operator remembers of each pod: just enough to count selected, injected and current pods.
 
 `facts()` reads pod *metadata* only (a PartialObjectMetadata body), so the pod watch never asks the API
-server for specs or statuses; `PodIndex` keeps those facts per namespace, fed by `k8s.podwatch.PodWatch`.
+server for specs or statuses; `PodIndex` keeps those facts per namespace, fed by `k8s.listwatch.ListWatch`.
 At 10,000 pods a fact costs a few hundred bytes: the repeated strings (label keys and values, policy
 names, config hashes) and the label and policy tuples themselves are shared between pods.
 """
@@ -19,6 +19,7 @@ from breakwater.injection.pod import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_INJECT,
     ANNOTATION_INJECTED,
+    ANNOTATION_NOT_INJECTED,
     ANNOTATION_POLICIES,
 )
 
@@ -40,6 +41,7 @@ class PodFacts:
     config_hash: str
     policies: tuple[str, ...]
     opted_out: bool = False
+    not_injected: str = ""  # why the webhook could not inject a selected pod ("<Reason>: <detail>")
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -92,6 +94,7 @@ def facts(body: Mapping[str, Any]) -> PodFacts | None:
         config_hash=sys.intern(str(annotations.get(ANNOTATION_CONFIG_HASH, ""))),
         policies=_shared_policies(str(annotations.get(ANNOTATION_POLICIES, ""))),
         opted_out=str(annotations.get(ANNOTATION_INJECT, "")).lower() == "false",
+        not_injected=sys.intern(str(annotations.get(ANNOTATION_NOT_INJECTED, ""))),
     )
 
 
@@ -101,7 +104,7 @@ _NO_PODS: dict[str, PodFacts] = {}
 class PodIndex:
     """The facts of every counted pod, by namespace and name. Lives on the event loop's thread.
 
-    `PodWatch` (breakwater.k8s.podwatch) feeds it through `replace`, `apply` and `mark_synced`.
+    `ListWatch` (breakwater.k8s.listwatch) feeds it through `replace`, `apply` and `mark_synced`.
     """
 
     def __init__(self) -> None:
@@ -125,7 +128,7 @@ class PodIndex:
     def __len__(self) -> int:
         return sum(len(pods) for pods in self._pods.values())
 
-    # -- writing (PodWatch's sink) ---------------------------------------------------------------
+    # -- writing (ListWatch's sink) ---------------------------------------------------------------
 
     def replace(self, scope: str | None, pods: dict[str, dict[str, PodFacts]]) -> None:
         """A fresh list: the whole index (scope None) or one namespace's pods become exactly `pods`."""

@@ -22,6 +22,7 @@ from breakwater.controller.fleet import (
 )
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.state import ReconcileOutcome
+from breakwater.injection.pod import SKIP_HOST_NETWORK, SKIP_LISTEN_PORT_CLASH
 from breakwater.injection.resolve import Conflict
 from breakwater.injection.selectors import matches
 
@@ -77,14 +78,41 @@ def view_pods(
     return PodView(selected, injected, tuple(conflicts.values()))
 
 
+# What helps a pod the webhook could not inject, by the reason it recorded on the pod.
+_SKIP_HINTS = {
+    SKIP_HOST_NETWORK: (
+        "run it without hostNetwork, or opt it out with the annotation breakwater.dev/inject=false"
+    ),
+    SKIP_LISTEN_PORT_CLASH: (
+        "change the upstream's listenPort in the policy or the app's port, then restart it"
+    ),
+}
+
+
+def _sample(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
 def not_injected_message(view: PodView) -> str:
-    missing = [p.name for p in view.selected if not p.injected]
-    sample = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-    return (
-        f"{len(missing)} of {len(view.selected)} selected pods run without the sidecar ({sample}); they were "
-        "created while the webhook was unavailable. Restart them to inject it, e.g. "
-        "`kubectl rollout restart deployment/NAME`."
-    )
+    """Why selected pods run without the sidecar, and what helps: a restart, or a change first."""
+    missing = [p for p in view.selected if not p.injected]
+    parts = [f"{len(missing)} of {len(view.selected)} selected pods run without the sidecar."]
+    restartable = [p.name for p in missing if not p.not_injected]
+    if restartable:
+        parts.append(
+            f"{len(restartable)} ({_sample(restartable)}) were created before the policy or while the "
+            "webhook was unavailable: restart them to inject it, e.g. "
+            "`kubectl rollout restart deployment/NAME`."
+        )
+    skipped: dict[str, list[str]] = {}
+    for pod in missing:
+        if pod.not_injected:
+            skipped.setdefault(pod.not_injected, []).append(pod.name)
+    for note, names in sorted(skipped.items()):
+        reason = note.partition(":")[0]
+        hint = _SKIP_HINTS.get(reason, "see the operator's log")
+        parts.append(f"{len(names)} ({_sample(names)}) cannot carry it ({note}): {hint}.")
+    return " ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,22 @@ ROTATION_CHECK_SECONDS = 6 * 3600
 
 @dataclass(frozen=True)
 class Endpoint:
-    client_config: dict[str, Any]
+    """Where the API server reaches the operator's webhook server (a Service, or a URL)."""
+
+    service: dict[str, Any] | None  # namespace, name, port: without a path
+    url: str | None  # scheme://host:port/prefix, without a path
     dns_names: tuple[str, ...]
     ips: tuple[str, ...]
+
+    def client_config(self, handler_id: str) -> dict[str, Any]:
+        """The clientConfig of one webhook: kopf serves each handler at /<its id>."""
+        if self.service is not None:
+            return {"service": {**self.service, "path": f"/{handler_id}"}}
+        assert self.url is not None
+        return {"url": f"{self.url}/{handler_id}"}
+
+    def describe(self) -> str:
+        return self.url or "service {namespace}/{name}".format(**(self.service or {}))
 
 
 def endpoint(settings: OperatorSettings) -> Endpoint:
@@ -46,7 +59,7 @@ def endpoint(settings: OperatorSettings) -> Endpoint:
         namespace, _, name = ref.partition("/")
         if not namespace or not name:
             raise kopf.PermanentError(f"--webhook-service: expected NAMESPACE/NAME[:PORT], got {ref!r}")
-        service: dict[str, Any] = {"namespace": namespace, "name": name, "path": webhooks.WEBHOOK_PATH}
+        service: dict[str, Any] = {"namespace": namespace, "name": name}
         if port:
             service["port"] = int(port)
         dns = (
@@ -55,17 +68,15 @@ def endpoint(settings: OperatorSettings) -> Endpoint:
             f"{name}.{namespace}.svc",
             f"{name}.{namespace}.svc.cluster.local",
         )
-        return Endpoint({"service": service}, dns, ())
+        return Endpoint(service, None, dns, ())
     url = urllib.parse.urlsplit(settings.webhook_url or f"https://127.0.0.1:{settings.webhook_listen_port}")
     host = url.hostname or "127.0.0.1"
-    full = urllib.parse.urlunsplit(
-        (url.scheme, url.netloc, url.path.rstrip("/") + webhooks.WEBHOOK_PATH, "", "")
-    )
+    base = urllib.parse.urlunsplit((url.scheme, url.netloc, url.path.rstrip("/"), "", ""))
     try:
         ipaddress.ip_address(host)
-        return Endpoint({"url": full}, (), (host,))
+        return Endpoint(None, base, (), (host,))
     except ValueError:
-        return Endpoint({"url": full}, (host,), ())
+        return Endpoint(None, base, (host,), ())
 
 
 def namespace_selector(settings: OperatorSettings) -> dict[str, Any]:
@@ -116,9 +127,10 @@ async def _certificate(settings: OperatorSettings, api: Any, where: Endpoint) ->
 
 async def _sync_configuration(settings: OperatorSettings, api: Any, where: Endpoint, ca_pem: bytes) -> None:
     if settings.webhook_manage == "full":
+        ca_bundle = base64.b64encode(ca_pem).decode()
         body = webhooks.desired_configuration(
             name=settings.webhook_configuration,
-            client_config={**where.client_config, "caBundle": base64.b64encode(ca_pem).decode()},
+            client_config=lambda handler_id: {**where.client_config(handler_id), "caBundle": ca_bundle},
             namespace_selector=namespace_selector(settings),
             failure_policy=settings.webhook_failure_policy,
             timeout_seconds=settings.webhook_timeout_seconds,
@@ -176,7 +188,7 @@ async def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSett
         "webhook serving on %s:%s (%s), configuration %s managed: %s",
         settings.webhook_listen_host,
         settings.webhook_listen_port,
-        where.client_config.get("url") or where.client_config.get("service"),
+        where.describe(),
         settings.webhook_configuration,
         settings.webhook_manage,
     )

@@ -27,6 +27,10 @@ ANNOTATION_INJECT = f"{GROUP}/inject"  # "false" opts a pod out
 ANNOTATION_INJECTED = f"{GROUP}/injected"
 ANNOTATION_POLICIES = f"{GROUP}/policies"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+# Set on a pod that policies select but that cannot carry the sidecar: "<Reason>: <detail>".
+ANNOTATION_NOT_INJECTED = f"{GROUP}/not-injected"
+SKIP_HOST_NETWORK = "HostNetwork"
+SKIP_LISTEN_PORT_CLASH = "ListenPortClash"
 NAMESPACE_LABEL = f"{GROUP}/injection"  # "enabled" opts a namespace in
 
 NEVER_INJECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
@@ -57,7 +61,11 @@ class InjectionPlan:
 
 
 def skip_reason(pod: Mapping[str, Any], namespace: str, *, operator_namespace: str) -> str | None:
-    """Why this pod must not be injected, or None when it may be."""
+    """Why this pod is never considered for injection, whatever selects it, or None when it may be.
+
+    (What a selected pod cannot carry — hostNetwork, a listen-port clash — is decided with the
+    policies, by `controller.admission.decide`, and recorded on the pod.)
+    """
     meta = pod.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     if namespace in NEVER_INJECTED_NAMESPACES:
@@ -70,8 +78,6 @@ def skip_reason(pod: Mapping[str, Any], namespace: str, *, operator_namespace: s
         c.get("name") == SIDECAR_NAME for c in (pod.get("spec") or {}).get("containers") or ()
     ):
         return "already injected"
-    if (pod.get("spec") or {}).get("hostNetwork"):
-        return "hostNetwork pods share the node's ports; not injected"
     return None
 
 

@@ -16,12 +16,14 @@ import aiohttp
 from kubernetes import client
 
 from breakwater.api.constants import GROUP, PLURAL, VERSION
+from breakwater.k8s.client import is_namespace_terminating
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"{status}: {body[:300]}")
         self.status = status
+        self.body = body
 
 
 class AsyncApi:
@@ -54,17 +56,18 @@ class AsyncApi:
                 headers[auth["key"]] = auth["value"]
         return headers
 
-    async def request(self, method: str, path: str, body: Any, *, content_type: str) -> dict[str, Any]:
+    async def request(
+        self, method: str, path: str, body: Any = None, *, content_type: str = "application/json"
+    ) -> dict[str, Any]:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
         url = f"{self._configuration.host}{path}"
-        async with self._session.request(
-            method, url, data=json.dumps(body), headers=self._headers(content_type)
-        ) as resp:
+        data = json.dumps(body) if body is not None else None
+        async with self._session.request(method, url, data=data, headers=self._headers(content_type)) as resp:
             text = await resp.text()
             if resp.status >= 300:
-                raise ApiError(resp.status, text[:300])
+                raise ApiError(resp.status, text)
             found: dict[str, Any] = json.loads(text) if text else {}
             return found
 
@@ -76,10 +79,34 @@ class AsyncApi:
         )
         return dict(stored.get("status") or {})
 
-    async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
-        await self.request(
-            "POST", f"/api/v1/namespaces/{namespace}/events", event, content_type="application/json"
-        )
+    async def get_policy(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """One policy, read from etcd itself (a GET without a resourceVersion bypasses the API
+        server's watch cache): what the API holds now. None if there is no such policy."""
+        try:
+            return await self.request(
+                "GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}"
+            )
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_policies(self, namespace: str) -> list[dict[str, Any]]:
+        """The namespace's policies, read consistently: no resourceVersion, so the API server answers
+        with what etcd holds now (from its watch cache once that has caught up: up to 100 ms)."""
+        found = await self.request("GET", f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}")
+        items: list[dict[str, Any]] = found.get("items") or []
+        return items
+
+    async def create_event(self, namespace: str, event: dict[str, Any]) -> bool:
+        """Post an Event; False when its namespace is being deleted (nobody will read it)."""
+        try:
+            await self.request("POST", f"/api/v1/namespaces/{namespace}/events", event)
+        except ApiError as exc:
+            if is_namespace_terminating(exc.status, exc.body):
+                return False
+            raise
+        return True
 
     async def close(self) -> None:
         if self._session is not None:

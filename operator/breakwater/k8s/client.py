@@ -19,3 +19,12 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
 
 def is_status(exc: BaseException, code: int) -> bool:
     return isinstance(exc, client.ApiException) and exc.status == code
+
+
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+"""The cause the API server gives when it refuses a create in a namespace being deleted (a 403)."""
+
+
+def is_namespace_terminating(status: int, body: str) -> bool:
+    """Whether a 403 says the namespace is being deleted: an expected race, not a missing permission."""
+    return status == 403 and NAMESPACE_TERMINATING in body

@@ -10,19 +10,20 @@ import logging
 
 from kubernetes import client
 
-from breakwater.k8s.client import is_status
+from breakwater.k8s.client import is_namespace_terminating, is_status
 
 logger = logging.getLogger("breakwater.k8s.configmaps")
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "breakwater", "app.kubernetes.io/component": "sidecar-config"}
 
 
-def put_key(api: client.ApiClient, *, namespace: str, name: str, key: str, value: str) -> None:
+def put_key(api: client.ApiClient, *, namespace: str, name: str, key: str, value: str) -> bool:
+    """Write one key; False when the namespace is being deleted (nothing there needs a config then)."""
     core = client.CoreV1Api(api)
     body = {"metadata": {"labels": MANAGED_BY}, "data": {key: value}}
     try:
         core.patch_namespaced_config_map(name, namespace, body)
-        return
+        return True
     except client.ApiException as exc:
         if not is_status(exc, 404):
             raise
@@ -32,9 +33,13 @@ def put_key(api: client.ApiClient, *, namespace: str, name: str, key: str, value
         )
         logger.info("created ConfigMap %s/%s", namespace, name)
     except client.ApiException as exc:
+        if is_namespace_terminating(exc.status, str(exc.body)):
+            logger.info("not creating ConfigMap %s/%s: the namespace is being deleted", namespace, name)
+            return False
         if not is_status(exc, 409):
             raise
         core.patch_namespaced_config_map(name, namespace, body)  # lost a creation race: patch instead
+    return True
 
 
 def remove_key(api: client.ApiClient, *, namespace: str, name: str, key: str) -> None:

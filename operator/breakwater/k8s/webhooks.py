@@ -4,51 +4,64 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
 
+from breakwater.api.constants import GROUP, PLURAL, VERSION
 from breakwater.k8s.client import is_status
 
 logger = logging.getLogger("breakwater.k8s.webhooks")
 
 WEBHOOK_NAME = "inject.breakwater.dev"
-WEBHOOK_PATH = "/inject-sidecar"
+INJECT_SIDECAR_ID = "inject-sidecar"  # kopf's handler id, which is its path on the webhook server
+# Policy CREATEs, so that the pod webhook knows the name of a policy before it is persisted
+# (controller/admission.py). It never changes or refuses a policy.
+POLICY_WEBHOOK_NAME = "policies.breakwater.dev"
+EXPECT_POLICY_ID = "expect-policy"
 
 
 def desired_configuration(
     *,
     name: str,
-    client_config: dict[str, Any],
+    client_config: Callable[[str], dict[str, Any]],
     namespace_selector: dict[str, Any],
     failure_policy: str,
     timeout_seconds: int,
 ) -> dict[str, Any]:
+    """The whole configuration: the sidecar injection, and the policy CREATEs the pod webhook needs
+    to know of. `client_config(handler_id)` says where each is served."""
+
+    def webhook(webhook_name: str, handler_id: str, rule: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": webhook_name,
+            "clientConfig": client_config(handler_id),
+            "rules": [{**rule, "operations": ["CREATE"], "scope": "Namespaced"}],
+            "namespaceSelector": namespace_selector,
+            "failurePolicy": failure_policy,
+            "timeoutSeconds": timeout_seconds,
+            "sideEffects": "None",
+            "admissionReviewVersions": ["v1"],
+            "reinvocationPolicy": "Never",
+            "matchPolicy": "Equivalent",
+        }
+
     return {
         "apiVersion": "admissionregistration.k8s.io/v1",
         "kind": "MutatingWebhookConfiguration",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "breakwater"}},
         "webhooks": [
-            {
-                "name": WEBHOOK_NAME,
-                "clientConfig": client_config,
-                "rules": [
-                    {
-                        "apiGroups": [""],
-                        "apiVersions": ["v1"],
-                        "operations": ["CREATE"],
-                        "resources": ["pods"],
-                        "scope": "Namespaced",
-                    }
-                ],
-                "namespaceSelector": namespace_selector,
-                "failurePolicy": failure_policy,
-                "timeoutSeconds": timeout_seconds,
-                "sideEffects": "None",
-                "admissionReviewVersions": ["v1"],
-                "reinvocationPolicy": "Never",
-                "matchPolicy": "Equivalent",
-            }
+            webhook(
+                WEBHOOK_NAME,
+                INJECT_SIDECAR_ID,
+                {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
+            ),
+            webhook(
+                POLICY_WEBHOOK_NAME,
+                EXPECT_POLICY_ID,
+                {"apiGroups": [GROUP], "apiVersions": [VERSION], "resources": [PLURAL]},
+            ),
         ],
     }
 

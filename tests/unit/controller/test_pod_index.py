@@ -1,4 +1,4 @@
-"""The pod index: facts from pod metadata alone, the index's bookkeeping, and PodWatch on a scripted API."""
+"""The pod index: facts from pod metadata alone, the index's bookkeeping, and ListWatch on a scripted API."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from breakwater.injection.pod import (
     ANNOTATION_POLICIES,
     SIDECAR_NAME,
 )
-from breakwater.k8s import podwatch
-from breakwater.k8s.podwatch import FIELD_SELECTOR, LIST_ACCEPT, WATCH_ACCEPT, PodWatch
+from breakwater.k8s import listwatch
+from breakwater.k8s.listwatch import FIELD_SELECTOR, LIST_ACCEPT, WATCH_ACCEPT, ListWatch
 
 
 def meta(
@@ -212,7 +212,7 @@ def test_a_failing_listener_does_not_stop_the_others(caplog: pytest.LogCaptureFi
     assert index.get("shop", "a") is not None
 
 
-# -- PodWatch against a scripted API server --------------------------------------------------------
+# -- ListWatch against a scripted API server --------------------------------------------------------
 
 
 class FakeResponse:
@@ -241,7 +241,7 @@ class FakeResponse:
 
 
 class FakeApi:
-    """Enough of kubernetes.client.ApiClient for PodWatch: configuration, headers, a pool manager."""
+    """Enough of kubernetes.client.ApiClient for ListWatch: configuration, headers, a pool manager."""
 
     def __init__(self, script: Callable[[str, dict[str, str]], FakeResponse]) -> None:
         self.configuration = self
@@ -322,7 +322,7 @@ async def test_pod_watch_lists_in_pages_watches_and_relists_on_410() -> None:
     api = FakeApi(script)
     index = PodIndex()
     calls = recording(index)
-    watch = PodWatch(api, index, facts)
+    watch = ListWatch(api, index, facts)
     watch.start(asyncio.get_running_loop())
     try:
         await asyncio.wait_for(index.synced.wait(), 5)
@@ -360,7 +360,7 @@ async def test_pod_watch_lists_in_pages_watches_and_relists_on_410() -> None:
 async def test_pod_watch_backs_off_and_relists_after_errors(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(podwatch, "BACKOFF_MIN", 0.01)
+    monkeypatch.setattr(listwatch, "BACKOFF_MIN", 0.01)
     attempts: list[str] = []
 
     def script(path: str, query: dict[str, str]) -> FakeResponse:
@@ -375,7 +375,7 @@ async def test_pod_watch_backs_off_and_relists_after_errors(
 
     api = FakeApi(script)
     index = PodIndex()
-    watch = PodWatch(api, index, facts, namespaces=("shop", "dev"))
+    watch = ListWatch(api, index, facts, namespaces=("shop", "dev"))
     watch.start(asyncio.get_running_loop())
     try:
         await asyncio.wait_for(index.synced.wait(), 5)

@@ -1,15 +1,17 @@
-"""A lean pod watch: metadata only, paginated, in one thread, handing batches to the event loop.
+"""A lean list-and-watch of one resource, in one thread, handing batches to the event loop.
 
-kopf's pod index receives every full pod body (spec, status, managedFields), which at 10,000 pods costs
-far more memory than the few facts the operator keeps. This watch asks the API server for
-PartialObjectMetadata only, leaves finished pods out by field selector, lists in pages and converts each
-pod in its own thread (`convert`, e.g. `controller.pods.facts`); the event loop only receives the
-converted results, in batches, through a `PodSink` (e.g. `controller.pods.PodIndex`).
+Used for pods (`PODS`) and for policies (`POLICIES`). kopf's pod index receives every full pod body
+(spec, status, managedFields), which at 10,000 pods costs far more memory than the few facts the
+operator keeps: for pods this watch asks the API server for PartialObjectMetadata only, leaves finished
+pods out by field selector, lists in pages and converts each pod in its own thread (`convert`, e.g.
+`controller.pods.facts`); the event loop only receives the converted results, in batches, through a
+`Sink` (e.g. `controller.pods.PodIndex`). For policies it delivers each change within milliseconds,
+without kopf's batching window, to the webhook's view (`controller.admission.PolicyView`).
 
 One thread per scope: the whole cluster, or each watched namespace (the API has no multi-namespace
 watch). Each thread lists, then watches from the list's resourceVersion; a 410 (expired) relists at
 once, any other error relists after a backoff of 1 s doubling to 30 s. A relist replaces the scope's
-pods atomically.
+objects atomically.
 """
 
 from __future__ import annotations
@@ -30,26 +32,49 @@ from urllib.parse import quote, urlencode
 import urllib3
 from kubernetes import client
 
-logger = logging.getLogger("breakwater.k8s.podwatch")
+from breakwater.api.constants import GROUP, PLURAL, VERSION
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
 LIST_ACCEPT = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 WATCH_ACCEPT = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+@dataclass(frozen=True)
+class WatchedResource:
+    """What to list and watch, and how to ask for it."""
+
+    kind: str  # for logs and thread names, e.g. "pod"
+    prefix: str  # "/api/v1" or "/apis/GROUP/VERSION"
+    plural: str
+    field_selector: str = ""
+    list_accept: str = "application/json"
+    watch_accept: str = "application/json"
+
+    def path(self, namespace: str | None) -> str:
+        if namespace:
+            return f"{self.prefix}/namespaces/{quote(namespace, safe='')}/{self.plural}"
+        return f"{self.prefix}/{self.plural}"
+
+
+PODS = WatchedResource("pod", "/api/v1", "pods", FIELD_SELECTOR, LIST_ACCEPT, WATCH_ACCEPT)
+POLICIES = WatchedResource("policy", f"/apis/{GROUP}/{VERSION}", PLURAL)
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0  # a watch that ran this long since its list resets the backoff
 
 
-class PodSink(Protocol[T]):
+class Sink(Protocol[T]):
     """Where the watch delivers, always on the event loop's thread and in the order things happened."""
 
-    def replace(self, scope: str | None, pods: dict[str, dict[str, T]]) -> None:
-        """A complete list: `pods` (namespace -> name -> item) is everything in `scope` (None: all)."""
+    def replace(self, scope: str | None, items: dict[str, dict[str, T]]) -> None:
+        """A complete list: `items` (namespace -> name -> item) is everything in `scope` (None: all)."""
 
     def apply(self, changes: Sequence[tuple[str, str, T | None]]) -> None:
-        """Watch events: (namespace, name, item), item None for a pod gone or no longer counted."""
+        """Watch events: (namespace, name, item), item None for an object gone or no longer counted."""
 
     def mark_synced(self) -> None:
         """Every scope has been listed once."""
@@ -70,14 +95,14 @@ class _Stopped(Exception):
 @dataclass(slots=True)
 class _Listed(Generic[T]):
     scope: str | None
-    pods: dict[str, dict[str, T]]
+    items: dict[str, dict[str, T]]
     count: int
     pages: int
     seconds: float
 
 
-class PodWatch(Generic[T]):
-    """Keeps a `PodSink` current with the pods of the cluster (or of `namespaces`).
+class ListWatch(Generic[T]):
+    """Keeps a `Sink` current with the objects of `resource` in the cluster (or in `namespaces`).
 
     `start(loop)` from the loop's thread; `stop()` (blocking, a few seconds at most) at shutdown.
     """
@@ -85,9 +110,10 @@ class PodWatch(Generic[T]):
     def __init__(
         self,
         api: client.ApiClient,
-        sink: PodSink[T],
+        sink: Sink[T],
         convert: Callable[[Mapping[str, Any]], T | None],
         *,
+        resource: WatchedResource = PODS,
         namespaces: Sequence[str] = (),
         page_size: int = 500,
         watch_timeout: int = 300,
@@ -95,6 +121,7 @@ class PodWatch(Generic[T]):
         list_timeout: float = 60.0,
     ) -> None:
         self._api = api
+        self.resource = resource
         self._sink = sink
         self._convert = convert
         self._scopes: tuple[str | None, ...] = tuple(dict.fromkeys(namespaces)) or (None,)
@@ -113,19 +140,19 @@ class PodWatch(Generic[T]):
         self._responses: set[Any] = set()
         self._unsynced: set[str | None] = set()
         self._started_at = 0.0
-        self._first_pods = 0
+        self._first_count = 0
         self._first_namespaces: set[str] = set()
 
     # -- control (the loop's thread) ----------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._threads:
-            raise RuntimeError("PodWatch already started")
+            raise RuntimeError("ListWatch already started")
         self._loop = loop
         self._started_at = time.monotonic()
         self._unsynced = set(self._scopes)
         for scope in self._scopes:
-            name = "breakwater-podwatch" + (f"-{scope}" if scope else "")
+            name = f"breakwater-{self.resource.kind}-watch" + (f"-{scope}" if scope else "")
             thread = threading.Thread(target=self._run, args=(scope,), name=name, daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -142,7 +169,12 @@ class PodWatch(Generic[T]):
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
-            logger.warning("pod watch threads still running after %.0f s: %s", timeout, ", ".join(alive))
+            logger.warning(
+                "%s watch threads still running after %.0f s: %s",
+                self.resource.kind,
+                timeout,
+                ", ".join(alive),
+            )
 
     # -- the loop's side ----------------------------------------------------------------------------
 
@@ -155,7 +187,7 @@ class PodWatch(Generic[T]):
                 if changes:
                     self._sink.apply(changes)
                     changes = []
-                self._sink.replace(item.scope, item.pods)
+                self._sink.replace(item.scope, item.items)
                 self._listed(item)
             else:
                 changes.append(item)
@@ -166,7 +198,8 @@ class PodWatch(Generic[T]):
         where = _where(listed.scope)
         if listed.scope not in self._unsynced:
             logger.info(
-                "pod index: relisted %d pods%s in %.1f s (%d pages)",
+                "%s watch: relisted %d objects%s in %.1f s (%d pages)",
+                self.resource.kind,
                 listed.count,
                 where,
                 listed.seconds,
@@ -174,12 +207,13 @@ class PodWatch(Generic[T]):
             )
             return
         self._unsynced.discard(listed.scope)
-        self._first_pods += listed.count
-        self._first_namespaces.update(ns for ns, pods in listed.pods.items() if pods)
+        self._first_count += listed.count
+        self._first_namespaces.update(ns for ns, found in listed.items.items() if found)
         if not self._unsynced:
             logger.info(
-                "pod index: %d pods in %d namespaces listed in %.1f s",
-                self._first_pods,
+                "%s watch: %d objects in %d namespaces listed in %.1f s",
+                self.resource.kind,
+                self._first_count,
                 len(self._first_namespaces),
                 time.monotonic() - self._started_at,
             )
@@ -216,7 +250,12 @@ class PodWatch(Generic[T]):
             except _Expired:
                 if self._stopping.is_set():
                     break
-                logger.info("pod watch%s: resourceVersion %s expired; relisting", where, resource_version)
+                logger.info(
+                    "%s watch%s: resourceVersion %s expired; relisting",
+                    self.resource.kind,
+                    where,
+                    resource_version,
+                )
                 resource_version = None
             except Exception as exc:
                 if self._stopping.is_set():
@@ -226,7 +265,8 @@ class PodWatch(Generic[T]):
                 healthy_since = None
                 resource_version = None
                 logger.warning(
-                    "pod watch%s failed (%s: %s); relisting in %.0f s",
+                    "%s watch%s failed (%s: %s); relisting in %.0f s",
+                    self.resource.kind,
                     where,
                     type(exc).__name__,
                     exc,
@@ -236,19 +276,19 @@ class PodWatch(Generic[T]):
                     break
                 delay = min(delay * 2, BACKOFF_MAX)
 
-    def _path(self, scope: str | None) -> str:
-        return f"/api/v1/namespaces/{quote(scope, safe='')}/pods" if scope else "/api/v1/pods"
-
     def _list(self, scope: str | None) -> str:
         started = time.monotonic()
-        pods: dict[str, dict[str, T]] = {}
+        items: dict[str, dict[str, T]] = {}
         count = pages = 0
         token = ""
         while True:
-            params = {"fieldSelector": FIELD_SELECTOR, "limit": str(self.page_size)}
+            params = {"limit": str(self.page_size)}
+            if self.resource.field_selector:
+                params["fieldSelector"] = self.resource.field_selector
             if token:
                 params["continue"] = token
-            with self._request(self._path(scope), params, LIST_ACCEPT, self.list_timeout) as response:
+            path = self.resource.path(scope)
+            with self._request(path, params, self.resource.list_accept, self.list_timeout) as response:
                 body = json.loads(response.data)
             pages += 1
             with self._lock:
@@ -259,9 +299,9 @@ class PodWatch(Generic[T]):
                     continue
                 meta = item.get("metadata") or {}
                 namespace = sys.intern(str(meta.get("namespace", "")))
-                by_name = pods.get(namespace)
+                by_name = items.get(namespace)
                 if by_name is None:
-                    by_name = pods[namespace] = {}
+                    by_name = items[namespace] = {}
                 by_name[str(meta.get("name", ""))] = found
                 count += 1
             list_meta = body.get("metadata") or {}
@@ -271,7 +311,7 @@ class PodWatch(Generic[T]):
                 break
         with self._lock:
             self.lists += 1
-        self._enqueue([_Listed(scope, pods, count, pages, time.monotonic() - started)])
+        self._enqueue([_Listed(scope, items, count, pages, time.monotonic() - started)])
         return str(list_meta.get("resourceVersion") or "")
 
     def _watch(self, scope: str | None, resource_version: str) -> str:
@@ -279,11 +319,13 @@ class PodWatch(Generic[T]):
             "watch": "1",
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(self.watch_timeout),
-            "fieldSelector": FIELD_SELECTOR,
             "resourceVersion": resource_version,
         }
+        if self.resource.field_selector:
+            params["fieldSelector"] = self.resource.field_selector
         read_timeout = self.watch_timeout + 30.0  # the server ends the watch first; bookmarks keep it alive
-        with self._request(self._path(scope), params, WATCH_ACCEPT, read_timeout) as response:
+        path = self.resource.path(scope)
+        with self._request(path, params, self.resource.watch_accept, read_timeout) as response:
             rest = b""
             for chunk in response.stream(None, decode_content=True):
                 if b"\n" not in chunk:
