@@ -256,6 +256,7 @@ class Operator:
     liveness_port: int = field(default_factory=free_port)
     report_port: int = field(default_factory=free_port)
     configuration: str = field(default_factory=lambda: f"breakwater-bench-{uuid.uuid4().hex[:6]}")
+    env: dict[str, str] = field(default_factory=dict)  # e.g. PYTHONPATH of another checkout to compare
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -291,7 +292,7 @@ class Operator:
             args,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             preexec_fn=_die_with_parent,  # never outlives the benchmark, even when it is killed
         )
         deadline = time.monotonic() + timeout
