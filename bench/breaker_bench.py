@@ -39,6 +39,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from breakwater.api.spec import UpstreamSettings
 from breakwater.breaker import REJECTED, Breaker, BreakerSettings, Mode, Outcome, WindowKind
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,9 +75,15 @@ class Peer:
 # --------------------------------------------------------------------------------------------------
 
 
-def breakwater_peer(name: str, settings: BreakerSettings) -> Peer:
+# The policy's defaults (api/spec.py), on a count window of 100 calls.
+COUNT_WINDOW = dataclasses.replace(
+    UpstreamSettings().breaker_settings(), window_kind=WindowKind.COUNT, window_size=100
+)
+
+
+def breakwater_peer(name: str, settings: BreakerSettings, mode: Mode = Mode.ENFORCE) -> Peer:
     def success_loop() -> Loop:
-        breaker = Breaker("bench", settings, clock=time.monotonic)
+        breaker = Breaker("bench", settings, mode=mode, clock=time.monotonic)
         acquire, record, ok = breaker.try_acquire, breaker.on_result, Outcome.SUCCESS
 
         def run(n: int) -> None:
@@ -90,7 +97,7 @@ def breakwater_peer(name: str, settings: BreakerSettings) -> Peer:
 
     def reject_loop() -> Loop:
         breaker = Breaker(
-            "bench", dataclasses.replace(settings, consecutive_failures=1), clock=time.monotonic
+            "bench", dataclasses.replace(settings, consecutive_failures=1), mode=mode, clock=time.monotonic
         )
         breaker.on_result(breaker.try_acquire(), Outcome.FAILURE, 0.001)  # trips it: open for 60 s
         acquire, record, ok = breaker.try_acquire, breaker.on_result, Outcome.SUCCESS
@@ -358,14 +365,17 @@ def main(argv: list[str] | None = None) -> int:
         args.calls, args.repeat, args.rejections = 100_000, 3, 100_000
 
     peers = [
-        breakwater_peer("breakwater (count window, consecutive rule)", BreakerSettings()),
+        breakwater_peer("breakwater (count window, consecutive rule)", COUNT_WINDOW),
         breakwater_peer(
             "breakwater (count window, all three rules)",
-            BreakerSettings(failure_rate_percent=50, slow_call_percent=80, slow_call_seconds=2.0),
+            dataclasses.replace(
+                COUNT_WINDOW, failure_rate_percent=50, slow_call_percent=80, slow_call_seconds=2.0
+            ),
         ),
         breakwater_peer(
             "breakwater (30 s time window, all three rules)",
-            BreakerSettings(
+            dataclasses.replace(
+                COUNT_WINDOW,
                 failure_rate_percent=50,
                 slow_call_percent=80,
                 slow_call_seconds=2.0,
@@ -373,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 window_seconds=30.0,
             ),
         ),
-        breakwater_peer("breakwater (Observe mode, count window)", BreakerSettings(mode=Mode.OBSERVE)),
+        breakwater_peer("breakwater (Observe mode, count window)", COUNT_WINDOW, Mode.OBSERVE),
         pybreaker_peer(),
         aiobreaker_peer(),
         purgatory_peer(),  # last: its rejections leak, which would weigh on whoever runs after it

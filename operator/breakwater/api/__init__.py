@@ -19,7 +19,6 @@ from breakwater.api.policy import (
 from breakwater.api.scalars import Duration, Timestamp
 from breakwater.api.spec import (
     Adaptive,
-    BreakerSettings,
     Bulkhead,
     CachedFallback,
     CircuitBreakerPolicySpec,
@@ -40,6 +39,7 @@ from breakwater.api.spec import (
     Trip,
     Upstream,
     UpstreamOverrides,
+    UpstreamSettings,
     Window,
     WindowKind,
 )
@@ -63,7 +63,6 @@ __all__ = [
     "SHORT_NAMES",
     "VERSION",
     "Adaptive",
-    "BreakerSettings",
     "Bulkhead",
     "CachedFallback",
     "CircuitBreakerPolicy",
@@ -96,6 +95,7 @@ __all__ = [
     "Trip",
     "Upstream",
     "UpstreamOverrides",
+    "UpstreamSettings",
     "UpstreamState",
     "UpstreamStatus",
     "Window",

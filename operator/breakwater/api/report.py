@@ -8,17 +8,17 @@ Times are wall-clock seconds since the epoch (the sidecar's clock).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from breakwater.api.sidecar import SidecarConfig
+from breakwater.breaker.settings import Mode, State
 
 REPORT_VERSION = 1
 CONFIG_PATH = "/v1/config"
 
-BreakerState = Literal["Closed", "Open", "HalfOpen"]
 Count = Annotated[int, Field(ge=0)]
 
 
@@ -31,8 +31,8 @@ class UpstreamReport(_Wire):
 
     name: Annotated[str, Field(max_length=63)]
     policy: Annotated[str, Field(max_length=317)] = ""
-    state: BreakerState
-    mode: Literal["Enforce", "Observe", "ForceOpen", "Disabled"] = "Enforce"
+    state: State
+    mode: Mode = Mode.ENFORCE
     calls: Count = 0
     failures: Count = 0
     rejections: Count = 0
@@ -49,8 +49,8 @@ class UpstreamReport(_Wire):
 class TransitionReport(_Wire):
     upstream: Annotated[str, Field(max_length=63)]
     policy: str = ""
-    from_state: BreakerState
-    to_state: BreakerState
+    from_state: State
+    to_state: State
     reason: Annotated[str, Field(max_length=64)] = ""
     at: float
 

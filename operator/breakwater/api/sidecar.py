@@ -2,7 +2,7 @@
 
 This is a machine format, not a user-facing one: durations are plain float seconds, every field has the
 spelling the operator writes (camelCase), unknown fields are errors. The models are pure pydantic; the
-proxy turns them into its runtime objects (`breakwater.proxy.settings`).
+proxy turns them into its runtime objects (`breakwater.proxy.classifiers`).
 
 Additions beyond the first published sketch, all optional with inert defaults:
 
@@ -20,19 +20,33 @@ import hashlib
 import ipaddress
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.rules import MANAGED_HEADERS
+from breakwater.api.spec import CircuitBreakerPolicySpec, UpstreamSettings
+from breakwater.breaker.settings import BreakerSettings, Mode
+
+_DEFAULT_MODE: Mode = CircuitBreakerPolicySpec.model_fields["mode"].default
 
 __all__ = [
     "SIDECAR_CONFIG_VERSION",
     "AdminConfig",
-    "BreakerConfig",
+    "BreakerBlock",
     "BulkheadConfig",
     "FailureConfig",
     "FallbackConfig",
@@ -102,32 +116,18 @@ class ForwardProxyConfig(_Model):
     unknown_hosts: Literal["PassThrough", "Refuse"] = "PassThrough"
 
 
-class BreakerConfig(_Model):
-    """When to trip, how long to stay open, how to probe: mirrors `breakwater.breaker.BreakerSettings`."""
+def _complete_breaker(block: Any) -> Any:
+    """A partial `breaker` block (a hand-written config, or one from an operator that did not know a
+    newer field) takes the spec's defaults for what it leaves out."""
+    if isinstance(block, Mapping):
+        return {**_DEFAULT_BREAKER, **block}
+    return block
 
-    consecutive_failures: Annotated[int, Field(ge=1)] | None = 5
-    failure_rate_percent: Percent | None = None
-    slow_call_percent: Percent | None = None
-    slow_call_seconds: Seconds | None = None
-    minimum_calls: Annotated[int, Field(ge=1)] = 20
-    window_kind: Literal["Count", "Time"] = "Count"
-    window_size: Annotated[int, Field(ge=1, le=100_000)] = 100
-    window_seconds: Seconds = 30.0
-    open_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 60.0
-    open_max_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 300.0
-    backoff_multiplier: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
-    jitter: Annotated[float, Field(ge=0, lt=1)] = 0.2
-    half_open_permitted_calls: Annotated[int, Field(ge=1)] = 3
-    half_open_successes_to_close: Annotated[int, Field(ge=1)] = 3
-    half_open_max_wait_seconds: Seconds | None = None
 
-    @model_validator(mode="after")
-    def _check_consistency(self) -> Self:
-        if self.slow_call_percent is not None and self.slow_call_seconds is None:
-            raise ValueError("slowCallPercent needs slowCallSeconds")
-        if self.open_max_seconds < self.open_seconds:
-            raise ValueError("openMaxSeconds must be >= openSeconds")
-        return self
+_DEFAULT_BREAKER = {to_camel(k): v for k, v in asdict(UpstreamSettings().breaker_settings()).items()}
+
+BreakerBlock = Annotated[BreakerSettings, BeforeValidator(_complete_breaker)]
+"""The engine's settings as they travel (camelCase), validated by `BreakerSettings` itself."""
 
 
 class FailureConfig(_Model):
@@ -204,8 +204,8 @@ class UpstreamConfig(_Model):
     host: Annotated[str, Field(min_length=1, max_length=253)]
     port: Annotated[int, Field(ge=1, le=65535)]
     listen_port: Port | None = None
-    mode: Literal["Enforce", "Observe", "ForceOpen", "Disabled"] = "Enforce"
-    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    mode: Mode = _DEFAULT_MODE
+    breaker: BreakerBlock = Field(default_factory=lambda: UpstreamSettings().breaker_settings())
     failures: FailureConfig = Field(default_factory=FailureConfig)
     timeout_seconds: Seconds = 2.0
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)

@@ -18,11 +18,11 @@ from breakwater.api import rules
 from breakwater.api.base import SpecModel
 from breakwater.api.constants import MAX_UPSTREAMS
 from breakwater.api.scalars import Duration, Timestamp
+from breakwater.breaker.settings import BreakerSettings, Mode, WindowKind
 
 __all__ = [
     "Adaptive",
     "AdaptiveBounds",
-    "BreakerSettings",
     "Bulkhead",
     "CachedFallback",
     "CircuitBreakerPolicySpec",
@@ -46,6 +46,7 @@ __all__ = [
     "Trip",
     "Upstream",
     "UpstreamOverrides",
+    "UpstreamSettings",
     "Window",
     "WindowKind",
 ]
@@ -83,20 +84,6 @@ def _full_default(schema: dict[str, Any], factory: Any) -> None:
 # --- enums -----------------------------------------------------------------------------------------
 
 
-class Mode(StrEnum):
-    """How the breakers of a policy act.
-
-    Enforce: trip and reject while open. Observe: the dry run; trip and count, never reject (status
-    shows wouldOpen). ForceOpen: reject everything (serve the fallback). Disabled: pass everything
-    through, measure nothing.
-    """
-
-    ENFORCE = "Enforce"
-    OBSERVE = "Observe"
-    FORCE_OPEN = "ForceOpen"
-    DISABLED = "Disabled"
-
-
 class SelectorOperator(StrEnum):
     """A label selector operator."""
 
@@ -104,13 +91,6 @@ class SelectorOperator(StrEnum):
     NOT_IN = "NotIn"
     EXISTS = "Exists"
     DOES_NOT_EXIST = "DoesNotExist"
-
-
-class WindowKind(StrEnum):
-    """Count: the last `size` calls. Time: the calls of the last `duration`."""
-
-    COUNT = "Count"
-    TIME = "Time"
 
 
 class FallbackKind(StrEnum):
@@ -358,8 +338,8 @@ class Retry(SpecModel):
     (409) or an exact status such as "503"."""
 
 
-class BreakerSettings(SpecModel):
-    """The breaker settings of one upstream, as they apply after per-upstream overrides.
+class UpstreamSettings(SpecModel):
+    """The protection settings of one upstream, as they apply after per-upstream overrides.
 
     Not a wire object of its own: `CircuitBreakerPolicySpec.settings_for` computes it.
     """
@@ -380,6 +360,37 @@ class BreakerSettings(SpecModel):
     """Concurrency cap (unset: none)."""
     retry: Retry | None = None
     """Retries (unset: none)."""
+
+    def breaker_settings(self) -> BreakerSettings:
+        """The engine's settings for these sections: the one place a threshold changes its form
+        (0 or unset turns a rule off as None, durations become seconds)."""
+        trip, opened, half_open = self.trip, self.open, self.half_open
+        rate, slow = trip.failure_rate, trip.slow_calls
+        judged = rate or FailureRate()  # slowCalls uses failureRate's window and minimum, or theirs
+        window = judged.window
+        return BreakerSettings(
+            consecutive_failures=trip.consecutive_failures or None,
+            failure_rate_percent=float(rate.percent) if rate is not None else None,
+            slow_call_percent=float(slow.percent) if slow is not None else None,
+            slow_call_seconds=slow.slower_than.seconds if slow is not None else None,
+            minimum_calls=judged.minimum_calls,
+            window_kind=window.kind,
+            window_size=window.size or UNUSED_WINDOW_SIZE,
+            window_seconds=window.duration.seconds if window.duration is not None else UNUSED_WINDOW_SECONDS,
+            open_seconds=opened.duration.seconds,
+            open_max_seconds=opened.max_duration.seconds,
+            backoff_multiplier=opened.backoff_multiplier,
+            jitter=opened.jitter,
+            half_open_permitted_calls=half_open.permitted_calls,
+            half_open_successes_to_close=half_open.successes_to_close or half_open.permitted_calls,
+            half_open_max_wait_seconds=half_open.max_wait.seconds if half_open.max_wait is not None else None,
+        )
+
+
+# The engine reads only the window dimension of its kind; the wire format (and older sidecars) still
+# wants a number for the other one.
+UNUSED_WINDOW_SIZE = 100
+UNUSED_WINDOW_SECONDS = 30.0
 
 
 class UpstreamOverrides(SpecModel):
@@ -531,7 +542,7 @@ class _Targeting(SpecModel):
     """A time-boxed manual mode that replaces `mode` until it expires."""
 
 
-class CircuitBreakerPolicySpec(BreakerSettings, _Targeting):
+class CircuitBreakerPolicySpec(UpstreamSettings, _Targeting):
     """The desired state of a CircuitBreakerPolicy.
 
     The selected client pods get a sidecar proxy with one circuit breaker per upstream and per pod.
@@ -556,13 +567,13 @@ class CircuitBreakerPolicySpec(BreakerSettings, _Targeting):
                 return upstream
         raise KeyError(name)
 
-    def settings_for(self, name: str) -> BreakerSettings:
-        """The breaker settings of upstream `name`: the policy's, with its overrides' sections swapped in."""
+    def settings_for(self, name: str) -> UpstreamSettings:
+        """The settings of upstream `name`: the policy's, with its overrides' sections swapped in."""
         overrides = self.upstream(name).overrides
-        values = {field: getattr(self, field) for field in BreakerSettings.model_fields}
+        values = {field: getattr(self, field) for field in UpstreamSettings.model_fields}
         if overrides is not None:
             for field in UpstreamOverrides.model_fields:
                 value = getattr(overrides, field)
                 if value is not None:
                     values[field] = value
-        return BreakerSettings.model_construct(**values)
+        return UpstreamSettings.model_construct(**values)

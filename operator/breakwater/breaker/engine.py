@@ -188,6 +188,7 @@ class Breaker:
         name: str,
         settings: BreakerSettings,
         *,
+        mode: Mode = Mode.ENFORCE,
         clock: Callable[[], float],
         rng: Callable[[], float] = random.random,
         on_transition: Callable[[Transition], None] | None = None,
@@ -220,13 +221,13 @@ class Breaker:
         self._apply_parameters(settings)
         self._next_base = settings.open_seconds
         self._new_window(settings)
-        self._mode = settings.mode
-        self._observe = settings.mode is Mode.OBSERVE
-        if settings.mode is Mode.FORCE_OPEN:
+        self._mode = mode
+        self._observe = mode is Mode.OBSERVE
+        if mode is Mode.FORCE_OPEN:
             self._st = _OPEN
             self._open_until = _INF
         self._closed = self._st == _CLOSED
-        self._recording = self._closed and settings.mode in (Mode.ENFORCE, Mode.OBSERVE)
+        self._recording = self._closed and mode in (Mode.ENFORCE, Mode.OBSERVE)
 
     # ----------------------------------------------------------------------------------------------
     # The per-call API
@@ -343,6 +344,10 @@ class Breaker:
     def settings(self) -> BreakerSettings:
         return self._settings
 
+    @property
+    def mode(self) -> Mode:
+        return self._mode
+
     def snapshot(self) -> BreakerSnapshot:
         """A consistent copy of the breaker's figures at the clock's current time."""
         now = self._clock()
@@ -371,8 +376,9 @@ class Breaker:
             open_streak=self._streak,
         )
 
-    def reconfigure(self, settings: BreakerSettings) -> None:
-        """Adopt new settings, keeping what still applies (see the module docstring)."""
+    def reconfigure(self, settings: BreakerSettings, mode: Mode | None = None) -> None:
+        """Adopt new settings (and a new mode, if given), keeping what still applies (see the module
+        docstring)."""
         old = self._settings
         now = self._clock()
         self._tick(now)
@@ -381,8 +387,8 @@ class Breaker:
         if not old.same_window(settings):
             self._new_window(settings)
         self._next_base = self._base_after(self._streak)
-        if settings.mode is not old.mode:
-            self._change_mode(old.mode, settings.mode, now)
+        if mode is not None and mode is not self._mode:
+            self._change_mode(self._mode, mode, now)
 
     # ----------------------------------------------------------------------------------------------
     # Internals

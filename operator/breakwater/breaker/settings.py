@@ -1,4 +1,10 @@
-"""What a breaker is told: its states, modes, window kinds and trip/open/half-open settings."""
+"""What a breaker is told: its states, modes, window kinds and trip/open/half-open settings.
+
+The ground floor of the house: these types are the policy API's vocabulary too (`api/spec.py` uses the
+enums, `api/sidecar.py` carries `BreakerSettings` as the wire block `upstreams[].breaker`, validated by
+`BreakerSettings.__post_init__`), so a threshold is one value with one name from the resource to the
+engine. Nothing here has a default: every default is written once, in the `api/spec.py` models.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 
-class State(enum.Enum):
+class State(enum.StrEnum):
     """Where a breaker stands for one upstream."""
 
     CLOSED = "Closed"
@@ -15,12 +21,12 @@ class State(enum.Enum):
     HALF_OPEN = "HalfOpen"
 
 
-class Mode(enum.Enum):
-    """How a breaker acts on its state.
+class Mode(enum.StrEnum):
+    """How the breakers of a policy act.
 
-    ``ENFORCE`` rejects while Open; ``OBSERVE`` runs the same state machine but never rejects (it counts
-    what it would have rejected: the dry run); ``FORCE_OPEN`` rejects everything; ``DISABLED`` admits
-    everything and stays Closed.
+    Enforce: trip and reject while open. Observe: the dry run; trip and count, never reject (status
+    shows wouldOpen). ForceOpen: reject everything (serve the fallback). Disabled: pass everything
+    through, measure nothing.
     """
 
     ENFORCE = "Enforce"
@@ -29,8 +35,8 @@ class Mode(enum.Enum):
     DISABLED = "Disabled"
 
 
-class WindowKind(enum.Enum):
-    """The sliding window behind the rate rules: the last N calls, or the last N seconds."""
+class WindowKind(enum.StrEnum):
+    """Count: the last `size` calls. Time: the calls of the last `duration`."""
 
     COUNT = "Count"
     TIME = "Time"
@@ -42,28 +48,29 @@ class InvalidBreakerSettings(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class BreakerSettings:
-    """Everything one breaker needs; ``None`` switches a trip rule off.
+    """When one breaker trips, how long it stays open, how it probes; ``None`` switches a rule off.
 
     The rate rules (failure rate, slow-call rate) are evaluated only once the window holds at least
-    ``minimum_calls`` calls (for a count window, at most ``window_size`` are ever needed).
+    ``minimum_calls`` calls (for a count window, at most ``window_size`` are ever needed). Of
+    ``window_size`` and ``window_seconds`` only the one of ``window_kind`` is used. The mode is not a
+    setting of the trip rules: it is given to the breaker next to them.
     """
 
-    mode: Mode = Mode.ENFORCE
-    consecutive_failures: int | None = 5
-    failure_rate_percent: float | None = None
-    slow_call_percent: float | None = None
-    slow_call_seconds: float | None = None
-    minimum_calls: int = 20
-    window_kind: WindowKind = WindowKind.COUNT
-    window_size: int = 100
-    window_seconds: float = 30.0
-    open_seconds: float = 60.0
-    open_max_seconds: float = 300.0
-    backoff_multiplier: float = 2.0
-    jitter: float = 0.2
-    half_open_permitted_calls: int = 3
-    half_open_successes_to_close: int = 3
-    half_open_max_wait_seconds: float | None = None
+    consecutive_failures: int | None
+    failure_rate_percent: float | None
+    slow_call_percent: float | None
+    slow_call_seconds: float | None
+    minimum_calls: int
+    window_kind: WindowKind
+    window_size: int
+    window_seconds: float
+    open_seconds: float
+    open_max_seconds: float
+    backoff_multiplier: float
+    jitter: float
+    half_open_permitted_calls: int
+    half_open_successes_to_close: int
+    half_open_max_wait_seconds: float | None
 
     def __post_init__(self) -> None:
         def bad(field: str, value: object, why: str) -> InvalidBreakerSettings:
@@ -73,8 +80,6 @@ class BreakerSettings:
             if not math.isfinite(value):
                 raise bad(field, value, "must be a finite number")
 
-        if not isinstance(self.mode, Mode):
-            raise bad("mode", self.mode, "must be a Mode")
         if not isinstance(self.window_kind, WindowKind):
             raise bad("window_kind", self.window_kind, "must be a WindowKind")
         if self.consecutive_failures is not None and self.consecutive_failures < 1:

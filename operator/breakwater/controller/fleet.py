@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from breakwater.api.report import SidecarReport
+from breakwater.breaker.settings import Mode, State
 
 # Severity order for the summary's single word: the worst state of any upstream wins.
 SEVERITY = {"Open": 4, "Mixed": 3, "HalfOpen": 2, "Closed": 1, "Unknown": 0}
@@ -28,9 +29,9 @@ class BreakerReport(Protocol):
     @property
     def policy(self) -> str: ...
     @property
-    def state(self) -> str: ...
+    def state(self) -> State: ...
     @property
-    def mode(self) -> str: ...
+    def mode(self) -> Mode: ...
     @property
     def trips(self) -> int: ...
     @property
@@ -50,8 +51,8 @@ class BreakerState:
 
     name: str
     policy: str
-    state: str
-    mode: str
+    state: State
+    mode: Mode
     trips: int
     window_calls: int
     failure_rate: float | None
@@ -79,8 +80,8 @@ class PodReport:
                 BreakerState(
                     name=sys.intern(u.name),
                     policy=sys.intern(u.policy),
-                    state=sys.intern(u.state),
-                    mode=sys.intern(u.mode),
+                    state=u.state,
+                    mode=u.mode,
                     trips=u.trips,
                     window_calls=u.window_calls,
                     failure_rate=u.failure_rate,

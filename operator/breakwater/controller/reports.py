@@ -136,9 +136,16 @@ PodLabels = Callable[[str, str], Labels | None]  # (namespace, pod) -> its label
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
         self.on_datagram = on_datagram
+        self._warned_at = -WARN_EVERY_SECONDS
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.on_datagram(data, addr)
+        try:
+            self.on_datagram(data, addr)
+        except Exception:  # one bad report must not cost the others (nor flood the log)
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_EVERY_SECONDS:
+                self._warned_at = now
+                logger.exception("a report datagram from %s:%s could not be handled", *addr[:2])
 
     def error_received(self, exc: Exception) -> None:
         logger.debug("report channel: %s", exc)

@@ -14,14 +14,13 @@ import pydantic
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.sidecar import (
-    BreakerConfig,
     BulkheadConfig,
     FailureConfig,
     FallbackConfig,
     RetryConfig,
     UpstreamConfig,
 )
-from breakwater.api.spec import BreakerSettings, CircuitBreakerPolicySpec, FallbackKind, Mode, WindowKind
+from breakwater.api.spec import CircuitBreakerPolicySpec, FallbackKind, Mode, UpstreamSettings
 
 
 class RenderError(Exception):
@@ -61,33 +60,7 @@ def override_expiry(spec: CircuitBreakerPolicySpec) -> datetime.datetime | None:
     return spec.override.until if spec.override is not None else None
 
 
-def breaker_config(settings: BreakerSettings) -> BreakerConfig:
-    trip, half_open = settings.trip, settings.half_open
-    rate, slow = trip.failure_rate, trip.slow_calls
-    window = rate.window if rate is not None else None
-    kind = WindowKind(window.kind) if window is not None else WindowKind.TIME
-    return BreakerConfig(
-        consecutive_failures=trip.consecutive_failures or None,
-        failure_rate_percent=float(rate.percent) if rate is not None else None,
-        slow_call_percent=float(slow.percent) if slow is not None else None,
-        slow_call_seconds=slow.slower_than.seconds if slow is not None else None,
-        minimum_calls=rate.minimum_calls if rate is not None else 20,
-        window_kind=kind.value,
-        window_size=(window.size or 100) if window is not None and kind is WindowKind.COUNT else 100,
-        window_seconds=(
-            window.duration.seconds if window is not None and window.duration is not None else 30.0
-        ),
-        open_seconds=settings.open.duration.seconds,
-        open_max_seconds=settings.open.max_duration.seconds,
-        backoff_multiplier=settings.open.backoff_multiplier,
-        jitter=settings.open.jitter,
-        half_open_permitted_calls=half_open.permitted_calls,
-        half_open_successes_to_close=half_open.successes_to_close or half_open.permitted_calls,
-        half_open_max_wait_seconds=half_open.max_wait.seconds if half_open.max_wait is not None else None,
-    )
-
-
-def fallback_config(settings: BreakerSettings) -> FallbackConfig:
+def fallback_config(settings: UpstreamSettings) -> FallbackConfig:
     fallback = settings.fallback
     kind = FallbackKind(fallback.kind)
     if kind is FallbackKind.STATIC and fallback.static is not None:
@@ -120,8 +93,8 @@ def upstream_config(spec: CircuitBreakerPolicySpec, name: str, *, mode: Mode, po
         host=upstream.host,
         port=upstream.port,
         listen_port=upstream.listen_port,
-        mode=mode.value,
-        breaker=breaker_config(settings),
+        mode=mode,
+        breaker=settings.breaker_settings(),
         failures=FailureConfig(
             status_codes=list(failures.status_codes),
             timeouts=failures.timeouts,

@@ -1,11 +1,10 @@
 """The aiohttp sidecar proxy that enforces breakers on each upstream.
 
 Public surface: `Sidecar` / `run_sidecar` (start one in-process), `TransitionEvent` and the
-``transition_listeners`` hook, the app keys (`SIDECAR`, `CLIENT_SESSION`, `TRANSITION_LISTENERS`),
-`breaker_settings` (config -> engine settings). `breakwater proxy` runs `breakwater.proxy.main`.
+``transition_listeners`` hook, the app keys (`SIDECAR`, `CLIENT_SESSION`, `TRANSITION_LISTENERS`).
+`breakwater proxy` runs `breakwater.proxy.main`.
 """
 
-from breakwater.proxy.settings import breaker_settings
 from breakwater.proxy.sidecar import (
     ADMIN_TOKEN_ENV,
     CLIENT_SESSION,
@@ -30,6 +29,5 @@ __all__ = [
     "StaleConfigError",
     "TransitionEvent",
     "TransitionListener",
-    "breaker_settings",
     "run_sidecar",
 ]

@@ -23,11 +23,10 @@ from typing import Any, Final, cast
 
 from aiohttp import web
 
-from breakwater.api.sidecar import BreakerConfig, UpstreamConfig
-from breakwater.breaker import REJECTED, Outcome
+from breakwater.api.sidecar import UpstreamConfig
+from breakwater.breaker import REJECTED, Mode, Outcome
 from breakwater.proxy.forwarding import Forwarder, retry_after_header
 from breakwater.proxy.headers import MARKER
-from breakwater.proxy.settings import breaker_settings
 from breakwater.proxy.upstream import LiveParts, RouteTable, Upstream
 
 __all__ = ["PASSTHROUGH_TIMEOUT", "ForwardProxy", "ForwardProxyStats"]
@@ -81,9 +80,7 @@ class ForwardProxy:
         self._own_address = own_address
         self.stats = ForwardProxyStats()
         passthrough_cfg = self._passthrough_config("passthrough.invalid", 80)
-        self._passthrough_parts = LiveParts.create(
-            passthrough_cfg, breaker_settings(passthrough_cfg), clock=clock, on_transition=lambda t: None
-        )
+        self._passthrough_parts = LiveParts.create(passthrough_cfg, clock=clock, on_transition=lambda t: None)
         self._passthrough: OrderedDict[tuple[str, int], Upstream] = OrderedDict()
 
     @staticmethod
@@ -92,8 +89,7 @@ class ForwardProxy:
             name="passthrough",
             host=host,
             port=port,
-            mode="Disabled",
-            breaker=BreakerConfig(consecutive_failures=None),
+            mode=Mode.DISABLED,
             timeout_seconds=PASSTHROUGH_TIMEOUT,
         )
 

@@ -49,8 +49,8 @@ from yarl import URL
 
 from breakwater.breaker import REJECTED, Breaker, Outcome
 from breakwater.proxy.cache import CacheFill, ResponseCache
+from breakwater.proxy.classifiers import IDEMPOTENT_METHODS, FailureKind
 from breakwater.proxy.headers import MARKER, MARKER_REASON, end_to_end
-from breakwater.proxy.settings import IDEMPOTENT_METHODS, FailureKind
 from breakwater.proxy.stats import UpstreamStats
 from breakwater.proxy.upstream import Upstream
 

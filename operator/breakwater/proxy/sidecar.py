@@ -37,14 +37,14 @@ import aiohttp
 from aiohttp import web
 
 from breakwater.api.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
-from breakwater.breaker import InvalidBreakerSettings, Transition
+from breakwater.breaker import Transition
 from breakwater.proxy.forward_proxy import ForwardProxy
 from breakwater.proxy.forwarding import Forwarder
 from breakwater.proxy.headers import MARKER
 from breakwater.proxy.metrics import ReloadCounters, SidecarCollector, new_registry
 from breakwater.proxy.reload import ConfigWatcher
 from breakwater.proxy.stats import TransitionEvent, TransitionListener, wall_time
-from breakwater.proxy.upstream import LiveParts, RouteTable, Upstream, compile_settings
+from breakwater.proxy.upstream import LiveParts, RouteTable, Upstream
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -73,7 +73,7 @@ _ListenerKey = tuple[str, str, str, int]  # (kind, upstream name or "", address,
 
 
 class ConfigApplyError(Exception):
-    """A valid config that could not be applied here (a port in use, settings the engine refuses)."""
+    """A valid config that could not be applied here (a port in use)."""
 
 
 class StaleConfigError(ConfigApplyError):
@@ -393,11 +393,6 @@ class Sidecar:
         if current is not None and config == current:
             self._record_success(source, changed=False)
             return False
-        try:
-            settings = compile_settings(config)
-        except InvalidBreakerSettings as exc:
-            raise ConfigApplyError(f"breaker settings refused: {exc}") from exc
-
         wanted = self._wanted_listeners(config)
         removed = [ls for key, ls in self._listeners.items() if key not in wanted]
         for listener in removed:
@@ -429,14 +424,11 @@ class Sidecar:
             parts = self._live.get(up_cfg.name)
             if parts is None:
                 parts = LiveParts.create(
-                    up_cfg,
-                    settings[up_cfg.name],
-                    clock=self.clock,
-                    on_transition=self._transition_sink(up_cfg.name),
+                    up_cfg, clock=self.clock, on_transition=self._transition_sink(up_cfg.name)
                 )
                 self._live[up_cfg.name] = parts
             else:
-                parts.update(up_cfg, settings[up_cfg.name], clock=self.clock)
+                parts.update(up_cfg, clock=self.clock)
             upstreams[up_cfg.name] = Upstream(up_cfg, parts)
         self.routes = RouteTable.build(config, upstreams)
         self.config = config

@@ -19,11 +19,11 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from breakwater.api.sidecar import SidecarConfig, UpstreamConfig
-from breakwater.breaker import Breaker, BreakerSettings, Transition
+from breakwater.breaker import Breaker, Transition
 from breakwater.proxy.budget import RetryBudget
 from breakwater.proxy.bulkhead import Bulkhead
 from breakwater.proxy.cache import ResponseCache
-from breakwater.proxy.settings import FailurePolicy, RetryPolicy, breaker_settings
+from breakwater.proxy.classifiers import FailurePolicy, RetryPolicy
 from breakwater.proxy.stats import UpstreamStats
 
 __all__ = ["LiveParts", "RouteTable", "StaticFallback", "Upstream", "authority_aliases"]
@@ -51,22 +51,22 @@ class LiveParts:
     def create(
         cls,
         config: UpstreamConfig,
-        settings: BreakerSettings,
         *,
         clock: Callable[[], float],
         on_transition: Callable[[Transition], None],
     ) -> LiveParts:
-        parts = cls(breaker=Breaker(config.name, settings, clock=clock, on_transition=on_transition))
-        parts.update(config, settings, clock=clock)
+        breaker = Breaker(
+            config.name, config.breaker, mode=config.mode, clock=clock, on_transition=on_transition
+        )
+        parts = cls(breaker=breaker)
+        parts.update(config, clock=clock)
         return parts
 
-    def update(
-        self, config: UpstreamConfig, settings: BreakerSettings, *, clock: Callable[[], float]
-    ) -> None:
+    def update(self, config: UpstreamConfig, *, clock: Callable[[], float]) -> None:
         """Adopt a new config for the same upstream name, keeping whatever still applies."""
         self.policy = config.policy
-        if self.breaker.settings != settings:
-            self.breaker.reconfigure(settings)
+        if (self.breaker.settings, self.breaker.mode) != (config.breaker, config.mode):
+            self.breaker.reconfigure(config.breaker, config.mode)
         bh = config.bulkhead
         if bh.max_concurrent is None:
             self.bulkhead = None
@@ -220,8 +220,3 @@ class RouteTable:
 
 def static_headers(fallback: StaticFallback) -> CIMultiDict[str]:
     return CIMultiDict(fallback.headers)
-
-
-def compile_settings(config: SidecarConfig) -> dict[str, BreakerSettings]:
-    """The breaker settings of every upstream; raises `InvalidBreakerSettings` if the engine refuses one."""
-    return {up.name: breaker_settings(up) for up in config.upstreams}

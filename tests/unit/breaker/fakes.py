@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from breakwater.breaker import REJECTED, Breaker, Outcome, Transition
+import dataclasses
+from typing import Any
+
+from breakwater.breaker import REJECTED, Breaker, BreakerSettings, Outcome, Transition, WindowKind
 
 
 class FakeClock:
@@ -49,3 +52,29 @@ def fail(breaker: Breaker, times: int = 1, duration: float = 0.01) -> list[int]:
 
 def succeed(breaker: Breaker, times: int = 1, duration: float = 0.01) -> list[int]:
     return [call(breaker, Outcome.SUCCESS, duration) for _ in range(times)]
+
+
+# The settings the engine tests start from, written out in full: the engine has no defaults of its own
+# (the policy's defaults live in api/spec.py), and these tests pin the values they reason about.
+BASE = BreakerSettings(
+    consecutive_failures=5,
+    failure_rate_percent=None,
+    slow_call_percent=None,
+    slow_call_seconds=None,
+    minimum_calls=20,
+    window_kind=WindowKind.COUNT,
+    window_size=100,
+    window_seconds=30.0,
+    open_seconds=60.0,
+    open_max_seconds=300.0,
+    backoff_multiplier=2.0,
+    jitter=0.2,
+    half_open_permitted_calls=3,
+    half_open_successes_to_close=3,
+    half_open_max_wait_seconds=None,
+)
+
+
+def settings_with(**changes: Any) -> BreakerSettings:
+    """`BASE` with `changes`; the engine validates the result as it would any settings."""
+    return dataclasses.replace(BASE, **changes)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from breakwater.breaker import ADMITTED, OBSERVED_REJECT, REJECTED, TRIAL, BreakerSettings, Mode, State
+from breakwater.breaker import ADMITTED, OBSERVED_REJECT, REJECTED, TRIAL, Mode, State
 
 from .conftest import MakeBreaker
-from .fakes import Events, FakeClock, fail, succeed
+from .fakes import Events, FakeClock, fail, settings_with, succeed
 
 
 def test_observe_mode_admits_what_enforce_would_reject_and_counts_it(
@@ -53,9 +53,9 @@ def test_force_open_rejects_everything_forever(make_breaker: MakeBreaker, clock:
 
 def test_switching_to_force_open_opens_and_back_closes(make_breaker: MakeBreaker, events: Events) -> None:
     breaker = make_breaker()
-    breaker.reconfigure(BreakerSettings(mode=Mode.FORCE_OPEN))
+    breaker.reconfigure(settings_with(), Mode.FORCE_OPEN)
     assert breaker.try_acquire() == REJECTED
-    breaker.reconfigure(BreakerSettings(mode=Mode.ENFORCE))
+    breaker.reconfigure(settings_with(), Mode.ENFORCE)
     assert breaker.try_acquire() == ADMITTED
     assert [(e.to_state, e.reason) for e in events.items] == [
         (State.OPEN, "ModeChanged"),
@@ -66,10 +66,10 @@ def test_switching_to_force_open_opens_and_back_closes(make_breaker: MakeBreaker
 def test_disabling_an_open_breaker_closes_it(make_breaker: MakeBreaker, events: Events) -> None:
     breaker = make_breaker(consecutive_failures=1)
     fail(breaker)
-    breaker.reconfigure(BreakerSettings(mode=Mode.DISABLED, consecutive_failures=1))
+    breaker.reconfigure(settings_with(consecutive_failures=1), Mode.DISABLED)
     assert breaker.state is State.CLOSED
     assert events.reasons == ["ConsecutiveFailures", "ModeChanged"]
-    breaker.reconfigure(BreakerSettings(mode=Mode.ENFORCE, consecutive_failures=1))
+    breaker.reconfigure(settings_with(consecutive_failures=1), Mode.ENFORCE)
     fail(breaker)
     assert breaker.retry_after() == 60  # the streak started over
 
@@ -79,7 +79,7 @@ def test_switching_enforce_to_observe_keeps_state_and_counters(make_breaker: Mak
     fail(breaker, 3)
     breaker.try_acquire()
     before = breaker.snapshot()
-    breaker.reconfigure(BreakerSettings(mode=Mode.OBSERVE, consecutive_failures=3))
+    breaker.reconfigure(settings_with(consecutive_failures=3), Mode.OBSERVE)
     after = breaker.snapshot()
     assert after.state is State.OPEN
     assert (after.trips, after.rejections, after.open_until) == (
@@ -94,7 +94,7 @@ def test_reconfiguring_thresholds_keeps_the_window_of_the_same_shape(make_breake
     breaker = make_breaker(consecutive_failures=None, failure_rate_percent=90, minimum_calls=10)
     fail(breaker, 6)
     succeed(breaker, 4)
-    breaker.reconfigure(BreakerSettings(consecutive_failures=None, failure_rate_percent=50, minimum_calls=10))
+    breaker.reconfigure(settings_with(consecutive_failures=None, failure_rate_percent=50, minimum_calls=10))
     assert breaker.snapshot().window_calls == 10
     fail(breaker)
     assert breaker.state is State.OPEN
@@ -103,6 +103,6 @@ def test_reconfiguring_thresholds_keeps_the_window_of_the_same_shape(make_breake
 def test_reconfiguring_the_window_shape_starts_an_empty_window(make_breaker: MakeBreaker) -> None:
     breaker = make_breaker(window_size=100)
     succeed(breaker, 10)
-    breaker.reconfigure(BreakerSettings(window_size=50))
+    breaker.reconfigure(settings_with(window_size=50))
     assert breaker.snapshot().window_calls == 0
     assert breaker.snapshot().calls == 10

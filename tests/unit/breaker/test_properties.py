@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import hypothesis.strategies as st
@@ -32,17 +31,16 @@ from breakwater.breaker import (
     WindowKind,
 )
 
-from .fakes import FakeClock
+from .fakes import FakeClock, settings_with
 
 OUTCOMES = st.sampled_from([Outcome.SUCCESS, Outcome.FAILURE, Outcome.IGNORED])
 
 
 @st.composite
-def breaker_settings(draw: st.DrawFn, modes: list[Mode] | None = None) -> BreakerSettings:
+def breaker_settings(draw: st.DrawFn) -> BreakerSettings:
     open_seconds = draw(st.sampled_from([0.0, 0.5, 1.0, 10.0, 60.0]) | st.floats(0, 100))
     slow = draw(st.none() | st.tuples(st.floats(1, 100), st.floats(0.01, 5)))
-    return BreakerSettings(
-        mode=draw(st.sampled_from(modes or list(Mode))),
+    return settings_with(
         consecutive_failures=draw(st.none() | st.integers(1, 6)),
         failure_rate_percent=draw(st.none() | st.floats(1, 100)),
         slow_call_percent=None if slow is None else slow[0],
@@ -67,7 +65,7 @@ def breaker_settings(draw: st.DrawFn, modes: list[Mode] | None = None) -> Breake
 )
 def test_the_breaker_opens_exactly_on_the_nth_consecutive_failure(n: int, outcomes: list[Outcome]) -> None:
     clock = FakeClock()
-    breaker = Breaker("u", BreakerSettings(consecutive_failures=n), clock=clock)
+    breaker = Breaker("u", settings_with(consecutive_failures=n), clock=clock)
     run = 0
     for outcome in outcomes:
         token = breaker.try_acquire()
@@ -97,7 +95,7 @@ def test_open_durations_grow_by_the_multiplier_stay_capped_and_reset_on_close(
     cap = open_seconds + extra
     breaker = Breaker(
         "u",
-        BreakerSettings(
+        settings_with(
             consecutive_failures=1,
             open_seconds=open_seconds,
             open_max_seconds=cap,
@@ -142,16 +140,21 @@ class BreakerMachine(RuleBasedStateMachine):
 
     tokens = Bundle("tokens")
 
-    @initialize(config=breaker_settings(), draws=st.lists(st.floats(0, 1, exclude_max=True), min_size=1))
-    def start(self, config: BreakerSettings, draws: list[float]) -> None:
+    @initialize(
+        config=breaker_settings(),
+        mode=st.sampled_from(list(Mode)),
+        draws=st.lists(st.floats(0, 1, exclude_max=True), min_size=1),
+    )
+    def start(self, config: BreakerSettings, mode: Mode, draws: list[float]) -> None:
+        self.mode = mode
         self.clock = FakeClock()
         self.draws = draws
         self.draw_index = 0
         self.last_draw = 0.5
         self.events: list[Transition] = []
-        self.initial_state = State.OPEN if config.mode is Mode.FORCE_OPEN else State.CLOSED
+        self.initial_state = State.OPEN if mode is Mode.FORCE_OPEN else State.CLOSED
         self.model_state = self.initial_state
-        self.model_until = math.inf if config.mode is Mode.FORCE_OPEN else -math.inf
+        self.model_until = math.inf if mode is Mode.FORCE_OPEN else -math.inf
         self.streak = 0
         self.episode = 0  # counts entries into HalfOpen
         self.trials: dict[int, int] = {}  # id -> half-open episode, for trial tokens not yet completed
@@ -162,7 +165,9 @@ class BreakerMachine(RuleBasedStateMachine):
         self.completed = 0
         self.failures = 0
         self.mode_changes = 0
-        self.breaker = Breaker("u", config, clock=self.clock, rng=self.rng, on_transition=self.on_transition)
+        self.breaker = Breaker(
+            "u", config, mode=mode, clock=self.clock, rng=self.rng, on_transition=self.on_transition
+        )
 
     def rng(self) -> float:
         self.last_draw = self.draws[self.draw_index % len(self.draws)]
@@ -185,10 +190,10 @@ class BreakerMachine(RuleBasedStateMachine):
         c = self.config
         if event.to_state is State.OPEN:
             if event.reason == "ModeChanged":
-                assert c.mode is Mode.FORCE_OPEN
+                assert self.mode is Mode.FORCE_OPEN
                 self.model_until = math.inf
             else:
-                assert c.mode in (Mode.ENFORCE, Mode.OBSERVE)
+                assert self.mode in (Mode.ENFORCE, Mode.OBSERVE)
                 self.streak += 1
                 # open_seconds * multiplier ** (streak - 1), capped; multiplied step by step like the engine
                 # so that the model's float equals the breaker's exactly (the test waits to that instant)
@@ -214,7 +219,7 @@ class BreakerMachine(RuleBasedStateMachine):
 
     @rule(target=tokens)
     def acquire(self) -> object:
-        mode = self.config.mode
+        mode = self.mode
         before = self.model_state
         open_and_waiting = before is State.OPEN and self.clock.now < self.model_until
         token = self.breaker.try_acquire()
@@ -247,7 +252,9 @@ class BreakerMachine(RuleBasedStateMachine):
         self.trials.pop(ident, None)
         c = self.config
         counts_in_closed = (
-            token == ADMITTED and self.model_state is State.CLOSED and c.mode in (Mode.ENFORCE, Mode.OBSERVE)
+            token == ADMITTED
+            and self.model_state is State.CLOSED
+            and self.mode in (Mode.ENFORCE, Mode.OBSERVE)
         )
         if counts_in_closed and outcome is Outcome.FAILURE:
             self.run += 1
@@ -286,8 +293,9 @@ class BreakerMachine(RuleBasedStateMachine):
     @rule(mode=st.sampled_from(list(Mode)))
     def change_mode(self, mode: Mode) -> None:
         self.mode_changes += 1
-        old = self.config.mode
-        self.breaker.reconfigure(dataclasses.replace(self.config, mode=mode))
+        old = self.mode
+        self.mode = mode
+        self.breaker.reconfigure(self.config, mode)
         if mode is not old and (mode is Mode.DISABLED or old in (Mode.FORCE_OPEN, Mode.DISABLED)):
             self.run = 0  # documented: a fresh start, with or without a ModeChanged event
             self.streak = 0
@@ -300,10 +308,10 @@ class BreakerMachine(RuleBasedStateMachine):
             return
         snap = self.breaker.snapshot()
         assert snap.state is self.model_state
-        assert snap.mode is self.config.mode
-        if self.config.mode is Mode.DISABLED:
+        assert snap.mode is self.mode
+        if self.mode is Mode.DISABLED:
             assert snap.state is State.CLOSED
-        if self.config.mode is Mode.FORCE_OPEN:
+        if self.mode is Mode.FORCE_OPEN:
             assert snap.state is State.OPEN
             assert snap.open_until == math.inf
         if snap.state is State.OPEN:
@@ -355,7 +363,7 @@ def test_the_rate_rules_trip_exactly_when_a_brute_force_window_says_so(
     peeks: bool,
 ) -> None:
     clock = FakeClock(start=0.0)
-    config = BreakerSettings(
+    config = settings_with(
         consecutive_failures=None,
         failure_rate_percent=percent,
         slow_call_percent=slow_percent,

@@ -11,7 +11,6 @@ import pytest
 from breakwater.breaker import (
     REJECTED,
     Breaker,
-    BreakerSettings,
     InvalidBreakerSettings,
     Mode,
     Outcome,
@@ -20,18 +19,7 @@ from breakwater.breaker import (
 )
 
 from .conftest import MakeBreaker
-from .fakes import FakeClock, fail, succeed
-
-
-def test_the_default_settings_are_the_documented_ones() -> None:
-    s = BreakerSettings()
-    assert (s.mode, s.consecutive_failures, s.failure_rate_percent, s.minimum_calls) == (
-        Mode.ENFORCE,
-        5,
-        None,
-        20,
-    )
-    assert (s.open_seconds, s.open_max_seconds, s.backoff_multiplier, s.jitter) == (60.0, 300.0, 2.0, 0.2)
+from .fakes import FakeClock, fail, settings_with, succeed
 
 
 @pytest.mark.parametrize(
@@ -58,7 +46,7 @@ def test_the_default_settings_are_the_documented_ones() -> None:
 )
 def test_settings_the_engine_cannot_run_with_are_refused_naming_the_field(field: str, value: object) -> None:
     with pytest.raises(InvalidBreakerSettings, match=field):
-        BreakerSettings(**{field: value})  # type: ignore[arg-type]
+        settings_with(**{field: value})  # type: ignore[arg-type]
 
 
 def test_invalid_settings_are_value_errors() -> None:
@@ -117,14 +105,14 @@ def test_a_rejected_token_needs_no_result_and_tolerates_one(make_breaker: MakeBr
 def test_the_settings_property_returns_what_was_configured(make_breaker: MakeBreaker) -> None:
     breaker = make_breaker(window_size=7)
     assert breaker.settings.window_size == 7
-    new = BreakerSettings(window_size=9)
+    new = settings_with(window_size=9)
     breaker.reconfigure(new)
     assert breaker.settings is new
 
 
 def test_rejecting_does_not_grow_memory() -> None:
     clock = FakeClock()
-    breaker = Breaker("payments", BreakerSettings(mode=Mode.FORCE_OPEN), clock=clock)
+    breaker = Breaker("payments", settings_with(), mode=Mode.FORCE_OPEN, clock=clock)
     for _ in range(1000):
         breaker.try_acquire()
     gc.collect()
@@ -142,7 +130,7 @@ def test_rejecting_does_not_grow_memory() -> None:
 
 def test_closed_calls_do_not_grow_memory() -> None:
     clock = FakeClock()
-    breaker = Breaker("payments", BreakerSettings(failure_rate_percent=50), clock=clock)
+    breaker = Breaker("payments", settings_with(failure_rate_percent=50), clock=clock)
     for _ in range(1000):
         breaker.on_result(breaker.try_acquire(), Outcome.SUCCESS, 0.01)
     gc.collect()

@@ -1,7 +1,9 @@
-"""The sidecar config schema (api/sidecar.py) and its conversion to engine settings (proxy/settings.py)."""
+"""The sidecar config schema (api/sidecar.py): it carries the engine's own settings, and the classifiers
+compiled from it (proxy/classifiers.py)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,11 +17,10 @@ from breakwater.api.sidecar import (
     parse_sidecar_config,
 )
 from breakwater.breaker import BreakerSettings, Mode, WindowKind
-from breakwater.proxy.settings import (
+from breakwater.proxy.classifiers import (
     FailureKind,
     FailurePolicy,
     RetryPolicy,
-    breaker_settings,
     status_matcher,
 )
 from breakwater.proxy.upstream import authority_aliases
@@ -89,7 +90,7 @@ def test_fields_may_be_given_by_python_name_too() -> None:
         ),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "breaker": {"slowCallPercent": 50}}]},
-            "slowCallPercent needs slowCallSeconds",
+            "upstreams.0.breaker.*slow_call_percent=50.0: needs slow_call_seconds",
         ),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "retry": {"retryOn": ["sometimes"]}}]},
@@ -169,8 +170,8 @@ def test_breaker_settings_carry_every_field_of_the_breaker_block_and_the_mode() 
             },
         }
     )
-    assert breaker_settings(up) == BreakerSettings(
-        mode=Mode.OBSERVE,
+    assert up.mode is Mode.OBSERVE
+    assert up.breaker == BreakerSettings(
         consecutive_failures=None,
         failure_rate_percent=50,
         slow_call_percent=80,
@@ -189,9 +190,19 @@ def test_breaker_settings_carry_every_field_of_the_breaker_block_and_the_mode() 
     )
 
 
-def test_default_breaker_blocks_give_the_engine_defaults() -> None:
-    up = UpstreamConfig(name="a", host="h", port=1)
-    assert breaker_settings(up) == BreakerSettings()
+def test_a_missing_or_partial_breaker_block_takes_the_policy_defaults() -> None:
+    from breakwater.api.spec import UpstreamSettings
+
+    defaults = UpstreamSettings().breaker_settings()
+    assert UpstreamConfig(name="a", host="h", port=1).breaker == defaults
+    partial = UpstreamConfig.model_validate({"name": "a", "host": "h", "port": 1, "breaker": {"jitter": 0}})
+    assert partial.breaker == dataclasses.replace(defaults, jitter=0.0)
+
+
+def test_breaker_settings_the_engine_refuses_are_refused_with_the_config() -> None:
+    bad = {"name": "a", "host": "h", "port": 1, "breaker": {"openSeconds": 10, "openMaxSeconds": 5}}
+    with pytest.raises(SidecarConfigError, match="open_max_seconds"):
+        parse_sidecar_config({"upstreams": [bad]})
 
 
 def test_status_patterns_match_exact_codes_and_classes() -> None:

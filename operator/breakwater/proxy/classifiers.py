@@ -1,7 +1,6 @@
-"""From the sidecar config (`breakwater.api.sidecar`) to the proxy's compiled runtime settings.
+"""The failure and retry classifiers of an upstream's config, compiled into O(1) lookups for the hot path.
 
-The api package cannot import the breaker (layers), so the conversion to `BreakerSettings` lives here,
-together with the failure and retry classifiers compiled into O(1) lookups for the hot path.
+(The breaker's own settings need no compiling: the config carries the engine's `BreakerSettings`.)
 """
 
 from __future__ import annotations
@@ -9,28 +8,18 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from breakwater.api.sidecar import BreakerConfig, FailureConfig, RetryConfig, UpstreamConfig
-from breakwater.breaker import BreakerSettings, Mode, WindowKind
+from breakwater.api.sidecar import FailureConfig, RetryConfig
 
 __all__ = [
     "IDEMPOTENT_METHODS",
     "FailureKind",
     "FailurePolicy",
     "RetryPolicy",
-    "breaker_settings",
     "status_matcher",
 ]
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 """RFC 9110 section 9.2.2: the only methods the proxy ever retries."""
-
-_MODES = {
-    "Enforce": Mode.ENFORCE,
-    "Observe": Mode.OBSERVE,
-    "ForceOpen": Mode.FORCE_OPEN,
-    "Disabled": Mode.DISABLED,
-}
-_WINDOWS = {"Count": WindowKind.COUNT, "Time": WindowKind.TIME}
 
 
 class FailureKind(enum.Enum):
@@ -39,29 +28,6 @@ class FailureKind(enum.Enum):
     CONNECT = "connect-error"
     TIMEOUT = "timeout"
     RESET = "reset"
-
-
-def breaker_settings(upstream: UpstreamConfig) -> BreakerSettings:
-    """The engine settings for one upstream (its mode plus its ``breaker`` block)."""
-    b: BreakerConfig = upstream.breaker
-    return BreakerSettings(
-        mode=_MODES[upstream.mode],
-        consecutive_failures=b.consecutive_failures,
-        failure_rate_percent=b.failure_rate_percent,
-        slow_call_percent=b.slow_call_percent,
-        slow_call_seconds=b.slow_call_seconds,
-        minimum_calls=b.minimum_calls,
-        window_kind=_WINDOWS[b.window_kind],
-        window_size=b.window_size,
-        window_seconds=b.window_seconds,
-        open_seconds=b.open_seconds,
-        open_max_seconds=b.open_max_seconds,
-        backoff_multiplier=b.backoff_multiplier,
-        jitter=b.jitter,
-        half_open_permitted_calls=b.half_open_permitted_calls,
-        half_open_successes_to_close=b.half_open_successes_to_close,
-        half_open_max_wait_seconds=b.half_open_max_wait_seconds,
-    )
 
 
 def status_matcher(patterns: list[str]) -> tuple[bool, ...]:
