@@ -38,10 +38,15 @@ from pydantic.alias_generators import to_camel
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.rules import MANAGED_HEADERS
-from breakwater.api.spec import CircuitBreakerPolicySpec, UpstreamSettings
+from breakwater.api.spec import Bulkhead, CircuitBreakerPolicySpec, FallbackKind, Retry, UpstreamSettings
 from breakwater.breaker.settings import BreakerSettings, Mode
 
+# Every default of the wire format is the spec's (api/spec.py), read from its models.
+_SPEC = UpstreamSettings()
+_RETRY = Retry()
 _DEFAULT_MODE: Mode = CircuitBreakerPolicySpec.model_fields["mode"].default
+REJECTED_STATUS = 503
+"""What a rejected call gets without a fallback: 503 Service Unavailable."""
 
 __all__ = [
     "SIDECAR_CONFIG_VERSION",
@@ -124,7 +129,7 @@ def _complete_breaker(block: Any) -> Any:
     return block
 
 
-_DEFAULT_BREAKER = {to_camel(k): v for k, v in asdict(UpstreamSettings().breaker_settings()).items()}
+_DEFAULT_BREAKER = {to_camel(k): v for k, v in asdict(_SPEC.breaker_settings()).items()}
 
 BreakerBlock = Annotated[BreakerSettings, BeforeValidator(_complete_breaker)]
 """The engine's settings as they travel (camelCase), validated by `BreakerSettings` itself."""
@@ -133,10 +138,10 @@ BreakerBlock = Annotated[BreakerSettings, BeforeValidator(_complete_breaker)]
 class FailureConfig(_Model):
     """What counts as a failure of the upstream (everything else an upstream answers is a success)."""
 
-    status_codes: list[str] = Field(default_factory=lambda: ["5xx"])
-    timeouts: bool = True
-    connect_errors: bool = True
-    resets: bool = True
+    status_codes: list[str] = Field(default_factory=lambda: list(_SPEC.failures.status_codes))
+    timeouts: bool = _SPEC.failures.timeouts
+    connect_errors: bool = _SPEC.failures.connect_errors
+    resets: bool = _SPEC.failures.resets
 
     @field_validator("status_codes")
     @classmethod
@@ -150,13 +155,13 @@ class FailureConfig(_Model):
 class FallbackConfig(_Model):
     """What a rejected (or unanswered) request gets instead of a bare 503."""
 
-    kind: Literal["None", "Static", "Cached"] = "None"
-    status: Annotated[int, Field(ge=200, le=599)] = 503
+    kind: FallbackKind = _SPEC.fallback.kind
+    status: Annotated[int, Field(ge=200, le=599)] = REJECTED_STATUS
     headers: dict[str, str] = Field(default_factory=dict)
     body: str = ""
-    max_age_seconds: Seconds = 300.0
-    max_entries: Annotated[int, Field(ge=1, le=1_000_000)] = 1000
-    max_bytes: Annotated[int, Field(ge=1)] = 8 * 1024 * 1024
+    max_age_seconds: Seconds = _SPEC.fallback.cached_settings.max_age.seconds
+    max_entries: Annotated[int, Field(ge=1, le=1_000_000)] = _SPEC.fallback.cached_settings.max_entries
+    max_bytes: Annotated[int, Field(ge=1)] = _SPEC.fallback.cached_settings.max_bytes
 
     @field_validator("headers")
     @classmethod
@@ -175,16 +180,16 @@ class BulkheadConfig(_Model):
     """At most ``maxConcurrent`` requests in flight to the upstream, ``maxPending`` more waiting."""
 
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
-    max_pending: Annotated[int, Field(ge=0)] = 0
+    max_pending: Annotated[int, Field(ge=0)] = Bulkhead.model_fields["max_pending"].default
 
 
 class RetryConfig(_Model):
     """Retries of idempotent requests, within a budget (retries <= budgetPercent of requests)."""
 
-    attempts: Annotated[int, Field(ge=1, le=10)] = 1
+    attempts: Annotated[int, Field(ge=1, le=10)] = 1  # 1: no retry (a policy without `retry`)
     per_try_timeout_seconds: Seconds | None = None
-    budget_percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = 20.0
-    retry_on: list[str] = Field(default_factory=lambda: ["connect-failure", "reset", "5xx"])
+    budget_percent: Annotated[float, Field(ge=0, le=100, allow_inf_nan=False)] = float(_RETRY.budget_percent)
+    retry_on: list[str] = Field(default_factory=lambda: list(_RETRY.retry_on))
 
     @field_validator("retry_on")
     @classmethod
@@ -205,9 +210,9 @@ class UpstreamConfig(_Model):
     port: Annotated[int, Field(ge=1, le=65535)]
     listen_port: Port | None = None
     mode: Mode = _DEFAULT_MODE
-    breaker: BreakerBlock = Field(default_factory=lambda: UpstreamSettings().breaker_settings())
+    breaker: BreakerBlock = Field(default_factory=_SPEC.breaker_settings)
     failures: FailureConfig = Field(default_factory=FailureConfig)
-    timeout_seconds: Seconds = 2.0
+    timeout_seconds: Seconds = _SPEC.timeout.seconds
     fallback: FallbackConfig = Field(default_factory=FallbackConfig)
     bulkhead: BulkheadConfig = Field(default_factory=BulkheadConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)

@@ -65,7 +65,7 @@ def fallback_config(settings: UpstreamSettings) -> FallbackConfig:
     kind = FallbackKind(fallback.kind)
     if kind is FallbackKind.STATIC and fallback.static is not None:
         return FallbackConfig(
-            kind="Static",
+            kind=FallbackKind.STATIC,
             status=fallback.static.status,
             headers=dict(fallback.static.headers or {}),
             body=fallback.static.body,
@@ -73,12 +73,12 @@ def fallback_config(settings: UpstreamSettings) -> FallbackConfig:
     if kind is FallbackKind.CACHED:
         cached = fallback.cached_settings
         return FallbackConfig(
-            kind="Cached",
+            kind=FallbackKind.CACHED,
             max_age_seconds=cached.max_age.seconds,
             max_entries=cached.max_entries,
             max_bytes=cached.max_bytes,
         )
-    return FallbackConfig(kind="None")
+    return FallbackConfig(kind=FallbackKind.NONE)
 
 
 def upstream_config(spec: CircuitBreakerPolicySpec, name: str, *, mode: Mode, policy: str) -> UpstreamConfig:

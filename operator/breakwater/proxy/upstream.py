@@ -19,6 +19,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from breakwater.api.sidecar import SidecarConfig, UpstreamConfig
+from breakwater.api.spec import FallbackKind
 from breakwater.breaker import Breaker, Transition
 from breakwater.proxy.budget import RetryBudget
 from breakwater.proxy.bulkhead import Bulkhead
@@ -83,7 +84,7 @@ class LiveParts:
         else:
             self.budget = None
         fb = config.fallback
-        if fb.kind == "Cached":
+        if fb.kind is FallbackKind.CACHED:
             if self.cache is None:
                 self.cache = ResponseCache(
                     max_entries=fb.max_entries,
@@ -154,7 +155,7 @@ class Upstream:
         self.cache = parts.cache
         fb = config.fallback
         self.static_fallback: StaticFallback | None = None
-        if fb.kind == "Static":
+        if fb.kind is FallbackKind.STATIC:
             self.static_fallback = StaticFallback(
                 status=fb.status, headers=tuple(fb.headers.items()), body=fb.body.encode()
             )
