@@ -16,13 +16,27 @@ SHORT_NAMES: Final = ("cbp",)
 CATEGORIES: Final = ("breakwater",)
 CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 
-# Condition types written to status.conditions (Kubernetes API conventions: positive polarity).
+# Condition types written to status.conditions, in the order they are written. Accepted and Ready are
+# "normal-true" (True is the healthy state); Conflict, CircuitOpen and Degraded are "abnormal-true"
+# (True means something needs attention), as Kubernetes' own conditions mix both (Ready, DiskPressure).
 CONDITION_ACCEPTED: Final = "Accepted"
 """The spec is valid and the sidecar configuration was rendered from it."""
 CONDITION_READY: Final = "Ready"
 """Every selected pod is injected and reports the current configuration."""
+CONDITION_CONFLICT: Final = "Conflict"
+"""An older policy of the namespace claims one of this policy's upstreams for some pods."""
 CONDITION_CIRCUIT_OPEN: Final = "CircuitOpen"
 """At least one breaker of this policy is open (or would be, in Observe mode)."""
+CONDITION_DEGRADED: Final = "Degraded"
+"""Some upstream is failing: open, half-open or (Observe mode) would be open."""
+HEALTHY_WHEN: Final = {
+    CONDITION_ACCEPTED: True,
+    CONDITION_READY: True,
+    CONDITION_CONFLICT: False,
+    CONDITION_CIRCUIT_OPEN: False,
+    CONDITION_DEGRADED: False,
+}
+"""Each condition type's polarity: the status it has when all is well."""
 
 # Ports of the sidecar itself: an upstream's listenPort may not take them (a CEL rule says so).
 SIDECAR_ADMIN_PORT: Final = 15020

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from breakwater.api.report import SidecarReport
+from breakwater.api.status import EffectiveThresholds, UpstreamState, UpstreamStatus
 from breakwater.breaker.settings import Mode, State
 
 # Severity order for the summary's single word: the worst state of any upstream wins.
@@ -108,21 +109,23 @@ class UpstreamFleet:
     def reporting(self) -> int:
         return self.open + self.half_open + self.closed
 
-    def as_status(self, *, last_transition_time: str | None) -> dict[str, object]:
-        status: dict[str, object] = {
-            "name": self.name,
-            "state": self.state,
-            "open": self.open,
-            "halfOpen": self.half_open,
-            "closed": self.closed,
-            "wouldOpen": self.would_open,
-            "trips": self.trips,
-        }
-        if self.failure_rate is not None:
-            status["failureRate"] = round(self.failure_rate, 2)
-        if last_transition_time:
-            status["lastTransitionTime"] = last_transition_time
-        return status
+    def as_status(
+        self, *, last_transition_time: str | None, effective: EffectiveThresholds | None = None
+    ) -> UpstreamStatus:
+        return UpstreamStatus(
+            name=self.name,
+            state=UpstreamState(self.state),
+            open=self.open,
+            half_open=self.half_open,
+            closed=self.closed,
+            would_open=self.would_open,
+            trips=self.trips,
+            failure_rate=round(self.failure_rate, 2) if self.failure_rate is not None else None,
+            last_transition_time=datetime.datetime.fromisoformat(last_transition_time)
+            if last_transition_time
+            else None,
+            effective=effective,
+        )
 
 
 def fleet_state(open_: int, half_open: int, closed: int) -> str:

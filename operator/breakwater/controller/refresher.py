@@ -202,7 +202,7 @@ class Refresher:
             fleet=fleet,
             clock=clock,
             mode=bundle.upstreams[0].mode if bundle and bundle.upstreams else None,
-        )
+        ).to_dict()
         comparable_previous = {k: previous.get(k) for k in wanted}
         if without_times(wanted) == without_times(comparable_previous):
             return

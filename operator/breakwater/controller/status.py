@@ -8,10 +8,24 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from breakwater.api.bundle import PolicyBundle
-from breakwater.api.constants import CONDITION_ACCEPTED, CONDITION_CIRCUIT_OPEN, CONDITION_READY
+from breakwater.api.constants import (
+    CONDITION_ACCEPTED,
+    CONDITION_CIRCUIT_OPEN,
+    CONDITION_CONFLICT,
+    CONDITION_DEGRADED,
+    CONDITION_READY,
+)
 from breakwater.api.scalars import Duration
 from breakwater.api.sidecar import UpstreamConfig
-from breakwater.controller.conditions import Condition, merge
+from breakwater.api.status import (
+    CircuitBreakerPolicyStatus,
+    Condition,
+    EffectiveThresholds,
+    PodCounts,
+    StatusSummary,
+    UpstreamStatus,
+)
+from breakwater.controller.conditions import condition, merge, stored
 from breakwater.controller.fleet import (
     PodReport,
     TransitionClock,
@@ -25,9 +39,6 @@ from breakwater.controller.state import ReconcileOutcome
 from breakwater.injection.pod import SKIP_HOST_NETWORK, SKIP_LISTEN_PORT_CLASH
 from breakwater.injection.resolve import Conflict
 from breakwater.injection.selectors import matches
-
-CONDITION_CONFLICT = "Conflict"
-CONDITION_DEGRADED = "Degraded"
 
 
 @dataclass(frozen=True)
@@ -127,30 +138,27 @@ class FleetView:
 
 def _accepted(outcome: ReconcileOutcome | None, previous: Mapping[str, Any]) -> Condition:
     if outcome is not None:
-        return Condition(CONDITION_ACCEPTED, outcome.accepted, outcome.reason, outcome.message)
-    old = {c.get("type"): c for c in previous.get("conditions") or ()}.get(CONDITION_ACCEPTED)
-    if old is not None:
-        return Condition(
-            CONDITION_ACCEPTED, old.get("status") == "True", old.get("reason", ""), old.get("message", "")
-        )
-    return Condition(CONDITION_ACCEPTED, None, "Pending", "not reconciled yet")
+        return condition(CONDITION_ACCEPTED, outcome.accepted, outcome.reason, outcome.message)
+    return stored(previous.get("conditions"), CONDITION_ACCEPTED) or condition(
+        CONDITION_ACCEPTED, None, "Pending", "not reconciled yet"
+    )
 
 
 def _ready(bundle: PolicyBundle | None, view: PodView, fleet: FleetView) -> Condition:
     selected, injected = len(view.selected), len(view.injected)
     if bundle is None:
-        return Condition(CONDITION_READY, False, "NotAccepted", "the policy has no rendered config")
+        return condition(CONDITION_READY, False, "NotAccepted", "the policy has no rendered config")
     if selected == 0:
-        return Condition(
+        return condition(
             CONDITION_READY, False, "NoPodsSelected", "the selector matches no running pod in this namespace"
         )
     if injected < selected:
-        return Condition(CONDITION_READY, False, "PodsNotInjected", not_injected_message(view))
+        return condition(CONDITION_READY, False, "PodsNotInjected", not_injected_message(view))
     if fleet.reporting < injected:
         stale = f"{fleet.stale} stale or outdated"
         message = f"{fleet.reporting}/{injected} sidecars report the current config ({stale})"
-        return Condition(CONDITION_READY, False, "SidecarsNotReporting", message)
-    return Condition(
+        return condition(CONDITION_READY, False, "SidecarsNotReporting", message)
+    return condition(
         CONDITION_READY,
         True,
         "AllPodsReporting",
@@ -158,25 +166,32 @@ def _ready(bundle: PolicyBundle | None, view: PodView, fleet: FleetView) -> Cond
     )
 
 
+def _conflict(view: PodView) -> Condition:
+    if view.conflicts:
+        message = "; ".join(c.message() for c in view.conflicts)
+        return condition(CONDITION_CONFLICT, True, "UpstreamClaimedByOlderPolicy", message)
+    return condition(CONDITION_CONFLICT, False, "NoConflict")
+
+
 def _circuit(fleets: tuple[UpstreamFleet, ...]) -> tuple[Condition, Condition]:
     message = open_message(fleets)
     if not any(f.reporting for f in fleets):
         return (
-            Condition(CONDITION_CIRCUIT_OPEN, None, "NoReports", "no sidecar reports yet"),
-            Condition(CONDITION_DEGRADED, None, "NoReports", "no sidecar reports yet"),
+            condition(CONDITION_CIRCUIT_OPEN, None, "NoReports", "no sidecar reports yet"),
+            condition(CONDITION_DEGRADED, None, "NoReports", "no sidecar reports yet"),
         )
     enforcing_open = any((f.open or f.half_open) and not f.observe for f in fleets)
     would_open = any(f.would_open for f in fleets)
     if enforcing_open:
-        circuit = Condition(CONDITION_CIRCUIT_OPEN, True, "UpstreamFailing", message)
+        circuit = condition(CONDITION_CIRCUIT_OPEN, True, "UpstreamFailing", message)
     elif would_open:
-        circuit = Condition(CONDITION_CIRCUIT_OPEN, False, "WouldOpen", f"Observe mode: {message}")
+        circuit = condition(CONDITION_CIRCUIT_OPEN, False, "WouldOpen", f"Observe mode: {message}")
     else:
-        circuit = Condition(CONDITION_CIRCUIT_OPEN, False, "AllClosed", "every breaker is closed")
+        circuit = condition(CONDITION_CIRCUIT_OPEN, False, "AllClosed", "every breaker is closed")
     degraded = (
-        Condition(CONDITION_DEGRADED, True, "UpstreamsFailing", message)
+        condition(CONDITION_DEGRADED, True, "UpstreamsFailing", message)
         if enforcing_open or would_open
-        else Condition(CONDITION_DEGRADED, False, "Healthy", "")
+        else condition(CONDITION_DEGRADED, False, "Healthy")
     )
     return circuit, degraded
 
@@ -191,79 +206,72 @@ def desired_status(
     fleet: FleetView | None = None,
     clock: TransitionClock | None = None,
     mode: str | None = None,
-) -> dict[str, Any]:
+) -> CircuitBreakerPolicyStatus:
+    """The status the policy should have. `previous` is the stored status (what `kubectl` shows)."""
     previous = previous or {}
     fleet = fleet or FleetView()
     clock = clock or TransitionClock()
-    conditions = [_accepted(outcome, previous), _ready(bundle, view, fleet)]
-    if view.conflicts:
-        message = "; ".join(c.message() for c in view.conflicts)
-        conditions.append(Condition(CONDITION_CONFLICT, True, "UpstreamClaimedByOlderPolicy", message))
-    else:
-        conditions.append(Condition(CONDITION_CONFLICT, False, "NoConflict", ""))
-
+    conditions = [_accepted(outcome, previous), _ready(bundle, view, fleet), _conflict(view)]
     old_upstreams = {u.get("name"): u for u in previous.get("upstreams") or ()}
     if fleet.hold and old_upstreams:
-        upstreams = list(previous.get("upstreams") or [])
-        fleets: tuple[UpstreamFleet, ...] = ()
-        old_conditions = {c.get("type"): c for c in previous.get("conditions") or ()}
+        # Just restarted and the reports are not all in: keep what is written, invent nothing.
+        upstreams = [UpstreamStatus.model_validate(u) for u in previous.get("upstreams") or ()]
         for kind in (CONDITION_CIRCUIT_OPEN, CONDITION_DEGRADED):
-            if kind in old_conditions:
-                c = old_conditions[kind]
-                status = {"True": True, "False": False}.get(str(c.get("status")))
-                conditions.append(
-                    Condition(kind, status, str(c.get("reason", "")), str(c.get("message", "")))
-                )
-        summary = dict(previous.get("summary") or {})
+            kept = stored(previous.get("conditions"), kind)
+            if kept is not None:
+                conditions.append(kept)
+        summary = StatusSummary.model_validate(previous.get("summary") or {})
     else:
         fleets = fleet.upstreams
-        upstreams = []
         rendered = {u.name: u for u in (bundle.upstreams if bundle else ())}
+        upstreams = []
         for f in fleets:
             clock.observe(f.name, f.state, previous=old_upstreams.get(f.name))
-            entry = f.as_status(last_transition_time=clock.since(f.name))
-            if f.name in rendered:
-                entry["effective"] = effective_thresholds(rendered[f.name])
-            upstreams.append(entry)
+            config = rendered.get(f.name)
+            upstreams.append(
+                f.as_status(
+                    last_transition_time=clock.since(f.name),
+                    effective=effective_thresholds(config) if config is not None else None,
+                )
+            )
         conditions.extend(_circuit(fleets))
-        summary = {
-            "state": summary_word(fleets),
-            "open": f"{sum(f.open for f in fleets)}/{sum(f.reporting for f in fleets)}",
-            "message": open_message(fleets) or None,
-        }
-    summary["pods"] = f"{len(view.injected)}/{len(view.selected)}"
-    if mode:
-        summary["mode"] = mode
-    return {
-        "observedGeneration": outcome.generation if outcome else previous.get("observedGeneration", 0),
-        "conditions": merge(previous.get("conditions"), conditions, generation=generation),
-        "pods": {
-            "selected": len(view.selected),
-            "injected": len(view.injected),
-            "reporting": fleet.reporting,
-            "stale": fleet.stale,
-        },
-        "upstreams": upstreams,
-        "summary": {k: v for k, v in summary.items() if v is not None},
-    }
+        summary = StatusSummary(
+            state=summary_word(fleets),
+            open=f"{sum(f.open for f in fleets)}/{sum(f.reporting for f in fleets)}",
+            message=open_message(fleets) or None,
+        )
+    summary = summary.model_copy(
+        update={"pods": f"{len(view.injected)}/{len(view.selected)}", **({"mode": mode} if mode else {})}
+    )
+    return CircuitBreakerPolicyStatus(
+        observed_generation=outcome.generation if outcome else previous.get("observedGeneration", 0),
+        conditions=merge(previous.get("conditions"), conditions, generation=generation),
+        pods=PodCounts(
+            selected=len(view.selected),
+            injected=len(view.injected),
+            reporting=fleet.reporting,
+            stale=fleet.stale,
+        ),
+        upstreams=upstreams,
+        summary=summary,
+    )
 
 
-def effective_thresholds(upstream: UpstreamConfig) -> dict[str, Any]:
+def effective_thresholds(upstream: UpstreamConfig) -> EffectiveThresholds:
     """The thresholds in force for one upstream, after overrides (and, later, adaptive tuning)."""
     breaker = upstream.breaker
-    effective: dict[str, Any] = {
-        "mode": upstream.mode,
-        "consecutiveFailures": breaker.consecutive_failures or 0,
-        "timeout": str(Duration.from_seconds(upstream.timeout_seconds)),
-        "openDuration": str(Duration.from_seconds(breaker.open_seconds)),
-    }
-    if breaker.failure_rate_percent is not None:
-        effective["failureRatePercent"] = breaker.failure_rate_percent
-        effective["minimumCalls"] = breaker.minimum_calls
-    if breaker.slow_call_percent is not None and breaker.slow_call_seconds is not None:
-        effective["slowCallPercent"] = breaker.slow_call_percent
-        effective["slowerThan"] = str(Duration.from_seconds(breaker.slow_call_seconds))
-    return effective
+    slow_percent, slow_seconds = breaker.slow_call_percent, breaker.slow_call_seconds
+    slow = slow_percent is not None and slow_seconds is not None
+    return EffectiveThresholds(
+        mode=upstream.mode,
+        consecutive_failures=breaker.consecutive_failures or 0,
+        failure_rate_percent=breaker.failure_rate_percent,
+        minimum_calls=breaker.minimum_calls if breaker.failure_rate_percent is not None else None,
+        slow_call_percent=slow_percent if slow else None,
+        slower_than=str(Duration.from_seconds(slow_seconds)) if slow and slow_seconds is not None else None,
+        timeout=str(Duration.from_seconds(upstream.timeout_seconds)),
+        open_duration=str(Duration.from_seconds(breaker.open_seconds)),
+    )
 
 
 def without_times(status: Mapping[str, Any]) -> dict[str, Any]:
