@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import opbench as ob
 
-from breakwater.testing.fleet import SidecarFleet
+from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 
 

@@ -35,8 +35,8 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from breakwater.api import datagram
+from breakwater.api.constants import ANNOTATION_INJECTED, NAMESPACE_LABEL, SIDECAR_NAME, TOKEN_AUDIENCE
 from breakwater.api.crdgen import crd_yaml
-from breakwater.injection.pod import ANNOTATION_INJECTED, NAMESPACE_LABEL, SIDECAR_NAME, TOKEN_AUDIENCE
 from breakwater.testing.controlplane import ControlPlane, _die_with_parent, find_binaries, free_port
 
 REPO = Path(__file__).resolve().parents[2]

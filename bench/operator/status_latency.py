@@ -1,7 +1,7 @@
 """Issue 6 benchmark: breaker transition -> policy status latency, with 1, 10 (real) and 100 (simulated)
 sidecars, and the status write rate while breakers flip.
 
-Real sidecars: `breakwater.testing.fleet.SidecarFleet` runs one `breakwater proxy` per injected kwok
+Real sidecars: `breakwater.testing.sidecars.SidecarFleet` runs one `breakwater proxy` per injected kwok
 pod (bound to the pod IP, pod-bound token, default 5 s report interval) in front of a
 `FlakyUpstream`. A cycle makes the upstream fail, sends 3 calls through every sidecar at once
 (consecutiveFailures 3: each trips), and records the trip as the moment the last tripping call
@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import opbench as ob
 
-from breakwater.testing.fleet import SidecarFleet
+from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 
 

@@ -573,7 +573,7 @@ def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
 
     The API server here cannot reach a Service (pod IPs are on loopback), so the test points the chart's
     webhook at the operator's loopback URL, as the Service would route in a real cluster."""
-    from breakwater.testing.fleet import SidecarFleet
+    from breakwater.testing.sidecars import SidecarFleet
     from breakwater.testing.upstream import FlakyUpstream
     from tests.cluster.harness import condition, deployment_manifest, install_crd, policy, wait_accepted
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from breakwater.testing.fleet import SidecarFleet
+from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 from tests.cluster.harness import (
     OperatorProcess,

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from breakwater.api.constants import ANNOTATION_CONFIG_HASH, SIDECAR_NAME
 from breakwater.controller.admission import PolicyView, read_policies
-from breakwater.injection.pod import ANNOTATION_CONFIG_HASH, SIDECAR_NAME
 from breakwater.injection.render import render_bundle
 from breakwater.injection.resolve import resolve
 from breakwater.k8s.aio import AsyncApi

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from breakwater.api.bundle import PolicyBundle
-from breakwater.injection.pod import ANNOTATION_CONFIG_HASH, CONFIGMAP_NAME, SIDECAR_NAME
+from breakwater.api.constants import ANNOTATION_CONFIG_HASH, CONFIGMAP_NAME, SIDECAR_NAME
 from breakwater.injection.resolve import resolve
 from tests.cluster.harness import (
     RESTRICTED_CONTAINER,

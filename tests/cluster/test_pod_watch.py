@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from breakwater.api.constants import ANNOTATION_INJECTED
 from breakwater.controller.pods import PodIndex, facts
-from breakwater.injection.pod import ANNOTATION_INJECTED
 from breakwater.k8s.listwatch import ListWatch
 from tests.conftest import Cluster
 

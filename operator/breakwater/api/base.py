@@ -1,8 +1,12 @@
-"""The two model bases: strict, frozen spec objects and lenient status objects.
+"""The model bases: `ApiModel` for the Kubernetes resource, `WireModel` for what our processes exchange.
 
-Both speak camelCase on the wire (Python attributes are snake_case), drop ``null`` values before
-validating (the API server prunes them from non-nullable fields before it validates), and, for spec
-objects, run the CEL rules of `breakwater.api.rules` that the class lists in ``__cel_rules__``.
+Both speak camelCase on the wire (Python attributes are snake_case). They are two because they answer
+to different readers: `ApiModel` objects (`SpecModel` strict and frozen, `StatusModel` lenient) are what
+users write and read through the API server, so they drop ``null`` values before validating (as the
+API server prunes them), keep their docstrings for the CRD and docs, and run the CEL rules of
+`breakwater.api.rules`; `WireModel` objects (the sidecar config, bundles, reports, datagrams) travel
+only between the operator and its sidecars, frozen, unknown fields refused (a subclass that must
+accept a newer peer's fields says so).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pydantic_core import core_schema
 
 from breakwater.api.rules import Rule
 
-__all__ = ["ApiModel", "SpecModel", "StatusModel"]
+__all__ = ["ApiModel", "SpecModel", "StatusModel", "WireModel"]
 
 
 class ApiModel(BaseModel):
@@ -72,3 +76,11 @@ class StatusModel(ApiModel):
     """An operator-written object: typed, but lenient (unknown fields kept, lax types)."""
 
     model_config = ConfigDict(extra="allow")
+
+
+class WireModel(BaseModel):
+    """A machine format between the operator and the sidecars: camelCase, frozen, strict about fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, validate_default=True
+    )

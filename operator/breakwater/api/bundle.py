@@ -10,17 +10,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
+from breakwater.api.base import WireModel
 from breakwater.api.sidecar import UpstreamConfig
 
 BUNDLE_VERSION = 1
 
 
-class PolicyBundle(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
+class PolicyBundle(WireModel):
     version: int = BUNDLE_VERSION
     policy: str
     """`namespace/name` of the policy."""

@@ -47,3 +47,26 @@ RESERVED_LISTEN_PORTS: Final = (SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT)
 
 MAX_UPSTREAMS: Final = 32
 """Upper bound of spec.upstreams (bounded so the API server can cost the CEL rules)."""
+
+# The contract between the webhook, the pods it rewrites, the sidecars and the status.
+SIDECAR_NAME: Final = "breakwater-proxy"
+"""The injected container."""
+CONFIGMAP_NAME: Final = "breakwater-sidecar-config"
+"""The per-namespace ConfigMap of the policies' bundles (one key per policy), mounted by every sidecar."""
+TOKEN_AUDIENCE: Final = "breakwater"
+"""The audience of the projected token a sidecar opens its report session with."""
+NAMESPACE_LABEL: Final = f"{GROUP}/injection"
+"""Set to "enabled" on a namespace: its pods are considered for injection."""
+NEVER_INJECTED_NAMESPACES: Final = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+ANNOTATION_INJECT: Final = f"{GROUP}/inject"
+"""Set to "false" on a pod: it is never injected (and never counted as selected)."""
+ANNOTATION_INJECTED: Final = f"{GROUP}/injected"
+"""Set by the webhook on a pod it injected ("true")."""
+ANNOTATION_POLICIES: Final = f"{GROUP}/policies"
+"""Set by the webhook: the policies (namespace/name, comma-separated) the sidecar was injected for."""
+ANNOTATION_CONFIG_HASH: Final = f"{GROUP}/config-hash"
+"""Set by the webhook: the config hash the pod's sidecar should run."""
+ANNOTATION_NOT_INJECTED: Final = f"{GROUP}/not-injected"
+"""Set by the webhook on a selected pod that cannot carry the sidecar: "<Reason>: <detail>"."""
+SKIP_HOST_NETWORK: Final = "HostNetwork"
+SKIP_LISTEN_PORT_CLASH: Final = "ListenPortClash"

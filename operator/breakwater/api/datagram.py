@@ -32,7 +32,7 @@ from typing import Annotated
 
 from pydantic import Field, ValidationError
 
-from breakwater.api.report import _Wire
+from breakwater.api.report import ReportModel
 
 MAGIC = b"bw1"
 SESSION_PATH = "/v1/session"
@@ -51,13 +51,13 @@ class DatagramError(ValueError):
     """Not a datagram of this channel, or one that does not verify."""
 
 
-class SessionRequest(_Wire):
+class SessionRequest(ReportModel):
     namespace: Annotated[str, Field(min_length=1, max_length=63)]
     pod: Annotated[str, Field(min_length=1, max_length=253)]
     pod_uid: Annotated[str, Field(max_length=64)] = ""
 
 
-class SessionGrant(_Wire):
+class SessionGrant(ReportModel):
     """The operator's answer to a session request: where to send datagrams and how to sign them."""
 
     session: str
@@ -66,7 +66,7 @@ class SessionGrant(_Wire):
     port: int  # the operator's UDP port (its host is the report URL's)
 
 
-class Answer(_Wire):
+class Answer(ReportModel):
     seq: int = -1  # the report answered; -1 when the operator writes unasked (a policy changed)
     config_hash: str = ""  # what the pod should run; "" when the operator has no opinion (no policy)
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
-from pydantic.alias_generators import to_camel
+from pydantic import ConfigDict, Field
 
+from breakwater.api.base import WireModel
 from breakwater.api.sidecar import SidecarConfig
 from breakwater.breaker.settings import Mode, State
 
@@ -22,11 +22,14 @@ CONFIG_PATH = "/v1/config"
 Count = Annotated[int, Field(ge=0)]
 
 
-class _Wire(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+class ReportModel(WireModel):
+    """Reports and answers ignore fields they do not know: a sidecar and an operator of different
+    versions keep talking (a newer peer's additions are dropped, not refused)."""
+
+    model_config = ConfigDict(extra="ignore", validate_default=False)
 
 
-class UpstreamReport(_Wire):
+class UpstreamReport(ReportModel):
     """One breaker of one sidecar."""
 
     name: Annotated[str, Field(max_length=63)]
@@ -46,7 +49,7 @@ class UpstreamReport(_Wire):
     latency_p99_ms: Annotated[float, Field(ge=0)] | None = None
 
 
-class TransitionReport(_Wire):
+class TransitionReport(ReportModel):
     upstream: Annotated[str, Field(max_length=63)]
     policy: str = ""
     from_state: State
@@ -55,7 +58,7 @@ class TransitionReport(_Wire):
     at: float
 
 
-class SidecarReport(_Wire):
+class SidecarReport(ReportModel):
     version: int = REPORT_VERSION
     namespace: Annotated[str, Field(min_length=1, max_length=63)]
     pod: Annotated[str, Field(min_length=1, max_length=253)]
@@ -67,7 +70,7 @@ class SidecarReport(_Wire):
     transitions: Annotated[list[TransitionReport], Field(max_length=256)] = Field(default_factory=list)
 
 
-class ConfigReply(_Wire):
+class ConfigReply(ReportModel):
     """The operator's answer: the hash the pod should run, and the config when it is not the one it runs."""
 
     config_hash: str

@@ -43,7 +43,7 @@ LABEL_KEY_PATTERN = (
 """A label key: optional DNS-subdomain prefix and ``/``, then a name of at most 63 characters."""
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 HEADER_NAME_PATTERN = r"^[A-Za-z0-9-]+$"
-MANAGED_HEADERS = (
+HOP_BY_HOP = (
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -51,8 +51,12 @@ MANAGED_HEADERS = (
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "content-length",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-authentication-info",
 )
+"""Hop-by-hop headers (RFC 9110 section 7.6.1, and the proxy ones): the proxy never forwards them."""
+MANAGED_HEADERS = (*HOP_BY_HOP, "content-length")
 """Headers the proxy owns (hop-by-hop and framing): a static fallback may not set them."""
 
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)

@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -36,7 +34,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from breakwater.api.base import WireModel
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.policy import problems_of
 from breakwater.api.rules import MANAGED_HEADERS
 from breakwater.api.spec import Bulkhead, CircuitBreakerPolicySpec, FallbackKind, Retry, UpstreamSettings
 from breakwater.breaker.settings import BreakerSettings, Mode
@@ -91,17 +91,7 @@ class SidecarConfigError(Exception):
         self.reason = message
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        validate_default=True,
-    )
-
-
-class AdminConfig(_Model):
+class AdminConfig(WireModel):
     """The admin listener: probes, stats, metrics, config pushes."""
 
     port: Port = SIDECAR_ADMIN_PORT
@@ -113,7 +103,7 @@ class AdminConfig(_Model):
         return _ip_address(value)
 
 
-class ForwardProxyConfig(_Model):
+class ForwardProxyConfig(WireModel):
     """The HTTP forward-proxy listener (for apps that honour ``HTTP_PROXY``)."""
 
     enabled: bool = False
@@ -135,7 +125,7 @@ BreakerBlock = Annotated[BreakerSettings, BeforeValidator(_complete_breaker)]
 """The engine's settings as they travel (camelCase), validated by `BreakerSettings` itself."""
 
 
-class FailureConfig(_Model):
+class FailureConfig(WireModel):
     """What counts as a failure of the upstream (everything else an upstream answers is a success)."""
 
     status_codes: list[str] = Field(default_factory=lambda: list(_SPEC.failures.status_codes))
@@ -152,7 +142,7 @@ class FailureConfig(_Model):
         return value
 
 
-class FallbackConfig(_Model):
+class FallbackConfig(WireModel):
     """What a rejected (or unanswered) request gets instead of a bare 503."""
 
     kind: FallbackKind = _SPEC.fallback.kind
@@ -176,14 +166,14 @@ class FallbackConfig(_Model):
         return value
 
 
-class BulkheadConfig(_Model):
+class BulkheadConfig(WireModel):
     """At most ``maxConcurrent`` requests in flight to the upstream, ``maxPending`` more waiting."""
 
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
     max_pending: Annotated[int, Field(ge=0)] = Bulkhead.model_fields["max_pending"].default
 
 
-class RetryConfig(_Model):
+class RetryConfig(WireModel):
     """Retries of idempotent requests, within a budget (retries <= budgetPercent of requests)."""
 
     attempts: Annotated[int, Field(ge=1, le=10)] = 1  # 1: no retry (a policy without `retry`)
@@ -201,7 +191,7 @@ class RetryConfig(_Model):
         return value
 
 
-class UpstreamConfig(_Model):
+class UpstreamConfig(WireModel):
     """One upstream the app calls, with its breaker and protections."""
 
     name: Annotated[str, Field(pattern=_NAME_PATTERN)]
@@ -226,7 +216,7 @@ class UpstreamConfig(_Model):
         return host
 
 
-class SidecarConfig(_Model):
+class SidecarConfig(WireModel):
     """The whole sidecar configuration (one JSON document)."""
 
     version: int = SIDECAR_CONFIG_VERSION
@@ -306,14 +296,6 @@ def _ip_address(value: str) -> str:
         raise ValueError(f"{value!r} is not an IP address") from None
 
 
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "(document)"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> SidecarConfig:
     """Parse and validate one config document; raise `SidecarConfigError` saying what is wrong."""
     if isinstance(data, dict):
@@ -328,7 +310,7 @@ def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = ""
     try:
         return SidecarConfig.model_validate(document)
     except ValidationError as exc:
-        raise SidecarConfigError(_describe(exc), source=source) from exc
+        raise SidecarConfigError("; ".join(str(p) for p in problems_of(exc)), source=source) from exc
 
 
 def load_sidecar_config(path: str | Path) -> SidecarConfig:

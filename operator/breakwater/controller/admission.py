@@ -30,6 +30,7 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from breakwater.api import constants
 from breakwater.api.bundle import PolicyBundle
 from breakwater.injection import pod as injection
 from breakwater.injection.render import RenderError, render_bundle
@@ -287,12 +288,12 @@ def decide(
         return None
     if (pod.get("spec") or {}).get("hostNetwork"):
         return Skip(
-            injection.SKIP_HOST_NETWORK,
+            constants.SKIP_HOST_NETWORK,
             "hostNetwork pods share the node's ports, so the sidecar's listeners would collide",
         )
     taken = injection.listen_ports_in_use(pod)
     clashing = sorted(port for _, port in resolution.listen_ports if port in taken)
     if clashing:
         ports = ", ".join(str(p) for p in clashing)
-        return Skip(injection.SKIP_LISTEN_PORT_CLASH, f"the app already declares port {ports}")
+        return Skip(constants.SKIP_LISTEN_PORT_CLASH, f"the app already declares port {ports}")
     return Inject(resolution)

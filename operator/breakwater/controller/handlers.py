@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import kopf
 
+from breakwater.api import constants
 from breakwater.api.bundle import PolicyBundle, bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
 from breakwater.api.report import SidecarReport
@@ -232,7 +233,7 @@ async def _render_and_publish(
             configmaps.put_key,
             state.api,
             namespace=namespace,
-            name=injection.CONFIGMAP_NAME,
+            name=constants.CONFIGMAP_NAME,
             key=bundle_key(name),
             value=bundle.to_json(),
         )
@@ -271,7 +272,7 @@ async def remove_policy(*, name: str, namespace: str | None, memo: Any, **_: Any
         configmaps.remove_key,
         state.api,
         namespace=namespace,
-        name=injection.CONFIGMAP_NAME,
+        name=constants.CONFIGMAP_NAME,
         key=bundle_key(name),
     )
     state.bundles.remove(namespace, name)
@@ -345,7 +346,7 @@ async def _inject(body: kopf.Body, patch: kopf.Patch, memo: Any) -> None:
         return
     if isinstance(decision, admission.Skip):
         note = f"{decision.reason}: {decision.detail}"
-        patch.metadata.annotations[injection.ANNOTATION_NOT_INJECTED] = note
+        patch.metadata.annotations[constants.ANNOTATION_NOT_INJECTED] = note
         logger.warning("not injecting %s/%s: %s (%s)", namespace, pod_name, decision.reason, decision.detail)
         return
     resolution = decision.resolution

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from breakwater.injection.pod import (
+from breakwater.api.constants import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_INJECT,
     ANNOTATION_INJECTED,

@@ -29,13 +29,12 @@ import pydantic
 from aiohttp import web
 
 from breakwater.api import datagram
-from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT, TOKEN_AUDIENCE
 from breakwater.api.report import CONFIG_PATH, ConfigReply, SidecarReport
 from breakwater.api.sidecar import SidecarConfig
 from breakwater.controller.fleet import PodReport
 from breakwater.controller.resolutions import Labels, Resolutions
 from breakwater.controller.state import BundleCache
-from breakwater.injection.pod import TOKEN_AUDIENCE
 from breakwater.k8s import tokenreview
 
 logger = logging.getLogger("breakwater.controller.reports")

@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 
 from breakwater.api.bundle import PolicyBundle
-from breakwater.injection.pod import CONFIGMAP_NAME
+from breakwater.api.constants import CONFIGMAP_NAME
 from breakwater.k8s import configmaps
 
 logger = logging.getLogger("breakwater.controller.state")

@@ -14,6 +14,8 @@ from breakwater.api.constants import (
     CONDITION_CONFLICT,
     CONDITION_DEGRADED,
     CONDITION_READY,
+    SKIP_HOST_NETWORK,
+    SKIP_LISTEN_PORT_CLASH,
 )
 from breakwater.api.scalars import Duration
 from breakwater.api.sidecar import UpstreamConfig
@@ -36,7 +38,6 @@ from breakwater.controller.fleet import (
 )
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.state import ReconcileOutcome
-from breakwater.injection.pod import SKIP_HOST_NETWORK, SKIP_LISTEN_PORT_CLASH
 from breakwater.injection.resolve import Conflict
 from breakwater.injection.selectors import matches
 

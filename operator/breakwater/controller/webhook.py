@@ -24,8 +24,8 @@ from typing import Any
 import kopf
 
 from breakwater import pki
+from breakwater.api.constants import NAMESPACE_LABEL, NEVER_INJECTED_NAMESPACES
 from breakwater.controller.settings import OperatorSettings
-from breakwater.injection.pod import NAMESPACE_LABEL, NEVER_INJECTED_NAMESPACES
 from breakwater.k8s import secrets, webhooks
 
 logger = logging.getLogger("breakwater.controller.webhook")

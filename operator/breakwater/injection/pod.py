@@ -11,29 +11,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from breakwater.api.constants import GROUP, SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.constants import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_INJECT,
+    ANNOTATION_INJECTED,
+    ANNOTATION_POLICIES,
+    CONFIGMAP_NAME,
+    NEVER_INJECTED_NAMESPACES,
+    SIDECAR_ADMIN_PORT,
+    SIDECAR_FORWARD_PROXY_PORT,
+    SIDECAR_NAME,
+    TOKEN_AUDIENCE,
+)
 
-SIDECAR_NAME = "breakwater-proxy"
 CONFIG_VOLUME = "breakwater-config"
 PODINFO_VOLUME = "breakwater-podinfo"
 TOKEN_VOLUME = "breakwater-token"
 CONFIG_MOUNT = "/etc/breakwater/policies"
 PODINFO_MOUNT = "/etc/breakwater/pod"
 TOKEN_MOUNT = "/var/run/secrets/breakwater"
-TOKEN_AUDIENCE = "breakwater"
-CONFIGMAP_NAME = "breakwater-sidecar-config"
-
-ANNOTATION_INJECT = f"{GROUP}/inject"  # "false" opts a pod out
-ANNOTATION_INJECTED = f"{GROUP}/injected"
-ANNOTATION_POLICIES = f"{GROUP}/policies"
-ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
-# Set on a pod that policies select but that cannot carry the sidecar: "<Reason>: <detail>".
-ANNOTATION_NOT_INJECTED = f"{GROUP}/not-injected"
-SKIP_HOST_NETWORK = "HostNetwork"
-SKIP_LISTEN_PORT_CLASH = "ListenPortClash"
-NAMESPACE_LABEL = f"{GROUP}/injection"  # "enabled" opts a namespace in
-
-NEVER_INJECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 import pydantic
 
 from breakwater.api.bundle import PolicyBundle
+from breakwater.api.policy import PolicyError, parse_spec, problems_of
 from breakwater.api.sidecar import (
     BulkheadConfig,
     FailureConfig,
@@ -31,19 +32,11 @@ class RenderError(Exception):
         self.reason = reason
 
 
-def describe(exc: pydantic.ValidationError) -> str:
-    parts = []
-    for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"])
-        parts.append(f"spec.{where}: {err['msg']}" if where else err["msg"])
-    return "; ".join(parts)
-
-
-def parse_spec(spec: Mapping[str, Any]) -> CircuitBreakerPolicySpec:
+def _spec(body: Mapping[str, Any]) -> CircuitBreakerPolicySpec:
     try:
-        return CircuitBreakerPolicySpec.model_validate(dict(spec))
-    except pydantic.ValidationError as exc:
-        raise RenderError("InvalidSpec", describe(exc)) from exc
+        return parse_spec(body.get("spec") or {})
+    except PolicyError as exc:
+        raise RenderError("InvalidSpec", str(exc)) from exc
 
 
 def effective_mode(spec: CircuitBreakerPolicySpec, *, now: datetime.datetime) -> Mode:
@@ -124,13 +117,13 @@ def upstream_config(spec: CircuitBreakerPolicySpec, name: str, *, mode: Mode, po
 def render_bundle(body: Mapping[str, Any], *, now: datetime.datetime | None = None) -> PolicyBundle:
     """The bundle of the policy `body` (a whole CircuitBreakerPolicy object)."""
     meta = body.get("metadata") or {}
-    spec = parse_spec(body.get("spec") or {})
+    spec = _spec(body)
     policy = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
     mode = effective_mode(spec, now=now or datetime.datetime.now(datetime.UTC))
     try:
         upstreams = [upstream_config(spec, u.name, mode=mode, policy=policy) for u in spec.upstreams]
     except pydantic.ValidationError as exc:
-        raise RenderError("InvalidSidecarConfig", describe(exc)) from exc
+        raise RenderError("InvalidSidecarConfig", "; ".join(str(p) for p in problems_of(exc))) from exc
     return PolicyBundle(
         policy=policy,
         uid=str(meta.get("uid", "")),

@@ -27,7 +27,7 @@ from breakwater.api.sidecar import UpstreamConfig
 from breakwater.breaker import REJECTED, Mode, Outcome
 from breakwater.proxy.forwarding import Forwarder, retry_after_header
 from breakwater.proxy.headers import MARKER
-from breakwater.proxy.upstream import LiveParts, RouteTable, Upstream
+from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable
 
 __all__ = ["PASSTHROUGH_TIMEOUT", "ForwardProxy", "ForwardProxyStats"]
 
@@ -81,7 +81,7 @@ class ForwardProxy:
         self.stats = ForwardProxyStats()
         passthrough_cfg = self._passthrough_config("passthrough.invalid", 80)
         self._passthrough_parts = LiveParts.create(passthrough_cfg, clock=clock, on_transition=lambda t: None)
-        self._passthrough: OrderedDict[tuple[str, int], Upstream] = OrderedDict()
+        self._passthrough: OrderedDict[tuple[str, int], LiveUpstream] = OrderedDict()
 
     @staticmethod
     def _passthrough_config(host: str, port: int) -> UpstreamConfig:
@@ -93,11 +93,11 @@ class ForwardProxy:
             timeout_seconds=PASSTHROUGH_TIMEOUT,
         )
 
-    def _passthrough_upstream(self, host: str, port: int) -> Upstream:
+    def _passthrough_upstream(self, host: str, port: int) -> LiveUpstream:
         key = (host, port)
         up = self._passthrough.get(key)
         if up is None:
-            up = Upstream(self._passthrough_config(host, port), self._passthrough_parts)
+            up = LiveUpstream(self._passthrough_config(host, port), self._passthrough_parts)
             self._passthrough[key] = up
             if len(self._passthrough) > _PASSTHROUGH_CACHE:
                 self._passthrough.popitem(last=False)
@@ -172,7 +172,7 @@ class ForwardProxy:
         return await self._tunnel(request, up.host, up.port, up)
 
     async def _tunnel(
-        self, request: web.BaseRequest, host: str, port: int, up: Upstream | None
+        self, request: web.BaseRequest, host: str, port: int, up: LiveUpstream | None
     ) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         token = -1

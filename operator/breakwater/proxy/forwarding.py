@@ -1,7 +1,7 @@
 """The forwarding path: one client request through bulkhead, breaker and retries to its upstream.
 
 This module is the hot path and is kept separable on purpose: `Forwarder.forward` takes an aiohttp
-request and a compiled `Upstream` and returns the response; listeners, reloads and admin live
+request and a compiled `LiveUpstream` and returns the response; listeners, reloads and admin live
 elsewhere. A later implementation may replace this module wholesale.
 
 Semantics (what a reader of the code should not have to reverse-engineer):
@@ -52,7 +52,7 @@ from breakwater.proxy.cache import CacheFill, ResponseCache
 from breakwater.proxy.classifiers import IDEMPOTENT_METHODS, FailureKind
 from breakwater.proxy.headers import MARKER, MARKER_REASON, end_to_end
 from breakwater.proxy.stats import UpstreamStats
-from breakwater.proxy.upstream import Upstream
+from breakwater.proxy.upstream import LiveUpstream
 
 __all__ = ["SMALL_BODY", "Forwarder", "classify_exception", "retry_after_header"]
 
@@ -174,7 +174,7 @@ class Forwarder:
     # ------------------------------------------------------------------------------------------------
 
     async def forward(
-        self, request: web.BaseRequest, up: Upstream, *, keep_host: bool = False
+        self, request: web.BaseRequest, up: LiveUpstream, *, keep_host: bool = False
     ) -> web.StreamResponse:
         """Answer `request` from upstream `up`.
 
@@ -198,7 +198,9 @@ class Forwarder:
     # The attempt loop
     # ------------------------------------------------------------------------------------------------
 
-    async def _forward(self, request: web.BaseRequest, up: Upstream, keep_host: bool) -> web.StreamResponse:
+    async def _forward(
+        self, request: web.BaseRequest, up: LiveUpstream, keep_host: bool
+    ) -> web.StreamResponse:
         stats = up.stats
         breaker = up.breaker
         method = request.method
@@ -304,7 +306,7 @@ class Forwarder:
         )
 
     @staticmethod
-    def _retry_delay(up: Upstream, attempt: int, deadline: float) -> float | None:
+    def _retry_delay(up: LiveUpstream, attempt: int, deadline: float) -> float | None:
         """The backoff before retry number `attempt`, spent from the budget; None: no retry."""
         budget = up.budget
         if budget is None:
@@ -322,7 +324,7 @@ class Forwarder:
     async def _relay(
         self,
         request: web.BaseRequest,
-        up: Upstream,
+        up: LiveUpstream,
         resp: aiohttp.ClientResponse,
         permit: _Permit,
         failed: bool,
@@ -374,7 +376,7 @@ class Forwarder:
     async def _stream(
         self,
         request: web.BaseRequest,
-        up: Upstream,
+        up: LiveUpstream,
         resp: aiohttp.ClientResponse,
         permit: _Permit,
         outcome: Outcome,
@@ -435,7 +437,7 @@ class Forwarder:
     def _fallback_or(
         self,
         request: web.BaseRequest,
-        up: Upstream,
+        up: LiveUpstream,
         reason: str,
         status: int,
         retry_after: float | None,

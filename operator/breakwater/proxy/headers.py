@@ -13,6 +13,8 @@ from typing import Final
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from breakwater.api.rules import HOP_BY_HOP
+
 __all__ = [
     "HOP_BY_HOP",
     "MARKER",
@@ -24,19 +26,6 @@ MARKER: Final = "x-breakwater"
 """On every answer the proxy made itself: ``open``, ``bulkhead-full``, ``timeout``, ``fallback-cached``..."""
 MARKER_REASON: Final = "x-breakwater-reason"
 """On fallback answers: why the fallback was served (``open``, ``timeout``, ``connect-error``...)."""
-
-HOP_BY_HOP: Final = (
-    "Connection",
-    "Keep-Alive",
-    "TE",
-    "Trailer",
-    "Transfer-Encoding",
-    "Upgrade",
-    "Proxy-Connection",
-    "Proxy-Authorization",
-    "Proxy-Authenticate",
-    "Proxy-Authentication-Info",
-)
 
 
 def end_to_end(

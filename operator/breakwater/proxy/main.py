@@ -17,7 +17,7 @@ from breakwater.api.sidecar import SidecarConfig, SidecarConfigError
 from breakwater.injection.podinfo import PodInfoError, carry_over
 from breakwater.proxy.logs import configure_logging
 from breakwater.proxy.podsource import Binding, PodConfigSource
-from breakwater.proxy.reporter import PodIdentity, Reporter
+from breakwater.proxy.reporter import Reporter, SidecarPod
 from breakwater.proxy.sidecar import Sidecar
 
 __all__ = ["add_arguments", "run"]
@@ -125,7 +125,7 @@ async def _serve_pod(args: argparse.Namespace) -> int:
             await sidecar.apply_config(binding.apply(carry_over(sidecar.config, config)), source="operator")
             log.info("config %s from the operator applied", config.config_hash)
 
-        identity = PodIdentity(
+        identity = SidecarPod(
             namespace=os.environ.get("POD_NAMESPACE", ""),
             pod=os.environ.get("POD_NAME", ""),
             uid=os.environ.get("POD_UID", ""),

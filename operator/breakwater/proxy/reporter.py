@@ -53,7 +53,7 @@ HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 @dataclass(frozen=True)
-class PodIdentity:
+class SidecarPod:
     namespace: str
     pod: str
     uid: str = ""
@@ -82,7 +82,7 @@ class _Session:
 class Reporter:
     sidecar: Sidecar
     url: str
-    identity: PodIdentity
+    identity: SidecarPod
     token_file: Path
     on_config: Callable[[SidecarConfig], Awaitable[None]]
     ca_pem: str = ""

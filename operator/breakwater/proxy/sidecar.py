@@ -16,7 +16,7 @@ looks its upstream up in the current `RouteTable` and calls `Forwarder.forward`.
 Reload = `apply_config`: validate, bind the listeners the new config adds (rolled back if one cannot
 bind), update the per-name live parts (breaker reconfigured only if its settings changed; counters,
 bulkhead slots, budget, cache kept), swap the `RouteTable` in one assignment, then let removed
-listeners drain in the background. A request keeps the `Upstream` it started with.
+listeners drain in the background. A request keeps the `LiveUpstream` it started with.
 
 Breaker state never feeds `/healthz` or `/readyz`: ready means "a config is loaded", nothing else.
 """
@@ -44,7 +44,7 @@ from breakwater.proxy.headers import MARKER
 from breakwater.proxy.metrics import ReloadCounters, SidecarCollector, new_registry
 from breakwater.proxy.reload import ConfigWatcher
 from breakwater.proxy.stats import TransitionEvent, TransitionListener, wall_time
-from breakwater.proxy.upstream import LiveParts, RouteTable, Upstream
+from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -219,7 +219,7 @@ class Sidecar:
                 total += len(server.connections)
         return total
 
-    def upstream(self, name: str) -> Upstream:
+    def upstream(self, name: str) -> LiveUpstream:
         return self.routes.by_name[name]
 
     async def start(self) -> None:
@@ -419,7 +419,7 @@ class Sidecar:
         for name in list(self._live):
             if name not in names:
                 del self._live[name]
-        upstreams: dict[str, Upstream] = {}
+        upstreams: dict[str, LiveUpstream] = {}
         for up_cfg in config.upstreams:
             parts = self._live.get(up_cfg.name)
             if parts is None:
@@ -429,7 +429,7 @@ class Sidecar:
                 self._live[up_cfg.name] = parts
             else:
                 parts.update(up_cfg, clock=self.clock)
-            upstreams[up_cfg.name] = Upstream(up_cfg, parts)
+            upstreams[up_cfg.name] = LiveUpstream(up_cfg, parts)
         self.routes = RouteTable.build(config, upstreams)
         self.config = config
         if self._admin_runner is not None and self._admin_bound != config.admin:

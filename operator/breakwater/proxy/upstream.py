@@ -1,7 +1,7 @@
 """One upstream at run time: its compiled settings (per config) and its live parts (kept across reloads).
 
-A reload builds new `Upstream` objects and swaps the routing table in one assignment; a request keeps
-the `Upstream` it started with, so its timeouts and fallbacks never change under it. What must survive
+A reload builds new `LiveUpstream` objects and swaps the routing table in one assignment; a request keeps
+the `LiveUpstream` it started with, so its timeouts and fallbacks never change under it. What must survive
 a reload lives in `LiveParts`, one per upstream name: the breaker (reconfigured in place when its
 settings change, which keeps state and counters as `Breaker.reconfigure` documents), the counters,
 the bulkhead (resized in place, so requests in flight keep their slots), the retry budget and the
@@ -27,7 +27,7 @@ from breakwater.proxy.cache import ResponseCache
 from breakwater.proxy.classifiers import FailurePolicy, RetryPolicy
 from breakwater.proxy.stats import UpstreamStats
 
-__all__ = ["LiveParts", "RouteTable", "StaticFallback", "Upstream", "authority_aliases"]
+__all__ = ["LiveParts", "LiveUpstream", "RouteTable", "StaticFallback", "authority_aliases"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +100,7 @@ class LiveParts:
             self.cache = None
 
 
-class Upstream:
+class LiveUpstream:
     """Everything the forwarding path needs about one upstream, for one config generation."""
 
     __slots__ = (
@@ -195,8 +195,8 @@ class RouteTable:
 
     config: SidecarConfig
     config_hash: str
-    by_name: dict[str, Upstream]
-    by_authority: dict[tuple[str, int], Upstream]
+    by_name: dict[str, LiveUpstream]
+    by_authority: dict[tuple[str, int], LiveUpstream]
     refuse_unknown: bool
     loaded_at: float = field(default_factory=time.time)
 
@@ -205,8 +205,8 @@ class RouteTable:
         return cls(config=SidecarConfig(), config_hash="", by_name={}, by_authority={}, refuse_unknown=False)
 
     @classmethod
-    def build(cls, config: SidecarConfig, upstreams: dict[str, Upstream]) -> RouteTable:
-        by_authority: dict[tuple[str, int], Upstream] = {}
+    def build(cls, config: SidecarConfig, upstreams: dict[str, LiveUpstream]) -> RouteTable:
+        by_authority: dict[tuple[str, int], LiveUpstream] = {}
         for up in upstreams.values():
             for alias in authority_aliases(up.host, up.port):
                 by_authority.setdefault(alias, up)

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 
 from breakwater.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries, free_port
-from breakwater.testing.fleet import SidecarFleet
+from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 
 NAMESPACE = "shop"

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from breakwater.api.bundle import PolicyBundle, bundle_key
+from breakwater.api.constants import CONFIGMAP_NAME
 from breakwater.api.sidecar import UpstreamConfig
 from breakwater.controller.state import BundleCache
-from breakwater.injection.pod import CONFIGMAP_NAME
 from breakwater.k8s import configmaps
 
 pytestmark = pytest.mark.timeout(30)

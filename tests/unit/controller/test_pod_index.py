@@ -12,14 +12,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from breakwater.controller.pods import PodFacts, PodIndex, facts
-from breakwater.injection.pod import (
+from breakwater.api.constants import (
     ANNOTATION_CONFIG_HASH,
     ANNOTATION_INJECT,
     ANNOTATION_INJECTED,
     ANNOTATION_POLICIES,
     SIDECAR_NAME,
 )
+from breakwater.controller.pods import PodFacts, PodIndex, facts
 from breakwater.k8s import listwatch
 from breakwater.k8s.listwatch import FIELD_SELECTOR, LIST_ACCEPT, WATCH_ACCEPT, ListWatch
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from breakwater.api import constants
 from breakwater.injection import pod as injection
 
 TEMPLATE = injection.SidecarTemplate(
@@ -33,7 +34,7 @@ def test_the_sidecar_is_added_first_with_a_restricted_security_context() -> None
     pod = app_pod()
     injection.inject(pod, template=TEMPLATE, plan=PLAN)
     sidecar = pod["spec"]["containers"][0]
-    assert sidecar["name"] == injection.SIDECAR_NAME
+    assert sidecar["name"] == constants.SIDECAR_NAME
     assert sidecar["securityContext"] == {
         "runAsNonRoot": True,
         "runAsUser": 65532,
@@ -59,9 +60,9 @@ def test_annotations_record_the_policies_and_the_config_hash() -> None:
     pod = app_pod()
     injection.inject(pod, template=TEMPLATE, plan=PLAN)
     annotations = pod["metadata"]["annotations"]
-    assert annotations[injection.ANNOTATION_INJECTED] == "true"
-    assert annotations[injection.ANNOTATION_POLICIES] == "shop/payments"
-    assert annotations[injection.ANNOTATION_CONFIG_HASH] == "abc123"
+    assert annotations[constants.ANNOTATION_INJECTED] == "true"
+    assert annotations[constants.ANNOTATION_POLICIES] == "shop/payments"
+    assert annotations[constants.ANNOTATION_CONFIG_HASH] == "abc123"
 
 
 def test_an_injected_pod_is_never_injected_again() -> None:

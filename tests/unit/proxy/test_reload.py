@@ -130,10 +130,10 @@ async def test_an_invalid_file_keeps_the_last_good_config_and_says_why_until_it_
         assert resp.status == 200
         ready = await resp.json()
     assert ready["configHash"] == "good"
-    assert "upstreams.0.port" in ready["lastReloadError"]["error"]
+    assert "upstreams[0].port" in ready["lastReloadError"]["error"]
     async with client.get(f"{sidecar.admin_url}/stats") as resp:
         stats = await resp.json()
-    assert "upstreams.0.port" in stats["lastReloadError"]["error"]
+    assert "upstreams[0].port" in stats["lastReloadError"]["error"]
 
     start_sidecar.write({**good, "configHash": "fixed"})
     await eventually(lambda: sidecar.routes.config_hash == "fixed")

@@ -28,8 +28,8 @@ from breakwater.api.sidecar import SidecarConfig
 from breakwater.proxy.reporter import (
     MAX_TRANSITIONS_PER_REPORT,
     RENEW_BEFORE_SECONDS,
-    PodIdentity,
     Reporter,
+    SidecarPod,
 )
 from breakwater.proxy.sidecar import Sidecar
 from tests.unit.proxy.helpers import LOOPBACK, FaultyUpstream, SidecarFactory, sidecar_doc, upstream_doc
@@ -37,7 +37,7 @@ from tests.unit.proxy.helpers import LOOPBACK, FaultyUpstream, SidecarFactory, s
 pytestmark = pytest.mark.timeout(60)
 
 TRIP = {"consecutiveFailures": 2, "openSeconds": 30, "jitter": 0}
-POD = PodIdentity(namespace="shop", pod="checkout-1", uid="uid-1")
+POD = SidecarPod(namespace="shop", pod="checkout-1", uid="uid-1")
 
 
 @dataclass

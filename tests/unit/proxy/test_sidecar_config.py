@@ -72,7 +72,7 @@ def test_fields_may_be_given_by_python_name_too() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"surprise": 1}, "Extra inputs are not permitted"),
+        ({"surprise": 1}, "surprise: unknown field"),
         ({"version": 2}, "unsupported sidecar config version"),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1}, {"name": "a", "host": "h", "port": 2}]},
@@ -82,15 +82,15 @@ def test_fields_may_be_given_by_python_name_too() -> None:
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "listenPort": 15020}]},
             "listenPort 15020 is already used by admin",
         ),
-        ({"upstreams": [{"name": "a", "host": "h", "port": 0}]}, "upstreams.0.port"),
-        ({"upstreams": [{"name": "a", "host": "h", "port": 1, "mode": "Sometimes"}]}, "upstreams.0.mode"),
+        ({"upstreams": [{"name": "a", "host": "h", "port": 0}]}, r"upstreams\[0\].port"),
+        ({"upstreams": [{"name": "a", "host": "h", "port": 1, "mode": "Sometimes"}]}, r"upstreams\[0\].mode"),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "failures": {"statusCodes": ["5x"]}}]},
             "is not a status code",
         ),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "breaker": {"slowCallPercent": 50}}]},
-            "upstreams.0.breaker.*slow_call_percent=50.0: needs slow_call_seconds",
+            r"upstreams\[0\].breaker: .*slow_call_percent=50.0: needs slow_call_seconds",
         ),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "retry": {"retryOn": ["sometimes"]}}]},

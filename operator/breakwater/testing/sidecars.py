@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from breakwater.injection.pod import CONFIGMAP_NAME, SIDECAR_NAME, TOKEN_AUDIENCE
+from breakwater.api.constants import CONFIGMAP_NAME, SIDECAR_NAME, TOKEN_AUDIENCE
 
-logger = logging.getLogger("breakwater.testing.fleet")
+logger = logging.getLogger("breakwater.testing.sidecars")
 
 
 def _kubectl(kubectl: str, kubeconfig: Path, *args: str) -> str:
