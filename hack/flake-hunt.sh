@@ -36,10 +36,10 @@ if [[ "${mode}" == suite || "${mode}" == both ]]; then
   for run in $(seq 1 "${runs}"); do
     log="${out}/suite-${run}.log"
     started=$SECONDS
-    "${pytest[@]}" -m "${marker}" >"${log}" 2>&1
+    seed=$(( (RANDOM << 15) | RANDOM ))  # chosen here so that it is recorded even with -q
+    "${pytest[@]}" -m "${marker}" --randomly-seed="${seed}" >"${log}" 2>&1
     rc=$?
-    seed="$(grep -o 'randomly-seed=[0-9]*' "${log}" | head -1)"
-    echo "suite run ${run}: exit ${rc}, ${seed}, $((SECONDS - started)) s: $(summary "${log}")"
+    echo "suite run ${run}: exit ${rc}, --randomly-seed=${seed}, $((SECONDS - started)) s: $(summary "${log}")"
     if [[ ${rc} -ne 0 ]]; then
       failures=$((failures + 1))
       grep -E '^(FAILED|ERROR) ' "${log}" | sed 's/^/    /'
