@@ -25,14 +25,15 @@ control-plane: ## build (once) the cached etcd/kube-apiserver/kcm/kubectl/helm/k
 	@bash hack/build-control-plane.sh >/dev/null
 
 lint: $(STAMP) ## ruff, mypy --strict, import-linter layers
-	$(BIN)/ruff check operator tests bench
-	$(BIN)/ruff format --check operator tests bench
+	$(BIN)/ruff check operator tests bench hack
+	$(BIN)/ruff format --check operator tests bench hack
 	$(BIN)/mypy
 	$(BIN)/lint-imports
+	$(BIN)/python hack/check_module_size.py
 
 fmt: $(STAMP) ## apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix operator tests bench
-	$(BIN)/ruff format operator tests bench
+	$(BIN)/ruff check --fix operator tests bench hack
+	$(BIN)/ruff format operator tests bench hack
 
 test: $(STAMP) control-plane ## every test: unit and cluster suites (cluster tests run on the embedded control plane)
 	$(BIN)/pytest $(PYTEST_ARGS)

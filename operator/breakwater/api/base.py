@@ -14,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, GetJsonSchemaHandler, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
 from breakwater.api.rules import Rule
 
-__all__ = ["ApiModel", "SpecModel", "StatusModel", "WireModel"]
+__all__ = ["ApiModel", "SpecModel", "StatusModel", "WireModel", "section"]
 
 
 class ApiModel(BaseModel):
@@ -84,3 +84,16 @@ class WireModel(BaseModel):
     model_config = ConfigDict(
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True, validate_default=True
     )
+
+
+def section(factory: Any) -> Any:
+    """A section that is always there; the CRD's default is the whole default object.
+
+    (The API server checks a default against the CEL rules as written, without filling in the
+    defaults nested in it, so ``default: {}`` would not do.)
+    """
+    return Field(default_factory=factory, json_schema_extra=lambda schema: _full_default(schema, factory))
+
+
+def _full_default(schema: dict[str, Any], factory: Any) -> None:
+    schema["default"] = factory().to_dict()

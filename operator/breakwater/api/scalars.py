@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema
+from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
@@ -20,7 +20,12 @@ from breakwater.api.durations import (
     parse_timestamp,
 )
 
-__all__ = ["Duration", "Timestamp"]
+__all__ = ["Duration", "LabelValue", "Percent", "Timestamp"]
+
+Percent = Annotated[int, Field(ge=1, le=100)]
+"""A whole percentage, 1 to 100."""
+LabelValue = Annotated[str, Field(max_length=63, pattern=rules.LABEL_VALUE_PATTERN)]
+"""A Kubernetes label value."""
 
 
 class Duration(str):

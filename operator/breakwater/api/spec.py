@@ -1,23 +1,32 @@
 """The desired state of a CircuitBreakerPolicy: which pods, which upstreams, when to trip.
 
-Every default lives here, once: the CRD schema, the API reference and the Python objects all take
-theirs from these fields. Sections that are always present (``trip``, ``open``...) default to ``{}``
-and get their fields' defaults from there; optional sections (``retry``, ``bulkhead``...) are off
-until written.
+Every default of the breaker's settings lives here, once: the CRD schema, the API reference, the
+renderer and the engine all take theirs from these fields. Sections that are always present (``trip``,
+``open``...) default to their whole default object; optional sections (``retry``, ``bulkhead``...) are
+off until written. Two sections live in modules of their own: `api/selector.py` (which pods) and
+`api/adaptive.py` (the tuning bounds).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, Field, Strict
 from pydantic_core import PydanticCustomError
 
 from breakwater.api import rules
-from breakwater.api.base import SpecModel
+from breakwater.api.adaptive import (
+    Adaptive,
+    AdaptiveBounds,
+    ConsecutiveFailuresRange,
+    DurationRange,
+    PercentRange,
+)
+from breakwater.api.base import SpecModel, section
 from breakwater.api.constants import MAX_UPSTREAMS
-from breakwater.api.scalars import Duration, Timestamp
+from breakwater.api.scalars import Duration, Percent, Timestamp
+from breakwater.api.selector import LabelSelector, LabelSelectorRequirement, SelectorOperator
 from breakwater.breaker.settings import BreakerSettings, Mode, WindowKind
 
 __all__ = [
@@ -68,29 +77,7 @@ def _no_duplicates(values: list[_T]) -> list[_T]:
 _SET = {"x-kubernetes-list-type": "set"}
 
 
-def _section(factory: Any) -> Any:
-    """A section that is always there; the CRD's default is the whole default object.
-
-    (The API server checks a default against the CEL rules as written, without filling in the
-    defaults nested in it, so ``default: {}`` would not do.)
-    """
-    return Field(default_factory=factory, json_schema_extra=lambda schema: _full_default(schema, factory))
-
-
-def _full_default(schema: dict[str, Any], factory: Any) -> None:
-    schema["default"] = factory().to_dict()
-
-
 # --- enums -----------------------------------------------------------------------------------------
-
-
-class SelectorOperator(StrEnum):
-    """A label selector operator."""
-
-    IN = "In"
-    NOT_IN = "NotIn"
-    EXISTS = "Exists"
-    DOES_NOT_EXIST = "DoesNotExist"
 
 
 class FallbackKind(StrEnum):
@@ -103,11 +90,9 @@ class FallbackKind(StrEnum):
 
 # Enum fields accept their string values from manifests, while everything else stays strict.
 ModeField = Annotated[Mode, Strict(False)]
-OperatorField = Annotated[SelectorOperator, Strict(False)]
 WindowKindField = Annotated[WindowKind, Strict(False)]
 FallbackKindField = Annotated[FallbackKind, Strict(False)]
 
-LabelValue = Annotated[str, Field(max_length=63, pattern=rules.LABEL_VALUE_PATTERN)]
 StatusCode = Annotated[str, Field(max_length=3, pattern=r"^([1-5][0-9][0-9]|[1-5]xx)$")]
 RetryCondition = Annotated[
     str,
@@ -116,43 +101,12 @@ RetryCondition = Annotated[
         pattern=r"^([1-5][0-9][0-9]|5xx|connect-failure|reset|timeout|gateway-error|retriable-4xx)$",
     ),
 ]
-Percent = Annotated[int, Field(ge=1, le=100)]
 StatusCodes = Annotated[
     list[StatusCode], Field(max_length=32, json_schema_extra=_SET), AfterValidator(_no_duplicates)
 ]
 RetryConditions = Annotated[
     list[RetryCondition], Field(max_length=16, json_schema_extra=_SET), AfterValidator(_no_duplicates)
 ]
-
-# --- selector --------------------------------------------------------------------------------------
-
-
-class LabelSelectorRequirement(SpecModel):
-    """One term of matchExpressions: a label key, an operator and (for In, NotIn) values."""
-
-    __cel_rules__ = (rules.SELECTOR_VALUES_REQUIRED, rules.SELECTOR_VALUES_FORBIDDEN)
-
-    key: Annotated[str, Field(max_length=317, pattern=rules.LABEL_KEY_PATTERN)]
-    """The label key the term is about."""
-    operator: OperatorField
-    """In, NotIn, Exists or DoesNotExist."""
-    values: Annotated[list[LabelValue], Field(max_length=64)] | None = None
-    """The values for In and NotIn (at least one); must be empty for Exists and DoesNotExist."""
-
-
-class LabelSelector(SpecModel):
-    """Which client pods of the policy's namespace get the sidecar (a standard label selector).
-
-    Both parts are ANDed; at least one must be given (an empty selector would match every pod).
-    """
-
-    __cel_rules__ = (rules.SELECTOR_NOT_EMPTY, rules.SELECTOR_LABEL_KEYS)
-
-    match_labels: Annotated[dict[str, LabelValue], Field(max_length=64)] | None = None
-    """Labels a pod must carry, with these exact values."""
-    match_expressions: Annotated[list[LabelSelectorRequirement], Field(max_length=32)] | None = None
-    """Set-based requirements a pod's labels must all satisfy."""
-
 
 # --- breaker settings ------------------------------------------------------------------------------
 
@@ -344,17 +298,17 @@ class UpstreamSettings(SpecModel):
     Not a wire object of its own: `CircuitBreakerPolicySpec.settings_for` computes it.
     """
 
-    trip: Trip = _section(Trip)
+    trip: Trip = section(Trip)
     """When the breaker opens."""
-    failures: Failures = _section(Failures)
+    failures: Failures = section(Failures)
     """What counts as a failure."""
     timeout: Duration = Duration("2s")
     """Per-request timeout, retries included; exceeding it is a failure if failures.timeouts is set."""
-    open: Open = _section(Open)
+    open: Open = section(Open)
     """How long the breaker stays open."""
-    half_open: HalfOpen = _section(HalfOpen)
+    half_open: HalfOpen = section(HalfOpen)
     """How recovery is probed."""
-    fallback: Fallback = _section(Fallback)
+    fallback: Fallback = section(Fallback)
     """What rejected calls get."""
     bulkhead: Bulkhead | None = None
     """Concurrency cap (unset: none)."""
@@ -460,64 +414,6 @@ class Override(SpecModel):
     """Why, for the people who find the breaker forced (e.g. a ticket or incident link)."""
 
 
-class ConsecutiveFailuresRange(SpecModel):
-    """Bounds for trip.consecutiveFailures."""
-
-    __cel_rules__ = (rules.RANGE_ORDER,)
-
-    min: Annotated[int, Field(ge=1, le=10_000)] = 3
-    """Lowest value the tuner may choose."""
-    max: Annotated[int, Field(ge=1, le=10_000)] = 20
-    """Highest value the tuner may choose."""
-
-
-class PercentRange(SpecModel):
-    """Bounds for trip.failureRate.percent."""
-
-    __cel_rules__ = (rules.RANGE_ORDER,)
-
-    min: Percent = 20
-    """Lowest value the tuner may choose."""
-    max: Percent = 80
-    """Highest value the tuner may choose."""
-
-
-class DurationRange(SpecModel):
-    """Bounds for open.duration."""
-
-    __cel_rules__ = (rules.DURATION_RANGE_ORDER,)
-
-    min: Duration = Duration("10s")
-    """Shortest value the tuner may choose."""
-    max: Duration = Duration("5m")
-    """Longest value the tuner may choose."""
-
-
-class AdaptiveBounds(SpecModel):
-    """The ranges the tuner keeps each threshold in."""
-
-    consecutive_failures: ConsecutiveFailuresRange = _section(ConsecutiveFailuresRange)
-    """Range of trip.consecutiveFailures."""
-    failure_rate_percent: PercentRange = _section(PercentRange)
-    """Range of trip.failureRate.percent."""
-    open_duration: DurationRange = _section(DurationRange)
-    """Range of open.duration."""
-
-
-class Adaptive(SpecModel):
-    """Let the operator tune the trip thresholds from each upstream's observed history.
-
-    Tuned values stay within `bounds` and are reported in status.upstreams[].effective.
-    """
-
-    enabled: bool = False
-    """Tune the thresholds (off: use the configured values as they are)."""
-    bounds: AdaptiveBounds = _section(AdaptiveBounds)
-    """Ranges the tuned thresholds stay in."""
-    history_window: Duration = Duration("1h")
-    """How much history the tuner looks at."""
-
-
 class _Targeting(SpecModel):
     """The first fields of the spec: what is protected and how (kept apart only for field order)."""
 
@@ -557,7 +453,7 @@ class CircuitBreakerPolicySpec(UpstreamSettings, _Targeting):
         rules.PER_TRY_TIMEOUT_WITHIN_TIMEOUT,
     )
 
-    adaptive: Adaptive = _section(Adaptive)
+    adaptive: Adaptive = section(Adaptive)
     """Automatic tuning of the trip thresholds."""
 
     def upstream(self, name: str) -> Upstream:

@@ -40,7 +40,7 @@ from breakwater.k8s.client import api_client
 from breakwater.k8s.listwatch import POLICIES, ListWatch
 from breakwater.k8s.webhooks import EXPECT_POLICY_ID, INJECT_SIDECAR_ID
 
-logger = logging.getLogger("breakwater.controller")
+logger = logging.getLogger(__name__)
 
 POLICY = (GROUP, VERSION, PLURAL)
 POLICY_SYNC_SECONDS = 30.0

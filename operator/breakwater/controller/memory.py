@@ -12,7 +12,7 @@ import contextlib
 import ctypes
 import logging
 
-logger = logging.getLogger("breakwater.controller.memory")
+logger = logging.getLogger(__name__)
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter number
 

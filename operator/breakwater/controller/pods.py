@@ -23,7 +23,7 @@ from breakwater.api.constants import (
     ANNOTATION_POLICIES,
 )
 
-logger = logging.getLogger("breakwater.controller.pods")
+logger = logging.getLogger(__name__)
 
 Labels = tuple[tuple[str, str], ...]
 

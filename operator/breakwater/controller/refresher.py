@@ -34,7 +34,7 @@ from breakwater.controller.status import (
     without_times,
 )
 
-logger = logging.getLogger("breakwater.controller.refresher")
+logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
 # Figures alone (failure rates, trips) are written at most every 10 s when they moved (5 points of

@@ -37,7 +37,7 @@ from breakwater.controller.resolutions import Labels, Resolutions
 from breakwater.controller.state import BundleCache
 from breakwater.k8s import tokenreview
 
-logger = logging.getLogger("breakwater.controller.reports")
+logger = logging.getLogger(__name__)
 
 TOKEN_CACHE_SECONDS = 60.0
 SESSION_MAX_SECONDS = 3600.0

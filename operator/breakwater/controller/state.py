@@ -21,7 +21,7 @@ from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import CONFIGMAP_NAME
 from breakwater.k8s import configmaps
 
-logger = logging.getLogger("breakwater.controller.state")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from breakwater.api.constants import NAMESPACE_LABEL, NEVER_INJECTED_NAMESPACES
 from breakwater.controller.settings import OperatorSettings
 from breakwater.k8s import secrets, webhooks
 
-logger = logging.getLogger("breakwater.controller.webhook")
+logger = logging.getLogger(__name__)
 
 ROTATION_CHECK_SECONDS = 6 * 3600
 

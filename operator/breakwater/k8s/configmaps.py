@@ -12,7 +12,7 @@ from kubernetes import client
 
 from breakwater.k8s.client import is_namespace_terminating, is_status
 
-logger = logging.getLogger("breakwater.k8s.configmaps")
+logger = logging.getLogger(__name__)
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "breakwater", "app.kubernetes.io/component": "sidecar-config"}
 

@@ -17,7 +17,7 @@ from kubernetes import client
 from breakwater import pki
 from breakwater.k8s.client import is_status
 
-logger = logging.getLogger("breakwater.k8s.secrets")
+logger = logging.getLogger(__name__)
 
 CA_VALIDITY = datetime.timedelta(days=3650)
 SERVING_VALIDITY = datetime.timedelta(days=365)

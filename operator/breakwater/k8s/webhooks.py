@@ -12,7 +12,7 @@ from kubernetes import client
 from breakwater.api.constants import GROUP, PLURAL, VERSION
 from breakwater.k8s.client import is_status
 
-logger = logging.getLogger("breakwater.k8s.webhooks")
+logger = logging.getLogger(__name__)
 
 WEBHOOK_NAME = "inject.breakwater.dev"
 INJECT_SIDECAR_ID = "inject-sidecar"  # kopf's handler id, which is its path on the webhook server

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = ["add_admin_routes", "stats_document"]
 
-log = logging.getLogger("breakwater.proxy.admin")
+log = logging.getLogger(__name__)
 
 
 def _sidecar(request: web.Request) -> Sidecar:

@@ -31,7 +31,7 @@ from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable
 
 __all__ = ["PASSTHROUGH_TIMEOUT", "ForwardProxy", "ForwardProxyStats"]
 
-log = logging.getLogger("breakwater.proxy.forward_proxy")
+log = logging.getLogger(__name__)
 
 PASSTHROUGH_TIMEOUT: Final = 60.0
 """The silence allowed to an unknown (unprotected) upstream, and to any tunnel's connect."""

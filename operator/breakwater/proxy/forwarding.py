@@ -39,7 +39,7 @@ import json
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Final
 
 import aiohttp
@@ -51,12 +51,13 @@ from breakwater.breaker import REJECTED, Breaker, Outcome
 from breakwater.proxy.cache import CacheFill, ResponseCache
 from breakwater.proxy.classifiers import IDEMPOTENT_METHODS, FailureKind
 from breakwater.proxy.headers import MARKER, MARKER_REASON, end_to_end
+from breakwater.proxy.request_body import CONTINUE, ClientBodyError, RequestBody
 from breakwater.proxy.stats import UpstreamStats
 from breakwater.proxy.upstream import LiveUpstream
 
 __all__ = ["SMALL_BODY", "Forwarder", "classify_exception", "retry_after_header"]
 
-log = logging.getLogger("breakwater.proxy.forward")
+log = logging.getLogger(__name__)
 
 SMALL_BODY: Final = 64 * 1024
 """Bodies of known length up to this size are read whole (and requests with them are retriable)."""
@@ -65,14 +66,9 @@ _SUCCESS: Final = Outcome.SUCCESS
 _FAILURE: Final = Outcome.FAILURE
 _IGNORED: Final = Outcome.IGNORED
 _EMPTY_BODY_STATUSES: Final = frozenset({204, 304})
-_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
-class _ClientBodyError(Exception):
-    """The client's request body could not be read (it went away, stalled or sent garbage)."""
-
-
-_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, _ClientBodyError)
+_UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, ClientBodyError)
 _FAILURE_STATUS: Final = {FailureKind.CONNECT: 502, FailureKind.RESET: 502, FailureKind.TIMEOUT: 504}
 _BACKOFF_BASE: Final = 0.025
 _BACKOFF_CAP: Final = 0.25
@@ -87,51 +83,6 @@ def classify_exception(exc: BaseException) -> FailureKind:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return FailureKind.CONNECT
     return FailureKind.RESET
-
-
-class _RequestBody:
-    """The client's request body as an async iterable for the upstream request, watching who is slow.
-
-    A client silent for longer than `idle` seconds mid-body fails the request (408): an upload that
-    stalls must not hold a request, a bulkhead slot or a breaker permit forever.
-    """
-
-    __slots__ = ("_expect", "_idle", "_request", "done", "error", "reading")
-
-    def __init__(self, request: web.BaseRequest, expect: bool, idle: float) -> None:
-        self._request = request
-        self._expect = expect
-        self._idle = idle
-        self.reading = False
-        self.done = False
-        self.error: BaseException | None = None
-
-    @property
-    def client_at_fault(self) -> bool:
-        return self.error is not None or self.reading
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks()
-
-    async def _chunks(self) -> AsyncIterator[bytes]:
-        if self._expect:
-            self._expect = False
-            await self._request.writer.write(_CONTINUE)
-        content = self._request.content
-        while True:
-            self.reading = True
-            try:
-                async with asyncio.timeout(self._idle):
-                    chunk = await content.readany()
-            except Exception as exc:
-                self.error = exc
-                raise _ClientBodyError(str(exc)) from exc
-            finally:
-                self.reading = False
-            if not chunk:
-                self.done = True
-                return
-            yield chunk
 
 
 def _json_body(**fields: object) -> bytes:
@@ -211,18 +162,18 @@ class Forwarder:
         if "Expect" in headers:
             expect = headers.popall("Expect")[0].lower() == "100-continue" and request.version >= (1, 1)
 
-        data: bytes | _RequestBody | None = None
-        streamed: _RequestBody | None = None
+        data: bytes | RequestBody | None = None
+        streamed: RequestBody | None = None
         if request.body_exists:
             length = request.content_length
             if length is not None and length <= SMALL_BODY:
                 try:
                     data = await self._read_small_body(request, up.timeout, expect)
-                except _ClientBodyError as exc:
+                except ClientBodyError as exc:
                     stats.client_errors += 1
                     return self._client_error(exc)
             else:
-                data = streamed = _RequestBody(request, expect, up.timeout)
+                data = streamed = RequestBody(request, expect, up.timeout)
 
         raw = request.raw_path
         url = up.url(raw if raw[:1] == "/" else request.rel_url.raw_path_qs)
@@ -283,17 +234,17 @@ class Forwarder:
         try:
             async with asyncio.timeout(limit):
                 if expect:
-                    await request.writer.write(_CONTINUE)
+                    await request.writer.write(CONTINUE)
                 return await request.read()
         except (TimeoutError, ConnectionError, aiohttp.ClientError, ValueError) as exc:
-            raise _ClientBodyError(str(exc) or type(exc).__name__) from exc
+            raise ClientBodyError(str(exc) or type(exc).__name__) from exc
 
     def _send(
         self,
         method: str,
         url: URL,
         headers: CIMultiDict[str],
-        data: bytes | _RequestBody | None,
+        data: bytes | RequestBody | None,
         client_timeout: aiohttp.ClientTimeout,
     ) -> Awaitable[aiohttp.ClientResponse]:
         return self._session.request(
@@ -328,7 +279,7 @@ class Forwarder:
         resp: aiohttp.ClientResponse,
         permit: _Permit,
         failed: bool,
-        streamed: _RequestBody | None,
+        streamed: RequestBody | None,
     ) -> web.StreamResponse:
         stats = up.stats
         status = resp.status
@@ -382,7 +333,7 @@ class Forwarder:
         outcome: Outcome,
         headers: CIMultiDict[str],
         fill: CacheFill | None,
-        streamed: _RequestBody | None,
+        streamed: RequestBody | None,
     ) -> web.StreamResponse:
         stats = up.stats
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
@@ -474,10 +425,10 @@ class Forwarder:
         return web.Response(status=status, headers=headers, body=_json_body(**fields))
 
     @staticmethod
-    def _client_error(exc: BaseException, streamed: _RequestBody | None = None) -> web.Response:
+    def _client_error(exc: BaseException, streamed: RequestBody | None = None) -> web.Response:
         """The client stalled or broke its own request body: 408/400, and the connection is closed."""
         cause = streamed.error if streamed is not None and streamed.error is not None else exc
-        if isinstance(cause, _ClientBodyError) and cause.__cause__ is not None:
+        if isinstance(cause, ClientBodyError) and cause.__cause__ is not None:
             cause = cause.__cause__
         stalled = streamed is not None and streamed.error is None  # still waiting on the client
         status = 408 if stalled or isinstance(cause, TimeoutError) else 400

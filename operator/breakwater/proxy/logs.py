@@ -1,8 +1,9 @@
-"""Structured logging for the sidecar: one logger per subsystem, text or JSON lines.
+"""Structured logging for the sidecar: text or JSON lines.
 
-Subsystem loggers: ``breakwater.proxy`` (lifecycle), ``.transitions`` (one line per breaker
-transition), ``.config`` (loads and reloads), ``.forward`` / ``.forward_proxy`` (the data plane, debug
-only), ``.admin``. Structured fields travel in ``extra={"fields": {...}}`` and become JSON keys (or
+Each module logs as its own name (``breakwater.proxy.sidecar``, ``.forwarding``, ``.admin``...), and two
+channels that users filter on are named for what they carry, whichever module writes to them:
+``breakwater.proxy.transitions`` (one line per breaker transition) and ``breakwater.proxy.config``
+(loads and reloads). Structured fields travel in ``extra={"fields": {...}}`` and become JSON keys (or
 ``key=value`` pairs in text form).
 """
 
@@ -14,7 +15,10 @@ import sys
 import time
 from typing import Any, Final
 
-__all__ = ["JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = ["CONFIG_CHANNEL", "TRANSITIONS_CHANNEL", "JsonFormatter", "TextFormatter", "configure_logging"]
+
+TRANSITIONS_CHANNEL: Final = "breakwater.proxy.transitions"
+CONFIG_CHANNEL: Final = "breakwater.proxy.config"
 
 _RESERVED: Final = "fields"
 

@@ -22,7 +22,7 @@ from breakwater.proxy.sidecar import Sidecar
 
 __all__ = ["add_arguments", "run"]
 
-log = logging.getLogger("breakwater.proxy")
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from breakwater.injection.podinfo import PodInfoError, carry_over, parse_labels
 from breakwater.injection.resolve import resolve
 from breakwater.proxy.sidecar import ConfigApplyError, Sidecar
 
-log = logging.getLogger("breakwater.proxy.podsource")
+log = logging.getLogger(__name__)
 
 
 def read_bundles(directory: Path) -> tuple[list[PolicyBundle], list[str]]:

@@ -12,14 +12,20 @@ import asyncio
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from breakwater.api.sidecar import SidecarConfig, SidecarConfigError, parse_sidecar_config
+from breakwater.proxy.logs import CONFIG_CHANNEL
+from breakwater.proxy.metrics import ReloadCounters
+from breakwater.proxy.upstream import RouteTable
 
-__all__ = ["ConfigWatcher"]
+__all__ = ["ConfigWatcher", "ReloadHistory", "ReloadStatus"]
 
-log = logging.getLogger("breakwater.proxy.config")
+log = logging.getLogger(CONFIG_CHANNEL)
 
 
 class ConfigWatcher:
@@ -104,3 +110,58 @@ class ConfigWatcher:
                 raise
             except Exception:
                 log.exception("config watcher failed; retrying")
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadStatus:
+    """The outcome of one config load attempt, as /readyz and /stats show it."""
+
+    ok: bool
+    source: str
+    at: float
+    config_hash: str = ""
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"ok": self.ok, "source": self.source, "at": self.at}
+        if self.config_hash:
+            doc["configHash"] = self.config_hash
+        if self.error:
+            doc["error"] = self.error
+        return doc
+
+
+@dataclass
+class ReloadHistory:
+    """Every config load attempt counted, the last one and the last failure kept, and logged."""
+
+    counters: ReloadCounters = field(default_factory=ReloadCounters)
+    last: ReloadStatus | None = None
+    last_error: ReloadStatus | None = None
+
+    def succeeded(self, source: str, routes: RouteTable, *, changed: bool) -> None:
+        self.counters.success += 1
+        self.last = ReloadStatus(ok=True, source=source, at=time.time(), config_hash=routes.config_hash)
+        self.last_error = None
+        if changed:
+            log.info(
+                "config applied",
+                extra={
+                    "fields": {
+                        "source": source,
+                        "config_hash": routes.config_hash,
+                        "generation": routes.config.generation,
+                        "upstreams": len(routes.by_name),
+                    }
+                },
+            )
+
+    def failed(self, source: str, error: str, *, running: str) -> None:
+        self.counters.failure += 1
+        status = ReloadStatus(ok=False, source=source, at=time.time(), error=error)
+        self.last = self.last_error = status
+        log.error(
+            "config rejected, keeping the last good one: %s",
+            error,
+            extra={"fields": {"source": source, "running_hash": running or None}},
+        )

@@ -41,7 +41,7 @@ from breakwater.api.sidecar import SidecarConfig
 from breakwater.proxy.sidecar import Sidecar
 from breakwater.proxy.stats import TransitionEvent, wall_time
 
-log = logging.getLogger("breakwater.proxy.reporter")
+log = logging.getLogger(__name__)
 
 MAX_PENDING_TRANSITIONS = 256
 MAX_TRANSITIONS_PER_REPORT = 16  # keeps a datagram well under one MTU's worth of fragments

@@ -41,9 +41,11 @@ from breakwater.breaker import Transition
 from breakwater.proxy.forward_proxy import ForwardProxy
 from breakwater.proxy.forwarding import Forwarder
 from breakwater.proxy.headers import MARKER
+from breakwater.proxy.listeners import ListenerKey, ListenerSet
+from breakwater.proxy.logs import CONFIG_CHANNEL
 from breakwater.proxy.metrics import ReloadCounters, SidecarCollector, new_registry
-from breakwater.proxy.reload import ConfigWatcher
-from breakwater.proxy.stats import TransitionEvent, TransitionListener, wall_time
+from breakwater.proxy.reload import ConfigWatcher, ReloadHistory, ReloadStatus
+from breakwater.proxy.stats import TransitionEvent, TransitionListener, publish_transition
 from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable
 
 __all__ = [
@@ -58,9 +60,8 @@ __all__ = [
     "run_sidecar",
 ]
 
-log = logging.getLogger("breakwater.proxy")
-config_log = logging.getLogger("breakwater.proxy.config")
-transition_log = logging.getLogger("breakwater.proxy.transitions")
+log = logging.getLogger(__name__)
+config_log = logging.getLogger(CONFIG_CHANNEL)
 
 ADMIN_TOKEN_ENV: Final = "BREAKWATER_ADMIN_TOKEN"
 """If set, ``PUT /config`` (and ``GET /config``) need ``Authorization: Bearer <token>``; if not, they
@@ -69,8 +70,6 @@ are served to loopback clients only."""
 CLIENT_SESSION: Final = web.AppKey("client_session", aiohttp.ClientSession)
 TRANSITION_LISTENERS: Final = web.AppKey("transition_listeners", list[TransitionListener])
 
-_ListenerKey = tuple[str, str, str, int]  # (kind, upstream name or "", address, configured port)
-
 
 class ConfigApplyError(Exception):
     """A valid config that could not be applied here (a port in use)."""
@@ -78,36 +77,6 @@ class ConfigApplyError(Exception):
 
 class StaleConfigError(ConfigApplyError):
     """A config older (lower ``generation``) than the one running."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReloadStatus:
-    """The outcome of one config load attempt, as /readyz and /stats show it."""
-
-    ok: bool
-    source: str
-    at: float
-    config_hash: str = ""
-    error: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"ok": self.ok, "source": self.source, "at": self.at}
-        if self.config_hash:
-            doc["configHash"] = self.config_hash
-        if self.error:
-            doc["error"] = self.error
-        return doc
-
-
-@dataclass(slots=True)
-class _Listener:
-    key: _ListenerKey
-    runner: web.ServerRunner
-    site: web.TCPSite
-
-    @property
-    def port(self) -> int:
-        return self.site.port
 
 
 @dataclass(slots=True)
@@ -151,14 +120,11 @@ class Sidecar:
         self.routes: RouteTable = RouteTable.empty()
         self.config: SidecarConfig | None = None
         self.transition_listeners: list[TransitionListener] = []
-        self.last_reload: ReloadStatus | None = None
-        self.last_reload_error: ReloadStatus | None = None
-        self.reload_counters = ReloadCounters()
+        self.reloads = ReloadHistory()
         self.timing = _Timing()
 
         self._live: dict[str, LiveParts] = {}
-        self._listeners: dict[_ListenerKey, _Listener] = {}
-        self._draining: set[asyncio.Task[None]] = set()
+        self._listeners = ListenerSet(self._handler, idle_timeout=idle_timeout, drain_seconds=drain_seconds)
         self._apply_lock = asyncio.Lock()
         self._watcher: ConfigWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
@@ -171,7 +137,7 @@ class Sidecar:
         self._stopped = asyncio.Event()
 
         self.registry = new_registry(
-            SidecarCollector(routes=lambda: self.routes, reloads=self.reload_counters)
+            SidecarCollector(routes=lambda: self.routes, reloads=self.reloads.counters)
         )
         self.app = self._make_app()
 
@@ -198,26 +164,18 @@ class Sidecar:
 
     @property
     def forward_proxy_port(self) -> int | None:
-        for key, listener in self._listeners.items():
-            if key[0] == "forward":
-                return listener.port
-        return None
+        return self._listeners.port("forward")
 
     def listen_port(self, upstream: str) -> int:
         """The port `upstream`'s listener is bound to (`KeyError` if it has none)."""
-        for key, listener in self._listeners.items():
-            if key[0] == "upstream" and key[1] == upstream:
-                return listener.port
-        raise KeyError(upstream)
+        port = self._listeners.port("upstream", upstream)
+        if port is None:
+            raise KeyError(upstream)
+        return port
 
     def client_connections(self) -> int:
         """Client connections open on the data-plane listeners right now."""
-        total = 0
-        for listener in self._listeners.values():
-            server = listener.runner.server
-            if server is not None:
-                total += len(server.connections)
-        return total
+        return self._listeners.client_connections()
 
     def upstream(self, name: str) -> LiveUpstream:
         return self.routes.by_name[name]
@@ -372,13 +330,7 @@ class Sidecar:
             await self.apply_config(config, source=source)
 
     async def _drain_all(self) -> None:
-        listeners = list(self._listeners.values())
-        self._listeners.clear()
-        await asyncio.gather(
-            *(listener.runner.cleanup() for listener in listeners),
-            *self._draining,
-            return_exceptions=True,
-        )
+        await self._listeners.close()
 
     # ------------------------------------------------------------------------------------------------
     # Applying a config
@@ -393,28 +345,12 @@ class Sidecar:
         if current is not None and config == current:
             self._record_success(source, changed=False)
             return False
-        wanted = self._wanted_listeners(config)
-        removed = [ls for key, ls in self._listeners.items() if key not in wanted]
-        for listener in removed:
-            await listener.site.stop()
-        started: list[_Listener] = []
         try:
-            for key in wanted:
-                if key not in self._listeners:
-                    started.append(await self._start_listener(key))
+            change = await self._listeners.prepare(config)
         except OSError as exc:
-            for listener in started:
-                await listener.runner.cleanup()
-            for listener in removed:
-                await self._rebind(listener)
             raise ConfigApplyError(f"cannot listen: {exc}") from exc
-
         # Commit: nothing below can fail.
-        for listener in removed:
-            del self._listeners[listener.key]
-            self._drain_later(listener)
-        for listener in started:
-            self._listeners[listener.key] = listener
+        change.commit()
         names = {up.name for up in config.upstreams}
         for name in list(self._live):
             if name not in names:
@@ -440,54 +376,6 @@ class Sidecar:
         self._record_success(source, changed=True)
         return True
 
-    def _wanted_listeners(self, config: SidecarConfig) -> dict[_ListenerKey, None]:
-        wanted: dict[_ListenerKey, None] = {}
-        for up in config.upstreams:
-            if up.listen_port is not None:
-                wanted[("upstream", up.name, config.listen_address, up.listen_port)] = None
-        if config.forward_proxy.enabled:
-            wanted[("forward", "", config.listen_address, config.forward_proxy.port)] = None
-        return wanted
-
-    async def _start_listener(self, key: _ListenerKey) -> _Listener:
-        kind, name, address, port = key
-        handler = self._upstream_handler(name) if kind == "upstream" else self._forward_proxy_handler()
-        server = web.Server(
-            handler,
-            handler_cancellation=False,
-            access_log=None,
-            keepalive_timeout=self.idle_timeout,
-            max_line_size=8190,
-            max_field_size=8190,
-            max_headers=128,
-            lingering_time=2.0,
-        )
-        runner = web.ServerRunner(server, shutdown_timeout=self.drain_seconds)
-        await runner.setup()
-        site = web.TCPSite(runner, address, port, backlog=1024)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        return _Listener(key=key, runner=runner, site=site)
-
-    async def _rebind(self, listener: _Listener) -> None:
-        _, _, address, port = listener.key
-        site = web.TCPSite(listener.runner, address, listener.port if port == 0 else port, backlog=1024)
-        try:
-            await site.start()
-            listener.site = site
-        except OSError as exc:
-            config_log.error("could not restore listener %s after a failed reload: %s", listener.key, exc)
-            del self._listeners[listener.key]
-            self._drain_later(listener)
-
-    def _drain_later(self, listener: _Listener) -> None:
-        task = asyncio.get_running_loop().create_task(listener.runner.cleanup())
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
-
     async def _bind_admin(self, admin: AdminConfig) -> None:
         runner = self._admin_runner
         assert runner is not None
@@ -507,14 +395,15 @@ class Sidecar:
         self._admin_bound = admin
 
     def _forward_proxy_address(self) -> tuple[str, int] | None:
-        for key, listener in self._listeners.items():
-            if key[0] == "forward":
-                return key[2], listener.port
-        return None
+        return self._listeners.address("forward")
 
     # ------------------------------------------------------------------------------------------------
     # Request handlers of the data-plane listeners
     # ------------------------------------------------------------------------------------------------
+
+    def _handler(self, key: ListenerKey) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
+        kind, name, _, _ = key
+        return self._upstream_handler(name) if kind == "upstream" else self._forward_proxy_handler()
 
     def _upstream_handler(self, name: str) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
         forwarder = self._forwarder
@@ -548,73 +437,35 @@ class Sidecar:
     def _transition_sink(self, name: str) -> Callable[[Transition], None]:
         def on_transition(t: Transition) -> None:
             parts = self._live.get(name)
-            if parts is None:
-                return
-            event = TransitionEvent(
-                upstream=name,
-                policy=parts.policy,
-                from_state=t.from_state.value,
-                to_state=t.to_state.value,
-                reason=str(t.reason),
-                at=t.at,
-                wall_time=wall_time(t.at, clock=self.clock),
-                config_hash=self.routes.config_hash,
-            )
-            parts.stats.record_transition(event)
-            transition_log.info(
-                "upstream %s: %s -> %s (%s)",
-                name,
-                event.from_state,
-                event.to_state,
-                event.reason,
-                extra={
-                    "fields": {
-                        "event": "transition",
-                        "upstream": name,
-                        "policy": event.policy,
-                        "from": event.from_state,
-                        "to": event.to_state,
-                        "reason": event.reason,
-                    }
-                },
-            )
-            for listener in list(self.transition_listeners):
-                try:
-                    listener(event)
-                except Exception:
-                    transition_log.exception("a transition listener failed")
+            if parts is not None:
+                event = TransitionEvent.of(
+                    t,
+                    upstream=name,
+                    policy=parts.policy,
+                    clock=self.clock,
+                    config_hash=self.routes.config_hash,
+                )
+                publish_transition(event, parts.stats, self.transition_listeners)
 
         return on_transition
 
     def _record_success(self, source: str, *, changed: bool) -> None:
-        self.reload_counters.success += 1
-        self.last_reload = ReloadStatus(
-            ok=True, source=source, at=time.time(), config_hash=self.routes.config_hash
-        )
-        self.last_reload_error = None
-        if changed:
-            config_log.info(
-                "config applied",
-                extra={
-                    "fields": {
-                        "source": source,
-                        "config_hash": self.routes.config_hash,
-                        "generation": self.routes.config.generation,
-                        "upstreams": len(self.routes.by_name),
-                    }
-                },
-            )
+        self.reloads.succeeded(source, self.routes, changed=changed)
 
     def record_failure(self, source: str, error: str) -> None:
-        self.reload_counters.failure += 1
-        status = ReloadStatus(ok=False, source=source, at=time.time(), error=error)
-        self.last_reload = status
-        self.last_reload_error = status
-        config_log.error(
-            "config rejected, keeping the last good one: %s",
-            error,
-            extra={"fields": {"source": source, "running_hash": self.routes.config_hash or None}},
-        )
+        self.reloads.failed(source, error, running=self.routes.config_hash)
+
+    @property
+    def last_reload(self) -> ReloadStatus | None:
+        return self.reloads.last
+
+    @property
+    def last_reload_error(self) -> ReloadStatus | None:
+        return self.reloads.last_error
+
+    @property
+    def reload_counters(self) -> ReloadCounters:
+        return self.reloads.counters
 
 
 SIDECAR: Final = web.AppKey[Sidecar]("sidecar")

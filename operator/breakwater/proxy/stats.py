@@ -7,12 +7,18 @@ lives as long as its upstream's name stays in the config, across reloads.
 
 from __future__ import annotations
 
+import logging
 import time
 from bisect import bisect_left
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
+
+from breakwater.breaker import Transition
+from breakwater.proxy.logs import TRANSITIONS_CHANNEL
+
+transition_log = logging.getLogger(TRANSITIONS_CHANNEL)
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -45,6 +51,21 @@ class TransitionEvent:
     wall_time: float
     config_hash: str
 
+    @classmethod
+    def of(
+        cls, t: Transition, *, upstream: str, policy: str, clock: Callable[[], float], config_hash: str
+    ) -> TransitionEvent:
+        return cls(
+            upstream=upstream,
+            policy=policy,
+            from_state=t.from_state.value,
+            to_state=t.to_state.value,
+            reason=str(t.reason),
+            at=t.at,
+            wall_time=wall_time(t.at, clock=clock),
+            config_hash=config_hash,
+        )
+
     def to_json(self) -> dict[str, object]:
         return {
             "upstream": self.upstream,
@@ -59,6 +80,35 @@ class TransitionEvent:
 
 TransitionListener = Callable[[TransitionEvent], None]
 """Called synchronously on the event loop for each transition; must not block (schedule I/O)."""
+
+
+def publish_transition(
+    event: TransitionEvent, stats: UpstreamStats, listeners: Iterable[TransitionListener]
+) -> None:
+    """Count a transition, log it on the transitions channel and hand it to every listener."""
+    stats.record_transition(event)
+    transition_log.info(
+        "upstream %s: %s -> %s (%s)",
+        event.upstream,
+        event.from_state,
+        event.to_state,
+        event.reason,
+        extra={
+            "fields": {
+                "event": "transition",
+                "upstream": event.upstream,
+                "policy": event.policy,
+                "from": event.from_state,
+                "to": event.to_state,
+                "reason": event.reason,
+            }
+        },
+    )
+    for listener in list(listeners):
+        try:
+            listener(event)
+        except Exception:
+            transition_log.exception("a transition listener failed")
 
 
 def wall_time(monotonic_at: float, *, clock: Callable[[], float] = time.monotonic) -> float:

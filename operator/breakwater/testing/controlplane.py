@@ -32,7 +32,7 @@ from typing import TextIO
 
 from breakwater import pki
 
-logger = logging.getLogger("breakwater.testing.controlplane")
+logger = logging.getLogger(__name__)
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm", "kwok")
 NODE_NAME = "kwok-node-0"

@@ -28,7 +28,7 @@ from typing import Any
 
 from breakwater.api.constants import CONFIGMAP_NAME, SIDECAR_NAME, TOKEN_AUDIENCE
 
-logger = logging.getLogger("breakwater.testing.sidecars")
+logger = logging.getLogger(__name__)
 
 
 def _kubectl(kubectl: str, kubeconfig: Path, *args: str) -> str:
