@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.chart import ChartNames, prepare_chart, unique_release
+from tests.cluster.chart_helpers import RESTRICTED, remove_leftovers
 from tests.cluster.harness import OperatorProcess, install_crd
 from tests.conftest import Cluster
 
@@ -34,3 +37,30 @@ def running_operator(operator: OperatorProcess) -> OperatorProcess:
     if operator.process is None:
         operator.start()
     return operator
+
+
+# -- the Helm chart suites (test_chart*.py) -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_chart(tmp_path_factory.mktemp("chart"))
+
+
+@pytest.fixture
+def restricted_namespace(cluster: Cluster, namespace: str) -> str:
+    """The test's namespace, enforcing the `restricted` Pod Security Standard."""
+    cluster.kubectl(
+        "label", "namespace", namespace, "--overwrite", *(f"{k}={v}" for k, v in RESTRICTED.items())
+    )
+    return namespace
+
+
+@pytest.fixture
+def names(
+    request: pytest.FixtureRequest, cluster: Cluster, restricted_namespace: str
+) -> Iterator[ChartNames]:
+    """A unique release in the restricted namespace, cleaned up however the test ends."""
+    chart_names = ChartNames(unique_release("bw"), restricted_namespace)
+    yield chart_names
+    remove_leftovers(cluster, chart_names)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from breakwater.testing.controlplane import ControlPlaneError, find_binaries
-from tests.cluster.chart_helpers import prepare_chart
+from tests.chart import prepare_chart
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.cluster.chart_helpers import ChartNames, render
+from tests.chart import ChartNames, render
 
 NS = "breakwater-system"
 CERT_MANAGER = ["cert-manager.io/v1"]

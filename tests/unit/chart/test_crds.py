@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster.chart_helpers import (
+from tests.chart import (
     CRD_NAME,
     CRD_RELATIVE_PATH,
     GENERATED_CRD,

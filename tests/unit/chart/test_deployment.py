@@ -13,7 +13,7 @@ import pytest
 
 from breakwater.controller import settings as operator_settings
 from breakwater.injection import pod as injection
-from tests.cluster.chart_helpers import ChartNames, helm_template, render, settings_of
+from tests.chart import ChartNames, helm_template, render, settings_of
 
 NS = "breakwater-system"
 

@@ -10,7 +10,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.cluster.chart_helpers import CHART_DIR, kubernetes_version, render
+from tests.chart import CHART_DIR, kubernetes_version, render
 
 # Custom resources kubernetes-validate has no schema for; anything else must validate.
 CUSTOM_KINDS = {

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from breakwater.api.policy import check_policy
-from tests.cluster.chart_helpers import render
+from tests.chart import render
 
 # `helm template` does not print NOTES.txt; this template, added to a copy of the chart, renders it
 # into a ConfigMap with the same values.

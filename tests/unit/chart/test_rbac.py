@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.cluster.chart_helpers import ChartNames, render
+from tests.chart import ChartNames, render
 
 NS = "breakwater-system"
 

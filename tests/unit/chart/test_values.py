@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.chart_helpers import CHART_DIR, helm_template
+from tests.chart import CHART_DIR, helm_template
 
 VALUES = CHART_DIR / "values.yaml"
 SCHEMA = CHART_DIR / "values.schema.json"

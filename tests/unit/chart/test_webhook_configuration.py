@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from breakwater.controller import webhook as operator_webhook
-from tests.cluster.chart_helpers import WEBHOOK_NAME, ChartNames, render, settings_of
+from tests.chart import WEBHOOK_NAME, ChartNames, render, settings_of
 
 NS = "breakwater-system"
 EXCLUDE_EXPRESSION_KEY = "kubernetes.io/metadata.name"
