@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from breakwater.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
+from breakwater.errors import ControlPlaneError
+from breakwater.testing.controlplane import ControlPlane, find_binaries
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -278,7 +278,7 @@ def test_a_forged_report_is_rejected_and_changes_nothing(
     time.sleep(2.5)
     assert upstream_status(cluster, namespace, "payments")["state"] == "Closed"
     log = running_operator.tail(300)
-    assert "rejected a forged report: token of pod" in log  # the session request
+    assert "rejected a forged request (POST /v1/session" in log  # the session request
     assert "claims pod" in log  # the first pod's session, reporting for the second
     assert "bad signature" in log  # a session id for the second pod, with a key never given for it
 

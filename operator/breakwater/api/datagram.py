@@ -33,6 +33,7 @@ from typing import Annotated
 from pydantic import Field, ValidationError
 
 from breakwater.api.report import ReportModel
+from breakwater.errors import InvalidInput
 
 MAGIC = b"bw1"
 SESSION_PATH = "/v1/session"
@@ -47,7 +48,7 @@ CONFIG = b"C"  # the tag of a session authorization (HTTPS), never a datagram ki
 SESSION_SCHEME = "Session"
 
 
-class DatagramError(ValueError):
+class DatagramError(InvalidInput):
     """Not a datagram of this channel, or one that does not verify."""
 
 

@@ -14,6 +14,7 @@ from breakwater.api.base import StatusModel
 from breakwater.api.constants import API_VERSION, GROUP, KIND
 from breakwater.api.spec import CircuitBreakerPolicySpec
 from breakwater.api.status import CircuitBreakerPolicyStatus
+from breakwater.errors import InvalidInput
 
 __all__ = [
     "CircuitBreakerPolicy",
@@ -64,12 +65,9 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class PolicyError(ValueError):
-    """A manifest that is not a valid CircuitBreakerPolicy; `problems` says why, field by field."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("; ".join(str(p) for p in problems))
-        self.problems = problems
+class PolicyError(InvalidInput):
+    """A manifest that is not a valid CircuitBreakerPolicy; `problems` (of `Problem`) says why, field by
+    field."""
 
 
 def _join_path(loc: tuple[int | str, ...]) -> str:
@@ -147,15 +145,15 @@ def parse_spec(spec: Any) -> CircuitBreakerPolicySpec:
     try:
         return CircuitBreakerPolicySpec.model_validate(spec, by_alias=True, by_name=False)
     except ValidationError as exc:
-        raise PolicyError(problems_of(exc, prefix=("spec",))) from None
+        raise PolicyError.of(problems_of(exc, prefix=("spec",))) from None
 
 
 def parse_policy(document: Any) -> CircuitBreakerPolicy:
     """Validate a whole manifest or API object (camelCase); raise `PolicyError` listing every problem."""
     problems = check_policy(document)
     if problems:
-        raise PolicyError(problems)
+        raise PolicyError.of(problems)
     try:
         return CircuitBreakerPolicy.model_validate(document, by_alias=True, by_name=False)
     except ValidationError as exc:  # only the status can still fail here
-        raise PolicyError(problems_of(exc)) from None
+        raise PolicyError.of(problems_of(exc)) from None

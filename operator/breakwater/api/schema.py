@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from breakwater.errors import BreakwaterError
+
 __all__ = ["SchemaError", "structural", "unwrap"]
 
 KEY_ORDER = (
@@ -50,8 +52,8 @@ _DROPPED = {"title", "$defs"}
 _RULE_KEYS = ("rule", "message", "messageExpression", "fieldPath", "reason", "optionalOldSelf")
 
 
-class SchemaError(ValueError):
-    """The JSON Schema uses something a structural schema cannot express."""
+class SchemaError(BreakwaterError):
+    """A model's JSON Schema uses something a structural schema cannot express (a bug of the models)."""
 
 
 def structural(schema: Mapping[str, Any]) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from breakwater.api.policy import problems_of
 from breakwater.api.rules import MANAGED_HEADERS
 from breakwater.api.spec import Bulkhead, CircuitBreakerPolicySpec, FallbackKind, Retry, UpstreamSettings
 from breakwater.breaker.settings import BreakerSettings, Mode
+from breakwater.errors import InvalidInput
 
 # Every default of the wire format is the spec's (api/spec.py), read from its models.
 _SPEC = UpstreamSettings()
@@ -78,17 +79,9 @@ Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Percent = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
 
 
-class SidecarConfigError(Exception):
-    """A sidecar config that cannot be used: unreadable, not JSON, or not matching the schema.
-
-    ``source`` names where it came from (a path, or ``"PUT /config"``); the message says what is wrong
-    in terms of the camelCase field paths the operator writes.
-    """
-
-    def __init__(self, message: str, *, source: str = "") -> None:
-        super().__init__(f"{source}: {message}" if source else message)
-        self.source = source
-        self.reason = message
+class SidecarConfigError(InvalidInput):
+    """A sidecar config that cannot be used: unreadable, not JSON, or not matching the schema (the
+    message names the camelCase field paths the operator writes)."""
 
 
 class AdminConfig(WireModel):

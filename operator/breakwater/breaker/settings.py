@@ -12,6 +12,8 @@ import enum
 import math
 from dataclasses import dataclass
 
+from breakwater.errors import InvalidInput
+
 
 class State(enum.StrEnum):
     """Where a breaker stands for one upstream."""
@@ -42,7 +44,7 @@ class WindowKind(enum.StrEnum):
     TIME = "Time"
 
 
-class InvalidBreakerSettings(ValueError):
+class InvalidBreakerSettings(InvalidInput):
     """A `BreakerSettings` value the engine cannot run with (the message names the field)."""
 
 

@@ -224,9 +224,10 @@ async def _render_and_publish(
         bundle = render_bundle(body)
     except RenderError as exc:
         # Keep the last good bundle: a sidecar keeps enforcing what it had rather than nothing.
-        outcome = ReconcileOutcome(generation, False, exc.reason, str(exc))
+        reason = type(exc).__name__  # InvalidSpec or InvalidSidecarConfig
+        outcome = ReconcileOutcome(generation, False, reason, str(exc))
         state.outcomes[(namespace, name)] = outcome
-        kopf.warn(cast(kopf.Body, body), reason=exc.reason, message=str(exc))
+        kopf.warn(cast(kopf.Body, body), reason=reason, message=str(exc))
         logger.warning("policy %s/%s not accepted: %s", namespace, name, exc)
     else:
         written = await asyncio.to_thread(

@@ -35,6 +35,7 @@ from breakwater.api.sidecar import SidecarConfig
 from breakwater.controller.fleet import PodReport
 from breakwater.controller.resolutions import Labels, Resolutions
 from breakwater.controller.state import BundleCache
+from breakwater.errors import NotAuthenticated, NotPermitted, PeerRefused
 from breakwater.k8s import tokenreview
 
 logger = logging.getLogger(__name__)
@@ -86,9 +87,7 @@ class Authenticator:
         """The pod a request's token is bound to, and the token's expiry (wall clock)."""
         header = request.headers.get("Authorization", "")
         if not header.startswith("Bearer "):
-            raise web.HTTPUnauthorized(
-                text="a Bearer token (the pod's projected service-account token) is required"
-            )
+            raise NotAuthenticated("a Bearer token (the pod's projected service-account token) is required")
         token = header[len("Bearer ") :].strip()
         key = hashlib.sha256(token.encode()).hexdigest()
         cached = self._cache.get(key)
@@ -96,9 +95,8 @@ class Authenticator:
             return cached[0], token_expiry(token)
         try:
             identity = await asyncio.to_thread(tokenreview.review, self.api, token, audience=TOKEN_AUDIENCE)
-        except tokenreview.NotAuthenticated as exc:
-            logger.warning("rejected a request from %s: %s", request.remote, exc)
-            raise web.HTTPUnauthorized(text=f"token rejected: {exc}") from exc
+        except NotAuthenticated as exc:
+            raise NotAuthenticated(f"token rejected: {exc}") from exc
         now = time.monotonic()
         if now - self._purged_at > TOKEN_CACHE_SECONDS:
             # A session lasts up to an hour: most verdicts are never asked for again. Keep only live ones.
@@ -122,14 +120,18 @@ def _check_claim(identity: tokenreview.PodIdentity, namespace: str, pod: str, ui
     if (identity.namespace, identity.pod) != (namespace, pod) or (
         uid and identity.pod_uid and uid != identity.pod_uid
     ):
-        logger.warning(
-            "rejected a forged report: token of pod %s/%s claims pod %s/%s",
-            identity.namespace, identity.pod, namespace, pod,
-        )  # fmt: skip
-        raise web.HTTPForbidden(text=f"this token belongs to pod {identity.namespace}/{identity.pod}")
+        raise Forged(
+            f"this token belongs to pod {identity.namespace}/{identity.pod}, "
+            f"not to the pod {namespace}/{pod} it speaks for"
+        )
 
 
-PodLabels = Callable[[str, str], Labels | None]  # (namespace, pod) -> its labels, if known
+class Forged(NotPermitted):
+    """A sidecar spoke for another pod than the one its token or session belongs to."""
+
+
+PodLabels = Callable[[str, str], Labels | None]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]  # (namespace, pod) -> its labels, if known
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -177,7 +179,7 @@ class ReportServer:
         self.bundles.listeners.append(self._bundles_changed)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._refusals])
         app.router.add_post(datagram.SESSION_PATH, self.handle_session)
         app.router.add_get(CONFIG_PATH, self.handle_config)
         return app
@@ -212,17 +214,29 @@ class ReportServer:
 
     # -- HTTPS: sessions and config ------------------------------------------------------------------
 
+    @web.middleware
+    async def _refusals(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """The HTTP boundary: a refused peer gets 401 (who are you?) or 403 (not yours), and a line in
+        the log; a sidecar speaking for another pod is counted as a forgery."""
+        try:
+            return await handler(request)
+        except PeerRefused as exc:
+            what = "a forged request" if isinstance(exc, Forged) else "a request"
+            if isinstance(exc, Forged):
+                self.store.forged += 1
+            logger.warning(
+                "rejected %s (%s %s from %s): %s", what, request.method, request.path, request.remote, exc
+            )
+            status = 403 if isinstance(exc, NotPermitted) else 401
+            return web.Response(status=status, text=f"{exc}\n")
+
     async def handle_session(self, request: web.Request) -> web.Response:
         identity, token_expires = await self.auth.identify(request)
         try:
             ask = datagram.SessionRequest.model_validate_json(await request.read())
         except pydantic.ValidationError as exc:
             raise web.HTTPBadRequest(text=f"not a session request: {exc.error_count()} errors") from exc
-        try:
-            _check_claim(identity, ask.namespace, ask.pod, ask.pod_uid)
-        except web.HTTPForbidden:
-            self.store.forged += 1
-            raise
+        _check_claim(identity, ask.namespace, ask.pod, ask.pod_uid)
         expires = int(min(token_expires, time.time() + SESSION_MAX_SECONDS))
         session = datagram.Session(ask.namespace, ask.pod, ask.pod_uid or identity.pod_uid, expires)
         session_id = session.encode()
@@ -248,8 +262,7 @@ class ReportServer:
         try:
             session = datagram.check_session_authorization(self.secret, header, now=time.time())
         except datagram.DatagramError as exc:
-            logger.warning("rejected a config fetch from %s: %s", request.remote, exc)
-            raise web.HTTPUnauthorized(text=f"session rejected: {exc}") from exc
+            raise NotAuthenticated(f"session rejected: {exc}") from exc
         return tokenreview.PodIdentity(session.namespace, session.pod, session.uid, service_account="")
 
     async def handle_config(self, request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.errors import InvalidInput
 
 DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "20m", "memory": "48Mi"},
@@ -19,7 +20,7 @@ DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
 }
 
 
-class SettingsError(ValueError):
+class SettingsError(InvalidInput):
     """A setting has a value the operator cannot run with; the message names the flag."""
 
 

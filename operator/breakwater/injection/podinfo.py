@@ -7,9 +7,10 @@ from collections.abc import Iterable
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.sidecar import SidecarConfig
+from breakwater.errors import InvalidInput
 
 
-class PodInfoError(ValueError):
+class PodInfoError(InvalidInput):
     """The labels file cannot be read or parsed; the message says which line."""
 
 

@@ -22,21 +22,27 @@ from breakwater.api.sidecar import (
     UpstreamConfig,
 )
 from breakwater.api.spec import CircuitBreakerPolicySpec, FallbackKind, Mode, UpstreamSettings
+from breakwater.errors import InvalidInput
 
 
-class RenderError(Exception):
-    """The policy cannot be turned into sidecar config; `reason` is a CamelCase condition reason."""
+class RenderError(InvalidInput):
+    """The policy cannot be turned into sidecar config; the class name is the `Accepted` condition's
+    reason."""
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+
+class InvalidSpec(RenderError):
+    """The spec breaks a rule the CRD schema could not enforce."""
+
+
+class InvalidSidecarConfig(RenderError):
+    """The spec is valid, but the sidecar config rendered from it is not."""
 
 
 def _spec(body: Mapping[str, Any]) -> CircuitBreakerPolicySpec:
     try:
         return parse_spec(body.get("spec") or {})
     except PolicyError as exc:
-        raise RenderError("InvalidSpec", str(exc)) from exc
+        raise InvalidSpec(str(exc), problems=exc.problems) from exc
 
 
 def effective_mode(spec: CircuitBreakerPolicySpec, *, now: datetime.datetime) -> Mode:
@@ -123,7 +129,7 @@ def render_bundle(body: Mapping[str, Any], *, now: datetime.datetime | None = No
     try:
         upstreams = [upstream_config(spec, u.name, mode=mode, policy=policy) for u in spec.upstreams]
     except pydantic.ValidationError as exc:
-        raise RenderError("InvalidSidecarConfig", "; ".join(str(p) for p in problems_of(exc))) from exc
+        raise InvalidSidecarConfig.of(problems_of(exc)) from exc
     return PolicyBundle(
         policy=policy,
         uid=str(meta.get("uid", "")),

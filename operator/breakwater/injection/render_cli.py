@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 bundles.append(render_bundle({**doc, "metadata": meta}))
             except RenderError as exc:
-                print(f"{name} (document {index + 1}): {exc.reason}: {exc}", file=sys.stderr)
+                print(f"{name} (document {index + 1}): {type(exc).__name__}: {exc}", file=sys.stderr)
                 return 1
     resolution = resolve(labels, bundles)
     for conflict in resolution.conflicts:

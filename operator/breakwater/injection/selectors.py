@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from breakwater.errors import InvalidInput
 
-class SelectorError(ValueError):
+
+class SelectorError(InvalidInput):
     """A selector the API server would not accept (unknown operator, missing or extra values)."""
 
 

@@ -16,14 +16,12 @@ import aiohttp
 from kubernetes import client
 
 from breakwater.api.constants import GROUP, PLURAL, VERSION
+from breakwater.errors import KubernetesError
 from breakwater.k8s.client import is_namespace_terminating
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"{status}: {body[:300]}")
-        self.status = status
-        self.body = body
+class ApiError(KubernetesError):
+    """An error answer to one of the operator's own requests (status writes, Events, policy reads)."""
 
 
 class AsyncApi:

@@ -33,6 +33,7 @@ import urllib3
 from kubernetes import client
 
 from breakwater.api.constants import GROUP, PLURAL, VERSION
+from breakwater.errors import KubernetesError
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Sink(Protocol[T]):
         """Every scope has been listed once."""
 
 
-class WatchError(Exception):
+class WatchError(KubernetesError):
     """The API server answered with an error (other than 410 Gone)."""
 
 
@@ -351,7 +352,9 @@ class ListWatch(Generic[T]):
         if kind == "ERROR":
             if obj.get("code") == 410:
                 raise _Expired
-            raise WatchError(f"watch error {obj.get('code')} {obj.get('reason')}: {obj.get('message')}")
+            raise WatchError(
+                int(obj.get("code") or 0), f"watch error {obj.get('reason')}: {obj.get('message')}"
+            )
         meta = obj.get("metadata") or {}
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             namespace = sys.intern(str(meta.get("namespace", "")))
@@ -388,7 +391,7 @@ class ListWatch(Generic[T]):
                 detail = response.data[:300].decode(errors="replace")
                 if response.status == 410:
                     raise _Expired
-                raise WatchError(f"GET {path}: HTTP {response.status}: {detail}")
+                raise WatchError(response.status, f"GET {path}: HTTP {response.status}: {detail}")
             yield response
         finally:
             with self._lock:

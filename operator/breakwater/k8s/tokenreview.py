@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
+from breakwater.errors import NotAuthenticated
+
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 
@@ -16,10 +18,6 @@ class PodIdentity:
     pod: str
     pod_uid: str
     service_account: str
-
-
-class NotAuthenticated(Exception):
-    """The token is invalid, expired, for another audience, or not bound to a pod."""
 
 
 def review(api: client.ApiClient, token: str, *, audience: str) -> PodIdentity:

@@ -105,8 +105,8 @@ async def put_config(request: web.Request) -> web.Response:
     try:
         config = parse_sidecar_config(raw, source="PUT /config")
     except SidecarConfigError as exc:
-        sidecar.record_failure("PUT /config", exc.reason)
-        return web.json_response({"error": exc.reason}, status=400)
+        sidecar.record_failure("PUT /config", exc.detail)
+        return web.json_response({"error": exc.detail}, status=400)
     try:
         changed = await sidecar.apply_config(config, source="PUT /config")
     except StaleConfigError as exc:

@@ -91,7 +91,7 @@ class ConfigWatcher:
         try:
             config = parse_sidecar_config(raw, source=str(self.path))
         except SidecarConfigError as exc:
-            self._report_error(str(self.path), exc.reason)
+            self._report_error(str(self.path), exc.detail)
             return False
         try:
             await self._apply(config, f"file:{self.path}")

@@ -38,6 +38,7 @@ from aiohttp import web
 
 from breakwater.api.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
 from breakwater.breaker import Transition
+from breakwater.errors import ConfigNotApplied
 from breakwater.proxy.forward_proxy import ForwardProxy
 from breakwater.proxy.forwarding import Forwarder
 from breakwater.proxy.headers import MARKER
@@ -71,11 +72,11 @@ CLIENT_SESSION: Final = web.AppKey("client_session", aiohttp.ClientSession)
 TRANSITION_LISTENERS: Final = web.AppKey("transition_listeners", list[TransitionListener])
 
 
-class ConfigApplyError(Exception):
-    """A valid config that could not be applied here (a port in use)."""
+class ConfigApplyError(ConfigNotApplied):
+    """A valid config whose listeners could not be bound here (a port in use)."""
 
 
-class StaleConfigError(ConfigApplyError):
+class StaleConfigError(ConfigNotApplied):
     """A config older (lower ``generation``) than the one running."""
 
 
@@ -318,7 +319,7 @@ class Sidecar:
             try:
                 config, _ = self._watcher.read()
             except SidecarConfigError as exc:
-                self.record_failure(source, exc.reason)
+                self.record_failure(source, exc.detail)
                 if config is None:
                     return
                 source = "init"

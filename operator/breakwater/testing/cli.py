@@ -9,7 +9,8 @@ import threading
 import time
 from types import FrameType
 
-from breakwater.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries
+from breakwater.errors import ControlPlaneError
+from breakwater.testing.controlplane import ControlPlane, find_binaries
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TextIO
 
 from breakwater import pki
+from breakwater.errors import ControlPlaneError
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +50,6 @@ def random_pod_cidr() -> tuple[str, str]:
 
 
 SERVICE_CIDR = "10.96.0.0/16"  # only allocated from, never sent traffic to
-
-
-class ControlPlaneError(RuntimeError):
-    """The control plane could not be built or started; the message says which part and why."""
 
 
 def repo_root() -> Path | None:

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
-from breakwater.testing.controlplane import ControlPlane, ControlPlaneError, find_binaries, free_port
+from breakwater.errors import ControlPlaneError
+from breakwater.testing.controlplane import ControlPlane, find_binaries, free_port
 from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from breakwater.testing.controlplane import ControlPlaneError, find_binaries
+from breakwater.errors import ControlPlaneError
+from breakwater.testing.controlplane import find_binaries
 from tests.chart import prepare_chart
 
 
