@@ -34,6 +34,8 @@ from typing import Any
 
 import opbench as ob
 
+from breakwater.api.constants import SIDECAR_NAME
+
 HIST = "apiserver_admission_webhook_admission_duration_seconds"
 ARMS = ("inject", "nomatch", "plain")
 
@@ -52,7 +54,7 @@ async def create_pods(
         started = time.monotonic()
         got = await api.post(f"/api/v1/namespaces/{arm}/pods", body)
         latencies[arm].append(time.monotonic() - started)
-        if any(c["name"] == ob.SIDECAR_NAME for c in got["spec"]["containers"]):
+        if any(c["name"] == SIDECAR_NAME for c in got["spec"]["containers"]):
             injected[arm] += 1
 
     await ob.gather_limited((one(i) for i in range(per_arm * len(ARMS))), concurrency)

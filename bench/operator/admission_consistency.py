@@ -33,6 +33,9 @@ from typing import Any
 
 import opbench as ob
 
+from breakwater.api.constants import SIDECAR_NAME
+from breakwater.testing.operator import OperatorProcess
+
 REPO = Path(__file__).resolve().parents[2]
 ARMS = ("consistent-inject", "cache-inject", "plain", "consistent-nomatch", "cache-nomatch")
 QUANTILES = ("p50", "p90", "p99")
@@ -65,7 +68,7 @@ async def create_pods(
         started = time.monotonic()
         got = await api.post(f"/api/v1/namespaces/{arm}/pods", body)
         latencies[arm].append(time.monotonic() - started)
-        injected[arm] += any(c["name"] == ob.SIDECAR_NAME for c in got["spec"]["containers"])
+        injected[arm] += any(c["name"] == SIDECAR_NAME for c in got["spec"]["containers"])
 
     await ob.gather_limited((one(i) for i in range(per_arm * len(ARMS))), concurrency)
     expected = {arm: per_arm if arm.endswith("-inject") else 0 for arm in ARMS}
@@ -119,9 +122,12 @@ async def run(args: argparse.Namespace, machine: dict[str, Any], baseline: Path)
         "cache": ("--namespace=cache-inject", "--namespace=cache-nomatch"),
     }
     operators = {
-        "consistent": ob.Operator(cp.kubeconfig, workdir / "consistent", extra_args=watch["consistent"]),
-        "cache": ob.Operator(
+        "consistent": OperatorProcess(
+            cp.kubeconfig, cp.binary("kubectl"), workdir / "consistent", extra_args=watch["consistent"]
+        ),
+        "cache": OperatorProcess(
             cp.kubeconfig,
+            cp.binary("kubectl"),
             workdir / "cache",
             extra_args=watch["cache"],
             env={"PYTHONPATH": str(baseline / "operator")},
@@ -130,8 +136,7 @@ async def run(args: argparse.Namespace, machine: dict[str, Any], baseline: Path)
     api = ob.Api(cp)
     try:
         for op in operators.values():
-            op.workdir.mkdir(parents=True)
-            op.start(cp.kubectl)
+            op.start()
         for arm in ARMS:
             await api.namespace(arm, opted_in=arm != "plain")
             await api.wait_service_account(arm)
@@ -147,7 +152,7 @@ async def run(args: argparse.Namespace, machine: dict[str, Any], baseline: Path)
     finally:
         await api.close()
         for op in operators.values():
-            op.stop()
+            op.cleanup()
         cp.stop()
 
     rows = []

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from breakwater.testing.operator import OperatorProcess
 from tests.chart import ChartNames, prepare_chart, unique_release
 from tests.cluster.chart_helpers import RESTRICTED, remove_leftovers
-from tests.cluster.harness import OperatorProcess, install_crd
+from tests.cluster.harness import install_crd
 from tests.conftest import Cluster
 
 
@@ -24,8 +25,12 @@ def operator(
     cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, operator_args: tuple[str, ...]
 ) -> Iterator[OperatorProcess]:
     install_crd(cluster)
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    proc = OperatorProcess(cluster=cluster, log_path=log, extra_args=operator_args)
+    proc = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        kubectl=cluster.tool("kubectl"),
+        workdir=tmp_path_factory.mktemp("operator"),
+        extra_args=operator_args,
+    )
     proc.start()
     yield proc
     proc.cleanup()

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from breakwater.testing.operator import OperatorProcess
 from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 from tests.cluster.harness import (
-    OperatorProcess,
     condition,
     deployment_manifest,
     opt_in,

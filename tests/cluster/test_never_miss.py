@@ -24,9 +24,9 @@ from breakwater.controller.admission import PolicyView, read_policies
 from breakwater.injection.render import render_bundle
 from breakwater.injection.resolve import resolve
 from breakwater.k8s.aio import AsyncApi
+from breakwater.testing.operator import OperatorProcess
 from tests.cluster.harness import (
     RESTRICTED_CONTAINER,
-    OperatorProcess,
     deployment_manifest,
     install_crd,
     opt_in,

@@ -12,9 +12,9 @@ import pytest
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import ANNOTATION_CONFIG_HASH, CONFIGMAP_NAME, SIDECAR_NAME
 from breakwater.injection.resolve import resolve
+from breakwater.testing.operator import OperatorProcess
 from tests.cluster.harness import (
     RESTRICTED_CONTAINER,
-    OperatorProcess,
     condition,
     deployment_manifest,
     opt_in,

@@ -10,13 +10,11 @@ is killed (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import ipaddress
 import logging
 import os
 import random
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -32,6 +30,7 @@ from typing import TextIO
 
 from breakwater import pki
 from breakwater.errors import ControlPlaneError
+from breakwater.testing import processes
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +90,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 @dataclass
@@ -216,7 +209,7 @@ class ControlPlane:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=self.workdir,
-                preexec_fn=_die_with_parent,
+                preexec_fn=processes.die_with_parent,
             )
         component = _Component(name, process, log_path)
         self.components.append(component)
@@ -376,17 +369,7 @@ spec:
                 print("\n".join(tail), file=out)
 
     def stop(self) -> None:
-        for component in reversed(self.components):
-            if component.process.poll() is None:
-                component.process.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for component in reversed(self.components):
-            remaining = max(0.1, deadline - time.monotonic())
-            try:
-                component.process.wait(timeout=remaining)
-            except subprocess.TimeoutExpired:
-                component.process.kill()
-                component.process.wait()
+        processes.stop_all([c.process for c in reversed(self.components)], timeout=10)
         self.components.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.api.constants import CONFIGMAP_NAME, SIDECAR_NAME, TOKEN_AUDIENCE
+from breakwater.testing import processes
 
 logger = logging.getLogger(__name__)
 
@@ -218,20 +219,10 @@ class SidecarFleet:
             raise RuntimeError(f"sidecars not ready within {timeout} s: {', '.join(pending)}")
 
     def _stop_one(self, sidecar: SidecarProcess, sig: int = signal.SIGTERM) -> None:
-        if sidecar.process.poll() is None:
-            sidecar.process.send_signal(sig)
-            try:
-                sidecar.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                sidecar.process.kill()
-                sidecar.process.wait()
+        processes.stop(sidecar.process, sig=sig)
 
     def stop(self) -> None:
         self._stop.set()
-        for sidecar in self.sidecars.values():
-            if sidecar.process.poll() is None:
-                sidecar.process.send_signal(signal.SIGTERM)
-        for sidecar in self.sidecars.values():
-            self._stop_one(sidecar)
+        processes.stop_all(s.process for s in self.sidecars.values())
         self.sidecars.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
