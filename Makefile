@@ -64,8 +64,12 @@ chart: $(STAMP) control-plane ## lint and unit-test the Helm chart
 image: ## build the container image (needs a Docker engine; none on the CI machine)
 	docker build -t ghcr.io/breakwater-dev/breakwater:$$(grep '^appVersion' charts/breakwater/Chart.yaml | cut -d'"' -f2) .
 
-docs: $(STAMP) ## regenerate docs/api.md from the api models
+docs: $(STAMP) ## regenerate docs/api.md from the api models (and the architecture picture, with Graphviz)
 	$(BIN)/breakwater api-docs --write docs/api.md
+	@if command -v dot >/dev/null; then \
+	  dot -Tsvg docs/images/architecture.dot -o docs/images/architecture.svg; \
+	  dot -Tpng -Gdpi=110 docs/images/architecture.dot -o docs/images/architecture.png; \
+	else echo "docs/images/architecture.*: not re-rendered (no Graphviz: apt-get install graphviz)"; fi
 
 generate: crds docs ## every generated file
 
