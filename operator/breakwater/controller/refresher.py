@@ -70,6 +70,21 @@ EventPoster = Callable[
 ]  # (policy body, type, reason, message)
 
 
+def status_patch(wanted: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that makes the stored status `wanted`.
+
+    A merge patch keeps the keys it does not name: the ones that went away (summary.message once
+    every breaker closed) are nulled, or the stored status would keep them and never equal `wanted`.
+    """
+    patch: dict[str, Any] = {}
+    for name, value in wanted.items():
+        old = stored.get(name)
+        if isinstance(value, dict) and isinstance(old, dict):
+            value = {**dict.fromkeys((k for k in old if k not in value), None), **value}
+        patch[name] = value
+    return patch
+
+
 @dataclass
 class Refresher:
     state: OperatorState
@@ -213,14 +228,7 @@ class Refresher:
                 return  # the sweep comes back when the figures may be written
             if since < DRIFT_EVERY_SECONDS and not figures_moved(wanted, comparable_previous):
                 return
-        patch: dict[str, Any] = {}
-        for field_name, value in wanted.items():
-            old = previous.get(field_name)
-            if isinstance(value, dict) and isinstance(old, dict):
-                # A merge patch keeps keys it does not name: null the ones that went away (summary.message
-                # once every breaker closed), or the stored status keeps them and never equals `wanted`.
-                value = {**dict.fromkeys((k for k in old if k not in value), None), **value}
-            patch[field_name] = value
+        patch = status_patch(wanted, previous)
         state.last_write[key] = time.monotonic()
         record.status = await self.write_status(namespace, name, patch)
         self.writes += 1

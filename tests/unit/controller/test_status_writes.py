@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from breakwater.controller.refresher import status_patch
 from breakwater.controller.status import figures_moved, significant
 
 
@@ -40,3 +41,12 @@ def test_a_rate_appearing_or_a_new_upstream_counts_as_moved() -> None:
     assert figures_moved(status(), status(rate=None))
     other = {"upstreams": [{"name": "ledger", "state": "Closed", "trips": 0}]}
     assert figures_moved(status(), other)
+
+
+def test_the_status_patch_nulls_what_went_away_and_replaces_lists_whole() -> None:
+    stored = {
+        "summary": {"state": "Open", "message": "payments open on 1/1 pods"},
+        "upstreams": [{"name": "a"}],
+    }
+    wanted = {"summary": {"state": "Closed"}, "upstreams": []}
+    assert status_patch(wanted, stored) == {"summary": {"message": None, "state": "Closed"}, "upstreams": []}
