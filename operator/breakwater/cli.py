@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 from typing import Protocol, cast
+
+from breakwater.errors import BreakwaterError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("breakwater.controller.main", "run the operator (kopf) against the current cluster"),
@@ -29,6 +32,13 @@ class CommandModule(Protocol):
     def run(self, args: argparse.Namespace) -> int: ...
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("breakwater")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree not installed
+        return "unknown"
+
+
 def _load(name: str) -> CommandModule:
     return cast(CommandModule, importlib.import_module(COMMANDS[name][0]))
 
@@ -36,11 +46,12 @@ def _load(name: str) -> CommandModule:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="breakwater", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"breakwater {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv or ["--help"])
+        parser.parse_args(argv or ["--help"])  # --version and --help exit here
         return 2
     module = _load(argv[0])
     cmd_parser = argparse.ArgumentParser(prog=f"breakwater {argv[0]}", description=COMMANDS[argv[0]][1])
@@ -50,6 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return module.run(args)
     except KeyboardInterrupt:
         return 130
+    except BreakwaterError as exc:  # an error we raise on purpose has a message, not a traceback
+        print(f"breakwater {argv[0]}: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `breakwater crd | head`: the reader left, nothing went wrong
         sys.stderr.close()
         return 0

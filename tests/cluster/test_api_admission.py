@@ -117,6 +117,30 @@ def test_an_invalid_manifest_is_refused_by_the_api_server_and_by_validate(
     problems = validate(case.yaml())
     assert problems, "breakwater validate accepted what the API server refused"
     assert any(case.field in p for p in problems), problems
+    if case.id not in WORDED_OTHERWISE:  # the same words: what validate says after the path, kubectl says
+        said = [p.split(": ", 1)[1] for p in problems if case.field in p]
+        assert any(words in result.stderr for words in said), f"validate: {said}\nAPI server: {result.stderr}"
+
+
+# Cases where the API server's words are not a field error validate could repeat.
+WORDED_OTHERWISE = {
+    "upstreams-is-a-mapping": "a mapping where a list belongs fails decoding: 'unknown field' for its keys",
+    "until-on-february-31": "the API server reports the CEL type conversion error of timestamp()",
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "api_version"),
+    [("CircuitbreakerPolicy", "breakwater.dev/v1alpha1"), ("CircuitBreakerPolicy", "breakwater.dev/v1")],
+)
+def test_a_typo_in_kind_or_api_version_is_refused_by_both(
+    cluster: Cluster, table_namespace: str, kind: str, api_version: str
+) -> None:
+    text = yaml.safe_dump({**base_manifest(), "kind": kind, "apiVersion": api_version}, sort_keys=False)
+    assert apply(cluster, table_namespace, text).returncode != 0
+    problems = validate(text)
+    assert problems
+    assert "did you mean" in " ".join(problems)
 
 
 _MUTATIONS = st.fixed_dictionaries(

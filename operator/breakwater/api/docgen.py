@@ -215,8 +215,9 @@ def api_markdown(example: str) -> str:
         + ", ".join(f"`{c}`" for c in CATEGORIES)
         + ".",
         "- `kubectl explain cbp.spec.trip.failureRate` shows the same descriptions as this page.",
-        "- `breakwater validate FILE...` checks manifests offline with the rules the API server applies "
-        "(same schema, same cross-field rules, same messages); exit code 1 on any problem.",
+        "- `breakwater validate [-R] FILE|DIR...` checks manifests offline with the rules the API server "
+        "applies (same schema, same cross-field rules, the API server's wording), problems on stderr; exit "
+        "code 1 on any problem, a typo in `kind` or `apiVersion` included.",
         "- Defaults are applied by the API server: `kubectl get cbp NAME -o yaml` shows every value "
         "in force.",
         "",

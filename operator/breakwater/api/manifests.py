@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from breakwater.errors import InvalidInput
+
 __all__ = ["ManifestLoader", "load_documents"]
 
 _BOOL = re.compile(
@@ -69,6 +71,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+class ManifestError(InvalidInput):
+    """A text that is not YAML; the message says what the parser found and where."""
+
+
 def load_documents(text: str) -> list[Any]:
-    """Every document of a (multi-document) YAML text; raises `yaml.YAMLError` on bad YAML."""
-    return [_jsonable(document) for document in yaml.load_all(text, Loader=ManifestLoader)]
+    """Every document of a (multi-document) YAML text; raises `ManifestError` on bad YAML."""
+    try:
+        return [_jsonable(document) for document in yaml.load_all(text, Loader=ManifestLoader)]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or " ".join(line.strip() for line in str(exc).splitlines())
+        raise ManifestError(f"invalid YAML: {problem}{where}") from exc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pydantic_core import ErrorDetails
 
 from breakwater.api.base import StatusModel
 from breakwater.api.constants import API_VERSION, GROUP, KIND
+from breakwater.api.rules import ALL_RULES
 from breakwater.api.spec import CircuitBreakerPolicySpec
 from breakwater.api.status import CircuitBreakerPolicyStatus
 from breakwater.errors import InvalidInput
@@ -27,6 +29,7 @@ __all__ = [
     "parse_spec",
 ]
 
+_RULES = {rule.id: rule for rule in ALL_RULES}
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -82,6 +85,91 @@ def _join_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+# pydantic's error types, said as the API server says them (k8s.io/apimachinery field errors and the
+# OpenAPI validator's messages), so that `breakwater validate` and `kubectl apply` print the same words.
+_JSON_TYPES = {
+    "int_type": "integer",
+    "int_from_float": "integer",
+    "int_parsing": "integer",
+    "string_type": "string",
+    "bool_type": "boolean",
+    "bool_parsing": "boolean",
+    "float_type": "number",
+    "float_parsing": "number",
+    "list_type": "array",
+    "dict_type": "object",
+    "model_type": "object",
+    "model_attributes_type": "object",
+    "dataclass_type": "object",
+}
+_REASONS = {"FieldValueRequired": "Required value", "FieldValueForbidden": "Forbidden"}
+
+
+def _json_type(value: object) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if value is None:
+        return "null"
+    return "object"
+
+
+def _shown(value: object) -> str:
+    """A value as the API server prints it after `Invalid value:` (JSON, strings quoted)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return json.dumps(value) if isinstance(value, str | bool) or value is None else str(value)
+
+
+def _schema_message(error: ErrorDetails, path: str) -> str:
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "missing":
+        return "Required value"
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind in _JSON_TYPES:
+        given = _json_type(value)
+        return f'Invalid value: "{given}": {path} in body must be of type {_JSON_TYPES[kind]}: "{given}"'
+    if kind == "enum":
+        supported = ", ".join(
+            f'"{v.strip()}"'
+            for v in str(ctx.get("expected", "")).replace(" or ", ",").split(",")
+            if v.strip()
+        )
+        return f"Unsupported value: {_shown(value)}: supported values: {supported.replace(chr(39), '')}"
+    bounds = {
+        "greater_than_equal": ("ge", "greater than or equal to"),
+        "greater_than": ("gt", "greater than"),
+        "less_than_equal": ("le", "less than or equal to"),
+        "less_than": ("lt", "less than"),
+    }
+    if kind in bounds:
+        key, words = bounds[kind]
+        return f"Invalid value: {_shown(value)}: {path} in body should be {words} {_shown(ctx.get(key))}"
+    if kind == "string_pattern_mismatch":
+        return f"Invalid value: {_shown(value)}: {path} in body should match '{ctx.get('pattern')}'"
+    if kind == "string_too_long":
+        return f"Too long: may not be more than {ctx.get('max_length')} bytes"
+    if kind == "string_too_short":
+        least = ctx.get("min_length")
+        return f"Invalid value: {_shown(value)}: {path} in body should be at least {least} chars long"
+    if kind == "too_long":
+        return f"Too many: {ctx.get('actual_length')}: must have at most {ctx.get('max_length')} items"
+    if kind == "too_short":
+        least, actual = ctx.get("min_length"), ctx.get("actual_length")
+        return f"Invalid value: {actual}: {path} in body should have at least {least} items"
+    if kind == "duplicate":
+        return f"Duplicate value: {ctx.get('value')}"
+    return str(error["msg"])
+
+
 def _problem(error: ErrorDetails, prefix: tuple[int | str, ...]) -> Problem:
     loc = prefix + tuple(error["loc"])
     # Pydantic appends the name of the function for validators; keep only field names and indexes.
@@ -89,11 +177,20 @@ def _problem(error: ErrorDetails, prefix: tuple[int | str, ...]) -> Problem:
     path = _join_path(loc)
     ctx = error.get("ctx") or {}
     if error["type"] == "cel_rule":
-        return Problem(path + str(ctx.get("field_path", "")), str(ctx["message"]), str(ctx["rule"]))
-    message = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown field"
-    return Problem(path, message)
+        rule = _RULES.get(str(ctx.get("rule", "")))
+        where = path + str(ctx.get("field_path", ""))
+        message = str(ctx["message"])
+        value = error.get("input")
+        if rule is not None and rule.reason in _REASONS:
+            said = f"{_REASONS[rule.reason]}: {message}"
+        elif (
+            isinstance(value, str | int | float) and not isinstance(value, bool) and not ctx.get("field_path")
+        ):
+            said = f"Invalid value: {_shown(value)}: {message}"  # a rule on a scalar shows the value
+        else:
+            said = f"Invalid value: {message}"
+        return Problem(where, said, str(ctx["rule"]))
+    return Problem(path, _schema_message(error, path))
 
 
 def problems_of(exc: ValidationError, *, prefix: tuple[int | str, ...] = ()) -> list[Problem]:
@@ -102,36 +199,64 @@ def problems_of(exc: ValidationError, *, prefix: tuple[int | str, ...] = ()) -> 
 
 
 def is_policy_manifest(document: Mapping[str, Any]) -> bool:
-    """Whether a manifest claims to be a CircuitBreakerPolicy (of any version of our group)."""
-    api_version = document.get("apiVersion")
-    return (
-        document.get("kind") == KIND
-        and isinstance(api_version, str)
-        and api_version.split("/", 1)[0] == GROUP
-    )
+    """Whether a manifest means to be a CircuitBreakerPolicy: of our API group (whatever its version or
+    kind), or of our kind whatever the case or group (a typo there must be an error, not a skip)."""
+    api_version, kind = document.get("apiVersion"), document.get("kind")
+    group = api_version.split("/", 1)[0] if isinstance(api_version, str) and "/" in api_version else ""
+    return group == GROUP or (isinstance(kind, str) and kind.lower() == KIND.lower())
+
+
+_SUBDOMAIN_MESSAGE = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and "
+    "must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+_LABEL_MESSAGE = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start "
+    "and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is "
+    "'[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _kind_and_version(document: Mapping[str, Any]) -> list[Problem]:
+    """A manifest of our group (or of our kind) with a typo: said as such, with the likely fix."""
+    problems = []
+    api_version, kind = document.get("apiVersion"), document.get("kind")
+    if api_version != API_VERSION:
+        problems.append(Problem("apiVersion", f"{api_version!r} is not served: did you mean {API_VERSION}?"))
+    if kind != KIND:
+        problems.append(Problem("kind", f"no kind {kind!r} in {GROUP}: did you mean {KIND}?"))
+    return problems
+
+
+def _metadata(metadata: Any) -> list[Problem]:
+    if not isinstance(metadata, Mapping):
+        return [Problem("metadata", "Required value: a name")]
+    problems = []
+    name, namespace = metadata.get("name"), metadata.get("namespace")
+    if not isinstance(name, str) or not name:
+        problems.append(Problem("metadata.name", "Required value: name or generateName is required"))
+    elif len(name) > 253:
+        problems.append(Problem("metadata.name", "Too long: may not be more than 253 bytes"))
+    elif not _DNS_SUBDOMAIN.fullmatch(name):
+        problems.append(Problem("metadata.name", f"Invalid value: {json.dumps(name)}: {_SUBDOMAIN_MESSAGE}"))
+    if namespace is not None and (
+        not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)
+    ):
+        problems.append(
+            Problem("metadata.namespace", f"Invalid value: {json.dumps(namespace)}: {_LABEL_MESSAGE}")
+        )
+    return problems
 
 
 def check_policy(document: Any) -> list[Problem]:
     """Every problem the API server would find in this manifest (empty when it would accept it)."""
     if not isinstance(document, Mapping):
         return [Problem("", "a manifest must be a mapping (apiVersion, kind, metadata, spec)")]
-    problems: list[Problem] = []
-    if document.get("apiVersion") != API_VERSION:
-        problems.append(Problem("apiVersion", f"must be {API_VERSION}"))
-    if document.get("kind") != KIND:
-        problems.append(Problem("kind", f"must be {KIND}"))
-    metadata = document.get("metadata")
-    name = metadata.get("name") if isinstance(metadata, Mapping) else None
-    if not isinstance(metadata, Mapping):
-        problems.append(Problem("metadata", "is required, with a name"))
-    elif not isinstance(name, str) or not name:
-        problems.append(Problem("metadata.name", "is required"))
-    elif len(name) > 253 or not _DNS_SUBDOMAIN.fullmatch(name):
-        problems.append(
-            Problem("metadata.name", "must be a DNS subdomain: lower case letters, digits, '-' and '.'")
-        )
+    problems = _kind_and_version(document) + _metadata(document.get("metadata"))
     if "spec" not in document or document["spec"] is None:
-        problems.append(Problem("spec", "Field required"))
+        problems.append(Problem("spec", "Required value"))
         return problems
     try:
         CircuitBreakerPolicySpec.model_validate(document["spec"], by_alias=True, by_name=False)

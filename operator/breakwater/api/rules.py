@@ -12,6 +12,7 @@ prunes nulls and applies the schema defaults before CEL runs, the models do the 
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import textwrap
 from collections.abc import Callable, Iterable
@@ -136,6 +137,23 @@ TIMESTAMP = Rule(
     message="must be an RFC 3339 timestamp with a time zone, such as 2030-01-01T12:00:00Z",
     check=lambda s: parse_timestamp(s) is not None,
 )
+
+HOST_NUMERIC_IS_IPV4 = Rule(
+    id="upstream.host-numeric-is-ipv4",
+    cel="!self.host.matches('^[0-9.]+$') || (isIP(self.host) && ip(self.host).family() == 4)",
+    message="a host of digits and dots must be an IPv4 address such as 10.0.0.7 (each part at most 255)",
+    check=lambda s: not re.fullmatch(r"[0-9.]+", s.host) or _ipv4(s.host),
+    field_path=".host",
+)
+
+
+def _ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
 
 # --- selector --------------------------------------------------------------------------------------
 
@@ -403,7 +421,10 @@ STATIC_HEADER_NAMES = Rule(
     """,
     message=(
         "headers must be HTTP header names (letters, digits, '-') other than the ones the proxy manages: "
-        "Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding, Upgrade, Content-Length"
+        + ", ".join(
+            "-".join(w.upper() if w in ("te",) else w.capitalize() for w in h.split("-"))
+            for h in MANAGED_HEADERS
+        )
     ),
     check=lambda s: (
         s.headers is None
@@ -443,6 +464,7 @@ OVERRIDE_UNTIL_FOR_FORCE_OPEN = Rule(
 )
 
 ALL_RULES: tuple[Rule, ...] = (
+    HOST_NUMERIC_IS_IPV4,
     DURATION,
     TIMESTAMP,
     SELECTOR_VALUES_REQUIRED,

@@ -9,6 +9,7 @@ off until written. Two sections live in modules of their own: `api/selector.py` 
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, TypeVar
 
@@ -69,7 +70,7 @@ def _no_duplicates(values: list[_T]) -> list[_T]:
     seen: list[_T] = []
     for value in values:
         if value in seen:
-            raise PydanticCustomError("duplicate", "Duplicate value: {value}", {"value": repr(value)})
+            raise PydanticCustomError("duplicate", "Duplicate value: {value}", {"value": json.dumps(value)})
         seen.append(value)
     return values
 
@@ -375,7 +376,7 @@ class UpstreamOverrides(SpecModel):
 class Upstream(SpecModel):
     """A service the selected pods call, and where the sidecar listens for those calls."""
 
-    __cel_rules__ = (rules.LISTEN_PORT_RESERVED,)
+    __cel_rules__ = (rules.LISTEN_PORT_RESERVED, rules.HOST_NUMERIC_IS_IPV4)
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
     """Short name (a DNS label): the key of this upstream in status and its label in metrics."""
@@ -384,7 +385,8 @@ class Upstream(SpecModel):
         Field(
             min_length=1,
             max_length=253,
-            pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+            # DNS labels of at most 63 characters (a longer one can never resolve)
+            pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?([.][a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$",
         ),
     ]
     """Host name (e.g. payments.shop.svc.cluster.local) or IPv4 address of the upstream, lower case."""

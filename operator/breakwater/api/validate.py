@@ -1,11 +1,16 @@
-"""`breakwater validate FILE...`: check CircuitBreakerPolicy manifests offline, as the API server would.
+"""`breakwater validate [-R] FILE|DIR...`: check CircuitBreakerPolicy manifests offline, as the API
+server would.
 
-Each FILE may hold several YAML documents (``---``) and ``kind: List`` objects; ``-`` reads stdin.
-For every policy it prints ``FILE: OK`` or one ``FILE: <field path>: <message>`` line per problem
-(a document number is added when a file holds several). Documents of other kinds are reported as
-skipped. The exit code is 1 when anything is invalid or unreadable, else 0: made for CI pipelines.
+Each FILE may hold several YAML documents (``---``) and ``kind: List`` objects; ``-`` reads stdin; a
+DIR is every .yaml, .yml and .json file in it (``-R``: and below, as ``kubectl apply -R -f``). For
+every policy it prints ``FILE: OK`` on stdout, or one ``FILE: <field path>: <message>`` line per
+problem on stderr (a document number is added when a file holds several). Documents of other kinds
+are reported as skipped; a manifest of our API group or of our kind with a typo in ``kind`` or
+``apiVersion`` is an error, not a skip. The exit code is 1 when anything is invalid or unreadable,
+else 0: made for CI pipelines.
 
-The rules are the CRD's: the same schema constraints, the same CEL rules, the same messages.
+The rules are the CRD's: the same schema constraints, the same CEL rules, and the API server's
+wording for both.
 """
 
 from __future__ import annotations
@@ -14,12 +19,11 @@ import argparse
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from breakwater.api.constants import KIND
-from breakwater.api.manifests import load_documents
+from breakwater.api.manifests import ManifestError, load_documents
 from breakwater.api.policy import Problem, check_policy, is_policy_manifest
 
 __all__ = ["Verdict", "add_arguments", "run", "validate_text"]
@@ -52,7 +56,7 @@ def _objects(documents: list[Any]) -> Iterator[tuple[str, Any]]:
 
 
 def validate_text(text: str) -> list[Verdict]:
-    """Verdicts for every document of a YAML text (raises `yaml.YAMLError` on bad YAML)."""
+    """Verdicts for every document of a YAML text (raises `ManifestError` on bad YAML)."""
     documents = [d for d in load_documents(text) if d is not None]
     verdicts: list[Verdict] = []
     for where, document in _objects(documents):
@@ -75,23 +79,35 @@ def _read(name: str) -> str:
         return handle.read()
 
 
-def _check_file(name: str, out: TextIO) -> bool:
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def manifest_files(names: list[str], *, recursive: bool) -> Iterator[str]:
+    """The files named, a directory's manifest files in name order (its subdirectories too with
+    `recursive`), ``-`` as it is."""
+    for name in names:
+        path = Path(name)
+        if name != "-" and path.is_dir():
+            found = path.rglob("*") if recursive else path.glob("*")
+            yield from sorted(str(p) for p in found if p.is_file() and p.suffix in MANIFEST_SUFFIXES)
+        else:
+            yield name
+
+
+def _check_file(name: str, out: TextIO, err: TextIO) -> bool:
     label = "<stdin>" if name == "-" else name
     try:
         text = _read(name)
     except OSError as exc:
-        print(f"{label}: cannot read: {exc.strerror or exc}", file=out)
+        print(f"{label}: cannot read: {exc.strerror or exc}", file=err)
         return False
     except UnicodeDecodeError as exc:
-        print(f"{label}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})", file=out)
+        print(f"{label}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})", file=err)
         return False
     try:
         verdicts = validate_text(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or " ".join(line.strip() for line in str(exc).splitlines())
-        print(f"{label}: invalid YAML: {problem}{where}", file=out)
+    except ManifestError as exc:
+        print(f"{label}: {exc}", file=err)
         return False
     if not verdicts:
         print(f"{label}: skipped: no documents", file=out)
@@ -104,20 +120,28 @@ def _check_file(name: str, out: TextIO) -> bool:
             print(f"{prefix}: OK", file=out)
         else:
             for problem in verdict.problems:
-                print(f"{prefix}: {problem}", file=out)
+                print(f"{prefix}: {problem}", file=err)
     return all(v.ok for v in verdicts)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", metavar="FILE", help="manifest file ('-' for stdin)")
+    parser.add_argument("files", nargs="+", metavar="FILE", help="manifest file or directory ('-' for stdin)")
+    parser.add_argument(
+        "-R", "--recursive", action="store_true", help="also the manifests in the directories' subdirectories"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     ok = True
-    for name in args.files:
+    checked = 0
+    for name in manifest_files(args.files, recursive=args.recursive):
+        checked += 1
         try:
-            ok = _check_file(name, sys.stdout) and ok
+            ok = _check_file(name, sys.stdout, sys.stderr) and ok
         except Exception as exc:  # a bug here must still give a verdict, not a traceback
-            print(f"{name}: internal error: {type(exc).__name__}: {exc}", file=sys.stdout)
+            print(f"{name}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
             ok = False
+    if not checked:
+        print(f"no manifest files in {', '.join(args.files)}", file=sys.stderr)
+        return 1
     return 0 if ok else 1

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import KIND
-from breakwater.api.manifests import load_documents
+from breakwater.api.manifests import ManifestError, load_documents
 from breakwater.injection.render import RenderError, render_bundle
 from breakwater.injection.resolve import resolve
 
@@ -51,8 +51,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             text = sys.stdin.read() if name == "-" else Path(name).read_text()
             documents = load_documents(text)
-        except (OSError, ValueError) as exc:
-            print(f"{name}: cannot read: {exc}", file=sys.stderr)
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        except (ManifestError, UnicodeDecodeError) as exc:
+            print(f"{name}: {exc}", file=sys.stderr)
             return 1
         for index, doc in enumerate(documents):
             if not isinstance(doc, dict) or doc.get("kind") != KIND:

@@ -24,7 +24,7 @@ def test_there_is_a_handful_of_examples() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_passes_breakwater_validate(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = run(argparse.Namespace(files=[str(path)]))
+    code = run(argparse.Namespace(files=[str(path)], recursive=False))
     assert code == 0
     assert capsys.readouterr().out == f"{path}: OK\n"
 

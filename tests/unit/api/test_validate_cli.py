@@ -17,8 +17,10 @@ DEPLOYMENT = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n"
 
 
 def validate(*files: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    """The exit code and every line printed: verdicts (stdout) and problems (stderr), in order."""
     code = main(["validate", *files])
-    return code, capsys.readouterr().out.splitlines()
+    printed = capsys.readouterr()
+    return code, printed.out.splitlines() + printed.err.splitlines()
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -39,10 +41,11 @@ def test_each_problem_is_one_line_with_its_field_path(
     path = write(tmp_path, "p.yaml", text)
     code, lines = validate(path, capsys=capsys)
     assert code == 1
-    assert lines == [
-        f"{path}: spec.selector.matchLabels.app: String should match pattern "
-        "'^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'",
-        f"{path}: spec.upstreams[0].port: Input should be greater than or equal to 1",
+    assert lines == [  # as the API server says it
+        f'{path}: spec.selector.matchLabels.app: Invalid value: "-checkout": spec.selector.matchLabels.app '
+        "in body should match '^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$'",
+        f"{path}: spec.upstreams[0].port: Invalid value: 0: spec.upstreams[0].port in body should be greater "
+        "than or equal to 1",
     ]
 
 
@@ -55,7 +58,7 @@ def test_several_documents_are_numbered_and_other_kinds_skipped(
     assert code == 1
     assert lines[0] == f"{path} (document 1): OK"
     assert lines[1] == f"{path} (document 2): skipped: apps/v1 Deployment is not a CircuitBreakerPolicy"
-    assert lines[2].startswith(f"{path} (document 3): spec.timeout: must be a duration")
+    assert lines[2].startswith(f'{path} (document 3): spec.timeout: Invalid value: "1d": must be a duration')
 
 
 def test_a_file_without_policies_is_skipped_not_failed(
@@ -103,14 +106,17 @@ def test_unreadable_files_are_reported_and_the_others_still_checked(
     latin.write_bytes(b"kind: caf\xe9\n")
     code, lines = validate(str(tmp_path / "missing.yaml"), str(latin), good, capsys=capsys)
     assert code == 1
-    assert lines[0] == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"
-    assert lines[1].startswith(f"{latin}: cannot read: not UTF-8")
-    assert lines[2] == f"{good}: OK"
+    assert lines[0] == f"{good}: OK"  # stdout; the problems are on stderr
+    assert lines[1] == f"{tmp_path / 'missing.yaml'}: cannot read: No such file or directory"
+    assert lines[2].startswith(f"{latin}: cannot read: not UTF-8")
 
 
 def test_wrong_version_of_our_kind_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "v.yaml", MINIMAL.replace("v1alpha1", "v1"))
-    assert validate(path, capsys=capsys) == (1, [f"{path}: apiVersion: must be breakwater.dev/v1alpha1"])
+    assert validate(path, capsys=capsys) == (
+        1,
+        [f"{path}: apiVersion: 'breakwater.dev/v1' is not served: did you mean breakwater.dev/v1alpha1?"],
+    )
 
 
 def test_unquoted_timestamps_are_read_as_kubectl_reads_them(
@@ -122,7 +128,9 @@ def test_unquoted_timestamps_are_read_as_kubectl_reads_them(
     assert validate(ok, capsys=capsys) == (0, [f"{ok}: OK"])
     code, lines = validate(spaced, capsys=capsys)
     assert code == 1
-    assert lines[0].startswith(f"{spaced}: spec.override.until: must be an RFC 3339 timestamp")
+    assert lines[0].startswith(
+        f'{spaced}: spec.override.until: Invalid value: "2030-01-01 12:00:00Z": must be'
+    )
 
 
 def test_stdin_is_read_for_a_dash() -> None:
@@ -174,6 +182,65 @@ def test_an_upstream_named_n_must_be_quoted_as_for_the_api_server(
     path = write(tmp_path, "n.yaml", MINIMAL.replace("- name: payments", "- name: n"))
     code, lines = validate(path, capsys=capsys)
     assert code == 1
-    assert lines == [f"{path}: spec.upstreams[0].name: Input should be a valid string"]
+    assert lines == [
+        f'{path}: spec.upstreams[0].name: Invalid value: "boolean": spec.upstreams[0].name in body must be '
+        'of type string: "boolean"'
+    ]
     quoted = write(tmp_path, "q.yaml", MINIMAL.replace("- name: payments", "- name: 'n'"))
     assert validate(quoted, capsys=capsys) == (0, [f"{quoted}: OK"])
+
+
+def test_a_typo_in_the_kind_of_our_group_is_an_error_with_the_likely_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path, "k.yaml", MINIMAL.replace("kind: CircuitBreakerPolicy", "kind: CircuitbreakerPolicy")
+    )
+    fix = "did you mean CircuitBreakerPolicy?"
+    assert validate(path, capsys=capsys) == (
+        1,
+        [f"{path}: kind: no kind 'CircuitbreakerPolicy' in breakwater.dev: {fix}"],
+    )
+
+
+def test_metadata_is_checked_as_the_api_server_checks_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = MINIMAL.replace("  name: payments", "  name: payments\n  namespace: Shop_NS")
+    path = write(tmp_path, "n.yaml", text)
+    code, lines = validate(path, capsys=capsys)
+    assert code == 1
+    assert lines[0].startswith(
+        f'{path}: metadata.namespace: Invalid value: "Shop_NS": a lowercase RFC 1123 label'
+    )
+
+
+def test_directories_are_read_like_kubectl_and_recursively_with_r(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "nested").mkdir()
+    top = write(tmp_path, "a.yaml", MINIMAL)
+    nested = write(tmp_path / "nested", "b.yml", MINIMAL)
+    write(tmp_path, "README.md", "not a manifest")
+    assert validate(str(tmp_path), capsys=capsys) == (0, [f"{top}: OK"])
+    assert validate("-R", str(tmp_path), capsys=capsys) == (0, [f"{top}: OK", f"{nested}: OK"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert validate(str(empty), capsys=capsys) == (1, [f"no manifest files in {empty}"])
+
+
+def test_the_tools_say_what_is_wrong_with_broken_yaml_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "bad.yaml", "spec: [\n")
+    assert main(["render-config", path]) == 1
+    printed = capsys.readouterr()
+    assert printed.err.startswith(f"{path}: invalid YAML: expected the node content")
+    assert "Traceback" not in printed.err + printed.out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("breakwater ")
