@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Build what a real node needs beyond Debian's containerd/runc/CNI: kubelet and kube-proxy of the
-# pinned Kubernetes version (the control plane's wrapper module, copied so the two builds never
+# Build what a real node needs beyond Debian's containerd/runc/CNI: kubelet, kube-proxy and the
+# scheduler of the pinned Kubernetes version (the control plane's wrapper module, copied so the two builds never
 # write each other's go.sum), CoreDNS from its Go module with only the plugins the node uses, and
 # the pause image compiled from the Kubernetes module's pause.c. Cached outside the repo, keyed by
 # version; does nothing for what is present. Prints the bin directory on its last line of stdout.
@@ -23,7 +23,7 @@ export CGO_ENABLED=0
 say() { printf '[node-build] %s\n' "$*" >&2; }
 die() { printf '[node-build] ERROR: %s\n' "$*" >&2; exit 1; }
 
-products=(kubelet kube-proxy coredns pause.oci.tar)
+products=(kubelet kube-proxy kube-scheduler coredns pause.oci.tar)
 missing=()
 for p in "${products[@]}"; do [[ -s "${bin_dir}/${p}" ]] || missing+=("${p}"); done
 if [[ ${#missing[@]} -eq 0 ]]; then
@@ -52,10 +52,10 @@ build_in() {
   say "${name}: done in $((SECONDS - start)) s"
 }
 
-# --- kubelet, kube-proxy: the control plane's wrapper module (staging modules replaced by their
+# --- kubelet, kube-proxy, kube-scheduler: the control plane's wrapper module (staging modules replaced by their
 # published versions), prepared by build-control-plane.sh, copied here with the node's imports.
 k8s_minor="${KUBERNETES_VERSION#v1.}"; k8s_minor="${k8s_minor%%.*}"
-if want kubelet || want kube-proxy || want pause.oci.tar; then
+if want kubelet || want kube-proxy || want kube-scheduler || want pause.oci.tar; then
   cp_src="${cache_root}/controlplane/src/kubernetes-${KUBERNETES_VERSION}"
   kdir="${src_dir}/kubernetes-${KUBERNETES_VERSION}"
   if [[ ! -f "${kdir}/go.sum" ]]; then
@@ -70,6 +70,7 @@ package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubelet"
 )
 GO
@@ -79,7 +80,7 @@ GO
   vpkg="k8s.io/component-base/version"
   kld="-X ${vpkg}.gitVersion=${KUBERNETES_VERSION} -X ${vpkg}.gitMajor=1 -X ${vpkg}.gitMinor=${k8s_minor} -X ${vpkg}.gitTreeState=clean -X ${vpkg}.buildDate=1970-01-01T00:00:00Z"
   kld="${kld} -X ${vpkg}/verflag.programName=kubernetes"
-  for b in kubelet kube-proxy; do
+  for b in kubelet kube-proxy kube-scheduler; do
     want "$b" && build_in "$b" "${kdir}" "k8s.io/kubernetes/cmd/${b}" "${kld}"
   done
 fi
