@@ -493,6 +493,11 @@ state = "{w / "containerd" / "state"}"
             return
         if not any(c.name == "kubelet" and c.process.poll() is None for c in self.components):
             return
+        # No controller may replace what is deleted: stop kube-controller-manager first.
+        for component in self.control_plane.components:
+            if component.name == "kube-controller-manager" and component.process.poll() is None:
+                component.process.terminate()
+                component.process.wait(timeout=15)
         self.kubectl(
             "delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false", check=False
         )
