@@ -58,7 +58,7 @@ crds: $(STAMP) ## regenerate crds/ and the chart's CRD copy from the api models
 	$(BIN)/breakwater crd --write charts/breakwater/files/crds/breakwater.dev_circuitbreakerpolicies.yaml
 
 chart: $(STAMP) control-plane ## lint and unit-test the Helm chart
-	"$$(bash hack/build-control-plane.sh 2>/dev/null | tail -1)/helm" lint --strict charts/breakwater
+	"$$(bash hack/build-control-plane.sh 2>/dev/null | tail -1)/helm" lint --strict charts/breakwater --set image.repository=registry.example/breakwater
 	$(BIN)/pytest tests/unit/chart $(PYTEST_ARGS)
 
 image: ## build the container image (needs a Docker engine; none on the CI machine)
