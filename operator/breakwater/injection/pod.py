@@ -219,9 +219,10 @@ def inject(pod: dict[str, Any], *, template: SidecarTemplate, plan: InjectionPla
 
 def listen_ports_in_use(pod: Mapping[str, Any]) -> set[int]:
     """Container ports the app already declares: an upstream listener must not collide with them."""
+    spec = pod.get("spec") or {}
     return {
         int(p["containerPort"])
-        for c in [*((pod.get("spec") or {}).get("initContainers") or ()), *((pod.get("spec") or {}).get("containers") or ())]
+        for c in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]
         for p in c.get("ports") or ()
         if "containerPort" in p
     }
