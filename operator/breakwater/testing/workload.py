@@ -9,6 +9,8 @@ They ship in the Breakwater image (it has Python), so the node needs no other im
   URL is its ``BREAKWATER_<UPSTREAM>_URL``) and serves ``GET /stats`` (answers counted by status and
   by the sidecar's ``x-breakwater`` marker; ``?reset=1`` starts a new count).
 - ``once --url URL``: one request, exit 0 on a 200 (a Job's app: its first call must succeed).
+- ``load --url URL --rps N --seconds S``: N requests a second over keep-alive connections for S
+  seconds, then prints what it achieved and sleeps (the benchmark reads the sidecar's memory meanwhile).
 
 Standard library only: the point is a plain HTTP client and server, not another aiohttp.
 """
@@ -110,6 +112,54 @@ def run_client(url: str, port: int, interval: float) -> None:
     ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
 
 
+def run_load(url: str, rps: int, seconds: float, connections: int) -> dict[str, object]:
+    """Paced requests over persistent connections: each of `connections` threads sends its share."""
+    import http.client
+
+    target = urlparse(url)
+    outcomes: Counter[str] = Counter()
+    lock = threading.Lock()
+    per_thread = rps / connections
+    deadline = time.monotonic() + seconds
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port or 80, timeout=5)
+        step, due = 1.0 / per_thread, time.monotonic()
+        while time.monotonic() < deadline:
+            try:
+                conn.request("GET", target.path or "/")
+                resp = conn.getresponse()
+                resp.read()
+                outcome = str(resp.status)
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(
+                    target.hostname or "127.0.0.1", target.port or 80, timeout=5
+                )
+                outcome = "error"
+            with lock:
+                outcomes[outcome] += 1
+            due += step
+            pause = due - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=worker) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    took = time.monotonic() - started
+    total = sum(outcomes.values())
+    return {
+        "requests": total,
+        "seconds": round(took, 1),
+        "rps": round(total / took),
+        "outcomes": dict(outcomes),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m breakwater.testing.workload")
     sub = parser.add_subparsers(dest="role", required=True)
@@ -121,11 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     client.add_argument("--interval", type=float, default=0.1)
     once = sub.add_parser("once")
     once.add_argument("--url", required=True)
+    load = sub.add_parser("load")
+    load.add_argument("--url", required=True)
+    load.add_argument("--rps", type=int, default=1000)
+    load.add_argument("--seconds", type=float, default=30)
+    load.add_argument("--connections", type=int, default=8)
     args = parser.parse_args(argv)
     if args.role == "upstream":
         serve_upstream(args.port)
     elif args.role == "client":
         run_client(args.url, args.port, args.interval)
+    elif args.role == "load":
+        print(json.dumps(run_load(args.url, args.rps, args.seconds, args.connections)), flush=True)
+        time.sleep(3600)
     else:
         outcome = call(args.url)
         print(json.dumps({"first_request": outcome}), flush=True)
