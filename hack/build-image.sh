@@ -58,9 +58,16 @@ mkdir -p "${image_dir}"
 # buildah gets a storage of its own under the cache, removed afterwards: nothing in
 # /var/lib/containers, no overlay mounts left behind (vfs copies instead of mounting).
 work="$(mktemp -d "${image_dir}/build.XXXXXX")"
+# buildah also drops a blob-info cache and a CNI lock file in system paths; remove what it created.
+system_paths=(/var/lib/containers /etc/cni/net.d)
+created=()
+for p in "${system_paths[@]}"; do [[ -e "${p}" ]] || created+=("${p}"); done
 cleanup() {
   buildah --root "${work}/storage" --runroot "${work}/run" --storage-driver vfs rm --all >/dev/null 2>&1 || true
   rm -rf "${work}"
+  local p
+  for p in "${created[@]}"; do rm -rf "${p}"; done
+  rmdir /etc/cni 2>/dev/null || true
 }
 trap cleanup EXIT
 bah() { buildah --root "${work}/storage" --runroot "${work}/run" --storage-driver vfs "$@"; }
