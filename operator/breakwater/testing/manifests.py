@@ -39,7 +39,7 @@ def container(name: str, image: str, args: list[str], **extra: Any) -> dict[str,
 def upstream(namespace: str, image: str, name: str = "payments") -> str:
     """The backend (not selected by the policy) and its Service."""
     labels = {"app": f"{name}-backend"}
-    probe = {"httpGet": {"path": "/", "port": UPSTREAM_PORT}, "periodSeconds": 1}
+    probe = {"httpGet": {"path": "/healthz", "port": UPSTREAM_PORT}, "periodSeconds": 1}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

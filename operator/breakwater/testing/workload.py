@@ -3,8 +3,9 @@
 They ship in the Breakwater image (it has Python), so the node needs no other image:
 
 - ``upstream --port P``: an HTTP backend; ``GET /control/fail`` makes it answer 500, ``/control/ok``
-  heals it, ``/control/slow?seconds=S`` delays its answers. Tests flip it through the API server's
-  Service proxy, so nothing outside the node's namespace ever talks to a pod.
+  heals it, ``/control/slow?seconds=S`` delays its answers; ``/healthz`` always answers 200 (its
+  readiness probe: a failing backend stays behind its Service, as the story needs). Tests flip it
+  through the API server's Service proxy, so nothing outside the node's namespace talks to a pod.
 - ``client --url URL --port P``: calls URL every ``--interval`` seconds (the app behind the sidecar:
   URL is its ``BREAKWATER_<UPSTREAM>_URL``) and serves ``GET /stats`` (answers counted by status and
   by the sidecar's ``x-breakwater`` marker; ``?reset=1`` starts a new count).
@@ -53,6 +54,9 @@ def serve_upstream(port: int) -> None:
     class Handler(_Quiet):
         def do_GET(self) -> None:
             url = urlparse(self.path)
+            if url.path == "/healthz":  # the readiness probe: a failing backend stays an endpoint
+                self.answer(200, {"ok": True})
+                return
             if url.path.startswith("/control/"):
                 verb = url.path.removeprefix("/control/")
                 if verb == "fail":
