@@ -33,7 +33,7 @@ from tests.cluster.chart_helpers import (
     remove_leftovers,
 )
 from tests.conftest import Cluster, _unavailable
-from tests.node.manifests import RESTRICTED_LABELS
+from tests.node.manifests import RESTRICTED_LABELS, ready_pods
 
 
 @pytest.fixture(scope="session")
@@ -104,18 +104,33 @@ def release_values(image: str, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def release(node_cluster: Cluster, chart: Path, image: str) -> Iterator[Release]:
-    """The chart installed into a namespace enforcing `restricted`, one release per test module."""
+def installed(node_cluster: Cluster, chart: Path, image: str) -> Iterator[Release]:
+    """One release of the chart per test module, in a namespace enforcing `restricted`."""
     names = ChartNames(f"bw-{uuid.uuid4().hex[:6]}", "breakwater-system")
     node_cluster.kubectl("create", "namespace", names.namespace, check=False)
     node_cluster.kubectl("label", "namespace", names.namespace, "--overwrite", *RESTRICTED_LABELS)
-    values = release_values(image)
-    install_chart(
-        node_cluster, chart, release=names.release, namespace=names.namespace, values=values, timeout=240
-    )
-    yield Release(names=names, chart=chart, values=values)
+    yield Release(names=names, chart=chart, values=release_values(image))
     remove_leftovers(node_cluster, names)
     node_cluster.kubectl("delete", "namespace", names.namespace, "--wait=true", "--timeout=60s", check=False)
+
+
+@pytest.fixture
+def release(node_cluster: Cluster, installed: Release) -> Release:
+    """The module's release, installed (again, after a test uninstalled it: tests run in random
+    order) and with its operator pod Ready."""
+    names = installed.names
+    status = node_cluster.helm("status", names.release, "--namespace", names.namespace, check=False)
+    if status.returncode != 0:
+        install_chart(
+            node_cluster,
+            installed.chart,
+            release=names.release,
+            namespace=names.namespace,
+            values=installed.values,
+            timeout=240,
+        )
+    ready_pods(node_cluster, names.namespace, names.selector, 1, timeout=120)
+    return installed
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 `restricted` Pod Security Standard, the API server calls the webhook through its Service, sidecars
 report through the same Service; the operator pod is deleted and comes back; upgrade and uninstall.
 
-The tests run in file order and share one release: the last one uninstalls it.
+The tests share one release; the `release` fixture installs it again after the uninstall test, so
+they pass in any order.
 """
 
 from __future__ import annotations
