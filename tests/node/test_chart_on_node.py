@@ -14,7 +14,7 @@ from typing import Any
 
 from cryptography import x509
 
-from tests.cluster.chart_helpers import install_chart, uninstall_chart
+from tests.cluster.chart_helpers import WEBHOOK_NAME, install_chart, uninstall_chart
 from tests.conftest import Cluster
 from tests.node import manifests as m
 from tests.node.conftest import Release, get_json, release_values
@@ -24,6 +24,11 @@ SIDECAR = "breakwater-proxy"
 
 def operator_pods(cluster: Cluster, release: Release) -> list[dict[str, Any]]:
     return m.pods(cluster, release.names.namespace, release.names.selector)
+
+
+def inject_webhook(configuration: dict[str, Any]) -> dict[str, Any]:
+    webhook: dict[str, Any] = next(w for w in configuration["webhooks"] if w["name"] == WEBHOOK_NAME)
+    return webhook
 
 
 def ready_operator(cluster: Cluster, release: Release, *, timeout: float = 120) -> dict[str, Any]:
@@ -54,11 +59,12 @@ def test_the_api_server_reaches_the_webhook_and_sidecars_reach_the_report_endpoi
     cluster, ns = node_cluster, workload_namespace
     names = release.names
     mwc = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-    [webhook] = mwc["webhooks"]
-    assert "url" not in webhook["clientConfig"], "called through the Service, as in any cluster"
-    assert webhook["clientConfig"]["service"]["name"] == names.service
-    ca = x509.load_pem_x509_certificate(base64.b64decode(webhook["clientConfig"]["caBundle"]))
-    assert ca.subject  # written by the operator at start-up
+    assert {w["name"] for w in mwc["webhooks"]} >= {WEBHOOK_NAME}
+    for webhook in mwc["webhooks"]:
+        assert "url" not in webhook["clientConfig"], "called through the Service, as in any cluster"
+        assert webhook["clientConfig"]["service"]["name"] == names.service
+        ca = x509.load_pem_x509_certificate(base64.b64decode(webhook["clientConfig"]["caBundle"]))
+        assert ca.subject  # written by the operator at start-up
 
     slices = get_json(
         cluster, "endpointslices", "-n", names.namespace, "-l", f"kubernetes.io/service-name={names.service}"
@@ -159,10 +165,9 @@ def test_helm_upgrade_keeps_the_ca_bundle_and_the_operator_serves_again(
         timeout=240,
     )
     after = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-    assert after["webhooks"][0]["timeoutSeconds"] == 8
-    assert (
-        after["webhooks"][0]["clientConfig"]["caBundle"] == before["webhooks"][0]["clientConfig"]["caBundle"]
-    )
+    inject_after, inject_before = inject_webhook(after), inject_webhook(before)
+    assert inject_after["timeoutSeconds"] == 8
+    assert inject_after["clientConfig"]["caBundle"] == inject_before["clientConfig"]["caBundle"]
     pod = ready_operator(cluster, release)
     assert "--stale-after-seconds=20" in pod["spec"]["containers"][0]["args"]
     secrets = get_json(cluster, "secrets", "-n", names.namespace)["items"]
