@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.testing import manifests
-from breakwater.testing.node import RealNode, image_name, start_real_node
+from breakwater.testing.node import RealNode, start_real_node
+from breakwater.testing.nodeconfig import image_name
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"

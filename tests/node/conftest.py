@@ -19,19 +19,11 @@ from typing import Any
 import pytest
 
 from breakwater.testing.controlplane import ControlPlaneError, find_binaries
-from breakwater.testing.node import (
-    RealNode,
-    check_prerequisites,
-    find_image,
-    find_node_binaries,
-    image_name,
-)
-from tests.cluster.chart_helpers import (
-    ChartNames,
-    install_chart,
-    prepare_chart,
-    remove_leftovers,
-)
+from breakwater.testing.node import RealNode, find_image, find_node_binaries
+from breakwater.testing.nodeconfig import image_name
+from breakwater.testing.nodehost import check_prerequisites
+from tests.chart import ChartNames, prepare_chart
+from tests.cluster.chart_helpers import install_chart, remove_leftovers
 from tests.conftest import Cluster, _unavailable
 from tests.node.manifests import RESTRICTED_LABELS, ready_pods
 

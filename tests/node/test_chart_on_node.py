@@ -14,7 +14,8 @@ from typing import Any
 
 from cryptography import x509
 
-from tests.cluster.chart_helpers import WEBHOOK_NAME, install_chart, uninstall_chart
+from tests.chart import WEBHOOK_NAME
+from tests.cluster.chart_helpers import install_chart, uninstall_chart
 from tests.conftest import Cluster
 from tests.node import manifests as m
 from tests.node.conftest import Release, get_json, release_values

@@ -11,7 +11,8 @@ from types import FrameType
 
 from breakwater.errors import ControlPlaneError
 from breakwater.testing.controlplane import ControlPlane, find_binaries
-from breakwater.testing.node import RealNode, image_name, start_real_node
+from breakwater.testing.node import RealNode, start_real_node
+from breakwater.testing.nodeconfig import image_name
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

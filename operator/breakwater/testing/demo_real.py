@@ -24,7 +24,8 @@ from types import FrameType
 from breakwater.testing import manifests
 from breakwater.testing.controlplane import ControlPlaneError, repo_root
 from breakwater.testing.demo import BOLD, DIM, NAMESPACE, RESET, say, watching
-from breakwater.testing.node import RealNode, image_name, start_real_node
+from breakwater.testing.node import RealNode, start_real_node
+from breakwater.testing.nodeconfig import image_name
 
 RELEASE, OPERATOR_NAMESPACE = "breakwater", "breakwater-system"
 

@@ -18,7 +18,6 @@ changes restored, the namespaces (the node's and any pod's) deleted and the file
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -39,27 +38,19 @@ from breakwater.testing.controlplane import (
     repo_root,
 )
 from breakwater.testing.netns import NetnsError, NetworkNamespace
+from breakwater.testing.nodeconfig import NODE_IP, NODE_NAME, POD_CIDR, image_name, write_node_configs
+from breakwater.testing.nodehost import (
+    cgroup_hierarchies,
+    check_prerequisites,
+    mounts_under,
+    remove_cgroups,
+    shims_of,
+)
 
 logger = logging.getLogger("breakwater.testing.node")
 
-NODE_NAME = "breakwater-node"
-NODE_IP = "10.250.0.1"  # on the namespace's veth; pods reach it through their gateway
-POD_CIDR = "10.244.0.0/24"
-POD_GATEWAY = "10.244.0.1"
-CLUSTER_DOMAIN = "cluster.local"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 # The kubelet sets these machine-wide (protectKernelDefaults: false); stop() puts them back.
 KUBELET_SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops")
-CNI_PLUGINS = Path("/usr/lib/cni")
-PREREQUISITES = {
-    "containerd": "apt-get install containerd runc",
-    "ctr": "apt-get install containerd",
-    "runc": "apt-get install runc",
-    "nsenter": "apt-get install util-linux",
-    "ip": "apt-get install iproute2",
-    "iptables": "apt-get install iptables",
-    "conntrack": "apt-get install conntrack",
-}
 
 
 class NodeError(ControlPlaneError):
@@ -104,32 +95,6 @@ def find_image(*, build: bool = True) -> Path:
         # The script checks the cache without building; it has no dry-run mode of its own.
         raise NodeError("find_image(build=False) needs BREAKWATER_IMAGE_ARCHIVE")
     return _run_script("build-image.sh", build=True)
-
-
-def image_name(archive: Path) -> str:
-    """The name an archive's image is imported under (`NAME.ref` next to it)."""
-    ref = archive.with_name(archive.name + ".ref")
-    return ref.read_text().strip() if ref.is_file() else ""
-
-
-def check_prerequisites() -> list[str]:
-    """What is missing, each with how to get it; empty when the node can start."""
-    problems = []
-    if os.geteuid() != 0:
-        problems.append("the real node needs root (network namespaces, mounts, cgroups)")
-    for tool, fix in PREREQUISITES.items():
-        if shutil.which(tool) is None:
-            problems.append(f"{tool} not found: {fix} (or: bash hack/install-node-prereqs.sh)")
-    for plugin in ("bridge", "host-local", "loopback"):
-        if not (CNI_PLUGINS / plugin).is_file():
-            problems.append(
-                f"CNI plugin {CNI_PLUGINS / plugin} not found: apt-get install containernetworking-plugins"
-            )
-    return problems
-
-
-def cgroup_v1() -> bool:
-    return not (CGROUP_ROOT / "cgroup.controllers").exists()
 
 
 @dataclass
@@ -222,167 +187,14 @@ class RealNode:
 
     def _write_configs(self) -> None:
         assert self.control_plane is not None
-        cp = self.control_plane
-        ca = cp.ca
-        assert ca is not None
-        w = self.workdir
-        for sub in (
-            "cni/net.d",
-            "cni/ipam",
-            "kubelet",
-            "pod-logs",
-            "containerd/root",
-            "containerd/state",
-            "runc",
-        ):
-            (w / sub).mkdir(parents=True, exist_ok=True)
-        cni = {
-            "cniVersion": "1.0.0",
-            "name": "breakwater",
-            "plugins": [
-                {
-                    "type": "bridge",
-                    "bridge": "cni0",
-                    "isGateway": True,
-                    "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {
-                        "type": "host-local",
-                        "dataDir": str(w / "cni" / "ipam"),
-                        "ranges": [[{"subnet": POD_CIDR, "gateway": POD_GATEWAY}]],
-                        # No default route in pods either: the Service range and the node, nothing else.
-                        "routes": [{"dst": SERVICE_CIDR}, {"dst": f"{NODE_IP}/32"}],
-                    },
-                }
-            ],
-        }
-        (w / "cni" / "net.d" / "10-breakwater.conflist").write_text(json.dumps(cni, indent=2))
-        pause = image_name(self.node_bin / "pause.oci.tar") or "registry.k8s.io/pause:3.10.1"
-        (w / "containerd.toml").write_text(
-            f"""version = 2
-root = "{w / "containerd" / "root"}"
-state = "{w / "containerd" / "state"}"
-[grpc]
-  address = "{self.containerd_socket}"
-[ttrpc]
-  address = "{self.containerd_socket}.ttrpc"
-[metrics]
-  address = ""
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  # root here lacks CAP_SYS_RESOURCE: a negative oom_score_adj would kill every sandbox at start.
-  restrict_oom_score_adj = true
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "{w / "runc"}"
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_PLUGINS}"
-    conf_dir = "{w / "cni" / "net.d"}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{w / "containerd" / "opt"}"
-"""
-        )
-        # Client certificates: the kubelet as a node (the Node authorizer), kube-proxy and CoreDNS as admin.
-        ca.issue(f"system:node:{self.node_name}", organizations=("system:nodes",), client=True).write(
-            w, "kubelet-client"
-        )
-        kubelet_kubeconfig = cp.kubeconfig.read_text()
-        kubelet_kubeconfig = kubelet_kubeconfig.replace(
-            str(cp.workdir / "admin.crt"), str(w / "kubelet-client.crt")
-        ).replace(str(cp.workdir / "admin.key"), str(w / "kubelet-client.key"))
-        (w / "kubelet.kubeconfig").write_text(kubelet_kubeconfig)
-        (w / "resolv.conf").write_text("")  # pods with dnsPolicy Default get no resolver at all
-        failcgroupv1 = cgroup_v1()
-        if failcgroupv1:
-            self.progress("cgroup v1 host: kubelet needs failCgroupV1=false (set)")
-        for hierarchy in self._cgroup_hierarchies():
-            (hierarchy / self.cgroup_name).mkdir(exist_ok=True)
-        (w / "kubelet.yaml").write_text(
-            json.dumps(
-                {
-                    "apiVersion": "kubelet.config.k8s.io/v1beta1",
-                    "kind": "KubeletConfiguration",
-                    "failCgroupV1": not failcgroupv1,
-                    "cgroupDriver": "cgroupfs",
-                    "cgroupRoot": f"/{self.cgroup_name}",
-                    "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
-                    "address": NODE_IP,
-                    "healthzBindAddress": "127.0.0.1",
-                    "authentication": {
-                        "anonymous": {"enabled": False},
-                        "webhook": {"enabled": False},
-                        "x509": {"clientCAFile": str(cp.ca_file)},
-                    },
-                    # A throw-away node: any client with a certificate of the test CA may use it.
-                    "authorization": {"mode": "AlwaysAllow"},
-                    "clusterDNS": [NODE_IP],
-                    "clusterDomain": CLUSTER_DOMAIN,
-                    "resolvConf": str(w / "resolv.conf"),
-                    "podLogsDir": str(w / "pod-logs"),
-                    "failSwapOn": False,
-                    "protectKernelDefaults": False,
-                    "serializeImagePulls": False,
-                    "evictionHard": {
-                        "memory.available": "100Mi",
-                        "nodefs.available": "1%",
-                        "imagefs.available": "1%",
-                    },
-                    "imageGCHighThresholdPercent": 100,
-                    "syncFrequency": "10s",
-                    "fileCheckFrequency": "20s",
-                    "nodeStatusReportFrequency": "10s",
-                    "registerNode": True,
-                    "maxPods": 60,
-                    "staticPodPath": "",
-                    "rotateCertificates": False,
-                    "serverTLSBootstrap": False,
-                }
-            )
-        )
-        (w / "kube-proxy.yaml").write_text(
-            json.dumps(
-                {
-                    "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-                    "kind": "KubeProxyConfiguration",
-                    "clientConnection": {"kubeconfig": str(cp.kubeconfig)},
-                    "hostnameOverride": self.node_name,
-                    "mode": "iptables",
-                    "clusterCIDR": POD_CIDR,
-                    "bindAddress": NODE_IP,
-                    "healthzBindAddress": "127.0.0.1:10256",
-                    "metricsBindAddress": "127.0.0.1:10249",
-                    # Masquerade Service traffic to the bridge address, so a reply between two pods of
-                    # the bridge comes back through conntrack even where bridged frames skip iptables.
-                    "iptables": {"masqueradeAll": True, "syncPeriod": "10s", "minSyncPeriod": "0s"},
-                    # Leave machine-wide conntrack limits alone (0: do not set).
-                    "conntrack": {
-                        "maxPerCore": 0,
-                        "min": 0,
-                        "tcpEstablishedTimeout": "0s",
-                        "tcpCloseWaitTimeout": "0s",
-                    },
-                }
-            )
-        )
-        (w / "Corefile").write_text(
-            f"""{CLUSTER_DOMAIN}:53 in-addr.arpa:53 ip6.arpa:53 {{
-    errors
-    health 127.0.0.1:8181
-    ready 127.0.0.1:8182
-    kubernetes {CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
-        kubeconfig {cp.kubeconfig}
-        pods insecure
-        ttl 5
-    }}
-    cache 5
-}}
-"""
+        write_node_configs(
+            workdir=self.workdir,
+            control_plane=self.control_plane,
+            node_name=self.node_name,
+            node_bin=self.node_bin,
+            cgroup_name=self.cgroup_name,
+            containerd_socket=self.containerd_socket,
+            progress=self.progress,
         )
 
     def _ctr(self, *args: str, check: bool = True, timeout: float = 300) -> str:
@@ -531,56 +343,19 @@ state = "{w / "containerd" / "state"}"
                 component.process.wait()
             self.components.remove(component)
 
-    def _leftover_shims(self) -> list[int]:
-        """containerd-shim processes of this node's containerd (they outlive it by design)."""
-        marker = str(self.containerd_socket).encode()
-        pids = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                cmdline = (proc / "cmdline").read_bytes()
-                if b"containerd-shim" in cmdline and marker in cmdline:
-                    pids.append(int(proc.name))
-        return pids
-
     def mounts(self) -> list[str]:
         """Mount points under the work directory, deepest first."""
-        found = []
-        with contextlib.suppress(OSError):
-            for line in Path("/proc/self/mountinfo").read_text().splitlines():
-                point = line.split()[4].replace("\\040", " ")
-                if point == str(self.workdir) or point.startswith(f"{self.workdir}/"):
-                    found.append(point)
-        return sorted(set(found), key=lambda p: p.count("/"), reverse=True)
-
-    def _cgroup_hierarchies(self) -> list[Path]:
-        if not cgroup_v1():
-            return [CGROUP_ROOT]
-        return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "unified"]
-
-    def _remove_cgroups(self) -> None:
-        for hierarchy in self._cgroup_hierarchies():
-            top = hierarchy / self.cgroup_name
-            if not top.is_dir():
-                continue
-            for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
-            with contextlib.suppress(OSError):
-                top.rmdir()
+        return mounts_under(self.workdir)
 
     def leftovers(self) -> list[str]:
         """What stop() could not remove: empty after a clean run."""
         found = [f"mount {m}" for m in self.mounts()]
-        found += [f"process {pid} (containerd-shim)" for pid in self._leftover_shims()]
+        found += [f"process {pid} (containerd-shim)" for pid in shims_of(self.containerd_socket)]
         found += [f"netns {n}" for n in self.netns.leftover_pod_netns()]
         if self.netns.path.exists():
             found.append(f"netns {self.netns.name}")
         found += [
-            f"cgroup {h / self.cgroup_name}"
-            for h in self._cgroup_hierarchies()
-            if (h / self.cgroup_name).exists()
+            f"cgroup {h / self.cgroup_name}" for h in cgroup_hierarchies() if (h / self.cgroup_name).exists()
         ]
         return found
 
@@ -591,14 +366,14 @@ state = "{w / "containerd" / "state"}"
         with contextlib.suppress(Exception):
             self._kill_tasks()
         self._stop_components(("containerd",))
-        for pid in self._leftover_shims():
+        for pid in shims_of(self.containerd_socket):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for point in self.mounts():
             subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
         if self.control_plane is not None:
             self.control_plane.stop()
-        self._remove_cgroups()
+        remove_cgroups(self.cgroup_name)
         self.netns.delete()
         for key, value in self._sysctls.items():
             with contextlib.suppress(OSError):
