@@ -45,7 +45,8 @@ def cgroup_hierarchies() -> list[Path]:
     """Where a cgroup of the node is made: every v1 hierarchy, or the one v2 tree."""
     if not cgroup_v1():
         return [CGROUP_ROOT]
-    return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink() and p.name != "unified"]
+    # "unified" too: on a hybrid host runc also makes each container's cgroup in the v2 tree.
+    return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
 
 
 def remove_cgroups(name: str) -> None:
