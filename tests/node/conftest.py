@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from breakwater.testing.controlplane import ControlPlaneError, find_binaries
+from breakwater.errors import ControlPlaneError
+from breakwater.testing.controlplane import find_binaries
 from breakwater.testing.node import RealNode, find_image, find_node_binaries
 from breakwater.testing.nodeconfig import image_name
 from breakwater.testing.nodehost import check_prerequisites

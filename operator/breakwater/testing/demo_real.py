@@ -21,8 +21,9 @@ import time
 from collections import Counter
 from types import FrameType
 
+from breakwater.errors import ControlPlaneError
 from breakwater.testing import manifests
-from breakwater.testing.controlplane import ControlPlaneError, repo_root
+from breakwater.testing.controlplane import repo_root
 from breakwater.testing.demo import BOLD, DIM, NAMESPACE, RESET, say, watching
 from breakwater.testing.node import RealNode, start_real_node
 from breakwater.testing.nodeconfig import image_name

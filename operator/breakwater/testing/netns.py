@@ -17,11 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from breakwater.errors import ControlPlaneError
+
 NETNS_DIR = Path("/var/run/netns")
 CLONE_NEWNET = 0x40000000
 
 
-class NetnsError(RuntimeError):
+class NetnsError(ControlPlaneError):
     """The namespace could not be created or configured; the message says which command failed."""
 
 

@@ -30,13 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from breakwater.testing.controlplane import (
-    SERVICE_CIDR,
-    ControlPlane,
-    ControlPlaneError,
-    _Component,
-    repo_root,
-)
+from breakwater.errors import ControlPlaneError
+from breakwater.testing.controlplane import SERVICE_CIDR, ControlPlane, _Component, repo_root
 from breakwater.testing.netns import NetnsError, NetworkNamespace
 from breakwater.testing.nodeconfig import NODE_IP, NODE_NAME, POD_CIDR, image_name, write_node_configs
 from breakwater.testing.nodehost import (
