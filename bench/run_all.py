@@ -31,6 +31,8 @@ GROUPS: dict[str, list[list[str]]] = {
             "scale.py",
         )
     ],
+    # Root: a real node (containerd + kubelet in a network namespace of its own).
+    "node": [[PYTHON, str(BENCH / "node" / "node_bench.py")]],
 }
 
 

@@ -25,10 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Everything under tests/cluster/ is a cluster test, marked or not."""
+    """Everything under tests/cluster/ is a cluster test and everything under tests/node/ a real-node
+    test, marked or not."""
     for item in items:
-        if "tests/cluster/" in str(item.path).replace(os.sep, "/"):
+        path = str(item.path).replace(os.sep, "/")
+        if "tests/cluster/" in path:
             item.add_marker(pytest.mark.cluster)
+        if "tests/node/" in path:
+            item.add_marker(pytest.mark.node)
 
 
 @dataclass

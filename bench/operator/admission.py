@@ -34,7 +34,7 @@ from typing import Any
 
 import opbench as ob
 
-from breakwater.api.constants import SIDECAR_NAME
+from breakwater.injection.pod import sidecar_of
 
 HIST = "apiserver_admission_webhook_admission_duration_seconds"
 ARMS = ("inject", "nomatch", "plain")
@@ -54,7 +54,7 @@ async def create_pods(
         started = time.monotonic()
         got = await api.post(f"/api/v1/namespaces/{arm}/pods", body)
         latencies[arm].append(time.monotonic() - started)
-        if any(c["name"] == SIDECAR_NAME for c in got["spec"]["containers"]):
+        if sidecar_of(got) is not None:
             injected[arm] += 1
 
     await ob.gather_limited((one(i) for i in range(per_arm * len(ARMS))), concurrency)

@@ -33,7 +33,7 @@ from typing import Any
 
 import opbench as ob
 
-from breakwater.api.constants import SIDECAR_NAME
+from breakwater.injection.pod import sidecar_of
 from breakwater.testing.operator import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,7 +68,7 @@ async def create_pods(
         started = time.monotonic()
         got = await api.post(f"/api/v1/namespaces/{arm}/pods", body)
         latencies[arm].append(time.monotonic() - started)
-        injected[arm] += any(c["name"] == SIDECAR_NAME for c in got["spec"]["containers"])
+        injected[arm] += sidecar_of(got) is not None
 
     await ob.gather_limited((one(i) for i in range(per_arm * len(ARMS))), concurrency)
     expected = {arm: per_arm if arm.endswith("-inject") else 0 for arm in ARMS}

@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from breakwater.api.constants import ANNOTATION_INJECTED, NAMESPACE_LABEL, SIDECAR_NAME, TOKEN_AUDIENCE
+from breakwater.api.constants import ANNOTATION_INJECTED, NAMESPACE_LABEL, TOKEN_AUDIENCE
+from breakwater.injection.pod import sidecar_of
 from breakwater.testing.controlplane import ControlPlane
 
 GROUP_PATH = "/apis/breakwater.dev/v1alpha1"
@@ -173,7 +174,7 @@ def running_injected(pods: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         for p in pods
         if p["status"].get("phase") == "Running"
         and p["status"].get("podIP")
-        and any(c["name"] == SIDECAR_NAME for c in p["spec"]["containers"])
+        and sidecar_of(p) is not None
         and not p["metadata"].get("deletionTimestamp")
     ]
 

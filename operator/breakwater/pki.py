@@ -143,7 +143,10 @@ def expires_at(cert_pem: bytes) -> datetime.datetime:
 
 
 def covers(cert_pem: bytes, *, ips: tuple[str, ...] = (), dns_names: tuple[str, ...] = ()) -> bool:
-    """True when the certificate's SANs include every requested IP and DNS name."""
+    """True when the certificate's SANs include every requested IP and DNS name (always, when none
+    is requested: a CA has no SANs, and asking it for none must not read as "not covered")."""
+    if not ips and not dns_names:
+        return True
     cert = x509.load_pem_x509_certificate(cert_pem)
     try:
         sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -159,6 +159,7 @@ def release_values(cluster: Cluster, names: ChartNames, **overrides: Any) -> dic
     replace a real CRD other suites rely on)."""
     values: dict[str, Any] = {
         "nodeName": cluster.node_name,
+        "image": {"repository": "registry.example/breakwater"},  # required: the chart has no default image
         "webhook": {"namespaceSelector": {"matchLabels": {"breakwater.dev/test-release": names.release}}},
         "crds": {"install": crd_is_generated()},
         # kwok reports the container Ready at once: no need to wait for probes.

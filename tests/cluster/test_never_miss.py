@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from breakwater.api.constants import ANNOTATION_CONFIG_HASH, SIDECAR_NAME
+from breakwater.api.constants import ANNOTATION_CONFIG_HASH
 from breakwater.controller.admission import PolicyView, read_policies
+from breakwater.injection.pod import sidecar_of
 from breakwater.injection.render import render_bundle
 from breakwater.injection.resolve import resolve
 from breakwater.k8s.aio import AsyncApi
@@ -43,7 +44,7 @@ EDITS = int(os.environ.get("BREAKWATER_NEVER_MISS_EDITS", "4"))
 
 
 def has_sidecar(pod: dict[str, Any]) -> bool:
-    return any(c["name"] == SIDECAR_NAME for c in pod["spec"]["containers"])
+    return sidecar_of(pod) is not None
 
 
 def expected_hash(cluster: Cluster, namespace: str, labels: dict[str, str]) -> str:

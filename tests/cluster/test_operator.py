@@ -29,7 +29,7 @@ pytestmark = pytest.mark.cluster
 
 
 def sidecars(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    return [c for c in pod["spec"]["containers"] if c["name"] == SIDECAR_NAME]
+    return [c for c in pod["spec"].get("initContainers", []) if c["name"] == SIDECAR_NAME]
 
 
 def running(cluster: Cluster, namespace: str, selector: str, count: int) -> list[dict[str, Any]]:
@@ -168,7 +168,7 @@ def test_two_policies_claiming_one_upstream_mark_the_newer_one_conflicting(
     cluster.apply(policy_manifest("second", upstreams=stock), namespace=namespace)
     cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=1), namespace=namespace)
     (pod,) = running(cluster, namespace, "deployment=checkout", 1)
-    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][1].get("env", [])}
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
     assert env["BREAKWATER_PAYMENTS_URL"] == "http://127.0.0.1:15001"
     assert env["BREAKWATER_STOCK_URL"] == "http://127.0.0.1:15002"
     assert "BREAKWATER_PAY_URL" not in env

@@ -91,7 +91,7 @@ An image reference from {repository, tag, digest}, falling back to the chart's a
 Usage: include "breakwater.imageRef" (dict "image" .Values.image "fallback" .Values.image "chart" .Chart)
 */}}
 {{- define "breakwater.imageRef" -}}
-{{- $repository := .image.repository | default .fallback.repository }}
+{{- $repository := .image.repository | default .fallback.repository | required "image.repository is required: no public Breakwater image exists yet. Build one with `make image`, push it to your registry and set image.repository (see docs/install.md, \"The image\")" }}
 {{- $digest := .image.digest | default "" }}
 {{- if $digest }}
 {{- printf "%s@%s" $repository $digest }}

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import socket
 import sys
 
 from breakwater.controller import memory
@@ -36,12 +37,22 @@ def run(args: argparse.Namespace) -> int:
     kopf.run(
         loop=_event_loop(),
         standalone=True,
+        identity=_identity(),  # type: ignore[arg-type]  # a NewType of str that kopf does not export
         clusterwide=not settings.watch_namespaces,
         namespaces=settings.watch_namespaces,
         liveness_endpoint=f"http://{settings.liveness}/healthz" if settings.liveness else None,
         memo=kopf.Memo(settings=settings),
     )
     return 0
+
+
+def _identity() -> str:
+    """Who this operator is, for kopf's logs and annotations. kopf would ask getpass for the user
+    name, which raises in the image: UID 65532 has no /etc/passwd entry (found on a real node)."""
+    pod = os.environ.get("POD_NAME")
+    if pod:
+        return f"breakwater@{pod}"
+    return f"breakwater@{socket.gethostname()}/{os.getpid()}"
 
 
 def _event_loop() -> asyncio.AbstractEventLoop | None:

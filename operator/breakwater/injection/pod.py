@@ -70,10 +70,18 @@ def skip_reason(pod: Mapping[str, Any], namespace: str, *, operator_namespace: s
         return "the operator's own namespace is never injected"
     if str(annotations.get(ANNOTATION_INJECT, "")).lower() == "false":
         return f"opted out by annotation {ANNOTATION_INJECT}=false"
-    if annotations.get(ANNOTATION_INJECTED) == "true" or any(
-        c.get("name") == SIDECAR_NAME for c in (pod.get("spec") or {}).get("containers") or ()
-    ):
+    if annotations.get(ANNOTATION_INJECTED) == "true" or sidecar_of(pod) is not None:
         return "already injected"
+    return None
+
+
+def sidecar_of(pod: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The injected proxy container of a pod spec: a native sidecar (an init container), or a regular
+    container in pods injected before sidecars became native."""
+    spec = pod.get("spec") or {}
+    for container in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]:
+        if container.get("name") == SIDECAR_NAME:
+            return dict(container)
     return None
 
 
@@ -102,10 +110,15 @@ def sidecar_container(template: SidecarTemplate, plan: InjectionPlan) -> dict[st
     if template.report_ca:
         env.append({"name": "BREAKWATER_REPORT_CA", "value": template.report_ca})
     probe = {"httpGet": {"path": "/healthz", "port": "bw-admin"}, "periodSeconds": 10, "timeoutSeconds": 2}
+    ready = {"httpGet": {"path": "/readyz", "port": "bw-admin"}, "timeoutSeconds": 2}
     return {
         "name": SIDECAR_NAME,
         "image": template.image,
         "imagePullPolicy": template.image_pull_policy,
+        # A native sidecar: the kubelet starts the app containers only once the startup probe passes
+        # (the listeners are bound when /readyz answers 200), stops the proxy after the app on
+        # shutdown, and does not wait for it to exit before a Job's pod completes.
+        "restartPolicy": "Always",
         "args": [
             "proxy",
             "--policies-dir",
@@ -122,8 +135,11 @@ def sidecar_container(template: SidecarTemplate, plan: InjectionPlan) -> dict[st
         "ports": ports,
         "env": env,
         "resources": dict(template.resources),
+        # Polled every second for up to a minute: the app waits for it, so a coarse period would add
+        # its whole length to every pod's start.
+        "startupProbe": {**ready, "periodSeconds": 1, "failureThreshold": 60},
         "livenessProbe": probe,
-        "readinessProbe": {**probe, "httpGet": {"path": "/readyz", "port": "bw-admin"}, "periodSeconds": 5},
+        "readinessProbe": {**ready, "periodSeconds": 5},
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": template.run_as_user,
@@ -191,8 +207,8 @@ def inject(pod: dict[str, Any], *, template: SidecarTemplate, plan: InjectionPla
         additions = [e for e in app_env(template, plan) if e["name"] not in existing]
         if additions:
             container["env"] = [*(container.get("env") or []), *additions]
-    # First in the list: kubelets start containers in order, so the proxy is up before the app calls it.
-    containers.insert(0, sidecar_container(template, plan))
+    # First of the init containers: any later init container may already call through the proxy.
+    spec.setdefault("initContainers", []).insert(0, sidecar_container(template, plan))
     present = {v.get("name") for v in spec.get("volumes") or ()}
     spec["volumes"] = [*(spec.get("volumes") or []), *(v for v in volumes() if v["name"] not in present)]
     annotations = pod.setdefault("metadata", {}).setdefault("annotations", {})
@@ -203,9 +219,10 @@ def inject(pod: dict[str, Any], *, template: SidecarTemplate, plan: InjectionPla
 
 def listen_ports_in_use(pod: Mapping[str, Any]) -> set[int]:
     """Container ports the app already declares: an upstream listener must not collide with them."""
+    spec = pod.get("spec") or {}
     return {
         int(p["containerPort"])
-        for c in (pod.get("spec") or {}).get("containers") or ()
+        for c in [*(spec.get("initContainers") or ()), *(spec.get("containers") or ())]
         for p in c.get("ports") or ()
         if "containerPort" in p
     }

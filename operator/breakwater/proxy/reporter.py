@@ -228,8 +228,9 @@ class Reporter:
             log.warning("ignoring an answer that does not verify: %s", exc)
             return
         if answer.seq >= 0:
-            if self.failures:
-                log.info("reports reach the operator again after %d unanswered", self.failures)
+            # `failures` counts the report just answered too (it is raised on every send).
+            if self.failures > 1:
+                log.info("reports reach the operator again after %d unanswered", self.failures - 1)
             self.answered += 1
             self.failures = 0
             if answer.seq >= self._carried_seq and self._carried:

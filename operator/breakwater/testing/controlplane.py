@@ -5,6 +5,10 @@ plays the kubelet for one fake Node whose pod CIDR is inside 127.0.0.0/8), all f
 ``hack/build-control-plane.sh`` caches. Free ports are picked, so two control planes can coexist; every
 process is stopped and every file removed on exit, and the processes die with their parent even when it
 is killed (PR_SET_PDEATHSIG).
+
+For a real node (``breakwater.testing.node``) the same control plane runs inside the node's network
+namespace, without kwok: the API server then reaches Service IPs and the kubelet, and a port forwarder
+makes it reachable at the same 127.0.0.1 port from the host.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import TextIO
 from breakwater import pki
 from breakwater.errors import ControlPlaneError
 from breakwater.testing import processes
+from breakwater.testing.netns import NetworkNamespace
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +116,11 @@ class ControlPlane:
     controller_manager_args: tuple[str, ...] = ()  # extra flags, e.g. a higher client rate for benchmarks
     components: list[_Component] = field(default_factory=list)
     apiserver_port: int = 0
+    # A real node's namespace: every component runs inside it, kwok does not run, and the API server
+    # advertises (and the `kubernetes` Service points at) the node IP.
+    netns: NetworkNamespace | None = None
+    kwok: bool = True
+    ca: pki.CertificateAuthority | None = None
 
     def __post_init__(self) -> None:
         if not self.pod_cidr:
@@ -148,10 +158,13 @@ class ControlPlane:
             self._write_pki()
             etcd_port = self._start_etcd()
             self._start_apiserver(etcd_port)
+            if self.netns is not None:
+                self._start_forwarder()
             self._wait_ready(timeout=timeout)
             self._start_controller_manager()
-            self._create_node()
-            self._start_kwok()
+            if self.kwok:
+                self._create_node()
+                self._start_kwok()
         except BaseException as exc:
             self.print_logs()
             self.stop()
@@ -165,9 +178,11 @@ class ControlPlane:
     def _write_pki(self) -> None:
         ca = pki.CertificateAuthority()
         self.ca_file.write_bytes(ca.cert_pem)
+        self.ca = ca  # a real node's kubelet and kube-proxy get their client certificates from it
+        node_ips = (self.netns.node_ip,) if self.netns is not None else ()
         ca.issue(
             "kube-apiserver",
-            ips=("127.0.0.1", "10.96.0.1"),
+            ips=("127.0.0.1", "10.96.0.1", *node_ips),
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
             server=True,
         ).write(self.workdir, "apiserver")
@@ -200,11 +215,15 @@ class ControlPlane:
             )
         )
 
-    def _spawn(self, name: str, args: list[str]) -> _Component:
+    def spawn(
+        self, name: str, args: list[str], *, command: list[str] | None = None, in_netns: bool = True
+    ) -> _Component:
+        """Start a component (in the node's namespace, if any) that stops with the control plane."""
         log_path = self.workdir / f"{name}.log"
+        prefix = self.netns.nsenter() if self.netns is not None and in_netns else []
         with log_path.open("wb") as log:
             process = subprocess.Popen(
-                [self.binary(name), *args],
+                [*prefix, *(command or [self.binary(name)]), *args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -217,7 +236,7 @@ class ControlPlane:
 
     def _start_etcd(self) -> int:
         client, peer = free_port(), free_port()
-        self._spawn(
+        self.spawn(
             "etcd",
             [
                 "--name=default",
@@ -234,14 +253,31 @@ class ControlPlane:
         )
         return client
 
+    def _node_apiserver_args(self) -> list[str]:
+        """What a real node needs of the API server: pods reach it at the node IP through the
+        `kubernetes` Service (lease reconciler), kubelets are authorized as nodes, and logs/exec reach
+        the kubelet at the node's InternalIP with a client certificate."""
+        if self.netns is None:
+            loopback = ["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"]
+            return [*loopback, "--endpoint-reconciler-type=none"]
+        w = self.workdir
+        return [
+            "--bind-address=0.0.0.0",
+            f"--advertise-address={self.netns.node_ip}",
+            "--endpoint-reconciler-type=lease",
+            "--authorization-mode=Node,RBAC",
+            "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-client-certificate={w / 'admin.crt'}",
+            f"--kubelet-client-key={w / 'admin.key'}",
+        ]
+
     def _start_apiserver(self, etcd_port: int) -> None:
         w = self.workdir
-        self._spawn(
+        self.spawn(
             "kube-apiserver",
             [
                 f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *self._node_apiserver_args(),
                 f"--secure-port={self.apiserver_port}",
                 f"--tls-cert-file={w / 'apiserver.crt'}",
                 f"--tls-private-key-file={w / 'apiserver.key'}",
@@ -250,14 +286,22 @@ class ControlPlane:
                 f"--service-account-key-file={w / 'sa.crt'}",
                 f"--service-account-signing-key-file={w / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--authorization-mode=RBAC",
+                *(["--authorization-mode=RBAC"] if self.netns is None else []),
                 "--allow-privileged=true",
-                "--endpoint-reconciler-type=none",
                 f"--cert-dir={w / 'apiserver-certs'}",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=1",
             ],
+        )
+
+    def _start_forwarder(self) -> None:
+        assert self.netns is not None
+        self.spawn(
+            "portforward",
+            ["--netns", str(self.netns.path), "--port", str(self.apiserver_port)],
+            command=[sys.executable, "-m", "breakwater.testing.portforward"],
+            in_netns=False,  # it joins the namespace itself, after binding the host's loopback
         )
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -286,7 +330,7 @@ class ControlPlane:
 
     def _start_controller_manager(self) -> None:
         w = self.workdir
-        self._spawn(
+        self.spawn(
             "kube-controller-manager",
             [
                 f"--kubeconfig={self.kubeconfig}",
@@ -330,7 +374,7 @@ spec:
         self.kubectl("apply", "-f", "-", input=manifest)
 
     def _start_kwok(self) -> None:
-        self._spawn(
+        self.spawn(
             "kwok",
             [
                 f"--kubeconfig={self.kubeconfig}",

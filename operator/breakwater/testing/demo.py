@@ -325,7 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--replicas", type=int, default=3, help="client pods (default 3)")
     parser.add_argument("--phase", type=float, default=8.0, help="seconds per phase (default 8)")
     parser.add_argument("--keep", action="store_true", help="keep everything running until Ctrl-C")
+    parser.add_argument(
+        "--node",
+        choices=("kwok", "real"),
+        default="kwok",
+        help="kwok (default, quick): sidecar processes on loopback for kwok pods; real: the chart and"
+        " real pods on a real node (root; see README)",
+    )
     args = parser.parse_args(argv)
+    if args.node == "real":
+        from breakwater.testing import demo_real
+
+        return demo_real.main(args)
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt

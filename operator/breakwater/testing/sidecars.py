@@ -7,6 +7,10 @@ downward-API labels file and a pod-bound service-account token (TokenRequest, au
 The ConfigMap files are
 refreshed every `mount_refresh` seconds, like the kubelet's sync period (about a minute in real
 clusters), so the operator's live channel is what makes edits arrive within a second.
+
+The sidecar is a native sidecar (an init container with `restartPolicy: Always`). kwok 0.8 reports
+such a container running and ready with the pod, but models neither the start order nor the startup
+probe nor the shutdown order: those are tested on the real node (tests/node/), not here.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from breakwater.api.constants import CONFIGMAP_NAME, SIDECAR_NAME, TOKEN_AUDIENCE
+from breakwater.api.constants import CONFIGMAP_NAME, TOKEN_AUDIENCE
+from breakwater.injection.pod import sidecar_of
 from breakwater.testing import processes
 
 logger = logging.getLogger(__name__)
@@ -89,7 +94,7 @@ class SidecarFleet:
             for p in json.loads(out)["items"]
             if p["status"].get("phase") == "Running"
             and p["status"].get("podIP")
-            and any(c["name"] == SIDECAR_NAME for c in p["spec"]["containers"])
+            and sidecar_of(p) is not None
             and not p["metadata"].get("deletionTimestamp")
         ]
 
@@ -154,7 +159,7 @@ class SidecarFleet:
             f"--bound-object-uid={uid}", "--duration=1h",
         ).strip()  # fmt: skip
         (directory / "token").write_text(token)
-        sidecar = next(c for c in pod["spec"]["containers"] if c["name"] == SIDECAR_NAME)
+        sidecar = sidecar_of(pod) or {}
         env = {e["name"]: e["value"] for e in sidecar.get("env", []) if "value" in e}
         log = (directory / "sidecar.log").open("ab")
         process = subprocess.Popen(

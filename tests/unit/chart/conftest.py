@@ -25,7 +25,16 @@ def helm() -> Path:
     return path
 
 
+USER_IMAGE = "registry.example/breakwater"
+
+
 @pytest.fixture(scope="session")
 def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of charts/breakwater (with a stand-in CRD until `make crds` has generated the real one)."""
-    return prepare_chart(tmp_path_factory.mktemp("chart"))
+    """A copy of charts/breakwater (with a stand-in CRD until `make crds` has generated the real one),
+    with `image.repository` set as every install must (the chart has no default image)."""
+    copy = prepare_chart(tmp_path_factory.mktemp("chart"))
+    values = copy / "values.yaml"
+    text = values.read_text()
+    assert '  repository: ""' in text
+    values.write_text(text.replace('  repository: ""', f"  repository: {USER_IMAGE}", 1))
+    return copy

@@ -13,7 +13,7 @@ import pytest
 
 from breakwater.controller import settings as operator_settings
 from breakwater.injection import pod as injection
-from tests.chart import ChartNames, helm_template, render, settings_of
+from tests.chart import CHART_DIR, ChartNames, helm_template, render, settings_of
 
 NS = "breakwater-system"
 
@@ -35,7 +35,7 @@ def test_the_operator_command_line_parses_into_the_in_cluster_settings(helm: Pat
     assert settings.webhook_failure_policy == "Ignore"
     assert settings.webhook_timeout_seconds == 5
     assert settings.inject_all_namespaces is False
-    assert settings.sidecar_image == "ghcr.io/breakwater-dev/breakwater:0.1.0"
+    assert settings.sidecar_image == "registry.example/breakwater:0.1.0"
     assert settings.sidecar_image_pull_policy == "IfNotPresent"
     assert settings.sidecar_resources == {
         "requests": {"cpu": "20m", "memory": "48Mi"},
@@ -95,8 +95,19 @@ def test_the_sidecar_uses_the_operator_image_unless_told_otherwise(helm: Path, c
     assert rendered.container["image"] == f"registry.example/bw@{digest}"
     assert settings_of(rendered).sidecar_image == "registry.example/bw:0.1.0"
     rendered = render(helm, chart, values={"image": {"tag": "0.2.0"}})
-    assert rendered.container["image"] == "ghcr.io/breakwater-dev/breakwater:0.2.0"
-    assert settings_of(rendered).sidecar_image == "ghcr.io/breakwater-dev/breakwater:0.2.0"
+    assert rendered.container["image"] == "registry.example/breakwater:0.2.0"
+    assert settings_of(rendered).sidecar_image == "registry.example/breakwater:0.2.0"
+
+
+def test_without_an_image_repository_install_and_template_fail_pointing_at_the_docs(helm: Path) -> None:
+    """No public image exists: an install must not render a default that ends in ImagePullBackOff."""
+    proc = helm_template(helm, CHART_DIR)
+    assert proc.returncode != 0
+    assert "image.repository is required" in proc.stderr
+    assert "make image" in proc.stderr
+    assert "docs/install.md" in proc.stderr
+    rendered = render(helm, CHART_DIR, set_values=["image.repository=registry.example/mine"])
+    assert rendered.container["image"] == "registry.example/mine:0.1.0"
 
 
 def test_the_pod_meets_the_restricted_pod_security_standard(helm: Path, chart: Path) -> None:

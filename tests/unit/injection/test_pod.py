@@ -30,10 +30,26 @@ def app_pod(**annotations: str) -> dict[str, Any]:
     }
 
 
-def test_the_sidecar_is_added_first_with_a_restricted_security_context() -> None:
+def test_the_sidecar_is_a_native_sidecar_the_app_waits_for() -> None:
+    pod = app_pod()
+    pod["spec"]["initContainers"] = [{"name": "migrate", "image": "app:1"}]
+    injection.inject(pod, template=TEMPLATE, plan=PLAN)
+    sidecar, migrate = pod["spec"]["initContainers"]
+    assert sidecar["name"] == constants.SIDECAR_NAME
+    assert migrate["name"] == "migrate", "first: later init containers may call through the proxy"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["app"]
+    # restartPolicy Always makes an init container a sidecar: it keeps running beside the app, and
+    # the app starts only once its startup probe (listeners bound, config loaded) has passed.
+    assert sidecar["restartPolicy"] == "Always"
+    assert sidecar["startupProbe"]["httpGet"] == {"path": "/readyz", "port": "bw-admin"}
+    assert sidecar["startupProbe"]["periodSeconds"] == 1
+    assert injection.sidecar_of(pod) == sidecar
+
+
+def test_the_sidecar_has_a_restricted_security_context() -> None:
     pod = app_pod()
     injection.inject(pod, template=TEMPLATE, plan=PLAN)
-    sidecar = pod["spec"]["containers"][0]
+    sidecar = pod["spec"]["initContainers"][0]
     assert sidecar["name"] == constants.SIDECAR_NAME
     assert sidecar["securityContext"] == {
         "runAsNonRoot": True,
@@ -50,7 +66,7 @@ def test_the_sidecar_is_added_first_with_a_restricted_security_context() -> None
 def test_app_containers_get_upstream_urls_and_proxy_env_without_losing_their_own() -> None:
     pod = app_pod()
     injection.inject(pod, template=TEMPLATE, plan=PLAN)
-    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][1]["env"]}
+    env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
     assert env["BREAKWATER_PAYMENTS_API_URL"] == "http://127.0.0.1:15001"
     assert env["HTTP_PROXY"] == "http://127.0.0.1:15080"
     assert env["NO_PROXY"] == "mine"  # the app's own value wins

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import hashlib
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -370,6 +371,26 @@ async def test_an_answer_with_the_running_config_hash_fetches_nothing(
     assert operator.config_requests == []
     assert h.applied == []
     assert h.reporter.failures == 0
+
+
+async def test_answered_reports_log_nothing_and_a_recovery_after_lost_ones_logs_once(
+    start_reporter: StartReporter, operator: OperatorStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every summary used to log "reach the operator again after 1 unanswered" (seen in the logs of
+    real pods: one line per pod every 5 s)."""
+    caplog.set_level(logging.INFO, logger="breakwater.proxy.reporter")
+    h = await start_reporter(interval=0.2)
+    for seq in range(3):
+        report = await next_report(operator, seq)
+        operator.answer(report.report.seq, "h1")
+        await until(lambda seq=seq: h.reporter.answered == seq + 1, within=2.0, what="the answer")
+    assert not [r for r in caplog.records if "again after" in r.getMessage()]
+    await next_report(operator, 3)  # left unanswered
+    report = await next_report(operator, 4)
+    operator.answer(report.report.seq, "h1")
+    await until(lambda: h.reporter.answered == 4, within=2.0, what="the answer after a lost one")
+    [line] = [r.getMessage() for r in caplog.records if "again after" in r.getMessage()]
+    assert line == "reports reach the operator again after 1 unanswered"
 
 
 async def test_an_answer_signed_with_another_key_is_ignored(

@@ -1,0 +1,196 @@
+"""The breaker on real pods: a client Deployment calls its upstream by Service name through the
+injected native sidecar, the upstream fails and recovers, `kubectl get cbp` follows; a Job's first
+request succeeds and the Job completes; a policy edit reaches the running sidecars."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+from tests.conftest import Cluster
+from tests.node import manifests as m
+from tests.node.conftest import Release
+
+SIDECAR = "breakwater-proxy"
+
+
+def start_upstream_and_policy(cluster: Cluster, namespace: str, image: str, **spec: Any) -> None:
+    cluster.apply(m.upstream(namespace, image))
+    cluster.apply(m.policy(namespace, **spec))
+    cluster.wait_for(
+        "policy Accepted",
+        lambda: m.condition(m.cbp(cluster, namespace), "Accepted").get("status") == "True",
+        timeout=60,
+    )
+    m.ready_pods(cluster, namespace, "app=payments-backend", 1)
+
+
+def wait_state(cluster: Cluster, namespace: str, state: str, *, timeout: float) -> float:
+    """Seconds until the policy's upstream shows `state`."""
+    started = time.monotonic()
+    cluster.wait_for(
+        f"payments {state} on the resource",
+        lambda: m.upstream_state(m.cbp(cluster, namespace)) == state,
+        timeout=timeout,
+        interval=0.2,
+    )
+    return time.monotonic() - started
+
+
+def test_a_failing_upstream_opens_the_breaker_on_the_resource_the_client_gets_the_fallback_and_it_recovers(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    start_upstream_and_policy(cluster, ns, image)
+    cluster.apply(m.client(ns, image, replicas=2))
+    clients = m.ready_pods(cluster, ns, "app=checkout", 2)
+    for pod in clients:
+        (sidecar,) = [c for c in pod["spec"]["initContainers"] if c["name"] == SIDECAR]
+        assert sidecar["restartPolicy"] == "Always"
+        status = next(s for s in pod["status"]["initContainerStatuses"] if s["name"] == SIDECAR)
+        assert status["started"], status
+        assert "running" in status["state"], status
+    names = [p["metadata"]["name"] for p in clients]
+
+    # Every call goes app -> sidecar (127.0.0.1:15001) -> payments.<ns>.svc.cluster.local (CoreDNS,
+    # kube-proxy) -> the backend pod, and both sidecars report the current config.
+    cluster.wait_for(
+        "Closed, Ready, 2 pods reporting",
+        lambda: (
+            m.upstream_state(body := m.cbp(cluster, ns)) == "Closed"
+            and m.condition(body, "Ready").get("status") == "True"
+            and (body["status"].get("pods") or {}).get("reporting") == 2
+        ),
+        timeout=90,
+    )
+    for name in names:
+        m.client_stats(cluster, ns, name, reset=True)
+    time.sleep(1)
+    for name in names:
+        counts = m.client_stats(cluster, ns, name)["counts"]
+        assert set(counts) == {"200"}, counts
+
+    m.set_upstream(cluster, ns, "fail")
+    wait_state(cluster, ns, "Open", timeout=30)
+    table = cluster.kubectl("get", "cbp", "-n", ns).stdout
+    assert "Open" in table.splitlines()[1], table
+    for name in names:
+        m.client_stats(cluster, ns, name, reset=True)
+    time.sleep(1)
+    for name in names:
+        counts = m.client_stats(cluster, ns, name)["counts"]
+        assert counts.get("503 fallback-static", 0) > 0, counts
+
+    m.set_upstream(cluster, ns, "ok")
+    wait_state(cluster, ns, "Closed", timeout=60)
+    for name in names:
+        m.client_stats(cluster, ns, name, reset=True)
+    time.sleep(1)
+    for name in names:
+        counts = m.client_stats(cluster, ns, name)["counts"]
+        assert set(counts) == {"200"}, counts
+
+
+def test_reports_are_authenticated_by_the_token_the_kubelet_projected_into_the_sidecar(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    start_upstream_and_policy(cluster, ns, image)
+    cluster.apply(m.client(ns, image, replicas=1))
+    (pod,) = m.ready_pods(cluster, ns, "app=checkout", 1)
+    name = pod["metadata"]["name"]
+    # The token file the kubelet wrote into the running sidecar: bound to this pod, for the
+    # operator's audience. Nothing in this test created a token.
+    token = cluster.kubectl(
+        "exec", "-n", ns, name, "-c", SIDECAR, "--", "python", "-c",
+        "print(open('/var/run/secrets/breakwater/token').read())",
+    ).stdout.strip()  # fmt: skip
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["aud"] == ["breakwater"]
+    assert claims["kubernetes.io"]["pod"] == {"name": name, "uid": pod["metadata"]["uid"]}
+    assert claims["sub"] == f"system:serviceaccount:{ns}:default"
+    cluster.wait_for(
+        "the sidecar reporting",
+        lambda: (m.cbp(cluster, ns)["status"].get("pods") or {}).get("reporting") == 1,
+        timeout=60,
+    )
+    log = cluster.kubectl("logs", "-n", ns, name, "-c", SIDECAR).stdout
+    assert "session" in log.lower(), log[-2000:]
+
+
+def test_a_job_with_the_sidecar_completes_and_its_first_request_succeeds(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    start_upstream_and_policy(cluster, ns, image)
+    cluster.apply(m.job(ns, image))
+
+    def finished() -> str:
+        body = json.loads(cluster.kubectl("get", "job", "settle", "-n", ns, "-o", "json").stdout)
+        for cond in body.get("status", {}).get("conditions") or ():
+            if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
+                return str(cond["type"])
+        return ""
+
+    assert cluster.wait_for("the Job to finish", finished, timeout=120, interval=0.5) == "Complete"
+    (pod,) = m.pods(cluster, ns, "job=settle")
+    assert pod["status"]["phase"] == "Succeeded"
+    assert any(c["name"] == SIDECAR for c in pod["spec"]["initContainers"])
+    log = cluster.kubectl("logs", "-n", ns, pod["metadata"]["name"], "-c", "app").stdout
+    assert json.loads(log.strip().splitlines()[-1]) == {"first_request": "200"}
+
+
+def test_a_policy_edit_reaches_the_running_sidecars_live_and_through_the_mounted_configmap(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    start_upstream_and_policy(cluster, ns, image)
+    cluster.apply(m.client(ns, image, replicas=2))
+    clients = m.ready_pods(cluster, ns, "app=checkout", 2)
+    cluster.wait_for(
+        "2 pods reporting",
+        lambda: (m.cbp(cluster, ns)["status"].get("pods") or {}).get("reporting") == 2,
+        timeout=90,
+    )
+
+    cluster.kubectl(
+        "patch",
+        "cbp",
+        "payments",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        json.dumps({"spec": {"trip": {"consecutiveFailures": 7}}}),
+    )
+    generation = m.cbp(cluster, ns)["metadata"]["generation"]
+    # `reporting` counts sidecars that report the config hash the operator computes for the new
+    # generation: the edit is applied in every running sidecar.
+    cluster.wait_for(
+        "both sidecars running the edited policy",
+        lambda: (
+            (body := m.cbp(cluster, ns))["status"].get("observedGeneration") == generation
+            and (body["status"].get("pods") or {}).get("reporting") == 2
+            and m.condition(body, "Ready").get("status") == "True"
+        ),
+        timeout=30,
+    )
+    # The fallback path: the kubelet refreshes the ConfigMap the sidecar mounts, so a sidecar that
+    # missed the live delivery (or restarts while the operator is down) still gets the edit.
+    configmap = json.loads(
+        cluster.kubectl("get", "configmap", "breakwater-sidecar-config", "-n", ns, "-o", "json").stdout
+    )
+    expected = configmap["data"]["payments.json"]
+    for pod in clients:
+        name = pod["metadata"]["name"]
+        read = ["exec", "-n", ns, name, "-c", SIDECAR, "--", "python", "-c"]
+        script = "print(open('/etc/breakwater/policies/payments.json').read(), end='')"
+        cluster.wait_for(
+            f"the ConfigMap mounted in {name} carrying the edit",
+            lambda read=read, script=script: cluster.kubectl(*read, script, check=False).stdout == expected,
+            timeout=120,
+            interval=2,
+        )

@@ -1,0 +1,210 @@
+"""The chart as a user installs it, on a real node: the built image runs the operator under the
+`restricted` Pod Security Standard, the API server calls the webhook through its Service, sidecars
+report through the same Service; the operator pod is deleted and comes back; upgrade and uninstall.
+
+The tests share one release; the `release` fixture installs it again after the uninstall test, so
+they pass in any order.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+from cryptography import x509
+
+from tests.chart import WEBHOOK_NAME
+from tests.cluster.chart_helpers import install_chart, uninstall_chart
+from tests.conftest import Cluster
+from tests.node import manifests as m
+from tests.node.conftest import Release, get_json, release_values
+
+SIDECAR = "breakwater-proxy"
+
+
+def operator_pods(cluster: Cluster, release: Release) -> list[dict[str, Any]]:
+    return m.pods(cluster, release.names.namespace, release.names.selector)
+
+
+def inject_webhook(configuration: dict[str, Any]) -> dict[str, Any]:
+    webhook: dict[str, Any] = next(w for w in configuration["webhooks"] if w["name"] == WEBHOOK_NAME)
+    return webhook
+
+
+def ready_operator(cluster: Cluster, release: Release, *, timeout: float = 120) -> dict[str, Any]:
+    (pod,) = m.ready_pods(cluster, release.names.namespace, release.names.selector, 1, timeout=timeout)
+    return pod
+
+
+def test_the_operator_pod_runs_the_built_image_ready_under_restricted_pod_security(
+    node_cluster: Cluster, release: Release, image: str
+) -> None:
+    pod = ready_operator(node_cluster, release)
+    namespace = get_json(node_cluster, "namespace", release.names.namespace)
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    [container] = pod["spec"]["containers"]
+    assert container["image"] == image
+    [status] = pod["status"]["containerStatuses"]
+    assert status["ready"] is True
+    assert status["restartCount"] == 0, "the operator must start at the first try"
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    log = node_cluster.kubectl("logs", "-n", release.names.namespace, pod["metadata"]["name"]).stdout
+    assert "Traceback" not in log, log[-3000:]
+    assert "Forbidden" not in log, log[-3000:]
+
+
+def test_the_api_server_reaches_the_webhook_and_sidecars_reach_the_report_endpoint_through_the_service(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    names = release.names
+    mwc = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
+    assert {w["name"] for w in mwc["webhooks"]} >= {WEBHOOK_NAME}
+    for webhook in mwc["webhooks"]:
+        assert "url" not in webhook["clientConfig"], "called through the Service, as in any cluster"
+        assert webhook["clientConfig"]["service"]["name"] == names.service
+        ca = x509.load_pem_x509_certificate(base64.b64decode(webhook["clientConfig"]["caBundle"]))
+        assert ca.subject  # written by the operator at start-up
+
+    slices = get_json(
+        cluster, "endpointslices", "-n", names.namespace, "-l", f"kubernetes.io/service-name={names.service}"
+    )
+    operator_ip = ready_operator(cluster, release)["status"]["podIP"]
+    addresses = {a for s in slices["items"] for e in s.get("endpoints") or () for a in e["addresses"]}
+    assert addresses == {operator_ip}
+
+    cluster.apply(m.upstream(ns, image))
+    cluster.apply(m.policy(ns))
+    cluster.wait_for(
+        "Accepted", lambda: m.condition(m.cbp(cluster, ns), "Accepted").get("status") == "True", timeout=60
+    )
+    started = time.monotonic()
+    cluster.apply(m.client(ns, image, replicas=2))
+    clients = m.ready_pods(cluster, ns, "app=checkout", 2)
+    print(f"apply -> 2 injected pods Ready: {time.monotonic() - started:.1f} s")
+    for pod in clients:
+        assert pod["metadata"]["annotations"]["breakwater.dev/injected"] == "true"
+        assert any(c["name"] == SIDECAR for c in pod["spec"]["initContainers"])
+    # Reporting (sessions over TCP, signed datagrams over UDP) to https://F.NS.svc:9444.
+    cluster.wait_for(
+        "both sidecars reporting",
+        lambda: (m.cbp(cluster, ns)["status"].get("pods") or {}).get("reporting") == 2,
+        timeout=60,
+    )
+
+
+def test_pods_created_while_the_operator_pod_is_replaced_start_without_the_sidecar_and_are_reported(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    names = release.names
+    cluster.apply(m.upstream(ns, image))
+    cluster.apply(m.policy(ns))
+    cluster.wait_for(
+        "Accepted", lambda: m.condition(m.cbp(cluster, ns), "Accepted").get("status") == "True", timeout=60
+    )
+    old = ready_operator(cluster, release)["metadata"]["name"]
+    cluster.kubectl("delete", "pod", "-n", names.namespace, old, "--wait=false")
+
+    def no_ready_endpoint() -> bool:
+        slices = get_json(
+            cluster,
+            "endpointslices",
+            "-n",
+            names.namespace,
+            "-l",
+            f"kubernetes.io/service-name={names.service}",
+        )
+        return not any(
+            (e.get("conditions") or {}).get("ready")
+            for s in slices["items"]
+            for e in s.get("endpoints") or ()
+        )
+
+    cluster.wait_for(
+        "the webhook Service without a ready endpoint", no_ready_endpoint, timeout=30, interval=0.1
+    )
+    # Pods, not a Deployment: admission happens in this very call, inside the outage.
+    started = time.monotonic()
+    for i in range(2):
+        cluster.apply(m.client_pod(ns, image, f"during-outage-{i}"))
+    created_in = time.monotonic() - started
+    assert created_in < 10, f"creating 2 pods took {created_in:.1f} s while the operator was down"
+    during = m.ready_pods(cluster, ns, "outage=yes", 2)
+    uninjected = [p["metadata"]["name"] for p in during]
+    for pod in during:
+        assert "breakwater.dev/injected" not in (pod["metadata"].get("annotations") or {})
+        assert not any(c["name"] == SIDECAR for c in pod["spec"].get("initContainers") or ())
+
+    new = ready_operator(cluster, release)
+    assert new["metadata"]["name"] != old
+    cluster.wait_for(
+        "the uninjected pods reported (PodsNotInjected)",
+        lambda: (
+            (ready := m.condition(m.cbp(cluster, ns), "Ready")).get("reason") == "PodsNotInjected"
+            and all(name in ready.get("message", "") for name in uninjected)
+        ),
+        timeout=90,
+    )
+
+
+def test_helm_upgrade_keeps_the_ca_bundle_and_the_operator_serves_again(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    names = release.names
+    before = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
+    values = release_values(image, webhook={"timeoutSeconds": 8}, operator={"staleAfterSeconds": 20})
+    install_chart(
+        cluster,
+        release.chart,
+        release=names.release,
+        namespace=names.namespace,
+        values=values,
+        upgrade=True,
+        timeout=240,
+    )
+    after = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
+    inject_after, inject_before = inject_webhook(after), inject_webhook(before)
+    assert inject_after["timeoutSeconds"] == 8
+    assert inject_after["clientConfig"]["caBundle"] == inject_before["clientConfig"]["caBundle"]
+    pod = ready_operator(cluster, release)
+    assert "--stale-after-seconds=20" in pod["spec"]["containers"][0]["args"]
+    secrets = get_json(cluster, "secrets", "-n", names.namespace)["items"]
+    assert [s["metadata"]["name"] for s in secrets if not s["metadata"]["name"].startswith("sh.helm.")] == [
+        names.webhook_secret
+    ], "one webhook Secret, reused across the upgrade"
+    # The upgraded operator injects (the API server reaches it with the kept caBundle).
+    cluster.apply(m.upstream(ns, image))
+    cluster.apply(m.policy(ns))
+    cluster.wait_for(
+        "Accepted", lambda: m.condition(m.cbp(cluster, ns), "Accepted").get("status") == "True", timeout=60
+    )
+    cluster.apply(m.client(ns, image, replicas=1))
+    (client,) = m.ready_pods(cluster, ns, "app=checkout", 1)
+    assert any(c["name"] == SIDECAR for c in client["spec"]["initContainers"])
+
+
+def test_helm_uninstall_leaves_only_what_docs_install_md_says_it_leaves(
+    node_cluster: Cluster, release: Release
+) -> None:
+    cluster = node_cluster
+    names = release.names
+    uninstall_chart(cluster, release=names.release, namespace=names.namespace)
+    cluster.wait_for("the operator pod gone", lambda: not operator_pods(cluster, release), timeout=60)
+    selector = f"app.kubernetes.io/instance={names.release}"
+    for kind in ("deployment", "service", "serviceaccount", "role", "rolebinding", "poddisruptionbudget"):
+        left = cluster.kubectl(
+            "get", kind, "-n", names.namespace, "-l", selector, "-o", "name"
+        ).stdout.split()
+        assert not left, f"{kind} left by helm uninstall: {left}"
+    for kind in ("clusterrole", "clusterrolebinding", "mutatingwebhookconfiguration"):
+        left = cluster.kubectl("get", kind, "-l", selector, "-o", "name").stdout.split()
+        assert not left, f"{kind} left by helm uninstall: {left}"
+    # Documented as staying: the CRD (helm.sh/resource-policy: keep) and the operator's Secret.
+    crd = get_json(cluster, "crd", "circuitbreakerpolicies.breakwater.dev")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    secrets = [s["metadata"]["name"] for s in get_json(cluster, "secrets", "-n", names.namespace)["items"]]
+    assert secrets == [names.webhook_secret], secrets
+    cluster.kubectl("get", "cbp", "-A")  # the kept CRD still serves
