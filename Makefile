@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NODE ?= kwok
 REAL_NODE := $(if $(filter real,$(NODE)),node,)
 
-.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible demo bench crds chart image docs generate clean
+.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible demo bench crds chart chart-schema image docs generate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -86,7 +86,10 @@ docs: $(STAMP) ## regenerate docs/api.md from the api models (and the architectu
 	  dot -Tpng -Gdpi=110 docs/images/architecture.dot -o docs/images/architecture.png; \
 	else echo "docs/images/architecture.*: not re-rendered (no Graphviz: apt-get install graphviz)"; fi
 
-generate: crds docs ## every generated file
+chart-schema: $(STAMP) ## regenerate the chart's values.schema.json from the annotated values.yaml
+	$(BIN)/python hack/values_schema.py
+
+generate: crds chart-schema docs ## every generated file
 
 clean: ## remove the virtualenv and caches inside the repo (the control-plane cache outside stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist operator/*.egg-info

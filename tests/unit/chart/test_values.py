@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart import CHART_DIR, helm_template
+from tests.chart import CHART_DIR, REPO, helm_template
 
 VALUES = CHART_DIR / "values.yaml"
 SCHEMA = CHART_DIR / "values.schema.json"
@@ -45,6 +47,16 @@ def test_every_key_in_values_yaml_has_a_comment_above_it() -> None:
         if not previous.startswith("#"):
             undocumented.append(f"values.yaml:{number + 1}: {line.strip()}")
     assert not undocumented, "keys without a comment above them:\n" + "\n".join(undocumented)
+
+
+def test_the_schema_is_generated_from_values_yaml() -> None:
+    """values.schema.json is generated (`make chart-schema`): a hand edit, or values.yaml changed
+    without regenerating, fails here."""
+    script = REPO / "hack" / "values_schema.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_the_schema_is_valid_draft_07_and_accepts_the_defaults() -> None:
