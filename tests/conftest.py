@@ -17,11 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from breakwater.errors import ControlPlaneError
 from breakwater.testing.controlplane import ControlPlane, find_binaries
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Properties are checked for correctness, never for speed: on a shared, loaded machine hypothesis's
+# default 200 ms deadline per example fails tests that are right (speed lives in bench/).
+settings.register_profile("breakwater", deadline=None)
+settings.load_profile("breakwater")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -62,6 +62,12 @@ def test_the_service_account_may_do_what_the_operator_needs_and_nothing_more(
         ("watch", "circuitbreakerpolicies.breakwater.dev", "--all-namespaces"),
         ("patch", "circuitbreakerpolicies.breakwater.dev", "--subresource=status", "-n", "shop"),
         ("create", "configmaps", "-n", "shop"),
+        # every replica watches the sidecar ConfigMaps (a fieldSelector on the name; RBAC cannot
+        # narrow a list to it)
+        ("list", "configmaps", "--all-namespaces"),
+        ("watch", "configmaps", "--all-namespaces"),
+        ("create", "leases.coordination.k8s.io", "-n", ns),
+        ("update", f"leases.coordination.k8s.io/{names.webhook_configuration}-leader", "-n", ns),
         ("create", "events", "-n", "shop"),
         ("create", "tokenreviews.authentication.k8s.io"),
         ("list", "customresourcedefinitions.apiextensions.k8s.io"),
@@ -78,7 +84,8 @@ def test_the_service_account_may_do_what_the_operator_needs_and_nothing_more(
         ("create", "pods", "-n", "shop"),
         ("patch", "pods", "-n", "shop"),
         ("delete", "circuitbreakerpolicies.breakwater.dev", "-n", "shop"),
-        ("list", "configmaps", "-n", "shop"),
+        ("update", "leases.coordination.k8s.io/another-lease", "-n", ns),
+        ("create", "leases.coordination.k8s.io", "-n", "shop"),
         ("create", "deployments.apps", "-n", ns),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -117,7 +124,8 @@ def test_the_service_account_token_is_the_identity_of_the_chart_rbac(
 def _with_local_listeners(args: list[str]) -> list[str]:
     """The chart's operator command line, its listeners moved to free loopback ports."""
     moved = {
-        flag: f"127.0.0.1:{free_port()}" for flag in ("--webhook-listen", "--liveness", "--report-listen")
+        flag: f"127.0.0.1:{free_port()}"
+        for flag in ("--webhook-listen", "--health-listen", "--report-listen")
     }
     return [
         f"{a.split('=', 1)[0]}={moved[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in moved else a

@@ -22,10 +22,11 @@ from breakwater.api.bundle import bundle_key
 from breakwater.api.constants import CONFIGMAP_NAME, TOKEN_AUDIENCE
 from breakwater.api.report import SidecarReport, UpstreamReport
 from breakwater.controller.reports import FleetStore, ReportServer
-from breakwater.controller.state import BundleCache
+from breakwater.controller.state import BundleCache, configmap_bundles
 from breakwater.injection.render import render_bundle
 from breakwater.injection.resolve import resolve
 from breakwater.k8s import configmaps
+from breakwater.k8s.listwatch import BUNDLES, ListWatch
 from breakwater.testing.controlplane import free_port
 from tests.cluster.harness import RESTRICTED_CONTAINER, install_crd, policy, policy_manifest
 from tests.conftest import Cluster
@@ -115,9 +116,12 @@ async def channel(cluster: Cluster, namespace: str) -> AsyncIterator[Channel]:
     cert.write_bytes(pair.cert_pem)
     key.write_bytes(pair.key_pem)
     serving.load_cert_chain(cert, key)
+    bundles = BundleCache(api)  # fed by a watch of the ConfigMaps, as in the operator
+    watch = ListWatch(api, bundles, configmap_bundles, resource=BUNDLES, namespaces=[namespace])
+    watch.start(asyncio.get_running_loop())
     server = ReportServer(
         api=api,
-        bundles=BundleCache(api),  # reads the namespace's ConfigMap from the API, as in the operator
+        bundles=bundles,
         store=FleetStore(),
         pod_labels=lambda ns, pod: tuple(sorted(LABELS.items())),
         secret=b"a test secret of the report channel",
@@ -130,6 +134,7 @@ async def channel(cluster: Cluster, namespace: str) -> AsyncIterator[Channel]:
     finally:
         await client.close()
         await server.stop()
+        await asyncio.to_thread(watch.stop)
 
 
 def answer(data: bytes, key: bytes) -> datagram.Answer:

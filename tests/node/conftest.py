@@ -97,12 +97,19 @@ def release_values(image: str, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def installed(node_cluster: Cluster, chart: Path, image: str) -> Iterator[Release]:
-    """One release of the chart per test module, in a namespace enforcing `restricted`."""
+def installed(
+    node_cluster: Cluster, chart: Path, image: str, request: pytest.FixtureRequest
+) -> Iterator[Release]:
+    """One release of the chart per test module, in a namespace enforcing `restricted`, with the
+    module's `RELEASE_VALUES` over the defaults."""
     names = ChartNames(f"bw-{uuid.uuid4().hex[:6]}", "breakwater-system")
     node_cluster.kubectl("create", "namespace", names.namespace, check=False)
     node_cluster.kubectl("label", "namespace", names.namespace, "--overwrite", *RESTRICTED_LABELS)
-    yield Release(names=names, chart=chart, values=release_values(image))
+    yield Release(
+        names=names,
+        chart=chart,
+        values=release_values(image, **getattr(request.module, "RELEASE_VALUES", {})),
+    )
     remove_leftovers(node_cluster, names)
     node_cluster.kubectl("delete", "namespace", names.namespace, "--wait=true", "--timeout=60s", check=False)
 

@@ -21,6 +21,9 @@ from tests.node import manifests as m
 from tests.node.conftest import Release, get_json, release_values
 
 SIDECAR = "breakwater-proxy"
+# One replica: this module shows the single-replica trade-off (pods created while it is replaced start
+# without the sidecar and are reported); test_ha_on_node.py runs the default two.
+RELEASE_VALUES = {"replicaCount": 1}
 
 
 def operator_pods(cluster: Cluster, release: Release) -> list[dict[str, Any]]:
@@ -155,7 +158,9 @@ def test_helm_upgrade_keeps_the_ca_bundle_and_the_operator_serves_again(
     cluster, ns = node_cluster, workload_namespace
     names = release.names
     before = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-    values = release_values(image, webhook={"timeoutSeconds": 8}, operator={"staleAfterSeconds": 20})
+    values = release_values(
+        image, **RELEASE_VALUES, webhook={"timeoutSeconds": 8}, operator={"staleAfterSeconds": 20}
+    )
     install_chart(
         cluster,
         release.chart,

@@ -14,10 +14,16 @@ Layout (ASCII header, space separated, then the JSON body):
     sidecar -> operator   b"bw1 R <session> <tag> <report JSON>"    tag = HMAC(key, b"R" + body)
     operator -> sidecar   b"bw1 A <tag> <answer JSON>"              tag = HMAC(key, b"A" + body)
     operator -> sidecar   b"bw1 K <reason>"                         unsigned: "get a new session"
+    operator -> leader    b"bw1 F <the sidecar's report datagram>"  a report relayed as received
 An answer carries the config hash the pod should run; the operator sends one for every report and,
 unasked, to each affected sidecar when a policy changes. A sidecar that runs another hash fetches the
 config over HTTPS (`GET /v1/config`). A `K` can only make a sidecar ask for a new session, which it
 does at most once per `RENEW_MIN_SECONDS`, so forging one achieves nothing but a TokenReview.
+
+With several operator replicas, a sidecar's datagrams reach whichever replica the Service picked; that
+replica answers, and relays the report to the leader (the replica that writes status) inside an `F`.
+The relay adds no signature of its own: the leader checks the sidecar's, as every replica shares the
+operator secret, and the report's sequence number, so a relayed copy cannot be replayed either.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ RENEW_MIN_SECONDS = 5.0
 REPORT = b"R"
 ANSWER = b"A"
 RENEW = b"K"
+RELAY = b"F"
 CONFIG = b"C"  # the tag of a session authorization (HTTPS), never a datagram kind
 SESSION_SCHEME = "Session"
 
@@ -141,6 +148,16 @@ def answer_datagram(key: bytes, answer: Answer) -> bytes:
 
 def renew_datagram(reason: str) -> bytes:
     return b" ".join((MAGIC, RENEW, reason.encode()[:200]))
+
+
+def relay_datagram(report: bytes) -> bytes:
+    return b" ".join((MAGIC, RELAY, report))
+
+
+def unwrap_relay(data: bytes) -> bytes | None:
+    """The report datagram a relay carries, or None when `data` is not a relay."""
+    prefix = MAGIC + b" " + RELAY + b" "
+    return data[len(prefix) :] if data.startswith(prefix) else None
 
 
 @dataclass(frozen=True)

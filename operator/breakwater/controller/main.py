@@ -1,4 +1,4 @@
-"""`breakwater operator`: run the kopf operator with Breakwater's handlers."""
+"""`breakwater operator`: run one operator replica (controller/replica.py) until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -6,11 +6,16 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import socket
 import sys
 
 from breakwater.controller import memory
 from breakwater.controller import settings as operator_settings
+from breakwater.errors import BreakwaterError
+from breakwater.proxy.logs import configure_logging
+
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,39 +28,45 @@ def run(args: argparse.Namespace) -> int:
     except operator_settings.SettingsError as exc:
         print(f"breakwater operator: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-    if settings.kubeconfig:
-        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads it
+    configure_logging(fmt=settings.log_format, level="DEBUG" if args.verbose else "INFO")
     memory.fewer_malloc_arenas()
-    import kopf
+    from breakwater.controller.replica import OperatorReplica  # imports kopf: only for this command
 
-    from breakwater.controller import handlers  # noqa: F401  (registers the handlers)
+    loop = _event_loop()
+    stopping = asyncio.Event()
 
-    kopf.run(
-        loop=_event_loop(),
-        standalone=True,
-        identity=_identity(),  # type: ignore[arg-type]  # a NewType of str that kopf does not export
-        clusterwide=not settings.watch_namespaces,
-        namespaces=settings.watch_namespaces,
-        liveness_endpoint=f"http://{settings.liveness}/healthz" if settings.liveness else None,
-        memo=kopf.Memo(settings=settings),
-    )
+    def on_signal(sig: signal.Signals) -> None:
+        if not stopping.is_set():
+            logger.info("%s received: stopping", sig.name)
+        stopping.set()
+
+    def install_signals() -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    replica = OperatorReplica(settings, identity(), stopping, install_signals)
+    install_signals()
+    try:
+        loop.run_until_complete(replica.run())
+    except BreakwaterError as exc:
+        print(f"breakwater operator: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
     return 0
 
 
-def _identity() -> str:
-    """Who this operator is, for kopf's logs and annotations. kopf would ask getpass for the user
-    name, which raises in the image: UID 65532 has no /etc/passwd entry (found on a real node)."""
+def identity() -> str:
+    """Who this replica is, in the Lease and kopf's logs: its pod (a container restarted in the same pod
+    takes its Lease back at once), or host and process. kopf would ask getpass for the user name, which
+    raises in the image: UID 65532 has no /etc/passwd entry (found on a real node)."""
     pod = os.environ.get("POD_NAME")
     if pod:
         return f"breakwater@{pod}"
     return f"breakwater@{socket.gethostname()}/{os.getpid()}"
 
 
-def _event_loop() -> asyncio.AbstractEventLoop | None:
+def _event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed (the `fast` extra, in the image), as `kopf run` would; else asyncio's own.
 
     Besides speed, it is memory: asyncio's own TLS transport holds a 256 KiB read buffer per connection
@@ -64,5 +75,5 @@ def _event_loop() -> asyncio.AbstractEventLoop | None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is an optional extra
-        return None
+        return asyncio.new_event_loop()
     return uvloop.new_event_loop()

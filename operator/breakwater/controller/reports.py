@@ -54,8 +54,6 @@ class Peer:
 
     address: tuple[str, int]
     key: bytes
-    session_id: str
-    seq: int
 
 
 @dataclass
@@ -64,7 +62,18 @@ class FleetStore:
 
     reports: dict[str, dict[str, PodReport]] = field(default_factory=dict)
     peers: dict[str, dict[str, Peer]] = field(default_factory=dict)
+    newest: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # -> (session, seq)
     forged: int = 0
+
+    def fresh(self, namespace: str, pod: str, session_id: str, seq: int) -> bool:
+        """Whether a report is newer than every one taken from the pod's session, sent or relayed
+        (a replayed datagram is not); it becomes the newest if so."""
+        key = (namespace, pod)
+        known = self.newest.get(key)
+        if known is not None and known[0] == session_id and seq <= known[1]:
+            return False
+        self.newest[key] = (session_id, seq)
+        return True
 
     def record(self, report: SidecarReport) -> None:
         self.reports.setdefault(report.namespace, {})[report.pod] = PodReport.of(report, time.monotonic())
@@ -75,6 +84,7 @@ class FleetStore:
     def forget(self, namespace: str, pod: str) -> None:
         self.reports.get(namespace, {}).pop(pod, None)
         self.peers.get(namespace, {}).pop(pod, None)
+        self.newest.pop((namespace, pod), None)
 
 
 @dataclass
@@ -163,10 +173,12 @@ class ReportServer:
     proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
     on_report: Callable[[SidecarReport, PodReport | None], None] | None = None  # (new, the pod's previous)
     resolve_labels: Callable[[str, str], Awaitable[Labels | None]] | None = None  # before the index syncs
+    relay_to: Callable[[], tuple[str, int] | None] = lambda: None  # the leader, when it is another replica
     auth: Authenticator = field(init=False)
     resolutions: Resolutions = field(init=False)
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> datagrams dropped
     accepted: int = 0
+    relayed: int = 0  # reports relayed to the leader
     port: int = 0
     _runner: web.AppRunner | None = None
     _transport: asyncio.DatagramTransport | None = None
@@ -312,6 +324,12 @@ class ReportServer:
             self._transport.sendto(datagram.renew_datagram(reason), addr)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        """A report from a sidecar, or one another replica relays (verified and judged the same way;
+        taken into the fleet view, but neither answered nor relayed again)."""
+        inner = datagram.unwrap_relay(data)
+        relayed = inner is not None
+        if inner is not None:
+            data = inner
         try:
             received = datagram.parse_report(data)
             session = datagram.Session.decode(received.session_id)
@@ -342,23 +360,30 @@ class ReportServer:
             claimed = f"pod {report.namespace}/{report.pod}"
             self._reject("claims-other-pod", addr, f"session of {whose} claims {claimed}")
             return
-        peers = self.store.peers.setdefault(report.namespace, {})
-        peer = peers.get(report.pod)
-        if peer is not None and peer.session_id == received.session_id and report.seq <= peer.seq:
+        if not self.store.fresh(report.namespace, report.pod, received.session_id, report.seq):
             self.rejected["replayed"] = self.rejected.get("replayed", 0) + 1
             return
-        peers[report.pod] = Peer(addr, key, received.session_id, report.seq)
+        if not relayed:
+            peers = self.store.peers.setdefault(report.namespace, {})
+            peers[report.pod] = Peer(addr, key)
         before = self.store.in_namespace(report.namespace).get(report.pod)
         self.store.record(report)
         self.accepted += 1
-        for t in report.transitions:
-            logger.info(
-                "pod %s/%s: upstream %s %s -> %s (%s)",
-                report.namespace, report.pod, t.upstream, t.from_state, t.to_state, t.reason,
-            )  # fmt: skip
+        if not relayed:  # logged once, by the replica the sidecar sent it to
+            for t in report.transitions:
+                logger.info(
+                    "pod %s/%s: upstream %s %s -> %s (%s)",
+                    report.namespace, report.pod, t.upstream, t.from_state, t.to_state, t.reason,
+                )  # fmt: skip
         if self.on_report is not None:
             self.on_report(report, before)
+        if relayed:
+            return
         self._answer(report.namespace, report.pod, report.seq)
+        leader = self.relay_to()
+        if leader is not None and self._transport is not None:
+            self._transport.sendto(datagram.relay_datagram(data), leader)
+            self.relayed += 1
 
     def _answer(self, namespace: str, pod: str, seq: int) -> None:
         labels = self.pod_labels(namespace, pod)

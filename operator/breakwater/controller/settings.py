@@ -44,10 +44,14 @@ class OperatorSettings:
     webhook_manage: str = "full"  # full | ca-only | none
     webhook_failure_policy: str = "Ignore"
     webhook_timeout_seconds: int = 5
-    liveness: str | None = "0.0.0.0:8080"
+    health_listen: str | None = "0.0.0.0:8080"  # /healthz (liveness) and /readyz (readiness)
     report_listen_host: str = "0.0.0.0"
     report_listen_port: int = 9444
     report_url: str | None = None  # how sidecars reach the report endpoint; default from the service
+    report_advertise: str = ""  # HOST:PORT where the other replicas reach this one's report endpoint
+    lease_seconds: float = 10.0  # a leader that stops renewing is replaced after this
+    shutdown_delay_seconds: float = 0.0  # keep answering admissions this long after SIGTERM
+    log_format: str = "text"  # text | json
     status_interval_seconds: float = 1.0
     stale_after_seconds: float = 30.0
     kubeconfig: str | None = None
@@ -118,13 +122,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("WEBHOOK_FAILURE_POLICY", "Ignore"),
     )
     add("--webhook-timeout-seconds", type=int, default=int(_env("WEBHOOK_TIMEOUT_SECONDS", "5") or 5))
-    add("--liveness", default=_env("LIVENESS", "0.0.0.0:8080"), help="HOST:PORT for /healthz; '' disables")
+    add(
+        "--health-listen",
+        default=_env("HEALTH_LISTEN", "0.0.0.0:8080"),
+        help="HOST:PORT of /healthz (liveness) and /readyz (readiness); '' disables",
+    )
     add(
         "--report-listen",
         default=_env("REPORT_LISTEN", "0.0.0.0:9444"),
         help="HOST:PORT of the report endpoint",
     )
     add("--report-url", default=_env("REPORT_URL"), help="URL sidecars use to reach the report endpoint")
+    add(
+        "--report-advertise",
+        default=_env("REPORT_ADVERTISE"),
+        help="HOST:PORT where other replicas relay reports to this one when it leads; "
+        "default: $POD_IP (or 127.0.0.1) and the report port",
+    )
+    add(
+        "--lease-seconds",
+        type=float,
+        default=float(_env("LEASE_SECONDS", "10") or 10),
+        help="how long a leader that stopped renewing its Lease holds it",
+    )
+    add(
+        "--shutdown-delay-seconds",
+        type=float,
+        default=float(_env("SHUTDOWN_DELAY_SECONDS", "0") or 0),
+        help="after SIGTERM, keep answering admissions (not ready) this long, while the endpoints drop it",
+    )
+    add("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"))
     add("--stale-after-seconds", type=float, default=float(_env("STALE_AFTER_SECONDS", "30") or 30))
     add("--verbose", "-v", action="store_true", help="debug logging")
 
@@ -143,8 +170,19 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
             raise SettingsError("--sidecar-resources: expected a JSON object")
     webhook_host, webhook_port = _host_port(args.webhook_listen, "--webhook-listen")
     report_host, report_port = _host_port(args.report_listen, "--report-listen")
-    if args.liveness:
-        _host_port(args.liveness, "--liveness")
+    if args.health_listen:
+        _host_port(args.health_listen, "--health-listen")
+    advertise = args.report_advertise or ""
+    if advertise:
+        _host_port(advertise, "--report-advertise")
+    else:
+        advertise = f"{os.environ.get('POD_IP') or '127.0.0.1'}:{report_port}"
+    if not 2 <= args.lease_seconds <= 300:
+        raise SettingsError(f"--lease-seconds: expected 2 to 300, got {args.lease_seconds:g}")
+    if not 0 <= args.shutdown_delay_seconds <= 120:
+        raise SettingsError(
+            f"--shutdown-delay-seconds: expected 0 to 120, got {args.shutdown_delay_seconds:g}"
+        )
     if args.webhook_manage != "none" and not (args.webhook_url or args.webhook_service):
         raise SettingsError("--webhook-url or --webhook-service is required unless --webhook-manage=none")
     defaults = OperatorSettings()
@@ -165,10 +203,14 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         webhook_manage=args.webhook_manage,
         webhook_failure_policy=args.webhook_failure_policy,
         webhook_timeout_seconds=args.webhook_timeout_seconds,
-        liveness=args.liveness or None,
+        health_listen=args.health_listen or None,
         report_listen_host=report_host,
         report_listen_port=report_port,
         report_url=args.report_url,
+        report_advertise=advertise,
+        lease_seconds=args.lease_seconds,
+        shutdown_delay_seconds=args.shutdown_delay_seconds,
+        log_format=args.log_format,
         stale_after_seconds=args.stale_after_seconds,
         kubeconfig=args.kubeconfig,
     )
@@ -183,3 +225,9 @@ def report_url(settings: OperatorSettings) -> str | None:
         namespace, _, name = ref.partition("/")
         return f"https://{name}.{namespace}.svc:{settings.report_listen_port}"
     return None
+
+
+def lease_name(settings: OperatorSettings) -> str:
+    """The Lease the replicas of one installation elect their leader with (one per webhook configuration,
+    so two installations in one cluster never share a leader)."""
+    return f"{settings.webhook_configuration}-leader"

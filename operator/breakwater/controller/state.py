@@ -1,7 +1,7 @@
 """What the operator keeps in memory between handler calls: rendered bundles and reconcile outcomes.
 
-Nothing here is the source of truth: the ConfigMaps and the policies are. After a restart, the resume
-handlers and a cache miss (one GET of the namespace's ConfigMap) rebuild all of it.
+Nothing here is the source of truth: the ConfigMaps and the policies are. After a restart or a change
+of leader, the ConfigMap watch and the resume handlers rebuild all of it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,26 +50,54 @@ def parse_bundles(data: dict[str, str], *, namespace: str) -> dict[str, PolicyBu
     return bundles
 
 
-@dataclass
-class _Entry:
-    bundles: dict[str, PolicyBundle]
-    fetched_at: float
+def configmap_bundles(configmap: Mapping[str, Any]) -> dict[str, PolicyBundle]:
+    """The bundles of one watched ConfigMap (the watch's `convert`, run in its thread)."""
+    namespace = str((configmap.get("metadata") or {}).get("namespace", ""))
+    return parse_bundles(dict(configmap.get("data") or {}), namespace=namespace)
+
+
+Bundles = dict[str, PolicyBundle]
 
 
 @dataclass
 class BundleCache:
-    """Per-namespace bundles: updated by our own writes, re-read from the ConfigMap after `ttl` seconds."""
+    """Every namespace's bundles as its ConfigMap holds them, kept current by a watch of the
+    ConfigMaps (a `listwatch.Sink`), with this replica's own writes on top until the watch shows them.
+
+    Every replica keeps one (the webhook and the report channel answer from it); the leader writes the
+    ConfigMaps and `put`s what it wrote, so a pod admitted a moment later already sees it. Before the
+    watch has listed, `get` reads the ConfigMap itself.
+    """
 
     api: Any
-    ttl: float = 30.0  # our own writes update it at once; this catches keys written by others
-    _entries: dict[str, _Entry] = field(default_factory=dict)
-    _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    sync_wait: float = 10.0  # how long `get` waits for the watch's first list before it reads itself
+    synced: asyncio.Event = field(default_factory=asyncio.Event)
+    listeners: list[Callable[[str], None]] = field(default_factory=list)  # called with a changed namespace
+    _watched: dict[str, Bundles] = field(default_factory=dict)
+    # Written by this replica, not yet seen by the watch (None: removed). The watch catches up within
+    # milliseconds; until then a read must not lose the write.
+    _written: dict[str, dict[str, PolicyBundle | None]] = field(default_factory=dict)
+    _views: dict[str, Bundles] = field(default_factory=dict)  # watched + written, per namespace
     _versions: dict[str, int] = field(default_factory=dict)
     _changed: dict[str, asyncio.Event] = field(default_factory=dict)
-    listeners: list[Callable[[str], None]] = field(default_factory=list)  # called with a changed namespace
-    # Every bundle this operator wrote (None: removed). The operator is the keys' only writer, so these
-    # are authoritative; the ConfigMap read fills in the policies not reconciled yet (after a restart).
-    _written: dict[str, dict[str, PolicyBundle | None]] = field(default_factory=dict)
+
+    # -- readers -------------------------------------------------------------------------------------
+
+    async def get(self, namespace: str) -> Bundles:
+        if not self.synced.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.synced.wait(), self.sync_wait)
+        if self.synced.is_set():
+            return self.current(namespace)
+        data = await asyncio.to_thread(configmaps.read, self.api, namespace=namespace, name=CONFIGMAP_NAME)
+        return self._overlay(parse_bundles(data, namespace=namespace), namespace)
+
+    def current(self, namespace: str) -> Bundles:
+        """The namespace's bundles as known now (watched and written)."""
+        view = self._views.get(namespace)
+        if view is None:
+            view = self._views[namespace] = self._overlay(self._watched.get(namespace, {}), namespace)
+        return view
 
     def version(self, namespace: str) -> int:
         return self._versions.get(namespace, 0)
@@ -82,55 +110,80 @@ class BundleCache:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), within)
 
-    def _bump(self, namespace: str) -> None:
-        self._versions[namespace] = self.version(namespace) + 1
-        event = self._changed.pop(namespace, None)
-        if event is not None:
-            event.set()
-        for listener in self.listeners:
-            listener(namespace)
+    # -- the watch (listwatch.Sink) ------------------------------------------------------------------
 
-    async def get(self, namespace: str) -> dict[str, PolicyBundle]:
-        entry = self._entries.get(namespace)
-        if entry is not None and time.monotonic() - entry.fetched_at < self.ttl:
-            return entry.bundles
-        lock = self._locks.setdefault(namespace, asyncio.Lock())
-        async with lock:
-            entry = self._entries.get(namespace)
-            if entry is not None and time.monotonic() - entry.fetched_at < self.ttl:
-                return entry.bundles
-            data = await asyncio.to_thread(
-                configmaps.read, self.api, namespace=namespace, name=CONFIGMAP_NAME
-            )
-            bundles = parse_bundles(data, namespace=namespace)
-            # Our own writes win over what the read returned: a policy reconciled while the read was in
-            # flight is in `_written` but maybe not in `data` (and a pod created meanwhile must see it).
-            for name, written in self._written.get(namespace, {}).items():
-                if written is None:
-                    bundles.pop(name, None)
-                else:
-                    bundles[name] = written
-            previous = self._entries.get(namespace)
-            self._entries[namespace] = _Entry(bundles, time.monotonic())
-            if previous is not None and previous.bundles != bundles:
-                self._bump(namespace)  # changed behind our back (another replica, a hand edit)
-            return bundles
+    def replace(self, scope: str | None, items: dict[str, dict[str, Bundles]]) -> None:
+        found = {ns: by_name.get(CONFIGMAP_NAME, {}) for ns, by_name in items.items()}
+        namespaces = set(self._watched) | set(found) if scope is None else {scope}
+        for namespace in namespaces:
+            self._observe(namespace, found.get(namespace, {}))
+
+    def apply(self, changes: Sequence[tuple[str, str, Bundles | None]]) -> None:
+        for namespace, name, bundles in changes:
+            if name == CONFIGMAP_NAME:
+                self._observe(namespace, bundles or {})
+
+    def mark_synced(self) -> None:
+        self.synced.set()
+
+    def _observe(self, namespace: str, bundles: Bundles) -> None:
+        if bundles:
+            self._watched[namespace] = bundles
+        else:
+            self._watched.pop(namespace, None)
+        written = self._written.get(namespace)
+        if written:
+            for name, bundle in list(written.items()):
+                if bundles.get(name) == bundle:  # the watch shows the write now (None: the removal)
+                    del written[name]
+            if not written:
+                del self._written[namespace]
+        self._refresh(namespace)
+
+    # -- the leader's writes -------------------------------------------------------------------------
 
     def put(self, namespace: str, bundle: PolicyBundle) -> None:
+        """This replica wrote `bundle` to the namespace's ConfigMap."""
         self._written.setdefault(namespace, {})[bundle.name] = bundle
-        entry = self._entries.get(namespace)
-        if entry is not None:
-            if entry.bundles.get(bundle.name) == bundle:
-                return
-            entry.bundles = {**entry.bundles, bundle.name: bundle}
-        self._bump(namespace)
+        self._refresh(namespace)
 
     def remove(self, namespace: str, name: str) -> None:
+        """This replica removed the policy's key from the namespace's ConfigMap."""
         self._written.setdefault(namespace, {})[name] = None
-        entry = self._entries.get(namespace)
-        if entry is not None:
-            entry.bundles = {k: v for k, v in entry.bundles.items() if k != name}
-        self._bump(namespace)
+        self._refresh(namespace)
+
+    def forget_writes(self) -> None:
+        """No longer the writer (leadership moved): what the watch shows is all there is."""
+        namespaces = list(self._written)
+        self._written.clear()
+        for namespace in namespaces:
+            self._refresh(namespace)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _overlay(self, bundles: Bundles, namespace: str) -> Bundles:
+        written = self._written.get(namespace)
+        if not written:
+            return bundles
+        merged = dict(bundles)
+        for name, bundle in written.items():
+            if bundle is None:
+                merged.pop(name, None)
+            else:
+                merged[name] = bundle
+        return merged
+
+    def _refresh(self, namespace: str) -> None:
+        before = self._views.pop(namespace, None)
+        if (before or {}) != self.current(namespace):
+            self._versions[namespace] = self.version(namespace) + 1
+            event = self._changed.pop(namespace, None)
+            if event is not None:
+                event.set()
+            for listener in self.listeners:
+                listener(namespace)
+        if not self._views[namespace]:
+            del self._views[namespace]
 
 
 @dataclass
@@ -161,7 +214,6 @@ class OperatorState:
     bundles: BundleCache
     outcomes: dict[tuple[str, str], ReconcileOutcome] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
-    ca_pem: bytes = b""
     last_write: dict[tuple[str, str], float] = field(default_factory=dict)
     events: EventThrottle = field(default_factory=EventThrottle)
     clocks: dict[tuple[str, str], Any] = field(default_factory=dict)

@@ -1,10 +1,8 @@
-"""Serving the admission webhook over TLS, and keeping the API server's view of it right.
+"""The webhook's TLS certificate (`ServingTLS`) and the API server's view of the webhook.
 
-Certificates come from, in order: files in `--webhook-cert-dir` (e.g. cert-manager's Secret, mounted),
-the operator-managed Secret `--webhook-secret` (created, reused and rotated here), or a throw-away CA
-generated at start-up (local runs). The MutatingWebhookConfiguration is created and owned by the
-operator (`--webhook-manage=full`, local runs), only has its caBundle kept right (`ca-only`, the Helm
-chart owns the object), or left alone (`none`, cert-manager's CA injector does it).
+The MutatingWebhookConfiguration is created and owned by the operator (`--webhook-manage=full`, local
+runs), only has its caBundle kept right (`ca-only`, the Helm chart owns the object), or left alone
+(`none`, cert-manager's CA injector does it); the leader does it (`sync_configuration`).
 """
 
 from __future__ import annotations
@@ -15,22 +13,23 @@ import base64
 import ipaddress
 import logging
 import shutil
+import ssl
 import tempfile
 import urllib.parse
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import kopf
-
 from breakwater import pki
 from breakwater.api.constants import NAMESPACE_LABEL, NEVER_INJECTED_NAMESPACES
-from breakwater.controller.settings import OperatorSettings
+from breakwater.controller.settings import OperatorSettings, SettingsError
 from breakwater.k8s import secrets, webhooks
 
 logger = logging.getLogger(__name__)
 
-ROTATION_CHECK_SECONDS = 6 * 3600
+CERT_CHECK_SECONDS = 60.0  # renewals reach every replica within this (the leader renews 30 days early)
+SECRET_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class Endpoint:
     ips: tuple[str, ...]
 
     def client_config(self, handler_id: str) -> dict[str, Any]:
-        """The clientConfig of one webhook: kopf serves each handler at /<its id>."""
+        """The clientConfig of one webhook: the admission server serves each at /<its id>."""
         if self.service is not None:
             return {"service": {**self.service, "path": f"/{handler_id}"}}
         assert self.url is not None
@@ -58,7 +57,7 @@ def endpoint(settings: OperatorSettings) -> Endpoint:
         ref, _, port = settings.webhook_service.partition(":")
         namespace, _, name = ref.partition("/")
         if not namespace or not name:
-            raise kopf.PermanentError(f"--webhook-service: expected NAMESPACE/NAME[:PORT], got {ref!r}")
+            raise SettingsError(f"--webhook-service: expected NAMESPACE/NAME[:PORT], got {ref!r}")
         service: dict[str, Any] = {"namespace": namespace, "name": name}
         if port:
             service["port"] = int(port)
@@ -98,7 +97,7 @@ def namespace_selector(settings: OperatorSettings) -> dict[str, Any]:
 
 
 def _write(directory: Path, cert: secrets.ServingCertificate) -> bool:
-    """Write the files kopf's server reads; True when they changed (kopf then reloads them)."""
+    """Write the certificate's files; True when they changed."""
     changed = False
     for name, content in (("tls.crt", cert.cert_pem), ("tls.key", cert.key_pem), ("ca.crt", cert.ca_pem)):
         path = directory / name
@@ -109,23 +108,15 @@ def _write(directory: Path, cert: secrets.ServingCertificate) -> bool:
     return changed
 
 
-async def _certificate(settings: OperatorSettings, api: Any, where: Endpoint) -> secrets.ServingCertificate:
-    if settings.webhook_secret:
-        namespace, _, name = settings.webhook_secret.partition("/")
-        return await asyncio.to_thread(
-            secrets.ensure_serving_certificate,
-            api,
-            namespace=namespace,
-            name=name,
-            dns_names=where.dns_names,
-            ips=where.ips,
-        )
+def _generated(where: Endpoint) -> secrets.ServingCertificate:
     ca = pki.CertificateAuthority("breakwater-local-webhook-ca")
     pair = ca.issue((where.dns_names or where.ips)[0], dns_names=where.dns_names, ips=where.ips, server=True)
     return secrets.ServingCertificate(pair.cert_pem, pair.key_pem, ca.cert_pem)
 
 
-async def _sync_configuration(settings: OperatorSettings, api: Any, where: Endpoint, ca_pem: bytes) -> None:
+async def sync_configuration(settings: OperatorSettings, api: Any, ca_pem: bytes) -> None:
+    """Make the MutatingWebhookConfiguration what `--webhook-manage` says (the leader's duty)."""
+    where = endpoint(settings)
     if settings.webhook_manage == "full":
         ca_bundle = base64.b64encode(ca_pem).decode()
         body = webhooks.desired_configuration(
@@ -142,66 +133,110 @@ async def _sync_configuration(settings: OperatorSettings, api: Any, where: Endpo
         )
 
 
-@dataclass(frozen=True)
-class Served:
-    """Where the serving certificate lives (the report endpoint serves the same one) and its CA."""
+@dataclass
+class ServingTLS:
+    """The serving certificate of the webhook and report endpoints, from one of three sources:
 
-    cert_dir: Path
-    ca_pem: bytes
+    - files in `--webhook-cert-dir` (cert-manager's Secret, mounted): read, and re-read when they change;
+    - the Secret `--webhook-secret`: the leader creates it and renews it before expiry, every replica
+      reads it (a replica that starts before any leader wrote it waits);
+    - neither: a throw-away CA generated here (local runs, one replica), kept in `--webhook-cert-dir`
+      when that is given but empty, so sidecars trusting its CA keep reporting after a restart.
 
+    One `ssl.SSLContext` serves both endpoints; a renewed certificate is loaded into it, which takes
+    effect for the next TLS handshake.
+    """
 
-async def configure(kopf_settings: kopf.OperatorSettings, settings: OperatorSettings, api: Any) -> Served:
-    """Set up kopf's webhook server and the webhook configuration; start certificate rotation."""
-    where = endpoint(settings)
-    given = Path(settings.webhook_cert_dir) if settings.webhook_cert_dir else None
-    if given and (given / "tls.crt").exists() and not settings.webhook_secret:
-        # Mounted (e.g. cert-manager) or kept from an earlier run: serve what is there.
-        cert_dir = given
-        ca_file = given / "ca.crt"
-        ca_pem = ca_file.read_bytes() if ca_file.exists() else b""
-    else:
-        # An empty --webhook-cert-dir keeps the generated certificate across restarts, so sidecars
-        # that trust its CA keep reporting after the operator restarts (local runs, tests, the demo).
-        if given is None:
-            cert_dir = Path(tempfile.mkdtemp(prefix="breakwater-webhook-"))
-            atexit.register(shutil.rmtree, cert_dir, ignore_errors=True)  # keys never outlive the process
+    settings: OperatorSettings
+    api: Any
+    cert_dir: Path = field(init=False)
+    context: ssl.SSLContext = field(init=False)
+    ca_pem: bytes = b""
+    key_pem: bytes = b""
+    listeners: list[Callable[[], None]] = field(default_factory=list)  # called after a renewal is loaded
+
+    def __post_init__(self) -> None:
+        given = self.settings.webhook_cert_dir
+        if given:
+            self.cert_dir = Path(given)
         else:
-            cert_dir = given
-        cert_dir.mkdir(parents=True, exist_ok=True)
-        cert = await _certificate(settings, api, where)
-        _write(cert_dir, cert)
-        ca_pem = cert.ca_pem
-        if settings.webhook_secret:
-            asyncio.get_running_loop().create_task(_rotate(settings, api, where, cert_dir))
-    kopf_settings.admission.server = kopf.WebhookServer(
-        addr=settings.webhook_listen_host,
-        port=settings.webhook_listen_port,
-        certfile=str(cert_dir / "tls.crt"),
-        pkeyfile=str(cert_dir / "tls.key"),
-        cafile=str(cert_dir / "ca.crt") if (cert_dir / "ca.crt").exists() else None,
-        file_check_interval=30,
-    )
-    kopf_settings.admission.managed = None
-    if ca_pem:
-        await _sync_configuration(settings, api, where, ca_pem)
-    logger.info(
-        "webhook serving on %s:%s (%s), configuration %s managed: %s",
-        settings.webhook_listen_host,
-        settings.webhook_listen_port,
-        where.describe(),
-        settings.webhook_configuration,
-        settings.webhook_manage,
-    )
-    return Served(cert_dir, ca_pem)
+            self.cert_dir = Path(tempfile.mkdtemp(prefix="breakwater-webhook-"))
+            atexit.register(shutil.rmtree, self.cert_dir, ignore_errors=True)  # keys never outlive it
+        self.cert_dir.mkdir(parents=True, exist_ok=True)
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+
+    @property
+    def source(self) -> str:
+        if self.settings.webhook_secret:
+            return f"Secret {self.settings.webhook_secret}"
+        return f"files in {self.cert_dir}" if self.settings.webhook_cert_dir else "a generated CA"
+
+    @property
+    def mounted(self) -> bool:
+        return not self.settings.webhook_secret and (self.cert_dir / "tls.crt").exists()
+
+    async def load(self, *, leader: Callable[[], bool]) -> None:
+        """The first certificate: returns once there is one to serve."""
+        if not self.settings.webhook_secret and not self.mounted:
+            _write(self.cert_dir, _generated(endpoint(self.settings)))
+        waited = False
+        while not await self.refresh(leader=leader()):
+            if not waited:
+                logger.info("waiting for the leader to write the webhook certificate (%s)", self.source)
+                waited = True
+            await asyncio.sleep(SECRET_POLL_SECONDS)
+
+    async def refresh(self, *, leader: bool) -> bool:
+        """Bring the files and the context up to date with the source; False while it has nothing."""
+        if self.settings.webhook_secret:
+            namespace, _, name = self.settings.webhook_secret.partition("/")
+            where = endpoint(self.settings)
+            if leader:
+                cert: secrets.ServingCertificate | None = await asyncio.to_thread(
+                    secrets.ensure_serving_certificate,
+                    self.api,
+                    namespace=namespace,
+                    name=name,
+                    dns_names=where.dns_names,
+                    ips=where.ips,
+                )
+            else:
+                cert = await asyncio.to_thread(
+                    secrets.read_serving_certificate, self.api, namespace=namespace, name=name
+                )
+            if cert is None:
+                return False
+            _write(self.cert_dir, cert)
+        self._load_files()
+        return True
+
+    def _load_files(self) -> None:
+        key = (self.cert_dir / "tls.key").read_bytes()
+        ca_file = self.cert_dir / "ca.crt"
+        ca = ca_file.read_bytes() if ca_file.exists() else b""
+        if (key, ca) == (self.key_pem, self.ca_pem) and self.key_pem:
+            return
+        renewed = bool(self.key_pem)
+        self.context.load_cert_chain(self.cert_dir / "tls.crt", self.cert_dir / "tls.key")
+        self.key_pem, self.ca_pem = key, ca
+        if renewed:
+            logger.info("webhook certificate renewed (%s): serving the new one", self.source)
+            for listener in self.listeners:
+                listener()
+
+    async def keep_current(self, *, leader: Callable[[], bool]) -> None:
+        """Follow renewals (every replica), and renew before expiry (the leader)."""
+        while True:
+            await asyncio.sleep(CERT_CHECK_SECONDS)
+            try:
+                await self.refresh(leader=leader())
+            except Exception:
+                logger.exception("webhook certificate check failed (%s); retrying", self.source)
 
 
-async def _rotate(settings: OperatorSettings, api: Any, where: Endpoint, cert_dir: Path) -> None:
-    while True:
-        await asyncio.sleep(ROTATION_CHECK_SECONDS)
-        try:
-            cert = await _certificate(settings, api, where)
-            if _write(cert_dir, cert):
-                logger.info("webhook certificate renewed; the server reloads it")
-            await _sync_configuration(settings, api, where, cert.ca_pem)
-        except Exception:
-            logger.exception("webhook certificate rotation failed; retrying in %s s", ROTATION_CHECK_SECONDS)
+def describe(settings: OperatorSettings, tls: ServingTLS) -> str:
+    return (
+        f"webhook serving on {settings.webhook_listen_host}:{settings.webhook_listen_port} "
+        f"({endpoint(settings).describe()}, certificate from {tls.source}), "
+        f"configuration {settings.webhook_configuration} managed: {settings.webhook_manage}"
+    )

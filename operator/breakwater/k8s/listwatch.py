@@ -1,12 +1,13 @@
 """A lean list-and-watch of one resource, in one thread, handing batches to the event loop.
 
-Used for pods (`PODS`) and for policies (`POLICIES`). kopf's pod index receives every full pod body
-(spec, status, managedFields), which at 10,000 pods costs far more memory than the few facts the
-operator keeps: for pods this watch asks the API server for PartialObjectMetadata only, leaves finished
-pods out by field selector, lists in pages and converts each pod in its own thread (`convert`, e.g.
-`controller.pods.facts`); the event loop only receives the converted results, in batches, through a
-`Sink` (e.g. `controller.pods.PodIndex`). For policies it delivers each change within milliseconds,
-without kopf's batching window, to the webhook's view (`controller.admission.PolicyView`).
+Used for pods (`PODS`), policies (`POLICIES`) and the operator's ConfigMaps (`BUNDLES`). kopf's pod
+index receives every full pod body (spec, status, managedFields), which at 10,000 pods costs far more
+memory than the few facts the operator keeps: for pods this watch asks the API server for
+PartialObjectMetadata only, leaves finished pods out by field selector, lists in pages and converts
+each pod in its own thread (`convert`, e.g. `controller.pods.facts`); the event loop only receives the
+converted results, in batches, through a `Sink` (e.g. `controller.pods.PodIndex`). For policies it
+delivers each change within milliseconds, without kopf's batching window, to the webhook's view
+(`controller.admission.PolicyView`); for ConfigMaps, to every replica's `controller.state.BundleCache`.
 
 One thread per scope: the whole cluster, or each watched namespace (the API has no multi-namespace
 watch). Each thread lists, then watches from the list's resourceVersion; a 410 (expired) relists at
@@ -32,7 +33,7 @@ from urllib.parse import quote, urlencode
 import urllib3
 from kubernetes import client
 
-from breakwater.api.constants import GROUP, PLURAL, VERSION
+from breakwater.api.constants import CONFIGMAP_NAME, GROUP, PLURAL, VERSION
 from breakwater.errors import KubernetesError
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,8 @@ class WatchedResource:
 
 PODS = WatchedResource("pod", "/api/v1", "pods", FIELD_SELECTOR, LIST_ACCEPT, WATCH_ACCEPT)
 POLICIES = WatchedResource("policy", f"/apis/{GROUP}/{VERSION}", PLURAL)
+# Only the operator's own ConfigMap of each namespace (RBAC can then name it in resourceNames).
+BUNDLES = WatchedResource("configmap", "/api/v1", "configmaps", f"metadata.name={CONFIGMAP_NAME}")
 BACKOFF_MIN = 1.0
 BACKOFF_MAX = 30.0
 HEALTHY_AFTER = 60.0  # a watch that ran this long since its list resets the backoff

@@ -1,7 +1,8 @@
 """The operator-managed webhook certificate, kept in one Secret of the operator's namespace.
 
 The Secret holds the CA (cert and key) and a serving certificate it signed. It is reused across
-restarts and replicas, and re-issued when it nears expiry or no longer covers the Service names.
+restarts and replicas, and re-issued (by the leader only) when it nears expiry or no longer covers the
+Service names; the other replicas read it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ def _usable(cert: bytes, *, dns_names: tuple[str, ...], ips: tuple[str, ...]) ->
         return False
     remaining = pki.expires_at(cert) - datetime.datetime.now(datetime.UTC)
     return remaining > RENEW_BEFORE and pki.covers(cert, ips=ips, dns_names=dns_names)
+
+
+def read_serving_certificate(
+    api: client.ApiClient, *, namespace: str, name: str
+) -> ServingCertificate | None:
+    """The certificate the Secret holds, as another replica (the leader) wrote it; None while it has none."""
+    try:
+        secret = client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+    except client.ApiException as exc:
+        if is_status(exc, 404):
+            return None
+        raise
+    data = dict(secret.data or {})
+    cert, key, ca = _decode(data, "tls.crt"), _decode(data, "tls.key"), _decode(data, "ca.crt")
+    return ServingCertificate(cert, key, ca) if cert and key and ca else None
 
 
 def ensure_serving_certificate(

@@ -182,7 +182,8 @@ def run_demo(args: argparse.Namespace) -> int:
         k("wait", "--for=condition=Established", "crd/circuitbreakerpolicies.breakwater.dev", "--timeout=30s")
 
         say("Starting the operator (webhook and report endpoint on loopback)")
-        webhook_port, report_port, liveness = free_port(), free_port(), free_port()
+        webhook_port, report_port, health = free_port(), free_port(), free_port()
+        k("create", "namespace", "breakwater-system")  # holds the operator's leader Lease
         operator_log = workdir / "operator.log"
         operator = subprocess.Popen(
             [
@@ -195,7 +196,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 f"--webhook-url=https://127.0.0.1:{webhook_port}",
                 f"--report-listen=127.0.0.1:{report_port}",
                 f"--report-url=https://127.0.0.1:{report_port}",
-                f"--liveness=127.0.0.1:{liveness}",
+                f"--health-listen=127.0.0.1:{health}",
                 f"--webhook-cert-dir={workdir / 'certs'}",
                 "--sidecar-image=registry.example/breakwater:demo",
                 "--stale-after-seconds=10",

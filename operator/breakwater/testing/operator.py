@@ -1,9 +1,10 @@
 """`breakwater operator` in a child process, as the cluster suites, the benchmarks and the demo run it.
 
-Like kopf's `KopfRunner`, but a real process: its own free ports (webhook, liveness, reports), its own
-MutatingWebhookConfiguration (a unique name, so several can share a control plane), its certificates
-kept in `workdir` across restarts (sidecars trusting the CA keep reporting), and its log in
-`workdir/operator.log`.
+Like kopf's `KopfRunner`, but a real process: its own free ports (webhook, probes, reports), its own
+MutatingWebhookConfiguration (a unique name, so several can share a control plane) and with it its own
+leader Lease, its certificates kept in `workdir` across restarts (sidecars trusting the CA keep
+reporting), the same identity across restarts (a restarted operator takes its Lease back at once, as a
+container restarted in its pod does), and its log in `workdir/operator.log`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 from breakwater.testing import processes
 from breakwater.testing.controlplane import free_port
 
-__all__ = ["OperatorProcess"]
+__all__ = ["OPERATOR_NAMESPACE", "OperatorProcess"]
+
+OPERATOR_NAMESPACE = "breakwater-system"
 
 
 @dataclass
@@ -37,14 +40,21 @@ class OperatorProcess:
     launcher: tuple[str, ...] = ("-m", "breakwater.cli")  # or a script that wraps the CLI (bench/)
     sidecar_image: str = "registry.example/breakwater:test"
     webhook_port: int = field(default_factory=free_port)
-    liveness_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
     report_port: int = field(default_factory=free_port)
     configuration: str = field(default_factory=lambda: f"breakwater-test-{uuid.uuid4().hex[:8]}")
+    # A second replica of the same operator: the first's `configuration` and `cert_dir`, its own identity.
+    identity: str = ""  # POD_NAME, the name it holds the Lease by; default: `configuration`
+    cert_dir: Path | None = None  # default: workdir/certs
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def log_path(self) -> Path:
         return self.workdir / "operator.log"
+
+    @property
+    def certs(self) -> Path:
+        return self.cert_dir or self.workdir / "certs"
 
     @property
     def report_url(self) -> str:
@@ -63,39 +73,55 @@ class OperatorProcess:
             f"--webhook-listen=127.0.0.1:{self.webhook_port}",
             f"--webhook-url=https://127.0.0.1:{self.webhook_port}",
             f"--webhook-configuration={self.configuration}",
-            f"--liveness=127.0.0.1:{self.liveness_port}",
+            f"--health-listen=127.0.0.1:{self.health_port}",
             f"--report-listen=127.0.0.1:{self.report_port}",
             f"--report-url={self.report_url}",
-            "--operator-namespace=breakwater-system",
+            f"--operator-namespace={OPERATOR_NAMESPACE}",
             f"--sidecar-image={self.sidecar_image}",
-            f"--webhook-cert-dir={self.workdir / 'certs'}",
+            f"--webhook-cert-dir={self.certs}",
             *self.extra_args,
         ]  # fmt: skip
 
     def start(self, *, wait: bool = True) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._ensure_namespace()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 self.args,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                env={
+                    **os.environ,
+                    "PYTHONUNBUFFERED": "1",
+                    "POD_NAME": self.identity or self.configuration,
+                    **self.env,
+                },
                 preexec_fn=processes.die_with_parent,  # never outlives the test or benchmark
             )
         if wait:
             self.wait_ready()
+
+    def _ensure_namespace(self) -> None:
+        """The operator's namespace holds its Lease; the chart creates it in a cluster, this here."""
+        created = subprocess.run(
+            [self.kubectl, f"--kubeconfig={self.kubeconfig}", "create", "namespace", OPERATOR_NAMESPACE],
+            capture_output=True, text=True, check=False, timeout=60,
+        )  # fmt: skip
+        if created.returncode != 0 and "AlreadyExists" not in created.stderr:
+            raise AssertionError(f"cannot create namespace {OPERATOR_NAMESPACE}: {created.stderr}")
 
     def _check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:
             raise AssertionError(f"operator exited with {self.process.returncode}:\n{self.tail()}")
 
     def wait_ready(self, timeout: float = 60) -> None:
-        """Until its liveness endpoint answers and its webhook configuration exists."""
+        """Until it is ready (webhook and report endpoints serve, caches listed) and its webhook
+        configuration exists (the leader writes it)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self._check_alive()
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=1):
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1):
                     pass
                 found = subprocess.run(
                     [self.kubectl, f"--kubeconfig={self.kubeconfig}", "get", "mutatingwebhookconfiguration",
@@ -142,7 +168,7 @@ class OperatorProcess:
             return ""
 
     def ca_pem(self) -> str:
-        return (self.workdir / "certs" / "ca.crt").read_text()
+        return (self.certs / "ca.crt").read_text()
 
     def count_log(self, needle: str) -> int:
         try:

@@ -31,7 +31,11 @@ def test_the_operator_command_line_parses_into_the_in_cluster_settings(helm: Pat
     assert settings.webhook_cert_dir is None
     assert (settings.webhook_listen_host, settings.webhook_listen_port) == ("0.0.0.0", 9443)
     assert (settings.report_listen_host, settings.report_listen_port) == ("0.0.0.0", 9444)
-    assert settings.liveness == "0.0.0.0:8080"
+    assert settings.health_listen == "0.0.0.0:8080"
+    assert (settings.lease_seconds, settings.shutdown_delay_seconds, settings.log_format) == (10, 5, "text")
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in rendered.container[
+        "env"
+    ], "the leader advertises its pod IP for relayed reports"
     assert settings.webhook_failure_policy == "Ignore"
     assert settings.webhook_timeout_seconds == 5
     assert settings.inject_all_namespaces is False
@@ -74,7 +78,7 @@ def test_operator_values_reach_its_command_line(helm: Path, chart: Path) -> None
     assert settings.stale_after_seconds == 12.5
     assert settings.report_url == "https://bw.example:9444"
     assert settings.report_listen_port == 19444
-    assert settings.liveness == "0.0.0.0:18080"
+    assert settings.health_listen == "0.0.0.0:18080"
     assert settings.sidecar_image == "registry.example/sidecar:1.2.3"
     assert settings.sidecar_image_pull_policy == "Always"
     # user values merge into the defaults, key by key
@@ -132,10 +136,25 @@ def test_the_pod_meets_the_restricted_pod_security_standard(helm: Path, chart: P
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
-def test_one_standalone_operator_is_replaced_with_recreate(helm: Path, chart: Path) -> None:
-    deployment = render(helm, chart).deployment
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+def test_two_replicas_spread_over_nodes_are_replaced_one_at_a_time(helm: Path, chart: Path) -> None:
+    rendered = render(helm, chart)
+    deployment = rendered.deployment
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},  # an old pod stops once a new one is Ready
+    }
+    spread = rendered.pod_spec["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    term = spread[0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    hard = render(helm, chart, values={"podAntiAffinity": "hard"}).pod_spec["affinity"]["podAntiAffinity"]
+    assert list(hard) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert "affinity" not in render(helm, chart, values={"podAntiAffinity": "none"}).pod_spec
+    recreate = render(helm, chart, values={"updateStrategy": {"type": "Recreate"}}).deployment
+    assert recreate["spec"]["strategy"] == {"type": "Recreate"}  # no rollingUpdate: the API refuses it
     assert render(helm, chart, values={"replicaCount": 0}).deployment["spec"]["replicas"] == 0
 
 
@@ -149,7 +168,8 @@ def test_probes_and_resources_come_from_values(helm: Path, chart: Path) -> None:
     assert rendered.container["resources"] == resources
     probe = rendered.container["livenessProbe"]
     assert (probe["periodSeconds"], probe["failureThreshold"], probe["timeoutSeconds"]) == (30, 2, 3)
-    assert rendered.container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert rendered.container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert rendered.container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     default = render(helm, chart).container["resources"]
     assert default["requests"]
     assert default["limits"]["memory"]
@@ -175,7 +195,7 @@ def test_scheduling_values_reach_the_pod_template(helm: Path, chart: Path) -> No
     assert pod["affinity"] == affinity
     assert pod["priorityClassName"] == "system-cluster-critical"
     default = render(helm, chart).pod_spec
-    assert not {"nodeName", "nodeSelector", "tolerations", "affinity", "priorityClassName"} & default.keys()
+    assert not {"nodeName", "nodeSelector", "tolerations", "priorityClassName"} & default.keys()
 
 
 def test_the_operator_pod_is_never_injected_itself(helm: Path, chart: Path) -> None:
@@ -202,18 +222,24 @@ def test_the_service_selects_the_operator_pods_and_exposes_webhook_and_report(
 
 
 @pytest.mark.parametrize(
-    ("budget", "expected"),
+    ("budget", "replicas", "expected"),
     [
-        ({}, {"maxUnavailable": 1}),
-        ({"minAvailable": 1}, {"minAvailable": 1}),
-        ({"maxUnavailable": "50%"}, {"maxUnavailable": "50%"}),
+        ({}, 2, {"minAvailable": 1}),
+        ({}, 1, {"maxUnavailable": 1}),
+        ({"minAvailable": None}, 2, {"maxUnavailable": 1}),
+        ({"minAvailable": None, "maxUnavailable": "50%"}, 3, {"maxUnavailable": "50%"}),
     ],
-    ids=["default lets a single replica be drained", "minAvailable wins", "percentage"],
+    ids=[
+        "one replica always available",
+        "a single replica can still be drained",
+        "maxUnavailable when minAvailable is null",
+        "percentage",
+    ],
 )
 def test_the_disruption_budget(
-    helm: Path, chart: Path, budget: dict[str, Any], expected: dict[str, Any]
+    helm: Path, chart: Path, budget: dict[str, Any], replicas: int, expected: dict[str, Any]
 ) -> None:
-    rendered = render(helm, chart, values={"podDisruptionBudget": budget})
+    rendered = render(helm, chart, values={"podDisruptionBudget": budget, "replicaCount": replicas})
     spec = rendered.one("PodDisruptionBudget")["spec"]
     assert {k: v for k, v in spec.items() if k in ("minAvailable", "maxUnavailable")} == expected
     assert spec["unhealthyPodEvictionPolicy"] == "AlwaysAllow"

@@ -29,7 +29,7 @@ EXPECTED_CLUSTER_GRANTS = {
     *{("breakwater.dev", "circuitbreakerpolicies", v) for v in ("get", "list", "watch", "patch", "update")},
     *{("breakwater.dev", "circuitbreakerpolicies/status", v) for v in ("get", "patch", "update")},
     *{("", "pods", v) for v in ("get", "list", "watch")},
-    *{("", "configmaps", v) for v in ("get", "create", "patch", "update", "delete")},
+    *{("", "configmaps", v) for v in ("get", "list", "watch", "create", "patch", "update", "delete")},
     *{("", "events", v) for v in ("create", "patch")},
     *{("events.k8s.io", "events", v) for v in ("create", "patch")},
     *{("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("get", "list", "watch")},
@@ -74,27 +74,36 @@ def test_the_webhook_configuration_is_patched_only_by_name(helm: Path, chart: Pa
     assert rendered.one("MutatingWebhookConfiguration")["metadata"]["name"] == names.webhook_configuration
 
 
-def test_the_webhook_secret_is_reachable_only_in_the_release_namespace_and_only_by_name(
+LEASE_RULES = [
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    {
+        "apiGroups": ["coordination.k8s.io"],
+        "resources": ["leases"],
+        "resourceNames": ["bw-breakwater-leader"],
+        "verbs": ["get", "update"],
+    },
+]
+
+
+def test_the_webhook_secret_and_the_lease_are_reachable_only_in_the_release_namespace_and_by_name(
     helm: Path, chart: Path
 ) -> None:
     rendered = render(helm, chart, release="bw", namespace=NS)
     names = ChartNames("bw", NS)
     role = rendered.one("Role", names.fullname)
     assert role["metadata"]["namespace"] == NS
-    rules = _rules(role)
-    create = [r for r in rules if "create" in r["verbs"]]
-    named = [r for r in rules if "resourceNames" in r]
-    assert create == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
-    assert named == [
+    assert _rules(role) == [
+        *LEASE_RULES,
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
         {
             "apiGroups": [""],
             "resources": ["secrets"],
             "resourceNames": [names.webhook_secret],
             "verbs": ["get", "update", "patch"],
-        }
+        },
     ]
-    assert len(rules) == 2
     assert f"--webhook-secret={NS}/{names.webhook_secret}" in rendered.operator_args
+    assert LEASE_RULES[1]["resourceNames"] == [f"{names.webhook_configuration}-leader"]  # lease_name()
 
 
 def test_bindings_bind_the_operator_service_account(helm: Path, chart: Path) -> None:
@@ -122,11 +131,12 @@ def test_with_cert_manager_the_operator_touches_no_secret_and_only_reads_its_web
     rendered = render(
         helm,
         chart,
+        release="bw",
+        namespace=NS,
         values={"webhook": {"certManager": {"enabled": True}}},
         api_versions=["cert-manager.io/v1"],
     )
-    assert not rendered.all("Role")
-    assert not rendered.all("RoleBinding")
+    assert _rules(rendered.one("Role")) == LEASE_RULES  # the Lease only
     rule = next(
         r for r in _rules(rendered.one("ClusterRole")) if "mutatingwebhookconfigurations" in r["resources"]
     )

@@ -1,0 +1,180 @@
+"""The admission webhooks, served over HTTPS by every replica: sidecar injection and policy CREATEs.
+
+Not kopf's webhook server: kopf runs on the leader only (it writes finalizers and its progress
+annotations), while every replica must answer the API server. The answers never refuse anything:
+an error admits the pod unchanged, with a warning, so a broken operator never blocks pod creation.
+
+    POST /inject-sidecar    pods CREATE: a JSON patch that adds the sidecar, or nothing
+    POST /expect-policy     circuitbreakerpolicies CREATE: note the name (controller/admission.py)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from breakwater.api import constants
+from breakwater.api.bundle import PolicyBundle
+from breakwater.controller import admission
+from breakwater.controller.settings import OperatorSettings, report_url
+from breakwater.controller.state import BundleCache
+from breakwater.injection import pod as injection
+from breakwater.k8s.webhooks import EXPECT_POLICY_ID, INJECT_SIDECAR_ID
+
+logger = logging.getLogger(__name__)
+
+ADMISSION_READ_SECONDS = 2.0  # within the webhook's 5 s: past it, what the operator knows decides
+MAX_REVIEW_BYTES = 3 * 1024 * 1024  # a pod spec is at most ~1.5 MiB in etcd; the review wraps it
+
+
+@dataclass
+class Answer:
+    """What one admission review is answered with."""
+
+    patch: list[dict[str, Any]]
+    warnings: list[str]
+
+
+def review_response(review: dict[str, Any], answer: Answer) -> dict[str, Any]:
+    response: dict[str, Any] = {"uid": (review.get("request") or {}).get("uid", ""), "allowed": True}
+    if answer.patch:
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(json.dumps(answer.patch).encode()).decode()
+    if answer.warnings:
+        response["warnings"] = answer.warnings
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+
+
+def patch_of(before: dict[str, Any], after: dict[str, Any]) -> list[dict[str, Any]]:
+    """A JSON patch from `before` to `after` for the parts injection changes: each changed list or map
+    under /spec and /metadata is set whole (`add` replaces an existing member, RFC 6902)."""
+    ops = []
+    for section in ("metadata", "spec"):
+        old, new = before.get(section) or {}, after.get(section) or {}
+        for key in sorted(new):
+            if old.get(key) != new[key]:
+                ops.append({"op": "add", "path": f"/{section}/{key}", "value": new[key]})
+    return ops
+
+
+@dataclass
+class AdmissionServer:
+    settings: OperatorSettings
+    view: admission.PolicyView
+    reads: admission.PolicyReader
+    bundles: BundleCache
+    ca_pem: Callable[[], bytes]  # the report endpoint's CA, which injected sidecars trust
+    _runner: web.AppRunner | None = None
+    port: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_REVIEW_BYTES)
+        app.router.add_post(f"/{INJECT_SIDECAR_ID}", self._handle(self.admit_pod))
+        app.router.add_post(f"/{EXPECT_POLICY_ID}", self._handle(self.expect_policy))
+        return app
+
+    async def start(self, *, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        await site.start()
+        self.port = port
+        logger.info("admission webhooks listening on %s:%s", host, port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @property
+    def serving(self) -> bool:
+        return self._runner is not None
+
+    def _handle(self, admit: Callable[[dict[str, Any]], Any]) -> Callable[[web.Request], Any]:
+        async def handle(request: web.Request) -> web.Response:
+            try:
+                review = await request.json()
+            except (ValueError, UnicodeDecodeError):
+                return web.Response(status=400, text="not an AdmissionReview\n")
+            if not isinstance(review, dict) or not isinstance(review.get("request"), dict):
+                return web.Response(status=400, text="not an AdmissionReview\n")
+            try:
+                answer = await admit(review["request"])
+            except Exception:
+                namespace = review["request"].get("namespace", "?")
+                logger.exception("admission failed for an object of %s; admitting it unchanged", namespace)
+                answer = Answer([], ["breakwater: sidecar injection failed; the pod runs unprotected"])
+            return web.json_response(review_response(review, answer))
+
+        return handle
+
+    async def expect_policy(self, request: dict[str, Any]) -> Answer:
+        if not request.get("dryRun"):
+            meta = (request.get("object") or {}).get("metadata") or {}
+            self.view.expect(str(request.get("namespace") or ""), str(meta.get("name") or ""))
+        return Answer([], [])
+
+    async def admit_pod(self, request: dict[str, Any]) -> Answer:
+        pod: dict[str, Any] = request.get("object") or {}
+        namespace = str(request.get("namespace") or "")
+        settings = self.settings
+        reason = injection.skip_reason(pod, namespace, operator_namespace=settings.operator_namespace)
+        if reason or (settings.watch_namespaces and namespace not in settings.watch_namespaces):
+            logger.debug("not injecting a pod of %s: %s", namespace, reason or "namespace not watched")
+            return Answer([], [])
+        bundles = await self._bundles(namespace)
+        decision = admission.decide(
+            pod,
+            bundles.values(),
+            admin_port=settings.sidecar_admin_port,
+            proxy_port=settings.sidecar_proxy_port,
+        )
+        meta = pod.get("metadata") or {}
+        name = meta.get("name") or meta.get("generateName", "?")
+        if decision is None:
+            return Answer([], [])
+        after = copy.deepcopy(pod)
+        if isinstance(decision, admission.Skip):
+            annotations = after.setdefault("metadata", {}).setdefault("annotations", {})
+            annotations[constants.ANNOTATION_NOT_INJECTED] = f"{decision.reason}: {decision.detail}"
+            logger.warning("not injecting %s/%s: %s (%s)", namespace, name, decision.reason, decision.detail)
+            return Answer(patch_of(pod, after), [])
+        resolution = decision.resolution
+        plan = injection.InjectionPlan(
+            policies=resolution.policies,
+            listen_ports=resolution.listen_ports,
+            transparent=resolution.transparent,
+            config_hash=resolution.config_hash,
+        )
+        template = injection.SidecarTemplate(
+            image=settings.sidecar_image,
+            image_pull_policy=settings.sidecar_image_pull_policy,
+            resources=settings.sidecar_resources,
+            admin_port=settings.sidecar_admin_port,
+            proxy_port=settings.sidecar_proxy_port,
+            report_url=report_url(settings),
+            report_ca=self.ca_pem().decode(),
+        )
+        injection.inject(after, template=template, plan=plan)
+        logger.info(
+            "injecting the sidecar into %s/%s (policies %s, config %s)",
+            namespace, name, ",".join(resolution.policies), resolution.config_hash,
+        )  # fmt: skip
+        return Answer(patch_of(pod, after), [])
+
+    async def _bundles(self, namespace: str) -> dict[str, PolicyBundle]:
+        """The namespace's bundles as the API holds its policies now (see controller/admission.py)."""
+        cached = asyncio.ensure_future(self.bundles.get(namespace))
+        listed = await admission.read_policies(
+            self.view, self.reads, namespace, deadline=ADMISSION_READ_SECONDS
+        )
+        return admission.consistent_bundles(listed, await cached)

@@ -1,0 +1,160 @@
+"""The policy handlers, run by kopf on the leader only: render each policy's bundle into its namespace's
+ConfigMap, track it for the status loop, remove the bundle when the policy is deleted.
+
+kopf writes on every policy it handles (a finalizer, its progress and last-handled annotations), so it
+runs only while this replica holds the Lease (`controller.leadership`), with its own registry: importing
+this module registers nothing anywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+import kopf
+
+from breakwater.api import constants
+from breakwater.api.bundle import bundle_key
+from breakwater.api.constants import GROUP, PLURAL, VERSION
+from breakwater.controller.refresher import PolicyRecord, Refresher
+from breakwater.controller.state import OperatorState, ReconcileOutcome
+from breakwater.injection.render import RenderError, render_bundle
+from breakwater.k8s import configmaps
+
+logger = logging.getLogger(__name__)
+
+POLICY = (GROUP, VERSION, PLURAL)
+REGISTRY = kopf.OperatorRegistry()
+
+
+@dataclass
+class Term:
+    """What the handlers of one leadership term share (kopf's memo)."""
+
+    state: OperatorState
+    refresher: Refresher
+
+
+def kopf_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.level = logging.WARNING  # Events for problems only; transitions post their own
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 30
+    settings.peering.standalone = True  # the Lease decides who runs kopf (controller.leadership)
+    return settings
+
+
+def _term(memo: Any) -> Term:
+    term: Term = memo["term"]
+    return term
+
+
+@kopf.on.login(registry=REGISTRY)
+def login(*, memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf connects with the replica's own client configuration (the `--kubeconfig` given, or the
+    in-cluster ServiceAccount), read again at every login so a rotated token is picked up."""
+    config = _term(memo).state.api.configuration
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
+    scheme, _space, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
+@kopf.on.resume(*POLICY, registry=REGISTRY)
+@kopf.on.create(*POLICY, registry=REGISTRY)
+@kopf.on.update(*POLICY, registry=REGISTRY)
+async def reconcile_policy(*, body: kopf.Body, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    namespace = namespace or ""
+    term = _term(memo)
+    await render_and_publish(body, name, namespace, term.state)
+    term.refresher.track(body)
+    await term.refresher.refresh((namespace, name))  # Accepted is on the resource when the handler ends
+
+
+async def render_and_publish(
+    body: kopf.Body | dict[str, Any], name: str, namespace: str, state: OperatorState
+) -> None:
+    generation = int((body.get("metadata") or {}).get("generation") or 0)
+    try:
+        bundle = render_bundle(body)
+    except RenderError as exc:
+        # Keep the last good bundle: a sidecar keeps enforcing what it had rather than nothing.
+        reason = type(exc).__name__  # InvalidSpec or InvalidSidecarConfig
+        outcome = ReconcileOutcome(generation, False, reason, str(exc))
+        state.outcomes[(namespace, name)] = outcome
+        kopf.warn(cast(kopf.Body, body), reason=reason, message=str(exc))
+        logger.warning("policy %s/%s not accepted: %s", namespace, name, exc)
+        return
+    upstreams = ", ".join(u.name for u in bundle.upstreams)
+    outcome = ReconcileOutcome(generation, True, "Rendered", f"sidecar config rendered for {upstreams}")
+    if (await state.bundles.get(namespace)).get(name) == bundle:
+        # Already in the ConfigMap (a new leader resuming every policy): nothing to write.
+        state.outcomes[(namespace, name)] = outcome
+        return
+    written = await asyncio.to_thread(
+        configmaps.put_key,
+        state.api,
+        namespace=namespace,
+        name=constants.CONFIGMAP_NAME,
+        key=bundle_key(name),
+        value=bundle.to_json(),
+    )
+    if not written:
+        return  # the namespace is being deleted, the policy with it
+    state.bundles.put(namespace, bundle)
+    state.outcomes[(namespace, name)] = outcome
+    logger.info("policy %s/%s generation %s rendered (%s)", namespace, name, generation, upstreams)
+
+
+async def expire_override(record: PolicyRecord, state: OperatorState) -> None:
+    """Re-render a policy whose override may have started or ended: time, not an edit, changed it."""
+    body = record.body
+    namespace, name = str(body["metadata"].get("namespace") or ""), str(body["metadata"]["name"])
+    if not (body.get("spec") or {}).get("override"):
+        return
+    cached = (await state.bundles.get(namespace)).get(name)
+    try:
+        fresh = render_bundle(body)
+    except RenderError:
+        return
+    if cached is not None and [u.mode for u in cached.upstreams] != [u.mode for u in fresh.upstreams]:
+        logger.info(
+            "policy %s/%s: the override's time window changed the mode; re-rendering", namespace, name
+        )
+        await render_and_publish(body, name, namespace, state)
+
+
+@kopf.on.delete(*POLICY, registry=REGISTRY)
+async def remove_policy(*, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
+    namespace = namespace or ""
+    term = _term(memo)
+    await asyncio.to_thread(
+        configmaps.remove_key,
+        term.state.api,
+        namespace=namespace,
+        name=constants.CONFIGMAP_NAME,
+        key=bundle_key(name),
+    )
+    term.state.bundles.remove(namespace, name)
+    term.state.outcomes.pop((namespace, name), None)
+    term.refresher.forget((namespace, name))
+    logger.info(
+        "policy %s/%s deleted: its config is removed, its sidecars pass traffic through", namespace, name
+    )
