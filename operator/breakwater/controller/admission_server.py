@@ -146,7 +146,10 @@ class AdmissionServer:
         if isinstance(decision, admission.Skip):
             annotations = after.setdefault("metadata", {}).setdefault("annotations", {})
             annotations[constants.ANNOTATION_NOT_INJECTED] = f"{decision.reason}: {decision.detail}"
-            logger.warning("not injecting %s/%s: %s (%s)", namespace, name, decision.reason, decision.detail)
+            logger.warning(
+                "not injecting %s/%s: %s (%s)", namespace, name, decision.reason, decision.detail,
+                extra={"fields": {"namespace": namespace, "pod": name, "reason": decision.reason}},
+            )  # fmt: skip
             return Answer(patch_of(pod, after), [])
         resolution = decision.resolution
         plan = injection.InjectionPlan(
@@ -168,6 +171,8 @@ class AdmissionServer:
         logger.info(
             "injecting the sidecar into %s/%s (policies %s, config %s)",
             namespace, name, ",".join(resolution.policies), resolution.config_hash,
+            extra={"fields": {"namespace": namespace, "pod": name, "policies": list(resolution.policies),
+                              "configHash": resolution.config_hash}},
         )  # fmt: skip
         return Answer(patch_of(pod, after), [])
 

@@ -100,7 +100,10 @@ async def render_and_publish(
         outcome = ReconcileOutcome(generation, False, reason, str(exc))
         state.outcomes[(namespace, name)] = outcome
         kopf.warn(cast(kopf.Body, body), reason=reason, message=str(exc))
-        logger.warning("policy %s/%s not accepted: %s", namespace, name, exc)
+        logger.warning(
+            "policy %s/%s not accepted: %s", namespace, name, exc,
+            extra={"fields": {"namespace": namespace, "policy": name, "reason": reason}},
+        )  # fmt: skip
         return
     upstreams = ", ".join(u.name for u in bundle.upstreams)
     outcome = ReconcileOutcome(generation, True, "Rendered", f"sidecar config rendered for {upstreams}")
@@ -120,7 +123,10 @@ async def render_and_publish(
         return  # the namespace is being deleted, the policy with it
     state.bundles.put(namespace, bundle)
     state.outcomes[(namespace, name)] = outcome
-    logger.info("policy %s/%s generation %s rendered (%s)", namespace, name, generation, upstreams)
+    logger.info(
+        "policy %s/%s generation %s rendered (%s)", namespace, name, generation, upstreams,
+        extra={"fields": {"namespace": namespace, "policy": name, "generation": generation}},
+    )  # fmt: skip
 
 
 async def expire_override(record: PolicyRecord, state: OperatorState) -> None:

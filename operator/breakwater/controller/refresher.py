@@ -258,4 +258,6 @@ class Refresher:
             kind = "Normal" if new_state == "Closed" else "Warning"
             if self.post_event is not None:
                 self._spawn(self.post_event(record.body, kind, f"Upstream{new_state}", message))
-            logger.info("policy %s/%s: %s", namespace, name, message)
+            fields = {"namespace": namespace, "policy": name, "upstream": upstream["name"]}
+            fields["state"] = new_state
+            logger.info("policy %s/%s: %s", namespace, name, message, extra={"fields": fields})

@@ -374,6 +374,8 @@ class ReportServer:
                 logger.info(
                     "pod %s/%s: upstream %s %s -> %s (%s)",
                     report.namespace, report.pod, t.upstream, t.from_state, t.to_state, t.reason,
+                    extra={"fields": {"namespace": report.namespace, "pod": report.pod,
+                                      "upstream": t.upstream, "state": t.to_state}},
                 )  # fmt: skip
         if self.on_report is not None:
             self.on_report(report, before)
