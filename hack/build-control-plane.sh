@@ -14,7 +14,16 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${here}/versions.env"
 
 cache_root="${BREAKWATER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/breakwater}"
-bin_dir="${cache_root}/controlplane/k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}/bin"
+# Helm is built as its release build is (the LDFLAGS of its Makefile): its version, and the Kubernetes
+# version it assumes without a cluster (`helm template`'s default capabilities, which the chart's
+# kubeVersion is checked against) taken from the client-go it is built with. HELM_RECIPE names that
+# recipe in the cache key: change it when the recipe changes, so that helm alone is rebuilt.
+HELM_RECIPE=release
+# The cache key: one segment per component. A component whose segment is unchanged is copied from
+# another key's directory rather than rebuilt.
+segments=("k8s-${KUBERNETES_VERSION}" "etcd-${ETCD_VERSION}" "kwok-${KWOK_VERSION}" "helm-${HELM_VERSION}-${HELM_RECIPE}")
+key="$(IFS=_; echo "${segments[*]}")"
+bin_dir="${cache_root}/controlplane/${key}/bin"
 src_dir="${cache_root}/controlplane/src"
 export GOMODCACHE="${GOMODCACHE:-${cache_root}/go/mod}"
 export GOCACHE="${GOCACHE:-${cache_root}/go/build}"
@@ -39,6 +48,36 @@ for b in "${binaries[@]}"; do
   fi
   missing+=("${b}")
 done
+
+# The key segment a binary (or file) of the cache belongs to.
+segment_of() {
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kubectl) echo "${segments[0]}" ;;
+    etcd) echo "${segments[1]}" ;;
+    kwok|kwok-stages.yaml) echo "${segments[2]}" ;;
+    helm) echo "${segments[3]}" ;;
+  esac
+}
+# Copy what another key's directory holds for an unchanged segment (a version bump of one component
+# rebuilds that component only).
+reuse_from_siblings() {
+  local file="$1" segment dir
+  segment="$(segment_of "${file}")"
+  for dir in "${cache_root}"/controlplane/*/bin; do
+    [[ "${dir}" == "${bin_dir}" || ! -s "${dir}/${file}" ]] && continue
+    [[ "_$(basename "$(dirname "${dir}")")_" == *"_${segment}_"* ]] || continue
+    cp -p "${dir}/${file}" "${bin_dir}/${file}.tmp" && mv "${bin_dir}/${file}.tmp" "${bin_dir}/${file}"
+    say "${file}: reused from ${dir} (same ${segment})"
+    return 0
+  done
+  return 1
+}
+if [[ ${#missing[@]} -gt 0 ]]; then  # copying is no build: a dry run does it too
+  still=()
+  for b in "${missing[@]}"; do reuse_from_siblings "${b}" || still+=("${b}"); done
+  missing=("${still[@]+"${still[@]}"}")
+  [[ -s "${bin_dir}/kwok-stages.yaml" ]] || reuse_from_siblings kwok-stages.yaml || true
+fi
 
 # kwok needs Stage objects to play the kubelet; they ship in its module (kustomize/stage/fast).
 stages="${bin_dir}/kwok-stages.yaml"
@@ -136,8 +175,8 @@ if want etcd; then
 fi
 
 # --- helm and kwok: plain modules without replace directives.
-simple_build() {
-  local name="$1" module="$2" version="$3" pkg="$4" ldflags="${5:-}"
+prepare_module() {
+  local name="$1" module="$2" version="$3" pkg="$4"
   local dir="${src_dir}/${name}-${version}"
   if [[ ! -f "${dir}/go.sum" ]]; then
     rm -rf "${dir}" && mkdir -p "${dir}"
@@ -149,10 +188,29 @@ simple_build() {
       go mod tidy -e >>"${src_dir}/tidy-${name}.log" 2>&1
     ) || { tail -n 30 "${src_dir}/tidy-${name}.log" >&2; die "${name} module could not be prepared"; }
   fi
-  build_in "${name}" "${dir}" "${pkg}" "${ldflags}"
 }
-want helm && simple_build helm helm.sh/helm/v3 "${HELM_VERSION}" helm.sh/helm/v3/cmd/helm \
-  "-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+simple_build() {
+  local name="$1" module="$2" version="$3" pkg="$4" ldflags="${5:-}"
+  prepare_module "${name}" "${module}" "${version}" "${pkg}"
+  build_in "${name}" "${src_dir}/${name}-${version}" "${pkg}" "${ldflags}"
+}
+if want helm; then
+  # As Helm's Makefile does: Kubernetes major = client-go's major + 1, minor = client-go's minor
+  # (client-go v0.37.x: Kubernetes 1.37), for the default capabilities and the lint rules' deprecation
+  # checks; a tagged build (no "unreleased" metadata), clean tree. (A module has no git commit to name.)
+  prepare_module helm helm.sh/helm/v3 "${HELM_VERSION}" helm.sh/helm/v3/cmd/helm
+  hdir="${src_dir}/helm-${HELM_VERSION}"
+  client_go="$(cd "${hdir}" && go list -m -f '{{.Version}}' k8s.io/client-go)"
+  [[ "${client_go}" =~ ^v([0-9]+)\.([0-9]+)\. ]] || die "helm: unexpected k8s.io/client-go version '${client_go}'"
+  helm_k8s_major=$((BASH_REMATCH[1] + 1)) helm_k8s_minor="${BASH_REMATCH[2]}"
+  hld="-X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.metadata="
+  hld="${hld} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for hpkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    hld="${hld} -X ${hpkg}.k8sVersionMajor=${helm_k8s_major} -X ${hpkg}.k8sVersionMinor=${helm_k8s_minor}"
+  done
+  say "helm: default capabilities Kubernetes v${helm_k8s_major}.${helm_k8s_minor} (client-go ${client_go})"
+  build_in helm "${hdir}" helm.sh/helm/v3/cmd/helm "${hld}"
+fi
 want kwok && simple_build kwok sigs.k8s.io/kwok "${KWOK_VERSION}" sigs.k8s.io/kwok/cmd/kwok \
   "-X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION}"
 if [[ ! -s "${stages}" ]]; then
