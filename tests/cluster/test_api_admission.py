@@ -255,15 +255,15 @@ def test_kubectl_get_shows_the_fleet_state_in_its_columns(cluster: Cluster, crd:
     )  # fmt: skip
 
     header, row = cluster.kubectl("get", "cbp", "-n", namespace).stdout.splitlines()
-    assert header.split() == ["NAME", "STATE", "OPEN", "PODS", "MODE", "AGE"]
-    assert row.split()[:5] == ["payments", "Open", "3/12", "12/12", "Enforce"]
+    assert header.split() == ["NAME", "STATE", "OPEN", "PODS", "READY", "MODE", "AGE"]
+    # READY, from the Ready condition, without -o wide
+    assert row.split()[:6] == ["payments", "Open", "3/12", "12/12", "True", "Enforce"]
 
     wide_header, wide_row = cluster.kubectl("get", "cbp", "-n", namespace, "-o", "wide").stdout.splitlines()
     assert wide_header.split() == [
-        "NAME", "STATE", "OPEN", "PODS", "MODE", "AGE", "OVERRIDE", "UNTIL", "READY", "MESSAGE",
+        "NAME", "STATE", "OPEN", "PODS", "READY", "MODE", "AGE", "OVERRIDE", "UNTIL", "MESSAGE",
     ]  # fmt: skip
     assert "payments open on 3/12 pods" in wide_row
-    assert wide_row.split()[6] == "True"  # READY, from the Ready condition (OVERRIDE, UNTIL empty)
 
     by_category = cluster.kubectl("get", "breakwater", "-n", namespace, "-o", "name").stdout.split()
     assert by_category == ["circuitbreakerpolicy.breakwater.dev/payments"]
@@ -290,6 +290,30 @@ def test_kubectl_explain_shows_the_field_docs(cluster: Cluster, crd: str) -> Non
 
     window = cluster.kubectl("explain", "cbp.spec.trip.failureRate.window").stdout
     assert "Count (the last `size` calls) or Time" in window
+
+
+def _description(explained: str) -> str:
+    """The DESCRIPTION block of `kubectl explain`, as one line of prose."""
+    block = explained.split("DESCRIPTION:", 1)[1].split("FIELDS:", 1)[0]
+    return " ".join(block.split())
+
+
+def test_kubectl_explain_says_each_thing_once(cluster: Cluster, crd: str) -> None:
+    """A field's own words and then what its type adds, not the type's summary again."""
+    cluster.wait_for(
+        "the CRD's OpenAPI to be published",
+        lambda: cluster.kubectl("explain", "cbp.spec.trip", check=False).returncode == 0,
+        timeout=60,
+    )
+    trip = _description(cluster.kubectl("explain", "cbp.spec.trip").stdout)
+    assert trip == "When the breaker opens. Any rule that fires trips it."
+    opened = _description(cluster.kubectl("explain", "cbp.spec.open").stdout)
+    assert opened.startswith("How long the breaker stays open. Each consecutive trip")
+    assert "How long a tripped breaker stays open" not in opened
+    mode = _description(cluster.kubectl("explain", "cbp.spec.mode").stdout)
+    assert mode.count("Observe") == 1, mode
+    state = _description(cluster.kubectl("explain", "cbp.status.upstreams.state").stdout)
+    assert state.count("Mixed") == 1, state
 
     status = cluster.kubectl("explain", "cbp.status.upstreams.wouldOpen").stdout
     assert "In Observe mode: pods whose breaker would be open." in status

@@ -58,6 +58,12 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
         "jsonPath": ".status.summary.pods",
         "description": "Injected over selected pods",
     },
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        "description": "Every selected pod injected and reporting",
+    },
     {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "description": "spec.mode"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {
@@ -72,13 +78,6 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
         "type": "string",
         "jsonPath": ".spec.override.until",
         "description": "End of the manual override",
-        "priority": 1,
-    },
-    {
-        "name": "Ready",
-        "type": "string",
-        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
-        "description": "Every selected pod injected and reporting",
         "priority": 1,
     },
     {

@@ -255,7 +255,8 @@ def api_markdown(example: str) -> str:
     w.lines += [
         "## Printer columns",
         "",
-        "`kubectl get cbp` shows the first five; `-o wide` adds the rest.",
+        f"`kubectl get cbp` shows the first {sum(1 for c in PRINTER_COLUMNS if not c.get('priority'))}; "
+        "`-o wide` adds the rest.",
         "",
         "| Column | From | Description |",
         "|---|---|---|",

@@ -3,7 +3,9 @@
 What changes on the way (apiextensions.k8s.io/v1 "structural schema" rules):
 
 - ``$ref`` is inlined (keywords next to a ``$ref``, such as a field's default, win over the
-  referenced definition's; a field's description comes first, then the definition's);
+  referenced definition's). A field's own description takes the place of its type's first paragraph
+  (the type's summary, which the field's words say for its role here); the type's further paragraphs
+  follow, so `kubectl explain` says each thing once;
 - ``anyOf: [X, null]`` becomes X: optional fields are simply not required (the API server prunes
   nulls from non-nullable fields, and the models drop them too);
 - ``exclusiveMinimum: N`` (2020-12) becomes ``minimum: N, exclusiveMinimum: true`` (OpenAPI v3.0);
@@ -71,19 +73,27 @@ def _resolve(node: Mapping[str, Any], defs: Mapping[str, Any], path: str) -> dic
             raise SchemaError(f"{path or '<root>'}: unions other than X | None are not structural")
         if node.get("default", ...) is None:
             del node["default"]
-        node = {**_resolve(options[0], defs, path), **node}
+        inner = _resolve(options[0], defs, path)
+        node = {**inner, **node, "description": _describe(node.get("description"), inner.get("description"))}
     if "$ref" in node:
         name = node.pop("$ref").rsplit("/", 1)[-1]
         target = _resolve(defs[name], defs, path)
         validations = target.get("x-kubernetes-validations", []) + node.pop("x-kubernetes-validations", [])
         own, shared = node.get("description"), target.get("description")
-        node = {**target, **node}
-        if own and shared and own != shared:
-            # The field's own words first (its role here), then the type's (what it is).
-            node["description"] = f"{own}\n\n{shared}"
+        node = {**target, **node, "description": _describe(own, shared)}
         if validations:
             node["x-kubernetes-validations"] = validations
+    if not node.get("description"):
+        node.pop("description", None)
     return node
+
+
+def _describe(own: str | None, shared: str | None) -> str | None:
+    """A field's description: its own words, then what its type says beyond its summary."""
+    if not own or not shared:
+        return own or shared
+    details = shared.strip().split("\n\n")[1:]
+    return "\n\n".join([own.strip(), *(p.strip() for p in details)])
 
 
 def unwrap(text: str) -> str:

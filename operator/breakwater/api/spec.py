@@ -155,7 +155,10 @@ class SlowCalls(SpecModel):
 
 
 class Trip(SpecModel):
-    """When a closed breaker opens. Any rule that fires trips it."""
+    """When a closed breaker opens.
+
+    Any rule that fires trips it.
+    """
 
     __cel_rules__ = (rules.TRIP_NEEDS_A_RULE,)
 
@@ -168,7 +171,10 @@ class Trip(SpecModel):
 
 
 class Failures(SpecModel):
-    """What counts as a failure of the upstream; every other answer counts as a success."""
+    """What counts as a failure of the upstream.
+
+    Every other answer counts as a success.
+    """
 
     __cel_rules__ = (rules.FAILURES_COUNT_SOMETHING,)
 
@@ -202,7 +208,10 @@ class Open(SpecModel):
 
 
 class HalfOpen(SpecModel):
-    """How an open breaker probes recovery: a few trial calls, then closed or open again."""
+    """How an open breaker probes recovery.
+
+    A few trial calls, then closed or open again.
+    """
 
     __cel_rules__ = (rules.HALF_OPEN_SUCCESSES,)
 
@@ -255,7 +264,7 @@ class Fallback(SpecModel):
     )
 
     kind: FallbackKindField = FallbackKind.NONE
-    """None, Static or Cached."""
+    """None (a 503), Static (a fixed response) or Cached (the last good response)."""
     static: StaticFallback | None = None
     """The response for kind Static."""
     cached: CachedFallback | None = None
@@ -435,7 +444,7 @@ class _Targeting(SpecModel):
     changing the app's URLs: HTTP_PROXY and http_proxy point at the sidecar's forward proxy. Calls to
     other hosts pass through unprotected; HTTPS is not affected."""
     mode: ModeField = Mode.ENFORCE
-    """Enforce, Observe (dry run: count, never reject), ForceOpen or Disabled."""
+    """How this policy's breakers act."""
     override: Override | None = None
     """A time-boxed manual mode that replaces `mode` until it expires."""
 

@@ -107,7 +107,7 @@ class UpstreamStatus(StatusModel):
     name: str
     """spec.upstreams[].name."""
     state: UpstreamState = UpstreamState.UNKNOWN
-    """Closed, Open, HalfOpen, Mixed (pods disagree) or Unknown (no pod reports)."""
+    """The state of this upstream's breakers across the reporting pods."""
     open: Count = 0
     """Pods whose breaker for this upstream is open."""
     half_open: Count = 0

@@ -12,6 +12,8 @@ from breakwater.api import API_VERSION, KIND, CircuitBreakerPolicySpec, constant
 from breakwater.api.crdgen import crd_manifest, crd_yaml, openapi_schema
 from breakwater.api.policy import CircuitBreakerPolicy
 from breakwater.api.rules import ALL_RULES
+from breakwater.api.schema import unwrap
+from breakwater.api.status import CircuitBreakerPolicyStatus
 from tests.unit.api.invalid_table import REPO
 
 GENERATED = [
@@ -67,6 +69,7 @@ def test_the_status_subresource_and_the_printer_columns_are_there() -> None:
         ("State", ".status.summary.state"),
         ("Open", ".status.summary.open"),
         ("Pods", ".status.summary.pods"),
+        ("Ready", '.status.conditions[?(@.type=="Ready")].status'),
         ("Mode", ".spec.mode"),
         ("Age", ".metadata.creationTimestamp"),
     ]
@@ -104,6 +107,56 @@ def test_every_field_is_described_for_kubectl_explain() -> None:
         if path.endswith("[]") or path.endswith("{}") or path in (".metadata",):
             continue
         assert node.get("description"), path
+
+
+def _fields_with_a_described_type(
+    raw: dict[str, Any], defs: dict[str, Any], path: str = ""
+) -> Iterator[tuple[str, str, str]]:
+    """(path, the field's own description, its type's description) of every field of pydantic's
+    schema that has both."""
+    for name, sub in raw.get("properties", {}).items():
+        child = f"{path}.{name}"
+        target = next((o for o in sub.get("anyOf", [sub]) if "$ref" in o), None)
+        if target is not None:
+            type_schema = defs[target["$ref"].rsplit("/", 1)[-1]]
+            if sub.get("description") and type_schema.get("description"):
+                yield child, sub["description"], type_schema["description"]
+            yield from _fields_with_a_described_type(type_schema, defs, child)
+        items = sub.get("items")
+        if isinstance(items, dict) and "$ref" in items:
+            yield from _fields_with_a_described_type(
+                defs[items["$ref"].rsplit("/", 1)[-1]], defs, f"{child}[]"
+            )
+
+
+def _node(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in path.strip(".").split("."):
+        name, many = part.removesuffix("[]"), part.endswith("[]")
+        node = node["properties"][name]
+        if many:
+            node = node["items"]
+    return node
+
+
+def test_each_field_says_what_its_type_says_once() -> None:
+    """`kubectl explain`: a field's own words take the place of its type's summary ("When the breaker
+    opens." and never then "When a closed breaker opens."); what the type says beyond its summary
+    follows once."""
+    checked = 0
+    for part, model in (("spec", CircuitBreakerPolicySpec), ("status", CircuitBreakerPolicyStatus)):
+        raw = model.model_json_schema(by_alias=True, mode="validation")
+        generated = openapi_schema()["properties"][part]
+        for path, own, shared in _fields_with_a_described_type(raw, raw.get("$defs", {})):
+            summary, *details = [unwrap(p) for p in shared.strip().split("\n\n")]
+            paragraphs = _node(generated, path)["description"].split("\n\n")
+            assert paragraphs == [unwrap(own), *details], f"{part}{path}"
+            assert summary not in paragraphs or summary == unwrap(own), f"{part}{path}"
+            checked += 1
+        for path, node in nodes(generated, part):
+            paragraphs = node.get("description", "").split("\n\n")
+            assert len(paragraphs) == len(set(paragraphs)), path
+    assert checked >= 40  # every field typed by a described model or enum (44 today)
 
 
 def test_upstreams_are_a_map_list_keyed_by_name() -> None:
