@@ -7,6 +7,7 @@ BREAKWATER_REQUIRE_CLUSTER=1 (as in CI), where that is a failure.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -126,6 +127,32 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"no control plane: {reason}")
 
 
+@contextlib.contextmanager
+def own_cluster(**control_plane: Any) -> Iterator[Cluster]:
+    """A control plane of the test run's own (`ControlPlane` keyword arguments, e.g. audit=True), or a
+    skip (a failure with BREAKWATER_REQUIRE_CLUSTER=1) when its binaries are not built."""
+    try:
+        bin_dir = find_binaries(build=False)
+    except ControlPlaneError as exc:
+        _unavailable(str(exc))
+        raise  # unreachable: _unavailable skips or fails
+    started = ControlPlane(bin_dir=bin_dir, **control_plane)
+    try:
+        started.start()
+    except ControlPlaneError as exc:
+        _unavailable(str(exc))
+    try:
+        yield Cluster(
+            kubeconfig=started.kubeconfig,
+            bin_dir=bin_dir,
+            node_name=started.node_name,
+            pod_cidr=started.pod_cidr,
+            control_plane=started,
+        )
+    finally:
+        started.stop()
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     existing = os.environ.get("BREAKWATER_TEST_KUBECONFIG")
@@ -135,26 +162,8 @@ def cluster() -> Iterator[Cluster]:
         node = os.environ.get("BREAKWATER_TEST_NODE", "")
         yield Cluster(kubeconfig=Path(existing), bin_dir=None, node_name=node, pod_cidr="")
         return
-    try:
-        bin_dir = find_binaries(build=False)
-    except ControlPlaneError as exc:
-        _unavailable(str(exc))
-        raise  # unreachable: _unavailable skips or fails
-    control_plane = ControlPlane(bin_dir=bin_dir)
-    try:
-        control_plane.start()
-    except ControlPlaneError as exc:
-        _unavailable(str(exc))
-    try:
-        yield Cluster(
-            kubeconfig=control_plane.kubeconfig,
-            bin_dir=bin_dir,
-            node_name=control_plane.node_name,
-            pod_cidr=control_plane.pod_cidr,
-            control_plane=control_plane,
-        )
-    finally:
-        control_plane.stop()
+    with own_cluster() as started:
+        yield started
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ etcd, kube-apiserver (RBAC, admission webhooks, Pod Security), kube-controller-m
 plays the kubelet for one fake Node whose pod CIDR is inside 127.0.0.0/8), all from the binaries that
 ``hack/build-control-plane.sh`` caches. Free ports are picked, so two control planes can coexist; every
 process is stopped and every file removed on exit, and the processes die with their parent even when it
-is killed (PR_SET_PDEATHSIG).
+is killed (PR_SET_PDEATHSIG). ``audit=True`` adds the API server's audit log (``breakwater.testing.audit``).
 
 For a real node (``breakwater.testing.node``) the same control plane runs inside the node's network
 namespace, without kwok: the API server then reaches Service IPs and the kubelet, and a port forwarder
@@ -34,7 +34,7 @@ from typing import TextIO
 
 from breakwater import pki
 from breakwater.errors import ControlPlaneError
-from breakwater.testing import processes
+from breakwater.testing import audit, processes
 from breakwater.testing.netns import NetworkNamespace
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,9 @@ class ControlPlane:
     netns: NetworkNamespace | None = None
     kwok: bool = True
     ca: pki.CertificateAuthority | None = None
+    # The API server's audit log (`breakwater.testing.audit`): every request at level Metadata, as
+    # JSON lines in `audit_log`. Off unless asked: it costs a write per request.
+    audit: bool = False
 
     def __post_init__(self) -> None:
         if not self.pod_cidr:
@@ -139,6 +142,23 @@ class ControlPlane:
     @property
     def ca_file(self) -> Path:
         return self.workdir / "ca.crt"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
+
+    def _audit_args(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(audit.POLICY)
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=0",  # never rotated: a test reads one file
+        ]
 
     def binary(self, name: str) -> str:
         return str(self.bin_dir / name)
@@ -291,6 +311,7 @@ class ControlPlane:
                 f"--cert-dir={w / 'apiserver-certs'}",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
+                *self._audit_args(),
                 "--v=1",
             ],
         )
