@@ -1,24 +1,19 @@
-"""The chart's RBAC on a real control plane: the operator, authenticated as the chart's ServiceAccount,
-does everything its flow needs (certificate, webhook caBundle, reconcile, injection, reports, status)
-and nothing more.
+"""The chart's RBAC on a real control plane: what the API server lets the operator's ServiceAccount do,
+the certificate path under that identity, and what a namespace team bound to the built-in roles may do
+with policies. (The whole flow under the ServiceAccount, checked against the audit log, is in
+test_chart_rbac_audit.py.)
 """
 
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from breakwater.testing.controlplane import free_port
 from tests.chart import ChartNames
 from tests.cluster.chart_helpers import (
     get_object,
@@ -27,6 +22,7 @@ from tests.cluster.chart_helpers import (
     release_values,
     service_account_kubeconfig,
 )
+from tests.cluster.chart_operator import operator_process, with_local_listeners, written_ca_bundle
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -62,16 +58,17 @@ def test_the_service_account_may_do_what_the_operator_needs_and_nothing_more(
         ("watch", "circuitbreakerpolicies.breakwater.dev", "--all-namespaces"),
         ("patch", "circuitbreakerpolicies.breakwater.dev", "--subresource=status", "-n", "shop"),
         ("create", "configmaps", "-n", "shop"),
-        # every replica watches the sidecar ConfigMaps (a fieldSelector on the name; RBAC cannot
-        # narrow a list to it)
-        ("list", "configmaps", "--all-namespaces"),
-        ("watch", "configmaps", "--all-namespaces"),
+        # every replica lists and watches the sidecar ConfigMaps, by name (metadata.name fieldSelector)
+        ("list", "configmaps/breakwater-sidecar-config", "--all-namespaces"),
+        ("watch", "configmaps/breakwater-sidecar-config", "--all-namespaces"),
         ("create", "leases.coordination.k8s.io", "-n", ns),
         ("update", f"leases.coordination.k8s.io/{names.webhook_configuration}-leader", "-n", ns),
+        ("get", f"leases.coordination.k8s.io/{names.webhook_configuration}-leader", "-n", ns),
+        ("get", "configmaps/breakwater-sidecar-config", "-n", "shop"),
+        ("patch", "configmaps/breakwater-sidecar-config", "-n", "shop"),
         ("create", "events", "-n", "shop"),
         ("create", "tokenreviews.authentication.k8s.io"),
         ("list", "customresourcedefinitions.apiextensions.k8s.io"),
-        ("watch", "namespaces"),
     ]
     forbidden = [
         ("patch", "mutatingwebhookconfigurations/someone-elses-webhook"),
@@ -86,6 +83,18 @@ def test_the_service_account_may_do_what_the_operator_needs_and_nothing_more(
         ("delete", "circuitbreakerpolicies.breakwater.dev", "-n", "shop"),
         ("update", "leases.coordination.k8s.io/another-lease", "-n", ns),
         ("create", "leases.coordination.k8s.io", "-n", "shop"),
+        ("list", "configmaps", "-n", "shop"),
+        ("watch", "configmaps", "--all-namespaces"),
+        ("get", "configmaps/someone-elses-config", "-n", "shop"),
+        ("patch", "configmaps/kube-root-ca.crt", "-n", "shop"),
+        ("update", "configmaps/breakwater-sidecar-config", "-n", "shop"),
+        ("delete", "configmaps/breakwater-sidecar-config", "-n", "shop"),
+        ("patch", f"secrets/{names.webhook_secret}", "-n", ns),
+        ("update", f"mutatingwebhookconfigurations/{names.webhook_configuration}"),
+        ("update", "circuitbreakerpolicies.breakwater.dev", "-n", "shop"),
+        ("get", "circuitbreakerpolicies.breakwater.dev", "--subresource=status", "-n", "shop"),
+        ("watch", "namespaces"),
+        ("patch", "events", "-n", "shop"),
         ("create", "deployments.apps", "-n", ns),
         ("create", "customresourcedefinitions.apiextensions.k8s.io"),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io"),
@@ -121,51 +130,6 @@ def test_the_service_account_token_is_the_identity_of_the_chart_rbac(
     assert f"--webhook-configuration={names.webhook_configuration}" in args
 
 
-def _with_local_listeners(args: list[str]) -> list[str]:
-    """The chart's operator command line, its listeners moved to free loopback ports."""
-    moved = {
-        flag: f"127.0.0.1:{free_port()}"
-        for flag in ("--webhook-listen", "--health-listen", "--report-listen")
-    }
-    return [
-        f"{a.split('=', 1)[0]}={moved[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in moved else a
-        for a in args
-    ]
-
-
-@contextlib.contextmanager
-def _operator_process(args: list[str], kubeconfig: Path, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`breakwater <args>` authenticated by `kubeconfig` (the chart's ServiceAccount), stopped on exit."""
-    with log_path.open("w") as log:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "breakwater.cli", *args, f"--kubeconfig={kubeconfig}"],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
-        )
-    try:
-        yield operator
-    finally:
-        operator.terminate()
-        try:
-            operator.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            operator.kill()
-            operator.wait()
-
-
-def _written_ca_bundle(
-    cluster: Cluster, names: ChartNames, operator: subprocess.Popen[bytes], log_path: Path
-) -> str:
-    def ca_bundle() -> str | None:
-        mwc = get_object(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-        assert operator.poll() is None, log_path.read_text()[-3000:]
-        return mwc["webhooks"][0]["clientConfig"].get("caBundle") if mwc else None
-
-    bundle: str = cluster.wait_for("the operator to write the caBundle", ca_bundle, timeout=60)
-    return bundle
-
-
 def test_the_operator_under_the_chart_service_account_issues_its_certificate_and_a_valid_ca_bundle(
     cluster: Cluster, chart: Path, names: ChartNames, tmp_path: Path
 ) -> None:
@@ -179,10 +143,10 @@ def test_the_operator_under_the_chart_service_account_issues_its_certificate_and
         values=release_values(cluster, names),
     )
     kubeconfig = service_account_kubeconfig(cluster, names, tmp_path / "operator.kubeconfig")
-    args = _with_local_listeners(installed_operator_args(cluster, names))
+    args = with_local_listeners(installed_operator_args(cluster, names))
     log_path = tmp_path / "operator.log"
-    with _operator_process(args, kubeconfig, log_path) as operator:
-        bundle = _written_ca_bundle(cluster, names, operator, log_path)
+    with operator_process(args, kubeconfig, log_path) as operator:
+        bundle = written_ca_bundle(cluster, names, operator, log_path)
         secret = get_object(cluster, "secret", names.webhook_secret, names.namespace)
         assert secret is not None
         assert secret["type"] == "kubernetes.io/tls"
@@ -200,101 +164,74 @@ def test_the_operator_under_the_chart_service_account_issues_its_certificate_and
         assert " 403" not in output, output[-3000:]
 
 
-def test_the_chart_rbac_carries_the_whole_policy_injection_and_status_flow(
-    cluster: Cluster, chart: Path, names: ChartNames, tmp_path: Path
+def test_a_team_with_the_built_in_edit_role_creates_edits_and_deletes_policies(
+    cluster: Cluster, chart: Path, names: ChartNames
 ) -> None:
-    """The operator under the chart's ServiceAccount token reconciles a policy, injects pods through the
-    webhook, authenticates sidecar reports with TokenReview and writes status — and nothing more.
-
-    The API server here cannot reach a Service (pod IPs are on loopback), so the test points the chart's
-    webhook at the operator's loopback URL, as the Service would route in a real cluster."""
-    from breakwater.testing.sidecars import SidecarFleet
-    from breakwater.testing.upstream import FlakyUpstream
-    from tests.cluster.harness import condition, deployment_manifest, install_crd, policy, wait_accepted
-
-    install_crd(cluster)
+    """The chart aggregates policy rights into view/edit/admin: a user whose only right is the
+    built-in `edit` ClusterRole, bound in its namespace, manages policies there (impersonated with
+    --as/--as-group); `view` reads them; neither writes status, nor reaches another namespace."""
     install_chart(
-        cluster,
-        chart,
-        release=names.release,
-        namespace=names.namespace,
-        values=release_values(cluster, names),
-    )
-    kubeconfig = service_account_kubeconfig(cluster, names, tmp_path / "operator.kubeconfig")
-    args = _with_local_listeners(installed_operator_args(cluster, names))
-    listen = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if "=" in a}
-    webhook_url = f"https://{listen['--webhook-listen']}"
-    args = [a for a in args if not a.startswith(("--webhook-service", "--report-url"))]
-    args += [f"--webhook-url={webhook_url}", f"--report-url=https://{listen['--report-listen']}"]
-    log_path = tmp_path / "operator.log"
-    apps = f"{names.release}-apps"
-    cluster.kubectl("create", "namespace", apps)
-    cluster.kubectl(
-        "label",
-        "namespace",
-        apps,
-        f"breakwater.dev/test-release={names.release}",
-        "breakwater.dev/injection=enabled",
-    )
-    upstream = FlakyUpstream().start()
-    fleet = SidecarFleet(kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=apps)
-    with contextlib.ExitStack() as cleanup:
-        cleanup.callback(cluster.kubectl, "delete", "namespace", apps, "--wait=false", check=False)
-        cleanup.callback(upstream.stop)
-        cleanup.callback(fleet.stop)
-        operator = cleanup.enter_context(_operator_process(args, kubeconfig, log_path))
-        bundle = _written_ca_bundle(cluster, names, operator, log_path)
-        route = [{"op": "replace", "path": f"/webhooks/{i}/clientConfig",
-                  "value": {"url": f"{webhook_url}/{path}", "caBundle": bundle}}
-                 for i, path in enumerate(("inject-sidecar", "expect-policy"))]  # fmt: skip
+        cluster, chart, release=names.release, namespace=names.namespace,
+        values=release_values(cluster, names), wait=False,
+    )  # fmt: skip
+    team, other = f"{names.release}-team", f"{names.release}-other"
+    for ns in (team, other):
+        cluster.kubectl("create", "namespace", ns)
+    try:
+        for role, group in (("edit", "payments-devs"), ("view", "payments-auditors")):
+            cluster.kubectl("create", "rolebinding", f"{group}-{role}", f"--clusterrole={role}",
+                            f"--group={group}", "-n", team)  # fmt: skip
+        dev = ("--as=jane", "--as-group=payments-devs")
+        auditor = ("--as=sam", "--as-group=payments-auditors")
+
+        def may(verb: str, namespace: str, *who: str) -> bool:
+            answer = cluster.kubectl("auth", "can-i", verb, "cbp", "-n", namespace, *who, check=False)
+            return answer.stdout.strip() == "yes"
+
+        # The aggregation controller adds the chart's rules to the built-in roles asynchronously.
+        cluster.wait_for("the chart's rules aggregated into edit", lambda: may("create", team, *dev))
+        assert may("list", team, *auditor)
+        assert not may("create", team, *auditor)
+        assert not may("get", other, *dev)
+        manifest = json.dumps(
+            {"apiVersion": "breakwater.dev/v1alpha1", "kind": "CircuitBreakerPolicy",
+             "metadata": {"name": "payments", "namespace": team},
+             "spec": {"selector": {"matchLabels": {"app": "checkout"}},
+                      "upstreams": [{"name": "payments", "host": "payments.shop.svc.cluster.local",
+                                     "port": 8080, "listenPort": 15001}]}}
+        )  # fmt: skip
+        cluster.kubectl("create", "-f", "-", *dev, input=manifest)
         cluster.kubectl(
             "patch",
-            "mutatingwebhookconfiguration",
-            names.webhook_configuration,
-            "--type=json",
+            "cbp",
+            "payments",
+            "-n",
+            team,
+            "--type=merge",
             "-p",
-            json.dumps(route),
+            '{"spec": {"mode": "Observe"}}',
+            *dev,
         )
-        manifest = {
-            "apiVersion": "breakwater.dev/v1alpha1",
-            "kind": "CircuitBreakerPolicy",
-            "metadata": {"name": "payments", "namespace": apps},
-            "spec": {
-                "selector": {"matchLabels": {"app": "checkout"}},
-                "upstreams": [
-                    {"name": "payments", "host": "127.0.0.1", "port": upstream.port, "listenPort": 15001}
-                ],
-            },
-        }
-        cluster.apply(json.dumps(manifest))
-        wait_accepted(cluster, apps, "payments")
-        cluster.apply(deployment_manifest("checkout", node=cluster.node_name), namespace=apps)
-
-        def started() -> bool:
-            fleet.sync()
-            return len(fleet.sidecars) == 2
-
-        cluster.wait_for("2 injected pods with their sidecars", started, timeout=60, interval=0.5)
-        fleet.wait_ready()
-        body = cluster.wait_for(
-            "Ready: injected and reporting through TokenReview",
-            lambda: (
-                (b := policy(cluster, apps, "payments"))
-                and condition(b, "Ready").get("status") == "True"
-                and b
-            ),
-            timeout=30,
+        assert (
+            cluster.kubectl(
+                "get", "cbp", "payments", "-n", team, "-o", "jsonpath={.spec.mode}", *auditor
+            ).stdout
+            == "Observe"
         )
-        assert body["status"]["pods"] == {"selected": 2, "injected": 2, "reporting": 2, "stale": 0}
-        assert cluster.kubectl(
-            "get", "configmap", "breakwater-sidecar-config", "-n", apps, "-o", "name"
-        ).stdout
-        output = log_path.read_text()
-        assert "Forbidden" not in output, output[-3000:]
-        assert " 403" not in output, output[-3000:]
-        outside = subprocess.run(
-            [cluster.tool("kubectl"), f"--kubeconfig={kubeconfig}", "get", "secrets", "-n", "kube-system"],
-            capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        assert outside.returncode != 0
-        assert "forbidden" in outside.stderr.lower()
+
+        denied = [
+            cluster.kubectl("patch", "cbp", "payments", "-n", team, "--subresource=status", "--type=merge",
+                            "-p", '{"status": {"summary": {"state": "Closed"}}}', *dev, check=False),
+            cluster.kubectl("delete", "cbp", "payments", "-n", team, *auditor, check=False),
+            cluster.kubectl("create", "-f", "-", "-n", other, *dev, check=False,
+                            input=manifest.replace(f'"namespace": "{team}"', f'"namespace": "{other}"')),
+        ]  # fmt: skip
+        for proc in denied:
+            assert proc.returncode != 0
+            assert "forbidden" in proc.stderr.lower(), proc.stderr
+
+        cluster.kubectl("delete", "cbp", "payments", "-n", team, "--wait=false", *dev)
+        assert get_object(cluster, "cbp", "payments", team) is None
+    finally:
+        for ns in (team, other):
+            cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
