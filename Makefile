@@ -86,8 +86,9 @@ docs: $(STAMP) ## regenerate docs/api.md from the api models (and the architectu
 	  dot -Tpng -Gdpi=110 docs/images/architecture.dot -o docs/images/architecture.png; \
 	else echo "docs/images/architecture.*: not re-rendered (no Graphviz: apt-get install graphviz)"; fi
 
-chart-schema: $(STAMP) ## regenerate the chart's values.schema.json from the annotated values.yaml
+chart-schema: $(STAMP) ## regenerate the chart's values.schema.json and README.md from the annotated values.yaml
 	$(BIN)/python hack/values_schema.py
+	$(BIN)/python hack/chart_readme.py
 
 generate: crds chart-schema docs ## every generated file
 

@@ -59,6 +59,38 @@ def test_the_schema_is_generated_from_values_yaml() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def test_the_chart_readme_is_generated_from_values_yaml() -> None:
+    """charts/breakwater/README.md is generated (`make chart-schema`) from the same values.yaml and
+    parser as the schema: a hand edit, or values.yaml changed without regenerating, fails here."""
+    script = REPO / "hack" / "chart_readme.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_chart_readme_lists_every_value_with_its_default() -> None:
+    readme = (CHART_DIR / "README.md").read_text()
+    values = yaml.safe_load(VALUES.read_text())
+    schema = _schema()
+    missing = []
+    for path in _leaf_paths(values):
+        # A row per value a user sets: the leaf itself, or the free-form map or list that holds it.
+        for depth in range(len(path), 0, -1):
+            if f"| `{'.'.join(path[:depth])}` |" in readme:
+                break
+        else:
+            missing.append(".".join(path))
+    assert not missing, f"values missing from the chart README: {missing}"
+    assert "| `rbac.aggregateToDefaultRoles` | boolean | `true` |" in readme
+    assert schema["properties"]["image"]["properties"]["pullPolicy"]["enum"] == [
+        "Always",
+        "IfNotPresent",
+        "Never",
+    ]
+    assert '| `image.pullPolicy` | one of `Always`, `IfNotPresent`, `Never` | `"IfNotPresent"` |' in readme
+
+
 def test_the_schema_is_valid_draft_07_and_accepts_the_defaults() -> None:
     schema = _schema()
     jsonschema.Draft7Validator.check_schema(schema)
