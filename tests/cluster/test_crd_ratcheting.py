@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from breakwater.api.constants import CRD_NAME
+from breakwater.api.validate import validate_text
 from breakwater.injection.render import InvalidSpec, render_bundle
 from tests.conftest import Cluster, own_cluster
 
@@ -189,3 +190,17 @@ def test_the_current_operator_refuses_the_stored_spec(cluster: Cluster, stored: 
     body = yaml.safe_load(cluster.kubectl("get", "cbp", "operator", "-n", stored, "-o", "json").stdout)
     with pytest.raises(InvalidSpec, match="upstreams"):
         render_bundle(body)
+
+
+def test_breakwater_validate_finds_the_stored_policies_the_current_rules_refuse(
+    cluster: Cluster, stored: str
+) -> None:
+    """The check docs/install.md gives before an upgrade (`kubectl get cbp -A -o yaml | breakwater
+    validate -`): the stored objects, status and server fields included, judged by the current rules."""
+    listed = cluster.kubectl("get", "cbp", "-n", stored, "-o", "yaml").stdout
+    verdicts = validate_text(listed)
+    assert len(verdicts) == len(POLICIES)
+    for verdict in verdicts:
+        fields = {problem.path for problem in verdict.problems}
+        assert "spec.upstreams[1].host" in fields, verdict
+        assert fields <= {"spec.upstreams[0].host", "spec.upstreams[1].host"}, verdict
