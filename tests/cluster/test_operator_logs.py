@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from breakwater.testing.operator import OperatorProcess
-from tests.cluster.harness import deployment_manifest, opt_in, policy_manifest, pods, wait_accepted
+from tests.cluster.harness import deployment_manifest, opt_in, pods, policy_manifest, wait_accepted
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
