@@ -6,6 +6,7 @@ what and where; `PeerRefused` is a caller of the operator's or the sidecar's end
 prove who it is (`NotAuthenticated`) or asked for what it may not (`NotPermitted`) — the HTTP status
 is chosen where the request is answered, not where the check fails; `KubernetesError` is an answer
 of the API server; `ConfigNotApplied` is a valid sidecar config that this sidecar cannot run now;
+`UnusableCertificate` is a serving certificate the operator cannot load (it keeps what it serves);
 `ControlPlaneError` is the test control plane (breakwater.testing).
 
 Nothing here imports anything: every layer, the breaker included, may raise these.
@@ -25,6 +26,7 @@ __all__ = [
     "NotAuthenticated",
     "NotPermitted",
     "PeerRefused",
+    "UnusableCertificate",
 ]
 
 
@@ -75,6 +77,10 @@ class KubernetesError(BreakwaterError):
 
 class ConfigNotApplied(BreakwaterError):
     """A valid sidecar config that this sidecar cannot run now (a port in use, an older generation)."""
+
+
+class UnusableCertificate(BreakwaterError):
+    """A serving certificate that does not load (its tls.crt does not match tls.key, or is not PEM)."""
 
 
 class ControlPlaneError(BreakwaterError, RuntimeError):

@@ -24,6 +24,7 @@ from typing import Any
 from breakwater import pki
 from breakwater.api.constants import NAMESPACE_LABEL, NEVER_INJECTED_NAMESPACES
 from breakwater.controller.settings import OperatorSettings, SettingsError
+from breakwater.errors import UnusableCertificate
 from breakwater.k8s import secrets, webhooks
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,12 @@ class ServingTLS:
         if not self.settings.webhook_secret and not self.mounted:
             _write(self.cert_dir, _generated(endpoint(self.settings)))
         waited = False
-        while not await self.refresh(leader=leader()):
+        while True:
+            try:
+                if await self.refresh(leader=leader()):
+                    return
+            except UnusableCertificate as exc:
+                logger.error("%s; waiting for a usable one", exc)
             if not waited:
                 logger.info("waiting for the leader to write the webhook certificate (%s)", self.source)
                 waited = True
@@ -217,6 +223,14 @@ class ServingTLS:
         if (key, ca) == (self.key_pem, self.ca_pem) and self.key_pem:
             return
         renewed = bool(self.key_pem)
+        # A pair that does not load (a tls.crt not matching tls.key) must not reach the shared context:
+        # a failed load_cert_chain can leave it half-replaced, and the replica serves what it had.
+        try:
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                self.cert_dir / "tls.crt", self.cert_dir / "tls.key"
+            )
+        except ssl.SSLError as exc:
+            raise UnusableCertificate(f"the certificate from {self.source} cannot be served: {exc}") from exc
         self.context.load_cert_chain(self.cert_dir / "tls.crt", self.cert_dir / "tls.key")
         self.key_pem, self.ca_pem = key, ca
         if renewed:
@@ -230,6 +244,8 @@ class ServingTLS:
             await asyncio.sleep(CERT_CHECK_SECONDS)
             try:
                 await self.refresh(leader=leader())
+            except UnusableCertificate as exc:
+                logger.error("%s; still serving the current one", exc)
             except Exception:
                 logger.exception("webhook certificate check failed (%s); retrying", self.source)
 
