@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from breakwater.errors import ControlPlaneError
 from breakwater.testing.controlplane import find_binaries
@@ -82,6 +83,12 @@ class Release:
     values: dict[str, Any]
 
     @property
+    def replicas(self) -> int:
+        """How many operator pods the release runs: its `replicaCount`, or the chart's default."""
+        default = yaml.safe_load((self.chart / "values.yaml").read_text())["replicaCount"]
+        return int(self.values.get("replicaCount", default))
+
+    @property
     def service_account(self) -> str:
         return self.names.service_account
 
@@ -129,7 +136,7 @@ def release(node_cluster: Cluster, installed: Release) -> Release:
             values=installed.values,
             timeout=240,
         )
-    ready_pods(node_cluster, names.namespace, names.selector, 1, timeout=120)
+    ready_pods(node_cluster, names.namespace, names.selector, installed.replicas, timeout=120)
     return installed
 
 

@@ -93,6 +93,18 @@ def condition(body: dict[str, Any], kind: str) -> dict[str, Any]:
     return {}
 
 
+def wait_reported_uninjected(cluster: Cluster, namespace: str, names: list[str]) -> None:
+    """Until the policy's Ready condition is PodsNotInjected and names each of the pods."""
+    cluster.wait_for(
+        "the uninjected pods reported (PodsNotInjected)",
+        lambda: (
+            (ready := condition(cbp(cluster, namespace), "Ready")).get("reason") == "PodsNotInjected"
+            and all(name in ready.get("message", "") for name in names)
+        ),
+        timeout=90,
+    )
+
+
 def upstream_state(body: dict[str, Any], name: str = "payments") -> str:
     for up in (body.get("status") or {}).get("upstreams") or ():
         if up.get("name") == name:

@@ -97,7 +97,7 @@ def test_the_api_server_reaches_the_webhook_and_sidecars_reach_the_report_endpoi
     )
 
 
-def test_pods_created_while_the_operator_pod_is_replaced_start_without_the_sidecar_and_are_reported(
+def test_pods_created_while_the_only_operator_replica_is_down_start_without_the_sidecar_and_are_reported(
     node_cluster: Cluster, release: Release, workload_namespace: str, image: str
 ) -> None:
     cluster, ns = node_cluster, workload_namespace
@@ -108,7 +108,10 @@ def test_pods_created_while_the_operator_pod_is_replaced_start_without_the_sidec
         "Accepted", lambda: m.condition(m.cbp(cluster, ns), "Accepted").get("status") == "True", timeout=60
     )
     old = ready_operator(cluster, release)["metadata"]["name"]
-    cluster.kubectl("delete", "pod", "-n", names.namespace, old, "--wait=false")
+    # Down, not replaced (a deleted pod's replacement is ready within seconds, and a terminating pod
+    # answers admissions during its shutdown delay): the window in which nothing answers the webhook.
+    deployment = f"deployment/{names.deployment}"
+    cluster.kubectl("scale", deployment, "-n", names.namespace, "--replicas=0")
 
     def no_ready_endpoint() -> bool:
         slices = get_json(
@@ -119,14 +122,16 @@ def test_pods_created_while_the_operator_pod_is_replaced_start_without_the_sidec
             "-l",
             f"kubernetes.io/service-name={names.service}",
         )
+        # Not ready and not serving: a terminating pod still serving (its shutdown delay) keeps
+        # getting admissions from kube-proxy, and injects.
         return not any(
-            (e.get("conditions") or {}).get("ready")
+            (c := e.get("conditions") or {}).get("ready") or c.get("serving")
             for s in slices["items"]
             for e in s.get("endpoints") or ()
         )
 
     cluster.wait_for(
-        "the webhook Service without a ready endpoint", no_ready_endpoint, timeout=30, interval=0.1
+        "the webhook Service without a serving endpoint", no_ready_endpoint, timeout=30, interval=0.1
     )
     # Pods, not a Deployment: admission happens in this very call, inside the outage.
     started = time.monotonic()
@@ -140,16 +145,10 @@ def test_pods_created_while_the_operator_pod_is_replaced_start_without_the_sidec
         assert "breakwater.dev/injected" not in (pod["metadata"].get("annotations") or {})
         assert not any(c["name"] == SIDECAR for c in pod["spec"].get("initContainers") or ())
 
+    cluster.kubectl("scale", deployment, "-n", names.namespace, "--replicas=1")
     new = ready_operator(cluster, release)
     assert new["metadata"]["name"] != old
-    cluster.wait_for(
-        "the uninjected pods reported (PodsNotInjected)",
-        lambda: (
-            (ready := m.condition(m.cbp(cluster, ns), "Ready")).get("reason") == "PodsNotInjected"
-            and all(name in ready.get("message", "") for name in uninjected)
-        ),
-        timeout=90,
-    )
+    m.wait_reported_uninjected(cluster, ns, uninjected)
 
 
 def test_helm_upgrade_keeps_the_ca_bundle_and_the_operator_serves_again(

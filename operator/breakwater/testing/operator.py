@@ -32,6 +32,10 @@ OPERATOR_NAMESPACE = "breakwater-system"
 
 @dataclass
 class OperatorProcess:
+    READY_PATH = (
+        "/readyz"  # where the probes port says ready (class attributes: a subclass runs an older CLI)
+    )
+    HEALTH_FLAG = "--health-listen"
     kubeconfig: Path
     kubectl: str  # the kubectl binary: readiness waits for the webhook configuration to exist
     workdir: Path
@@ -73,7 +77,7 @@ class OperatorProcess:
             f"--webhook-listen=127.0.0.1:{self.webhook_port}",
             f"--webhook-url=https://127.0.0.1:{self.webhook_port}",
             f"--webhook-configuration={self.configuration}",
-            f"--health-listen=127.0.0.1:{self.health_port}",
+            f"{self.HEALTH_FLAG}=127.0.0.1:{self.health_port}",
             f"--report-listen=127.0.0.1:{self.report_port}",
             f"--report-url={self.report_url}",
             f"--operator-namespace={OPERATOR_NAMESPACE}",
@@ -121,7 +125,9 @@ class OperatorProcess:
         while time.monotonic() < deadline:
             self._check_alive()
             with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1):
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.health_port}{self.READY_PATH}", timeout=1
+                ):
                     pass
                 found = subprocess.run(
                     [self.kubectl, f"--kubeconfig={self.kubeconfig}", "get", "mutatingwebhookconfiguration",
