@@ -171,6 +171,7 @@ def stats_document(sidecar: Sidecar) -> dict[str, Any]:
             "retries": st.retries,
             "fallbacks": {"static": st.fallback_static, "cached": st.fallback_cached},
             "inFlight": st.in_flight,
+            "paths": {"fast": st.fast_path, "full": st.full_path},
             "lastTransitions": [event.to_json() for event in st.last_transitions],
         }
         if up.bulkhead is not None:
@@ -198,6 +199,6 @@ def stats_document(sidecar: Sidecar) -> dict[str, Any]:
             "forwardProxy": sidecar.forward_proxy_port,
         },
         "clientConnections": sidecar.client_connections(),
-        "forwardProxy": proxy.stats.to_json() if proxy is not None else None,
+        "forwardProxy": proxy.stats.to_json(),
         "upstreams": upstreams,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 
 __all__ = ["Bulkhead"]
 
@@ -61,6 +62,37 @@ class Bulkhead:
                 self.leave()
             raise
         return True
+
+    def wait_for_slot(
+        self, on_slot: Callable[[bool], None], wait_seconds: float
+    ) -> asyncio.Future[None] | None:
+        """`enter` for callers without a Task (the fast path): None when refused at once; else the waiter,
+        and `on_slot(True)` once a slot is handed over, `on_slot(False)` after `wait_seconds`. Cancelling
+        the waiter leaves the line (`abandon`)."""
+        if self.pending >= self._max_pending or wait_seconds <= 0:
+            return None
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._waiters.append(waiter)
+        timer = loop.call_later(wait_seconds, self._expire, waiter, on_slot)
+
+        def handed_over(w: asyncio.Future[None]) -> None:
+            timer.cancel()
+            if not w.cancelled():
+                on_slot(True)
+
+        waiter.add_done_callback(handed_over)
+        return waiter
+
+    def _expire(self, waiter: asyncio.Future[None], on_slot: Callable[[bool], None]) -> None:
+        if not waiter.done():
+            self._abandon(waiter)
+            on_slot(False)
+
+    def abandon(self, waiter: asyncio.Future[None]) -> None:
+        """Leave the line (the caller went away); a slot handed over meanwhile is given back."""
+        if self._abandon(waiter):
+            self.leave()
 
     def _abandon(self, waiter: asyncio.Future[None]) -> bool:
         """Leave the line; True when a slot had been handed over meanwhile (the caller now holds it)."""

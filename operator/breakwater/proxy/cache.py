@@ -21,13 +21,23 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-__all__ = ["CacheFill", "CachedResponse", "ResponseCache"]
+__all__ = ["CacheFill", "CachedResponse", "Headers", "ResponseCache"]
 
 _UNSTORED_HEADERS = frozenset({"set-cookie", "age", "date", "content-length"})
 REFRESH_SECONDS = 1.0
+
+
+class Headers(Protocol):
+    """Read access to header fields by case-insensitive name (aiohttp's multidicts, the fast path's
+    `HeaderLines`)."""
+
+    def get(self, key: str, /) -> str | None: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +55,7 @@ class CachedResponse:
         return len(body) + sum(len(k) + len(v) for k, v in headers) + 64
 
 
-def _no_store(headers: Mapping[str, str]) -> bool:
+def _no_store(headers: Headers) -> bool:
     value = headers.get("Cache-Control")
     return value is not None and "no-store" in value.lower()
 
@@ -78,7 +88,7 @@ class ResponseCache:
         return self._bytes
 
     @staticmethod
-    def key(path_qs: str, headers: Mapping[str, str]) -> str:
+    def key(path_qs: str, headers: Headers) -> str:
         auth = headers.get("Authorization")
         cookie = headers.get("Cookie")
         if auth is None and cookie is None:
@@ -87,12 +97,10 @@ class ResponseCache:
         return f"{path_qs}\0{digest}"
 
     @staticmethod
-    def request_storable(method: str, headers: Mapping[str, str]) -> bool:
+    def request_storable(method: str, headers: Headers) -> bool:
         return method == "GET" and not _no_store(headers)
 
-    def begin(
-        self, key: str, status: int, headers: Mapping[str, str], length: int | None
-    ) -> CacheFill | None:
+    def begin(self, key: str, status: int, headers: Headers, length: int | None) -> CacheFill | None:
         """A tee for this response if it may be stored, else None (decided from the headers alone)."""
         if status != 200:
             return None
@@ -101,14 +109,14 @@ class ResponseCache:
             return None
         if _no_store(headers):
             return None
-        vary = headers.get("Vary", "")
+        vary = headers.get("Vary") or ""
         if "*" in vary:
             return None
         if length is not None and length > self.max_bytes:
             return None
         return CacheFill(self, key, headers, [v.strip() for v in vary.split(",") if v.strip()])
 
-    def lookup(self, key: str, request_headers: Mapping[str, str]) -> CachedResponse | None:
+    def lookup(self, key: str, request_headers: Headers) -> CachedResponse | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
@@ -116,7 +124,7 @@ class ResponseCache:
             self._remove(key)
             return None
         for name, value in entry.vary:
-            if request_headers.get(name, "") != value:
+            if (request_headers.get(name) or "") != value:
                 return None
         self._entries.move_to_end(key)
         return entry
@@ -159,9 +167,7 @@ class CacheFill:
 
     __slots__ = ("_cache", "_chunks", "_headers", "_key", "_size", "_vary_names", "reason", "status")
 
-    def __init__(
-        self, cache: ResponseCache, key: str, headers: Mapping[str, str], vary_names: list[str]
-    ) -> None:
+    def __init__(self, cache: ResponseCache, key: str, headers: Headers, vary_names: list[str]) -> None:
         self._cache = cache
         self._key = key
         self._headers = tuple((k, v) for k, v in headers.items() if k.lower() not in _UNSTORED_HEADERS)
@@ -185,11 +191,11 @@ class CacheFill:
             return
         chunks.append(chunk)
 
-    def commit(self, request_headers: Mapping[str, str]) -> None:
+    def commit(self, request_headers: Headers) -> None:
         """The body arrived whole: store it."""
         if self._chunks is None:
             return
-        vary = tuple((name, request_headers.get(name, "")) for name in self._vary_names)
+        vary = tuple((name, (request_headers.get(name) or "")) for name in self._vary_names)
         body = b"".join(self._chunks)
         self._chunks = None
         self._cache.store(

@@ -1,5 +1,9 @@
 """The data-plane listeners of a sidecar: one per upstream `listenPort`, and the forward proxy.
 
+Each listening socket is served by the fast path (`proxy/fast/`), which hands what it does not serve
+to an aiohttp server of the full path created on first need; with the fast path off, by that aiohttp
+server alone.
+
 A reload changes the set in two phases, `ListenerSet.prepare` then `Change.commit`: listeners that stay
 are never touched; new ones are bound first, so a port that cannot be bound rolls the whole reload
 back (`prepare` raises with removed listeners bound again); removed ones stop accepting at once and
@@ -10,31 +14,140 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-
-from aiohttp import web
+from typing import TYPE_CHECKING, Protocol
 
 from breakwater.api.sidecar import SidecarConfig
+from breakwater.proxy.fast.listener import FastListener, FastPath
 from breakwater.proxy.logs import CONFIG_CHANNEL
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from breakwater.proxy.full.server import FullServer
 
 __all__ = ["Change", "ListenerKey", "ListenerSet"]
 
 config_log = logging.getLogger(CONFIG_CHANNEL)
 
 ListenerKey = tuple[str, str, str, int]  # (kind: "upstream" | "forward", upstream name or "", address, port)
-Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Handler = Callable[["web.BaseRequest"], Awaitable["web.StreamResponse"]]
+_BACKLOG = 1024
 
 
-@dataclass(slots=True)
-class _Listener:
+class _Listener(Protocol):
     key: ListenerKey
-    runner: web.ServerRunner
-    site: web.TCPSite
+
+    @property
+    def port(self) -> int: ...
+
+    def connections(self) -> int: ...
+
+    async def start(self, port: int) -> None: ...
+
+    async def stop_accepting(self) -> None: ...
+
+    async def drain(self, seconds: float) -> None: ...
+
+
+def _full_server(handler: Handler, idle_timeout: float) -> FullServer:
+    from breakwater.proxy.full.server import FullServer  # the full path loads on first need
+
+    return FullServer(handler, idle_timeout=idle_timeout)
+
+
+class _FastSocket:
+    """A socket served by the fast path; the full path's server is made when a connection is handed over."""
+
+    def __init__(
+        self, key: ListenerKey, engine: FastPath, handler: Callable[[], Handler], idle_timeout: float
+    ) -> None:
+        self.key = key
+        self._handler = handler
+        self._idle_timeout = idle_timeout
+        self._full: FullServer | None = None
+        self.protocol = FastListener(engine, key[0], key[1], self._hand_off)
+        self._server: asyncio.Server | None = None
+        self._port = 0
 
     @property
     def port(self) -> int:
-        return self.site.port
+        return self._port
+
+    def _hand_off(self, transport: asyncio.Transport, data: bytes) -> None:
+        from breakwater.proxy.full.server import hand_off
+
+        if self._full is None:
+            self._full = _full_server(self._handler(), self._idle_timeout)
+        hand_off(self._full, transport, data)
+
+    def connections(self) -> int:
+        full = len(self._full.connections) if self._full is not None else 0
+        return len(self.protocol.connections) + full
+
+    async def start(self, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self.protocol, self.key[2], port, backlog=_BACKLOG)
+        self._port = self._server.sockets[0].getsockname()[1]
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    async def drain(self, seconds: float) -> None:
+        await self.stop_accepting()
+        protocol = self.protocol
+        protocol.close_idle()
+        deadline = time.monotonic() + seconds
+        full = self._full
+        waits = [full.shutdown(seconds)] if full is not None else []
+        while protocol.busy() and time.monotonic() < deadline:  # noqa: ASYNC110 - polled, at shutdown only
+            await asyncio.sleep(0.02)
+        protocol.abort_all()
+        protocol.close()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+class _FullSocket:
+    """A socket served by the full path alone (the fast path is off)."""
+
+    def __init__(self, key: ListenerKey, handler: Handler, idle_timeout: float, drain_seconds: float) -> None:
+        self.key = key
+        self._server = _full_server(handler, idle_timeout)
+        self._drain_seconds = drain_seconds
+        self._runner: web.ServerRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    def connections(self) -> int:
+        return len(self._server.connections)
+
+    async def start(self, port: int) -> None:
+        from aiohttp import web
+
+        if self._runner is None:
+            self._runner = web.ServerRunner(self._server, shutdown_timeout=self._drain_seconds)
+            await self._runner.setup()
+        site = web.TCPSite(self._runner, self.key[2], port, backlog=_BACKLOG)
+        await site.start()
+        self._site = site
+        self._port = site.port
+
+    async def stop_accepting(self) -> None:
+        if self._site is not None:
+            await self._site.stop()
+            self._site = None
+
+    async def drain(self, seconds: float) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
 
 
 def wanted(config: SidecarConfig) -> list[ListenerKey]:
@@ -51,11 +164,13 @@ def wanted(config: SidecarConfig) -> list[ListenerKey]:
 
 @dataclass
 class ListenerSet:
-    """The bound listeners; `handler(key)` serves a listener's requests."""
+    """The bound listeners; `handler(key)` serves a listener's requests on the full path; `fast` (None:
+    the fast path is off) serves them first."""
 
     handler: Callable[[ListenerKey], Handler]
     idle_timeout: float
     drain_seconds: float
+    fast: FastPath | None = None
     _bound: dict[ListenerKey, _Listener] = field(default_factory=dict)
     _draining: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -73,11 +188,7 @@ class ListenerSet:
 
     def client_connections(self) -> int:
         """Client connections open on the listeners right now."""
-        return sum(
-            len(listener.runner.server.connections)
-            for listener in self._bound.values()
-            if listener.runner.server is not None
-        )
+        return sum(listener.connections() for listener in self._bound.values())
 
     async def prepare(self, config: SidecarConfig) -> Change:
         """Bind what `config` adds and stop accepting on what it removes; raise `OSError` (with every
@@ -85,7 +196,7 @@ class ListenerSet:
         keys = wanted(config)
         removed = [listener for key, listener in self._bound.items() if key not in keys]
         for listener in removed:
-            await listener.site.stop()
+            await listener.stop_accepting()
         started: list[_Listener] = []
         try:
             for key in keys:
@@ -93,7 +204,7 @@ class ListenerSet:
                     started.append(await self._start(key))
         except OSError:
             for listener in started:
-                await listener.runner.cleanup()
+                await listener.drain(0)
             for listener in removed:
                 await self._rebind(listener)
             raise
@@ -104,44 +215,31 @@ class ListenerSet:
         listeners = list(self._bound.values())
         self._bound.clear()
         await asyncio.gather(
-            *(listener.runner.cleanup() for listener in listeners), *self._draining, return_exceptions=True
+            *(listener.drain(self.drain_seconds) for listener in listeners),
+            *self._draining,
+            return_exceptions=True,
         )
 
     async def _start(self, key: ListenerKey) -> _Listener:
-        _, _, address, port = key
-        server = web.Server(
-            self.handler(key),
-            handler_cancellation=False,
-            access_log=None,
-            keepalive_timeout=self.idle_timeout,
-            max_line_size=8190,
-            max_field_size=8190,
-            max_headers=128,
-            lingering_time=2.0,
-        )
-        runner = web.ServerRunner(server, shutdown_timeout=self.drain_seconds)
-        await runner.setup()
-        site = web.TCPSite(runner, address, port, backlog=1024)
-        try:
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        return _Listener(key=key, runner=runner, site=site)
+        listener: _Listener
+        if self.fast is not None:
+            listener = _FastSocket(key, self.fast, lambda: self.handler(key), self.idle_timeout)
+        else:
+            listener = _FullSocket(key, self.handler(key), self.idle_timeout, self.drain_seconds)
+        await listener.start(key[3])
+        return listener
 
     async def _rebind(self, listener: _Listener) -> None:
-        _, _, address, port = listener.key
-        site = web.TCPSite(listener.runner, address, listener.port if port == 0 else port, backlog=1024)
+        port = listener.key[3]
         try:
-            await site.start()
-            listener.site = site
+            await listener.start(listener.port if port == 0 else port)
         except OSError as exc:
             config_log.error("could not restore listener %s after a failed reload: %s", listener.key, exc)
             del self._bound[listener.key]
             self._drain_later(listener)
 
     def _drain_later(self, listener: _Listener) -> None:
-        task = asyncio.get_running_loop().create_task(listener.runner.cleanup())
+        task = asyncio.get_running_loop().create_task(listener.drain(self.drain_seconds))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
 

@@ -15,7 +15,14 @@ import sys
 import time
 from typing import Any, Final
 
-__all__ = ["CONFIG_CHANNEL", "TRANSITIONS_CHANNEL", "JsonFormatter", "TextFormatter", "configure_logging"]
+__all__ = [
+    "CONFIG_CHANNEL",
+    "TRANSITIONS_CHANNEL",
+    "JsonFormatter",
+    "RateLimitedLog",
+    "TextFormatter",
+    "configure_logging",
+]
 
 TRANSITIONS_CHANNEL: Final = "breakwater.proxy.transitions"
 CONFIG_CHANNEL: Final = "breakwater.proxy.config"
@@ -59,6 +66,35 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+class RateLimitedLog:
+    """At most one WARNING line per kind every `interval` seconds, saying how many were not logged
+    since: a misbehaving client must not be able to flood the pod's logs."""
+
+    def __init__(self, logger: logging.Logger, *, interval: float = 10.0) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, kind: str, message: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(kind)
+        if last is not None and now - last < self._interval:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        if len(self._last) > 64:  # kinds come from parser messages: a small, closed set; stay bounded
+            self._last.clear()
+            self._suppressed.clear()
+        self._last[kind] = now
+        suppressed = self._suppressed.pop(kind, 0)
+        self._logger.warning(
+            message + (" (%d more like it in the last %.0f s)" if suppressed else ""),
+            *args,
+            *((suppressed, self._interval) if suppressed else ()),
+            extra={"fields": {"kind": kind}},
+        )
 
 
 def configure_logging(*, fmt: str = "text", level: str = "INFO") -> None:

@@ -8,10 +8,11 @@ In-process use (tests, embedding)::
         await sidecar.apply_config(new_config)          # what PUT /config does
 
 Structure: one `web.Application` (the admin app) owns the sidecar's lifetime through its cleanup
-context: the shared `aiohttp.ClientSession`, the data-plane listeners (one low-level `web.Server` per
-listener: each upstream's ``listenPort`` and the forward proxy), and the config watcher. The data
-plane deliberately skips aiohttp's router and middlewares: a listener's handler is a closure that
-looks its upstream up in the current `RouteTable` and calls `Forwarder.forward`.
+context: the data-plane listeners (`ListenerSet`: each upstream's ``listenPort`` and the forward
+proxy, served by the fast path, `proxy/fast/`), and the config watcher. The full path
+(`proxy/full/`: an aiohttp `ClientSession`, `FullExchange`, `FullForwardProxy`) is made on its first
+request: what the fast path hands over, or every request when ``fast_path=False``. Both read the
+current `RouteTable`, so both use the same breaker, counters and fallbacks per upstream.
 
 Reload = `apply_config`: validate, bind the listeners the new config adds (rolled back if one cannot
 bind), update the per-name live parts (breaker reconfigured only if its settings changed; counters,
@@ -28,10 +29,10 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
 from aiohttp import web
@@ -39,15 +40,17 @@ from aiohttp import web
 from breakwater.api.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
 from breakwater.breaker import Transition
 from breakwater.errors import ConfigNotApplied
-from breakwater.proxy.forward_proxy import ForwardProxy
-from breakwater.proxy.forwarding import Forwarder
-from breakwater.proxy.headers import MARKER
+from breakwater.proxy.fast.listener import FastPath
 from breakwater.proxy.listeners import ListenerKey, ListenerSet
 from breakwater.proxy.logs import CONFIG_CHANNEL
 from breakwater.proxy.metrics import ReloadCounters, SidecarCollector, new_registry
 from breakwater.proxy.reload import ConfigWatcher, ReloadHistory, ReloadStatus
 from breakwater.proxy.stats import TransitionEvent, TransitionListener, publish_transition
+from breakwater.proxy.targets import ForwardRouter
 from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable
+
+if TYPE_CHECKING:
+    from breakwater.proxy.full.path import FullPath, Handler
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
@@ -91,7 +94,8 @@ class Sidecar:
     ``idle_timeout``: how long a client connection may sit idle (or dribble a request head) before it is
     closed; ``pool_keepalive``: how long an idle upstream connection stays pooled; ``drain_seconds``:
     how long requests in flight may finish at shutdown (and on a listener a reload removed);
-    ``admin``: where the admin listener binds while no config could be loaded (else the config's).
+    ``admin``: where the admin listener binds while no config could be loaded (else the config's);
+    ``fast_path``: serve requests on the fast path (False: every request on the full path).
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class Sidecar:
         admin_token: str | None = None,
         admin: AdminConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
+        fast_path: bool = True,
     ) -> None:
         if config_path is None and config is None:
             raise ValueError("a Sidecar needs a config_path, a config, or both")
@@ -125,12 +130,26 @@ class Sidecar:
         self.timing = _Timing()
 
         self._live: dict[str, LiveParts] = {}
-        self._listeners = ListenerSet(self._handler, idle_timeout=idle_timeout, drain_seconds=drain_seconds)
+        self.router = ForwardRouter(
+            routes=lambda: self.routes, clock=clock, own_address=self._forward_proxy_address
+        )
+        self._fast = (
+            FastPath(
+                routes=lambda: self.routes,
+                router=self.router,
+                idle_timeout=idle_timeout,
+                pool_keepalive=pool_keepalive,
+            )
+            if fast_path
+            else None
+        )
+        self._listeners = ListenerSet(
+            self._handler, idle_timeout=idle_timeout, drain_seconds=drain_seconds, fast=self._fast
+        )
         self._apply_lock = asyncio.Lock()
         self._watcher: ConfigWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
-        self._forwarder: Forwarder | None = None
-        self._forward_proxy: ForwardProxy | None = None
+        self._full: FullPath | None = None
         self._admin_runner: web.AppRunner | None = None
         self._admin_site: web.TCPSite | None = None
         self._admin_bound: AdminConfig | None = None
@@ -264,29 +283,19 @@ class Sidecar:
         app.cleanup_ctx.append(self._lifetime)
         return app
 
+    def _full_path(self) -> FullPath:
+        """The full path, made on the first request that needs it."""
+        if self._full is None:
+            from breakwater.proxy.full.path import FullPath
+
+            self._full = FullPath(
+                routes=lambda: self.routes, router=self.router, pool_keepalive=self.pool_keepalive
+            )
+        return self._full
+
     async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(
-            limit=0,
-            limit_per_host=0,
-            keepalive_timeout=self.pool_keepalive,
-            ttl_dns_cache=10,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),
-            trust_env=False,
-        )
-        app[CLIENT_SESSION] = session
-        self._forwarder = Forwarder(session)
-        self._forward_proxy = ForwardProxy(
-            routes=lambda: self.routes,
-            forwarder=self._forwarder,
-            clock=self.clock,
-            own_address=self._forward_proxy_address,
-        )
+        if self._fast is not None:
+            self._fast.start()
         try:
             await self._load_initial()
             if self.config_path is not None:
@@ -300,7 +309,11 @@ class Sidecar:
                     await self._watch_task
                 self._watch_task = None
             await self._drain_all()
-            await session.close()
+            if self._fast is not None:
+                self._fast.close()
+            if self._full is not None:
+                await self._full.close()
+                self._full = None
 
     def _make_watcher(self, path: Path) -> ConfigWatcher:
         return ConfigWatcher(
@@ -402,34 +415,13 @@ class Sidecar:
     # Request handlers of the data-plane listeners
     # ------------------------------------------------------------------------------------------------
 
-    def _handler(self, key: ListenerKey) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-        kind, name, _, _ = key
-        return self._upstream_handler(name) if kind == "upstream" else self._forward_proxy_handler()
-
-    def _upstream_handler(self, name: str) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-        forwarder = self._forwarder
-        assert forwarder is not None
-
-        async def handle(request: web.BaseRequest) -> web.StreamResponse:
-            up = self.routes.by_name.get(name)
-            if up is None:
-                return web.Response(
-                    status=503,
-                    headers={MARKER: "unknown-upstream"},
-                    text=f"upstream {name} is no longer configured\n",
-                )
-            return await forwarder.forward(request, up)
-
-        return handle
-
-    def _forward_proxy_handler(self) -> Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]:
-        proxy = self._forward_proxy
-        assert proxy is not None
-        return proxy.handle
+    def _handler(self, key: ListenerKey) -> Handler:
+        return self._full_path().handler(key[0], key[1])
 
     @property
-    def forward_proxy(self) -> ForwardProxy | None:
-        return self._forward_proxy
+    def forward_proxy(self) -> ForwardRouter:
+        """The forward proxy's routing and counters (both paths share them)."""
+        return self.router
 
     # ------------------------------------------------------------------------------------------------
     # Transitions and reload bookkeeping

@@ -128,6 +128,8 @@ class UpstreamStats:
         "failures",
         "fallback_cached",
         "fallback_static",
+        "fast_path",
+        "full_path",
         "in_flight",
         "last_transitions",
         "rejected",
@@ -146,6 +148,8 @@ class UpstreamStats:
         self.fallback_static = 0
         self.fallback_cached = 0
         self.in_flight = 0
+        self.fast_path = 0  # requests the fast path served (proxy/fast/)
+        self.full_path = 0  # requests the full path served (proxy/full/): handed over, or fast path off
         self.buckets = [0] * (len(DURATION_BUCKETS) + 1)
         self.duration_sum = 0.0
         self.duration_count = 0

@@ -14,10 +14,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
-from multidict import CIMultiDict
-from yarl import URL
-
 from breakwater.api.sidecar import SidecarConfig, UpstreamConfig
 from breakwater.api.spec import FallbackKind
 from breakwater.breaker import Breaker, Transition
@@ -108,11 +104,12 @@ class LiveUpstream:
         "budget",
         "bulkhead",
         "cache",
-        "client_timeout",
         "config",
         "failures",
+        "full_path",
         "host",
         "host_header",
+        "host_line",
         "name",
         "origin",
         "per_try_timeout",
@@ -122,10 +119,7 @@ class LiveUpstream:
         "static_fallback",
         "stats",
         "timeout",
-        "urls",
     )
-
-    _URL_CACHE = 1024
 
     def __init__(self, config: UpstreamConfig, parts: LiveParts) -> None:
         self.config = config
@@ -136,16 +130,11 @@ class LiveUpstream:
         bracketed = f"[{config.host}]" if ":" in config.host else config.host
         self.origin = f"http://{bracketed}:{config.port}"
         self.host_header = bracketed if config.port == 80 else f"{bracketed}:{config.port}"
+        self.host_line = f"Host: {self.host_header}\r\n".encode("ascii", "surrogateescape")
+        # The whole call's deadline, retries included; each try may be bounded tighter.
         self.timeout = config.timeout_seconds
-        t = config.timeout_seconds
-        self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=t, sock_read=t)
-        per_try = config.retry.per_try_timeout_seconds
-        self.per_try_timeout = (
-            self.client_timeout
-            if per_try is None
-            else aiohttp.ClientTimeout(total=None, sock_connect=per_try, sock_read=per_try)
-        )
-        self.urls: dict[str, URL] = {}
+        self.per_try_timeout = config.retry.per_try_timeout_seconds
+        self.full_path: object | None = None  # what the full path caches per upstream (see full/)
         self.failures = FailurePolicy.from_config(config.failures)
         self.retry = RetryPolicy.from_config(config.retry)
         self.breaker = parts.breaker
@@ -163,15 +152,6 @@ class LiveUpstream:
     @property
     def fallback_kind(self) -> str:
         return self.config.fallback.kind
-
-    def url(self, path_qs: str) -> URL:
-        """The upstream URL for a request target (parsed once per distinct target, a bounded cache)."""
-        url = self.urls.get(path_qs)
-        if url is None:
-            if len(self.urls) >= self._URL_CACHE:
-                self.urls.clear()
-            url = self.urls[path_qs] = URL(self.origin + path_qs, encoded=True)
-        return url
 
 
 def authority_aliases(host: str, port: int) -> list[tuple[str, int]]:
@@ -217,7 +197,3 @@ class RouteTable:
             by_authority=by_authority,
             refuse_unknown=config.forward_proxy.unknown_hosts == "Refuse",
         )
-
-
-def static_headers(fallback: StaticFallback) -> CIMultiDict[str]:
-    return CIMultiDict(fallback.headers)

@@ -22,10 +22,12 @@ async def upstream() -> AsyncIterator[FaultyUpstream]:
         await server.stop()
 
 
-@pytest.fixture
-async def start_sidecar(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
+@pytest.fixture(params=["fast", "full"])
+async def start_sidecar(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[SidecarFactory]:
+    """Starts sidecars whose data plane is the fast path, or (``full``) the full path alone: every
+    data-plane test runs on both."""
     async with contextlib.AsyncExitStack() as stack:
-        yield SidecarFactory(tmp_path, stack)
+        yield SidecarFactory(tmp_path, stack, path=request.param)
 
 
 @pytest.fixture

@@ -247,8 +247,9 @@ def rss_bytes() -> int:
 class SidecarFactory:
     """Starts sidecars from config documents written to a file (so reloads can rewrite it)."""
 
-    def __init__(self, tmp_path: Path, stack: contextlib.AsyncExitStack) -> None:
+    def __init__(self, tmp_path: Path, stack: contextlib.AsyncExitStack, *, path: str = "fast") -> None:
         self.path = tmp_path / "sidecar.json"
+        self.data_path = path  # "fast" or "full": which path serves the data plane
         self._stack = stack
 
     def write(self, doc: dict[str, Any]) -> None:
@@ -259,6 +260,7 @@ class SidecarFactory:
     async def __call__(self, doc: dict[str, Any], **options: Any) -> Sidecar:
         self.write(doc)
         options.setdefault("poll_interval", 0.05)
+        options.setdefault("fast_path", self.data_path == "fast")
         options.setdefault("drain_seconds", 2.0)
         return await self._stack.enter_async_context(run_sidecar(self.path, **options))
 

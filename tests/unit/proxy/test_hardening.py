@@ -48,18 +48,18 @@ async def test_a_malformed_request_line_gets_400_and_the_connection_closed(
     assert upstream.hits.total() == 0
 
 
-async def test_oversized_headers_get_4xx_without_reaching_the_upstream(
+async def test_oversized_heads_get_431_or_414_without_reaching_the_upstream(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream
 ) -> None:
     sidecar = await start_sidecar(sidecar_doc(upstream_doc("up", upstream.port)))
     port = sidecar.listen_port("up")
     huge_value = await _raw(port, b"GET /ok HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
-    assert huge_value[:12] in (b"HTTP/1.1 400", b"HTTP/1.0 400", b"HTTP/1.1 431")
+    assert huge_value[9:12] == b"431", huge_value[:40]
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(500))
     too_many = await _raw(port, b"GET /ok HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
-    assert too_many[:12] in (b"HTTP/1.1 400", b"HTTP/1.0 400", b"HTTP/1.1 431")
+    assert too_many[9:12] == b"431", too_many[:40]
     long_line = await _raw(port, b"GET /" + b"p" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert long_line[:12] in (b"HTTP/1.1 400", b"HTTP/1.0 400", b"HTTP/1.1 414")
+    assert long_line[9:12] == b"414", long_line[:40]
     assert upstream.hits.total() == 0
 
 
@@ -122,17 +122,23 @@ async def test_a_client_that_stalls_its_upload_gets_408_and_the_upstream_is_not_
     assert snap.state.value == "Closed"
 
 
-async def test_a_small_upload_that_never_completes_gets_408_within_the_timeout(
+async def test_a_small_upload_that_never_completes_is_cut_at_the_deadline_and_not_blamed_on_the_upstream(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream
 ) -> None:
     sidecar = await start_sidecar(sidecar_doc(upstream_doc("up", upstream.port, timeoutSeconds=0.3)))
-    answer = await _raw(
-        sidecar.listen_port("up"),
-        b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-part",
-        wait=5,
-    )
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.listen_port("up"))
+    try:
+        start = loop.time()
+        writer.write(b"POST /consume HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly-part")
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert loop.time() - start < 1.5
+    finally:
+        writer.close()
     assert answer.startswith(b"HTTP/1.1 408")
-    assert upstream.hits.total() == 0
+    up = sidecar.upstream("up")
+    assert up.stats.client_errors == 1
+    assert up.breaker.snapshot().failures == 0
 
 
 async def test_shutdown_stops_accepting_and_lets_requests_in_flight_finish(

@@ -1,29 +1,24 @@
-"""The forwarding path: one client request through bulkhead, breaker and retries to its upstream.
+"""The full path: one client request through bulkhead, breaker and retries to its upstream, on aiohttp.
 
-This module is the hot path and is kept separable on purpose: `Forwarder.forward` takes an aiohttp
-request and a compiled `LiveUpstream` and returns the response; listeners, reloads and admin live
-elsewhere. A later implementation may replace this module wholesale.
+`FullExchange.forward` takes an aiohttp request and a compiled `LiveUpstream` and returns the response.
+It serves what the fast path (`proxy/fast/`) hands over (upgrade requests; CONNECT is
+`proxy/full/http_proxy.py`'s), and every request when the fast path is switched off. Its semantics
+are the fast path's, with the same breaker, counters, answers and logs:
 
 Semantics (what a reader of the code should not have to reverse-engineer):
 
 - Streaming: request and response bodies flow through in chunks. Bodies whose length is known and at
   most `SMALL_BODY` bytes are read in one piece instead (one write instead of two, and such a request
   can be retried); nothing larger is ever held whole.
-- Timeouts: ``timeoutSeconds`` is an inactivity timeout, like nginx's ``proxy_read_timeout`` and
-  HAProxy's ``timeout server``: it bounds connecting, the wait for the response once the request is
-  sent, and every silence between body chunks. A download that keeps flowing is never cut, a stalled
-  one is. (A per-request hard deadline costs a timer per request on the hot path; an upstream that
-  trickles its answer a byte at a time is progress, not a hang.) Retries are only started within
-  ``timeoutSeconds`` of the request's arrival; ``perTryTimeoutSeconds`` replaces the inactivity timeout
-  of each try.
+- Deadline: ``timeoutSeconds`` bounds the whole call, from the request's arrival (its wait in the
+  bulkhead's line included) to the last byte of the answer, retries included; ``perTryTimeoutSeconds``
+  bounds each try within it. A client that has not sent its body by then gets 408.
 - The breaker sees one result per attempt: the status class (``failures.statusCodes``) or the transport
   failure (connect error / timeout / reset, each countable or not), with the time until the response
   headers as its duration. A response whose body breaks off counts as a reset. A client that goes away
   or stalls its own upload makes the attempt ``IGNORED`` (it says nothing about the upstream).
-- Answers the proxy makes itself carry ``x-breakwater``: ``open`` (503 + Retry-After), ``bulkhead-full``
-  (503), ``timeout`` (504), ``connect-error`` / ``reset`` (502), ``fallback-static`` /
-  ``fallback-cached`` (with ``x-breakwater-reason``). Fallbacks answer rejections, a full bulkhead and
-  transport failures; an upstream's own error response is passed through as it is.
+- Answers the proxy makes itself are `breakwater.proxy.answers`'; an upstream's own error response is
+  passed through as it is, and a ``101`` the proxy never asked for is an invalid answer (502).
 - Retries: only idempotent methods (RFC 9110), only with a replayable body, only for the configured
   conditions, only while the retry budget allows, with a short jittered backoff inside the deadline.
   Each try asks the breaker again; a rejection ends the retries.
@@ -35,9 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import math
 import random
 from collections.abc import Awaitable
 from typing import Final
@@ -48,14 +41,15 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from breakwater.breaker import REJECTED, Breaker, Outcome
+from breakwater.proxy.answers import MARKER, Answer, fallback_or
 from breakwater.proxy.cache import CacheFill, ResponseCache
 from breakwater.proxy.classifiers import IDEMPOTENT_METHODS, FailureKind
-from breakwater.proxy.headers import MARKER, MARKER_REASON, end_to_end
-from breakwater.proxy.request_body import CONTINUE, ClientBodyError, RequestBody
+from breakwater.proxy.full.headers import end_to_end, to_response
+from breakwater.proxy.full.request_body import CONTINUE, ClientBodyError, RequestBody
 from breakwater.proxy.stats import UpstreamStats
 from breakwater.proxy.upstream import LiveUpstream
 
-__all__ = ["SMALL_BODY", "Forwarder", "classify_exception", "retry_after_header"]
+__all__ = ["SMALL_BODY", "FullExchange", "classify_exception"]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +62,7 @@ _IGNORED: Final = Outcome.IGNORED
 _EMPTY_BODY_STATUSES: Final = frozenset({204, 304})
 
 
+_URL_CACHE: Final = 1024
 _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, ClientBodyError)
 _FAILURE_STATUS: Final = {FailureKind.CONNECT: 502, FailureKind.RESET: 502, FailureKind.TIMEOUT: 504}
 _BACKOFF_BASE: Final = 0.025
@@ -85,14 +80,22 @@ def classify_exception(exc: BaseException) -> FailureKind:
     return FailureKind.RESET
 
 
-def _json_body(**fields: object) -> bytes:
-    return json.dumps(fields, separators=(",", ":")).encode()
+def upstream_url(up: LiveUpstream, path_qs: str) -> URL:
+    """The upstream URL for a request target (parsed once per distinct target, a bounded cache)."""
+    urls = up.full_path
+    if not isinstance(urls, dict):
+        urls = up.full_path = {}
+    url = urls.get(path_qs)
+    if url is None:
+        if len(urls) >= _URL_CACHE:
+            urls.clear()
+        url = urls[path_qs] = URL(up.origin + path_qs, encoded=True)
+    return url
 
 
-def retry_after_header(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "60"
-    return str(max(1, math.ceil(seconds)))
+def _path_qs(request: web.BaseRequest) -> str:
+    raw = request.raw_path
+    return raw if raw[:1] == "/" else request.rel_url.raw_path_qs
 
 
 class _Permit:
@@ -112,7 +115,7 @@ class _Permit:
             self.breaker.on_result(self.token, outcome, self.duration)
 
 
-class Forwarder:
+class FullExchange:
     """Forwards requests with one shared `aiohttp.ClientSession` (its pool keeps upstream connections)."""
 
     __slots__ = ("_session",)
@@ -125,21 +128,28 @@ class Forwarder:
     # ------------------------------------------------------------------------------------------------
 
     async def forward(
-        self, request: web.BaseRequest, up: LiveUpstream, *, keep_host: bool = False
+        self,
+        request: web.BaseRequest,
+        up: LiveUpstream,
+        *,
+        host: str | None = None,
+        path_qs: str | None = None,
     ) -> web.StreamResponse:
         """Answer `request` from upstream `up`.
 
-        On an upstream's own listener the ``Host`` header becomes the upstream's ``host:port``; the
-        forward proxy passes ``keep_host`` (the client already named the upstream).
+        The ``Host`` header sent is `host` (the forward proxy's target authority), else the upstream's
+        ``host:port``; `path_qs` is the target to send, else the request's own.
         """
         stats = up.stats
+        stats.full_path += 1
         bulkhead = up.bulkhead
+        deadline = asyncio.get_running_loop().time() + up.timeout
         if bulkhead is not None and not bulkhead.try_enter() and not await bulkhead.enter(up.timeout):
             stats.bulkhead_full += 1
             return self._fallback_or(request, up, "bulkhead-full", 503, None)
         stats.in_flight += 1
         try:
-            return await self._forward(request, up, keep_host)
+            return await self._forward(request, up, host, path_qs or _path_qs(request), deadline)
         finally:
             stats.in_flight -= 1
             if bulkhead is not None:
@@ -150,14 +160,14 @@ class Forwarder:
     # ------------------------------------------------------------------------------------------------
 
     async def _forward(
-        self, request: web.BaseRequest, up: LiveUpstream, keep_host: bool
+        self, request: web.BaseRequest, up: LiveUpstream, host: str | None, path_qs: str, deadline: float
     ) -> web.StreamResponse:
         stats = up.stats
         breaker = up.breaker
         method = request.method
         headers = end_to_end(request.headers)
-        if not keep_host:
-            headers["Host"] = up.host_header
+        headers["Host"] = host or up.host_header
+        loop = asyncio.get_running_loop()
         expect = False
         if "Expect" in headers:
             expect = headers.popall("Expect")[0].lower() == "100-continue" and request.version >= (1, 1)
@@ -168,23 +178,20 @@ class Forwarder:
             length = request.content_length
             if length is not None and length <= SMALL_BODY:
                 try:
-                    data = await self._read_small_body(request, up.timeout, expect)
+                    data = await self._read_small_body(request, deadline - loop.time(), expect)
                 except ClientBodyError as exc:
                     stats.client_errors += 1
                     return self._client_error(exc)
             else:
-                data = streamed = RequestBody(request, expect, up.timeout)
+                data = streamed = RequestBody(request, expect, deadline)
 
-        raw = request.raw_path
-        url = up.url(raw if raw[:1] == "/" else request.rel_url.raw_path_qs)
+        url = upstream_url(up, path_qs)
 
         retry = up.retry
         budget = up.budget
         may_retry = budget is not None and streamed is None and method in IDEMPOTENT_METHODS
         if budget is not None:
             budget.record_request()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + up.timeout
         attempt = 0
         while True:
             attempt += 1
@@ -194,7 +201,13 @@ class Forwarder:
                 return self._fallback_or(request, up, "open", 503, breaker.retry_after())
             start = loop.time()
             permit = _Permit(breaker, token, 0.0)
-            timeout = up.client_timeout if retry.per_try_timeout is None else up.per_try_timeout
+            left = deadline - start
+            if left <= 0:
+                permit.finish(_FAILURE if up.failures.timeouts else _IGNORED)
+                stats.failures += 1
+                return self._fallback_or(request, up, "timeout", 504, None)
+            per_try = retry.per_try_timeout
+            timeout = aiohttp.ClientTimeout(total=left if per_try is None else min(left, per_try))
             try:
                 resp = await self._send(method, url, headers, data, timeout)
             except _UPSTREAM_ERRORS as exc:
@@ -206,7 +219,7 @@ class Forwarder:
                 kind = classify_exception(exc)
                 stats.observe(elapsed)
                 permit.finish(_FAILURE if up.failures.counts(kind) else _IGNORED)
-                if may_retry and attempt < retry.attempts and kind in retry.kinds:
+                if may_retry and attempt < retry.attempts and kind in retry.kinds and loop.time() < deadline:
                     delay = self._retry_delay(up, attempt, deadline)
                     if delay is not None:
                         await asyncio.sleep(delay)
@@ -220,6 +233,12 @@ class Forwarder:
             permit.duration = ttfb = loop.time() - start
             stats.observe(ttfb)
             status = resp.status
+            if status < 200:  # an upgrade the proxy never asked for (interim answers are not seen here)
+                resp.close()
+                permit.finish(_FAILURE if up.failures.resets else _IGNORED)
+                stats.failures += 1
+                log.debug("upstream %s: unsolicited %d", up.name, status)
+                return self._fallback_or(request, up, FailureKind.RESET.value, 502, None)
             failed = up.failures.is_failure_status(status)
             if may_retry and attempt < retry.attempts and retry.retries_status(status):
                 delay = self._retry_delay(up, attempt, deadline)
@@ -288,12 +307,17 @@ class Forwarder:
         fill: CacheFill | None = None
         cache = up.cache
         if cache is not None and not failed and ResponseCache.request_storable(method, request.headers):
-            fill = cache.begin(_cache_key(request), status, resp.headers, resp.content_length)
+            fill = cache.begin(
+                ResponseCache.key(_path_qs(request), request.headers),
+                status,
+                resp.headers,
+                resp.content_length,
+            )
             if fill is not None:
                 fill.reason = resp.reason or ""
         outcome = _FAILURE if failed else _SUCCESS
         try:
-            if method == "HEAD" or status in _EMPTY_BODY_STATUSES or status < 200:
+            if method == "HEAD" or status in _EMPTY_BODY_STATUSES:
                 resp.release()
                 permit.finish(outcome)
                 _count(stats, failed)
@@ -385,44 +409,21 @@ class Forwarder:
     # Answers the proxy makes itself
     # ------------------------------------------------------------------------------------------------
 
+    @staticmethod
     def _fallback_or(
-        self,
-        request: web.BaseRequest,
-        up: LiveUpstream,
-        reason: str,
-        status: int,
-        retry_after: float | None,
+        request: web.BaseRequest, up: LiveUpstream, reason: str, status: int, retry_after: float | None
     ) -> web.Response:
         """The fallback for this upstream if it has one that applies, else a plain marked error."""
-        static = up.static_fallback
-        if static is not None:
-            up.stats.fallback_static += 1
-            headers = CIMultiDict(static.headers)
-            headers[MARKER] = "fallback-static"
-            headers[MARKER_REASON] = reason
-            if retry_after is not None:
-                headers["Retry-After"] = retry_after_header(retry_after)
-            return web.Response(status=static.status, headers=headers, body=static.body)
-        cache = up.cache
-        if cache is not None and request.method in ("GET", "HEAD"):
-            entry = cache.lookup(_cache_key(request), request.headers)
-            if entry is not None:
-                up.stats.fallback_cached += 1
-                headers = CIMultiDict(entry.headers)
-                headers[MARKER] = "fallback-cached"
-                headers[MARKER_REASON] = reason
-                headers["Age"] = str(max(0, int(cache.now() - entry.stored_at)))
-                if retry_after is not None:
-                    headers["Retry-After"] = retry_after_header(retry_after)
-                return web.Response(
-                    status=entry.status, reason=entry.reason, headers=headers, body=entry.body
-                )
-        headers = CIMultiDict({MARKER: reason, "Content-Type": "application/json"})
-        fields: dict[str, object] = {"error": _MESSAGES.get(reason, reason), "upstream": up.name}
-        if retry_after is not None:
-            headers["Retry-After"] = retry_after_header(retry_after)
-            fields["retryAfterSeconds"] = round(retry_after, 3) if math.isfinite(retry_after) else None
-        return web.Response(status=status, headers=headers, body=_json_body(**fields))
+        answer: Answer = fallback_or(
+            up,
+            reason,
+            status,
+            retry_after,
+            method=request.method,
+            path_qs=_path_qs(request),
+            request_headers=request.headers,
+        )
+        return to_response(answer)
 
     @staticmethod
     def _client_error(exc: BaseException, streamed: RequestBody | None = None) -> web.Response:
@@ -435,7 +436,7 @@ class Forwarder:
         resp = web.Response(
             status=status,
             headers={MARKER: "client-error", "Content-Type": "application/json"},
-            body=_json_body(error="request body not received"),
+            body=b'{"error":"request body not received"}',
         )
         resp.force_close()
         return resp
@@ -446,20 +447,6 @@ def _count(stats: UpstreamStats, failed: bool) -> None:
         stats.failures += 1
     else:
         stats.successes += 1
-
-
-def _cache_key(request: web.BaseRequest) -> str:
-    raw = request.raw_path
-    return ResponseCache.key(raw if raw[:1] == "/" else request.rel_url.raw_path_qs, request.headers)
-
-
-_MESSAGES: Final = {
-    "open": "upstream circuit open",
-    "bulkhead-full": "too many concurrent requests to upstream",
-    "timeout": "upstream timed out",
-    "connect-error": "cannot connect to upstream",
-    "reset": "upstream connection broke",
-}
 
 
 def _abort_client(request: web.BaseRequest) -> None:

@@ -20,16 +20,16 @@ class ClientBodyError(Exception):
 class RequestBody:
     """The client's request body as an async iterable for the upstream request, watching who is slow.
 
-    A client silent for longer than `idle` seconds mid-body fails the request (408): an upload that
-    stalls must not hold a request, a bulkhead slot or a breaker permit forever.
+    A client that has not sent its whole body by the request's deadline fails the request (408): an
+    upload that stalls must not hold a request, a bulkhead slot or a breaker permit forever.
     """
 
-    __slots__ = ("_expect", "_idle", "_request", "done", "error", "reading")
+    __slots__ = ("_deadline", "_expect", "_request", "done", "error", "reading")
 
-    def __init__(self, request: web.BaseRequest, expect: bool, idle: float) -> None:
+    def __init__(self, request: web.BaseRequest, expect: bool, deadline: float) -> None:
         self._request = request
         self._expect = expect
-        self._idle = idle
+        self._deadline = deadline
         self.reading = False
         self.done = False
         self.error: BaseException | None = None
@@ -49,7 +49,7 @@ class RequestBody:
         while True:
             self.reading = True
             try:
-                async with asyncio.timeout(self._idle):
+                async with asyncio.timeout_at(self._deadline):
                     chunk = await content.readany()
             except Exception as exc:
                 self.error = exc

@@ -1,4 +1,4 @@
-"""Header handling for a proxy, as RFC 9110 section 7.6.1 asks.
+"""Header handling for the full path (aiohttp's multidicts), as RFC 9110 section 7.6.1 asks.
 
 Hop-by-hop fields are dropped in both directions: ``Connection`` and every field it lists, plus
 ``Keep-Alive``, ``TE``, ``Trailer``, ``Transfer-Encoding``, ``Upgrade`` and the ``Proxy-*`` family
@@ -9,23 +9,13 @@ passed through unchanged.
 
 from __future__ import annotations
 
-from typing import Final
-
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from breakwater.api.rules import HOP_BY_HOP
+from breakwater.proxy.answers import Answer
 
-__all__ = [
-    "HOP_BY_HOP",
-    "MARKER",
-    "MARKER_REASON",
-    "end_to_end",
-]
-
-MARKER: Final = "x-breakwater"
-"""On every answer the proxy made itself: ``open``, ``bulkhead-full``, ``timeout``, ``fallback-cached``..."""
-MARKER_REASON: Final = "x-breakwater-reason"
-"""On fallback answers: why the fallback was served (``open``, ``timeout``, ``connect-error``...)."""
+__all__ = ["HOP_BY_HOP", "end_to_end", "to_response"]
 
 
 def end_to_end(
@@ -46,3 +36,13 @@ def end_to_end(
     if drop_length and "Content-Length" in out:
         del out["Content-Length"]
     return out
+
+
+def to_response(answer: Answer) -> web.Response:
+    """An answer the proxy made itself, as an aiohttp response."""
+    return web.Response(
+        status=answer.status,
+        reason=answer.reason or None,
+        headers=CIMultiDict(answer.headers),
+        body=answer.body,
+    )

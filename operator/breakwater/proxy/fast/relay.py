@@ -1,0 +1,264 @@
+"""The response half of a fast-path exchange: the upstream's answer parsed and relayed to the client.
+
+`Relay` is the protocol object of each try's `httptools.HttpResponseParser`. What it writes is batched
+per read from the upstream (`flush_to_client`: one ``writelines`` for a head and its body when both came
+in one read). Framing towards the client is redone: a known length is kept, a chunked or
+close-delimited body is re-chunked for an HTTP/1.1 client (an HTTP/1.0 client gets it close-delimited).
+Interim 1xx answers are dropped; a 101 the proxy never asked for is an invalid answer (502).
+Answers to HEAD, and 204 and 304 answers, carry no body whatever their head says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Final
+
+from breakwater.proxy.cache import CacheFill
+from breakwater.proxy.fast.wire import (
+    KIND_CONNECTION,
+    KIND_CONTENT_LENGTH,
+    KIND_TRANSFER_ENCODING,
+    RESPONSE_FIELD_KINDS,
+    HeaderLines,
+    drop_nominated,
+    status_line,
+)
+
+if TYPE_CHECKING:
+    from breakwater.proxy.fast.pool import UpstreamConnection
+    from breakwater.proxy.fast.server import ClientConnection, RequestHead
+
+__all__ = ["Relay"]
+
+_NO_BODY_STATUSES: Final = frozenset({204, 304})
+_CHUNKED_FRAMING: Final = b"Transfer-Encoding: chunked\r\n"
+_CLOSE: Final = b"Connection: close\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+class _HeadResponseEnded(Exception):
+    """Raised from the parser's callback to end a HEAD answer at its head (httptools cannot be told
+    that a HEAD answer has no body). Only ever raised for HEAD."""
+
+
+class Relay:
+    __slots__ = (
+        "chunked",
+        "chunked_out",
+        "client",
+        "close_delimited",
+        "complete",
+        "conn",
+        "discarding",
+        "fill",
+        "got_response",
+        "head_ended",
+        "head_sent",
+        "interim",
+        "keep_alive",
+        "length",
+        "lines",
+        "loop",
+        "nominated",
+        "out",
+        "reason",
+        "req",
+        "retry_delay",
+        "status",
+        "timer_retry",
+        "token_duration",
+        "upgraded",
+    )
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.loop = asyncio.get_running_loop()
+        self.req: RequestHead | None = None
+        self.conn: UpstreamConnection | None = None
+        self.out: list[bytes] = []
+        self.lines: list[bytes] = []
+        self.fill: CacheFill | None = None
+        self.timer_retry: asyncio.TimerHandle | None = None
+        self.retry_delay = 0.0
+        self.token_duration = 0.0
+        self.head_sent = False
+        self.reset_response()
+
+    def start(self, req: RequestHead) -> None:
+        self.req = req
+        self.head_sent = False
+        self.fill = None
+        self.reset_response()
+
+    def reset_response(self) -> None:
+        self.status = 0
+        self.reason = b""
+        self.lines.clear()
+        self.out.clear()
+        self.length = -1
+        self.chunked = False
+        self.chunked_out = False
+        self.close_delimited = False
+        self.keep_alive = True
+        self.interim = False
+        self.upgraded = False
+        self.complete = False
+        self.discarding = False
+        self.got_response = False
+        self.head_ended = False
+        self.nominated = False
+
+    # -- hooks the exchange implements -------------------------------------------------------------
+
+    def response_head(self, status: int) -> bool:
+        raise NotImplementedError
+
+    def response_done(self) -> None:
+        raise NotImplementedError
+
+    def retry_discarded(self, delay: float) -> None:
+        raise NotImplementedError
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        kind = RESPONSE_FIELD_KINDS.get(name.lower())
+        if kind is None:
+            self.lines.append(b"%b: %b\r\n" % (name, value))
+        elif kind == KIND_CONTENT_LENGTH:
+            self.length = int(value)
+        elif kind == KIND_TRANSFER_ENCODING:
+            self.chunked = True  # the parser refuses any coding list that does not end in chunked
+        elif kind == KIND_CONNECTION:
+            tokens = value.lower()
+            if tokens not in (b"keep-alive", b"close"):
+                self.nominated = True
+                self.lines.append(b"Connection: %b\r\n" % value)  # dropped with what it lists below
+
+    def on_headers_complete(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        assert conn.parser is not None
+        status = conn.parser.get_status_code()
+        self.got_response = True
+        if status < 200:
+            if status == 101:
+                self.upgraded = True
+            else:
+                self.interim = True
+            return
+        self.status = status
+        self.keep_alive = conn.parser.should_keep_alive()
+        if not self.response_head(status):
+            self.discarding = True
+            if self.req is not None and self.req.method == "HEAD":
+                self.head_ended = True
+                raise _HeadResponseEnded
+            return
+        req = self.req
+        assert req is not None
+        head_only = req.method == "HEAD" or status in _NO_BODY_STATUSES
+        lines = self.lines
+        if self.nominated:
+            drop_nominated(lines)
+        parts = [status_line(status, self.reason), *lines]
+        if self.length >= 0 and status != 204:
+            parts.append(b"Content-Length: %d\r\n" % self.length)
+        elif not head_only:
+            self.close_delimited = not self.chunked
+            if req.http11:
+                self.chunked_out = True
+                parts.append(_CHUNKED_FRAMING)
+            else:
+                self.client.close_after = True
+        if self.client.close_after or not req.keep_alive:
+            parts.append(_CLOSE)
+        parts.append(b"\r\n")
+        self.out.append(b"".join(parts))
+        self.head_sent = True
+        if req.method == "HEAD":
+            self.head_ended = True
+            raise _HeadResponseEnded
+
+    def on_body(self, body: bytes) -> None:
+        if self.discarding:
+            return
+        if self.fill is not None:
+            self.fill.feed(body)
+        if self.chunked_out:
+            self.out.append(b"%x\r\n%b\r\n" % (len(body), body))
+        else:
+            self.out.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.interim:  # a 100 or 103: the real answer follows on the same connection
+            self.interim = False
+            self.reason = b""
+            self.lines.clear()
+            return
+        if self.chunked_out and not self.discarding:
+            self.out.append(_LAST_CHUNK)
+        self.complete = True
+
+    # -- driven by the upstream connection ---------------------------------------------------------
+
+    def response_headers(self) -> HeaderLines:
+        return HeaderLines(self.lines)
+
+    def head_response_ended(self, conn: UpstreamConnection) -> bool:
+        """The parser stopped on `_HeadResponseEnded`: the HEAD answer is complete."""
+        if conn is not self.conn or not self.head_ended:
+            return False
+        self.complete = True
+        self.flush_to_client()
+        return True
+
+    def response_ended_by_close(self) -> None:
+        """A close-delimited body ended with the connection (the only way it can end)."""
+        self.keep_alive = False
+        if self.chunked_out:
+            self.out.append(_LAST_CHUNK)
+        self.complete = True
+        self.flush_to_client()
+
+    def flush_to_client(self) -> None:
+        if self.upgraded:
+            conn = self.conn
+            assert conn is not None
+            self.upgraded = False
+            self.upstream_upgraded(conn)
+            return
+        out = self.out
+        if out and not self.discarding:
+            self.client.write_many(out)
+        out.clear()
+        if self.complete:
+            self._finish()
+
+    def upstream_upgraded(self, conn: UpstreamConnection) -> None:
+        raise NotImplementedError
+
+    def discard_for_retry(self, delay: float) -> None:
+        self.retry_delay = delay
+
+    def _finish(self) -> None:
+        self.complete = False
+        req = self.req
+        assert req is not None
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            if self.keep_alive and req.complete and not conn.closed:
+                conn.pool.give_back(conn)
+            else:
+                conn.close()
+        if self.discarding:
+            self.discarding = False
+            self.retry_discarded(self.retry_delay)
+            return
+        if not req.complete:
+            self.client.close_after = True  # the rest of the request body will never be read
+        self.response_done()

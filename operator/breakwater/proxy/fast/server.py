@@ -1,0 +1,426 @@
+"""The client side of the fast path: one `ClientConnection` protocol per accepted connection.
+
+Requests are parsed by httptools (llhttp, strict: Content-Length with Transfer-Encoding, two
+Content-Lengths, obs-fold, invalid chunk sizes and bare LF are all parse errors) and answered one at
+a time, in order: a pipelined request waits, parsed, with the connection's reading paused, until the
+answer before it is complete. Every malformed request gets 400 (a head over `MAX_HEAD_BYTES` 431, a
+target over `MAX_TARGET_BYTES` 414, a transfer coding other than chunked 501) with the connection
+closed, and one rate-limited WARNING line per kind of error.
+
+An upgrade request (``Connection: upgrade``) or a ``CONNECT`` is handed to the full path: once the
+answers before it are written, the connection's transport is given to an aiohttp protocol together
+with the request's head and the bytes that followed it, and stays there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Final
+
+import httptools
+
+from breakwater.proxy.answers import MARKER, Answer, plain
+from breakwater.proxy.fast.exchange import Exchange
+from breakwater.proxy.fast.wire import (
+    FIELD_KINDS,
+    KIND_CONNECTION,
+    KIND_CONTENT_LENGTH,
+    KIND_EXPECT,
+    KIND_HOST,
+    KIND_TRANSFER_ENCODING,
+    drop_nominated,
+    render_answer,
+)
+from breakwater.proxy.logs import RateLimitedLog
+from breakwater.proxy.upstream import LiveUpstream
+
+if TYPE_CHECKING:
+    from breakwater.proxy.fast.listener import FastListener
+
+__all__ = ["MAX_HEAD_BYTES", "MAX_TARGET_BYTES", "ClientConnection", "RequestHead"]
+
+log = logging.getLogger(__name__)
+bad_requests_log = RateLimitedLog(log)
+
+MAX_HEAD_BYTES: Final = 16 * 1024
+"""A request head (request line and header fields) larger than this is answered 431."""
+MAX_TARGET_BYTES: Final = 8 * 1024
+MAX_FIELDS: Final = 100
+_TOO_LARGE: Final = plain(431, "bad-request", "request header fields too large\n")
+_METHODS: dict[bytes, str] = {}
+
+
+class RequestHead:
+    """One parsed request: what the upstream request is made of, and its body while it waits."""
+
+    __slots__ = (
+        "body",
+        "chunked",
+        "complete",
+        "content_length",
+        "expect_continue",
+        "fields",
+        "head_size",
+        "host",
+        "host_line",
+        "http11",
+        "keep_alive",
+        "lines",
+        "method",
+        "nominated",
+        "problem",
+        "raw_specials",
+        "started",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.target = b""
+        self.method = ""
+        self.version = "1.1"
+        self.lines: list[bytes] = []
+        self.raw_specials: list[bytes] = []
+        self.body: list[bytes] = []
+        self.host = b""
+        self.host_line = b""  # the Host line to send, when not the upstream's own (forward proxy)
+        self.content_length = -1
+        self.head_size = 0
+        self.fields = 0
+        self.chunked = False
+        self.expect_continue = False
+        self.keep_alive = True
+        self.http11 = True
+        self.complete = False
+        self.started = False
+        self.upgrade = False
+        self.nominated = False
+        self.problem: Answer | None = None
+
+    @property
+    def path_qs(self) -> str:
+        target = self.target.decode("latin-1")
+        if target[:1] == "/" or target == "*":
+            return target
+        scheme_end = target.find("://")
+        slash = target.find("/", scheme_end + 3) if scheme_end >= 0 else -1
+        return target[slash:] if slash >= 0 else "/"
+
+    def upstream_head(self, up: LiveUpstream) -> bytes:
+        target = self.target
+        if target[:1] != b"/" and target != b"*":
+            target = self.path_qs.encode("latin-1")
+        if self.content_length >= 0:
+            framing = b"Content-Length: %d\r\n" % self.content_length
+        elif self.chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        else:
+            framing = b""
+        method = self.method.encode()
+        return b"".join(
+            (
+                method,
+                b" ",
+                target,
+                b" HTTP/1.1\r\n",
+                self.host_line or up.host_line,
+                *self.lines,
+                framing,
+                b"\r\n",
+            )
+        )
+
+    def original_head(self) -> bytes:
+        """The head as the client sent it (field order aside): what a handed-off request starts with."""
+        line = b"%b %b HTTP/%b\r\n" % (self.method.encode(), self.target, self.version.encode())
+        return b"".join((line, *self.lines, *self.raw_specials, b"\r\n"))
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection of a fast-path listener."""
+
+    __slots__ = (
+        "busy",
+        "close_after",
+        "current",
+        "exchange",
+        "handoff",
+        "head_bytes",
+        "in_head",
+        "last_active",
+        "listener",
+        "loop",
+        "parser",
+        "paused",
+        "pools",
+        "queue",
+        "req",
+        "transport",
+    )
+
+    def __init__(self, listener: FastListener) -> None:
+        self.listener = listener
+        self.pools = listener.engine.pools
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.exchange = Exchange(self)
+        self.req: RequestHead | None = None  # the one being parsed
+        self.current: RequestHead | None = None  # the one being answered
+        self.queue: deque[RequestHead] = deque()
+        self.handoff: list[bytes] | None = None
+        self.busy = False
+        self.close_after = False
+        self.in_head = False
+        self.paused = False
+        self.head_bytes = 0
+        self.last_active = time.monotonic()
+
+    # -- transport events --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.listener.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        self.transport = None
+        if self.busy:
+            self.exchange.client_lost()
+        self.queue.clear()
+
+    def pause_writing(self) -> None:
+        self.exchange.client_paused(True)
+
+    def resume_writing(self) -> None:
+        self.exchange.client_paused(False)
+
+    def data_received(self, data: bytes) -> None:
+        if self.handoff is not None:
+            self.handoff.append(data)
+            return
+        if self.in_head:  # a head still incomplete after earlier reads: bound what it may grow to
+            self.head_bytes += len(data)
+            if self.head_bytes > 4 * MAX_HEAD_BYTES:
+                if self.req is not None and self.req.fields == 0:  # still in the request line
+                    self._refuse(414, "bad-request", "request target too long")
+                else:
+                    self._refuse(431, "bad-request", "request header fields too large")
+                return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._hand_off(data[upgrade.args[0] :])
+        except httptools.HttpParserError as exc:
+            if self.transport is not None and not self.transport.is_closing():
+                reason = str(exc).split(":", 1)[0] or type(exc).__name__
+                self._refuse(400, "bad-request", reason)
+
+    # -- httptools callbacks -----------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self.head_bytes = 0
+        self.req = RequestHead()
+
+    def on_url(self, url: bytes) -> None:
+        req = self.req
+        assert req is not None
+        req.target += url
+        if len(req.target) > MAX_TARGET_BYTES:
+            req.problem = plain(414, "target-too-long", "the request target is too long\n")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.req
+        assert req is not None
+        req.head_size += len(name) + len(value) + 4
+        req.fields += 1
+        if req.head_size > MAX_HEAD_BYTES or req.fields > MAX_FIELDS:
+            req.problem = _TOO_LARGE
+        kind = FIELD_KINDS.get(name.lower())
+        if kind is None:
+            req.lines.append(b"%b: %b\r\n" % (name, value))
+            return
+        req.raw_specials.append(b"%b: %b\r\n" % (name, value))
+        if kind == KIND_HOST:
+            req.host = value
+        elif kind == KIND_CONTENT_LENGTH:
+            req.content_length = int(value)
+        elif kind == KIND_TRANSFER_ENCODING:
+            if req.chunked or value.strip().lower() != b"chunked":
+                req.problem = plain(501, "bad-request", "only the chunked transfer coding is supported\n")
+            req.chunked = True
+        elif kind == KIND_EXPECT:
+            req.expect_continue = value.strip().lower() == b"100-continue"
+        elif kind == KIND_CONNECTION and value.lower() not in (b"keep-alive", b"close", b"upgrade"):
+            req.nominated = True
+            req.lines.append(b"Connection: %b\r\n" % value)
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        req = self.req
+        assert req is not None
+        parser = self.parser
+        method = parser.get_method()
+        name = _METHODS.get(method)
+        if name is None:
+            name = _METHODS[method] = method.decode("ascii", "replace")
+        req.method = name
+        req.version = parser.get_http_version()
+        req.http11 = req.version == "1.1"
+        req.keep_alive = parser.should_keep_alive()
+        if not req.http11:
+            req.expect_continue = False
+        if req.nominated:
+            drop_nominated(req.lines)
+        if parser.should_upgrade():
+            req.upgrade = True  # the parser stops right after this callback: see `_hand_off`
+            return
+        if self.busy or self.queue:
+            self.queue.append(req)
+            self._pause(True)
+            return
+        self._begin(req)
+
+    def on_body(self, body: bytes) -> None:
+        req = self.req
+        assert req is not None
+        if req.started and self.current is req:
+            self.exchange.request_body(body)
+        elif not req.started:
+            req.body.append(body)
+
+    def on_message_complete(self) -> None:
+        req = self.req
+        assert req is not None
+        req.complete = True
+        if req.started and self.current is req:
+            self.exchange.request_complete()
+
+    # -- answering ---------------------------------------------------------------------------------
+
+    def _begin(self, req: RequestHead) -> None:
+        self.busy = True
+        self.current = req
+        req.started = True
+        if req.problem is not None:
+            self.close_after = True
+            self.answer(req.problem)
+            return
+        route = self.listener.route(req)
+        if isinstance(route, Answer):
+            self.answer(route)
+            return
+        self.exchange.begin(req, route)
+
+    def answer(self, answer: Answer) -> None:
+        """Write an answer the proxy made itself and end the request."""
+        req = self.current
+        head_only = req is not None and req.method == "HEAD"
+        close = self.close_after or req is None or not req.keep_alive or not req.complete
+        self.write(render_answer(answer, head_only=head_only, close=close))
+        if self.exchange.up is None:  # no exchange began (a refusal before routing)
+            self.exchange_ended()
+
+    def client_error(self, status: int, message: str) -> None:
+        self.close_after = True
+        answer = Answer(status, [(MARKER, "client-error"), ("Content-Type", "application/json")],
+                        b'{"error":"%s"}' % message.encode())  # fmt: skip
+        self.write(render_answer(answer, close=True))
+
+    def exchange_ended(self) -> None:
+        """The current request is answered (or given up): go on with the next one, or close."""
+        req = self.current
+        self.current = None
+        self.busy = False
+        self.last_active = time.monotonic()
+        transport = self.transport
+        if transport is None:
+            return
+        if self.close_after or req is None or not req.keep_alive or not req.complete:
+            transport.close()
+            return
+        if self.queue or self.handoff is not None:
+            self.loop.call_soon(self._next)
+        elif self.paused:
+            self._pause(False)
+
+    def _next(self) -> None:
+        if self.busy or self.transport is None:
+            return
+        if self.queue:
+            self._begin(self.queue.popleft())
+            return
+        if self.handoff is not None:
+            self._finish_handoff()
+            return
+        if self.paused:
+            self._pause(False)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def write_many(self, parts: list[bytes]) -> None:
+        if self.transport is not None:
+            self.transport.writelines(parts)
+
+    def abort(self) -> None:
+        """Close at once so that a half-sent answer is seen as broken, not complete."""
+        self.close_after = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def pause_body(self, paused: bool) -> None:
+        """The upstream cannot take more of the request body now."""
+        self._pause(paused)
+
+    def _pause(self, paused: bool) -> None:
+        transport = self.transport
+        if transport is None or paused == self.paused:
+            return
+        self.paused = paused
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    def _refuse(self, status: int, marker: str, reason: str) -> None:
+        bad_requests_log.warning(reason, "malformed request from a client: %s (%d)", reason, status)
+        self.listener.bad_request(status)
+        self.close_after = True
+        self.queue.clear()
+        if self.busy:  # the answer in progress cannot be followed by another on this connection
+            self.handoff = None
+            self.exchange.client_lost()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.write(render_answer(plain(status, marker, reason + "\n"), close=True))
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- handing a connection to the full path -----------------------------------------------------
+
+    def _hand_off(self, rest: bytes) -> None:
+        req = self.req
+        assert req is not None
+        assert req.upgrade
+        self.handoff = [req.original_head(), rest]
+        self._pause(True)
+        if not self.busy and not self.queue:
+            self._finish_handoff()
+
+    def _finish_handoff(self) -> None:
+        transport = self.transport
+        parts = self.handoff
+        if transport is None or parts is None:
+            return
+        self.handoff = None
+        self.listener.connections.discard(self)
+        self.transport = None
+        self.listener.hand_off(transport, b"".join(parts))

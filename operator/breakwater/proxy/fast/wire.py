@@ -1,0 +1,136 @@
+"""HTTP/1.1 bytes for the fast path: which header fields a proxy keeps, and the heads it writes.
+
+Header lines are kept as the rendered bytes ``Name: value\\r\\n`` they will be written as (one
+allocation per field, no dict, no case-folding of values). Hop-by-hop fields (RFC 9110 section 7.6.1:
+``Connection`` and what it lists, ``Keep-Alive``, ``TE``, ``Trailer``, ``Transfer-Encoding``,
+``Upgrade``, ``Proxy-*``) are dropped in both directions; framing (``Content-Length`` or chunked) is
+written by each hop for the body it sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+from breakwater.api.rules import HOP_BY_HOP
+from breakwater.proxy.answers import Answer
+
+__all__ = [
+    "CONTINUE",
+    "HOP_BY_HOP_BYTES",
+    "KIND_CONNECTION",
+    "KIND_CONTENT_LENGTH",
+    "KIND_EXPECT",
+    "KIND_HOP",
+    "KIND_HOST",
+    "KIND_TRANSFER_ENCODING",
+    "RESPONSE_FIELD_KINDS",
+    "HeaderLines",
+    "drop_nominated",
+    "render_answer",
+    "status_line",
+]
+
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+HOP_BY_HOP_BYTES: Final = frozenset(h.encode() for h in HOP_BY_HOP)
+
+# What a header field is to the proxy (by its lower-cased name); absent: end-to-end, passed on as is.
+KIND_HOP: Final = 1
+KIND_HOST: Final = 2
+KIND_CONTENT_LENGTH: Final = 3
+KIND_TRANSFER_ENCODING: Final = 4
+KIND_CONNECTION: Final = 5
+KIND_EXPECT: Final = 6
+FIELD_KINDS: Final[dict[bytes, int]] = {
+    **dict.fromkeys(HOP_BY_HOP_BYTES, KIND_HOP),
+    b"host": KIND_HOST,
+    b"content-length": KIND_CONTENT_LENGTH,
+    b"transfer-encoding": KIND_TRANSFER_ENCODING,
+    b"connection": KIND_CONNECTION,
+    b"expect": KIND_EXPECT,
+}
+RESPONSE_FIELD_KINDS: Final[dict[bytes, int]] = {
+    **dict.fromkeys(HOP_BY_HOP_BYTES, KIND_HOP),
+    b"content-length": KIND_CONTENT_LENGTH,
+    b"transfer-encoding": KIND_TRANSFER_ENCODING,
+    b"connection": KIND_CONNECTION,
+}
+
+_REASONS: Final = {
+    200: "OK", 204: "No Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
+    404: "Not Found", 408: "Request Timeout", 413: "Content Too Large", 414: "URI Too Long",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    508: "Loop Detected",
+}  # fmt: skip
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+
+
+def status_line(status: int, reason: bytes) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n``, cached per (status, reason) (bounded)."""
+    key = (status, reason)
+    line = _STATUS_LINES.get(key)
+    if line is None:
+        if not reason:
+            reason = _REASONS.get(status, "Unknown").encode()
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason)
+        if len(_STATUS_LINES) < 512:
+            _STATUS_LINES[key] = line
+    return line
+
+
+class HeaderLines:
+    """Read access to kept header lines by name (for the rare paths: cache keys, Vary, Cache-Control)."""
+
+    __slots__ = ("_lines",)
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines
+
+    def get(self, name: str, /) -> str | None:
+        wanted = name.lower().encode()
+        for line in self._lines:
+            colon = line.find(b":")
+            if line[:colon].lower() == wanted:
+                return line[colon + 1 :].strip().decode("latin-1")
+        return None
+
+    def items(self) -> Iterator[tuple[str, str]]:
+        for line in self._lines:
+            name, _, value = line.partition(b":")
+            yield name.decode("latin-1"), value.strip().decode("latin-1")
+
+    def __getitem__(self, name: str) -> str:
+        value = self.get(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name) is not None
+
+
+def drop_nominated(lines: list[bytes]) -> None:
+    """Remove the ``Connection`` lines kept in `lines` and every field they list (the rare case of a
+    ``Connection`` header naming more than ``close`` / ``keep-alive``)."""
+    names: set[bytes] = set()
+    for line in lines:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"connection":
+            names.update(token.strip().lower() for token in value.split(b","))
+    names.add(b"connection")
+    lines[:] = [line for line in lines if line.partition(b":")[0].lower() not in names]
+
+
+def render_answer(answer: Answer, *, head_only: bool = False, close: bool = False) -> bytes:
+    """The bytes of a proxy-made answer (HEAD: the same head, no body)."""
+    parts = [status_line(answer.status, answer.reason.encode("latin-1"))]
+    for name, value in answer.headers:
+        parts.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+    parts.append(b"Content-Length: %d\r\n" % len(answer.body))
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(answer.body)
+    return b"".join(parts)
