@@ -52,6 +52,7 @@ class FaultyUpstream:
         app.router.add_get("/reset-small", self.reset_small)
         app.router.add_get("/big/{mib}", self.big)
         app.router.add_get("/chunked/{n}", self.chunked)
+        app.router.add_get("/trickle/{seconds}", self.trickle)
         app.router.add_get("/headers", self.headers)
         app.router.add_get("/cache/{name}", self.cache)
         app.router.add_route("*", "/{tail:.*}", self.ok)
@@ -166,6 +167,20 @@ class FaultyUpstream:
         await resp.prepare(request)
         for i in range(int(request.match_info["n"])):
             await resp.write(f"{i:04d}".encode() * 256)
+        await resp.write_eof()
+        return resp
+
+    async def trickle(self, request: web.Request) -> web.StreamResponse:
+        """Its head and 64 KiB at once, then one byte every 50 ms for `seconds` (progress, no silence)."""
+        self._hit(request)
+        trickled = int(float(request.match_info["seconds"]) / 0.05)
+        resp = web.StreamResponse()
+        resp.content_length = 65_536 + trickled
+        await resp.prepare(request)
+        await resp.write(b"t" * 65_536)
+        for _ in range(trickled):
+            await resp.write(b"t")
+            await asyncio.sleep(0.05)
         await resp.write_eof()
         return resp
 

@@ -279,3 +279,34 @@ async def test_a_client_that_goes_away_mid_body_is_not_held_against_the_upstream
     assert up.stats.client_errors == 1
     snap = up.breaker.snapshot()
     assert (snap.failures, snap.ignored) == (0, 1)
+
+
+async def test_the_timeout_bounds_the_whole_call_retries_included(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    _, base = await _start(
+        start_sidecar,
+        upstream.port,
+        timeoutSeconds=1.0,
+        retry={"attempts": 3, "perTryTimeoutSeconds": 0.4, "budgetPercent": 100, "retryOn": ["timeout"]},
+    )
+    for _ in range(10):  # requests the retry budget can be spent on
+        await _timed_get(client, f"{base}/ok")
+    status, headers, _, elapsed = await _timed_get(client, f"{base}/slow/5")
+    assert (status, headers["x-breakwater"]) == (504, "timeout")
+    assert 0.9 < elapsed < 1.3
+    assert upstream.hits["/slow/5"] == 3  # 0.4 + backoff + 0.4 + backoff + what is left of 1 s
+
+
+async def test_an_answer_that_trickles_past_the_timeout_is_cut_at_the_deadline(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    sidecar, base = await _start(start_sidecar, upstream.port, timeoutSeconds=0.5)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    with pytest.raises(aiohttp.ClientPayloadError):  # cut: the client sees it broken, not complete
+        await _timed_get(client, f"{base}/trickle/3")
+    assert loop.time() - start < 1.2
+    up = sidecar.upstream("up")
+    assert up.stats.failures == 1
+    assert up.breaker.snapshot().failures == 1

@@ -195,3 +195,47 @@ async def test_curl_can_tunnel_through_the_proxy_with_connect(
     assert out == b"ok"
     assert sidecar.forward_proxy is not None
     assert sidecar.forward_proxy.stats.tunnels_total == 1
+
+
+async def _raw_proxy(proxy_port: int, data: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy_port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        return head + await asyncio.wait_for(reader.readexactly(length), 5)
+    finally:
+        writer.close()
+
+
+async def test_an_https_target_is_refused_and_never_sent_in_clear_text(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream
+) -> None:
+    sidecar, _ = await _start(start_sidecar, upstream_doc("up", upstream.port))
+    assert sidecar.forward_proxy_port is not None
+    answer = await _raw_proxy(
+        sidecar.forward_proxy_port,
+        f"GET https://127.0.0.1:{upstream.port}/ok HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n"
+        "Authorization: Basic c2VjcmV0OnNlY3JldA==\r\n\r\n".encode(),
+    )
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert b"x-breakwater: unsupported-scheme" in answer
+    assert upstream.hits.total() == 0
+
+
+async def test_the_upstream_gets_the_targets_authority_as_host_not_the_clients(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream
+) -> None:
+    sidecar, _ = await _start(start_sidecar, upstream_doc("up", upstream.port))
+    assert sidecar.forward_proxy_port is not None
+    target = f"http://127.0.0.1:{upstream.port}/headers"
+    answer = await _raw_proxy(
+        sidecar.forward_proxy_port, f"GET {target} HTTP/1.1\r\nHost: another.vhost.example\r\n\r\n".encode()
+    )
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert upstream.last_headers["Host"] == f"127.0.0.1:{upstream.port}"
+    assert sidecar.upstream("up").stats.successes == 1

@@ -275,6 +275,8 @@ class ClientConnection(asyncio.Protocol):
         req.keep_alive = parser.should_keep_alive()
         if not req.http11:
             req.expect_continue = False
+        if req.content_length <= 0 and not req.chunked:
+            req.complete = True  # no body: answerable (and done reading) from its head alone
         if req.nominated:
             drop_nominated(req.lines)
         if parser.should_upgrade():
@@ -394,13 +396,14 @@ class ClientConnection(asyncio.Protocol):
         self.listener.bad_request(status)
         self.close_after = True
         self.queue.clear()
-        if self.busy:  # the answer in progress cannot be followed by another on this connection
+        answer = render_answer(plain(status, marker, reason + "\n"), close=True)
+        if self.busy:  # the request in progress broke: it goes no further upstream
             self.handoff = None
+            if not self.exchange.head_sent:  # else the only way left to say so is to close
+                self.write(answer)
             self.exchange.client_lost()
-            if self.transport is not None:
-                self.transport.close()
-            return
-        self.write(render_answer(plain(status, marker, reason + "\n"), close=True))
+        else:
+            self.write(answer)
         if self.transport is not None:
             self.transport.close()
 

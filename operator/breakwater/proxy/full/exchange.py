@@ -247,7 +247,7 @@ class FullExchange:
                     resp.close()
                     await asyncio.sleep(delay)
                     continue
-            return await self._relay(request, up, resp, permit, failed, streamed)
+            return await self._relay(request, up, resp, permit, failed, streamed, deadline)
 
     async def _read_small_body(self, request: web.BaseRequest, limit: float, expect: bool) -> bytes:
         try:
@@ -299,6 +299,7 @@ class FullExchange:
         permit: _Permit,
         failed: bool,
         streamed: RequestBody | None,
+        deadline: float,
     ) -> web.StreamResponse:
         stats = up.stats
         status = resp.status
@@ -326,7 +327,8 @@ class FullExchange:
             length = resp.content_length
             if length is not None and length <= SMALL_BODY:
                 try:
-                    body = await resp.read()
+                    async with asyncio.timeout_at(deadline):
+                        body = await resp.read()
                 except _UPSTREAM_ERRORS as exc:
                     kind = classify_exception(exc)
                     permit.finish(_FAILURE if up.failures.counts(kind) else _IGNORED)
@@ -341,7 +343,7 @@ class FullExchange:
                     fill.commit(request.headers)
                 return web.Response(status=status, reason=resp.reason, headers=headers, body=body)
 
-            return await self._stream(request, up, resp, permit, outcome, headers, fill, streamed)
+            return await self._stream(request, up, resp, permit, outcome, headers, fill, streamed, deadline)
         except BaseException:
             # Anything unexpected (cancellation at shutdown included): the permit must not leak.
             permit.finish(_IGNORED)
@@ -358,6 +360,7 @@ class FullExchange:
         headers: CIMultiDict[str],
         fill: CacheFill | None,
         streamed: RequestBody | None,
+        deadline: float,
     ) -> web.StreamResponse:
         stats = up.stats
         out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
@@ -371,7 +374,8 @@ class FullExchange:
         content = resp.content
         while True:
             try:
-                chunk = await content.readany()
+                async with asyncio.timeout_at(deadline):
+                    chunk = await content.readany()
             except _UPSTREAM_ERRORS as exc:
                 kind = classify_exception(exc)
                 resp.close()
