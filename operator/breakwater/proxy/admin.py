@@ -1,134 +1,168 @@
-"""The admin listener: probes, stats, metrics, and the config push endpoint.
+"""The admin endpoints: probes, stats, metrics, and the config push, as plain request -> answer functions
+(served by `proxy/admin_server.py`, no web framework).
 
 - ``GET /healthz``: 200 while the process serves (never looks at breakers).
 - ``GET /readyz``: 200 once a config is loaded, else 503; the body shows the running config hash and
   the last reload error, if any (an invalid reload never makes a loaded sidecar unready).
-- ``GET /stats``: JSON per upstream: breaker state and figures, request counters, window figures, last
-  transitions; plus the config hash, the last reload and its error, and the listeners.
-- ``GET /metrics``: Prometheus text from this sidecar's own registry.
+- ``GET /stats``: JSON per upstream: breaker state and figures, request counters (by path too), window
+  figures, last transitions; plus the config hash, the last reload and its error, and the listeners.
+- ``GET /metrics``: Prometheus text (`proxy/metrics.py`).
 - ``PUT /config``: a whole `SidecarConfig` as JSON, applied like a file reload. Guarded by
   ``Authorization: Bearer $BREAKWATER_ADMIN_TOKEN`` when that variable is set, else loopback clients
   only. Answers 200 ``{"applied": bool, "configHash", "generation"}``, 400 (invalid), 401/403,
   409 (older generation than running), 413 (over 1 MiB), 422 (valid but cannot be applied here).
 - ``GET /config``: the running config (same guard).
+
+The sidecar is seen through `AdminView`, so this module does not import it (no import circle).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import logging
+import json
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from aiohttp import web
-
-from breakwater.api.sidecar import SidecarConfigError, parse_sidecar_config
+from breakwater.api.sidecar import SidecarConfig, SidecarConfigError, parse_sidecar_config
 from breakwater.proxy.metrics import CONTENT_TYPE, render
+from breakwater.proxy.reload import ConfigApplyError, ReloadCounters, ReloadStatus, StaleConfigError
 from breakwater.proxy.stats import wall_time
+from breakwater.proxy.targets import ForwardRouter
+from breakwater.proxy.upstream import RouteTable
 
-if TYPE_CHECKING:
-    from breakwater.proxy.sidecar import Sidecar
+__all__ = ["MAX_BODY", "AdminAnswer", "AdminRequest", "AdminView", "handle", "stats_document"]
 
-__all__ = ["add_admin_routes", "stats_document"]
-
-log = logging.getLogger(__name__)
-
-
-def _sidecar(request: web.Request) -> Sidecar:
-    from breakwater.proxy.sidecar import SIDECAR
-
-    return request.app[SIDECAR]
+MAX_BODY = 1024 * 1024
+_JSON = "application/json; charset=utf-8"
 
 
-def add_admin_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/stats", stats)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_put("/config", put_config)
-    app.router.add_get("/config", get_config)
+class AdminView(Protocol):
+    """What the admin endpoints read and call on the sidecar."""
+
+    routes: RouteTable
+    config: SidecarConfig | None
+    admin_token: str | None
+    clock: Callable[[], float]
+
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def reload_counters(self) -> ReloadCounters: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def last_reload(self) -> ReloadStatus | None: ...
+    @property
+    def last_reload_error(self) -> ReloadStatus | None: ...
+    @property
+    def admin_port(self) -> int | None: ...
+    @property
+    def forward_proxy_port(self) -> int | None: ...
+    @property
+    def forward_proxy(self) -> ForwardRouter: ...
+    def listen_port(self, upstream: str) -> int: ...
+    def client_connections(self) -> int: ...
+    def record_failure(self, source: str, error: str) -> None: ...
+    async def apply_config(self, config: SidecarConfig, *, source: str = "api") -> bool: ...
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"ok": True})
+@dataclass(slots=True)
+class AdminRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # lower-cased names
+    body: bytes = b""
+    peer: str = ""
 
 
-async def readyz(request: web.Request) -> web.Response:
-    sidecar = _sidecar(request)
-    error = sidecar.last_reload_error
-    doc: dict[str, Any] = {
-        "ready": sidecar.ready,
-        "configHash": sidecar.routes.config_hash or None,
-        "lastReloadError": error.to_json() if error is not None else None,
-    }
-    return web.json_response(doc, status=200 if sidecar.ready else 503)
+@dataclass(slots=True)
+class AdminAnswer:
+    status: int
+    body: bytes
+    headers: list[tuple[str, str]] = field(default_factory=list)
 
 
-async def stats(request: web.Request) -> web.Response:
-    return web.json_response(stats_document(_sidecar(request)))
+def _json(doc: object, status: int = 200, headers: list[tuple[str, str]] | None = None) -> AdminAnswer:
+    return AdminAnswer(status, json.dumps(doc).encode(), [("Content-Type", _JSON), *(headers or [])])
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = render(_sidecar(request).registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+async def handle(sidecar: AdminView, request: AdminRequest) -> AdminAnswer:
+    """The answer to one admin request."""
+    route = (request.method, request.path.partition("?")[0])
+    if route == ("GET", "/healthz"):
+        return _json({"ok": True})
+    if route == ("GET", "/readyz"):
+        error = sidecar.last_reload_error
+        doc = {
+            "ready": sidecar.ready,
+            "configHash": sidecar.routes.config_hash or None,
+            "lastReloadError": error.to_json() if error is not None else None,
+        }
+        return _json(doc, 200 if sidecar.ready else 503)
+    if route == ("GET", "/stats"):
+        return _json(stats_document(sidecar))
+    if route == ("GET", "/metrics"):
+        return AdminAnswer(
+            200, render(sidecar.routes, sidecar.reload_counters), [("Content-Type", CONTENT_TYPE)]
+        )
+    if route == ("PUT", "/config"):
+        return await _put_config(sidecar, request)
+    if route == ("GET", "/config"):
+        denied = _guard(sidecar, request)
+        if denied is not None:
+            return denied
+        if sidecar.config is None:
+            return _json({"error": "no config loaded"}, 404)
+        return AdminAnswer(200, sidecar.config.to_json().encode(), [("Content-Type", _JSON)])
+    if route[1] in ("/healthz", "/readyz", "/stats", "/metrics", "/config"):
+        return _json({"error": "method not allowed"}, 405)
+    return _json({"error": "not found"}, 404)
 
 
-def _guard(request: web.Request, sidecar: Sidecar) -> web.Response | None:
+def _guard(sidecar: AdminView, request: AdminRequest) -> AdminAnswer | None:
     token = sidecar.admin_token
     if token:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), token.encode()):
-            return web.json_response(
+            return _json(
                 {"error": "a valid bearer token is required"},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="breakwater"'},
+                401,
+                [("WWW-Authenticate", 'Bearer realm="breakwater"')],
             )
         return None
     try:
-        loopback = ipaddress.ip_address(request.remote or "").is_loopback
+        loopback = ipaddress.ip_address(request.peer).is_loopback
     except ValueError:
         loopback = False
     if not loopback:
-        return web.json_response({"error": "config changes are accepted from loopback only"}, status=403)
+        return _json({"error": "config changes are accepted from loopback only"}, 403)
     return None
 
 
-async def put_config(request: web.Request) -> web.Response:
-    from breakwater.proxy.sidecar import ConfigApplyError, StaleConfigError
-
-    sidecar = _sidecar(request)
-    denied = _guard(request, sidecar)
+async def _put_config(sidecar: AdminView, request: AdminRequest) -> AdminAnswer:
+    denied = _guard(sidecar, request)
     if denied is not None:
         return denied
-    raw = await request.read()
     try:
-        config = parse_sidecar_config(raw, source="PUT /config")
+        config = parse_sidecar_config(request.body, source="PUT /config")
     except SidecarConfigError as exc:
         sidecar.record_failure("PUT /config", exc.detail)
-        return web.json_response({"error": exc.detail}, status=400)
+        return _json({"error": exc.detail}, 400)
     try:
         changed = await sidecar.apply_config(config, source="PUT /config")
     except StaleConfigError as exc:
-        return web.json_response({"error": str(exc)}, status=409)
+        return _json({"error": str(exc)}, 409)
     except ConfigApplyError as exc:
-        return web.json_response({"error": str(exc)}, status=422)
-    return web.json_response(
+        return _json({"error": str(exc)}, 422)
+    return _json(
         {"applied": changed, "configHash": sidecar.routes.config_hash, "generation": config.generation}
     )
 
 
-async def get_config(request: web.Request) -> web.Response:
-    sidecar = _sidecar(request)
-    denied = _guard(request, sidecar)
-    if denied is not None:
-        return denied
-    if sidecar.config is None:
-        return web.json_response({"error": "no config loaded"}, status=404)
-    return web.Response(text=sidecar.config.to_json(), content_type="application/json")
-
-
-def stats_document(sidecar: Sidecar) -> dict[str, Any]:
+def stats_document(sidecar: AdminView) -> dict[str, Any]:
     """What /stats shows (also `Sidecar.stats()`)."""
     routes = sidecar.routes
     clock = sidecar.clock
@@ -191,8 +225,8 @@ def stats_document(sidecar: Sidecar) -> dict[str, Any]:
         "generation": routes.config.generation if sidecar.ready else None,
         "lastReload": last.to_json() if last is not None else None,
         "lastReloadError": error.to_json() if error is not None else None,
-        "startedAt": sidecar.timing.started_at,
-        "uptimeSeconds": round(time.time() - sidecar.timing.started_at, 3),
+        "startedAt": sidecar.started_at,
+        "uptimeSeconds": round(time.time() - sidecar.started_at, 3),
         "clock": now,
         "listeners": {
             "admin": sidecar.admin_port,

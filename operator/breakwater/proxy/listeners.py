@@ -52,12 +52,6 @@ class _Listener(Protocol):
     async def drain(self, seconds: float) -> None: ...
 
 
-def _full_server(handler: Handler, idle_timeout: float) -> FullServer:
-    from breakwater.proxy.full.server import FullServer  # the full path loads on first need
-
-    return FullServer(handler, idle_timeout=idle_timeout)
-
-
 class _FastSocket:
     """A socket served by the fast path; the full path's server is made when a connection is handed over."""
 
@@ -80,7 +74,9 @@ class _FastSocket:
         from breakwater.proxy.full.server import hand_off
 
         if self._full is None:
-            self._full = _full_server(self._handler(), self._idle_timeout)
+            from breakwater.proxy.full.server import FullServer  # the full path loads on first need
+
+            self._full = FullServer(self._handler(), idle_timeout=self._idle_timeout)
         hand_off(self._full, transport, data)
 
     def connections(self) -> int:
@@ -109,45 +105,6 @@ class _FastSocket:
         protocol.abort_all()
         protocol.close()
         await asyncio.gather(*waits, return_exceptions=True)
-
-
-class _FullSocket:
-    """A socket served by the full path alone (the fast path is off)."""
-
-    def __init__(self, key: ListenerKey, handler: Handler, idle_timeout: float, drain_seconds: float) -> None:
-        self.key = key
-        self._server = _full_server(handler, idle_timeout)
-        self._drain_seconds = drain_seconds
-        self._runner: web.ServerRunner | None = None
-        self._site: web.TCPSite | None = None
-        self._port = 0
-
-    @property
-    def port(self) -> int:
-        return self._port
-
-    def connections(self) -> int:
-        return len(self._server.connections)
-
-    async def start(self, port: int) -> None:
-        from aiohttp import web
-
-        if self._runner is None:
-            self._runner = web.ServerRunner(self._server, shutdown_timeout=self._drain_seconds)
-            await self._runner.setup()
-        site = web.TCPSite(self._runner, self.key[2], port, backlog=_BACKLOG)
-        await site.start()
-        self._site = site
-        self._port = site.port
-
-    async def stop_accepting(self) -> None:
-        if self._site is not None:
-            await self._site.stop()
-            self._site = None
-
-    async def drain(self, seconds: float) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def wanted(config: SidecarConfig) -> list[ListenerKey]:
@@ -225,7 +182,9 @@ class ListenerSet:
         if self.fast is not None:
             listener = _FastSocket(key, self.fast, lambda: self.handler(key), self.idle_timeout)
         else:
-            listener = _FullSocket(key, self.handler(key), self.idle_timeout, self.drain_seconds)
+            from breakwater.proxy.full.socket import FullSocket
+
+            listener = FullSocket(key, self.handler(key), self.idle_timeout, self.drain_seconds)
         await listener.start(key[3])
         return listener
 

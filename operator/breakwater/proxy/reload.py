@@ -19,11 +19,33 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.api.sidecar import SidecarConfig, SidecarConfigError, parse_sidecar_config
+from breakwater.errors import ConfigNotApplied
 from breakwater.proxy.logs import CONFIG_CHANNEL
-from breakwater.proxy.metrics import ReloadCounters
 from breakwater.proxy.upstream import RouteTable
 
-__all__ = ["ConfigWatcher", "ReloadHistory", "ReloadStatus"]
+__all__ = [
+    "ConfigApplyError",
+    "ConfigWatcher",
+    "ReloadCounters",
+    "ReloadHistory",
+    "ReloadStatus",
+    "StaleConfigError",
+]
+
+
+class ConfigApplyError(ConfigNotApplied):
+    """A valid config whose listeners could not be bound here (a port in use)."""
+
+
+class StaleConfigError(ConfigNotApplied):
+    """A config older (lower ``generation``) than the one running."""
+
+
+@dataclass(slots=True)
+class ReloadCounters:
+    success: int = 0
+    failure: int = 0
+
 
 log = logging.getLogger(CONFIG_CHANNEL)
 

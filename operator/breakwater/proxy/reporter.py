@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import pydantic
 
 from breakwater.api import datagram
@@ -38,6 +37,7 @@ from breakwater.api.report import (
     UpstreamReport,
 )
 from breakwater.api.sidecar import SidecarConfig
+from breakwater.proxy.https_client import HttpClientError, request
 from breakwater.proxy.sidecar import Sidecar
 from breakwater.proxy.stats import TransitionEvent, wall_time
 
@@ -49,7 +49,7 @@ BATCH_SECONDS = 0.02
 RESEND_SECONDS = 1.0  # a report that carries transitions is sent again if not answered by then (± 50 %,
 # so a fleet that tripped at once does not resend at once)
 RENEW_BEFORE_SECONDS = 300.0
-HTTP_TIMEOUT = aiohttp.ClientTimeout(total=10)
+HTTP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Reporter:
     _carried_seq: int = -1
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    _http: aiohttp.ClientSession | None = None
+    _ssl: ssl.SSLContext | None = None
     _session: _Session | None = None
     _renew: asyncio.Event = field(default_factory=asyncio.Event)
     _renew_asked_at: float = 0.0
@@ -121,10 +121,10 @@ class Reporter:
         self._wake.set()
 
     async def start(self) -> None:
-        context = ssl.create_default_context(cadata=self.ca_pem) if self.ca_pem else None
         # No connection is kept: a session lasts an hour, a config fetch happens once per policy edit.
-        connector = aiohttp.TCPConnector(ssl=context if context is not None else True, force_close=True)
-        self._http = aiohttp.ClientSession(connector=connector)
+        self._ssl = (
+            ssl.create_default_context(cadata=self.ca_pem) if self.ca_pem else ssl.create_default_context()
+        )
         self._tasks = [asyncio.create_task(self._report_loop(), name="breakwater-report")]
         log.info("reporting to %s every %.0f s and on each transition", self.url, self.interval)
 
@@ -135,8 +135,6 @@ class Reporter:
                 await task
         if self._session is not None:
             self._session.transport.close()
-        if self._http is not None:
-            await self._http.close()
 
     # -- what is sent ------------------------------------------------------------------------------
 
@@ -181,22 +179,20 @@ class Reporter:
     # -- the session -------------------------------------------------------------------------------
 
     async def _open_session(self) -> _Session:
-        assert self._http is not None
         ask = datagram.SessionRequest(
             namespace=self.identity.namespace, pod=self.identity.pod, pod_uid=self.identity.uid
         )
-        async with self._http.post(
+        answer = await request(
+            "POST",
             self.url + datagram.SESSION_PATH,
-            data=ask.model_dump_json(by_alias=True),
+            body=ask.model_dump_json(by_alias=True).encode(),
             headers=self._headers(),
-            timeout=HTTP_TIMEOUT,
-        ) as resp:
-            text = await resp.text()
-            if resp.status != 200:
-                raise aiohttp.ClientResponseError(
-                    resp.request_info, (), status=resp.status, message=text[:200]
-                )
-        grant = datagram.SessionGrant.model_validate_json(text)
+            ssl_context=self._ssl,
+            within=HTTP_TIMEOUT,
+        )
+        if answer.status != 200:
+            raise HttpClientError(f"session refused ({answer.status}): {answer.text[:200]}")
+        grant = datagram.SessionGrant.model_validate_json(answer.body)
         host = urlsplit(self.url).hostname or "localhost"
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: _Endpoint(self._on_datagram), remote_addr=(host, grant.port)
@@ -256,7 +252,7 @@ class Reporter:
                 self._renew.clear()
                 try:
                     self._session = session = await self._open_session()
-                except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
+                except (OSError, TimeoutError, pydantic.ValidationError) as exc:
                     self.failures += 1
                     if self.failures == 1 or self.failures % 20 == 0:
                         log.warning("no report session with %s (%d tries): %s", self.url, self.failures, exc)
@@ -287,7 +283,6 @@ class Reporter:
                 await asyncio.wait_for(self._wake.wait(), min(left, RESEND_SECONDS))
 
     async def _fetch_config(self) -> None:
-        assert self._http is not None
         params = {
             "hash": self.sidecar.routes.config_hash,
             "namespace": self.identity.namespace,
@@ -303,18 +298,20 @@ class Reporter:
             ways.insert(0, lambda: {"Authorization": proof})
         for i, way in enumerate(ways):
             try:
-                async with self._http.get(
-                    self.url + CONFIG_PATH, params=params, headers=way(), timeout=HTTP_TIMEOUT
-                ) as resp:
-                    text = await resp.text()
-                    if resp.status == 401 and i + 1 < len(ways):
-                        continue
-                    if resp.status != 200:
-                        raise aiohttp.ClientResponseError(
-                            resp.request_info, (), status=resp.status, message=text[:200]
-                        )
-                    reply = ConfigReply.model_validate_json(text)
-            except (aiohttp.ClientError, OSError, TimeoutError, pydantic.ValidationError) as exc:
+                answer = await request(
+                    "GET",
+                    self.url + CONFIG_PATH,
+                    params=params,
+                    headers=way(),
+                    ssl_context=self._ssl,
+                    within=HTTP_TIMEOUT,
+                )
+                if answer.status == 401 and i + 1 < len(ways):
+                    continue
+                if answer.status != 200:
+                    raise HttpClientError(f"config fetch refused ({answer.status}): {answer.text[:200]}")
+                reply = ConfigReply.model_validate_json(answer.body)
+            except (OSError, TimeoutError, pydantic.ValidationError) as exc:
                 log.warning("fetching the pod's new config failed (the next answer retries): %s", exc)
                 return
             await self._maybe_apply(reply)

@@ -7,9 +7,9 @@ In-process use (tests, embedding)::
         sidecar.transition_listeners.append(on_event)   # TransitionEvent per breaker transition
         await sidecar.apply_config(new_config)          # what PUT /config does
 
-Structure: one `web.Application` (the admin app) owns the sidecar's lifetime through its cleanup
-context: the data-plane listeners (`ListenerSet`: each upstream's ``listenPort`` and the forward
-proxy, served by the fast path, `proxy/fast/`), and the config watcher. The full path
+Structure: the sidecar owns its data-plane listeners (`ListenerSet`: each upstream's ``listenPort``
+and the forward proxy, served by the fast path, `proxy/fast/`), the admin listener
+(`proxy/admin_server.py`, serving `proxy/admin.py`) and the config watcher. The full path
 (`proxy/full/`: an aiohttp `ClientSession`, `FullExchange`, `FullForwardProxy`) is made on its first
 request: what the fast path hands over, or every request when ``fast_path=False``. Both read the
 current `RouteTable`, so both use the same breaker, counters and fallbacks per upstream.
@@ -34,17 +34,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import aiohttp
-from aiohttp import web
-
 from breakwater.api.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
 from breakwater.breaker import Transition
-from breakwater.errors import ConfigNotApplied
+from breakwater.proxy.admin import AdminAnswer, AdminRequest, handle, stats_document
+from breakwater.proxy.admin_server import AdminServer
 from breakwater.proxy.fast.listener import FastPath
 from breakwater.proxy.listeners import ListenerKey, ListenerSet
 from breakwater.proxy.logs import CONFIG_CHANNEL
-from breakwater.proxy.metrics import ReloadCounters, SidecarCollector, new_registry
-from breakwater.proxy.reload import ConfigWatcher, ReloadHistory, ReloadStatus
+from breakwater.proxy.reload import (
+    ConfigApplyError,
+    ConfigWatcher,
+    ReloadCounters,
+    ReloadHistory,
+    ReloadStatus,
+    StaleConfigError,
+)
 from breakwater.proxy.stats import TransitionEvent, TransitionListener, publish_transition
 from breakwater.proxy.targets import ForwardRouter
 from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable
@@ -54,9 +58,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ADMIN_TOKEN_ENV",
-    "CLIENT_SESSION",
-    "SIDECAR",
-    "TRANSITION_LISTENERS",
     "ConfigApplyError",
     "ReloadStatus",
     "Sidecar",
@@ -70,17 +71,6 @@ config_log = logging.getLogger(CONFIG_CHANNEL)
 ADMIN_TOKEN_ENV: Final = "BREAKWATER_ADMIN_TOKEN"
 """If set, ``PUT /config`` (and ``GET /config``) need ``Authorization: Bearer <token>``; if not, they
 are served to loopback clients only."""
-
-CLIENT_SESSION: Final = web.AppKey("client_session", aiohttp.ClientSession)
-TRANSITION_LISTENERS: Final = web.AppKey("transition_listeners", list[TransitionListener])
-
-
-class ConfigApplyError(ConfigNotApplied):
-    """A valid config whose listeners could not be bound here (a port in use)."""
-
-
-class StaleConfigError(ConfigNotApplied):
-    """A config older (lower ``generation``) than the one running."""
 
 
 @dataclass(slots=True)
@@ -150,16 +140,11 @@ class Sidecar:
         self._watcher: ConfigWatcher | None = None
         self._watch_task: asyncio.Task[None] | None = None
         self._full: FullPath | None = None
-        self._admin_runner: web.AppRunner | None = None
-        self._admin_site: web.TCPSite | None = None
+        self._admin = AdminServer(self._admin_request)
+        self._started = False
         self._admin_bound: AdminConfig | None = None
         self._admin_fallback = admin or AdminConfig()
         self._stopped = asyncio.Event()
-
-        self.registry = new_registry(
-            SidecarCollector(routes=lambda: self.routes, reloads=self.reloads.counters)
-        )
-        self.app = self._make_app()
 
     # ------------------------------------------------------------------------------------------------
     # Public surface
@@ -172,7 +157,11 @@ class Sidecar:
 
     @property
     def admin_port(self) -> int | None:
-        return self._admin_site.port if self._admin_site is not None else None
+        return self._admin.port
+
+    @property
+    def started_at(self) -> float:
+        return self.timing.started_at
 
     @property
     def admin_url(self) -> str:
@@ -202,21 +191,18 @@ class Sidecar:
 
     async def start(self) -> None:
         """Load the config, bind every listener, start watching the file."""
-        runner = web.AppRunner(
-            self.app,
-            access_log=None,
-            keepalive_timeout=15.0,
-            shutdown_timeout=1.0,
-            handle_signals=False,
-        )
-        await runner.setup()  # runs the cleanup context: session, data plane, watcher
-        self._admin_runner = runner
+        if self._fast is not None:
+            self._fast.start()
+        self._started = True
+        await self._load_initial()
+        if self.config_path is not None:
+            self._watcher = self._watcher or self._make_watcher(self.config_path)
+            self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
         admin = self.config.admin if self.config is not None else self._admin_fallback
         try:
             await self._bind_admin(admin)
         except BaseException:
-            self._admin_runner = None
-            await runner.cleanup()
+            await self._shut_down()
             raise
         log.info(
             "sidecar started",
@@ -231,14 +217,29 @@ class Sidecar:
 
     async def stop(self) -> None:
         """Stop accepting, drain requests in flight up to ``drain_seconds``, close everything."""
-        runner = self._admin_runner
-        if runner is None:
+        if not self._started:
             return
-        self._admin_runner = None
-        await runner.cleanup()
-        self._admin_site = None
+        await self._shut_down()
         self._stopped.set()
         log.info("sidecar stopped")
+
+    async def _shut_down(self) -> None:
+        self._started = False
+        await self._admin.stop()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
+        await self._listeners.close()
+        if self._fast is not None:
+            self._fast.close()
+        if self._full is not None:
+            await self._full.close()
+            self._full = None
+
+    async def _admin_request(self, request: AdminRequest) -> AdminAnswer:
+        return await handle(self, request)
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -265,23 +266,11 @@ class Sidecar:
 
     def stats(self) -> dict[str, Any]:
         """The /stats document."""
-        from breakwater.proxy.admin import stats_document
-
         return stats_document(self)
 
     # ------------------------------------------------------------------------------------------------
     # Lifecycle (the admin app's cleanup context)
     # ------------------------------------------------------------------------------------------------
-
-    def _make_app(self) -> web.Application:
-        from breakwater.proxy.admin import add_admin_routes
-
-        app = web.Application(client_max_size=1024 * 1024, handler_args={"max_field_size": 8190})
-        app[SIDECAR] = self
-        app[TRANSITION_LISTENERS] = self.transition_listeners
-        add_admin_routes(app)
-        app.cleanup_ctx.append(self._lifetime)
-        return app
 
     def _full_path(self) -> FullPath:
         """The full path, made on the first request that needs it."""
@@ -292,28 +281,6 @@ class Sidecar:
                 routes=lambda: self.routes, router=self.router, pool_keepalive=self.pool_keepalive
             )
         return self._full
-
-    async def _lifetime(self, app: web.Application) -> AsyncIterator[None]:
-        if self._fast is not None:
-            self._fast.start()
-        try:
-            await self._load_initial()
-            if self.config_path is not None:
-                self._watcher = self._watcher or self._make_watcher(self.config_path)
-                self._watch_task = asyncio.get_running_loop().create_task(self._watcher.run())
-            yield
-        finally:
-            if self._watch_task is not None:
-                self._watch_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._watch_task
-                self._watch_task = None
-            await self._drain_all()
-            if self._fast is not None:
-                self._fast.close()
-            if self._full is not None:
-                await self._full.close()
-                self._full = None
 
     def _make_watcher(self, path: Path) -> ConfigWatcher:
         return ConfigWatcher(
@@ -342,9 +309,6 @@ class Sidecar:
         self._admin_fallback = config.admin
         with contextlib.suppress(ConfigApplyError):
             await self.apply_config(config, source=source)
-
-    async def _drain_all(self) -> None:
-        await self._listeners.close()
 
     # ------------------------------------------------------------------------------------------------
     # Applying a config
@@ -382,7 +346,7 @@ class Sidecar:
             upstreams[up_cfg.name] = LiveUpstream(up_cfg, parts)
         self.routes = RouteTable.build(config, upstreams)
         self.config = config
-        if self._admin_runner is not None and self._admin_bound != config.admin:
+        if self._admin.port is not None and self._admin_bound != config.admin:
             try:
                 await self._bind_admin(config.admin)
             except OSError as exc:
@@ -391,21 +355,14 @@ class Sidecar:
         return True
 
     async def _bind_admin(self, admin: AdminConfig) -> None:
-        runner = self._admin_runner
-        assert runner is not None
-        site = web.TCPSite(runner, admin.address, admin.port)
-        old, old_bound = self._admin_site, self._admin_bound
-        if old is not None:
-            await old.stop()
+        old_port, old_bound = self._admin.port, self._admin_bound
+        await self._admin.stop()
         try:
-            await site.start()
+            await self._admin.start(admin.address, admin.port)
         except OSError:
-            if old is not None and old_bound is not None:
-                restored = web.TCPSite(runner, old_bound.address, old.port)
-                await restored.start()
-                self._admin_site = restored
+            if old_port is not None and old_bound is not None:
+                await self._admin.start(old_bound.address, old_port)
             raise
-        self._admin_site = site
         self._admin_bound = admin
 
     def _forward_proxy_address(self) -> tuple[str, int] | None:
@@ -459,10 +416,6 @@ class Sidecar:
     @property
     def reload_counters(self) -> ReloadCounters:
         return self.reloads.counters
-
-
-SIDECAR: Final = web.AppKey[Sidecar]("sidecar")
-"""The `Sidecar` that owns an admin app (``request.app[SIDECAR]`` in admin handlers)."""
 
 
 @contextlib.asynccontextmanager

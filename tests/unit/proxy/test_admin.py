@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from breakwater.breaker import State
-from breakwater.proxy import SIDECAR, TRANSITION_LISTENERS, TransitionEvent
+from breakwater.proxy import TransitionEvent
 from tests.unit.proxy.helpers import FaultyUpstream, SidecarFactory, sidecar_doc, upstream_doc
 
 pytestmark = pytest.mark.timeout(60)
@@ -130,8 +130,7 @@ async def test_transition_listeners_hear_every_transition_and_a_failing_one_harm
         raise RuntimeError("listener bug")
 
     sidecar.transition_listeners.append(broken)
-    sidecar.app[TRANSITION_LISTENERS].append(heard.append)  # the same list, reachable from the app
-    assert sidecar.app[SIDECAR] is sidecar
+    sidecar.transition_listeners.append(heard.append)
     base = f"http://127.0.0.1:{sidecar.listen_port('up')}"
     await _trip(client, base)
     async with client.get(f"{base}/ok") as resp:
@@ -169,3 +168,36 @@ async def test_each_transition_is_logged_once_with_structured_fields(
         "to": "Open",
         "reason": "ConsecutiveFailures",
     }
+
+
+async def test_the_metrics_exposition_parses_with_prometheus_clients_own_parser(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sidecar = await start_sidecar(sidecar_doc(_UP(upstream), configHash="h1"))
+    base = f"http://127.0.0.1:{sidecar.listen_port('up')}"
+    for _ in range(3):
+        async with client.get(f"{base}/ok") as resp:
+            await resp.read()
+    async with client.get(f"{sidecar.admin_url}/metrics") as resp:
+        text = await resp.text()
+    families = {family.name: family for family in text_string_to_metric_families(text)}
+    kinds = {name: family.type for name, family in families.items()}
+    assert kinds["breakwater_upstream_state"] == "gauge"
+    assert kinds["breakwater_upstream_requests"] == "counter"
+    assert kinds["breakwater_upstream_request_duration_seconds"] == "histogram"
+    assert kinds["breakwater_config_reloads"] == "counter"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples
+    }
+    lv = (("policy", "shop/up"), ("upstream", "up"))
+    assert samples[("breakwater_upstream_requests_total", (("outcome", "success"), *lv))] == 3
+    assert samples[("breakwater_upstream_request_duration_seconds_count", lv)] == 3
+    assert samples[("breakwater_upstream_request_duration_seconds_bucket", (("le", "+Inf"), *lv))] == 3
+    served = {
+        path: samples[("breakwater_upstream_path_requests_total", (("path", path), *lv))]
+        for path in ("fast", "full")
+    }
+    assert served == ({"fast": 3, "full": 0} if start_sidecar.data_path == "fast" else {"fast": 0, "full": 3})
+    assert samples[("breakwater_config_info", (("config_hash", "h1"), ("generation", "0")))] == 1
