@@ -129,7 +129,7 @@ def measure(peer: peer_defs.Peer, work: Path, args: argparse.Namespace) -> dict[
             with urllib.request.urlopen(f"http://127.0.0.1:{BW_ADMIN_PORT}/stats", timeout=5) as resp:
                 stats = json.load(resp)["upstreams"]["bench"]
             doc["sidecar_stats"] = {
-                k: stats[k] for k in ("state", "requests", "retries", "fallbacks", "cache", "window")
+                k: stats[k] for k in ("state", "requests", "paths", "retries", "fallbacks", "cache", "window")
             }
     finally:
         if process is not None:
@@ -241,8 +241,16 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
     ]
     if "breakwater" in results and "sidecar_stats" in results["breakwater"]:
         lines += [
-            "Sidecar counters after its run (every request went through breaker, bulkhead, retry budget and",
-            "the cache tee): `" + json.dumps(results["breakwater"]["sidecar_stats"]) + "`",
+            "Sidecar counters after its last run (every request went through breaker, bulkhead, retry budget",
+            "and the cache tee; `paths` counts the requests the fast path and the full path served): `"
+            + json.dumps(results["breakwater"]["sidecar_stats"])
+            + "`",
+            "",
+            "The sidecar's policy in this run (`bench/proxy/peers.py`, `breakwater_config`):",
+            "",
+            "```json",
+            json.dumps(doc["breakwater_policy"], indent=2),
+            "```",
             "",
         ]
     path.write_text("\n".join(lines))
@@ -307,6 +315,9 @@ def main() -> int:
         "aiohttp": peer_defs.plain_aiohttp(AIOHTTP_PORT, UPSTREAM_PORT),
         "breakwater": peer_defs.breakwater(work, BW_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT),
     }
+    doc["breakwater_policy"] = peer_defs.breakwater_config(
+        port=BW_PORT, upstream=UPSTREAM_PORT, admin=BW_ADMIN_PORT, forward=BW_FORWARD_PORT
+    )["upstreams"]
     upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=LOAD_CPU)
     rounds: list[dict[str, Any]] = []
     try:
