@@ -34,6 +34,12 @@ def _loadavg() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def _stats() -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{BW_ADMIN_PORT}/stats", timeout=5) as resp:
+        stats: dict[str, Any] = json.load(resp)
+    return stats
+
+
 async def _soak(minutes: int, rate: float, pid: int) -> list[dict[str, Any]]:
     samples: list[dict[str, Any]] = []
     for minute in range(minutes):
@@ -42,6 +48,7 @@ async def _soak(minutes: int, rate: float, pid: int) -> list[dict[str, Any]]:
         )
         cpu, rss = peer_defs.process_tree_usage(pid)
         summary = result.summary()
+        client_connections = (await asyncio.to_thread(_stats))["clientConnections"]
         samples.append(
             {
                 "minute": minute + 1,
@@ -50,6 +57,7 @@ async def _soak(minutes: int, rate: float, pid: int) -> list[dict[str, Any]]:
                 "p99_ms": summary["p99_ms"],
                 "errors": summary["errors"],
                 "achieved_rate": summary["achieved_rate"],
+                "client_connections": client_connections,
                 "loadavg": _loadavg(),
             }
         )
@@ -80,8 +88,7 @@ def main() -> int:
 
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             samples = runner.run(_soak(args.minutes, args.rate, process.popen.pid))
-        with urllib.request.urlopen(f"http://127.0.0.1:{BW_ADMIN_PORT}/stats", timeout=5) as resp:
-            stats = json.load(resp)["upstreams"]["bench"]
+        stats = _stats()["upstreams"]["bench"]
     finally:
         process.stop()
         upstream.stop()
@@ -114,10 +121,11 @@ def main() -> int:
         f"RSS after minute 1: **{first} MB**, after minute {args.minutes}: **{last} MB** "
         f"(max {doc['rss_max_mb']} MB): growth **{doc['growth_percent']} %**.",
         "",
-        "| minute | RSS MB | p99 ms | errors | achieved rps |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| minute | RSS MB | p99 ms | errors | achieved rps | client connections | load average |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | --- |",
         *(
-            f"| {s['minute']} | {s['rss_mb']} | {s['p99_ms']} | {s['errors']} | {s['achieved_rate']} |"
+            f"| {s['minute']} | {s['rss_mb']} | {s['p99_ms']} | {s['errors']} | {s['achieved_rate']} | "
+            f"{s.get('client_connections', '-')} | {s['loadavg']} |"
             for s in samples
         ),
         "",
