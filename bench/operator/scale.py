@@ -31,6 +31,8 @@ from typing import Any
 
 import opbench as ob
 
+from breakwater.testing.operator import OperatorProcess
+
 
 async def add_namespace(
     api: ob.Api, node: str, index: int, policies: int, pods: int, accept: float = 120
@@ -107,13 +109,17 @@ async def settle(fleet: ob.SimFleet, least: float, most: float) -> tuple[bool, f
     return False, time.monotonic() - started
 
 
-async def measure(bench: ob.Bench, api: ob.Api, fleet: ob.SimFleet, window: float) -> dict[str, Any]:
+async def measure(
+    bench: ob.Bench, api: ob.Api, fleet: ob.SimFleet, window: float, follower: OperatorProcess | None = None
+) -> dict[str, Any]:
     m0 = ob.request_counts(ob.parse_metrics(await api.metrics_text()))
     fleet.post_latencies.clear()
     sent0, errors0 = fleet.sent, sum(fleet.errors.values())
     drops0 = ob.udp_drops(bench.operator.report_port)
     pids = bench.cp.pids
     windows = {"operator": ob.CpuWindow(bench.operator.pid).start()}
+    if follower is not None:  # --relay: the replica the sidecars report to, relaying to the leader
+        windows["follower"] = ob.CpuWindow(follower.pid).start()
     for name in ("kube-apiserver", "etcd"):
         windows[name] = ob.CpuWindow(pids[name]).start()
     import os
@@ -129,7 +135,11 @@ async def measure(bench: ob.Bench, api: ob.Api, fleet: ob.SimFleet, window: floa
     m1 = ob.request_counts(ob.parse_metrics(await api.metrics_text()))
     wall = windows["operator"].wall
     rss, hwm = ob.memory_mib(bench.operator.pid)
+    relay = {}
+    if follower is not None:
+        relay = {"follower_rss_mib": round(ob.memory_mib(follower.pid)[0], 1)}
     return {
+        **relay,
         "window_seconds": round(wall, 1),
         "cpu_percent": {k: w.percent for k, w in windows.items()},
         "operator_rss_mib": round(rss, 1),
@@ -214,9 +224,20 @@ async def main(args: argparse.Namespace) -> None:
     steps: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     stopped = ""
+    follower = None
     try:
         api = ob.Api(bench.cp, limit=96)
-        fleet = ob.SimFleet(bench.operator.report_url, bench.operator.ca_pem(), [], interval=args.interval)
+        reports_to = bench.operator
+        if args.relay:  # a second replica of the same installation; the sidecars report to it
+            first = bench.operator
+            follower = OperatorProcess(
+                first.kubeconfig, first.kubectl, bench.workdir / "follower",
+                sidecar_image=first.sidecar_image, configuration=first.configuration, cert_dir=first.certs,
+                identity="follower",
+            )  # fmt: skip
+            follower.start()
+            reports_to = follower
+        fleet = ob.SimFleet(reports_to.report_url, reports_to.ca_pem(), [], interval=args.interval)
         try:
             known: set[str] = set()
             made = 0
@@ -244,7 +265,7 @@ async def main(args: argparse.Namespace) -> None:
                     f"step {made} namespaces: {pods_target} pods in {pods_seconds:.0f} s, setup {setup:.0f} s"
                 )
                 settled, settle_seconds = await settle(fleet, args.settle, args.settle_max)
-                got = await measure(bench, api, fleet, args.window)
+                got = await measure(bench, api, fleet, args.window, follower)
                 got.update(
                     namespaces=made, policies=made * args.policies_per_ns, pods=len(fleet.pods),
                     offered_reports_per_second=round(len(fleet.pods) / args.interval, 1),
@@ -278,6 +299,8 @@ async def main(args: argparse.Namespace) -> None:
             await fleet.stop()
             await api.close()
     finally:
+        if follower is not None:
+            follower.stop()
         bench.close()
     render(args, machine, steps, extra, stopped)
 
@@ -378,6 +401,12 @@ if __name__ == "__main__":
     parser.add_argument("--pod-limit", type=float, default=900.0, help="seconds to wait for a step's pods")
     parser.add_argument(
         "--force", action="store_true", help="keep growing even when the operator falls behind"
+    )
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="two replicas: the sidecars report to the follower, which relays every report to the leader "
+        "(the operator CPU column is the leader's; the follower's is in the JSON)",
     )
     args = parser.parse_args()
     try:

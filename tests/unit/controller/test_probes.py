@@ -49,7 +49,7 @@ async def test_readiness_names_what_is_missing_and_liveness_follows_the_event_lo
         prober = threading.Thread(target=probe_while_wedged)
         prober.start()
         time.sleep(1.5)  # noqa: ASYNC251 (the point: the event loop blocked, a wedged operator)
-        prober.join()  # noqa: ASYNC (still wedged until the probe gave up)
+        prober.join()  # the loop stays wedged until the probe has given up
         assert len(answered) == 1, answered
         assert isinstance(answered[0], OSError), answered
         assert await asyncio.to_thread(get, f"{base}/healthz") == (200, "ok\n")  # alive again
