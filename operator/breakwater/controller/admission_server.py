@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from aiohttp import web
 
 from breakwater.api import constants
 from breakwater.api.bundle import PolicyBundle
-from breakwater.controller import admission
+from breakwater.controller import admission, metrics
 from breakwater.controller.settings import OperatorSettings, report_url
 from breakwater.controller.state import BundleCache
 from breakwater.injection import pod as injection
@@ -124,13 +125,24 @@ class AdmissionServer:
         return Answer([], [])
 
     async def admit_pod(self, request: dict[str, Any]) -> Answer:
+        """The answer to a pod CREATE, counted and timed by its outcome (metrics.ADMISSION_OUTCOMES)."""
+        started = time.perf_counter()
+        try:
+            outcome, answer = await self._admit_pod(request)
+        except Exception:
+            metrics.METRICS.admitted("error", time.perf_counter() - started)
+            raise  # answered by _handle: admitted unchanged, with a warning
+        metrics.METRICS.admitted(outcome, time.perf_counter() - started)
+        return answer
+
+    async def _admit_pod(self, request: dict[str, Any]) -> tuple[metrics.AdmissionOutcome, Answer]:
         pod: dict[str, Any] = request.get("object") or {}
         namespace = str(request.get("namespace") or "")
         settings = self.settings
         reason = injection.skip_reason(pod, namespace, operator_namespace=settings.operator_namespace)
         if reason or (settings.watch_namespaces and namespace not in settings.watch_namespaces):
             logger.debug("not injecting a pod of %s: %s", namespace, reason or "namespace not watched")
-            return Answer([], [])
+            return "not-selected", Answer([], [])
         bundles = await self._bundles(namespace)
         decision = admission.decide(
             pod,
@@ -141,7 +153,7 @@ class AdmissionServer:
         meta = pod.get("metadata") or {}
         name = meta.get("name") or meta.get("generateName", "?")
         if decision is None:
-            return Answer([], [])
+            return "not-selected", Answer([], [])
         after = copy.deepcopy(pod)
         if isinstance(decision, admission.Skip):
             annotations = after.setdefault("metadata", {}).setdefault("annotations", {})
@@ -150,7 +162,7 @@ class AdmissionServer:
                 "not injecting %s/%s: %s (%s)", namespace, name, decision.reason, decision.detail,
                 extra={"fields": {"namespace": namespace, "pod": name, "reason": decision.reason}},
             )  # fmt: skip
-            return Answer(patch_of(pod, after), [])
+            return "skipped", Answer(patch_of(pod, after), [])
         resolution = decision.resolution
         plan = injection.InjectionPlan(
             policies=resolution.policies,
@@ -174,7 +186,7 @@ class AdmissionServer:
             extra={"fields": {"namespace": namespace, "pod": name, "policies": list(resolution.policies),
                               "configHash": resolution.config_hash}},
         )  # fmt: skip
-        return Answer(patch_of(pod, after), [])
+        return "injected", Answer(patch_of(pod, after), [])
 
     async def _bundles(self, namespace: str) -> dict[str, PolicyBundle]:
         """The namespace's bundles as the API holds its policies now (see controller/admission.py)."""

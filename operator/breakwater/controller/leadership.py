@@ -24,7 +24,7 @@ from typing import Any
 
 import kopf
 
-from breakwater.controller import policies, webhook
+from breakwater.controller import metrics, policies, webhook
 from breakwater.controller.pods import PodIndex
 from breakwater.controller.refresher import Refresher
 from breakwater.controller.reports import FleetStore, ReportServer
@@ -76,7 +76,7 @@ class Term:
             store=r.store,
             resolutions=r.reports.resolutions,
             pods_of=lambda ns: list(r.pods.in_namespace(ns)),
-            write_status=r.writer.patch_policy_status,
+            write_status=metrics.METRICS.timed_status_writes(r.writer.patch_policy_status),
             stale_after=r.settings.stale_after_seconds,
             on_refresh=lambda record: policies.expire_override(record, self.state),
             post_event=self._post_event,
@@ -94,6 +94,7 @@ class Term:
             loop.create_task(self.refresher.run(), name="breakwater-status-loop"),
         ]
         r.tls.listeners.append(self._certificate_renewed)
+        metrics.METRICS.watch_policies(self.refresher)  # the fleet figures of the status it writes
         try:
             await asyncio.wait_for(ready.wait(), KOPF_READY_SECONDS)
         except TimeoutError:
@@ -105,6 +106,7 @@ class Term:
         """End the term: kopf and the status loop stop before another replica may take over."""
         self._stopping = True
         r = self.replica
+        metrics.METRICS.watch_policies(None)
         with contextlib.suppress(ValueError):
             r.tls.listeners.remove(self._certificate_renewed)
         self._kopf_stop.set()

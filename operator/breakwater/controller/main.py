@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 
-from breakwater.controller import memory
+from breakwater.controller import memory, metrics
 from breakwater.controller import settings as operator_settings
 from breakwater.errors import BreakwaterError
 from breakwater.proxy.logs import configure_logging
@@ -30,6 +30,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     configure_logging(fmt=settings.log_format, level="DEBUG" if args.verbose else "INFO")
     memory.fewer_malloc_arenas()
+    if settings.metrics_listen:  # its own thread: served by every replica, leader or not
+        try:
+            metrics.serve(*settings.metrics_listen)
+        except OSError as exc:
+            print(f"breakwater operator: --metrics-listen: {exc}", file=sys.stderr)
+            return 2
     from breakwater.controller.replica import OperatorReplica  # imports kopf: only for this command
 
     loop = _event_loop()

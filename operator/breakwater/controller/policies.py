@@ -18,6 +18,7 @@ import kopf
 from breakwater.api import constants
 from breakwater.api.bundle import bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
+from breakwater.controller import metrics
 from breakwater.controller.refresher import PolicyRecord, Refresher
 from breakwater.controller.state import OperatorState, ReconcileOutcome
 from breakwater.injection.render import RenderError, render_bundle
@@ -83,7 +84,11 @@ def login(*, memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.Conne
 async def reconcile_policy(*, body: kopf.Body, name: str, namespace: str | None, memo: Any, **_: Any) -> None:
     namespace = namespace or ""
     term = _term(memo)
-    await render_and_publish(body, name, namespace, term.state)
+    try:
+        await render_and_publish(body, name, namespace, term.state)
+    except Exception:
+        metrics.METRICS.reconciled("error")
+        raise
     term.refresher.track(body)
     await term.refresher.refresh((namespace, name))  # Accepted is on the resource when the handler ends
 
@@ -100,6 +105,7 @@ async def render_and_publish(
         outcome = ReconcileOutcome(generation, False, reason, str(exc))
         state.outcomes[(namespace, name)] = outcome
         kopf.warn(cast(kopf.Body, body), reason=reason, message=str(exc))
+        metrics.METRICS.reconciled("invalid")
         logger.warning(
             "policy %s/%s not accepted: %s", namespace, name, exc,
             extra={"fields": {"namespace": namespace, "policy": name, "reason": reason}},
@@ -110,6 +116,7 @@ async def render_and_publish(
     if (await state.bundles.get(namespace)).get(name) == bundle:
         # Already in the ConfigMap (a new leader resuming every policy): nothing to write.
         state.outcomes[(namespace, name)] = outcome
+        metrics.METRICS.reconciled("accepted")
         return
     written = await asyncio.to_thread(
         configmaps.put_key,
@@ -120,9 +127,11 @@ async def render_and_publish(
         value=bundle.to_json(),
     )
     if not written:
+        metrics.METRICS.reconciled("skipped")
         return  # the namespace is being deleted, the policy with it
     state.bundles.put(namespace, bundle)
     state.outcomes[(namespace, name)] = outcome
+    metrics.METRICS.reconciled("accepted")
     logger.info(
         "policy %s/%s generation %s rendered (%s)", namespace, name, generation, upstreams,
         extra={"fields": {"namespace": namespace, "policy": name, "generation": generation}},
@@ -161,6 +170,7 @@ async def remove_policy(*, name: str, namespace: str | None, memo: Any, **_: Any
     term.state.bundles.remove(namespace, name)
     term.state.outcomes.pop((namespace, name), None)
     term.refresher.forget((namespace, name))
+    metrics.METRICS.reconciled("deleted")
     logger.info(
         "policy %s/%s deleted: its config is removed, its sidecars pass traffic through", namespace, name
     )

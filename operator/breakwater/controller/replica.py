@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from breakwater.api.report import SidecarReport
-from breakwater.controller import admission, memory
+from breakwater.controller import admission, memory, metrics
 from breakwater.controller.admission_server import AdmissionServer
 from breakwater.controller.fleet import PodReport
 from breakwater.controller.leadership import Replica, Term
@@ -116,6 +116,7 @@ class OperatorReplica:
             on_change=lambda leader: self._leadership(parts, leader),
         )
         reports.relay_to = lambda: None if elector.leader else host_port(elector.holder_reports)
+        metrics.METRICS.watch_reports(reports)
         reports.on_report = self._on_report
         pods.listeners.append(lambda ns: self._pods_changed(store, pods, ns))
 
@@ -189,6 +190,7 @@ class OperatorReplica:
     async def _leadership(self, parts: Replica, leader: bool) -> None:
         """The elector's callback: a term starts in the background (the elector keeps renewing
         meanwhile); a term ends before the elector goes on (so it ends before the Lease is released)."""
+        metrics.METRICS.set_leader(leader)
         if leader:
             term = Term(parts, on_signals=self.install_signals, on_kopf_exit=self._kopf_exited)
             self.term = term

@@ -32,6 +32,7 @@ from breakwater.api import datagram
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT, TOKEN_AUDIENCE
 from breakwater.api.report import CONFIG_PATH, ConfigReply, SidecarReport
 from breakwater.api.sidecar import SidecarConfig
+from breakwater.controller import metrics
 from breakwater.controller.fleet import PodReport
 from breakwater.controller.resolutions import Labels, Resolutions
 from breakwater.controller.state import BundleCache
@@ -259,6 +260,7 @@ class ReportServer:
             port=self.port,
         )
         logger.debug("session for pod %s/%s until %s", ask.namespace, ask.pod, expires)
+        metrics.METRICS.granted_session()
         return web.Response(text=grant.model_dump_json(by_alias=True), content_type="application/json")
 
     async def desired(self, namespace: str, pod: str) -> SidecarConfig | None:
@@ -443,4 +445,5 @@ class ReportServer:
                 )
                 told += 1
         if told:
+            metrics.METRICS.pushed_config(told)
             logger.info("told %d sidecars in %s that their config changed", told, namespace)

@@ -45,6 +45,7 @@ class OperatorSettings:
     webhook_failure_policy: str = "Ignore"
     webhook_timeout_seconds: int = 5
     health_listen: str | None = "0.0.0.0:8080"  # /healthz (liveness) and /readyz (readiness)
+    metrics_listen: tuple[str, int] | None = None  # off unless asked: the chart serves 0.0.0.0:9090
     report_listen_host: str = "0.0.0.0"
     report_listen_port: int = 9444
     report_url: str | None = None  # how sidecars reach the report endpoint; default from the service
@@ -128,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="HOST:PORT of /healthz (liveness) and /readyz (readiness); '' disables",
     )
     add(
+        "--metrics-listen",
+        default=_env("METRICS_LISTEN", ""),
+        help="HOST:PORT of Prometheus /metrics; '' (the default) serves none",
+    )
+    add(
         "--report-listen",
         default=_env("REPORT_LISTEN", "0.0.0.0:9444"),
         help="HOST:PORT of the report endpoint",
@@ -204,6 +210,7 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         webhook_failure_policy=args.webhook_failure_policy,
         webhook_timeout_seconds=args.webhook_timeout_seconds,
         health_listen=args.health_listen or None,
+        metrics_listen=_host_port(args.metrics_listen, "--metrics-listen") if args.metrics_listen else None,
         report_listen_host=report_host,
         report_listen_port=report_port,
         report_url=args.report_url,
