@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NODE ?= kwok
 REAL_NODE := $(if $(filter real,$(NODE)),node,)
 
-.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible demo bench crds chart chart-schema image docs generate clean
+.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo bench crds chart chart-schema image docs generate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,6 +26,12 @@ install: $(STAMP) ## create .venv with breakwater and its dev tools
 
 control-plane: ## build (once) the cached etcd/kube-apiserver/kcm/kubectl/helm/kwok binaries
 	@bash hack/build-control-plane.sh >/dev/null
+
+promtool: ## build (once) promtool from the Prometheus Go module: the chart's PrometheusRule tests
+	@bash hack/build-prometheus.sh promtool >/dev/null
+
+prometheus: ## build (once) promtool and the Prometheus server: the dashboard's queries on real metrics
+	@bash hack/build-prometheus.sh promtool prometheus >/dev/null
 
 node: control-plane image ## build (once) the real node: kubelet, kube-proxy, kube-scheduler, CoreDNS, pause (root: installs Debian packages)
 	@bash hack/build-node.sh >/dev/null
@@ -47,13 +53,13 @@ fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix operator tests bench hack
 	$(BIN)/ruff format operator tests bench hack
 
-test: $(STAMP) control-plane node-if-possible ## every test: unit, cluster (kwok) and real-node suites
+test: $(STAMP) control-plane prometheus node-if-possible ## every test: unit, cluster (kwok) and real-node suites
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## the fast suites only, no cluster
 	$(BIN)/pytest -m "not cluster and not node" $(PYTEST_ARGS)
 
-test-cluster: $(STAMP) control-plane ## the cluster suites only (kwok)
+test-cluster: $(STAMP) control-plane prometheus ## the cluster suites only (kwok)
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
 
 test-node: $(STAMP) node ## the real-node suites only (root)
@@ -72,7 +78,7 @@ crds: $(STAMP) ## regenerate crds/ and the chart's CRD copy from the api models
 	$(BIN)/breakwater crd --write crds/breakwater.dev_circuitbreakerpolicies.yaml
 	$(BIN)/breakwater crd --write charts/breakwater/files/crds/breakwater.dev_circuitbreakerpolicies.yaml
 
-chart: $(STAMP) control-plane ## lint and unit-test the Helm chart
+chart: $(STAMP) control-plane promtool ## lint and unit-test the Helm chart
 	"$$(bash hack/build-control-plane.sh 2>/dev/null | tail -1)/helm" lint --strict charts/breakwater --set image.repository=registry.example/breakwater
 	$(BIN)/pytest tests/unit/chart $(PYTEST_ARGS)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from breakwater.errors import ControlPlaneError
+from breakwater.testing import prometheus
 from breakwater.testing.controlplane import find_binaries
 from tests.chart import prepare_chart
 
@@ -38,3 +39,17 @@ def chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert '  repository: ""' in text
     values.write_text(text.replace('  repository: ""', f"  repository: {USER_IMAGE}", 1))
     return copy
+
+
+@pytest.fixture(scope="session")
+def promtool() -> Path:
+    """promtool, built from the Prometheus Go module by `make promtool` (hack/build-prometheus.sh);
+    the rule tests skip without it, except in CI."""
+    try:
+        path = prometheus.find_binaries("promtool", build=False) / "promtool"
+    except ControlPlaneError as exc:
+        reason = f"promtool unavailable (run `make promtool`): {exc}"
+        if os.environ.get("BREAKWATER_REQUIRE_CLUSTER") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path

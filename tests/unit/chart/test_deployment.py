@@ -260,7 +260,11 @@ def test_the_pod_monitor_scrapes_the_admin_port_the_injected_sidecar_declares(
         values={"podMonitor": {"enabled": True, "labels": {"release": "prom"}, "interval": "15s"}},
         api_versions=["monitoring.coreos.com/v1"],
     )
-    monitor = rendered.one("PodMonitor")
+    assert {m["metadata"]["name"] for m in rendered.all("PodMonitor")} == {
+        "bw-breakwater-sidecars",
+        "bw-breakwater-operator",
+    }
+    monitor = rendered.one("PodMonitor", "bw-breakwater-sidecars")
     assert monitor["metadata"]["labels"]["release"] == "prom"
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     assert monitor["spec"]["selector"] == {}
@@ -277,13 +281,46 @@ def test_the_pod_monitor_scrapes_the_admin_port_the_injected_sidecar_declares(
     assert admin["containerPort"] == settings_of(rendered).sidecar_admin_port
 
 
+def test_the_operator_serves_metrics_on_its_port_and_its_pod_monitor_scrapes_every_replica(
+    helm: Path, chart: Path
+) -> None:
+    rendered = render(helm, chart, release="bw", namespace=NS)
+    assert settings_of(rendered).metrics_listen == ("0.0.0.0", 9090)
+    container = rendered.deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+
+    rendered = render(
+        helm,
+        chart,
+        release="bw",
+        namespace=NS,
+        values={"podMonitor": {"enabled": True, "interval": "15s"}, "ports": {"metrics": 9191}},
+        api_versions=["monitoring.coreos.com/v1"],
+    )
+    assert settings_of(rendered).metrics_listen == ("0.0.0.0", 9191)
+    monitor = rendered.one("PodMonitor", "bw-breakwater-operator")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NS]}
+    assert (
+        monitor["spec"]["selector"]["matchLabels"] == rendered.deployment["spec"]["selector"]["matchLabels"]
+    )
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    # honorLabels: a policy's series keep the policy's namespace, not the operator pod's
+    assert (endpoint["port"], endpoint["path"], endpoint["honorLabels"], endpoint["interval"]) == (
+        "metrics",
+        "/metrics",
+        True,
+        "15s",
+    )
+
+
 @pytest.mark.parametrize(
     ("values", "api"),
     [
         ({"podMonitor": {"enabled": True}}, "monitoring.coreos.com/v1"),
+        ({"prometheusRule": {"enabled": True}}, "monitoring.coreos.com/v1"),
         ({"webhook": {"certManager": {"enabled": True}}}, "cert-manager.io/v1"),
     ],
-    ids=["pod monitor", "cert-manager"],
+    ids=["pod monitor", "prometheus rule", "cert-manager"],
 )
 def test_an_option_whose_api_the_cluster_lacks_fails_with_what_to_do(
     helm: Path, chart: Path, values: dict[str, Any], api: str
@@ -307,7 +344,12 @@ def test_every_object_carries_the_standard_labels_and_namespaced_ones_live_in_th
         chart,
         release="bw",
         namespace=NS,
-        values={"commonLabels": {"team": "platform"}, "podMonitor": {"enabled": True}},
+        values={
+            "commonLabels": {"team": "platform"},
+            "podMonitor": {"enabled": True},
+            "prometheusRule": {"enabled": True},
+            "grafanaDashboard": {"enabled": True},
+        },
         api_versions=["monitoring.coreos.com/v1"],
     )
     cluster_scoped = {

@@ -15,6 +15,7 @@ from tests.chart import CHART_DIR, kubernetes_version, render
 # Custom resources kubernetes-validate has no schema for; anything else must validate.
 CUSTOM_KINDS = {
     ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
 }
@@ -55,6 +56,19 @@ MATRIX: dict[str, dict[str, Any]] = {
             "labels": {"release": "prometheus"},
             "selector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
         }
+    },
+    "alerts and dashboard": {
+        "prometheusRule": {
+            "enabled": True,
+            "labels": {"release": "prometheus"},
+            "alertLabels": {"team": "platform"},
+            "alerts": {"upstreamOpen": {"for": "10m", "podsFraction": 0.5}, "noLeader": {"enabled": False}},
+        },
+        "grafanaDashboard": {
+            "enabled": True,
+            "namespace": "monitoring",
+            "annotations": {"grafana_folder": "Breakwater"},
+        },
     },
     "no CRD": {"crds": {"install": False}},
     "CRD not kept": {"crds": {"keep": False}},
