@@ -21,7 +21,14 @@ from breakwater.errors import ControlPlaneError
 from breakwater.testing import processes
 from breakwater.testing.controlplane import free_port, repo_root
 
-__all__ = ["PrometheusError", "PrometheusServer", "Target", "find_binaries"]
+__all__ = [
+    "PanelQuery",
+    "PrometheusError",
+    "PrometheusServer",
+    "Target",
+    "dashboard_queries",
+    "find_binaries",
+]
 
 
 class PrometheusError(ControlPlaneError):
@@ -52,6 +59,42 @@ def find_binaries(*names: str, build: bool = False) -> Path:
 
 
 @dataclass(frozen=True)
+class PanelQuery:
+    """One query of a Grafana panel, with its Grafana variables replaced as Grafana would send them."""
+
+    panel: str
+    ref: str
+    expr: str  # as written in the dashboard
+    legend: str
+
+    def promql(self, *, namespace: str = ".*", rate_interval: str = "1m") -> str:
+        """The PromQL Grafana sends: `$namespace` all (or one), `$__rate_interval` a fixed window."""
+        return (
+            self.expr.replace("$__rate_interval", rate_interval)
+            .replace("${namespace}", namespace)
+            .replace("$namespace", namespace)
+        )
+
+
+def dashboard_queries(dashboard: dict[str, Any]) -> list[PanelQuery]:
+    """Every query of every panel (rows' nested panels too) of a Grafana dashboard model."""
+
+    def panels(items: list[dict[str, Any]]) -> Any:
+        for panel in items:
+            yield panel
+            yield from panels(panel.get("panels") or [])
+
+    return [
+        PanelQuery(
+            str(panel.get("title")), str(t.get("refId")), str(t["expr"]), str(t.get("legendFormat", ""))
+        )
+        for panel in panels(dashboard.get("panels") or [])
+        for t in panel.get("targets") or ()
+        if t.get("expr")
+    ]
+
+
+@dataclass(frozen=True)
 class Target:
     """One scrape target: `host:port` and the labels the job gives it (as a PodMonitor would)."""
 
@@ -69,6 +112,8 @@ class PrometheusServer:
     workdir: Path
     targets: list[Target]
     scrape_interval: str = "1s"
+    rule_files: list[Path] = field(default_factory=list)  # evaluated every scrape_interval
+    jobs: dict[str, bool] = field(default_factory=dict)  # jobs (-> honor_labels) without targets yet
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
 
@@ -80,24 +125,50 @@ class PrometheusServer:
     def log_path(self) -> Path:
         return self.workdir / "prometheus.log"
 
+    def _targets_file(self, job: str) -> Path:
+        return self.workdir / f"targets-{job}.json"
+
     def config(self) -> dict[str, Any]:
-        jobs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
-        for target in self.targets:
-            jobs.setdefault((target.job, target.honor_labels), []).append(
-                {"targets": [target.address], "labels": dict(target.labels)}
-            )
+        """Each job reads its targets from a file (file_sd: `add_targets` changes them while it runs)."""
+        jobs = {**self.jobs, **{target.job: target.honor_labels for target in self.targets}}
         return {
-            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
+            "global": {
+                "scrape_interval": self.scrape_interval,
+                "scrape_timeout": self.scrape_interval,  # at most the interval, which Prometheus checks
+                "evaluation_interval": self.scrape_interval,
+            },
+            "rule_files": [str(path) for path in self.rule_files],
             "scrape_configs": [
-                {"job_name": job, "honor_labels": honor, "static_configs": static}
-                for (job, honor), static in jobs.items()
+                {
+                    "job_name": job,
+                    "honor_labels": honor,
+                    "file_sd_configs": [{"files": [str(self._targets_file(job))], "refresh_interval": "1s"}],
+                }
+                for job, honor in jobs.items()
             ],
         }
+
+    def _write_targets(self) -> None:
+        by_job: dict[str, list[dict[str, Any]]] = {job: [] for job in self.jobs}
+        for target in self.targets:
+            by_job.setdefault(target.job, []).append({"targets": [target.address], "labels": target.labels})
+        for job, groups in by_job.items():
+            staging = self._targets_file(job).with_suffix(".tmp")
+            staging.write_text(json.dumps(groups))
+            staging.replace(self._targets_file(job))  # whole, as file_sd wants it
+
+    def add_targets(self, *targets: Target) -> None:
+        """Scrape these too, from the next refresh on (their job must be one the server started with)."""
+        known = {*self.jobs, *(t.job for t in self.targets)}
+        assert all(t.job in known for t in targets), "a new job needs a restart"
+        self.targets.extend(targets)
+        self._write_targets()
 
     def start(self, timeout: float = 60) -> PrometheusServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "prometheus.yml"
         config.write_text(yaml.safe_dump(self.config()))
+        self._write_targets()
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -155,6 +226,15 @@ class PrometheusServer:
         data = self.api("query_range", query=expr, start=f"{start:.3f}", end=f"{end:.3f}", step=f"{step:g}")
         result: list[dict[str, Any]] = data["result"]
         return result
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.api("query", query=expr)["result"]
+        return result
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts pending or firing now, from the rule files."""
+        alerts: list[dict[str, Any]] = self.api("alerts")["alerts"]
+        return alerts
 
     def active_targets(self) -> list[dict[str, Any]]:
         targets: list[dict[str, Any]] = self.api("targets")["activeTargets"]
