@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NODE ?= kwok
 REAL_NODE := $(if $(filter real,$(NODE)),node,)
 
-.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo bench crds chart chart-schema image docs generate clean
+.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo bench crds chart chart-schema image docs dashboard-picture generate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -91,6 +91,11 @@ docs: $(STAMP) ## regenerate docs/api.md from the api models (and the architectu
 	  dot -Tsvg docs/images/architecture.dot -o docs/images/architecture.svg; \
 	  dot -Tpng -Gdpi=110 docs/images/architecture.dot -o docs/images/architecture.png; \
 	else echo "docs/images/architecture.*: not re-rendered (no Graphviz: apt-get install graphviz)"; fi
+
+dashboard-picture: $(STAMP) control-plane prometheus ## docs/images/dashboard.svg: the dashboard's panels, from a real Prometheus during tests/cluster/test_metrics.py
+	BREAKWATER_DASHBOARD_DATA=$(CURDIR)/build/dashboard-data.json $(BIN)/pytest -p no:randomly \
+	  tests/cluster/test_metrics.py -k dashboard_query
+	$(BIN)/python hack/dashboard_picture.py build/dashboard-data.json docs/images/dashboard.svg
 
 chart-schema: $(STAMP) ## regenerate the chart's values.schema.json and README.md from the annotated values.yaml
 	$(BIN)/python hack/values_schema.py
