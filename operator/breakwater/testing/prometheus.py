@@ -1,6 +1,7 @@
 """promtool and the Prometheus server, built from their Go module by hack/build-prometheus.sh, as the tests
-and hack/dashboard_check.py run them: `find_binaries` locates (or builds) them, `PrometheusServer`
-runs a server on loopback that scrapes given targets, and answers PromQL through its HTTP API."""
+run them: `find_binaries` locates (or builds) them, `PrometheusServer` runs a server on loopback that
+scrapes given targets and evaluates rule files, and answers PromQL through its HTTP API;
+`dashboard_queries` reads the queries of a Grafana dashboard."""
 
 from __future__ import annotations
 
