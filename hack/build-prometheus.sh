@@ -5,13 +5,13 @@
 # Prints the bin directory on its last line of stdout; progress goes to stderr.
 #
 #   hack/build-prometheus.sh                      promtool only (what `make test` needs)
-#   hack/build-prometheus.sh promtool prometheus  both (the dashboard check, hack/dashboard_check.py)
+#   hack/build-prometheus.sh promtool prometheus  both (the dashboard queries on real metrics, tests/cluster/test_metrics.py)
 #
 #   BREAKWATER_CACHE_DIR   cache root (default ${XDG_CACHE_HOME:-~/.cache}/breakwater)
 #
 # Built with `go install <pkg>@<version>`: the module's own go.mod decides every dependency (it has no
 # replace directives), and the `remove_all_sd` build tag leaves out every service discovery but file
-# and http (the cloud SDKs are most of a cold build; the dashboard check scrapes static targets).
+# and http (the cloud SDKs are most of a cold build; the tests' Prometheus reads its targets from files).
 # The server is built without the `builtinassets` tag: its web UI is absent, its HTTP API is whole.
 set -euo pipefail
 
