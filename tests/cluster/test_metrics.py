@@ -34,7 +34,7 @@ from breakwater.testing.prometheus import PrometheusServer, Target, dashboard_qu
 from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 from tests.chart import CHART_DIR, REPO, prepare_chart, render
-from tests.cluster.harness import condition, deployment_manifest, opt_in, policy, wait_accepted
+from tests.cluster.harness import condition, deployment_manifest, install_crd, opt_in, policy, wait_accepted
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -437,3 +437,58 @@ def test_prometheus_answers_every_dashboard_query_and_fires_the_open_alert(flow:
     fired = next(a for a in flow.firing if a["labels"]["alertname"] == "BreakwaterUpstreamOpen")
     assert (fired["labels"]["namespace"], fired["labels"]["upstream"]) == (flow.namespace, "payments")
     assert names <= {"BreakwaterUpstreamOpen"}, f"alerts that should not fire: {names}"
+
+
+def leader_gauge(port: int) -> float | None:
+    try:
+        _, samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    except OSError:
+        return None
+    return value(samples, "breakwater_operator_leader")
+
+
+def test_the_leader_gauge_follows_the_lease_across_a_failover(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Two replicas of one operator: exactly one reports leader 1, and when it stops (SIGTERM, the
+    Lease released) the other reports 1; the one that does not lead exports no policy figures."""
+    install_crd(cluster)
+    first = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        kubectl=cluster.tool("kubectl"),
+        workdir=tmp_path_factory.mktemp("replica-a"),
+        identity="replica-a",
+    )
+    second = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        kubectl=cluster.tool("kubectl"),
+        workdir=tmp_path_factory.mktemp("replica-b"),
+        configuration=first.configuration,
+        cert_dir=first.certs,
+        identity="replica-b",
+    )
+    ports = {first.identity: free_port(), second.identity: free_port()}
+    first.extra_args = (f"--metrics-listen=127.0.0.1:{ports['replica-a']}",)
+    second.extra_args = (f"--metrics-listen=127.0.0.1:{ports['replica-b']}",)
+    try:
+        first.start()
+        second.start()
+
+        def one_leader() -> dict[str, float | None] | None:
+            gauges = {replica: leader_gauge(port) for replica, port in ports.items()}
+            return gauges if sorted(str(g) for g in gauges.values()) == ["0.0", "1.0"] else None
+
+        gauges = cluster.wait_for("one leader of two", one_leader, timeout=30)
+        leader = next(r for r, g in gauges.items() if g == 1)
+        other = next(r for r in ports if r != leader)
+        _, samples = scrape(f"http://127.0.0.1:{ports[other]}/metrics")
+        assert not [
+            n
+            for n, _ in samples
+            if n.startswith(("breakwater_operator_pods", "breakwater_operator_upstream"))
+        ]
+        (first if leader == first.identity else second).stop()
+        cluster.wait_for("the other replica leads", lambda: leader_gauge(ports[other]) == 1, timeout=30)
+    finally:
+        first.cleanup()
+        second.cleanup()
