@@ -30,6 +30,7 @@ from breakwater.api.durations import (
     parse_duration_ns,
     parse_timestamp,
 )
+from breakwater.api.headers import HEADER_NAME_PATTERN, MANAGED_HEADERS
 
 __all__ = ["ALL_RULES", "LABEL_KEY_PATTERN", "LABEL_VALUE_PATTERN", "Reason", "Rule"]
 
@@ -43,22 +44,6 @@ LABEL_KEY_PATTERN = (
 )
 """A label key: optional DNS-subdomain prefix and ``/``, then a name of at most 63 characters."""
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
-HEADER_NAME_PATTERN = r"^[A-Za-z0-9-]+$"
-HOP_BY_HOP = (
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "proxy-authentication-info",
-)
-"""Hop-by-hop headers (RFC 9110 section 7.6.1, and the proxy ones): the proxy never forwards them."""
-MANAGED_HEADERS = (*HOP_BY_HOP, "content-length")
-"""Headers the proxy owns (hop-by-hop and framing): a static fallback may not set them."""
 
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)

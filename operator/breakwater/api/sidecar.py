@@ -36,8 +36,8 @@ from pydantic.alias_generators import to_camel
 
 from breakwater.api.base import WireModel
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.headers import MANAGED_HEADERS
 from breakwater.api.policy import problems_of
-from breakwater.api.rules import MANAGED_HEADERS
 from breakwater.api.spec import Bulkhead, CircuitBreakerPolicySpec, FallbackKind, Retry, UpstreamSettings
 from breakwater.breaker.settings import BreakerSettings, Mode
 from breakwater.errors import InvalidInput

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
-from breakwater.api.rules import HOP_BY_HOP
+from breakwater.api.headers import HOP_BY_HOP
 from breakwater.proxy.answers import Answer
 
 __all__ = [

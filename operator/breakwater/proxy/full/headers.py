@@ -12,7 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from breakwater.api.rules import HOP_BY_HOP
+from breakwater.api.headers import HOP_BY_HOP
 from breakwater.proxy.answers import Answer
 
 __all__ = ["HOP_BY_HOP", "end_to_end", "to_response"]
