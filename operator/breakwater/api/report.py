@@ -18,6 +18,9 @@ from breakwater.breaker.settings import Mode, State
 
 REPORT_VERSION = 1
 CONFIG_PATH = "/v1/config"
+LATENCY_BOUNDS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+"""Upper bounds of the latency histogram a sidecar reports (`UpstreamReport.latency`): the buckets of its
+`breakwater_upstream_request_duration_seconds` histogram, plus one bin for slower calls."""
 
 Count = Annotated[int, Field(ge=0)]
 
@@ -47,6 +50,9 @@ class UpstreamReport(ReportModel):
     state_since: float | None = None
     latency_p50_ms: Annotated[float, Field(ge=0)] | None = None
     latency_p99_ms: Annotated[float, Field(ge=0)] | None = None
+    latency: Annotated[list[Count], Field(max_length=32)] = Field(default_factory=list)
+    """Attempts by duration until the response headers, cumulative over the sidecar's life: one count
+    per bin of `LATENCY_BOUNDS_SECONDS` and one for slower attempts (empty: an older sidecar)."""
 
 
 class TransitionReport(ReportModel):

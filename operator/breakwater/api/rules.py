@@ -448,6 +448,16 @@ OVERRIDE_UNTIL_FOR_FORCE_OPEN = Rule(
     reason="FieldValueRequired",
 )
 
+ADAPTIVE_HYSTERESIS_WITHIN_WINDOW = Rule(
+    id="adaptive.hysteresis-within-window",
+    cel="duration(self.hysteresis) <= duration(self.historyWindow)",
+    message=(
+        "hysteresis must not be longer than historyWindow: the evidence for a change must fit in the history"
+    ),
+    check=lambda s: s.hysteresis.nanoseconds <= s.history_window.nanoseconds,
+    field_path=".hysteresis",
+)
+
 ALL_RULES: tuple[Rule, ...] = (
     HOST_NUMERIC_IS_IPV4,
     DURATION,
@@ -476,6 +486,7 @@ ALL_RULES: tuple[Rule, ...] = (
     STATIC_HEADER_NAMES,
     RANGE_ORDER,
     DURATION_RANGE_ORDER,
+    ADAPTIVE_HYSTERESIS_WITHIN_WINDOW,
     OVERRIDE_UNTIL_FOR_FORCE_OPEN,
 )
 """Every rule, in the order the API reference lists them."""

@@ -26,6 +26,7 @@ from breakwater.api.adaptive import (
 )
 from breakwater.api.base import SpecModel, section
 from breakwater.api.constants import MAX_UPSTREAMS
+from breakwater.api.coordination import Coordination
 from breakwater.api.scalars import Duration, Percent, Timestamp
 from breakwater.api.selector import LabelSelector, LabelSelectorRequirement, SelectorOperator
 from breakwater.breaker.settings import BreakerSettings, Mode, WindowKind
@@ -37,6 +38,7 @@ __all__ = [
     "CachedFallback",
     "CircuitBreakerPolicySpec",
     "ConsecutiveFailuresRange",
+    "Coordination",
     "DurationRange",
     "FailureRate",
     "Failures",
@@ -466,6 +468,8 @@ class CircuitBreakerPolicySpec(UpstreamSettings, _Targeting):
 
     adaptive: Adaptive = section(Adaptive)
     """Automatic tuning of the trip thresholds."""
+    coordination: Coordination = section(Coordination)
+    """Fleet-wide decisions: open an upstream on every pod once a quorum of pods tripped."""
 
     def upstream(self, name: str) -> Upstream:
         """The upstream called `name` (`KeyError` if there is none)."""

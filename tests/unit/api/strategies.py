@@ -177,7 +177,13 @@ def specs(draw: st.DrawFn) -> dict[str, Any]:
                 fallback=fallback,
                 bulkhead=bulkhead,
                 retry=retry,
-                adaptive=objects(enabled=st.booleans(), historyWindow=durations()),
+                adaptive=objects(
+                    enabled=st.booleans(),
+                    historyWindow=durations(600_000, 86_400_000),
+                    hysteresis=durations(1000, 600_000),
+                    minimumVolume=st.integers(1, 100_000),
+                ),
+                coordination=objects(quorumPercent=st.integers(1, 100)),
             )
         )
     )
