@@ -1,0 +1,333 @@
+"""The tuner: from one upstream's history to the thresholds it should run. Pure: no I/O, no clock.
+
+Two steps, both deterministic functions of their arguments:
+
+1. `evidence(history, now, ...)` sums the window up: the baseline failure rate and its spread over the
+   buckets without an incident, the latency p99 of the same buckets, the recent outage lengths.
+   Buckets in which a breaker tripped, or whose failure rate reached the trip point in force, are
+   incidents: they are left out of the baseline, so an outage never teaches the breaker to tolerate
+   outages.
+2. `step(state, evidence, ...)` moves each threshold towards its target (`targets`) under the safety
+   rules: only a rule the spec turns on, never a pinned one, never while any pod has the upstream
+   open or half-open (`frozen`), never below `minimumVolume` calls, and only once the target has
+   stayed on the same side of the value in force for `hysteresis` — at most one change per threshold
+   per `hysteresis`. A tuned value is always within `adaptive.bounds` (a configured value is shown as
+   configured, wherever it is).
+
+docs/adaptive.md derives each target; the constants below are the ones it states.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from breakwater.adaptive.history import BUCKETS, History, Totals
+from breakwater.api.adaptive import Adaptive, Threshold
+from breakwater.api.report import LATENCY_BOUNDS_SECONDS
+from breakwater.api.scalars import Duration
+from breakwater.breaker.settings import BreakerSettings
+
+__all__ = [
+    "CHANCE_RUNS_PER_DAY",
+    "Change",
+    "Configured",
+    "Evidence",
+    "Track",
+    "TunerState",
+    "evidence",
+    "step",
+    "targets",
+    "tuned_settings",
+]
+
+CHANCE_RUNS_PER_DAY = 1.0
+"""consecutiveFailures is chosen so that, at the baseline failure rate (plus its spread), runs of that
+many failures happen by chance less than this often per day across the whole fleet."""
+SLOW_CALL_CEILING = 0.9
+"""slowerThan stays below this fraction of the upstream's timeout (a call that slow is a timeout)."""
+# Smallest moves worth a change: smaller ones are noise (and each change is a config push and an Event).
+MIN_PERCENT_STEP = 2.0
+MIN_RELATIVE_STEP = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class Configured:
+    """The thresholds the spec sets for one upstream (after its overrides); None: the rule is off."""
+
+    consecutive_failures: int | None
+    failure_rate_percent: float | None
+    slow_call_seconds: float | None
+    open_seconds: float
+    open_max_seconds: float
+    minimum_calls: int
+    timeout_seconds: float
+
+    @classmethod
+    def of(cls, settings: BreakerSettings, *, timeout_seconds: float) -> Configured:
+        slow = settings.slow_call_seconds if settings.slow_call_percent is not None else None
+        return cls(
+            consecutive_failures=settings.consecutive_failures,
+            failure_rate_percent=settings.failure_rate_percent,
+            slow_call_seconds=slow,
+            open_seconds=settings.open_seconds,
+            open_max_seconds=settings.open_max_seconds,
+            minimum_calls=settings.minimum_calls,
+            timeout_seconds=timeout_seconds,
+        )
+
+    def value(self, threshold: Threshold) -> float | None:
+        if threshold is Threshold.CONSECUTIVE_FAILURES:
+            return None if self.consecutive_failures is None else float(self.consecutive_failures)
+        if threshold is Threshold.FAILURE_RATE_PERCENT:
+            return self.failure_rate_percent
+        if threshold is Threshold.SLOW_CALL_DURATION:
+            return self.slow_call_seconds
+        return self.open_seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """The window, summed up."""
+
+    window_seconds: float
+    calls: int  # in buckets without an incident
+    failures: int
+    spread: float  # standard deviation of the failure rate between those buckets (a fraction)
+    p99_seconds: float | None  # None: no latency histogram reported
+    outages: tuple[float, ...]
+    incidents: int  # buckets left out
+    healthy_seconds: float  # the length of the buckets that count
+
+    @property
+    def baseline(self) -> float:
+        return self.failures / self.calls if self.calls else 0.0
+
+
+def _p99(latency: list[int]) -> float | None:
+    total = sum(latency)
+    if total == 0:
+        return None
+    rank, seen = 0.99 * total, 0
+    bounds = (0.0, *LATENCY_BOUNDS_SECONDS)
+    for i, count in enumerate(latency):
+        if count and seen + count >= rank:
+            if i >= len(LATENCY_BOUNDS_SECONDS):
+                return LATENCY_BOUNDS_SECONDS[-1]  # beyond the histogram: its last bound, at least
+            low, high = bounds[i], bounds[i + 1]
+            return low + (high - low) * (rank - seen) / count
+        seen += count
+    return LATENCY_BOUNDS_SECONDS[-1]
+
+
+def evidence(history: History, *, now: float, trip_percent: float | None = None) -> Evidence:
+    """The window ending at `now`; buckets that tripped, or reached `trip_percent`, are incidents."""
+    healthy: list[Totals] = []
+    incidents = 0
+    for _, bucket in history.buckets(now):
+        rate = bucket.failure_rate
+        if bucket.trips or (trip_percent is not None and rate is not None and 100 * rate >= trip_percent):
+            incidents += 1
+        elif bucket.calls:
+            healthy.append(bucket)
+    calls = sum(b.calls for b in healthy)
+    failures = sum(b.failures for b in healthy)
+    spread = 0.0
+    if calls:
+        mean = failures / calls
+        spread = math.sqrt(sum(b.calls * ((b.failures / b.calls) - mean) ** 2 for b in healthy) / calls)
+    latency = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
+    for b in healthy:
+        for i, n in enumerate(b.latency[: len(latency)]):
+            latency[i] += n
+    return Evidence(
+        window_seconds=history.width * BUCKETS,
+        calls=calls,
+        failures=failures,
+        spread=spread,
+        p99_seconds=_p99(latency),
+        outages=history.recent_outages(),
+        incidents=incidents,
+        healthy_seconds=len(healthy) * history.width,
+    )
+
+
+def _window(seconds: float) -> str:
+    return str(Duration.from_seconds(round(seconds)))
+
+
+def _clamp(value: float, low: float, high: float) -> float:
+    return min(max(value, low), high)
+
+
+def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Threshold, tuple[float, str]]:
+    """Where each threshold the evidence speaks to should be, with the reason; before hysteresis."""
+    bounds = params.bounds
+    out: dict[Threshold, tuple[float, str]] = {}
+    p = ev.baseline
+    over = _window(ev.window_seconds)
+    if configured.failure_rate_percent is not None:
+        noise = p * (1 - p) / configured.minimum_calls  # one pod's window holds at least minimumCalls
+        sigma = math.sqrt(ev.spread**2 + noise)
+        raw = 100 * (p + params.deviations * sigma) + params.failure_rate_margin
+        low, high = bounds.failure_rate_percent.min, bounds.failure_rate_percent.max
+        percent = _clamp(math.ceil(raw), low, high)
+        out[Threshold.FAILURE_RATE_PERCENT] = (
+            percent,
+            f"failure rate baseline {100 * p:.1f} % ± {100 * sigma:.1f} over {over} → trip at {percent:g} %",
+        )
+    if configured.consecutive_failures is not None:
+        low, high = bounds.consecutive_failures.min, bounds.consecutive_failures.max
+        p_high = min(p + params.deviations * ev.spread, 0.999)
+        per_day = ev.calls * 86_400 / max(ev.healthy_seconds, 1.0)
+        chances = per_day * (1 - p_high)  # a run of k failures starts after a success
+        if p_high <= 0 or chances <= CHANCE_RUNS_PER_DAY:
+            k = float(low)
+        else:
+            k = _clamp(math.ceil(math.log(CHANCE_RUNS_PER_DAY / chances) / math.log(p_high)), low, high)
+        out[Threshold.CONSECUTIVE_FAILURES] = (
+            k,
+            f"{k:g} failures in a row: at {100 * p_high:.1f} % failures and {per_day / 24:.0f} calls/h, "
+            f"a chance run less than once a day",
+        )
+    if configured.slow_call_seconds is not None and ev.p99_seconds is not None:
+        low = bounds.slow_call_duration.min.seconds
+        high = min(bounds.slow_call_duration.max.seconds, SLOW_CALL_CEILING * configured.timeout_seconds)
+        if low <= high:
+            seconds = _clamp(round(ev.p99_seconds * params.slow_call_factor, 2), low, high)
+            out[Threshold.SLOW_CALL_DURATION] = (
+                seconds,
+                f"latency p99 {1000 * ev.p99_seconds:.0f} ms over {over} x {params.slow_call_factor:g} → "
+                f"slow above {_window(seconds) if seconds >= 1 else f'{1000 * seconds:.0f}ms'}",
+            )
+    if ev.outages:
+        ordered = sorted(ev.outages)
+        median = ordered[len(ordered) // 2]
+        low = bounds.open_duration.min.seconds
+        high = min(bounds.open_duration.max.seconds, configured.open_max_seconds)
+        if low <= high:
+            seconds = _clamp(round(median * params.open_duration_factor), low, high)
+            out[Threshold.OPEN_DURATION] = (
+                seconds,
+                f"median of the last {len(ordered)} outages {median:.0f}s x {params.open_duration_factor:g} "
+                f"→ open for {_window(seconds)}",
+            )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """One threshold's tuning state: the value in force and the evidence waiting to change it."""
+
+    value: float
+    changed_at: float | None = None  # when the tuner last changed it; None: the configured value
+    pending: int = 0  # +1: the target has stayed above the value since `pending_since`; -1: below
+    pending_since: float = 0.0
+    reason: str = ""
+
+    @property
+    def tuned(self) -> bool:
+        return self.changed_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TunerState:
+    tracks: Mapping[Threshold, Track] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    threshold: Threshold
+    before: float
+    after: float
+    reason: str
+
+
+def _significant(threshold: Threshold, target: float, value: float) -> bool:
+    if threshold is Threshold.CONSECUTIVE_FAILURES:
+        return abs(target - value) >= 1
+    if threshold is Threshold.FAILURE_RATE_PERCENT:
+        return abs(target - value) >= MIN_PERCENT_STEP
+    return abs(target - value) >= MIN_RELATIVE_STEP * value
+
+
+def _bounded(threshold: Threshold, value: float, params: Adaptive, configured: Configured) -> float:
+    b = params.bounds
+    if threshold is Threshold.CONSECUTIVE_FAILURES:
+        return _clamp(value, b.consecutive_failures.min, b.consecutive_failures.max)
+    if threshold is Threshold.FAILURE_RATE_PERCENT:
+        return _clamp(value, b.failure_rate_percent.min, b.failure_rate_percent.max)
+    if threshold is Threshold.SLOW_CALL_DURATION:
+        high = min(b.slow_call_duration.max.seconds, SLOW_CALL_CEILING * configured.timeout_seconds)
+        return _clamp(value, b.slow_call_duration.min.seconds, max(high, b.slow_call_duration.min.seconds))
+    high = min(b.open_duration.max.seconds, configured.open_max_seconds)
+    return _clamp(value, b.open_duration.min.seconds, max(high, b.open_duration.min.seconds))
+
+
+def step(
+    state: TunerState,
+    ev: Evidence,
+    configured: Configured,
+    params: Adaptive,
+    *,
+    now: float,
+    frozen: bool,
+) -> tuple[TunerState, list[Change]]:
+    """The next state and the changes it makes. Pure; `now` is wall-clock seconds."""
+    hysteresis = params.hysteresis.seconds
+    pinned = set(params.pinned)
+    wanted = targets(ev, configured, params)
+    tracks: dict[Threshold, Track] = {}
+    changes: list[Change] = []
+    for threshold in Threshold:
+        spec_value = configured.value(threshold)
+        if spec_value is None:
+            continue  # the rule is off: never switched on
+        old = state.tracks.get(threshold)
+        if threshold in pinned:
+            tracks[threshold] = Track(spec_value, reason="pinned in spec.adaptive.pinned")
+            continue
+        if old is None or not old.tuned:
+            track = Track(spec_value, pending=old.pending if old else 0,
+                          pending_since=old.pending_since if old else 0.0)  # fmt: skip
+        else:
+            track = replace(old, value=_bounded(threshold, old.value, params, configured))
+        target = wanted.get(threshold)
+        if frozen:
+            track = replace(track, pending=0, reason="frozen: the upstream is open or half-open on some pod")
+        elif ev.calls < params.minimum_volume:
+            why = f"low volume: {ev.calls} calls in {_window(ev.window_seconds)} < {params.minimum_volume}"
+            track = replace(track, pending=0, reason=why)
+        elif target is None:
+            track = replace(track, pending=0, reason=track.reason or "no evidence yet")
+        elif not _significant(threshold, target[0], track.value):
+            track = replace(track, pending=0, reason=target[1])
+        else:
+            direction = 1 if target[0] > track.value else -1
+            if track.pending != direction:
+                track = replace(track, pending=direction, pending_since=now)
+            track = replace(track, reason=target[1])
+            quiet = track.changed_at is None or now - track.changed_at >= hysteresis
+            if track.pending == direction and now - track.pending_since >= hysteresis and quiet:
+                changes.append(Change(threshold, track.value, target[0], target[1]))
+                track = Track(target[0], changed_at=now, reason=target[1])
+        tracks[threshold] = track
+    return TunerState(tracks), changes
+
+
+def tuned_settings(settings: BreakerSettings, state: TunerState) -> BreakerSettings:
+    """`settings` with the thresholds the tuner changed swapped in (the rest as configured)."""
+    values: dict[str, float | int] = {}
+    for threshold, track in state.tracks.items():
+        if not track.tuned:
+            continue
+        if threshold is Threshold.CONSECUTIVE_FAILURES and settings.consecutive_failures is not None:
+            values["consecutive_failures"] = int(track.value)
+        elif threshold is Threshold.FAILURE_RATE_PERCENT and settings.failure_rate_percent is not None:
+            values["failure_rate_percent"] = float(track.value)
+        elif threshold is Threshold.SLOW_CALL_DURATION and settings.slow_call_percent is not None:
+            values["slow_call_seconds"] = float(track.value)
+        elif threshold is Threshold.OPEN_DURATION:
+            values["open_seconds"] = min(float(track.value), settings.open_max_seconds)
+    return replace(settings, **values) if values else settings  # type: ignore[arg-type]
