@@ -16,6 +16,7 @@ from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_P
 from breakwater.api.sidecar import SidecarConfig, SidecarConfigError
 from breakwater.injection.podinfo import PodInfoError, carry_over
 from breakwater.proxy.logs import configure_logging
+from breakwater.proxy.modeclock import ModeClock
 from breakwater.proxy.podsource import Binding, PodConfigSource
 from breakwater.proxy.reporter import Reporter, SidecarPod
 from breakwater.proxy.sidecar import Sidecar
@@ -84,11 +85,13 @@ async def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    clock = _mode_clock(sidecar)
     _freeze_startup_objects()
     if not sidecar.ready:
         log.warning("started without a usable config; /readyz answers 503 until one loads")
     await stop.wait()
     log.info("signal received: draining", extra={"fields": {"drain_seconds": args.drain_seconds}})
+    await clock.stop()
     await sidecar.stop()
     return 0
 
@@ -116,6 +119,7 @@ async def _serve_pod(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await sidecar.start()
+    clock = _mode_clock(sidecar)
     _freeze_startup_objects()
     tasks = [asyncio.create_task(source.follow(sidecar, interval=args.poll_seconds))]
     reporter = None
@@ -148,8 +152,16 @@ async def _serve_pod(args: argparse.Namespace) -> int:
         task.cancel()
     if reporter is not None:
         await reporter.stop()
+    await clock.stop()
     await sidecar.stop()
     return 0
+
+
+def _mode_clock(sidecar: Sidecar) -> ModeClock:
+    """Overrides end at their `until` by this pod's clock, whether or not the operator is there."""
+    clock = ModeClock(lambda: [(up.config, up.breaker) for up in sidecar.routes.by_name.values()])
+    clock.start()
+    return clock
 
 
 def _freeze_startup_objects() -> None:

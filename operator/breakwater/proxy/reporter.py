@@ -157,6 +157,7 @@ class Reporter:
                     failure_rate=snap.window_failure_rate,
                     slow_rate=snap.window_slow_rate,
                     state_since=wall_time(snap.state_since, clock=self.sidecar.clock),
+                    latency=list(up.stats.buckets),  # the duration histogram /metrics exports
                 )
             )
         self._carried = min(len(self._pending), MAX_TRANSITIONS_PER_REPORT)

@@ -21,6 +21,7 @@ from breakwater.proxy.budget import RetryBudget
 from breakwater.proxy.bulkhead import Bulkhead
 from breakwater.proxy.cache import ResponseCache
 from breakwater.proxy.classifiers import FailurePolicy, RetryPolicy
+from breakwater.proxy.modeclock import applied_mode
 from breakwater.proxy.stats import UpstreamStats
 
 __all__ = ["LiveParts", "LiveUpstream", "RouteTable", "StaticFallback", "authority_aliases"]
@@ -52,9 +53,8 @@ class LiveParts:
         clock: Callable[[], float],
         on_transition: Callable[[Transition], None],
     ) -> LiveParts:
-        breaker = Breaker(
-            config.name, config.breaker, mode=config.mode, clock=clock, on_transition=on_transition
-        )
+        mode = applied_mode(config, None, time.time())
+        breaker = Breaker(config.name, config.breaker, mode=mode, clock=clock, on_transition=on_transition)
         parts = cls(breaker=breaker)
         parts.update(config, clock=clock)
         return parts
@@ -62,8 +62,9 @@ class LiveParts:
     def update(self, config: UpstreamConfig, *, clock: Callable[[], float]) -> None:
         """Adopt a new config for the same upstream name, keeping whatever still applies."""
         self.policy = config.policy
-        if (self.breaker.settings, self.breaker.mode) != (config.breaker, config.mode):
-            self.breaker.reconfigure(config.breaker, config.mode)
+        mode = applied_mode(config, self.breaker, time.time())
+        if (self.breaker.settings, self.breaker.mode) != (config.breaker, mode):
+            self.breaker.reconfigure(config.breaker, mode)
         bh = config.bulkhead
         if bh.max_concurrent is None:
             self.bulkhead = None

@@ -70,9 +70,11 @@ def test_the_status_subresource_and_the_printer_columns_are_there() -> None:
         ("Open", ".status.summary.open"),
         ("Pods", ".status.summary.pods"),
         ("Ready", '.status.conditions[?(@.type=="Ready")].status'),
-        ("Mode", ".spec.mode"),
+        ("Mode", ".status.summary.mode"),  # spec.mode would hide an override in force
         ("Age", ".metadata.creationTimestamp"),
     ]
+    wide = [c["jsonPath"] for c in version["additionalPrinterColumns"] if c.get("priority")]
+    assert ".status.summary.tuning" in wide
 
 
 def test_the_schema_is_structural() -> None:
