@@ -175,6 +175,19 @@ class History:
             raise ValueError("a truncated encoded history")
         return cls(width=width[0], head=newest, counters=counters, outages=lengths)
 
+    def merged(self, newer: History) -> History:
+        """This (persisted) history with `newer` (built from reports since) added into it; `newer`
+        alone when the bucket widths differ."""
+        if newer.width != self.width:
+            return newer
+        merged = History(self.width, self.head, array("I", self.counters), array("f", self.outages))
+        if newer.head >= 0:
+            for start, b in newer.buckets((newer.head + 1) * newer.width - 1e-9):
+                merged.add(start, calls=b.calls, failures=b.failures, trips=b.trips, latency=b.latency)
+        for seconds in newer.outages:
+            merged.add_outage(seconds)
+        return merged
+
     def rescaled(self, window_seconds: float) -> History:
         """This history for another window: kept if the bucket width is the same, else started anew
         (buckets of another width cannot be split honestly); outage lengths are kept either way."""

@@ -167,6 +167,8 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
     out: dict[Threshold, tuple[float, str]] = {}
     p = ev.baseline
     over = _window(ev.window_seconds)
+    low: float
+    high: float
     if configured.failure_rate_percent is not None:
         noise = p * (1 - p) / configured.minimum_calls  # one pod's window holds at least minimumCalls
         sigma = math.sqrt(ev.spread**2 + noise)

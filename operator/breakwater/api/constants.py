@@ -29,12 +29,15 @@ CONDITION_CIRCUIT_OPEN: Final = "CircuitOpen"
 """At least one breaker of this policy is open (or would be, in Observe mode)."""
 CONDITION_DEGRADED: Final = "Degraded"
 """Some upstream is failing: open, half-open or (Observe mode) would be open."""
+CONDITION_OVERRIDE_EXPIRED: Final = "OverrideExpired"
+"""spec.override has ended (or had already ended when it was applied): it does nothing now."""
 HEALTHY_WHEN: Final = {
     CONDITION_ACCEPTED: True,
     CONDITION_READY: True,
     CONDITION_CONFLICT: False,
     CONDITION_CIRCUIT_OPEN: False,
     CONDITION_DEGRADED: False,
+    CONDITION_OVERRIDE_EXPIRED: False,
 }
 """Each condition type's polarity: the status it has when all is well."""
 
@@ -53,6 +56,8 @@ SIDECAR_NAME: Final = "breakwater-proxy"
 """The injected container."""
 CONFIGMAP_NAME: Final = "breakwater-sidecar-config"
 """The per-namespace ConfigMap of the policies' bundles (one key per policy), mounted by every sidecar."""
+HISTORY_CONFIGMAP_NAME: Final = "breakwater-adaptive-history"
+"""The per-namespace ConfigMap of the policies' tuning histories (one key per policy), mounted by nothing."""
 TOKEN_AUDIENCE: Final = "breakwater"
 """The audience of the projected token a sidecar opens its report session with."""
 NAMESPACE_LABEL: Final = f"{GROUP}/injection"

@@ -64,7 +64,12 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
         "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
         "description": "Every selected pod injected and reporting",
     },
-    {"name": "Mode", "type": "string", "jsonPath": ".spec.mode", "description": "spec.mode"},
+    {
+        "name": "Mode",
+        "type": "string",
+        "jsonPath": ".status.summary.mode",
+        "description": "The mode in force: spec.mode, or an override with its time left",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {
         "name": "Override",
@@ -78,6 +83,13 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
         "type": "string",
         "jsonPath": ".spec.override.until",
         "description": "End of the manual override",
+        "priority": 1,
+    },
+    {
+        "name": "Tuning",
+        "type": "string",
+        "jsonPath": ".status.summary.tuning",
+        "description": "Adaptive thresholds: On (and how many tuned), Suggesting or Off",
         "priority": 1,
     },
     {

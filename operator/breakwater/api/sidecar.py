@@ -12,6 +12,10 @@ Additions beyond the first published sketch, all optional with inert defaults:
 - ``listenAddress``: where the upstream listeners and the forward proxy bind (a pod's loopback by
   default; the cluster tests bind each "pod" its own 127.x address).
 - ``admin.address``: where the admin listener binds (all interfaces by default, for probes and scrapes).
+- ``upstreams[].modeUntil`` / ``modeAfter``: an override's end (wall-clock seconds) and the mode from
+  then on; the sidecar switches by its own clock (`proxy/modeclock.py`), with or without the operator.
+- ``upstreams[].fleetOpen``: the fleet quorum holds this upstream open on every pod whose breaker has
+  not tripped on its own (`proxy/modeclock.applied_mode`).
 """
 
 from __future__ import annotations
@@ -193,6 +197,9 @@ class UpstreamConfig(WireModel):
     port: Annotated[int, Field(ge=1, le=65535)]
     listen_port: Port | None = None
     mode: Mode = _DEFAULT_MODE
+    mode_until: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    mode_after: Mode | None = None
+    fleet_open: bool = False
     breaker: BreakerBlock = Field(default_factory=_SPEC.breaker_settings)
     failures: FailureConfig = Field(default_factory=FailureConfig)
     timeout_seconds: Seconds = _SPEC.timeout.seconds

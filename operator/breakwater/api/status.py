@@ -19,8 +19,10 @@ __all__ = [
     "Condition",
     "ConditionStatus",
     "EffectiveThresholds",
+    "OverrideStatus",
     "PodCounts",
     "StatusSummary",
+    "SuggestedThresholds",
     "UpstreamState",
     "UpstreamStatus",
 ]
@@ -99,6 +101,42 @@ class EffectiveThresholds(StatusModel):
     """timeout."""
     open_duration: str | None = None
     """open.duration."""
+    source: dict[str, str] | None = None
+    """Per tuned threshold (consecutiveFailures, failureRatePercent, slowerThan, openDuration): Configured
+    (the spec's value) or Adaptive (chosen by the tuner)."""
+    reason: str | None = None
+    """Why the tuner holds these values, e.g. "failure rate baseline 6.8 % ± 2.1 over 1h → trip at 24 %"."""
+
+
+class SuggestedThresholds(StatusModel):
+    """What the tuner would pick with spec.adaptive.enabled (or outside Observe mode): copy them into
+    the spec (`breakwater promote`) to enforce them."""
+
+    consecutive_failures: Count | None = None
+    """trip.consecutiveFailures."""
+    failure_rate_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+    """trip.failureRate.percent."""
+    slower_than: str | None = None
+    """trip.slowCalls.slowerThan."""
+    open_duration: str | None = None
+    """open.duration."""
+    reason: str | None = None
+    """The evidence behind them."""
+
+
+class OverrideStatus(StatusModel):
+    """spec.override as it stands: in force or ended, and how long is left."""
+
+    mode: str
+    """The override's mode."""
+    reason: str = ""
+    """spec.override.reason."""
+    until: datetime | None = None
+    """When it ends (the sidecars end it by their own clock)."""
+    active: bool = False
+    """Whether it is in force now."""
+    remaining: str | None = None
+    """Time left, e.g. 14m (unset: no end, or ended)."""
 
 
 class UpstreamStatus(StatusModel):
@@ -124,6 +162,10 @@ class UpstreamStatus(StatusModel):
     """When `state` last changed."""
     effective: EffectiveThresholds | None = None
     """The thresholds in force."""
+    suggested: SuggestedThresholds | None = None
+    """The tuner's thresholds while they are not delivered (tuning off, or Observe mode)."""
+    quorum: str | None = None
+    """Set while spec.coordination holds the upstream open on every pod: why."""
 
 
 class StatusSummary(StatusModel):
@@ -136,7 +178,9 @@ class StatusSummary(StatusModel):
     pods: str | None = None
     """Injected over selected pods, e.g. 12/12 (PODS column)."""
     mode: str | None = None
-    """The mode in force, with any override applied."""
+    """The mode in force, with any override applied and its time left (MODE column)."""
+    tuning: str | None = None
+    """Adaptive tuning: On (with how many thresholds tuned), Suggesting or Off (TUNING column, -o wide)."""
     message: str | None = None
     """A short sentence, e.g. "payments open on 3/12 pods"."""
 
@@ -161,6 +205,8 @@ class CircuitBreakerPolicyStatus(StatusModel):
     """Per-upstream state across the fleet."""
     summary: StatusSummary | None = None
     """Printer-column strings."""
+    override: OverrideStatus | None = None
+    """spec.override, when set: in force or ended, time left."""
 
     def condition(self, type_: str) -> Condition | None:
         """The condition of that type, if present."""

@@ -104,6 +104,7 @@ class UpstreamFleet:
     failure_rate: float | None
     trips: int
     observe: bool
+    tripped: int = 0  # Enforce-mode breakers open or half-open on their own (not held by a quorum)
 
     @property
     def reporting(self) -> int:
@@ -170,6 +171,7 @@ def aggregate(policy: str, upstream: str, reports: Iterable[HasBreakers]) -> Ups
         failure_rate=_rate(mine),
         trips=sum(u.trips for u in mine),
         observe=observe,
+        tripped=sum(1 for u in mine if u.mode == "Enforce" and u.state in ("Open", "HalfOpen")),
     )
 
 

@@ -5,7 +5,9 @@ releases it. During a term: the webhook certificate is renewed when due, the Mut
 kept right, kopf runs the policy handlers (`controller.policies`: ConfigMaps, finalizers, kopf's own
 annotations) and the status loop (`controller.refresher`) writes status and posts Events. The fleet's
 reports and the caches belong to the replica, not to the term: a new leader starts from what it
-already received.
+already received. The adaptive histories (`controller.adaptive`) belong to the term: the leader alone
+feeds them, a new leader reads what the last one persisted in each namespace's
+breakwater-adaptive-history ConfigMap.
 
 Why not kopf's peering: it needs its own cluster-scoped CRD (KopfPeering) and RBAC to write it, its
 heartbeat is slow to notice a dead peer (60 s by default), and replicas of equal priority both pause
@@ -25,6 +27,7 @@ from typing import Any
 import kopf
 
 from breakwater.controller import metrics, policies, webhook
+from breakwater.controller.adaptive import Adaptation
 from breakwater.controller.pods import PodIndex
 from breakwater.controller.refresher import Refresher
 from breakwater.controller.reports import FleetStore, ReportServer
@@ -70,7 +73,7 @@ class Term:
 
     def __post_init__(self) -> None:
         r = self.replica
-        self.state = OperatorState(api=r.api, bundles=r.bundles)
+        self.state = OperatorState(api=r.api, bundles=r.bundles, adaptive=Adaptation(r.api))
         self.refresher = Refresher(
             state=self.state,
             store=r.store,
@@ -80,6 +83,7 @@ class Term:
             stale_after=r.settings.stale_after_seconds,
             on_refresh=lambda record: policies.expire_override(record, self.state),
             post_event=self._post_event,
+            republish=lambda record: policies.republish(record, self.state),
         )
 
     async def start(self) -> None:

@@ -1,5 +1,6 @@
 """The policy handlers, run by kopf on the leader only: render each policy's bundle into its namespace's
-ConfigMap, track it for the status loop, remove the bundle when the policy is deleted.
+ConfigMap (with the thresholds the tuner chose and the quorum holds, `controller.adaptive`), track it
+for the status loop, remove the bundle and the policy's history when the policy is deleted.
 
 kopf writes on every policy it handles (a finalizer, its progress and last-handled annotations), so it
 runs only while this replica holds the Lease (`controller.leadership`), with its own registry: importing
@@ -9,6 +10,7 @@ this module registers nothing anywhere else.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
@@ -19,6 +21,7 @@ from breakwater.api import constants
 from breakwater.api.bundle import bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
 from breakwater.controller import metrics
+from breakwater.controller.adaptive import Adaptation
 from breakwater.controller.refresher import PolicyRecord, Refresher
 from breakwater.controller.state import OperatorState, ReconcileOutcome
 from breakwater.injection.render import RenderError, render_bundle
@@ -85,7 +88,7 @@ async def reconcile_policy(*, body: kopf.Body, name: str, namespace: str | None,
     namespace = namespace or ""
     term = _term(memo)
     try:
-        await render_and_publish(body, name, namespace, term.state)
+        await render_and_publish(body, name, namespace, term.state, applied=True)
     except Exception:
         metrics.METRICS.reconciled("error")
         raise
@@ -94,11 +97,23 @@ async def reconcile_policy(*, body: kopf.Body, name: str, namespace: str | None,
 
 
 async def render_and_publish(
-    body: kopf.Body | dict[str, Any], name: str, namespace: str, state: OperatorState
+    body: kopf.Body | dict[str, Any],
+    name: str,
+    namespace: str,
+    state: OperatorState,
+    *,
+    applied: bool = False,
 ) -> None:
+    """Render and write the policy's bundle, with the thresholds the tuner chose and the quorum holds;
+    `applied`: a generation is being applied (a reconcile, whose body carries the stored status), not
+    re-rendered because time or the tuner moved."""
     generation = int((body.get("metadata") or {}).get("generation") or 0)
+    policy = f"{namespace}/{name}"
+    adaptation: Adaptation = state.adaptive
+    await adaptation.load(namespace)  # a new leader renders what the last one tuned, not the spec's
+    adaptation.configure(policy, dict(body))
     try:
-        bundle = render_bundle(body)
+        bundle = render_bundle(body, tuned=adaptation.tuned(policy), held=adaptation.held(policy))
     except RenderError as exc:
         # Keep the last good bundle: a sidecar keeps enforcing what it had rather than nothing.
         reason = type(exc).__name__  # InvalidSpec or InvalidSidecarConfig
@@ -113,6 +128,8 @@ async def render_and_publish(
         return
     upstreams = ", ".join(u.name for u in bundle.upstreams)
     outcome = ReconcileOutcome(generation, True, "Rendered", f"sidecar config rendered for {upstreams}")
+    if applied:
+        check_override(body, name, namespace, generation, state)
     if (await state.bundles.get(namespace)).get(name) == bundle:
         # Already in the ConfigMap (a new leader resuming every policy): nothing to write.
         state.outcomes[(namespace, name)] = outcome
@@ -138,6 +155,46 @@ async def render_and_publish(
     )  # fmt: skip
 
 
+def check_override(
+    body: kopf.Body | dict[str, Any], name: str, namespace: str, generation: int, state: OperatorState
+) -> None:
+    """An override whose `until` had passed when its generation was applied does nothing: say so once
+    (a condition, and a Warning Event), not silently."""
+    key = (namespace, name)
+    until = ((body.get("spec") or {}).get("override") or {}).get("until")
+    if not until or state.expired_on_arrival.get(key) == generation:
+        return
+    ended = datetime.datetime.fromisoformat(str(until).replace("Z", "+00:00"))
+    if ended > datetime.datetime.now(datetime.UTC):
+        return
+    told = next(
+        (
+            c
+            for c in (body.get("status") or {}).get("conditions") or ()
+            if c.get("type") == constants.CONDITION_OVERRIDE_EXPIRED
+            and c.get("observedGeneration") == generation
+        ),
+        None,
+    )
+    if told is not None:  # a restart or a new leader re-applies the generation: keep what was said then
+        if told.get("reason") == "ExpiredWhenApplied":
+            state.expired_on_arrival[key] = generation
+        return
+    state.expired_on_arrival[key] = generation
+    message = f"spec.override.until {until} has already passed: the override does nothing"
+    kopf.warn(cast(kopf.Body, body), reason="OverrideExpired", message=message)
+    logger.warning(
+        "policy %s/%s: %s", namespace, name, message,
+        extra={"fields": {"namespace": namespace, "policy": name, "reason": "OverrideExpired"}},
+    )  # fmt: skip
+
+
+async def republish(record: PolicyRecord, state: OperatorState) -> None:
+    """Render and publish a policy again: the tuner changed its thresholds, or a quorum hold changed."""
+    meta = record.body["metadata"]
+    await render_and_publish(record.body, str(meta["name"]), str(meta.get("namespace") or ""), state)
+
+
 async def expire_override(record: PolicyRecord, state: OperatorState) -> None:
     """Re-render a policy whose override may have started or ended: time, not an edit, changed it."""
     body = record.body
@@ -146,7 +203,7 @@ async def expire_override(record: PolicyRecord, state: OperatorState) -> None:
         return
     cached = (await state.bundles.get(namespace)).get(name)
     try:
-        fresh = render_bundle(body)
+        fresh = render_bundle(body)  # the modes only are compared
     except RenderError:
         return
     if cached is not None and [u.mode for u in cached.upstreams] != [u.mode for u in fresh.upstreams]:
@@ -169,6 +226,8 @@ async def remove_policy(*, name: str, namespace: str | None, memo: Any, **_: Any
     )
     term.state.bundles.remove(namespace, name)
     term.state.outcomes.pop((namespace, name), None)
+    term.state.expired_on_arrival.pop((namespace, name), None)
+    await term.state.adaptive.remove(f"{namespace}/{name}")
     term.refresher.forget((namespace, name))
     metrics.METRICS.reconciled("deleted")
     logger.info(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,12 +21,14 @@ from typing import Any
 import kopf
 
 from breakwater.api.bundle import PolicyBundle
-from breakwater.controller.fleet import TransitionClock
+from breakwater.controller.adaptive import Adaptation, Evaluation
+from breakwater.controller.fleet import TransitionClock, UpstreamFleet
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.reports import FleetStore
 from breakwater.controller.resolutions import Resolutions, Verdict
 from breakwater.controller.state import OperatorState
 from breakwater.controller.status import (
+    FleetView,
     desired_status,
     figures_moved,
     fleet_view,
@@ -33,6 +36,7 @@ from breakwater.controller.status import (
     view_pods,
     without_times,
 )
+from breakwater.controller.tuning_status import UpstreamExtras, override_view
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +99,7 @@ class Refresher:
     stale_after: float
     on_refresh: Callable[[PolicyRecord], Awaitable[None]] | None = None  # override expiry, before the status
     post_event: EventPoster | None = None
+    republish: Callable[[PolicyRecord], Awaitable[None]] | None = None  # tuned thresholds, quorum holds
     min_interval: float = 1.0
     sweep: float = 5.0
     tick: float = 0.2
@@ -111,8 +116,8 @@ class Refresher:
         async def guarded() -> None:
             try:
                 await work
-            except Exception as exc:  # an Event is best effort: the status already says it
-                logger.warning("could not post an Event: %s", exc)
+            except Exception as exc:  # Events and history writes are best effort: retried next time
+                logger.warning("could not post an Event or persist a history: %s", exc)
 
         task = asyncio.get_running_loop().create_task(guarded())
         self._tasks.add(task)
@@ -206,6 +211,15 @@ class Refresher:
             stale_after=self.stale_after,
             grace=grace,
         )
+        extras, tuning = await self._adapt(record, key, fleet)
+        if extras and bundle is not None and self.republish is not None:
+            bundle = (await state.bundles.get(namespace)).get(name)  # republished with new thresholds
+        generation = int(record.body["metadata"].get("generation") or 0)
+        override = override_view(
+            record.body.get("spec") or {},
+            now=datetime.datetime.now(datetime.UTC),
+            expired_when_applied=state.expired_on_arrival.get(key) == generation,
+        )
         clock = state.clocks.setdefault(key, TransitionClock())
         previous = record.status
         wanted = desired_status(
@@ -217,6 +231,9 @@ class Refresher:
             fleet=fleet,
             clock=clock,
             mode=bundle.upstreams[0].mode if bundle and bundle.upstreams else None,
+            extras=extras,
+            override=override,
+            tuning=tuning,
         ).to_dict()
         comparable_previous = {k: previous.get(k) for k in wanted}
         if without_times(wanted) == without_times(comparable_previous):
@@ -233,6 +250,82 @@ class Refresher:
         record.status = await self.write_status(namespace, name, patch)
         self.writes += 1
         self._post_transition_events(record, previous, wanted)
+
+    async def _adapt(
+        self, record: PolicyRecord, key: Key, fleet: FleetView
+    ) -> tuple[dict[str, UpstreamExtras], str | None]:
+        """Run the tuner and the quorum for one policy: republish what changed, post its Events, and
+        return what the status shows of them."""
+        adaptation: Adaptation | None = self.state.adaptive
+        if adaptation is None or not fleet.upstreams:
+            return {}, None
+        policy = f"{key[0]}/{key[1]}"
+        await adaptation.load(key[0])
+        if adaptation.configure(policy, record.body) is None:
+            return {}, None
+        mono = time.monotonic()
+        evaluation = adaptation.evaluate(policy, fleet.upstreams, wall=time.time(), mono=mono)
+        delivers = adaptation.delivers(policy)
+        if ((evaluation.changes and delivers) or evaluation.republish) and self.republish is not None:
+            await self.republish(record)
+        self._post_adaptive_events(record, evaluation, fleet.upstreams, delivers=delivers)
+        self._spawn(adaptation.persist(policy, mono=mono))
+        held = adaptation.held(policy)
+        extras = {
+            f.name: UpstreamExtras(
+                tracks=adaptation.tracks(policy, f.name),
+                delivers=delivers,
+                quorum=(
+                    f"held open on every pod: {f.tripped}/{f.reporting} pods tripped "
+                    "(spec.coordination.quorumPercent)"
+                    if f.name in held
+                    else None
+                ),
+            )
+            for f in fleet.upstreams
+        }
+        tuned = sum(1 for e in extras.values() for t in e.tracks.values() if t.tuned)
+        if delivers:
+            tuning = f"On ({tuned} tuned)" if tuned else "On"
+        else:
+            tuning = "Suggesting (Observe)" if adaptation.enabled(policy) else "Off"
+        return extras, tuning
+
+    def _post_adaptive_events(
+        self,
+        record: PolicyRecord,
+        evaluation: Evaluation,
+        fleets: tuple[UpstreamFleet, ...],
+        *,
+        delivers: bool,
+    ) -> None:
+        meta = record.body["metadata"]
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+        posts: list[tuple[str, str, str, str]] = []  # (upstream, type, reason, message)
+        if delivers:
+            for upstream, changes in evaluation.changes.items():
+                for c in changes:
+                    message = f"upstream {upstream}: {c.threshold} {c.before:g} -> {c.after:g} ({c.reason})"
+                    posts.append((upstream, "Normal", "ThresholdTuned", message))
+        by_name = {f.name: f for f in fleets}
+        for upstream in evaluation.engaged:
+            f = by_name[upstream]
+            message = (
+                f"upstream {upstream}: {f.tripped}/{f.reporting} pods tripped, at or above the quorum: "
+                "opened on every pod of the policy"
+            )
+            posts.append((upstream, "Warning", "QuorumOpen", message))
+        for upstream in evaluation.released:
+            message = f"upstream {upstream}: the pods that tripped closed again; every pod is released"
+            posts.append((upstream, "Normal", "QuorumReleased", message))
+        for upstream, kind, reason, message in posts:
+            logger.info("policy %s/%s: %s", namespace, name, message)
+            admitted, skipped = self.state.events.admit((namespace, name, f"adaptive/{upstream}"))
+            if not admitted or self.post_event is None:
+                continue
+            if skipped:
+                message += f"; {skipped} earlier changes not shown (rate-limited)"
+            self._spawn(self.post_event(record.body, kind, reason, message))
 
     def _post_transition_events(
         self, record: PolicyRecord, previous: dict[str, Any], wanted: dict[str, Any]

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -220,14 +221,19 @@ class OperatorReplica:
         self.stopping.set()
 
     def _on_report(self, report: SidecarReport, before: PodReport | None) -> None:
+        """The leader's histories take every report (the others relay theirs to it)."""
         if self.term is not None:
+            self.term.state.adaptive.ingest(report, now=time.time())
             mark_changed_policies(self.term.refresher, report, before)
 
     def _pods_changed(self, store: FleetStore, pods: PodIndex, namespace: str) -> None:
-        if self.term is not None:
-            self.term.refresher.mark_namespace(namespace)
+        term = self.term
+        if term is not None:
+            term.refresher.mark_namespace(namespace)
         for pod in [p for p in store.in_namespace(namespace) if pods.get(namespace, p) is None]:
             store.forget(namespace, pod)
+            if term is not None:
+                term.state.adaptive.forget_pod(namespace, pod)
 
 
 async def _finish(task: asyncio.Task[Any]) -> None:

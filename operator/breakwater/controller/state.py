@@ -217,3 +217,5 @@ class OperatorState:
     last_write: dict[tuple[str, str], float] = field(default_factory=dict)
     events: EventThrottle = field(default_factory=EventThrottle)
     clocks: dict[tuple[str, str], Any] = field(default_factory=dict)
+    adaptive: Any = None  # controller.adaptive.Adaptation: histories, tuner states, quorum holds
+    expired_on_arrival: dict[tuple[str, str], int] = field(default_factory=dict)  # -> the generation

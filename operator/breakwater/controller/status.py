@@ -38,6 +38,7 @@ from breakwater.controller.fleet import (
 )
 from breakwater.controller.pods import PodFacts
 from breakwater.controller.state import ReconcileOutcome
+from breakwater.controller.tuning_status import OverrideView, UpstreamExtras, suggested, with_sources
 from breakwater.injection.resolve import Conflict
 from breakwater.injection.selectors import matches
 
@@ -207,9 +208,17 @@ def desired_status(
     fleet: FleetView | None = None,
     clock: TransitionClock | None = None,
     mode: str | None = None,
+    extras: Mapping[str, UpstreamExtras] | None = None,
+    override: OverrideView | None = None,
+    tuning: str | None = None,
 ) -> CircuitBreakerPolicyStatus:
-    """The status the policy should have. `previous` is the stored status (what `kubectl` shows)."""
+    """The status the policy should have. `previous` is the stored status (what `kubectl` shows).
+
+    `extras` adds the tuner's sources, reasons and suggestions and the quorum per upstream,
+    `override` the override's status, condition and MODE text, `tuning` the TUNING column."""
     previous = previous or {}
+    extras = extras or {}
+    override = override or OverrideView()
     fleet = fleet or FleetView()
     clock = clock or TransitionClock()
     conditions = [_accepted(outcome, previous), _ready(bundle, view, fleet), _conflict(view)]
@@ -229,11 +238,14 @@ def desired_status(
         for f in fleets:
             clock.observe(f.name, f.state, previous=old_upstreams.get(f.name))
             config = rendered.get(f.name)
+            extra = extras.get(f.name, UpstreamExtras())
+            effective = effective_thresholds(config) if config is not None else None
+            status = f.as_status(
+                last_transition_time=clock.since(f.name),
+                effective=with_sources(effective, extra) if effective is not None else None,
+            )
             upstreams.append(
-                f.as_status(
-                    last_transition_time=clock.since(f.name),
-                    effective=effective_thresholds(config) if config is not None else None,
-                )
+                status.model_copy(update={"suggested": suggested(extra), "quorum": extra.quorum})
             )
         conditions.extend(_circuit(fleets))
         summary = StatusSummary(
@@ -241,8 +253,15 @@ def desired_status(
             open=f"{sum(f.open for f in fleets)}/{sum(f.reporting for f in fleets)}",
             message=open_message(fleets) or None,
         )
+    if override.condition is not None:
+        conditions.append(override.condition)
+    shown = override.mode or mode
     summary = summary.model_copy(
-        update={"pods": f"{len(view.injected)}/{len(view.selected)}", **({"mode": mode} if mode else {})}
+        update={
+            "pods": f"{len(view.injected)}/{len(view.selected)}",
+            **({"mode": shown} if shown else {}),
+            **({"tuning": tuning} if tuning else {}),
+        }
     )
     return CircuitBreakerPolicyStatus(
         observed_generation=outcome.generation if outcome else previous.get("observedGeneration", 0),
@@ -255,6 +274,7 @@ def desired_status(
         ),
         upstreams=upstreams,
         summary=summary,
+        override=override.status,
     )
 
 
@@ -346,8 +366,15 @@ def figures_moved(wanted: Mapping[str, Any], stored: Mapping[str, Any], *, rate_
 def significant(status: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a status whose change must be written at once (states, counts, conditions)."""
     copy = without_times(status)
-    copy["upstreams"] = [
-        {k: v for k, v in u.items() if k not in {"failureRate", "trips", "lastTransitionTime"}}
-        for u in status.get("upstreams") or ()
-    ]
+    copy["upstreams"] = [_significant_upstream(u) for u in status.get("upstreams") or ()]
+    return copy
+
+
+def _significant_upstream(upstream: Mapping[str, Any]) -> dict[str, Any]:
+    """An upstream's status without its figures, nor the tuner's reasons (their numbers move with every
+    evaluation: they are written with the figures)."""
+    copy = {k: v for k, v in upstream.items() if k not in {"failureRate", "trips", "lastTransitionTime"}}
+    for part in ("effective", "suggested"):
+        if isinstance(copy.get(part), dict):
+            copy[part] = {k: v for k, v in copy[part].items() if k != "reason"}
     return copy

@@ -7,7 +7,7 @@ not catch surfaces here as a `RenderError` with a reason for the `Accepted` cond
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import pydantic
@@ -22,6 +22,7 @@ from breakwater.api.sidecar import (
     UpstreamConfig,
 )
 from breakwater.api.spec import CircuitBreakerPolicySpec, FallbackKind, Mode, UpstreamSettings
+from breakwater.breaker.settings import BreakerSettings
 from breakwater.errors import InvalidInput
 
 
@@ -59,6 +60,15 @@ def override_expiry(spec: CircuitBreakerPolicySpec) -> datetime.datetime | None:
     return spec.override.until if spec.override is not None else None
 
 
+def override_end(spec: CircuitBreakerPolicySpec, *, now: datetime.datetime) -> tuple[float, Mode] | None:
+    """For an override in force that ends: its end (wall-clock seconds) and the mode from then on. The
+    sidecars switch by their own clock, so an override ends on time even while the operator is down."""
+    override = spec.override
+    if override is None or override.until is None or override.until <= now:
+        return None
+    return override.until.timestamp(), Mode(spec.mode)
+
+
 def fallback_config(settings: UpstreamSettings) -> FallbackConfig:
     fallback = settings.fallback
     kind = FallbackKind(fallback.kind)
@@ -80,7 +90,18 @@ def fallback_config(settings: UpstreamSettings) -> FallbackConfig:
     return FallbackConfig(kind=FallbackKind.NONE)
 
 
-def upstream_config(spec: CircuitBreakerPolicySpec, name: str, *, mode: Mode, policy: str) -> UpstreamConfig:
+def upstream_config(
+    spec: CircuitBreakerPolicySpec,
+    name: str,
+    *,
+    mode: Mode,
+    policy: str,
+    ends: tuple[float, Mode] | None = None,
+    breaker: BreakerSettings | None = None,
+    fleet_open: bool = False,
+) -> UpstreamConfig:
+    """The sidecar's config of upstream `name`; `breaker` replaces the spec's thresholds (tuned ones),
+    `ends` is when the override's `mode` gives way to which mode, `fleet_open` a quorum hold."""
     upstream = spec.upstream(name)
     settings = spec.settings_for(name)
     failures = settings.failures
@@ -93,7 +114,10 @@ def upstream_config(spec: CircuitBreakerPolicySpec, name: str, *, mode: Mode, po
         port=upstream.port,
         listen_port=upstream.listen_port,
         mode=mode,
-        breaker=settings.breaker_settings(),
+        mode_until=ends[0] if ends else None,
+        mode_after=ends[1] if ends else None,
+        fleet_open=fleet_open,
+        breaker=breaker or settings.breaker_settings(),
         failures=FailureConfig(
             status_codes=list(failures.status_codes),
             timeouts=failures.timeouts,
@@ -120,14 +144,35 @@ def upstream_config(spec: CircuitBreakerPolicySpec, name: str, *, mode: Mode, po
     )
 
 
-def render_bundle(body: Mapping[str, Any], *, now: datetime.datetime | None = None) -> PolicyBundle:
-    """The bundle of the policy `body` (a whole CircuitBreakerPolicy object)."""
+def render_bundle(
+    body: Mapping[str, Any],
+    *,
+    now: datetime.datetime | None = None,
+    tuned: Mapping[str, BreakerSettings] | None = None,
+    held: Collection[str] = (),
+) -> PolicyBundle:
+    """The bundle of the policy `body` (a whole CircuitBreakerPolicy object), with the thresholds the
+    tuner chose for some upstreams (`tuned`) and the upstreams a fleet quorum holds open (`held`)."""
     meta = body.get("metadata") or {}
     spec = _spec(body)
     policy = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-    mode = effective_mode(spec, now=now or datetime.datetime.now(datetime.UTC))
+    at = now or datetime.datetime.now(datetime.UTC)
+    mode = effective_mode(spec, now=at)
+    ends = override_end(spec, now=at)
+    tuned = tuned or {}
     try:
-        upstreams = [upstream_config(spec, u.name, mode=mode, policy=policy) for u in spec.upstreams]
+        upstreams = [
+            upstream_config(
+                spec,
+                u.name,
+                mode=mode,
+                policy=policy,
+                ends=ends,
+                breaker=tuned.get(u.name),
+                fleet_open=u.name in held and mode is Mode.ENFORCE,
+            )
+            for u in spec.upstreams
+        ]
     except pydantic.ValidationError as exc:
         raise InvalidSidecarConfig.of(problems_of(exc)) from exc
     return PolicyBundle(

@@ -17,10 +17,19 @@ logger = logging.getLogger(__name__)
 MANAGED_BY = {"app.kubernetes.io/managed-by": "breakwater", "app.kubernetes.io/component": "sidecar-config"}
 
 
-def put_key(api: client.ApiClient, *, namespace: str, name: str, key: str, value: str) -> bool:
+def put_key(
+    api: client.ApiClient,
+    *,
+    namespace: str,
+    name: str,
+    key: str,
+    value: str,
+    component: str = "sidecar-config",
+) -> bool:
     """Write one key; False when the namespace is being deleted (nothing there needs a config then)."""
     core = client.CoreV1Api(api)
-    body = {"metadata": {"labels": MANAGED_BY}, "data": {key: value}}
+    labels = {**MANAGED_BY, "app.kubernetes.io/component": component}
+    body = {"metadata": {"labels": labels}, "data": {key: value}}
     try:
         core.patch_namespaced_config_map(name, namespace, body)
         return True
@@ -29,7 +38,7 @@ def put_key(api: client.ApiClient, *, namespace: str, name: str, key: str, value
             raise
     try:
         core.create_namespaced_config_map(
-            namespace, {"metadata": {"name": name, "labels": MANAGED_BY}, "data": {key: value}}
+            namespace, {"metadata": {"name": name, "labels": labels}, "data": {key: value}}
         )
         logger.info("created ConfigMap %s/%s", namespace, name)
     except client.ApiException as exc:
