@@ -1,0 +1,106 @@
+"""The history ring: fixed memory, wall-clock buckets, ingestion from cumulative reports, persistence."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from breakwater.adaptive.history import BUCKETS, BYTES_PER_UPSTREAM, LATENCY_BINS, History, PodCounters
+from breakwater.adaptive.ingest import ingest
+from breakwater.api.report import UpstreamReport
+from breakwater.breaker.settings import State
+
+
+@dataclass(frozen=True)
+class Move:
+    from_state: State
+    to_state: State
+    reason: str
+    at: float
+
+
+def report(calls: int, failures: int, trips: int = 0, latency: list[int] | None = None) -> UpstreamReport:
+    return UpstreamReport(
+        name="payments",
+        state=State.CLOSED,
+        calls=calls,
+        failures=failures,
+        trips=trips,
+        latency=latency or [],
+    )
+
+
+def test_memory_is_fixed_whatever_the_traffic() -> None:
+    history = History.for_window(3600)
+    for second in range(0, 7200, 5):
+        history.add(1_800_000_000 + second, calls=10_000, failures=50, latency=[1] * LATENCY_BINS)
+    assert len(history.counters) * history.counters.itemsize + 8 * 4 >= BYTES_PER_UPSTREAM - 32
+    assert len(history.counters) == BUCKETS * (3 + LATENCY_BINS)
+    assert len(history.buckets(1_800_007_200)) == BUCKETS  # the last hour only
+
+
+def test_buckets_older_than_the_window_are_dropped_not_shifted() -> None:
+    history = History.for_window(600)  # 10 s buckets
+    history.add(1000.0, calls=5, failures=1)
+    history.add(1700.0, calls=7)
+    assert [(start, b.calls) for start, b in history.buckets(1700.0)] == [(1700.0, 7)]
+    history.add(1000.0, calls=100)  # too old for the ring now: ignored
+    assert sum(b.calls for _, b in history.buckets(1700.0)) == 7
+
+
+def test_reports_add_their_differences_and_a_restarted_sidecar_counts_from_zero() -> None:
+    history, counters = History.for_window(3600), PodCounters()
+    ingest(history, counters, report(1000, 10), (), at=100.0)  # the first report seen: a baseline
+    ingest(history, counters, report(1100, 12), (), at=105.0)
+    ingest(history, counters, report(1100, 12), (), at=110.0)
+    ingest(history, counters, report(30, 3), (), at=115.0)  # restarted: its counters start again
+    buckets = history.buckets(120.0)
+    assert sum(b.calls for _, b in buckets) == 130
+    assert sum(b.failures for _, b in buckets) == 5
+
+
+def test_outages_are_measured_per_pod_and_resent_transitions_count_once() -> None:
+    history, counters = History.for_window(3600), PodCounters()
+    trip = Move(State.CLOSED, State.OPEN, "ConsecutiveFailures", 1000.0)
+    half = Move(State.OPEN, State.HALF_OPEN, "OpenTimeoutElapsed", 1060.0)
+    close = Move(State.HALF_OPEN, State.CLOSED, "TrialsSucceeded", 1090.0)
+    ingest(history, counters, report(10, 5, 1), [trip], at=1001.0)
+    ingest(history, counters, report(10, 5, 1), [trip, half, close], at=1091.0)  # resent with more
+    ingest(history, counters, report(10, 5, 1), [close], at=1092.0)
+    assert history.recent_outages() == (90.0,)
+
+
+def test_a_forced_open_is_not_an_outage() -> None:
+    history, counters = History.for_window(3600), PodCounters()
+    ingest(history, counters, report(0, 0), [Move(State.CLOSED, State.OPEN, "ModeChanged", 10.0)], at=11.0)
+    ingest(history, counters, report(0, 0), [Move(State.OPEN, State.CLOSED, "ModeChanged", 99.0)], at=99.0)
+    assert history.recent_outages() == ()
+
+
+def test_the_encoded_history_is_compact_and_decodes_to_the_same_buckets() -> None:
+    history = History.for_window(3600)
+    for minute in range(90):
+        history.add(1_800_000_000 + 60 * minute, calls=600, failures=12, latency=[0, 0, 5, 300, 295])
+    history.add_outage(42.0)
+    text = history.encode()
+    assert len(text) < 2000  # a 4 KB ring compresses well: mostly small repeated numbers
+    back = History.decode(text)
+    now = 1_800_000_000 + 60 * 90
+    assert back.buckets(now) == history.buckets(now)
+    assert back.recent_outages() == (42.0,)
+
+
+def test_a_persisted_history_merges_with_what_reports_built_since_a_restart() -> None:
+    saved, fresh = History.for_window(3600), History.for_window(3600)
+    saved.add(1_800_000_000, calls=100, failures=1)
+    fresh.add(1_800_000_000, calls=10)
+    fresh.add(1_800_000_060, calls=20)
+    merged = saved.merged(fresh)
+    assert [b.calls for _, b in merged.buckets(1_800_000_100)] == [110, 20]
+
+
+@pytest.mark.parametrize("text", ["", "not base64!", "aGVsbG8="])
+def test_a_damaged_record_is_refused_not_half_read(text: str) -> None:
+    with pytest.raises(ValueError, match="history"):
+        History.decode(text)

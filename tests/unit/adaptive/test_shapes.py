@@ -1,0 +1,108 @@
+"""The tuner on six synthetic histories: what a team would expect each to do to its thresholds."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import pytest
+
+from breakwater.adaptive.shapes import SHAPES, Run, run
+from breakwater.api.adaptive import Threshold
+
+from .conftest import settings_and_params
+
+CF, FR, SLOW, OPEN = (
+    Threshold.CONSECUTIVE_FAILURES,
+    Threshold.FAILURE_RATE_PERCENT,
+    Threshold.SLOW_CALL_DURATION,
+    Threshold.OPEN_DURATION,
+)
+
+
+def tuned(shape: str, seed: int = 1, **adaptive: object) -> Run:
+    settings, params = settings_and_params(dict(adaptive))
+    return run(SHAPES[shape](random.Random(seed)), settings, params)
+
+
+def last(result: Run, threshold: Threshold) -> float:
+    return result.values[threshold][-1]
+
+
+def at_hour(result: Run, threshold: Threshold, hour: float) -> float:
+    index = max(i for i, t in enumerate(result.times) if t <= hour * 3600)
+    return result.values[threshold][index]
+
+
+def test_steady_traffic_settles_the_failure_rate_near_its_baseline_and_then_holds_still() -> None:
+    result = tuned("steady")
+    assert 20 <= last(result, FR) <= 30  # 2 % baseline + spread + 10 points, not the configured 50
+    late = [c for t, c in result.changes if t > 3 * 3600]
+    assert [c for c in late if c.threshold in (CF, FR)] == [], "a steady upstream must hold still"
+    assert len(late) <= 1  # the latency p99 sits near a histogram bound: one late step of slowerThan
+    assert last(result, OPEN) == 60  # no outage: nothing to learn the open duration from
+
+
+def test_a_noisy_upstream_gets_a_higher_trip_point_than_a_steady_one() -> None:
+    assert last(tuned("noisy"), FR) > last(tuned("steady"), FR)
+    assert last(tuned("noisy"), CF) > last(tuned("steady"), CF)
+
+
+def test_a_slow_drift_is_followed_up_in_small_steps_never_faster_than_the_hysteresis() -> None:
+    result = tuned("slow-drift")
+    assert at_hour(result, FR, 2) < last(result, FR)
+    assert at_hour(result, SLOW, 1) < last(result, SLOW) <= 1.8  # below 0.9 x the 2 s timeout
+    for threshold in Threshold:
+        times = [t for t, c in result.changes if c.threshold is threshold]
+        assert all(b - a >= 600 for a, b in itertools.pairwise(times))
+
+
+def test_a_step_change_moves_the_thresholds_only_after_the_hysteresis() -> None:
+    result = tuned("step-change")
+    step_at = 3 * 3600
+    before = at_hour(result, FR, 3)
+    assert at_hour(result, FR, 3 + 9 / 60) == before, "moved within 10 min of the step"
+    assert last(result, FR) > before + 5
+    assert any(t > step_at for t, c in result.changes if c.threshold is FR)
+
+
+def test_an_outage_freezes_the_tuner_and_does_not_teach_it_to_tolerate_outages() -> None:
+    outage, steady = tuned("outage"), tuned("steady")
+    frozen_times = {t for t, f in zip(outage.times, outage.frozen, strict=True) if f}
+    assert frozen_times
+    assert not [t for t, _ in outage.changes if t in frozen_times]
+    assert abs(last(outage, FR) - last(steady, FR)) <= 2  # the outage minutes are left out
+    assert last(outage, CF) == last(steady, CF)
+    assert last(outage, OPEN) == 300  # outages of 10 min x 0.5, at most bounds.openDuration.max (5m)
+
+
+def test_under_the_minimum_volume_nothing_changes_and_the_reason_says_why() -> None:
+    result = tuned("low-traffic")
+    assert result.changes == []
+    assert {last(result, t) for t in (CF, FR)} == {5, 50}
+    assert all("low volume" in track.reason for track in result.state.tracks.values())
+
+
+def test_low_traffic_is_tuned_once_the_minimum_volume_is_lowered_to_what_it_has() -> None:
+    assert tuned("low-traffic", minimumVolume=100).changes
+
+
+def test_pinned_thresholds_keep_their_configured_values() -> None:
+    result = tuned("noisy", pinned=["ConsecutiveFailures", "FailureRatePercent"])
+    assert last(result, CF) == 5
+    assert last(result, FR) == 50
+    assert {c.threshold for _, c in result.changes} <= {SLOW, OPEN}
+
+
+def test_a_rule_the_spec_leaves_off_is_never_switched_on() -> None:
+    settings, params = settings_and_params(trip={"consecutiveFailures": 5})
+    result = run(SHAPES["noisy"](random.Random(1)), settings, params)
+    assert set(result.values) == {CF, OPEN}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_shape_stays_within_the_default_bounds(shape: str) -> None:
+    result = tuned(shape)
+    for _, change in result.changes:
+        bounds = {CF: (3, 20), FR: (20, 80), SLOW: (0.05, 10), OPEN: (10, 300)}[change.threshold]
+        assert bounds[0] <= change.after <= bounds[1]
