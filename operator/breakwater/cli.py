@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("breakwater.api.validate", "validate CircuitBreakerPolicy manifests offline"),
     "api-docs": ("breakwater.api.docgen", "print or write the API reference generated from the models"),
     "render-config": ("breakwater.injection.render_cli", "render the sidecar config for policy manifests"),
+    "simulate": ("breakwater.adaptive.simulate_cli", "replay a history of calls against a policy's breaker"),
+    "promote": (
+        "breakwater.adaptive.promote_cli",
+        "print the patch that puts a policy's suggestions in its spec",
+    ),
     "dev-cluster": ("breakwater.testing.cli", "start a local control plane from the cached binaries"),
 }
 

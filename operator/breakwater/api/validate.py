@@ -4,10 +4,11 @@ server would.
 Each FILE may hold several YAML documents (``---``) and ``kind: List`` objects; ``-`` reads stdin; a
 DIR is every .yaml, .yml and .json file in it (``-R``: and below, as ``kubectl apply -R -f``). For
 every policy it prints ``FILE: OK`` on stdout, or one ``FILE: <field path>: <message>`` line per
-problem on stderr (a document number is added when a file holds several). Documents of other kinds
-are reported as skipped; a manifest of our API group or of our kind with a typo in ``kind`` or
-``apiVersion`` is an error, not a skip. The exit code is 1 when anything is invalid or unreadable,
-else 0: made for CI pipelines.
+problem on stderr (a document number is added when a file holds several), then one ``FILE: warning:
+...`` line on stderr per thing that is valid but does nothing (an override whose `until` has already
+passed). Documents of other kinds are reported as skipped; a manifest of our API group or of our kind
+with a typo in ``kind`` or ``apiVersion`` is an error, not a skip. The exit code is 1 when anything
+is invalid or unreadable, else 0 (warnings included): made for CI pipelines.
 
 The rules are the CRD's: the same schema constraints, the same CEL rules, and the API server's
 wording for both.
@@ -16,6 +17,7 @@ wording for both.
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from breakwater.api.constants import KIND
+from breakwater.api.durations import parse_timestamp
 from breakwater.api.manifests import ManifestError, load_documents
 from breakwater.api.policy import Problem, check_policy, is_policy_manifest
 
@@ -37,6 +40,7 @@ class Verdict:
     """"document 2", "document 1, item 3" or "" for the only document of a file."""
     problems: tuple[Problem, ...] = ()
     skipped: str | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -68,8 +72,21 @@ def validate_text(text: str) -> list[Verdict]:
             api_version = document.get("apiVersion") or "no apiVersion"
             verdicts.append(Verdict(where, skipped=f"{api_version} {kind} is not a {KIND}"))
         else:
-            verdicts.append(Verdict(where, tuple(check_policy(document))))
+            verdicts.append(
+                Verdict(where, tuple(check_policy(document)), warnings=tuple(warnings_of(document)))
+            )
     return verdicts
+
+
+def warnings_of(document: Mapping[str, Any], now: datetime.datetime | None = None) -> list[str]:
+    """What is valid but would do nothing: an override that has already ended."""
+    spec = document.get("spec")
+    override = spec.get("override") if isinstance(spec, Mapping) else None
+    until = override.get("until") if isinstance(override, Mapping) else None
+    ended = parse_timestamp(until) if isinstance(until, str) else None
+    if ended is not None and ended <= (now or datetime.datetime.now(datetime.UTC)):
+        return [f"spec.override.until: {until} has already passed: the override would do nothing"]
+    return []
 
 
 def _read(name: str) -> str:
@@ -121,6 +138,8 @@ def _check_file(name: str, out: TextIO, err: TextIO) -> bool:
         else:
             for problem in verdict.problems:
                 print(f"{prefix}: {problem}", file=err)
+        for warning in verdict.warnings:
+            print(f"{prefix}: warning: {warning}", file=err)
     return all(v.ok for v in verdicts)
 
 

@@ -3,8 +3,8 @@ what is delivered to the sidecars and what the status shows.
 
 - Every accepted report is ingested (`ingest`) into the history of each (policy, upstream) it speaks of,
   for every policy (a policy with tuning off still gets suggestions).
-- The status loop calls `evaluate` on each refresh; the tuner runs at most every `TUNE_EVERY_SECONDS`
-  per policy, frozen while any reporting pod has the upstream open or half-open.
+- The status loop calls `evaluate` on each refresh; the tuner runs at most once per bucket width and
+  per `TUNE_EVERY_SECONDS` (30 s), frozen while any reporting pod has the upstream open or half-open.
 - With `spec.adaptive.enabled` (and the policy not in Observe), `tuned` gives the renderer the
   thresholds to deliver; otherwise the tuner's values are only shown as `suggested`.
 - `spec.coordination.quorumPercent`: `held` names the upstreams the renderer marks `fleetOpen`.
@@ -182,7 +182,10 @@ class Adaptation:
         for fleet in fleets:
             entry = params.upstreams.get(fleet.name)
             tuning = self._tuning((policy, fleet.name))
-            if entry is None or tuning is None or mono - tuning.evaluated_at < TUNE_EVERY_SECONDS:
+            if entry is None or tuning is None:
+                continue
+            # No point in tuning more often than a bucket fills; no need for more than every 30 s.
+            if mono - tuning.evaluated_at < min(TUNE_EVERY_SECONDS, tuning.history.width):
                 continue
             tuning.evaluated_at = mono
             settings, configured = entry

@@ -1,8 +1,10 @@
-"""A flaky HTTP upstream on loopback for tests and the demo: 500 while `failing`, slow with `delay`."""
+"""A flaky HTTP upstream on loopback for tests and the demo: 500 while `failing` (or for a share of the
+calls, `failure_ratio`), slow with `delay`."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 
 from aiohttp import web
@@ -17,6 +19,8 @@ class FlakyUpstream:
         self.host = host
         self.failing = False
         self.delay = 0.0  # seconds before each answer: a backend that is slow to recover
+        self.failure_ratio = 0.0  # while not `failing`: this share of the answers are 500 (seeded)
+        self._random = random.Random(15)
         self.port = 0
         self.requests = 0
         self._ready = threading.Event()
@@ -28,7 +32,7 @@ class FlakyUpstream:
         self.requests += 1
         if self.delay:
             await asyncio.sleep(self.delay)
-        if self.failing:
+        if self.failing or (self.failure_ratio and self._random.random() < self.failure_ratio):
             return web.Response(
                 status=500, text='{"error":"payments backend down"}', content_type="application/json"
             )

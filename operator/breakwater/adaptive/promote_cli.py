@@ -1,0 +1,95 @@
+"""`breakwater promote`: the merge patch that writes a policy's suggested thresholds into its spec.
+
+Reads the policy as the API server returns it (with its status) and prints a JSON merge patch; the
+one-liner that promotes the suggestions of `payments` in namespace `shop`:
+
+    kubectl patch cbp payments -n shop --type merge \\
+      -p "$(kubectl get cbp payments -n shop -o json | breakwater promote -)"
+
+A policy with one upstream (and no per-upstream trip/open overrides) gets its `trip` and `open`
+sections patched; otherwise each upstream's suggestion goes into its `overrides` (a merge patch
+replaces a list as a whole, so the patch carries every upstream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from breakwater.api.manifests import load_documents
+from breakwater.api.policy import PolicyError, parse_spec
+from breakwater.api.spec import CircuitBreakerPolicySpec
+from breakwater.errors import InvalidInput
+
+__all__ = ["add_arguments", "promotion_patch", "run"]
+
+
+class NothingToPromote(InvalidInput):
+    """The policy's status holds no suggestion (tuning is delivering, or no evaluation yet)."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "file", metavar="FILE", help="the policy as JSON or YAML, with its status ('-': stdin)"
+    )
+    parser.add_argument("--upstream", action="append", help="promote only this upstream (repeatable)")
+
+
+def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Mapping[str, Any]) -> dict[str, Any]:
+    """The trip and open sections of upstream `name` with the suggested values in them."""
+    settings = spec.settings_for(name)
+    trip, opened = settings.trip.to_dict(), settings.open.to_dict()
+    if "consecutiveFailures" in suggested and trip.get("consecutiveFailures"):
+        trip["consecutiveFailures"] = int(suggested["consecutiveFailures"])
+    if "failureRatePercent" in suggested and "failureRate" in trip:
+        trip["failureRate"]["percent"] = round(float(suggested["failureRatePercent"]))
+    if "slowerThan" in suggested and "slowCalls" in trip:
+        trip["slowCalls"]["slowerThan"] = str(suggested["slowerThan"])
+    if "openDuration" in suggested:
+        opened["duration"] = str(suggested["openDuration"])
+    return {"trip": trip, "open": opened}
+
+
+def promotion_patch(policy: Mapping[str, Any], only: list[str] | None = None) -> dict[str, Any]:
+    spec = parse_spec(policy.get("spec") or {})
+    suggestions = {
+        u["name"]: u["suggested"]
+        for u in (policy.get("status") or {}).get("upstreams") or ()
+        if u.get("suggested") and (not only or u["name"] in only)
+    }
+    if not suggestions:
+        raise NothingToPromote("no status.upstreams[].suggested to promote (tuning delivering, or none yet)")
+    single = len(spec.upstreams) == 1
+    overridden = any(
+        u.overrides is not None and (u.overrides.trip is not None or u.overrides.open is not None)
+        for u in spec.upstreams
+    )
+    if single and not overridden:
+        name = spec.upstreams[0].name
+        return {"spec": _changes(spec, name, suggestions[name])}
+    upstreams = []
+    for upstream in (policy.get("spec") or {}).get("upstreams") or ():
+        entry = dict(upstream)
+        if upstream["name"] in suggestions:
+            overrides = dict(entry.get("overrides") or {})
+            overrides.update(_changes(spec, upstream["name"], suggestions[upstream["name"]]))
+            entry["overrides"] = overrides
+        upstreams.append(entry)
+    return {"spec": {"upstreams": upstreams}}
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
+        documents = [d for d in load_documents(text) if d]
+        if len(documents) != 1 or not isinstance(documents[0], Mapping):
+            raise NothingToPromote("expected one policy object (kubectl get cbp NAME -o json)")
+        print(json.dumps(promotion_patch(documents[0], args.upstream), separators=(",", ":")))
+        return 0
+    except (OSError, InvalidInput, PolicyError, ValueError) as exc:
+        print(f"breakwater promote: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,338 @@
+"""Adaptive thresholds, suggestions, fleet quorum and self-ending overrides, end to end: real sidecar
+processes for kwok pods, real traffic to a flaky upstream on loopback, the real API server."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from breakwater.testing.operator import OperatorProcess
+from breakwater.testing.sidecars import SidecarFleet, SidecarProcess
+from breakwater.testing.upstream import FlakyUpstream
+from tests.cluster.harness import condition, deployment_manifest, opt_in, policy, wait_accepted
+from tests.conftest import Cluster
+
+pytestmark = pytest.mark.cluster
+
+# A short history so the test sees the tuner act within seconds: 2 s buckets, 5 s of hysteresis.
+FAST_ADAPTIVE = {
+    "enabled": True,
+    "historyWindow": "2m",
+    "hysteresis": "5s",
+    "minimumVolume": 50,
+    "pinned": ["OpenDuration"],
+}
+
+
+@pytest.fixture(scope="module")
+def operator_args() -> tuple[str, ...]:
+    return ("--stale-after-seconds=8",)
+
+
+@pytest.fixture
+def upstream() -> Iterator[FlakyUpstream]:
+    server = FlakyUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet(cluster: Cluster, namespace: str) -> Iterator[SidecarFleet]:
+    sidecars = SidecarFleet(
+        kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=namespace
+    )
+    yield sidecars
+    sidecars.stop()
+
+
+def manifest(port: int, **spec: Any) -> str:
+    body = {
+        "apiVersion": "breakwater.dev/v1alpha1",
+        "kind": "CircuitBreakerPolicy",
+        "metadata": {"name": "payments"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "checkout"}},
+            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
+            "trip": {"consecutiveFailures": 5},
+            "open": {"duration": "3s", "maxDuration": "5m", "jitter": 0},
+            "halfOpen": {"permittedCalls": 1, "successesToClose": 1},
+            **spec,
+        },
+    }
+    return json.dumps(body)
+
+
+def start_clients(cluster: Cluster, namespace: str, fleet: SidecarFleet, replicas: int) -> None:
+    wait_accepted(cluster, namespace, "payments")
+    cluster.apply(
+        deployment_manifest("checkout", node=cluster.node_name, replicas=replicas), namespace=namespace
+    )
+
+    def all_started() -> bool:
+        fleet.sync()
+        return len(fleet.sidecars) == replicas
+
+    cluster.wait_for(f"{replicas} injected, running pods", all_started, timeout=60, interval=0.5)
+    fleet.wait_ready()
+
+
+def call(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return dict(json.load(resp))
+
+
+def breaker_of(sidecar: SidecarProcess) -> dict[str, Any]:
+    return dict(get_json(sidecar.admin_url + "/stats")["upstreams"]["payments"])
+
+
+def running_threshold(sidecar: SidecarProcess) -> int:
+    config = get_json(sidecar.admin_url + "/config")
+    return int(
+        next(u for u in config["upstreams"] if u["name"] == "payments")["breaker"]["consecutiveFailures"]
+    )
+
+
+def upstream_status(cluster: Cluster, namespace: str) -> dict[str, Any]:
+    for up in (policy(cluster, namespace, "payments").get("status") or {}).get("upstreams") or ():
+        if up["name"] == "payments":
+            return dict(up)
+    return {}
+
+
+class Traffic:
+    """Calls through every sidecar, ~20 a second in all, until stopped (bounded: at most 10 minutes)."""
+
+    def __init__(self, sidecars: list[SidecarProcess]) -> None:
+        self.sidecars = sidecars
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            for sidecar in self.sidecars:
+                call(sidecar.url(15001) + "/pay")
+                self.sent += 1
+            self._stop.wait(0.1)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def test_tuned_thresholds_move_with_the_history_and_the_sidecars_run_them(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.apply(manifest(upstream.port, adaptive=FAST_ADAPTIVE), namespace=namespace)
+    start_clients(cluster, namespace, fleet, replicas=2)
+    upstream.failure_ratio = 0.1  # a noisy upstream: 1 call in 10 fails, runs of 5 happen by chance
+
+    def tuned_up() -> bool:
+        effective = upstream_status(cluster, namespace).get("effective") or {}
+        return (effective.get("source") or {}).get("consecutiveFailures") == "Adaptive" and int(
+            effective.get("consecutiveFailures") or 0
+        ) > 5
+
+    with Traffic(list(fleet.sidecars.values())):
+        cluster.wait_for("consecutiveFailures tuned above 5", tuned_up, timeout=120, interval=1)
+        high = int(upstream_status(cluster, namespace)["effective"]["consecutiveFailures"])
+        assert "failures in a row" in upstream_status(cluster, namespace)["effective"]["reason"]
+        cluster.wait_for(
+            "every sidecar runs the tuned threshold",
+            lambda: all(running_threshold(s) == high for s in fleet.sidecars.values()),
+            timeout=30,
+        )
+        wide = cluster.kubectl("get", "cbp", "payments", "-n", namespace, "-o", "wide").stdout
+        assert "On (" in wide  # the TUNING column
+        reasons = cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout
+        assert "ThresholdTuned" in reasons
+
+        upstream.failure_ratio = 0.0  # the upstream became clean: the evidence for a high value goes
+
+        def tuned_down() -> bool:
+            return int(upstream_status(cluster, namespace)["effective"]["consecutiveFailures"]) < high
+
+        cluster.wait_for("consecutiveFailures tuned down again", tuned_down, timeout=180, interval=1)
+        low = int(upstream_status(cluster, namespace)["effective"]["consecutiveFailures"])
+        assert low >= 3  # bounds.consecutiveFailures.min
+        cluster.wait_for(
+            "every sidecar runs the lower threshold",
+            lambda: all(running_threshold(s) == low for s in fleet.sidecars.values()),
+            timeout=30,
+        )
+
+
+def test_observe_mode_gets_suggestions_and_promote_prints_the_patch_that_enforces_them(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.apply(manifest(upstream.port, mode="Observe", adaptive=FAST_ADAPTIVE), namespace=namespace)
+    start_clients(cluster, namespace, fleet, replicas=2)
+    upstream.failure_ratio = 0.1
+
+    def suggested() -> dict[str, Any]:
+        return dict(upstream_status(cluster, namespace).get("suggested") or {})
+
+    with Traffic(list(fleet.sidecars.values())):
+        cluster.wait_for(
+            "a suggestion above 5", lambda: int(suggested().get("consecutiveFailures") or 0) > 5, timeout=120
+        )
+    status = upstream_status(cluster, namespace)
+    assert status["effective"]["consecutiveFailures"] == 5  # Observe: nothing is delivered
+    assert set(status["effective"]["source"].values()) == {"Configured"}
+    assert all(running_threshold(s) == 5 for s in fleet.sidecars.values())
+    assert "Suggesting" in cluster.kubectl("get", "cbp", "payments", "-n", namespace, "-o", "wide").stdout
+
+    body = cluster.kubectl("get", "cbp", "payments", "-n", namespace, "-o", "json").stdout
+    patch = subprocess.run(
+        [sys.executable, "-m", "breakwater.cli", "promote", "-"],
+        input=body,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    cluster.kubectl("patch", "cbp", "payments", "-n", namespace, "--type", "merge", "-p", patch)
+    spec = policy(cluster, namespace, "payments")["spec"]
+    assert (
+        spec["trip"]["consecutiveFailures"] == int(suggested()["consecutiveFailures"])
+        or spec["trip"]["consecutiveFailures"] > 5
+    )
+
+
+def test_a_quorum_of_tripped_pods_opens_every_sidecar_and_not_before(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.apply(
+        manifest(upstream.port, trip={"consecutiveFailures": 3}, coordination={"quorumPercent": 50}),
+        namespace=namespace,
+    )
+    start_clients(cluster, namespace, fleet, replicas=3)
+    first, second, third = sorted(fleet.sidecars.values(), key=lambda s: s.pod)
+    upstream.failing = True
+    assert [call(first.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]  # 1 of 3 trips
+    cluster.wait_for(
+        "one pod open on the resource",
+        lambda: upstream_status(cluster, namespace).get("open") == 1,
+        timeout=10,
+    )
+    time.sleep(3)  # well past the status loop's next pass: one pod in three is below the quorum
+    assert "quorum" not in upstream_status(cluster, namespace)
+    assert breaker_of(third)["state"] == "Closed"
+    assert call(third.url(15001) + "/pay") == 500  # still calls the failing upstream on its own
+
+    assert [call(second.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]  # 2 of 3: quorum
+    cluster.wait_for(
+        "the third sidecar held open by the quorum",
+        lambda: breaker_of(third)["state"] == "Open" and breaker_of(third)["mode"] == "ForceOpen",
+        timeout=15,
+    )
+    requests = upstream.requests
+    assert call(third.url(15001) + "/pay") == 503  # rejected without calling the upstream
+    assert upstream.requests == requests
+    assert "2/3 pods tripped" in upstream_status(cluster, namespace)["quorum"]
+
+    upstream.failing = False  # recovery: the pods that tripped probe, then everyone is released
+
+    def probed_and_released() -> bool:
+        for sidecar in (first, second):
+            call(sidecar.url(15001) + "/pay")
+        return breaker_of(third)["mode"] == "Enforce" and breaker_of(third)["state"] == "Closed"
+
+    cluster.wait_for("the held sidecar released", probed_and_released, timeout=30, interval=1)
+    assert call(third.url(15001) + "/pay") == 200
+
+
+def test_an_override_ends_on_every_sidecar_on_time_with_the_operator_stopped(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+) -> None:
+    opt_in(cluster, namespace)
+    until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=60)
+    stamp = until.strftime("%Y-%m-%dT%H:%M:%SZ")
+    override = {"mode": "ForceOpen", "until": stamp, "reason": "CHG-7 failover drill"}
+    cluster.apply(manifest(upstream.port, override=override), namespace=namespace)
+    start_clients(cluster, namespace, fleet, replicas=2)
+    cluster.wait_for(
+        "every sidecar forced open",
+        lambda: all(breaker_of(s)["mode"] == "ForceOpen" for s in fleet.sidecars.values()),
+        timeout=30,
+    )
+    status = policy(cluster, namespace, "payments")["status"]
+    assert status["override"]["reason"] == "CHG-7 failover drill"
+    assert status["override"]["active"] is True
+    assert "ForceOpen (override" in cluster.kubectl("get", "cbp", "payments", "-n", namespace).stdout
+
+    running_operator.stop()
+    try:
+        ends = until.timestamp()
+        while time.time() < ends - 1:
+            assert all(breaker_of(s)["mode"] == "ForceOpen" for s in fleet.sidecars.values())
+            time.sleep(1)
+        while time.time() < ends + 2.5:  # the sidecars' own clock, checked twice a second
+            time.sleep(0.5)
+        assert {breaker_of(s)["mode"] for s in fleet.sidecars.values()} == {"Enforce"}
+        assert all(call(s.url(15001) + "/pay") == 200 for s in fleet.sidecars.values())
+    finally:
+        running_operator.start()
+    cluster.wait_for(
+        "the status says the override ended",
+        lambda: condition(policy(cluster, namespace, "payments"), "OverrideExpired").get("reason") == "Ended",
+        timeout=60,
+    )
+
+
+def test_an_override_already_expired_when_applied_gets_a_condition_and_a_warning(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess
+) -> None:
+    override = {"mode": "ForceOpen", "until": "2020-01-01T00:00:00Z", "reason": "copied from an old ticket"}
+    cluster.apply(manifest(8080, override=override), namespace=namespace)
+    cluster.wait_for(
+        "OverrideExpired=True, ExpiredWhenApplied",
+        lambda: (
+            condition(policy(cluster, namespace, "payments"), "OverrideExpired").get("reason")
+            == "ExpiredWhenApplied"
+        ),
+        timeout=30,
+    )
+    events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert any(e["reason"] == "OverrideExpired" and e["type"] == "Warning" for e in events)

@@ -1,0 +1,149 @@
+"""`breakwater simulate`, `breakwater promote` and the expired-override warning of `validate`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+from breakwater.adaptive.history import History
+from breakwater.adaptive.promote_cli import NothingToPromote, promotion_patch
+from breakwater.adaptive.shapes import SHAPES
+from breakwater.cli import main
+
+POLICY = {
+    "apiVersion": "breakwater.dev/v1alpha1",
+    "kind": "CircuitBreakerPolicy",
+    "metadata": {"name": "payments", "namespace": "shop"},
+    "spec": {
+        "selector": {"matchLabels": {"app": "checkout"}},
+        "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15001}],
+        "trip": {"consecutiveFailures": 3, "failureRate": {"percent": 50}},
+        "adaptive": {"enabled": True, "historyWindow": "1h"},
+    },
+}
+
+
+def write_calls(path: Path) -> None:
+    rows = ["time,pod,duration_ms,outcome"]
+    rng = random.Random(4)
+    for i in range(6000):
+        t = i * 0.5
+        down = 1200 <= t < 1500
+        rows.append(
+            f"{t},pod-{i % 3},{2 if down else 80},{'failure' if down or rng.random() < 0.2 else 'success'}"
+        )
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_simulate_replays_a_csv_of_calls_as_written_and_with_tuning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    write_calls(tmp_path / "calls.csv")
+    code = main(
+        ["simulate", str(tmp_path / "policy.yaml"), "--history", str(tmp_path / "calls.csv"), "--json"]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    written, tuned = report["as written"], report["with tuning"]
+    assert written["calls"] == tuned["calls"] == 6000
+    assert written["trips"] > 0
+    assert written["rejectedWhileHealthy"] > 0  # 3 in a row at 20 % failures: false trips
+    assert (
+        written["failedLetThrough"] + written["rejectedFailing"]
+        == tuned["failedLetThrough"] + tuned["rejectedFailing"]
+    )
+
+
+def test_simulate_reads_the_operators_exported_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    history = History.for_window(3600)
+    for i, minute in enumerate(SHAPES["steady"](random.Random(1))[:60]):
+        history.add(
+            1_800_000_000 + 60 * i, calls=minute.calls, failures=minute.failures, latency=minute.latency
+        )
+    record = {"version": 1, "upstreams": {"payments": {"history": history.encode(), "tuner": {}}}}
+    exported = {"kind": "ConfigMap", "data": {"payments.json": json.dumps(record)}}
+    (tmp_path / "history.json").write_text(json.dumps(exported))
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    code = main(
+        [
+            "simulate",
+            str(tmp_path / "policy.yaml"),
+            "--history",
+            str(tmp_path / "history.json"),
+            "--pods",
+            "3",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "upstream payments: 36" in out  # ~36,000 calls laid out over the hour
+    assert "as written" in out
+    assert "with tuning" in out
+
+
+def test_simulate_says_what_is_wrong_with_a_history(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    (tmp_path / "calls.csv").write_text("when,who\n1,2\n")
+    assert main(["simulate", str(tmp_path / "policy.yaml"), "--history", str(tmp_path / "calls.csv")]) == 1
+    assert "needs the columns" in capsys.readouterr().err
+
+
+def with_suggestion(policy: dict[str, object], **suggested: object) -> dict[str, object]:
+    return {**policy, "status": {"upstreams": [{"name": "payments", "suggested": suggested}]}}
+
+
+def test_promote_patches_the_trip_and_open_sections_of_a_single_upstream_policy() -> None:
+    patch = promotion_patch(
+        with_suggestion(POLICY, consecutiveFailures=8, failureRatePercent=27.0, openDuration="20s")
+    )
+    assert patch["spec"]["trip"]["consecutiveFailures"] == 8
+    assert patch["spec"]["trip"]["failureRate"]["percent"] == 27
+    assert "slowCalls" not in patch["spec"]["trip"]  # a rule left off stays off
+    assert patch["spec"]["open"]["duration"] == "20s"
+
+
+def test_promote_writes_overrides_when_the_policy_has_several_upstreams() -> None:
+    spec = dict(POLICY["spec"])  # type: ignore[arg-type]
+    spec["upstreams"] = [
+        *spec["upstreams"],
+        {"name": "fraud", "host": "127.0.0.2", "port": 8080, "listenPort": 15002},
+    ]
+    patch = promotion_patch(with_suggestion({**POLICY, "spec": spec}, consecutiveFailures=9))
+    upstreams = {u["name"]: u for u in patch["spec"]["upstreams"]}
+    assert upstreams["payments"]["overrides"]["trip"]["consecutiveFailures"] == 9
+    assert "overrides" not in upstreams["fraud"]
+
+
+def test_promote_refuses_a_policy_without_suggestions() -> None:
+    with pytest.raises(NothingToPromote, match="suggested"):
+        promotion_patch(POLICY)
+
+
+def test_validate_warns_about_an_override_that_has_already_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    expired = {
+        **POLICY,
+        "spec": {
+            **POLICY["spec"],
+            "override": {"mode": "Observe", "until": "2020-01-01T00:00:00Z", "reason": "old"},
+        },
+    }  # type: ignore[dict-item]
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(expired))
+    assert main(["validate", str(path)]) == 0  # valid: a warning, not an error
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"{path}: OK"]
+    assert captured.err.splitlines()[0] == (
+        f"{path}: warning: spec.override.until: 2020-01-01T00:00:00Z has already passed: "
+        "the override would do nothing"
+    )
