@@ -20,8 +20,9 @@ def policy_body(
     failures: int = 3,
     open_for: str = "1s",
     timeout: str = "2s",
+    adaptive: bool = False,
 ) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "apiVersion": "breakwater.dev/v1alpha1",
         "kind": "CircuitBreakerPolicy",
         "metadata": {"name": name},
@@ -34,6 +35,9 @@ def policy_body(
             "timeout": timeout,
         },
     }
+    if adaptive:
+        body["spec"]["adaptive"] = {"enabled": True}
+    return body
 
 
 def pod_template(app: str, node: str) -> dict[str, Any]:

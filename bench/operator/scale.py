@@ -35,14 +35,16 @@ from breakwater.testing.operator import OperatorProcess
 
 
 async def add_namespace(
-    api: ob.Api, node: str, index: int, policies: int, pods: int, accept: float = 120
+    api: ob.Api, node: str, index: int, policies: int, pods: int, accept: float = 120, adaptive: bool = False
 ) -> None:
     namespace = f"scale-{index:03d}"
     await api.namespace(namespace)
     await api.wait_service_account(namespace)
     await asyncio.gather(
         *(
-            ob.create_policy(api, namespace, ob.policy_body(f"policy-{i}", app=f"app-{i}"), limit=accept)
+            ob.create_policy(
+                api, namespace, ob.policy_body(f"policy-{i}", app=f"app-{i}", adaptive=adaptive), limit=accept
+            )
             for i in range(policies)
         )
     )
@@ -246,7 +248,8 @@ async def main(args: argparse.Namespace) -> None:
                 pods_target = target_ns * args.policies_per_ns * args.pods_per_policy
                 try:
                     await ob.gather_limited(
-                        (add_namespace(api, bench.cp.node_name, i, args.policies_per_ns, args.pods_per_policy)
+                        (add_namespace(api, bench.cp.node_name, i, args.policies_per_ns, args.pods_per_policy,
+                                       adaptive=args.adaptive)
                          for i in range(made, target_ns)), 8,
                     )  # fmt: skip
                     pods_seconds, uninjected = await wait_all_pods(api, pods_target, limit=args.pod_limit)
@@ -287,9 +290,10 @@ async def main(args: argparse.Namespace) -> None:
                     ob.log(stopped)
                     break
             namespaces = [f"scale-{i:03d}" for i in range(made)]
-            extra["storm"] = await storm(
-                api, fleet, namespaces, args.policies_per_ns, limit=90, port=bench.operator.report_port
-            )
+            if args.storm:
+                extra["storm"] = await storm(
+                    api, fleet, namespaces, args.policies_per_ns, limit=90, port=bench.operator.report_port
+                )
             await fleet.stop()
             await asyncio.sleep(2)
             pause = await measure(bench, api, fleet, args.window / 2)
@@ -408,6 +412,8 @@ if __name__ == "__main__":
         help="two replicas: the sidecars report to the follower, which relays every report to the leader "
         "(the operator CPU column is the leader's; the follower's is in the JSON)",
     )
+    parser.add_argument("--adaptive", action="store_true", help="every policy with spec.adaptive.enabled")
+    parser.add_argument("--no-storm", dest="storm", action="store_false", help="skip the storm at the end")
     args = parser.parse_args()
     try:
         import uvloop

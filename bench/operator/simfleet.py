@@ -46,6 +46,7 @@ class SimPod:
     config_hash: str = ""
     pending: list[dict[str, Any]] = field(default_factory=list)
     carried_seq: int = -1
+    latency: list[int] = field(default_factory=lambda: [0] * 14)  # cumulative, like a real sidecar's
 
     def transition(self, to_state: str, *, reason: str = "bench") -> float:
         at = time.time()
@@ -69,6 +70,8 @@ class SimPod:
         self.calls += 50
         failures = random.randint(0, 5)
         self.failures += failures
+        for _ in range(50):
+            self.latency[random.choice((3, 4, 4, 5, 5, 6))] += 1  # 5-100 ms
         transitions = self.pending  # kept until an answer to this report arrives, like a real sidecar
         self.carried_seq = self.seq
         return json.dumps(
@@ -95,6 +98,7 @@ class SimPod:
                         "failureRate": failures / 50,
                         "slowRate": 0.0,
                         "stateSince": self.state_since,
+                        "latency": self.latency,
                     }
                 ],
                 "transitions": transitions,
