@@ -109,8 +109,9 @@ class History:
                 c[slot + LATENCY + i] = min(_MAX, c[slot + LATENCY + i] + n)
 
     def add_outage(self, seconds: float) -> None:
-        """An outage (one pod's breaker from Closed -> Open back to Closed) lasted `seconds`."""
-        if seconds > 0 and math.isfinite(seconds):
+        """An outage was still failing `seconds` after one pod's breaker tripped (its last failed trial;
+        0 when the first trial succeeded)."""
+        if seconds >= 0 and math.isfinite(seconds):
             self.outages.append(seconds)
             if len(self.outages) > OUTAGES:
                 del self.outages[0]
@@ -202,7 +203,8 @@ class History:
 class PodCounters:
     """The last cumulative counters one pod reported for one upstream, to turn reports into additions.
 
-    `open_since` is when this pod's breaker last went Closed -> Open (its outage's start), and
+    `open_since` is when this pod's breaker last went Closed -> Open (its outage's start),
+    `failed_at` when a trial last failed since then (HalfOpen -> Open: the upstream still down), and
     `last_transition` the time of the newest transition already counted (a resent report carries the
     same transitions again).
     """
@@ -212,6 +214,7 @@ class PodCounters:
     trips: int = 0
     latency: array[int] = field(default_factory=lambda: array("I"))
     open_since: float | None = None
+    failed_at: float | None = None
     last_transition: float = 0.0
 
     def advance(

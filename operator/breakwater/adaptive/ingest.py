@@ -63,7 +63,12 @@ def ingest(
         if t.reason == _MODE_CHANGED:
             counters.open_since = None  # a forced open (or its end) is not an outage
         elif t.from_state == State.CLOSED and t.to_state == State.OPEN:
-            counters.open_since = t.at
+            counters.open_since, counters.failed_at = t.at, None
+        elif t.from_state == State.HALF_OPEN and t.to_state == State.OPEN:
+            counters.failed_at = t.at  # a trial failed: still down
         elif t.to_state == State.CLOSED and counters.open_since is not None:
-            history.add_outage(t.at - counters.open_since)
-            counters.open_since = None
+            # How long the upstream was seen failing: to the last failed trial, not to the close (that
+            # would add the breaker's own open time, and a longer open would measure longer outages).
+            last = counters.failed_at if counters.failed_at is not None else counters.open_since
+            history.add_outage(last - counters.open_since)
+            counters.open_since = counters.failed_at = None

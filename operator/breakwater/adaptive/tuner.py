@@ -43,12 +43,12 @@ __all__ = [
 ]
 
 CHANCE_RUNS_PER_DAY = 1.0
-"""consecutiveFailures is chosen so that, at the baseline failure rate (plus its spread), runs of that
-many failures happen by chance less than this often per day across the whole fleet."""
+"""consecutiveFailures is chosen so that, at the failure rates the buckets saw, runs of that many
+failures happen by chance less than this often per day across the whole fleet."""
 SLOW_CALL_CEILING = 0.9
 """slowerThan stays below this fraction of the upstream's timeout (a call that slow is a timeout)."""
 # Smallest moves worth a change: smaller ones are noise (and each change is a config push and an Event).
-MIN_PERCENT_STEP = 2.0
+MIN_PERCENT_STEP = 3.0
 MIN_RELATIVE_STEP = 0.2
 
 
@@ -94,7 +94,9 @@ class Evidence:
     window_seconds: float
     calls: int  # in buckets without an incident
     failures: int
-    spread: float  # standard deviation of the failure rate between those buckets (a fraction)
+    spread: float  # standard deviation of the true failure rate between those buckets (a fraction):
+    # the call-weighted spread of their rates less the binomial noise a bucket of that size has anyway
+    chance_runs: tuple[float, ...]  # per run length k = 1..: expected runs of k failures per day
     p99_seconds: float | None  # None: no latency histogram reported
     outages: tuple[float, ...]
     incidents: int  # buckets left out
@@ -121,22 +123,42 @@ def _p99(latency: list[int]) -> float | None:
     return LATENCY_BOUNDS_SECONDS[-1]
 
 
+INCIDENT_PERCENT = 50.0
+"""With the failure-rate rule off, a bucket whose failure rate reaches this is an incident."""
+MAX_RUN = 40
+
+
 def evidence(history: History, *, now: float, trip_percent: float | None = None) -> Evidence:
-    """The window ending at `now`; buckets that tripped, or reached `trip_percent`, are incidents."""
+    """The window ending at `now`. A bucket whose failure rate (all pods together) reached
+    `trip_percent`, the failure-rate threshold in force (`INCIDENT_PERCENT` without one), is an
+    incident and left out: the fleet as a whole was failing. One pod tripping by chance does not make
+    an incident — leaving its bucket out would hide the very evidence that a threshold is too tight."""
+    line = INCIDENT_PERCENT if trip_percent is None else trip_percent
     healthy: list[Totals] = []
     incidents = 0
     for _, bucket in history.buckets(now):
         rate = bucket.failure_rate
-        if bucket.trips or (trip_percent is not None and rate is not None and 100 * rate >= trip_percent):
+        if rate is not None and 100 * rate >= line:
             incidents += 1
         elif bucket.calls:
             healthy.append(bucket)
     calls = sum(b.calls for b in healthy)
     failures = sum(b.failures for b in healthy)
     spread = 0.0
+    healthy_seconds = len(healthy) * history.width
+    runs = [0.0] * MAX_RUN
     if calls:
         mean = failures / calls
-        spread = math.sqrt(sum(b.calls * ((b.failures / b.calls) - mean) ** 2 for b in healthy) / calls)
+        observed = sum(b.calls * ((b.failures / b.calls) - mean) ** 2 for b in healthy) / calls
+        sampling = len(healthy) * mean * (1 - mean) / calls  # what buckets of these sizes vary anyway
+        spread = math.sqrt(max(0.0, observed - sampling))
+        per_day = 86_400 / max(healthy_seconds, 1.0)
+        for b in healthy:
+            rate = b.failures / b.calls
+            if 0 < rate < 1:
+                start = b.calls * (1 - rate) * per_day  # a run starts after a success
+                for k in range(MAX_RUN):
+                    runs[k] += start * rate ** (k + 1)
     latency = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
     for b in healthy:
         for i, n in enumerate(b.latency[: len(latency)]):
@@ -149,7 +171,8 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         p99_seconds=_p99(latency),
         outages=history.recent_outages(),
         incidents=incidents,
-        healthy_seconds=len(healthy) * history.width,
+        healthy_seconds=healthy_seconds,
+        chance_runs=tuple(runs),
     )
 
 
@@ -181,17 +204,15 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         )
     if configured.consecutive_failures is not None:
         low, high = bounds.consecutive_failures.min, bounds.consecutive_failures.max
-        p_high = min(p + params.deviations * ev.spread, 0.999)
-        per_day = ev.calls * 86_400 / max(ev.healthy_seconds, 1.0)
-        chances = per_day * (1 - p_high)  # a run of k failures starts after a success
-        if p_high <= 0 or chances <= CHANCE_RUNS_PER_DAY:
-            k = float(low)
-        else:
-            k = _clamp(math.ceil(math.log(CHANCE_RUNS_PER_DAY / chances) / math.log(p_high)), low, high)
+        # The shortest run that chance makes less than once a day, at each bucket's own failure rate
+        # (runs come from the bad minutes: the mean rate alone would underestimate them).
+        shortest = next((n + 1 for n, runs in enumerate(ev.chance_runs) if runs < CHANCE_RUNS_PER_DAY), MAX_RUN)
+        k = _clamp(shortest, low, high)
+        per_hour = ev.calls * 3600 / max(ev.healthy_seconds, 1.0)
         out[Threshold.CONSECUTIVE_FAILURES] = (
             k,
-            f"{k:g} failures in a row: at {100 * p_high:.1f} % failures and {per_day / 24:.0f} calls/h, "
-            f"a chance run less than once a day",
+            f"{k:g} failures in a row: at {100 * p:.1f} % failures (± {100 * ev.spread:.1f} between "
+            f"buckets) and {per_hour:.0f} calls/h, a chance run less than once a day",
         )
     if configured.slow_call_seconds is not None and ev.p99_seconds is not None:
         low = bounds.slow_call_duration.min.seconds
@@ -212,8 +233,8 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
             seconds = _clamp(round(median * params.open_duration_factor), low, high)
             out[Threshold.OPEN_DURATION] = (
                 seconds,
-                f"median of the last {len(ordered)} outages {median:.0f}s x {params.open_duration_factor:g} "
-                f"→ open for {_window(seconds)}",
+                f"the last {len(ordered)} outages still failed {median:.0f}s after the trip (median) "
+                f"x {params.open_duration_factor:g} → open for {_window(seconds)}",
             )
     return out
 
@@ -296,8 +317,8 @@ def step(
         else:
             track = replace(old, value=_bounded(threshold, old.value, params, configured))
         target = wanted.get(threshold)
-        if frozen:
-            track = replace(track, pending=0, reason="frozen: the upstream is open or half-open on some pod")
+        if frozen:  # no change; the evidence gathered before keeps its age (incidents are left out of it)
+            track = replace(track, reason="frozen: the upstream is open or half-open on some pod")
         elif ev.calls < params.minimum_volume:
             why = f"low volume: {ev.calls} calls in {_window(ev.window_seconds)} < {params.minimum_volume}"
             track = replace(track, pending=0, reason=why)

@@ -131,8 +131,9 @@ class Adaptive(SpecModel):
     window) added to the baseline."""
     slow_call_factor: Factor = 2.0
     """slowerThan is the observed latency p99 times this factor."""
-    open_duration_factor: Factor = 0.5
-    """open.duration is the median length of the recent outages times this factor."""
+    open_duration_factor: Factor = 1.0
+    """open.duration is how long the recent outages were still failing after a trip (median, to the last
+    failed trial) times this factor."""
     pinned: Annotated[
         list[ThresholdField],
         Field(max_length=4, json_schema_extra={"x-kubernetes-list-type": "set"}),

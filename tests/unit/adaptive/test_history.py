@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import pytest
 
@@ -12,8 +12,7 @@ from breakwater.api.report import UpstreamReport
 from breakwater.breaker.settings import State
 
 
-@dataclass(frozen=True)
-class Move:
+class Move(NamedTuple):
     from_state: State
     to_state: State
     reason: str
@@ -60,15 +59,25 @@ def test_reports_add_their_differences_and_a_restarted_sidecar_counts_from_zero(
     assert sum(b.failures for _, b in buckets) == 5
 
 
-def test_outages_are_measured_per_pod_and_resent_transitions_count_once() -> None:
+def test_an_outage_lasts_until_its_last_failed_trial_and_resent_transitions_count_once() -> None:
     history, counters = History.for_window(3600), PodCounters()
     trip = Move(State.CLOSED, State.OPEN, "ConsecutiveFailures", 1000.0)
     half = Move(State.OPEN, State.HALF_OPEN, "OpenTimeoutElapsed", 1060.0)
-    close = Move(State.HALF_OPEN, State.CLOSED, "TrialsSucceeded", 1090.0)
+    failed = Move(State.HALF_OPEN, State.OPEN, "TrialFailed", 1061.0)
+    half_again = Move(State.OPEN, State.HALF_OPEN, "OpenTimeoutElapsed", 1181.0)
+    close = Move(State.HALF_OPEN, State.CLOSED, "TrialsSucceeded", 1182.0)
     ingest(history, counters, report(10, 5, 1), [trip], at=1001.0)
-    ingest(history, counters, report(10, 5, 1), [trip, half, close], at=1091.0)  # resent with more
-    ingest(history, counters, report(10, 5, 1), [close], at=1092.0)
-    assert history.recent_outages() == (90.0,)
+    ingest(history, counters, report(10, 5, 1), [trip, half, failed], at=1062.0)  # resent with more
+    ingest(history, counters, report(10, 5, 1), [failed, half_again, close], at=1183.0)
+    # Still failing 61 s after the trip; the 120 s it then stayed open are the breaker's, not the outage's.
+    assert history.recent_outages() == (61.0,)
+    ingest(
+        history, counters, report(10, 5, 2), [Move(State.CLOSED, State.OPEN, "FailureRate", 2000.0)], at=2001
+    )
+    ingest(
+        history, counters, report(10, 5, 2), [half._replace(at=2060.0), close._replace(at=2061.0)], at=2062
+    )
+    assert history.recent_outages() == (61.0, 0.0)  # over before the first trial
 
 
 def test_a_forced_open_is_not_an_outage() -> None:
