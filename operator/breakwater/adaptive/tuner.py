@@ -206,7 +206,9 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         low, high = bounds.consecutive_failures.min, bounds.consecutive_failures.max
         # The shortest run that chance makes less than once a day, at each bucket's own failure rate
         # (runs come from the bad minutes: the mean rate alone would underestimate them).
-        shortest = next((n + 1 for n, runs in enumerate(ev.chance_runs) if runs < CHANCE_RUNS_PER_DAY), MAX_RUN)
+        shortest = next(
+            (n + 1 for n, runs in enumerate(ev.chance_runs) if runs < CHANCE_RUNS_PER_DAY), MAX_RUN
+        )
         k = _clamp(shortest, low, high)
         per_hour = ev.calls * 3600 / max(ev.healthy_seconds, 1.0)
         out[Threshold.CONSECUTIVE_FAILURES] = (

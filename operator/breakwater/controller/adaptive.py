@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,6 +82,20 @@ class Evaluation:
         return bool(self.engaged or self.released)
 
 
+_SHARED: dict[str, Any] = {}  # equal parameter objects, kept once (most policies share the defaults)
+_SHARED_MAX = 4096
+
+
+def _shared(value: Any) -> Any:
+    key = f"{type(value).__name__}:{value!r}"
+    found = _SHARED.get(key)
+    if found is not None:
+        return found
+    if len(_SHARED) < _SHARED_MAX:
+        _SHARED[key] = value
+    return value
+
+
 def params_of(body: dict[str, Any]) -> PolicyParams | None:
     try:
         spec = parse_spec(body.get("spec") or {})
@@ -90,10 +105,11 @@ def params_of(body: dict[str, Any]) -> PolicyParams | None:
     for upstream in spec.upstreams:
         settings = spec.settings_for(upstream.name)
         breaker = settings.breaker_settings()
-        upstreams[upstream.name] = (breaker, Configured.of(breaker, timeout_seconds=settings.timeout.seconds))
+        configured = Configured.of(breaker, timeout_seconds=settings.timeout.seconds)
+        upstreams[sys.intern(upstream.name)] = (_shared(breaker), _shared(configured))
     return PolicyParams(
         generation=int((body.get("metadata") or {}).get("generation") or 0),
-        adaptive=spec.adaptive,
+        adaptive=_shared(spec.adaptive),
         observe=Mode(spec.mode) is Mode.OBSERVE,
         quorum_percent=spec.coordination.quorum_percent,
         upstreams=upstreams,
@@ -156,7 +172,9 @@ class Adaptation:
 
     def ingest(self, report: SidecarReport, *, now: float) -> None:
         """Add one accepted report to the histories of the upstreams it speaks of."""
-        per_pod = self.counters.setdefault((report.namespace, report.pod), {})
+        per_pod = self.counters.get((report.namespace, report.pod))
+        if per_pod is None:
+            per_pod = self.counters[(sys.intern(report.namespace), sys.intern(report.pod))] = {}
         moves: dict[Key, list[TransitionReport]] = {}
         for t in report.transitions:
             moves.setdefault((t.policy, t.upstream), []).append(t)
@@ -167,7 +185,7 @@ class Adaptation:
                 continue
             counters = per_pod.get(key)
             if counters is None:
-                counters = per_pod[key] = PodCounters()
+                counters = per_pod[(sys.intern(key[0]), sys.intern(key[1]))] = PodCounters()
             ingest(tuning.history, counters, upstream, moves.get(key, ()), at=now)
 
     # -- the tuner and the quorum --------------------------------------------------------------------
