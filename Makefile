@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NODE ?= kwok
 REAL_NODE := $(if $(filter real,$(NODE)),node,)
 
-.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo bench crds chart chart-schema image docs dashboard-picture generate clean
+.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo demo-adaptive bench crds chart chart-schema image docs dashboard-picture generate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ cluster: $(STAMP) control-plane $(REAL_NODE) ## start a local control plane (NOD
 
 demo: $(STAMP) control-plane $(REAL_NODE) ## the breaker demo (NODE=real: on real pods of a real node)
 	$(BIN)/python -m breakwater.testing.demo --node $(NODE)
+
+demo-adaptive: $(STAMP) control-plane ## the tuner moving a threshold from the sidecars' history (~3 min)
+	$(BIN)/python -m breakwater.testing.demo_adaptive
 
 bench: $(STAMP) control-plane ## run the benchmarks and record results in bench/results/
 	$(BIN)/python bench/run_all.py

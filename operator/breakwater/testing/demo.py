@@ -22,6 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -117,7 +118,8 @@ class Traffic:
 
     def start(self) -> Traffic:
         for thread in self._threads:
-            thread.start()
+            if not thread.is_alive():
+                thread.start()
         return self
 
     def summary(self) -> str:
@@ -152,14 +154,25 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def run_demo(args: argparse.Namespace) -> int:
+@dataclass
+class Demo:
+    """What a running demo has: kubectl, the flaky upstream, the sidecars, the traffic."""
+
+    k: Callable[..., str]
+    kubectl: list[str]
+    upstream: FlakyUpstream
+    fleet: SidecarFleet
+    traffic: Traffic
+    workdir: Path
+
+
+@contextlib.contextmanager
+def demo_cluster(args: argparse.Namespace, policy: Callable[[int], str], what: str) -> Iterator[Demo]:
+    """Control plane, CRD, operator, upstream, the policy (`policy(upstream port)`), the client pods
+    with their real sidecars and traffic; everything stopped and removed on the way out (Ctrl-C included)."""
     workdir = Path(tempfile.mkdtemp(prefix="breakwater-demo-"))
     say("Building (first run only) or reusing the local control plane binaries")
-    try:
-        bin_dir = find_binaries(build=True)
-    except ControlPlaneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    bin_dir = find_binaries(build=True)
     control_plane = ControlPlane(bin_dir=bin_dir)
     operator: subprocess.Popen[bytes] | None = None
     fleet: SidecarFleet | None = None
@@ -221,8 +234,8 @@ def run_demo(args: argparse.Namespace) -> int:
             lambda: bool(control_plane.kubectl("get", "sa", "default", "-n", NAMESPACE, check=False)),
         )
 
-        say("Applying the policy: trip after 5 failures in a row, stay open 5 s, then probe")
-        manifest = policy_manifest(upstream.port)
+        say(f"Applying the policy: {what}")
+        manifest = policy(upstream.port)
         print(f"{DIM}{manifest}{RESET}")
         k("apply", "-f", "-", stdin=manifest)
         wait_for(
@@ -258,45 +271,13 @@ def run_demo(args: argparse.Namespace) -> int:
         for sidecar in fleet.sidecars.values():
             target = f"payments (127.0.0.1:{upstream.port})"
             print(f"  sidecar of {sidecar.pod}: app calls http://{sidecar.ip}:15001 -> {target}")
-
-        say("Driving traffic (10 calls/s per pod); watch the policy with `kubectl get cbp -w`")
-        traffic = Traffic([s.url(15001) + "/charge" for s in fleet.sidecars.values()]).start()
-        with watching(kubectl):
-            time.sleep(args.phase)
-            print(f"{DIM}   calls: {traffic.summary()}{RESET}", flush=True)
-            say("The payments backend starts failing (500s): the breakers trip and reject fast")
-            upstream.failing = True
-            time.sleep(args.phase + 2)
-            print(f"{DIM}   calls: {traffic.summary()}{RESET}", flush=True)
-            say(
-                "The backend comes back, slowly (1.5 s answers): after 5 s open the breakers probe (HalfOpen)"
-            )
-            upstream.delay, upstream.failing = 1.5, False
-            time.sleep(7)
-            say("The backend is fast again: the trial calls succeed and the breakers close")
-            upstream.delay = 0.0
-            time.sleep(args.phase)
-            print(f"{DIM}   calls: {traffic.summary()}{RESET}", flush=True)
-
-        say("kubectl describe cbp payments")
-        print(k("describe", "cbp", "payments", "-n", NAMESPACE))
-        if args.keep:
-            say(
-                "Still running. Try: export KUBECONFIG="
-                + str(control_plane.kubeconfig)
-                + "  (Ctrl-C to stop)"
-            )
-            signal.pause()
-        return 0
-    except KeyboardInterrupt:
-        print("\ninterrupted", flush=True)
-        return 130
-    except (ControlPlaneError, RuntimeError) as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
+        traffic = Traffic([s.url(15001) + "/charge" for s in fleet.sidecars.values()])
+        yield Demo(k, kubectl, upstream, fleet, traffic, workdir)
+    except RuntimeError:
         if operator is not None:
             tail = (workdir / "operator.log").read_text(errors="replace").splitlines()[-30:]
             print("--- operator log (last lines) ---\n" + "\n".join(tail), file=sys.stderr)
-        return 1
+        raise
     finally:
         say("Cleaning up: traffic, sidecars, operator, upstream, control plane")
         with contextlib.suppress(Exception):
@@ -317,6 +298,58 @@ def run_demo(args: argparse.Namespace) -> int:
 
         shutil.rmtree(workdir, ignore_errors=True)
         print("done.", flush=True)
+
+
+def run_guarded(body: Callable[[], int]) -> int:
+    """Run a demo, turning Ctrl-C and set-up failures into an exit code and a message."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print("\ninterrupted", flush=True)
+        return 130
+    except (ControlPlaneError, RuntimeError) as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    def body() -> int:
+        what = "trip after 5 failures in a row, stay open 5 s, then probe"
+        with demo_cluster(args, policy_manifest, what) as demo:
+            k, upstream, traffic = demo.k, demo.upstream, demo.traffic
+            say("Driving traffic (10 calls/s per pod); watch the policy with `kubectl get cbp -w`")
+            traffic.start()
+            with watching(demo.kubectl):
+                time.sleep(args.phase)
+                print(f"{DIM}   calls: {traffic.summary()}{RESET}", flush=True)
+                say("The payments backend starts failing (500s): the breakers trip and reject fast")
+                upstream.failing = True
+                time.sleep(args.phase + 2)
+                print(f"{DIM}   calls: {traffic.summary()}{RESET}", flush=True)
+                say(
+                    "The backend comes back, slowly (1.5 s answers): "
+                    "after 5 s open the breakers probe (HalfOpen)"
+                )
+                upstream.delay, upstream.failing = 1.5, False
+                time.sleep(7)
+                say("The backend is fast again: the trial calls succeed and the breakers close")
+                upstream.delay = 0.0
+                time.sleep(args.phase)
+                print(f"{DIM}   calls: {traffic.summary()}{RESET}", flush=True)
+
+            say("kubectl describe cbp payments")
+            print(k("describe", "cbp", "payments", "-n", NAMESPACE))
+            keep(args, demo)
+        return 0
+
+    return run_guarded(body)
+
+
+def keep(args: argparse.Namespace, demo: Demo) -> None:
+    if args.keep:
+        kubeconfig = demo.kubectl[1].partition("=")[2]
+        say(f"Still running. Try: export KUBECONFIG={kubeconfig}  (Ctrl-C to stop)")
+        signal.pause()
 
 
 def main(argv: list[str] | None = None) -> int:
