@@ -341,6 +341,14 @@ class Adaptation:
             component="adaptive-history",
         )
 
+    async def flush(self) -> None:
+        """Write every record now (a leader handing over: the next one reads them). Only namespaces
+        read back already: writing one before would drop what the last writer persisted."""
+        mono = time.monotonic()
+        for policy in list(self.params):
+            if policy.partition("/")[0] in self.loaded:
+                await self.persist(policy, mono=mono, force=True)
+
     async def remove(self, policy: PolicyId) -> None:
         namespace, _, name = policy.partition("/")
         self.forget(policy)
