@@ -7,7 +7,7 @@ annotations) and the status loop (`controller.refresher`) writes status and post
 reports and the caches belong to the replica, not to the term: a new leader starts from what it
 already received. The adaptive histories (`controller.adaptive`) belong to the term: the leader alone
 feeds them, a new leader reads what the last one persisted in each namespace's
-breakwater-adaptive-history ConfigMap.
+breakwater-adaptive-history ConfigMap, and a leader that hands over writes them first.
 
 Why not kopf's peering: it needs its own cluster-scoped CRD (KopfPeering) and RBAC to write it, its
 heartbeat is slow to notice a dead peer (60 s by default), and replicas of equal priority both pause
@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 KOPF_READY_SECONDS = 30.0
 KOPF_STOP_SECONDS = 20.0
+FLUSH_SECONDS = 5.0  # a leader handing over writes its histories for at most this long
 
 
 @dataclass
@@ -125,7 +126,18 @@ class Term:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        await self._flush_histories()
         r.bundles.forget_writes()
+
+    async def _flush_histories(self) -> None:
+        """Persist every history before the Lease goes: the next leader starts from them."""
+        adaptation: Adaptation = self.state.adaptive
+        try:
+            await asyncio.wait_for(adaptation.flush(), FLUSH_SECONDS)
+        except TimeoutError:
+            logger.warning("the adaptive histories were not all written within %.0f s", FLUSH_SECONDS)
+        except Exception as exc:
+            logger.warning("could not write the adaptive histories: %s", exc)
 
     async def _run_kopf(self, ready: asyncio.Event) -> None:
         s = self.replica.settings
