@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from breakwater.api.constants import CONFIGMAP_NAME
+from breakwater.api.constants import CONFIGMAP_NAME, HISTORY_CONFIGMAP_NAME
 from tests.chart import ChartNames, render
 
 NS = "breakwater-system"
@@ -34,6 +34,7 @@ def _expected_cluster_grants(webhook_configuration: str) -> set[tuple[str, str, 
         ("breakwater.dev", "circuitbreakerpolicies/status", "patch", ()),
         *{("", "pods", v, ()) for v in ("get", "list", "watch")},
         *{("", "configmaps", v, (CONFIGMAP_NAME,)) for v in ("get", "list", "watch", "patch")},
+        *{("", "configmaps", v, (HISTORY_CONFIGMAP_NAME,)) for v in ("get", "patch")},
         ("", "configmaps", "create", ()),
         ("", "events", "create", ()),
         *{("apiextensions.k8s.io", "customresourcedefinitions", v, ()) for v in ("list", "watch")},
@@ -52,7 +53,7 @@ def test_the_cluster_role_grants_exactly_what_the_operator_uses(helm: Path, char
     assert _grants(rules) == _expected_cluster_grants(names.webhook_configuration)
 
 
-def test_configmaps_are_reached_only_by_the_operator_s_name_but_for_create(helm: Path, chart: Path) -> None:
+def test_configmaps_are_reached_only_by_the_operator_s_names_but_for_create(helm: Path, chart: Path) -> None:
     rules = _rules(render(helm, chart).one("ClusterRole", ChartNames("bw", NS).cluster_role))
     configmaps = [r for r in rules if "configmaps" in r["resources"]]
     assert configmaps == [
@@ -61,6 +62,12 @@ def test_configmaps_are_reached_only_by_the_operator_s_name_but_for_create(helm:
             "resources": ["configmaps"],
             "resourceNames": [CONFIGMAP_NAME],
             "verbs": ["get", "list", "watch", "patch"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [HISTORY_CONFIGMAP_NAME],
+            "verbs": ["get", "patch"],
         },
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
     ]
