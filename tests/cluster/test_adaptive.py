@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -336,3 +337,69 @@ def test_an_override_already_expired_when_applied_gets_a_condition_and_a_warning
     )
     events = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
     assert any(e["reason"] == "OverrideExpired" and e["type"] == "Warning" for e in events)
+
+
+def bundled_threshold(cluster: Cluster, namespace: str) -> int:
+    """consecutiveFailures in the policy's bundle, as the leader last wrote it to the ConfigMap."""
+    data = json.loads(
+        cluster.kubectl("get", "configmap", "breakwater-sidecar-config", "-n", namespace, "-o", "json").stdout
+    )["data"]
+    bundle = json.loads(data["payments.json"])
+    return int(
+        next(u for u in bundle["upstreams"] if u["name"] == "payments")["breaker"]["consecutiveFailures"]
+    )
+
+
+def test_a_new_leader_delivers_what_the_last_one_tuned_from_the_history_it_handed_over(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+    tmp_path: Path,
+) -> None:
+    opt_in(cluster, namespace)
+    cluster.apply(manifest(upstream.port, adaptive=FAST_ADAPTIVE), namespace=namespace)
+    start_clients(cluster, namespace, fleet, replicas=2)
+    upstream.failure_ratio = 0.1
+
+    def tuned_up() -> bool:
+        effective = upstream_status(cluster, namespace).get("effective") or {}
+        return (effective.get("source") or {}).get("consecutiveFailures") == "Adaptive"
+
+    with Traffic(list(fleet.sidecars.values())):
+        cluster.wait_for("consecutiveFailures tuned", tuned_up, timeout=120, interval=1)
+    tuned = int(upstream_status(cluster, namespace)["effective"]["consecutiveFailures"])
+    cluster.wait_for("the tuned value bundled", lambda: bundled_threshold(cluster, namespace) == tuned)
+
+    second = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        kubectl=cluster.tool("kubectl"),
+        workdir=tmp_path,
+        extra_args=running_operator.extra_args,
+        configuration=running_operator.configuration,  # the same operator: its Lease, its certificates
+        cert_dir=running_operator.certs,
+        identity=f"{running_operator.configuration}-second",
+    )
+    second.start()
+    try:
+        running_operator.stop()  # hands the Lease over, writing the histories first
+        history = json.loads(
+            cluster.kubectl(
+                "get", "configmap", "breakwater-adaptive-history", "-n", namespace, "-o", "json"
+            ).stdout
+        )["data"]
+        assert "payments.json" in history
+        cluster.wait_for(
+            "the second replica leads",
+            lambda: "leading: policies are reconciled" in second.log_path.read_text(errors="replace"),
+            timeout=60,
+        )
+        time.sleep(10)  # it has resumed (rendered) every policy by now, and its status loop ran
+        assert bundled_threshold(cluster, namespace) == tuned  # not the spec's 5 again
+        effective = upstream_status(cluster, namespace)["effective"]
+        assert effective["source"]["consecutiveFailures"] == "Adaptive"
+        assert int(effective["consecutiveFailures"]) == tuned
+    finally:
+        second.stop()  # not cleanup(): the webhook configuration is the first one's too
+        running_operator.start()
