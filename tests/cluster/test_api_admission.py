@@ -261,7 +261,7 @@ def test_kubectl_get_shows_the_fleet_state_in_its_columns(cluster: Cluster, crd:
 
     wide_header, wide_row = cluster.kubectl("get", "cbp", "-n", namespace, "-o", "wide").stdout.splitlines()
     assert wide_header.split() == [
-        "NAME", "STATE", "OPEN", "PODS", "READY", "MODE", "AGE", "OVERRIDE", "UNTIL", "MESSAGE",
+        "NAME", "STATE", "OPEN", "PODS", "READY", "MODE", "AGE", "OVERRIDE", "UNTIL", "TUNING", "MESSAGE",
     ]  # fmt: skip
     assert "payments open on 3/12 pods" in wide_row
 

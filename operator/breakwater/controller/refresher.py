@@ -201,7 +201,11 @@ class Refresher:
 
         policy_id = f"{namespace}/{name}"
         view = view_pods(policy_id, bundle, self.pods_of(namespace), resolver)
-        grace = time.monotonic() - state.started_at < self.stale_after / 2
+        # A new term (a restart, or another replica taking over) keeps the states written before until
+        # each pod is heard, for as long as a pod may be silent before it counts as stale: a sidecar
+        # whose reports went to the replica that stopped needs a report interval, and kube-proxy a
+        # sync, before they reach this one.
+        grace = time.monotonic() - state.started_at < self.stale_after
         fleet = fleet_view(
             policy_id,
             bundle,
