@@ -40,6 +40,7 @@ def real_node() -> Iterator[RealNode]:
             control_plane_bin=find_binaries(build=False),
             node_bin=find_node_binaries(build=False),
             images=(find_image(build=True),),
+            audit=True,  # tests/node/test_ha_on_node.py reads who wrote what
         )
         node.start()
     except ControlPlaneError as exc:

@@ -5,6 +5,7 @@ without losing or repeating a transition."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from breakwater.testing import audit
+from breakwater.testing.node import RealNode
 from tests.cluster.chart_helpers import install_chart
 from tests.conftest import Cluster
 from tests.node import manifests as m
@@ -153,7 +156,12 @@ def test_deleting_the_leader_during_pod_creations_leaves_none_without_the_sideca
     during(cluster, release, ns, image, delete_the_leader)
     # The new leader rebuilt the fleet from reports: still Closed, nothing invented on the way...
     body = m.cbp(cluster, ns)
-    assert m.upstream_state(body) == "Closed"
+    assert m.upstream_state(body) == "Closed"  # not Unknown while the reports find the new leader
+    cluster.wait_for(
+        "the client's reports reaching the new leader",
+        lambda: (m.cbp(cluster, ns)["status"].get("pods") or {}).get("reporting") == 1,
+        timeout=60,
+    )
     assert open_events(cluster, ns) == opened, "a transition was told again after the failover"
     # ...and it tells the next trip, once.
     trip_and_recover(cluster, ns)
@@ -229,3 +237,32 @@ def test_a_sigkilled_leader_leaves_only_pods_of_a_short_window_uninjected_and_th
         for name in names:
             cluster.kubectl("delete", "pod", name, "-n", ns, "--wait=false")
     trip_and_recover(cluster, ns)  # status goes on
+
+
+WRITES = {"create", "update", "patch", "delete", "deletecollection"}
+
+
+def test_a_replica_that_does_not_lead_writes_nothing_the_audit_log_says(
+    real_node: RealNode, node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    cluster, ns = node_cluster, workload_namespace
+    pods = {p["metadata"]["name"] for p in operators(cluster, release)}
+    lead = leader(cluster, release)
+    since = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    protected_workload(cluster, ns, image)  # accepted, rendered, injected, reporting
+    trip_and_recover(cluster, ns)  # status and Events written
+    assert leader(cluster, release) == lead, "leadership moved during the flow"
+    assert real_node.control_plane is not None
+    user = f"system:serviceaccount:{release.names.namespace}:{release.service_account}"
+    requests = [r for r in audit.read_requests(real_node.control_plane.audit_log, user=user) if r.at >= since]
+    (follower,) = pods - {lead}
+    # Session opens (TokenReviews) are the only thing every replica creates: they write nothing.
+    writes = {
+        pod: sorted(
+            {str(r) for r in requests if r.pod == pod and r.verb in WRITES and r.resource != "tokenreviews"}
+        )
+        for pod in (lead, follower)
+    }
+    assert any(r.pod == follower for r in requests), "the follower's own reads are not in the log"
+    assert writes[lead], "the leader wrote nothing during the flow: the check would prove nothing"
+    assert writes[follower] == [], f"the replica that does not lead wrote: {writes[follower]}"

@@ -37,6 +37,8 @@ class Request:
     namespace: str
     name: str
     code: int
+    pod: str = ""  # the pod a bound ServiceAccount token was issued for (the replica), if any
+    at: str = ""  # when it was answered (RFC 3339, the API server's clock)
 
     def __str__(self) -> str:
         where = f" -n {self.namespace}" if self.namespace else ""
@@ -63,9 +65,19 @@ def read_requests(path: Path, *, user: str | None = None) -> list[Request]:
                 namespace=str(ref.get("namespace") or ""),
                 name=str(ref.get("name") or ""),
                 code=int((event.get("responseStatus") or {}).get("code") or 0),
+                pod=_first((event.get("user") or {}).get("extra") or {}, POD_NAME_EXTRA),
+                at=str(event.get("stageTimestamp") or ""),
             )
         )
     return found
+
+
+POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
+
+
+def _first(extra: Mapping[str, Any], key: str) -> str:
+    values = extra.get(key) or [""]
+    return str(values[0])
 
 
 def _events(path: Path) -> Iterator[dict[str, Any]]:

@@ -105,6 +105,7 @@ class RealNode:
     control_plane: ControlPlane | None = None
     components: list[_Component] = field(default_factory=list)
     node_name: str = NODE_NAME
+    audit: bool = False  # the API server's audit log (`breakwater.testing.audit`)
     _sysctls: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -148,7 +149,11 @@ class RealNode:
                 "control plane (etcd, kube-apiserver, kube-controller-manager) inside the namespace"
             )
             self.control_plane = ControlPlane(
-                bin_dir=self.control_plane_bin, netns=self.netns, kwok=False, node_name=self.node_name
+                bin_dir=self.control_plane_bin,
+                netns=self.netns,
+                kwok=False,
+                node_name=self.node_name,
+                audit=self.audit,
             )
             self.control_plane.start()
             self.progress(f"API server ready; from the host: {self.control_plane.server}")
