@@ -178,7 +178,7 @@ def test_an_edit_of_an_invalid_upstream_must_fix_it(cluster: Cluster, stored: st
     port_of_long = [{"op": "replace", "path": "/spec/upstreams/1/port", "value": 8082}]
     proc = _patch(cluster, stored, "edits", "json", port_of_long)
     assert proc.returncode == 0, proc.stderr
-    fixed = [{"op": "replace", "path": "/spec/upstreams/0/host", "value": "10.0.0.7"}]
+    fixed = [{"op": "replace", "path": "/spec/upstreams/0/host", "value": "127.0.0.7"}]
     proc = _patch(cluster, stored, "edits", "json", fixed)
     assert proc.returncode == 0, proc.stderr
 
