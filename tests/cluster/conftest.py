@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from breakwater.testing.operator import OperatorProcess
+from breakwater.testing.sidecars import SidecarFleet
+from breakwater.testing.upstream import FlakyUpstream
 from tests.chart import ChartNames, prepare_chart, unique_release
 from tests.cluster.chart_helpers import RESTRICTED, remove_leftovers
 from tests.cluster.harness import install_crd
@@ -42,6 +44,24 @@ def running_operator(operator: OperatorProcess) -> OperatorProcess:
     if operator.process is None:
         operator.start()
     return operator
+
+
+@pytest.fixture
+def upstream() -> Iterator[FlakyUpstream]:
+    """A real HTTP upstream on loopback that can be made to fail."""
+    server = FlakyUpstream().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet(cluster: Cluster, namespace: str) -> Iterator[SidecarFleet]:
+    """A real sidecar process for every injected pod of the test's namespace."""
+    sidecars = SidecarFleet(
+        kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=namespace
+    )
+    yield sidecars
+    sidecars.stop()
 
 
 # -- the Helm chart suites (test_chart*.py) -----------------------------------------------------

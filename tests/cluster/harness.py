@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import textwrap
+import urllib.error
+import urllib.request
 from typing import Any
 
+from breakwater.testing.sidecars import SidecarFleet
 from tests.conftest import Cluster
 
 
@@ -116,3 +119,28 @@ def wait_accepted(cluster: Cluster, namespace: str, name: str, *, timeout: float
         lambda: condition(policy(cluster, namespace, name), "Accepted").get("status") == "True",
         timeout=timeout,
     )
+
+
+def call(url: str) -> int:
+    """One GET; its status code, also for an error answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def start_clients(cluster: Cluster, namespace: str, fleet: SidecarFleet, replicas: int) -> None:
+    """Once policy `payments` is Accepted: a client Deployment whose injected pods each get a real
+    sidecar process (`fleet`), ready."""
+    wait_accepted(cluster, namespace, "payments")
+    cluster.apply(
+        deployment_manifest("checkout", node=cluster.node_name, replicas=replicas), namespace=namespace
+    )
+
+    def all_started() -> bool:
+        fleet.sync()
+        return len(fleet.sidecars) == replicas
+
+    cluster.wait_for(f"{replicas} injected, running pods", all_started, timeout=60, interval=0.5)
+    fleet.wait_ready()

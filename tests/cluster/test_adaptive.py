@@ -11,7 +11,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,13 @@ import pytest
 from breakwater.testing.operator import OperatorProcess
 from breakwater.testing.sidecars import SidecarFleet, SidecarProcess
 from breakwater.testing.upstream import FlakyUpstream
-from tests.cluster.harness import condition, deployment_manifest, opt_in, policy, wait_accepted
+from tests.cluster.harness import (
+    call,
+    condition,
+    opt_in,
+    policy,
+    start_clients,
+)
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -40,22 +45,6 @@ def operator_args() -> tuple[str, ...]:
     return ("--stale-after-seconds=8",)
 
 
-@pytest.fixture
-def upstream() -> Iterator[FlakyUpstream]:
-    server = FlakyUpstream().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fleet(cluster: Cluster, namespace: str) -> Iterator[SidecarFleet]:
-    sidecars = SidecarFleet(
-        kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=namespace
-    )
-    yield sidecars
-    sidecars.stop()
-
-
 def manifest(port: int, **spec: Any) -> str:
     body = {
         "apiVersion": "breakwater.dev/v1alpha1",
@@ -71,28 +60,6 @@ def manifest(port: int, **spec: Any) -> str:
         },
     }
     return json.dumps(body)
-
-
-def start_clients(cluster: Cluster, namespace: str, fleet: SidecarFleet, replicas: int) -> None:
-    wait_accepted(cluster, namespace, "payments")
-    cluster.apply(
-        deployment_manifest("checkout", node=cluster.node_name, replicas=replicas), namespace=namespace
-    )
-
-    def all_started() -> bool:
-        fleet.sync()
-        return len(fleet.sidecars) == replicas
-
-    cluster.wait_for(f"{replicas} injected, running pods", all_started, timeout=60, interval=0.5)
-    fleet.wait_ready()
-
-
-def call(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 def get_json(url: str) -> dict[str, Any]:

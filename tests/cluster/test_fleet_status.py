@@ -7,7 +7,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,11 +15,11 @@ from breakwater.testing.operator import OperatorProcess
 from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 from tests.cluster.harness import (
+    call,
     condition,
-    deployment_manifest,
     opt_in,
     policy,
-    wait_accepted,
+    start_clients,
 )
 from tests.conftest import Cluster
 
@@ -30,13 +29,6 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def operator_args() -> tuple[str, ...]:
     return ("--stale-after-seconds=8",)
-
-
-@pytest.fixture
-def upstream() -> Iterator[FlakyUpstream]:
-    server = FlakyUpstream().start()
-    yield server
-    server.stop()
 
 
 def breaker_policy(name: str, port: int, *, mode: str = "Enforce", open_for: str = "3s") -> str:
@@ -57,43 +49,12 @@ def breaker_policy(name: str, port: int, *, mode: str = "Enforce", open_for: str
     )
 
 
-def call(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-
-
 def upstream_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
     body = policy(cluster, namespace, name)
     for up in (body.get("status") or {}).get("upstreams") or ():
         if up["name"] == "payments":
             return dict(up)
     return {}
-
-
-@pytest.fixture
-def fleet(cluster: Cluster, namespace: str) -> Iterator[SidecarFleet]:
-    sidecars = SidecarFleet(
-        kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=namespace
-    )
-    yield sidecars
-    sidecars.stop()
-
-
-def start_clients(cluster: Cluster, namespace: str, fleet: SidecarFleet, replicas: int) -> None:
-    wait_accepted(cluster, namespace, "payments")
-    cluster.apply(
-        deployment_manifest("checkout", node=cluster.node_name, replicas=replicas), namespace=namespace
-    )
-
-    def all_started() -> bool:
-        fleet.sync()
-        return len(fleet.sidecars) == replicas
-
-    cluster.wait_for(f"{replicas} injected, running pods", all_started, timeout=60, interval=0.5)
-    fleet.wait_ready()
 
 
 def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recovers(
