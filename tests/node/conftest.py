@@ -29,9 +29,12 @@ from tests.cluster.chart_helpers import install_chart, remove_leftovers
 from tests.conftest import Cluster, _unavailable
 from tests.node.manifests import RESTRICTED_LABELS, ready_pods
 
+DIAGNOSIS_LINES = 200
+_NODE = pytest.StashKey[RealNode]()
+
 
 @pytest.fixture(scope="session")
-def real_node() -> Iterator[RealNode]:
+def real_node(request: pytest.FixtureRequest) -> Iterator[RealNode]:
     problems = check_prerequisites()
     if problems:
         _unavailable("; ".join(problems))
@@ -46,6 +49,7 @@ def real_node() -> Iterator[RealNode]:
     except ControlPlaneError as exc:
         _unavailable(str(exc))
         raise
+    request.config.stash[_NODE] = node
     yield node
     node.stop()
     left = node.leftovers()
@@ -159,3 +163,36 @@ def workload_namespace(node_cluster: Cluster, request: pytest.FixtureRequest) ->
 def get_json(cluster: Cluster, *args: str) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
     return body
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed node test reports what the operator pods logged and what the API server said about
+    its webhooks: the pods of a rolled-out release are gone by the time anyone looks."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    funcargs = getattr(item, "funcargs", {})
+    if report.when != "call" or not report.failed or "node_cluster" not in funcargs:
+        return
+    cluster: Cluster = funcargs["node_cluster"]
+    release: Release | None = funcargs.get("release")
+    if release is not None:
+        logs = cluster.kubectl(
+            "logs",
+            "-n",
+            release.names.namespace,
+            "-l",
+            release.names.selector,
+            "--all-containers",
+            "--prefix",
+            f"--tail={DIAGNOSIS_LINES}",
+            check=False,
+        )
+        report.sections.append(("operator pods' logs", logs.stdout + logs.stderr))
+    node = item.config.stash.get(_NODE, None)
+    if node is not None and node.control_plane is not None:
+        for component in node.control_plane.components:
+            if component.name == "kube-apiserver":
+                lines = component.log_path.read_text(errors="replace").splitlines()
+                said = [line for line in lines if "webhook" in line.lower()][-DIAGNOSIS_LINES:]
+                report.sections.append(("the API server on webhooks", "\n".join(said)))

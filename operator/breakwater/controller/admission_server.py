@@ -76,6 +76,7 @@ class AdmissionServer:
     ca_pem: Callable[[], bytes]  # the report endpoint's CA, which injected sidecars trust
     _runner: web.AppRunner | None = None
     port: int = 0
+    draining: bool = False
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_REVIEW_BYTES)
@@ -90,6 +91,25 @@ class AdmissionServer:
         await site.start()
         self.port = port
         logger.info("admission webhooks listening on %s:%s", host, port)
+
+    def drain(self) -> None:
+        """Close the API server's keep-alive connections: the idle ones now, the busy ones after their
+        answer, which says `Connection: close` (as every answer from now on does).
+
+        The API server keeps its connections to a replica whatever the endpoints say (kube-proxy only
+        routes new ones), so a stopping replica that closed them only when it stops cut reviews in
+        flight, each one a pod admitted without the sidecar (failurePolicy Ignore). Closed at the start
+        of the shutdown delay, the API server's next reviews open new connections, to the replicas
+        that stay."""
+        self.draining = True
+        if self._runner is None or self._runner.server is None:
+            return
+        for connection in self._runner.server.connections:
+            # Idle: waiting for the next request, as aiohttp's own keep-alive expiry tells it (its
+            # `close()` would leave the socket open and drop the next request unanswered).
+            waiting = getattr(connection, "_waiter", None)
+            if waiting is not None and not waiting.done():
+                connection.force_close()
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -114,7 +134,10 @@ class AdmissionServer:
                 namespace = review["request"].get("namespace", "?")
                 logger.exception("admission failed for an object of %s; admitting it unchanged", namespace)
                 answer = Answer([], ["breakwater: sidecar injection failed; the pod runs unprotected"])
-            return web.json_response(review_response(review, answer))
+            response = web.json_response(review_response(review, answer))
+            if self.draining:
+                response.force_close()
+            return response
 
         return handle
 

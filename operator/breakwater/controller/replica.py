@@ -7,8 +7,9 @@ leadership term (`controller.leadership`), which makes every write. A report tha
 which does not lead is relayed to the leader, so the leader sees the whole fleet.
 
 Shutdown (SIGTERM): readiness fails at once, the term stops and the Lease is released (the next
-leader takes over within one renew period), admissions are still answered for
-`--shutdown-delay-seconds` while the endpoints drop this replica, then everything stops.
+leader takes over within one renew period), the API server's keep-alive connections are closed
+(`AdmissionServer.drain`), admissions are still answered for `--shutdown-delay-seconds` while the
+endpoints drop this replica, then everything stops.
 """
 
 from __future__ import annotations
@@ -170,7 +171,8 @@ class OperatorReplica:
         writer: AsyncApi,
     ) -> None:
         self.draining = True
-        logger.info("shutting down: no longer ready; handing the Lease over")
+        logger.info("shutting down: not ready; closing the API server's connections; handing the Lease over")
+        admissions.drain()
         await elector.stop()  # the term (if any) ends first, then the Lease is released
         await _finish(election)
         delay = self.settings.shutdown_delay_seconds
