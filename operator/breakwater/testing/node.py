@@ -222,11 +222,15 @@ class RealNode:
 
     def _import_images(self) -> None:
         for archive in (self.node_bin / "pause.oci.tar", *self.images):
-            started = time.monotonic()
-            self._ctr("images", "import", "--no-unpack=false", str(archive))
-            self.progress(
-                f"imported {image_name(archive) or archive.name} in {time.monotonic() - started:.1f} s"
-            )
+            self.import_image(archive)
+
+    def import_image(self, archive: Path) -> str:
+        """Import an OCI archive into the node's containerd (nothing is ever pulled); its image name."""
+        started = time.monotonic()
+        self._ctr("images", "import", "--no-unpack=false", str(archive))
+        name = image_name(archive)
+        self.progress(f"imported {name or archive.name} in {time.monotonic() - started:.1f} s")
+        return name
 
     def _start_kubelet(self) -> None:
         w = self.workdir
