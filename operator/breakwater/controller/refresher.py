@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime
 import logging
 import time
@@ -36,6 +37,7 @@ from breakwater.controller.status import (
     view_pods,
     without_times,
 )
+from breakwater.controller.trips import TripCounter
 from breakwater.controller.tuning_status import UpstreamExtras, override_view
 
 logger = logging.getLogger(__name__)
@@ -65,6 +67,10 @@ def record_of(body: kopf.Body | dict[str, Any]) -> PolicyRecord:
         "spec": dict(body.get("spec") or {}),
     }
     return PolicyRecord(slim, dict(body.get("status") or {}))
+
+
+def _uid(record: PolicyRecord) -> str:
+    return str(record.body["metadata"].get("uid") or "")
 
 
 StatusWriter = Callable[[str, str, dict[str, Any]], Awaitable[dict[str, Any]]]  # ns, name, patch -> stored
@@ -105,6 +111,7 @@ class Refresher:
     tick: float = 0.2
     concurrency: int = 16  # status writes in flight
     records: dict[Key, PolicyRecord] = field(default_factory=dict)
+    trips: TripCounter = field(default_factory=TripCounter)  # fed with every report of the term
     writes: int = 0
     _dirty: set[Key] = field(default_factory=set)
     _dirty_namespaces: set[str] = field(default_factory=set)
@@ -130,7 +137,7 @@ class Refresher:
         meta = record.body["metadata"]
         key = (str(meta.get("namespace") or ""), str(meta.get("name")))
         old = self.records.get(key)
-        if old is not None and not record.status:
+        if old is not None and not record.status and _uid(old) == _uid(record):
             record.status = old.status
         self.records[key] = record
         self.mark(key, now=True)
@@ -141,6 +148,7 @@ class Refresher:
         self._refreshed_at.pop(key, None)
         self.state.last_write.pop(key, None)
         self.state.clocks.pop(key, None)
+        self.trips.forget_policy(f"{key[0]}/{key[1]}")
 
     def mark(self, key: Key, *, now: bool = False) -> None:
         self._dirty.add(key)
@@ -215,6 +223,8 @@ class Refresher:
             stale_after=self.stale_after,
             grace=grace,
         )
+        if bundle is not None:
+            fleet = self._with_trips(record, policy_id, fleet)
         extras, tuning = await self._adapt(record, key, fleet)
         if extras and bundle is not None and self.republish is not None:
             bundle = (await state.bundles.get(namespace)).get(name)  # republished with new thresholds
@@ -254,6 +264,19 @@ class Refresher:
         record.status = await self.write_status(namespace, name, patch)
         self.writes += 1
         self._post_transition_events(record, previous, wanted)
+
+    def _with_trips(self, record: PolicyRecord, policy_id: str, fleet: FleetView) -> FleetView:
+        """The fleet view with trips since the policy was created (`controller.trips`), not the sum of
+        the live sidecars' counters."""
+        stored = {
+            str(u.get("name")): int(u.get("trips") or 0)
+            for u in record.status.get("upstreams") or ()
+            if isinstance(u, dict)
+        }
+        totals = self.trips.totals(policy_id, _uid(record), (f.name for f in fleet.upstreams), stored)
+        return dataclasses.replace(
+            fleet, upstreams=tuple(dataclasses.replace(f, trips=totals[f.name]) for f in fleet.upstreams)
+        )
 
     async def _adapt(
         self, record: PolicyRecord, key: Key, fleet: FleetView

@@ -223,9 +223,10 @@ class OperatorReplica:
         self.stopping.set()
 
     def _on_report(self, report: SidecarReport, before: PodReport | None) -> None:
-        """The leader's histories take every report (the others relay theirs to it)."""
+        """The leader's histories and trip tallies take every report (the others relay theirs to it)."""
         if self.term is not None:
             self.term.state.adaptive.ingest(report, now=time.time())
+            self.term.refresher.trips.observe(report)
             mark_changed_policies(self.term.refresher, report, before)
 
     def _pods_changed(self, store: FleetStore, pods: PodIndex, namespace: str) -> None:
@@ -236,6 +237,7 @@ class OperatorReplica:
             store.forget(namespace, pod)
             if term is not None:
                 term.state.adaptive.forget_pod(namespace, pod)
+                term.refresher.trips.forget_pod(namespace, pod)
 
 
 async def _finish(task: asyncio.Task[Any]) -> None:
