@@ -121,6 +121,32 @@ def wait_accepted(cluster: Cluster, namespace: str, name: str, *, timeout: float
     )
 
 
+def breaker_policy(name: str, port: int, *, mode: str = "Enforce", open_for: str = "3s") -> str:
+    return json.dumps(
+        {
+            "apiVersion": "breakwater.dev/v1alpha1",
+            "kind": "CircuitBreakerPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"app": "checkout"}},
+                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
+                "mode": mode,
+                "trip": {"consecutiveFailures": 3},
+                "open": {"duration": open_for, "maxDuration": "5m", "jitter": 0},
+                "halfOpen": {"permittedCalls": 1, "successesToClose": 1},
+            },
+        }
+    )
+
+
+def upstream_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    body = policy(cluster, namespace, name)
+    for up in (body.get("status") or {}).get("upstreams") or ():
+        if up["name"] == "payments":
+            return dict(up)
+    return {}
+
+
 def call(url: str) -> int:
     """One GET; its status code, also for an error answer."""
     try:

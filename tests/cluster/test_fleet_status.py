@@ -15,11 +15,13 @@ from breakwater.testing.operator import OperatorProcess
 from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 from tests.cluster.harness import (
+    breaker_policy,
     call,
     condition,
     opt_in,
     policy,
     start_clients,
+    upstream_status,
 )
 from tests.conftest import Cluster
 
@@ -29,32 +31,6 @@ pytestmark = pytest.mark.cluster
 @pytest.fixture(scope="module")
 def operator_args() -> tuple[str, ...]:
     return ("--stale-after-seconds=8",)
-
-
-def breaker_policy(name: str, port: int, *, mode: str = "Enforce", open_for: str = "3s") -> str:
-    return json.dumps(
-        {
-            "apiVersion": "breakwater.dev/v1alpha1",
-            "kind": "CircuitBreakerPolicy",
-            "metadata": {"name": name},
-            "spec": {
-                "selector": {"matchLabels": {"app": "checkout"}},
-                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
-                "mode": mode,
-                "trip": {"consecutiveFailures": 3},
-                "open": {"duration": open_for, "maxDuration": "5m", "jitter": 0},
-                "halfOpen": {"permittedCalls": 1, "successesToClose": 1},
-            },
-        }
-    )
-
-
-def upstream_status(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    body = policy(cluster, namespace, name)
-    for up in (body.get("status") or {}).get("upstreams") or ():
-        if up["name"] == "payments":
-            return dict(up)
-    return {}
 
 
 def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recovers(

@@ -197,6 +197,14 @@ class SidecarFleet:
         logger.info("started the sidecar of pod %s/%s on %s", self.namespace, name, ip)
         return SidecarProcess(self.namespace, name, uid, ip, directory, process)
 
+    def restart(self, name: str, sig: int = signal.SIGTERM) -> SidecarProcess:
+        """The sidecar container of pod `name` restarting in its pod (as the kubelet restarts a crashed
+        container): the same pod and uid, a new process whose counters start from zero."""
+        self._stop_one(self.sidecars[name], sig)
+        pod = next(p for p in self.pods() if p["metadata"]["name"] == name)
+        self.sidecars[name] = self._start_one(pod)
+        return self.sidecars[name]
+
     def _refresh_loop(self) -> None:
         while not self._stop.wait(self.mount_refresh):
             for sidecar in list(self.sidecars.values()):
