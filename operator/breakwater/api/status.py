@@ -157,7 +157,11 @@ class UpstreamStatus(StatusModel):
     failure_rate: Annotated[float, Field(ge=0, le=1)] | None = None
     """Failure ratio over the pods' current windows (0.41 = 41%)."""
     trips: Count = 0
-    """Trips since the policy was created, summed over pods."""
+    """Times this upstream's breakers tripped since the policy was created, over every pod.
+
+    Pods that restarted or went away still count, and so do the trips of Observe-mode breakers; it never
+    goes down, also when the operator restarts or another replica takes over. An upstream removed from
+    the spec, or a policy deleted and created again, counts from zero."""
     last_transition_time: datetime | None = None
     """When `state` last changed."""
     effective: EffectiveThresholds | None = None
