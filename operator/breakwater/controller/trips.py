@@ -66,7 +66,7 @@ class TripCounter:
     """The leader's trip tallies for one term (`controller.refresher.Refresher.trips`)."""
 
     pods: dict[tuple[str, str], _PodLife] = field(default_factory=dict)  # (namespace, pod) -> life
-    tallies: dict[Key, _Tally] = field(default_factory=dict)
+    tallies: dict[PolicyId, dict[str, _Tally]] = field(default_factory=dict)  # policy -> upstream -> tally
     _gone: deque[tuple[float, tuple[str, str]]] = field(default_factory=deque)  # oldest first
 
     def observe(self, report: SidecarReport) -> None:
@@ -90,9 +90,7 @@ class TripCounter:
             life.uid = life.uid or report.pod_uid
         for upstream in report.upstreams:
             key = (upstream.policy, upstream.name)
-            tally = self.tallies.get(key)
-            if tally is None:
-                tally = self.tallies[(sys.intern(key[0]), sys.intern(key[1]))] = _Tally()
+            tally = self._tally(*key)
             last = life.trips.get(key)
             now = upstream.trips
             if first_seen:
@@ -121,8 +119,16 @@ class TripCounter:
 
     def forget_policy(self, policy: PolicyId) -> None:
         """The policy was deleted: a policy of that name created later counts from zero."""
-        for key in [k for k in self.tallies if k[0] == policy]:
-            del self.tallies[key]
+        self.tallies.pop(policy, None)
+
+    def _tally(self, policy: PolicyId, upstream: str) -> _Tally:
+        by_name = self.tallies.get(policy)
+        if by_name is None:
+            by_name = self.tallies[sys.intern(policy)] = {}
+        tally = by_name.get(upstream)
+        if tally is None:
+            tally = by_name[sys.intern(upstream)] = _Tally()
+        return tally
 
     def totals(
         self, policy: PolicyId, uid: str, upstreams: Iterable[str], stored: Mapping[str, int]
@@ -130,16 +136,15 @@ class TripCounter:
         """The trips to write for each of the policy's upstreams. `stored` is the status as written
         (name -> trips); it is read once per term and upstream, as the floor."""
         names = set(upstreams)
-        for key in [k for k in self.tallies if k[0] == policy and k[1] not in names]:
+        by_name = self.tallies.get(policy, {})
+        for name in [n for n in by_name if n not in names]:
             # Gone from the spec: if it comes back, it counts from zero, whatever the status still says.
-            self.tallies[key] = _Tally(uid=uid)
+            by_name[name] = _Tally(uid=uid)
         out = {}
         for name in names:
-            tally = self.tallies.get((policy, name))
-            if tally is not None and tally.uid is not None and tally.uid != uid:
-                tally = None  # the policy was deleted and created again
-            if tally is None:
-                tally = self.tallies[(sys.intern(policy), sys.intern(name))] = _Tally()
+            tally = self._tally(policy, name)
+            if tally.uid is not None and tally.uid != uid:
+                tally = self.tallies[policy][name] = _Tally()  # the policy was deleted and created again
             if tally.uid is None:
                 tally.uid = uid
                 tally.floor = max(0, stored.get(name, 0))
