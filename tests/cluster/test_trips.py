@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,56 @@ class TripsSeen:
                 self.values.append(int(out.stdout.strip()))
 
 
+class Trips:
+    """Trips made on the sidecars, and what the policy's status says of them."""
+
+    def __init__(self, cluster: Cluster, namespace: str, upstream: FlakyUpstream) -> None:
+        self.cluster, self.namespace, self.upstream = cluster, namespace, upstream
+        self.made = 0  # trips the sidecars' breakers made, over every process that ran
+
+    def trip(self, sidecar: SidecarProcess) -> None:
+        before = sidecar_trips(sidecar)
+        self.upstream.failing = True
+        try:
+            for _ in range(3):  # consecutiveFailures: 3
+                call(sidecar.url(15001) + "/pay")
+        finally:
+            self.upstream.failing = False
+        assert sidecar_trips(sidecar) == before + 1
+        self.made += 1
+
+    def status(self) -> int:
+        return int(upstream_status(self.cluster, self.namespace, "payments").get("trips", -1))
+
+    def shows(self, expected: int, what: str, timeout: float = 15) -> None:
+        self.cluster.wait_for(
+            f"trips {expected} ({what})", lambda: self.status() == expected, timeout=timeout
+        )
+
+    def holds(self, expected: int, seconds: float) -> None:
+        """Several report rounds and status refreshes: the number stays."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            assert self.status() == expected
+            time.sleep(0.5)
+
+
+def started(cluster: Cluster, namespace: str, upstream: FlakyUpstream, fleet: SidecarFleet) -> Trips:
+    opt_in(cluster, namespace)
+    cluster.apply(breaker_policy("payments", upstream.port, open_for="1s"), namespace=namespace)
+    start_clients(cluster, namespace, fleet, replicas=2)
+    cluster.wait_for(
+        "Closed", lambda: upstream_status(cluster, namespace, "payments").get("state") == "Closed", timeout=20
+    )
+    return Trips(cluster, namespace, upstream)
+
+
+def check(seen: TripsSeen, made: int) -> None:
+    assert seen.values, "kubectl never showed trips"
+    assert seen.values == sorted(seen.values), f"trips went down: {seen.values}"
+    assert max(seen.values) == made, f"trips counted more often than they happened: {seen.values}"
+
+
 def test_trips_survive_sidecar_restarts_pod_replacement_and_an_operator_restart_counting_each_once(
     cluster: Cluster,
     namespace: str,
@@ -65,51 +116,19 @@ def test_trips_survive_sidecar_restarts_pod_replacement_and_an_operator_restart_
     upstream: FlakyUpstream,
     fleet: SidecarFleet,
 ) -> None:
-    opt_in(cluster, namespace)
-    cluster.apply(breaker_policy("payments", upstream.port, open_for="1s"), namespace=namespace)
-    start_clients(cluster, namespace, fleet, replicas=2)
-    made = 0  # trips the sidecars' breakers made, over every process that ran
-
-    def trip(sidecar: SidecarProcess) -> None:
-        nonlocal made
-        before = sidecar_trips(sidecar)
-        upstream.failing = True
-        try:
-            for _ in range(3):  # consecutiveFailures: 3
-                call(sidecar.url(15001) + "/pay")
-        finally:
-            upstream.failing = False
-        assert sidecar_trips(sidecar) == before + 1
-        made += 1
-
-    def status_trips() -> int:
-        return int(upstream_status(cluster, namespace, "payments").get("trips", -1))
-
-    def shows(expected: int, what: str, timeout: float = 15) -> None:
-        cluster.wait_for(f"trips {expected} ({what})", lambda: status_trips() == expected, timeout=timeout)
-
-    def holds(expected: int, seconds: float) -> None:
-        """Several report rounds and status refreshes: the number stays."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            assert status_trips() == expected
-            time.sleep(0.5)
-
-    cluster.wait_for(
-        "Closed", lambda: upstream_status(cluster, namespace, "payments").get("state") == "Closed", timeout=20
-    )
+    trips = started(cluster, namespace, upstream, fleet)
     first, second = sorted(fleet.sidecars)
     with TripsSeen(cluster, namespace) as seen:
         for name in (first, second):
-            trip(fleet.sidecars[name])
-        shows(2, "one trip on each pod")
+            trips.trip(fleet.sidecars[name])
+        trips.shows(2, "one trip on each pod")
 
         # The first pod's sidecar restarts: its counter starts from zero, the status keeps its trip.
         fleet.restart(first)
         fleet.wait_ready()
-        holds(2, 6)  # summed over live counters, this went down to 1
-        trip(fleet.sidecars[first])
-        shows(3, "a trip of the restarted sidecar")
+        trips.holds(2, 6)  # summed over live counters, this went down to 1
+        trips.trip(fleet.sidecars[first])
+        trips.shows(3, "a trip of the restarted sidecar")
 
         # The second pod is replaced (a Deployment's pod deleted): its trip stays.
         cluster.kubectl("delete", "pod", second, "-n", namespace, "--wait=true")
@@ -121,19 +140,62 @@ def test_trips_survive_sidecar_restarts_pod_replacement_and_an_operator_restart_
         cluster.wait_for("the replacement pod's sidecar", replaced, timeout=60, interval=0.5)
         fleet.wait_ready()
         third = next(n for n in fleet.sidecars if n != first)
-        holds(3, 6)
-        trip(fleet.sidecars[third])
-        shows(4, "a trip of the replacement pod")
+        trips.holds(3, 6)
+        trips.trip(fleet.sidecars[third])
+        trips.shows(4, "a trip of the replacement pod")
 
         # The operator restarts: the new leader reads the written 4 as its floor. The live counters
         # (2 and 1) are part of it: not added again, and the next trip adds one.
         running_operator.stop()
         running_operator.start()
-        holds(4, 10)
-        trip(fleet.sidecars[first])
-        shows(5, "a trip after the operator restarted")
-        holds(5, 6)
-    assert made == 5
-    assert seen.values, "kubectl never showed trips"
-    assert seen.values == sorted(seen.values), f"trips went down: {seen.values}"
-    assert max(seen.values) == made, f"trips counted more often than they happened: {seen.values}"
+        trips.holds(4, 10)
+        trips.trip(fleet.sidecars[first])
+        trips.shows(5, "a trip after the operator restarted")
+        trips.holds(5, 6)
+    assert trips.made == 5
+    check(seen, trips.made)
+
+
+def test_another_replica_taking_over_goes_on_from_the_written_trips(
+    cluster: Cluster,
+    namespace: str,
+    running_operator: OperatorProcess,
+    upstream: FlakyUpstream,
+    fleet: SidecarFleet,
+    tmp_path: Path,
+) -> None:
+    trips = started(cluster, namespace, upstream, fleet)
+    first, second = (fleet.sidecars[n] for n in sorted(fleet.sidecars))
+    other = OperatorProcess(
+        kubeconfig=cluster.kubeconfig,
+        kubectl=cluster.tool("kubectl"),
+        workdir=tmp_path,
+        extra_args=running_operator.extra_args,
+        configuration=running_operator.configuration,  # the same operator: its Lease, its certificates
+        cert_dir=running_operator.certs,
+        identity=f"{running_operator.configuration}-other",
+    )
+    with TripsSeen(cluster, namespace) as seen:
+        trips.trip(first)
+        trips.trip(second)
+        trips.shows(2, "one trip on each pod")
+        other.start()
+        try:
+            running_operator.stop()  # hands the Lease over
+            cluster.wait_for(
+                "the other replica leads",
+                lambda: "leading: policies are reconciled" in other.log_path.read_text(errors="replace"),
+                timeout=60,
+            )
+            # Back as a replica that does not lead: the sidecars report to it, it relays to the leader.
+            running_operator.start()
+            trips.holds(2, 10)
+            trips.trip(first)
+            trips.shows(3, "a trip counted by the new leader")
+            trips.holds(3, 6)
+        finally:
+            other.stop()  # the first one leads again: a second handover
+        trips.holds(3, 10)
+        trips.trip(second)
+        trips.shows(4, "a trip after leadership came back")
+    check(seen, trips.made)
