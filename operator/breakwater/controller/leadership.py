@@ -7,7 +7,8 @@ annotations) and the status loop (`controller.refresher`) writes status and post
 reports and the caches belong to the replica, not to the term: a new leader starts from what it
 already received. The adaptive histories (`controller.adaptive`) belong to the term: the leader alone
 feeds them, a new leader reads what the last one persisted in each namespace's
-breakwater-adaptive-history ConfigMap, and a leader that hands over writes them first.
+breakwater-adaptive-history ConfigMap, and a leader that hands over writes them first. So do the trip
+tallies (`controller.trips`, in the status loop): a new leader goes on from the trips the status holds.
 
 Why not kopf's peering: it needs its own cluster-scoped CRD (KopfPeering) and RBAC to write it, its
 heartbeat is slow to notice a dead peer (60 s by default), and replicas of equal priority both pause
