@@ -33,13 +33,15 @@ promtool: ## build (once) promtool from the Prometheus Go module: the chart's Pr
 prometheus: ## build (once) promtool and the Prometheus server: the dashboard's queries on real metrics
 	@bash hack/build-prometheus.sh promtool prometheus >/dev/null
 
-node: control-plane image ## build (once) the real node: kubelet, kube-proxy, kube-scheduler, CoreDNS, pause (root: installs Debian packages)
+node: control-plane image ## build (once) the real node: kubelet, kube-proxy, kube-scheduler, CoreDNS, pause, and the previous version's image (root: installs Debian packages)
 	@bash hack/build-node.sh >/dev/null
+	@bash hack/build-previous-image.sh >/dev/null
 
 # `make test` builds the node where it can; elsewhere the node suites skip with the reason, unless
 # BREAKWATER_REQUIRE_CLUSTER=1 (CI), where a node that cannot be built fails the run.
 node-if-possible: control-plane
 	@bash hack/build-node.sh >/dev/null && bash hack/build-image.sh >/dev/null \
+	  && bash hack/build-previous-image.sh >/dev/null \
 	  || { [ "$${BREAKWATER_REQUIRE_CLUSTER:-}" != 1 ] && echo "make: no real node here (see above); the node suites will skip"; }
 
 lint: $(STAMP) ## ruff, mypy --strict, import-linter layers

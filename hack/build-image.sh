@@ -7,12 +7,14 @@
 #
 #   BREAKWATER_CACHE_DIR   cache root (default ${XDG_CACHE_HOME:-~/.cache}/breakwater)
 #   BREAKWATER_IMAGE_NAME  the name inside the archive (default localhost/breakwater:<appVersion>)
+#   BREAKWATER_IMAGE_SOURCE  the source tree to build (default this checkout; hack/build-previous-image.sh
+#                          builds an older commit's tree with this script)
 #
 # Next to the archive: NAME.ref (the image name) and NAME.sizes (compressed and unpacked bytes).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "${here}/.." && pwd)"
+repo="$(cd "${BREAKWATER_IMAGE_SOURCE:-${here}/..}" && pwd)"
 cache_root="${BREAKWATER_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/breakwater}"
 image_dir="${cache_root}/image"
 
@@ -46,7 +48,9 @@ context_files() {
 }
 key="$( { echo "${base_key}" "${image_name}" "$(buildah --version)"; sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1;
   context_files | (cd "${repo}" && xargs sha256sum); } | sha256sum | cut -c1-16)"
-archive="${image_dir}/breakwater-${app_version}-${key}.oci.tar"
+# One archive per image name (its tag in the file name): a rebuild supersedes only its own name's.
+name_part="$(printf '%s' "${image_name##*/}" | tr -c 'A-Za-z0-9._-' '-')"
+archive="${image_dir}/${name_part}-${key}.oci.tar"
 
 if [[ -s "${archive}" && -s "${archive}.ref" && -s "${archive}.sizes" ]]; then
   say "up to date: ${archive} ($(cat "${archive}.sizes"))"
@@ -126,7 +130,7 @@ unpacked="$(python3 -c 'import json,os,sys; d=sys.argv[1]; m=json.load(open(os.p
 compressed="$(skopeo inspect --raw "oci-archive:${archive}" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(sum(l["size"] for l in m["layers"]) + m["config"]["size"])')"
 echo "${image_name}" > "${archive}.ref"
 echo "compressed=${compressed} unpacked=${unpacked}" > "${archive}.sizes"
-# Older archives of this image are superseded: keep the cache from growing with every edit.
-find "${image_dir}" -maxdepth 1 -name "breakwater-*.oci.tar*" ! -name "${archive##*/}*" -delete
+# Older archives of this image name are superseded: keep the cache from growing with every edit.
+find "${image_dir}" -maxdepth 1 -name "${name_part}-*.oci.tar*" ! -name "${archive##*/}*" -delete
 say "image: ${image_name} -> ${archive} ($(awk -v c="${compressed}" -v u="${unpacked}" 'BEGIN{printf "%.1f MB compressed, %.1f MB unpacked", c/1e6, u/1e6}'))"
 echo "${archive}"
