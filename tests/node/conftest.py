@@ -175,20 +175,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when != "call" or not report.failed or "node_cluster" not in funcargs:
         return
     cluster: Cluster = funcargs["node_cluster"]
-    release: Release | None = funcargs.get("release")
-    if release is not None:
+    release = funcargs.get("release")
+    names = release.names if isinstance(release, Release) else funcargs.get("names")
+    if isinstance(names, ChartNames):
         logs = cluster.kubectl(
-            "logs",
-            "-n",
-            release.names.namespace,
-            "-l",
-            release.names.selector,
-            "--all-containers",
-            "--prefix",
-            f"--tail={DIAGNOSIS_LINES}",
-            check=False,
-        )
+            "logs", "-n", names.namespace, "-l", names.selector, "--all-containers", "--prefix",
+            f"--tail={DIAGNOSIS_LINES}", check=False,
+        )  # fmt: skip
         report.sections.append(("operator pods' logs", logs.stdout + logs.stderr))
+    namespace = funcargs.get("workload_namespace")
+    if isinstance(namespace, str):
+        seen = cluster.kubectl("get", "cbp,pods,events", "-n", namespace, "-o", "wide", check=False)
+        policies = cluster.kubectl("get", "cbp", "-n", namespace, "-o", "yaml", check=False)
+        report.sections.append((f"what {namespace} holds", seen.stdout + policies.stdout))
     node = item.config.stash.get(_NODE, None)
     if node is not None and node.control_plane is not None:
         for component in node.control_plane.components:

@@ -85,6 +85,15 @@ def test_the_version_matrix_restates_hack_versions_env() -> None:
     assert any(row.startswith("| Kubernetes schemas") and f"| {minor} |" in row for row in rows)
 
 
+def test_the_version_matrix_names_the_previous_version_the_upgrade_test_installs() -> None:
+    script = (REPO / "hack" / "build-previous-image.sh").read_text()
+    commit = re.search(r"^PREVIOUS_COMMIT=([0-9a-f]{40})\b", script, re.MULTILINE)
+    assert commit, "hack/build-previous-image.sh pins PREVIOUS_COMMIT to a full commit id"
+    table = _section(INSTALL.read_text(), "Tested versions")
+    (row,) = [line for line in table.splitlines() if "`PREVIOUS_COMMIT`" in line]
+    assert f"`{commit.group(1)[:12]}`" in row, row
+
+
 def test_the_docs_link_the_release_files() -> None:
     install = INSTALL.read_text()
     for target in ("../charts/breakwater/README.md", "../CHANGELOG.md"):
