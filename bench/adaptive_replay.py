@@ -40,7 +40,7 @@ from breakwater.api.spec import CircuitBreakerPolicySpec
 def spec_of(overrides: dict[str, Any] | None = None, *, adaptive: bool) -> CircuitBreakerPolicySpec:
     body: dict[str, Any] = {
         "selector": {"matchLabels": {"app": "bench"}},
-        "upstreams": [{"name": "upstream", "host": "127.0.0.1", "port": 8080, "listenPort": 15001}],
+        "upstreams": [{"name": "upstream", "host": "127.0.0.1", "port": 8080, "listenPort": 15210}],
         **{k: v for k, v in sc.POLICY.items() if k != "adaptive"},
     }
     if adaptive:

@@ -27,7 +27,7 @@ IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 SPEC = parse_spec(
     {
         "selector": {"matchLabels": {"app": "checkout"}},
-        "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15001}],
+        "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15210}],
         "trip": {
             "consecutiveFailures": 5,
             "failureRate": {"percent": 50},

@@ -28,7 +28,7 @@ def policy_body(
         "metadata": {"name": name},
         "spec": {
             "selector": {"matchLabels": {"app": app}},
-            "upstreams": [{"name": upstream, "host": host, "port": port, "listenPort": 15001}],
+            "upstreams": [{"name": upstream, "host": host, "port": port, "listenPort": 15210}],
             "trip": {"consecutiveFailures": failures},
             "open": {"duration": open_for, "maxDuration": "5m", "jitter": 0},
             "halfOpen": {"permittedCalls": 1, "successesToClose": 1},

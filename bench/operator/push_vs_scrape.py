@@ -10,8 +10,9 @@ API server (one per session), status PATCHes per second.
 
 Scrape (the alternative): a minimal poller written here, not in the operator. A separate "farm"
 process serves `/stats` (the real document's shape, one upstream) on N pod-like addresses
-(127.40.x.y:15020), flipping `--flips` breakers per second and stamping `stateSince` with the wall
-time of the flip. The scraper GETs every target every `--intervals` seconds (spread evenly), parses
+(127.40.x.y, on the sidecar's admin port), flipping `--flips` breakers per second and stamping
+`stateSince` with the wall time of the flip. The scraper GETs every target every `--intervals`
+seconds (spread evenly), parses
 the document into the same pydantic `SidecarReport` the push path validates, and records the delay
 from `stateSince` to the scrape that first saw the new state. Variants: plain HTTP (no
 authentication at all: a lower bound) and mutual TLS (the scraper presents a client certificate, the
@@ -42,10 +43,11 @@ import opbench as ob
 from aiohttp import web
 
 from breakwater import pki
+from breakwater.api.constants import SIDECAR_ADMIN_PORT
 from breakwater.api.report import SidecarReport, UpstreamReport
 
 FARM_BASE = ipaddress.ip_address("127.40.0.10")
-ADMIN_PORT = 15020
+ADMIN_PORT = SIDECAR_ADMIN_PORT
 
 
 def farm_ips(n: int) -> list[str]:
@@ -75,7 +77,7 @@ def stats_doc(ip: str, state: str, since: float, calls: int) -> dict[str, Any]:
                 "policy": "bench/payments",
                 "host": "payments.shop.svc.cluster.local",
                 "port": 8080,
-                "listenPort": 15001,
+                "listenPort": 15210,
                 "mode": "Enforce",
                 "state": state,
                 "stateSince": since,

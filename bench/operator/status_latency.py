@@ -108,7 +108,7 @@ async def run_real(bench: ob.Bench, api: ob.Api, size: int, cycles: int) -> dict
         await ob.wait_pods(api, namespace, size, interval=0.3)
         await asyncio.to_thread(fleet.sync)
         await asyncio.to_thread(fleet.wait_ready, 60)
-        urls = [s.url(15001) + "/pay" for s in fleet.sidecars.values()]
+        urls = [s.url(15210) + "/pay" for s in fleet.sidecars.values()]
         ob.log(f"{size} real sidecars ready")
         watch = StatusWatch(api, namespace, "payments")
         watch.start()

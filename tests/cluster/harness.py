@@ -34,7 +34,7 @@ def policy_manifest(name: str, *, app: str = "checkout", upstreams: str = "", **
         - name: payments
           host: payments.shop.svc.cluster.local
           port: 8080
-          listenPort: 15001
+          listenPort: 15210
         """
     )
     body = {

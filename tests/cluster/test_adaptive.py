@@ -52,7 +52,7 @@ def manifest(port: int, **spec: Any) -> str:
         "metadata": {"name": "payments"},
         "spec": {
             "selector": {"matchLabels": {"app": "checkout"}},
-            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
+            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15210}],
             "trip": {"consecutiveFailures": 5},
             "open": {"duration": "3s", "maxDuration": "5m", "jitter": 0},
             "halfOpen": {"permittedCalls": 1, "successesToClose": 1},
@@ -98,7 +98,7 @@ class Traffic:
         deadline = time.monotonic() + 600
         while not self._stop.is_set() and time.monotonic() < deadline:
             for sidecar in self.sidecars:
-                call(sidecar.url(15001) + "/pay")
+                call(sidecar.url(15210) + "/pay")
                 self.sent += 1
             self._stop.wait(0.1)
 
@@ -214,7 +214,7 @@ def test_a_quorum_of_tripped_pods_opens_every_sidecar_and_not_before(
     start_clients(cluster, namespace, fleet, replicas=3)
     first, second, third = sorted(fleet.sidecars.values(), key=lambda s: s.pod)
     upstream.failing = True
-    assert [call(first.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]  # 1 of 3 trips
+    assert [call(first.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]  # 1 of 3 trips
     cluster.wait_for(
         "one pod open on the resource",
         lambda: upstream_status(cluster, namespace).get("open") == 1,
@@ -223,16 +223,16 @@ def test_a_quorum_of_tripped_pods_opens_every_sidecar_and_not_before(
     time.sleep(3)  # well past the status loop's next pass: one pod in three is below the quorum
     assert "quorum" not in upstream_status(cluster, namespace)
     assert breaker_of(third)["state"] == "Closed"
-    assert call(third.url(15001) + "/pay") == 500  # still calls the failing upstream on its own
+    assert call(third.url(15210) + "/pay") == 500  # still calls the failing upstream on its own
 
-    assert [call(second.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]  # 2 of 3: quorum
+    assert [call(second.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]  # 2 of 3: quorum
     cluster.wait_for(
         "the third sidecar held open by the quorum",
         lambda: breaker_of(third)["state"] == "Open" and breaker_of(third)["mode"] == "ForceOpen",
         timeout=15,
     )
     requests = upstream.requests
-    assert call(third.url(15001) + "/pay") == 503  # rejected without calling the upstream
+    assert call(third.url(15210) + "/pay") == 503  # rejected without calling the upstream
     assert upstream.requests == requests
     assert "2/3 pods tripped" in upstream_status(cluster, namespace)["quorum"]
 
@@ -240,11 +240,11 @@ def test_a_quorum_of_tripped_pods_opens_every_sidecar_and_not_before(
 
     def probed_and_released() -> bool:
         for sidecar in (first, second):
-            call(sidecar.url(15001) + "/pay")
+            call(sidecar.url(15210) + "/pay")
         return breaker_of(third)["mode"] == "Enforce" and breaker_of(third)["state"] == "Closed"
 
     cluster.wait_for("the held sidecar released", probed_and_released, timeout=30, interval=1)
-    assert call(third.url(15001) + "/pay") == 200
+    assert call(third.url(15210) + "/pay") == 200
 
 
 def test_an_override_ends_on_every_sidecar_on_time_with_the_operator_stopped(
@@ -279,7 +279,7 @@ def test_an_override_ends_on_every_sidecar_on_time_with_the_operator_stopped(
         while time.time() < ends + 2.5:  # the sidecars' own clock, checked twice a second
             time.sleep(0.5)
         assert {breaker_of(s)["mode"] for s in fleet.sidecars.values()} == {"Enforce"}
-        assert all(call(s.url(15001) + "/pay") == 200 for s in fleet.sidecars.values())
+        assert all(call(s.url(15210) + "/pay") == 200 for s in fleet.sidecars.values())
     finally:
         running_operator.start()
     cluster.wait_for(

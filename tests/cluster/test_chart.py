@@ -309,7 +309,7 @@ def test_a_kept_crd_is_adopted_by_the_next_release_as_documented(
             spec:
               selector: {{matchLabels: {{app: checkout}}}}
               upstreams:
-                - {{name: payments, host: payments.shop.svc.cluster.local, port: 8080, listenPort: 15001}}
+                - {{name: payments, host: payments.shop.svc.cluster.local, port: 8080, listenPort: 15210}}
               mode: Observe
               trip: {{consecutiveFailures: 5}}
             """

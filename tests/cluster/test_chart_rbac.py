@@ -198,7 +198,7 @@ def test_a_team_with_the_built_in_edit_role_creates_edits_and_deletes_policies(
              "metadata": {"name": "payments", "namespace": team},
              "spec": {"selector": {"matchLabels": {"app": "checkout"}},
                       "upstreams": [{"name": "payments", "host": "payments.shop.svc.cluster.local",
-                                     "port": 8080, "listenPort": 15001}]}}
+                                     "port": 8080, "listenPort": 15210}]}}
         )  # fmt: skip
         cluster.kubectl("create", "-f", "-", *dev, input=manifest)
         cluster.kubectl(

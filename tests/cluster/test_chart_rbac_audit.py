@@ -71,7 +71,7 @@ def _manifest(namespace: str, port: int) -> str:
             "metadata": {"name": "payments", "namespace": namespace},
             "spec": {
                 "selector": {"matchLabels": {"app": "checkout"}},
-                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
+                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15210}],
                 "trip": {"consecutiveFailures": 3},
                 "open": {"duration": "60s", "jitter": 0},
             },
@@ -145,8 +145,8 @@ def test_the_chart_rbac_carries_the_whole_flow_and_grants_nothing_it_does_not_us
             # A trip: status Open and an Event from the status loop.
             upstream.failing = True
             for sidecar in fleet.sidecars.values():
-                assert [_call(sidecar.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]
-                assert _call(sidecar.url(15001) + "/pay") == 503
+                assert [_call(sidecar.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]
+                assert _call(sidecar.url(15210) + "/pay") == 503
             cluster.wait_for(
                 "an Event for the open upstream",
                 lambda: "UpstreamOpen" in cluster.kubectl(

@@ -117,7 +117,7 @@ def breaker_policy(port: int, *, open_for: str = "3s") -> str:
             "metadata": {"name": "payments"},
             "spec": {
                 "selector": {"matchLabels": {"app": "checkout"}},
-                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
+                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15210}],
                 "mode": "Enforce",
                 "trip": {"consecutiveFailures": 3},
                 "open": {"duration": open_for, "maxDuration": "5m", "jitter": 0},
@@ -259,7 +259,7 @@ def flow(
 
         for _ in range(5):  # healthy traffic, a few scrapes' worth
             for sidecar in fleet.sidecars.values():
-                assert call(sidecar.url(15001) + "/pay") == 200
+                assert call(sidecar.url(15210) + "/pay") == 200
             time.sleep(1)
         cluster.wait_for(
             "Closed and Ready",
@@ -273,7 +273,7 @@ def flow(
         upstream.failing = True
         seen.events["failing"] = time.time()
         for sidecar in fleet.sidecars.values():
-            assert [call(sidecar.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]
+            assert [call(sidecar.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]
         cluster.wait_for(
             "Open on the resource", lambda: upstream_state(cluster, namespace) == "Open", timeout=10
         )
@@ -290,7 +290,7 @@ def flow(
         deadline = time.monotonic() + (40 if seen.prometheus else 4)
         while time.monotonic() < deadline:
             for sidecar in fleet.sidecars.values():
-                call(sidecar.url(15001) + "/pay")
+                call(sidecar.url(15210) + "/pay")
             if seen.prometheus:
                 seen.firing = [a for a in seen.prometheus.alerts() if a["state"] == "firing"]
                 if any(a["labels"]["alertname"] == "BreakwaterUpstreamOpen" for a in seen.firing):
@@ -302,7 +302,7 @@ def flow(
 
         def closed() -> bool:
             for sidecar in fleet.sidecars.values():
-                call(sidecar.url(15001) + "/pay")
+                call(sidecar.url(15210) + "/pay")
             return upstream_state(cluster, namespace) == "Closed"
 
         cluster.wait_for("Closed again", closed, timeout=30, interval=0.5)
@@ -325,7 +325,7 @@ def flow(
         )
         for _ in range(3):  # a few more scrapes of the recovered fleet
             for sidecar in fleet.sidecars.values():
-                call(sidecar.url(15001) + "/pay")
+                call(sidecar.url(15210) + "/pay")
             time.sleep(1)
         seen.ended = time.time()
         cluster.kubectl("delete", "cbp", "payments", "-n", namespace)

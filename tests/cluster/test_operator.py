@@ -62,7 +62,7 @@ def test_pods_of_a_selected_deployment_get_the_sidecar_exactly_once(
         assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
         app = next(c for c in pod["spec"]["containers"] if c["name"] == "app")
         env = {e["name"]: e.get("value") for e in app.get("env", [])}
-        assert env["BREAKWATER_PAYMENTS_URL"] == "http://127.0.0.1:15001"
+        assert env["BREAKWATER_PAYMENTS_URL"] == "http://127.0.0.1:15210"
         annotations = pod["metadata"]["annotations"]
         assert annotations["breakwater.dev/policies"] == f"{namespace}/payments"
         assert annotations[ANNOTATION_CONFIG_HASH]
@@ -158,19 +158,19 @@ def test_two_policies_claiming_one_upstream_mark_the_newer_one_conflicting(
         - name: pay
           host: payments.shop.svc.cluster.local
           port: 8080
-          listenPort: 15009
+          listenPort: 15219
         - name: stock
           host: stock.shop.svc.cluster.local
           port: 8080
-          listenPort: 15002
+          listenPort: 15211
         """
     )
     cluster.apply(policy_manifest("second", upstreams=stock), namespace=namespace)
     cluster.apply(deployment_manifest("checkout", node=cluster.node_name, replicas=1), namespace=namespace)
     (pod,) = running(cluster, namespace, "deployment=checkout", 1)
     env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env", [])}
-    assert env["BREAKWATER_PAYMENTS_URL"] == "http://127.0.0.1:15001"
-    assert env["BREAKWATER_STOCK_URL"] == "http://127.0.0.1:15002"
+    assert env["BREAKWATER_PAYMENTS_URL"] == "http://127.0.0.1:15210"
+    assert env["BREAKWATER_STOCK_URL"] == "http://127.0.0.1:15211"
     assert "BREAKWATER_PAY_URL" not in env
 
     conflict = cluster.wait_for(

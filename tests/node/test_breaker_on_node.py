@@ -54,7 +54,7 @@ def test_a_failing_upstream_opens_the_breaker_on_the_resource_the_client_gets_th
         assert "running" in status["state"], status
     names = [p["metadata"]["name"] for p in clients]
 
-    # Every call goes app -> sidecar (127.0.0.1:15001) -> payments.<ns>.svc.cluster.local (CoreDNS,
+    # Every call goes app -> sidecar (127.0.0.1:15210) -> payments.<ns>.svc.cluster.local (CoreDNS,
     # kube-proxy) -> the backend pod, and both sidecars report the current config.
     cluster.wait_for(
         "Closed, Ready, 2 pods reporting",

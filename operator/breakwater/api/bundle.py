@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from breakwater.api.base import WireModel
 from breakwater.api.sidecar import UpstreamConfig
@@ -19,6 +19,10 @@ BUNDLE_VERSION = 1
 
 
 class PolicyBundle(WireModel):
+    # Fields a newer operator adds are ignored, not refused: a sidecar injected by an older release
+    # keeps reading every bundle of its namespace after an upgrade.
+    model_config = ConfigDict(extra="ignore")
+
     version: int = BUNDLE_VERSION
     policy: str
     """`namespace/name` of the policy."""
@@ -29,13 +33,19 @@ class PolicyBundle(WireModel):
     selector: dict[str, Any]
     transparent: bool = False
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
+    admin_port: int | None = None
+    """spec.sidecar.adminPort: the admin port of the pods this policy injects (None: the operator's)."""
+    proxy_port: int | None = None
+    """spec.sidecar.proxyPort, likewise."""
 
     @property
     def name(self) -> str:
         return self.policy.rpartition("/")[2]
 
     def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True)
+        # The ports only when set: sidecars older than spec.sidecar refuse fields they do not know.
+        unset = {f for f in ("admin_port", "proxy_port") if getattr(self, f) is None}
+        return self.model_dump_json(by_alias=True, exclude=unset)
 
 
 def bundle_key(policy_name: str) -> str:

@@ -187,17 +187,42 @@ SELECTOR_LABEL_KEYS = Rule(
 
 # --- upstreams -------------------------------------------------------------------------------------
 
-_reserved = ", ".join(str(p) for p in RESERVED_LISTEN_PORTS)
+_ADMIN, _PROXY = RESERVED_LISTEN_PORTS
+_ADMIN_CEL = f"(has(self.sidecar) && has(self.sidecar.adminPort) ? self.sidecar.adminPort : {_ADMIN})"
+_PROXY_CEL = f"(has(self.sidecar) && has(self.sidecar.proxyPort) ? self.sidecar.proxyPort : {_PROXY})"
+
+
+def _ports_of(spec: Any) -> tuple[int, int]:
+    """The sidecar ports a spec names, the built-in defaults where it names none: all CEL can see (the
+    operator checks its own settings when it renders the policy). Ports are >= 1024, never 0."""
+    ports = spec.sidecar
+    return (ports.admin_port or _ADMIN, ports.proxy_port or _PROXY) if ports is not None else (_ADMIN, _PROXY)
+
 
 LISTEN_PORT_RESERVED = Rule(
-    id="upstream.listenPort-reserved",
-    cel=f"!has(self.listenPort) || !(self.listenPort in [{_reserved}])",
+    id="upstreams.listenPort-reserved",
+    cel=f"""
+        self.upstreams.all(u, !has(u.listenPort)
+          || (u.listenPort != {_ADMIN_CEL} && u.listenPort != {_PROXY_CEL}))
+    """,
     message=(
-        f"listenPort must not be {' or '.join(str(p) for p in RESERVED_LISTEN_PORTS)}: "
-        "the sidecar's admin and forward-proxy listeners use them"
+        "listenPort must not be a port of the sidecar itself: spec.sidecar.adminPort "
+        f"(default {_ADMIN}) and spec.sidecar.proxyPort (default {_PROXY})"
     ),
-    check=lambda s: s.listen_port not in RESERVED_LISTEN_PORTS,
-    field_path=".listenPort",
+    check=lambda s: all(u.listen_port not in _ports_of(s) for u in s.upstreams),
+    field_path=".upstreams",
+)
+
+SIDECAR_PORTS_DISTINCT = Rule(
+    id="sidecar.ports-distinct",
+    cel=f"""
+        (has(self.adminPort) ? self.adminPort : {_ADMIN}) != (has(self.proxyPort) ? self.proxyPort : {_PROXY})
+    """,
+    message=(
+        f"adminPort and proxyPort must differ (defaults {_ADMIN} and {_PROXY}): "
+        "the sidecar binds one listener on each"
+    ),
+    check=lambda s: (s.admin_port or _ADMIN) != (s.proxy_port or _PROXY),
 )
 
 UPSTREAM_NAMES_UNIQUE = Rule(
@@ -467,6 +492,7 @@ ALL_RULES: tuple[Rule, ...] = (
     SELECTOR_NOT_EMPTY,
     SELECTOR_LABEL_KEYS,
     LISTEN_PORT_RESERVED,
+    SIDECAR_PORTS_DISTINCT,
     UPSTREAM_NAMES_UNIQUE,
     LISTEN_PORTS_UNIQUE,
     LISTEN_PORT_OR_TRANSPARENT,

@@ -3,8 +3,8 @@
 Every default of the breaker's settings lives here, once: the CRD schema, the API reference, the
 renderer and the engine all take theirs from these fields. Sections that are always present (``trip``,
 ``open``...) default to their whole default object; optional sections (``retry``, ``bulkhead``...) are
-off until written. Two sections live in modules of their own: `api/selector.py` (which pods) and
-`api/adaptive.py` (the tuning bounds).
+off until written. Three sections live in modules of their own: `api/selector.py` (which pods),
+`api/adaptive.py` (the tuning bounds) and `api/sidecar_ports.py` (the sidecar's own ports).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from breakwater.api.constants import MAX_UPSTREAMS
 from breakwater.api.coordination import Coordination
 from breakwater.api.scalars import Duration, Percent, Timestamp
 from breakwater.api.selector import LabelSelector, LabelSelectorRequirement, SelectorOperator
+from breakwater.api.sidecar_ports import SidecarPorts
 from breakwater.breaker.settings import BreakerSettings, Mode, WindowKind
 
 __all__ = [
@@ -387,7 +388,7 @@ class UpstreamOverrides(SpecModel):
 class Upstream(SpecModel):
     """A service the selected pods call, and where the sidecar listens for those calls."""
 
-    __cel_rules__ = (rules.LISTEN_PORT_RESERVED, rules.HOST_NUMERIC_IS_IPV4)
+    __cel_rules__ = (rules.HOST_NUMERIC_IS_IPV4,)
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
     """Short name (a DNS label): the key of this upstream in status and its label in metrics."""
@@ -406,7 +407,7 @@ class Upstream(SpecModel):
     listen_port: Annotated[int, Field(ge=1024, le=65535)] | None = None
     """Local port of the sidecar for this upstream: the app calls http://127.0.0.1:<listenPort>, which
     the operator also puts in the app containers' environment as BREAKWATER_<NAME>_URL (name upper-cased,
-    '-' as '_'). Required unless transparent is true; 15020 and 15080 belong to the sidecar."""
+    '-' as '_'). Required unless transparent is true; not one of the sidecar's own ports (spec.sidecar)."""
     overrides: UpstreamOverrides | None = None
     """Breaker settings for this upstream only, replacing the policy's sections."""
 
@@ -449,6 +450,9 @@ class _Targeting(SpecModel):
     """How this policy's breakers act."""
     override: Override | None = None
     """A time-boxed manual mode that replaces `mode` until it expires."""
+    sidecar: SidecarPorts | None = None
+    """The sidecar's own ports for the pods this policy injects (when several policies select a pod,
+    the oldest that sets a port decides it)."""
 
 
 class CircuitBreakerPolicySpec(UpstreamSettings, _Targeting):
@@ -460,6 +464,7 @@ class CircuitBreakerPolicySpec(UpstreamSettings, _Targeting):
     __cel_rules__ = (
         rules.UPSTREAM_NAMES_UNIQUE,
         rules.LISTEN_PORTS_UNIQUE,
+        rules.LISTEN_PORT_RESERVED,
         rules.LISTEN_PORT_OR_TRANSPARENT,
         rules.TRANSPARENT_TARGETS_UNIQUE,
         rules.SLOW_CALLS_WITHIN_TIMEOUT,

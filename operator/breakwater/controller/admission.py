@@ -33,8 +33,9 @@ from typing import Any, Generic, Protocol, TypeVar
 from breakwater.api import constants
 from breakwater.api.bundle import PolicyBundle
 from breakwater.injection import pod as injection
+from breakwater.injection.mesh import in_mesh_range, mesh_of
 from breakwater.injection.render import RenderError, render_bundle
-from breakwater.injection.resolve import Resolution, resolve
+from breakwater.injection.resolve import Resolution, chosen_ports, resolve
 
 logger = logging.getLogger(__name__)
 
@@ -281,9 +282,12 @@ def decide(
     admin_port: int,
     proxy_port: int,
 ) -> Decision:
-    """Whether, and with what, a pod that passed `injection.skip_reason` gets the sidecar."""
+    """Whether, and with what, a pod that passed `injection.skip_reason` gets the sidecar; the
+    operator's `admin_port` and `proxy_port` unless a selecting policy sets its own (spec.sidecar)."""
     labels = dict((pod.get("metadata") or {}).get("labels") or {})
-    resolution = resolve(labels, bundles, admin_port=admin_port, proxy_port=proxy_port)
+    bundles = list(bundles)
+    admin, proxy = chosen_ports(labels, bundles, admin_port=admin_port, proxy_port=proxy_port)
+    resolution = resolve(labels, bundles, admin_port=admin, proxy_port=proxy)
     if not resolution.policies:
         return None
     if (pod.get("spec") or {}).get("hostNetwork"):
@@ -291,9 +295,20 @@ def decide(
             constants.SKIP_HOST_NETWORK,
             "hostNetwork pods share the node's ports, so the sidecar's listeners would collide",
         )
+    wanted = [
+        ("the sidecar's admin port", admin),
+        *([("the sidecar's forward-proxy port", proxy)] if resolution.transparent else []),
+        *((f"listenPort of {name}", port) for name, port in resolution.listen_ports),
+    ]
     taken = injection.listen_ports_in_use(pod)
-    clashing = sorted(port for _, port in resolution.listen_ports if port in taken)
+    clashing = [(what, port) for what, port in wanted if port in taken]
     if clashing:
-        ports = ", ".join(str(p) for p in clashing)
+        ports = ", ".join(f"{port} ({what})" for what, port in clashing)
         return Skip(constants.SKIP_LISTEN_PORT_CLASH, f"the app already declares port {ports}")
+    meshed = mesh_of(pod)
+    inside = in_mesh_range(meshed, wanted) if meshed is not None else []
+    if meshed is not None and inside:
+        low, high = constants.MESH_PORT_RANGES[meshed]
+        ports = ", ".join(f"{port} ({what})" for what, port in inside)
+        return Skip(constants.SKIP_MESH_PORT_CLASH, f"{meshed} binds {low}-{high} in its pods: port {ports}")
     return Inject(resolution)

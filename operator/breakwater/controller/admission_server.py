@@ -29,6 +29,7 @@ from breakwater.controller import admission, metrics
 from breakwater.controller.settings import OperatorSettings, report_url
 from breakwater.controller.state import BundleCache
 from breakwater.injection import pod as injection
+from breakwater.injection.render import render_bundle
 from breakwater.k8s.webhooks import EXPECT_POLICY_ID, INJECT_SIDECAR_ID
 
 logger = logging.getLogger(__name__)
@@ -192,13 +193,13 @@ class AdmissionServer:
             listen_ports=resolution.listen_ports,
             transparent=resolution.transparent,
             config_hash=resolution.config_hash,
+            admin_port=resolution.admin_port,
+            proxy_port=resolution.proxy_port,
         )
         template = injection.SidecarTemplate(
             image=settings.sidecar_image,
             image_pull_policy=settings.sidecar_image_pull_policy,
             resources=settings.sidecar_resources,
-            admin_port=settings.sidecar_admin_port,
-            proxy_port=settings.sidecar_proxy_port,
             report_url=report_url(settings),
             report_ca=self.ca_pem().decode(),
         )
@@ -217,4 +218,7 @@ class AdmissionServer:
         listed = await admission.read_policies(
             self.view, self.reads, namespace, deadline=ADMISSION_READ_SECONDS
         )
-        return admission.consistent_bundles(listed, await cached)
+        ports = (self.settings.sidecar_admin_port, self.settings.sidecar_proxy_port)
+        return admission.consistent_bundles(
+            listed, await cached, render=lambda body: render_bundle(body, sidecar_ports=ports)
+        )

@@ -75,7 +75,12 @@ class Term:
 
     def __post_init__(self) -> None:
         r = self.replica
-        self.state = OperatorState(api=r.api, bundles=r.bundles, adaptive=Adaptation(r.api))
+        self.state = OperatorState(
+            api=r.api,
+            bundles=r.bundles,
+            adaptive=Adaptation(r.api),
+            sidecar_ports=(r.settings.sidecar_admin_port, r.settings.sidecar_proxy_port),
+        )
         self.refresher = Refresher(
             state=self.state,
             store=r.store,

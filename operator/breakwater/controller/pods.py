@@ -21,7 +21,11 @@ from breakwater.api.constants import (
     ANNOTATION_INJECTED,
     ANNOTATION_NOT_INJECTED,
     ANNOTATION_POLICIES,
+    ANNOTATION_SIDECAR_PORTS,
+    LEGACY_ADMIN_PORT,
+    LEGACY_FORWARD_PROXY_PORT,
 )
+from breakwater.injection.pod import parse_ports_annotation
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ class PodFacts:
     policies: tuple[str, ...]
     opted_out: bool = False
     not_injected: str = ""  # why the webhook could not inject a selected pod ("<Reason>: <detail>")
+    sidecar_ports: tuple[int, int] = (LEGACY_ADMIN_PORT, LEGACY_FORWARD_PROXY_PORT)  # (admin, proxy)
 
     @property
     def label_map(self) -> dict[str, str]:
@@ -71,6 +76,16 @@ def _shared_policies(raw: str) -> tuple[str, ...]:
     return shared
 
 
+_LEGACY_PORTS = (LEGACY_ADMIN_PORT, LEGACY_FORWARD_PROXY_PORT)
+_port_pairs: dict[tuple[int, int], tuple[int, int]] = {}
+
+
+def _shared_ports(ports: tuple[int, int]) -> tuple[int, int]:
+    if len(_port_pairs) >= _SHARED_MAX:
+        _port_pairs.clear()
+    return _port_pairs.setdefault(ports, ports)
+
+
 def facts(body: Mapping[str, Any]) -> PodFacts | None:
     """The pod's facts, or None for pods that no longer count (being deleted, or finished).
 
@@ -86,6 +101,8 @@ def facts(body: Mapping[str, Any]) -> PodFacts | None:
     if status and status.get("phase") in {"Succeeded", "Failed"}:
         return None
     annotations = meta.get("annotations") or {}
+    # Pods injected before the annotation existed bind the legacy ports (no release could change them).
+    ports = parse_ports_annotation(str(annotations.get(ANNOTATION_SIDECAR_PORTS, "")))
     return PodFacts(
         name=str(meta.get("name", "")),
         uid=str(meta.get("uid", "")),
@@ -95,6 +112,7 @@ def facts(body: Mapping[str, Any]) -> PodFacts | None:
         policies=_shared_policies(str(annotations.get(ANNOTATION_POLICIES, ""))),
         opted_out=str(annotations.get(ANNOTATION_INJECT, "")).lower() == "false",
         not_injected=sys.intern(str(annotations.get(ANNOTATION_NOT_INJECTED, ""))),
+        sidecar_ports=_shared_ports(ports) if ports else _LEGACY_PORTS,
     )
 
 

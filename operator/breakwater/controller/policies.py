@@ -113,10 +113,15 @@ async def render_and_publish(
     await adaptation.load(namespace)  # a new leader renders what the last one tuned, not the spec's
     adaptation.configure(policy, dict(body))
     try:
-        bundle = render_bundle(body, tuned=adaptation.tuned(policy), held=adaptation.held(policy))
+        bundle = render_bundle(
+            body,
+            tuned=adaptation.tuned(policy),
+            held=adaptation.held(policy),
+            sidecar_ports=state.sidecar_ports,
+        )
     except RenderError as exc:
         # Keep the last good bundle: a sidecar keeps enforcing what it had rather than nothing.
-        reason = type(exc).__name__  # InvalidSpec or InvalidSidecarConfig
+        reason = type(exc).__name__  # InvalidSpec, InvalidSidecarConfig or ReservedListenPort
         outcome = ReconcileOutcome(generation, False, reason, str(exc))
         state.outcomes[(namespace, name)] = outcome
         kopf.warn(cast(kopf.Body, body), reason=reason, message=str(exc))

@@ -22,6 +22,7 @@ from typing import Any
 import kopf
 
 from breakwater.api.bundle import PolicyBundle
+from breakwater.api.constants import CONDITION_PORT_CONFLICT
 from breakwater.controller.adaptive import Adaptation, Evaluation
 from breakwater.controller.fleet import TransitionClock, UpstreamFleet
 from breakwater.controller.pods import PodFacts
@@ -264,6 +265,7 @@ class Refresher:
         record.status = await self.write_status(namespace, name, patch)
         self.writes += 1
         self._post_transition_events(record, previous, wanted)
+        self._post_port_conflict(record, previous, wanted)
 
     def _with_trips(self, record: PolicyRecord, policy_id: str, fleet: FleetView) -> FleetView:
         """The fleet view with trips since the policy was created (`controller.trips`), not the sum of
@@ -354,6 +356,22 @@ class Refresher:
                 message += f"; {skipped} earlier changes not shown (rate-limited)"
             self._spawn(self.post_event(record.body, kind, reason, message))
 
+    def _post_port_conflict(
+        self, record: PolicyRecord, previous: dict[str, Any], wanted: dict[str, Any]
+    ) -> None:
+        """A Warning Event when PortConflict turns True or names other pods or ports (rate-limited)."""
+        before, now = _port_conflict_of(previous), _port_conflict_of(wanted)
+        message = str(now.get("message", ""))
+        if now.get("status") != "True" or (before.get("status"), before.get("message")) == ("True", message):
+            return
+        meta = record.body["metadata"]
+        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+        fields = {"namespace": namespace, "policy": name, "reason": CONDITION_PORT_CONFLICT}
+        logger.warning("policy %s/%s: %s", namespace, name, message, extra={"fields": fields})
+        admitted, _ = self.state.events.admit((namespace, name, "ports"))
+        if admitted and self.post_event is not None:
+            self._spawn(self.post_event(record.body, "Warning", CONDITION_PORT_CONFLICT, message))
+
     def _post_transition_events(
         self, record: PolicyRecord, previous: dict[str, Any], wanted: dict[str, Any]
     ) -> None:
@@ -381,3 +399,8 @@ class Refresher:
             fields = {"namespace": namespace, "policy": name, "upstream": upstream["name"]}
             fields["state"] = new_state
             logger.info("policy %s/%s: %s", namespace, name, message, extra={"fields": fields})
+
+
+def _port_conflict_of(status: dict[str, Any]) -> dict[str, Any]:
+    found = (c for c in status.get("conditions") or () if c.get("type") == CONDITION_PORT_CONFLICT)
+    return next(found, {})

@@ -97,6 +97,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON ResourceRequirements of the sidecar",
     )
     add(
+        "--sidecar-admin-port",
+        type=int,
+        default=int(_env("SIDECAR_ADMIN_PORT") or SIDECAR_ADMIN_PORT),
+        help=f"the injected sidecar's admin port unless a policy sets spec.sidecar.adminPort "
+        f"(default {SIDECAR_ADMIN_PORT})",
+    )
+    add(
+        "--sidecar-proxy-port",
+        type=int,
+        default=int(_env("SIDECAR_PROXY_PORT") or SIDECAR_FORWARD_PROXY_PORT),
+        help=f"the injected sidecar's forward-proxy port unless a policy sets spec.sidecar.proxyPort "
+        f"(default {SIDECAR_FORWARD_PROXY_PORT})",
+    )
+    add(
         "--inject-all-namespaces",
         action="store_true",
         default=_bool_env("INJECT_ALL_NAMESPACES"),
@@ -189,6 +203,14 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         raise SettingsError(
             f"--shutdown-delay-seconds: expected 0 to 120, got {args.shutdown_delay_seconds:g}"
         )
+    ports = {"--sidecar-admin-port": args.sidecar_admin_port, "--sidecar-proxy-port": args.sidecar_proxy_port}
+    for flag, port in ports.items():
+        if not 1024 <= port <= 65535:
+            raise SettingsError(f"{flag}: expected 1024 to 65535 (the sidecar runs unprivileged), got {port}")
+    if args.sidecar_admin_port == args.sidecar_proxy_port:
+        raise SettingsError(
+            f"--sidecar-admin-port and --sidecar-proxy-port must differ, both are {args.sidecar_admin_port}"
+        )
     if args.webhook_manage != "none" and not (args.webhook_url or args.webhook_service):
         raise SettingsError("--webhook-url or --webhook-service is required unless --webhook-manage=none")
     defaults = OperatorSettings()
@@ -198,6 +220,8 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         sidecar_image=args.sidecar_image or defaults.sidecar_image,
         sidecar_image_pull_policy=args.sidecar_image_pull_policy or defaults.sidecar_image_pull_policy,
         sidecar_resources=resources,
+        sidecar_admin_port=args.sidecar_admin_port,
+        sidecar_proxy_port=args.sidecar_proxy_port,
         inject_all_namespaces=args.inject_all_namespaces,
         webhook_listen_host=webhook_host,
         webhook_listen_port=webhook_port,

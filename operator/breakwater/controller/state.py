@@ -18,7 +18,7 @@ from typing import Any
 import pydantic
 
 from breakwater.api.bundle import PolicyBundle
-from breakwater.api.constants import CONFIGMAP_NAME
+from breakwater.api.constants import CONFIGMAP_NAME, SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.k8s import configmaps
 
 logger = logging.getLogger(__name__)
@@ -219,3 +219,4 @@ class OperatorState:
     clocks: dict[tuple[str, str], Any] = field(default_factory=dict)
     adaptive: Any = None  # controller.adaptive.Adaptation: histories, tuner states, quorum holds
     expired_on_arrival: dict[tuple[str, str], int] = field(default_factory=dict)  # -> the generation
+    sidecar_ports: tuple[int, int] = (SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT)  # the operator's

@@ -13,9 +13,11 @@ from breakwater.api.constants import (
     CONDITION_CIRCUIT_OPEN,
     CONDITION_CONFLICT,
     CONDITION_DEGRADED,
+    CONDITION_PORT_CONFLICT,
     CONDITION_READY,
     SKIP_HOST_NETWORK,
     SKIP_LISTEN_PORT_CLASH,
+    SKIP_MESH_PORT_CLASH,
 )
 from breakwater.api.scalars import Duration
 from breakwater.api.sidecar import UpstreamConfig
@@ -50,6 +52,7 @@ class PodView:
     selected: tuple[PodFacts, ...]
     injected: tuple[PodFacts, ...]
     conflicts: tuple[Conflict, ...]
+    port_clashes: tuple[tuple[str, str], ...] = ()  # (pod, what collides): see port_clashes()
 
 
 class Verdict(Protocol):
@@ -88,7 +91,35 @@ def view_pods(
         for conflict in resolver(pod.labels).conflicts:
             if conflict.loser == policy:
                 conflicts[(conflict.upstream, conflict.winner)] = conflict
-    return PodView(selected, injected, tuple(conflicts.values()))
+    return PodView(selected, injected, tuple(conflicts.values()), port_clashes(bundle, selected))
+
+
+_PORT_SKIPS = (SKIP_LISTEN_PORT_CLASH, SKIP_MESH_PORT_CLASH)
+
+
+def port_clashes(bundle: PolicyBundle, selected: Iterable[PodFacts]) -> tuple[tuple[str, str], ...]:
+    """Selected pods where a listenPort collides: not injected because the app or its mesh binds the
+    port (the webhook's note on the pod), or injected on sidecar ports the policy's listenPorts now
+    take (a pod injected before an upgrade or a spec.sidecar change: that upstream is not served)."""
+    listen = {u.listen_port: u.name for u in bundle.upstreams if u.listen_port}
+    found: list[tuple[str, str]] = []
+    for pod in selected:
+        if not pod.injected:
+            if pod.not_injected.partition(":")[0] in _PORT_SKIPS:
+                found.append((pod.name, pod.not_injected))
+            continue
+        taken = [port for port in pod.sidecar_ports if port in listen]
+        if taken:
+            names = ", ".join(f"{port} ({listen[port]})" for port in taken)
+            admin, proxy = pod.sidecar_ports
+            found.append(
+                (
+                    pod.name,
+                    f"its sidecar binds listenPort {names} itself (injected with ports {admin} and "
+                    f"{proxy}), so that upstream is not served there: recreate the pod",
+                )
+            )
+    return tuple(found)
 
 
 # What helps a pod the webhook could not inject, by the reason it recorded on the pod.
@@ -97,7 +128,10 @@ _SKIP_HINTS = {
         "run it without hostNetwork, or opt it out with the annotation breakwater.dev/inject=false"
     ),
     SKIP_LISTEN_PORT_CLASH: (
-        "change the upstream's listenPort in the policy or the app's port, then restart it"
+        "change the upstream's listenPort (or spec.sidecar) in the policy or the app's port, then restart it"
+    ),
+    SKIP_MESH_PORT_CLASH: (
+        "choose a listenPort (or spec.sidecar ports) outside the mesh's range, then restart it"
     ),
 }
 
@@ -175,6 +209,19 @@ def _conflict(view: PodView) -> Condition:
     return condition(CONDITION_CONFLICT, False, "NoConflict")
 
 
+def _port_conflict(view: PodView) -> Condition:
+    if not view.port_clashes:
+        return condition(CONDITION_PORT_CONFLICT, False, "NoPortConflict")
+    by_note: dict[str, list[str]] = {}
+    for pod, note in view.port_clashes:
+        by_note.setdefault(note, []).append(pod)
+    message = "; ".join(
+        f"{len(pods)} pod{'s' if len(pods) > 1 else ''} ({_sample(pods)}): {note}"
+        for note, pods in sorted(by_note.items())
+    )
+    return condition(CONDITION_PORT_CONFLICT, True, "ListenPortCollides", message)
+
+
 def _circuit(fleets: tuple[UpstreamFleet, ...]) -> tuple[Condition, Condition]:
     message = open_message(fleets)
     if not any(f.reporting for f in fleets):
@@ -221,7 +268,12 @@ def desired_status(
     override = override or OverrideView()
     fleet = fleet or FleetView()
     clock = clock or TransitionClock()
-    conditions = [_accepted(outcome, previous), _ready(bundle, view, fleet), _conflict(view)]
+    conditions = [
+        _accepted(outcome, previous),
+        _ready(bundle, view, fleet),
+        _conflict(view),
+        _port_conflict(view),
+    ]
     old_upstreams = {u.get("name"): u for u in previous.get("upstreams") or ()}
     if fleet.hold and old_upstreams:
         # Just restarted and the reports are not all in: keep what is written, invent nothing.

@@ -16,7 +16,10 @@ from breakwater.api.constants import (
     ANNOTATION_INJECT,
     ANNOTATION_INJECTED,
     ANNOTATION_POLICIES,
+    ANNOTATION_SIDECAR_PORTS,
     CONFIGMAP_NAME,
+    LEGACY_ADMIN_PORT,
+    LEGACY_FORWARD_PROXY_PORT,
     NEVER_INJECTED_NAMESPACES,
     SIDECAR_ADMIN_PORT,
     SIDECAR_FORWARD_PROXY_PORT,
@@ -34,13 +37,11 @@ TOKEN_MOUNT = "/var/run/secrets/breakwater"
 
 @dataclass(frozen=True)
 class SidecarTemplate:
-    """What the operator's settings decide about every sidecar."""
+    """What the operator's settings decide about every sidecar (its ports are the plan's)."""
 
     image: str
     image_pull_policy: str = "IfNotPresent"
     resources: Mapping[str, Any] = field(default_factory=dict)
-    admin_port: int = SIDECAR_ADMIN_PORT
-    proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
     report_url: str | None = None
     report_ca: str = ""  # PEM of the CA that signed the report endpoint's certificate (public)
     run_as_user: int = 65532
@@ -54,6 +55,8 @@ class InjectionPlan:
     listen_ports: tuple[tuple[str, int], ...]  # (upstream name, local port)
     transparent: bool
     config_hash: str
+    admin_port: int = SIDECAR_ADMIN_PORT
+    proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
 
 
 def skip_reason(pod: Mapping[str, Any], namespace: str, *, operator_namespace: str) -> str | None:
@@ -90,11 +93,45 @@ def env_name(upstream: str) -> str:
     return f"BREAKWATER_{re.sub(r'[^A-Za-z0-9]', '_', upstream).upper()}_URL"
 
 
+def ports_annotation(admin_port: int, proxy_port: int) -> str:
+    return f"admin={admin_port},proxy={proxy_port}"
+
+
+def parse_ports_annotation(value: str) -> tuple[int, int] | None:
+    """(admin, proxy) from `ports_annotation`'s text, or None when it is not that."""
+    fields = dict(part.partition("=")[::2] for part in value.split(","))
+    admin, proxy = fields.get("admin", ""), fields.get("proxy", "")
+    if not (admin.isdigit() and proxy.isdigit()):
+        return None
+    return int(admin), int(proxy)
+
+
+def sidecar_ports(pod: Mapping[str, Any]) -> tuple[int, int]:
+    """The (admin, forward-proxy) ports an injected pod's sidecar binds, read from the pod itself:
+    its annotation, else the container's arguments; a pod injected before either existed binds the
+    legacy ports (15020, 15080)."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    found = parse_ports_annotation(str(annotations.get(ANNOTATION_SIDECAR_PORTS, "")))
+    if found is not None:
+        return found
+    args = [str(a) for a in (sidecar_of(pod) or {}).get("args") or ()]
+
+    def arg(flag: str, default: int) -> int:
+        for i, value in enumerate(args):
+            if value == flag and i + 1 < len(args) and args[i + 1].isdigit():
+                return int(args[i + 1])
+            if value.startswith(flag + "=") and value[len(flag) + 1 :].isdigit():
+                return int(value[len(flag) + 1 :])
+        return default
+
+    return arg("--admin-port", LEGACY_ADMIN_PORT), arg("--proxy-port", LEGACY_FORWARD_PROXY_PORT)
+
+
 def sidecar_container(template: SidecarTemplate, plan: InjectionPlan) -> dict[str, Any]:
-    admin = {"name": "bw-admin", "containerPort": template.admin_port, "protocol": "TCP"}
+    admin = {"name": "bw-admin", "containerPort": plan.admin_port, "protocol": "TCP"}
     ports: list[dict[str, Any]] = [admin]
     if plan.transparent:
-        ports.append({"name": "bw-proxy", "containerPort": template.proxy_port, "protocol": "TCP"})
+        ports.append({"name": "bw-proxy", "containerPort": plan.proxy_port, "protocol": "TCP"})
     ports += [
         {"name": f"bw-{i}", "containerPort": port, "protocol": "TCP"}
         for i, (_, port) in enumerate(plan.listen_ports)
@@ -126,9 +163,9 @@ def sidecar_container(template: SidecarTemplate, plan: InjectionPlan) -> dict[st
             "--pod-labels",
             f"{PODINFO_MOUNT}/labels",
             "--admin-port",
-            str(template.admin_port),
+            str(plan.admin_port),
             "--proxy-port",
-            str(template.proxy_port),
+            str(plan.proxy_port),
             "--log-format",
             "json",
         ],
@@ -184,7 +221,7 @@ def volumes() -> list[dict[str, Any]]:
 def app_env(template: SidecarTemplate, plan: InjectionPlan) -> list[dict[str, str]]:
     env = [{"name": env_name(name), "value": f"http://127.0.0.1:{port}"} for name, port in plan.listen_ports]
     if plan.transparent:
-        proxy = f"http://127.0.0.1:{template.proxy_port}"
+        proxy = f"http://127.0.0.1:{plan.proxy_port}"
         no_proxy = "localhost,127.0.0.1,::1"
         env += [
             {"name": "HTTP_PROXY", "value": proxy},
@@ -215,6 +252,7 @@ def inject(pod: dict[str, Any], *, template: SidecarTemplate, plan: InjectionPla
     annotations[ANNOTATION_INJECTED] = "true"
     annotations[ANNOTATION_POLICIES] = ",".join(plan.policies)
     annotations[ANNOTATION_CONFIG_HASH] = plan.config_hash
+    annotations[ANNOTATION_SIDECAR_PORTS] = ports_annotation(plan.admin_port, plan.proxy_port)
 
 
 def listen_ports_in_use(pod: Mapping[str, Any]) -> set[int]:

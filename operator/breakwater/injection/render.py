@@ -39,6 +39,32 @@ class InvalidSidecarConfig(RenderError):
     """The spec is valid, but the sidecar config rendered from it is not."""
 
 
+class ReservedListenPort(RenderError):
+    """A listenPort is one of the sidecar ports the operator's settings give the policy's pods (the
+    CRD's rule knows only the policy's own spec.sidecar and the built-in defaults)."""
+
+
+def check_listen_ports(spec: CircuitBreakerPolicySpec, sidecar_ports: tuple[int, int]) -> None:
+    """Refuse a listenPort equal to the admin or forward-proxy port this policy's sidecars bind: its
+    own spec.sidecar, else the operator's `sidecar_ports`."""
+    ports = spec.sidecar
+    admin = ports.admin_port if ports is not None and ports.admin_port is not None else sidecar_ports[0]
+    proxy = ports.proxy_port if ports is not None and ports.proxy_port is not None else sidecar_ports[1]
+    taken = [(u.name, u.listen_port) for u in spec.upstreams if u.listen_port in (admin, proxy)]
+    if admin == proxy:
+        raise ReservedListenPort(
+            f"spec.sidecar leaves the admin and forward-proxy ports both at {admin} (the operator's "
+            "settings fill in the one it does not set): set both"
+        )
+    if taken:
+        named = ", ".join(f"{port} ({name})" for name, port in taken)
+        raise ReservedListenPort(
+            f"listenPort {named} is a port of the sidecar itself: this policy's sidecars bind admin "
+            f"port {admin} and forward-proxy port {proxy} (spec.sidecar, else the operator's "
+            "--sidecar-admin-port/--sidecar-proxy-port): choose another listenPort"
+        )
+
+
 def _spec(body: Mapping[str, Any]) -> CircuitBreakerPolicySpec:
     try:
         return parse_spec(body.get("spec") or {})
@@ -150,11 +176,15 @@ def render_bundle(
     now: datetime.datetime | None = None,
     tuned: Mapping[str, BreakerSettings] | None = None,
     held: Collection[str] = (),
+    sidecar_ports: tuple[int, int] | None = None,
 ) -> PolicyBundle:
     """The bundle of the policy `body` (a whole CircuitBreakerPolicy object), with the thresholds the
-    tuner chose for some upstreams (`tuned`) and the upstreams a fleet quorum holds open (`held`)."""
+    tuner chose for some upstreams (`tuned`) and the upstreams a fleet quorum holds open (`held`);
+    with the operator's `sidecar_ports`, a listenPort that takes one of them is refused."""
     meta = body.get("metadata") or {}
     spec = _spec(body)
+    if sidecar_ports is not None:
+        check_listen_ports(spec, sidecar_ports)
     policy = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
     at = now or datetime.datetime.now(datetime.UTC)
     mode = effective_mode(spec, now=at)
@@ -183,4 +213,6 @@ def render_bundle(
         selector=spec.selector.model_dump(by_alias=True, exclude_none=True),
         transparent=spec.transparent,
         upstreams=upstreams,
+        admin_port=spec.sidecar.admin_port if spec.sidecar is not None else None,
+        proxy_port=spec.sidecar.proxy_port if spec.sidecar is not None else None,
     )

@@ -4,6 +4,10 @@ Conflict rule (deterministic, documented in docs/design.md): policies are ordere
 then by name; walking that order, an upstream is kept unless an earlier policy already claimed the same
 upstream name, the same host:port, or the same listen port. The later policy loses that upstream only
 (its other upstreams still apply) and gets a `Conflict` condition naming the winner.
+
+The sidecar's own ports are the pod's, not the policies' (fixed when the pod is injected): an
+upstream whose listenPort is one of them is not served on that pod, but the config hash is computed
+before that is decided, so the operator and a sidecar injected on other ports agree on it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ class Resolution:
     conflicts: tuple[Conflict, ...]
 
     @property
+    def admin_port(self) -> int:
+        return self.config.admin.port
+
+    @property
+    def proxy_port(self) -> int:
+        return self.config.forward_proxy.port
+
+    @property
     def config_hash(self) -> str:
         return self.config.config_hash
 
@@ -67,6 +79,31 @@ def config_hash(config: SidecarConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def selecting(labels: Mapping[str, str], bundles: Iterable[PolicyBundle]) -> list[PolicyBundle]:
+    """The bundles that select these labels, in precedence order."""
+    return sorted((b for b in bundles if matches(b.selector, labels)), key=precedence)
+
+
+def chosen_ports(
+    labels: Mapping[str, str], bundles: Iterable[PolicyBundle], *, admin_port: int, proxy_port: int
+) -> tuple[int, int]:
+    """The sidecar ports a pod with these labels is injected with: per port, the oldest selecting
+    policy that sets it (spec.sidecar), else the operator's setting given here."""
+    ordered = selecting(labels, bundles)
+    admin = next((b.admin_port for b in ordered if b.admin_port is not None), admin_port)
+    proxy = next((b.proxy_port for b in ordered if b.proxy_port is not None), proxy_port)
+    return admin, proxy
+
+
+def without_reserved(config: SidecarConfig, admin_port: int, proxy_port: int) -> SidecarConfig:
+    """`config` without the upstreams whose listenPort is one of the sidecar's own ports (the hash
+    stays: see the module's docstring)."""
+    served = [u for u in config.upstreams if u.listen_port not in (admin_port, proxy_port)]
+    if len(served) == len(config.upstreams):
+        return config
+    return config.model_copy(update={"upstreams": served})
+
+
 def resolve(
     labels: Mapping[str, str],
     bundles: Iterable[PolicyBundle],
@@ -75,15 +112,15 @@ def resolve(
     proxy_port: int = SIDECAR_FORWARD_PROXY_PORT,
     listen_address: str = "127.0.0.1",
 ) -> Resolution:
-    selecting = sorted((b for b in bundles if matches(b.selector, labels)), key=precedence)
+    """The config of a pod with these labels whose sidecar binds `admin_port` and `proxy_port`."""
+    ordered = selecting(labels, bundles)
     kept: list[UpstreamConfig] = []
     owners: dict[str, str] = {}
     by_name: dict[str, UpstreamConfig] = {}
     by_target: dict[tuple[str, int], UpstreamConfig] = {}
     by_port: dict[int, UpstreamConfig] = {}
-    reserved = {admin_port, proxy_port}
     conflicts: list[Conflict] = []
-    for bundle in selecting:
+    for bundle in ordered:
         for upstream in bundle.upstreams:
             clash: tuple[UpstreamConfig, str] | None = None
             if upstream.name in by_name:
@@ -98,9 +135,6 @@ def resolve(
             if clash is not None:
                 conflicts.append(Conflict(bundle.policy, owners[clash[0].name], upstream.name, clash[1]))
                 continue
-            if upstream.listen_port in reserved:
-                conflicts.append(Conflict(bundle.policy, "the sidecar", upstream.name, "reserved port"))
-                continue
             upstream = upstream.model_copy(update={"policy": bundle.policy})
             kept.append(upstream)
             owners[upstream.name] = bundle.policy
@@ -108,12 +142,24 @@ def resolve(
             by_target[(upstream.host, upstream.port)] = upstream
             if upstream.listen_port:
                 by_port[upstream.listen_port] = upstream
-    transparent = any(b.transparent for b in selecting)
+    transparent = any(b.transparent for b in ordered)
+    # What the policies decide, whatever ports this pod binds (port 0: no listener to collide with).
+    decided = SidecarConfig(
+        admin=AdminConfig(port=0),
+        forward_proxy=ForwardProxyConfig(enabled=transparent, port=0),
+        upstreams=kept,
+    )
+    served = []
+    for upstream in kept:
+        if upstream.listen_port in (admin_port, proxy_port):
+            conflicts.append(Conflict(owners[upstream.name], "the sidecar", upstream.name, "reserved port"))
+        else:
+            served.append(upstream)
     config = SidecarConfig(
         listen_address=listen_address,
         admin=AdminConfig(port=admin_port),
         forward_proxy=ForwardProxyConfig(enabled=transparent, port=proxy_port),
-        upstreams=kept,
+        upstreams=served,
+        config_hash=config_hash(decided),
     )
-    config = config.model_copy(update={"config_hash": config_hash(config)})
-    return Resolution(config, tuple(b.policy for b in selecting), tuple(conflicts))
+    return Resolution(config, tuple(b.policy for b in ordered), tuple(conflicts))

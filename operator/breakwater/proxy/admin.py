@@ -13,6 +13,11 @@
   409 (older generation than running), 413 (over 1 MiB), 422 (valid but cannot be applied here).
 - ``GET /config``: the running config (same guard).
 
+An injected sidecar (`breakwater proxy --policies-dir`) refuses ``PUT /config`` with 403, whoever
+asks: its config comes from the policies only (the mounted ConfigMap and the operator's report
+channel), and the loopback guard would not keep the app out, since every container of a pod shares
+its loopback. ``GET /config`` (read-only) keeps its guard.
+
 The sidecar is seen through `AdminView`, so this module does not import it (no import circle).
 """
 
@@ -45,6 +50,7 @@ class AdminView(Protocol):
     routes: RouteTable
     config: SidecarConfig | None
     admin_token: str | None
+    config_api: bool
     clock: Callable[[], float]
 
     @property
@@ -122,7 +128,16 @@ async def handle(sidecar: AdminView, request: AdminRequest) -> AdminAnswer:
     return _json({"error": "not found"}, 404)
 
 
-def _guard(sidecar: AdminView, request: AdminRequest) -> AdminAnswer | None:
+def _guard(sidecar: AdminView, request: AdminRequest, *, write: bool = False) -> AdminAnswer | None:
+    if write and not sidecar.config_api:
+        return _json(
+            {
+                "error": "this sidecar was injected by the operator: its config comes from the policies "
+                "selecting the pod (the breakwater-sidecar-config ConfigMap and the operator), not from "
+                "PUT /config; edit the CircuitBreakerPolicy instead"
+            },
+            403,
+        )
     token = sidecar.admin_token
     if token:
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
@@ -143,7 +158,7 @@ def _guard(sidecar: AdminView, request: AdminRequest) -> AdminAnswer | None:
 
 
 async def _put_config(sidecar: AdminView, request: AdminRequest) -> AdminAnswer:
-    denied = _guard(sidecar, request)
+    denied = _guard(sidecar, request, write=True)
     if denied is not None:
         return denied
     try:

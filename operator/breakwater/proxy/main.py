@@ -113,7 +113,8 @@ async def _serve_pod(args: argparse.Namespace) -> int:
     except (PodInfoError, SidecarConfigError) as exc:
         log.error("cannot resolve the pod's config: %s", exc)
         return 1
-    sidecar = Sidecar(config=initial, drain_seconds=args.drain_seconds)
+    # No PUT /config in a pod: the policies decide (see proxy/admin.py).
+    sidecar = Sidecar(config=initial, drain_seconds=args.drain_seconds, config_api=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

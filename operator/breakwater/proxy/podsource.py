@@ -21,7 +21,7 @@ from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.sidecar import AdminConfig, SidecarConfig
 from breakwater.injection.podinfo import PodInfoError, carry_over, parse_labels
-from breakwater.injection.resolve import resolve
+from breakwater.injection.resolve import resolve, without_reserved
 from breakwater.proxy.sidecar import ConfigApplyError, Sidecar
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,12 @@ class Binding:
     proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
 
     def apply(self, config: SidecarConfig) -> SidecarConfig:
-        return config.model_copy(
+        """`config` bound here; an upstream whose listenPort is one of this sidecar's own ports (a
+        config the operator resolved for other ports) is not served."""
+        served = without_reserved(config, self.admin_port, self.proxy_port)
+        for lost in {u.name for u in config.upstreams} - {u.name for u in served.upstreams}:
+            log.warning("upstream %s is not served: its listenPort is one of this sidecar's ports", lost)
+        return served.model_copy(
             update={
                 "listen_address": self.listen_address,
                 "admin": AdminConfig(port=self.admin_port, address=self.admin_address),

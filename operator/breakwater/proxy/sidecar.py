@@ -70,7 +70,7 @@ config_log = logging.getLogger(CONFIG_CHANNEL)
 
 ADMIN_TOKEN_ENV: Final = "BREAKWATER_ADMIN_TOKEN"
 """If set, ``PUT /config`` (and ``GET /config``) need ``Authorization: Bearer <token>``; if not, they
-are served to loopback clients only."""
+are served to loopback clients only. Injected sidecars refuse ``PUT /config`` (`config_api=False`)."""
 
 
 @dataclass(slots=True)
@@ -85,7 +85,9 @@ class Sidecar:
     closed; ``pool_keepalive``: how long an idle upstream connection stays pooled; ``drain_seconds``:
     how long requests in flight may finish at shutdown (and on a listener a reload removed);
     ``admin``: where the admin listener binds while no config could be loaded (else the config's);
-    ``fast_path``: serve requests on the fast path (False: every request on the full path).
+    ``fast_path``: serve requests on the fast path (False: every request on the full path);
+    ``config_api``: accept ``PUT /config`` (False in injected pods: the policies decide their config,
+    and every container of a pod shares its loopback).
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Sidecar:
         admin: AdminConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         fast_path: bool = True,
+        config_api: bool = True,
     ) -> None:
         if config_path is None and config is None:
             raise ValueError("a Sidecar needs a config_path, a config, or both")
@@ -112,6 +115,7 @@ class Sidecar:
         self.pool_keepalive = pool_keepalive
         self.admin_token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV) or None
         self.clock = clock
+        self.config_api = config_api
 
         self.routes: RouteTable = RouteTable.empty()
         self.config: SidecarConfig | None = None
@@ -430,7 +434,7 @@ async def run_sidecar(
 
     With `require_config` (the default) a config that cannot be loaded raises `ConfigApplyError`
     instead of starting an unready sidecar. `options` go to `Sidecar` (poll_interval,
-    drain_seconds, idle_timeout, admin_token, clock).
+    drain_seconds, idle_timeout, admin_token, clock, config_api).
     """
     sidecar = Sidecar(config_path=config_path, config=config, **options)
     await sidecar.start()

@@ -48,7 +48,7 @@ def policy_manifest(upstream_port: int) -> str:
             "spec": {
                 "selector": {"matchLabels": {"app": "checkout"}},
                 "upstreams": [
-                    {"name": "payments", "host": "127.0.0.1", "port": upstream_port, "listenPort": 15001}
+                    {"name": "payments", "host": "127.0.0.1", "port": upstream_port, "listenPort": 15210}
                 ],
                 "trip": {"consecutiveFailures": 5},
                 "timeout": "2s",
@@ -270,8 +270,8 @@ def demo_cluster(args: argparse.Namespace, policy: Callable[[int], str], what: s
         print(k("get", "pods", "-n", NAMESPACE, "-o", "wide"))
         for sidecar in fleet.sidecars.values():
             target = f"payments (127.0.0.1:{upstream.port})"
-            print(f"  sidecar of {sidecar.pod}: app calls http://{sidecar.ip}:15001 -> {target}")
-        traffic = Traffic([s.url(15001) + "/charge" for s in fleet.sidecars.values()])
+            print(f"  sidecar of {sidecar.pod}: app calls http://{sidecar.ip}:15210 -> {target}")
+        traffic = Traffic([s.url(15210) + "/charge" for s in fleet.sidecars.values()])
         yield Demo(k, kubectl, upstream, fleet, traffic, workdir)
     except RuntimeError:
         if operator is not None:

@@ -31,7 +31,7 @@ def policy_manifest(upstream_port: int) -> str:
             "spec": {
                 "selector": {"matchLabels": {"app": "checkout"}},
                 "upstreams": [
-                    {"name": "payments", "host": "127.0.0.1", "port": upstream_port, "listenPort": 15001}
+                    {"name": "payments", "host": "127.0.0.1", "port": upstream_port, "listenPort": 15210}
                 ],
                 "trip": {"consecutiveFailures": 5, "failureRate": {"percent": 50}},
                 "open": {"duration": "5s", "maxDuration": "1m", "jitter": 0},

@@ -21,7 +21,7 @@ RESTRICTED_CONTAINER = {
 WORKLOAD = ["python", "-m", "breakwater.testing.workload"]
 UPSTREAM_PORT = 8080
 CLIENT_PORT = 8081
-LISTEN_PORT = 15001
+LISTEN_PORT = 15210
 FALLBACK_BODY = '{"degraded":true}'
 
 

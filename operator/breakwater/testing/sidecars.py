@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.api.constants import CONFIGMAP_NAME, TOKEN_AUDIENCE
-from breakwater.injection.pod import sidecar_of
+from breakwater.injection.pod import sidecar_of, sidecar_ports
 from breakwater.testing import processes
 
 logger = logging.getLogger(__name__)
@@ -63,10 +63,11 @@ class SidecarProcess:
     ip: str
     directory: Path
     process: subprocess.Popen[bytes]
+    admin_port: int  # the pod's, as it was injected (older pods bind the legacy port)
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.ip}:15020"
+        return f"http://{self.ip}:{self.admin_port}"
 
     def url(self, port: int) -> str:
         return f"http://{self.ip}:{port}"
@@ -161,6 +162,7 @@ class SidecarFleet:
         (directory / "token").write_text(token)
         sidecar = sidecar_of(pod) or {}
         env = {e["name"]: e["value"] for e in sidecar.get("env", []) if "value" in e}
+        admin_port, proxy_port = sidecar_ports(pod)  # the kubelet runs the container's own args
         log = (directory / "sidecar.log").open("ab")
         process = subprocess.Popen(
             [
@@ -176,6 +178,10 @@ class SidecarFleet:
                 ip,
                 "--admin-address",
                 ip,
+                "--admin-port",
+                str(admin_port),
+                "--proxy-port",
+                str(proxy_port),
                 "--report-interval",
                 str(self.report_interval),
                 "--token-file",
@@ -195,7 +201,7 @@ class SidecarFleet:
             },
         )
         logger.info("started the sidecar of pod %s/%s on %s", self.namespace, name, ip)
-        return SidecarProcess(self.namespace, name, uid, ip, directory, process)
+        return SidecarProcess(self.namespace, name, uid, ip, directory, process, admin_port)
 
     def restart(self, name: str, sig: int = signal.SIGTERM) -> SidecarProcess:
         """The sidecar container of pod `name` restarting in its pod (as the kubelet restarts a crashed

@@ -16,7 +16,7 @@ def spec_with(
     return parse_spec(
         {
             "selector": {"matchLabels": {"app": "checkout"}},
-            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15001}],
+            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15210}],
             "trip": trip
             or {
                 "consecutiveFailures": 5,

@@ -20,7 +20,7 @@ POLICY = {
     "metadata": {"name": "payments", "namespace": "shop"},
     "spec": {
         "selector": {"matchLabels": {"app": "checkout"}},
-        "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15001}],
+        "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15210}],
         "trip": {"consecutiveFailures": 3, "failureRate": {"percent": 50}},
         "adaptive": {"enabled": True, "historyWindow": "1h"},
     },
@@ -115,7 +115,7 @@ def test_promote_writes_overrides_when_the_policy_has_several_upstreams() -> Non
     spec = dict(POLICY["spec"])  # type: ignore[arg-type]
     spec["upstreams"] = [
         *spec["upstreams"],
-        {"name": "fraud", "host": "127.0.0.2", "port": 8080, "listenPort": 15002},
+        {"name": "fraud", "host": "127.0.0.2", "port": 8080, "listenPort": 15211},
     ]
     patch = promotion_patch(with_suggestion({**POLICY, "spec": spec}, consecutiveFailures=9))
     upstreams = {u["name"]: u for u in patch["spec"]["upstreams"]}

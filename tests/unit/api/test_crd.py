@@ -183,7 +183,7 @@ def test_the_schema_defaults_are_the_model_defaults() -> None:
     spec_schema = openapi_schema()["properties"]["spec"]
     minimal = {
         "selector": {"matchLabels": {"app": "x"}},
-        "upstreams": [{"name": "u", "host": "u", "port": 80, "listenPort": 15001}],
+        "upstreams": [{"name": "u", "host": "u", "port": 80, "listenPort": 15210}],
     }
     defaulted = _apply_defaults(minimal, spec_schema)
     assert defaulted == CircuitBreakerPolicySpec.model_validate(minimal).to_dict()

@@ -32,7 +32,7 @@ TIMING_RULES = {SLOW_CALLS_WITHIN_TIMEOUT.id, PER_TRY_TIMEOUT_WITHIN_TIMEOUT.id}
 MINIMAL: dict[str, Any] = {
     "selector": {"matchLabels": {"app": "checkout"}},
     "upstreams": [
-        {"name": "payments", "host": "payments.shop.svc.cluster.local", "port": 8080, "listenPort": 15001}
+        {"name": "payments", "host": "payments.shop.svc.cluster.local", "port": 8080, "listenPort": 15210}
     ],
 }
 
@@ -128,7 +128,7 @@ def test_an_upstream_override_section_replaces_the_policys_section_whole() -> No
                     "name": "ledger",
                     "host": "ledger",
                     "port": 80,
-                    "listenPort": 15002,
+                    "listenPort": 15211,
                     "overrides": {"timeout": "10s", "trip": {"failureRate": {"percent": 30}}},
                 },
             ],

@@ -274,7 +274,7 @@ def test_the_pod_monitor_scrapes_the_admin_port_the_injected_sidecar_declares(
     sidecar = injection.sidecar_container(
         injection.SidecarTemplate(image=settings_of(rendered).sidecar_image),
         injection.InjectionPlan(
-            policies=("p",), listen_ports=(("payments", 15001),), transparent=False, config_hash="h"
+            policies=("p",), listen_ports=(("payments", 15210),), transparent=False, config_hash="h"
         ),
     )
     admin = next(p for p in sidecar["ports"] if p["name"] == endpoint["port"])

@@ -43,7 +43,7 @@ def body() -> dict[str, Any]:
         "metadata": {"name": "payments", "namespace": "shop", "generation": 1},
         "spec": {
             "selector": {"matchLabels": {"app": "checkout"}},
-            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15001}],
+            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15210}],
             "trip": {"consecutiveFailures": 5, "failureRate": {"percent": 50}},
             "adaptive": {"enabled": True},
         },

@@ -28,7 +28,7 @@ def policy(
     uid: str = "uid-1",
     generation: int = 1,
     timeout: str = "2s",
-    listen_port: int = 15001,
+    listen_port: int = 15210,
     **meta: Any,
 ) -> dict[str, Any]:
     return {
@@ -99,23 +99,23 @@ def test_an_edit_that_does_not_render_keeps_the_last_good_bundle_and_a_new_bad_p
 
 def test_decide_injects_what_the_selecting_policies_resolve_to() -> None:
     bundles = [render_bundle(policy())]
-    decision = decide(pod(), bundles, admin_port=15020, proxy_port=15080)
+    decision = decide(pod(), bundles, admin_port=15200, proxy_port=15201)
     assert isinstance(decision, Inject)
-    assert decision.resolution.listen_ports == (("payments", 15001),)
-    assert decide(pod(labels={"app": "cart"}), bundles, admin_port=15020, proxy_port=15080) is None
+    assert decision.resolution.listen_ports == (("payments", 15210),)
+    assert decide(pod(labels={"app": "cart"}), bundles, admin_port=15200, proxy_port=15201) is None
 
 
 def test_decide_skips_a_selected_pod_that_cannot_carry_the_sidecar_with_the_reason() -> None:
     bundles = [render_bundle(policy())]
-    host_network = decide(pod(hostNetwork=True), bundles, admin_port=15020, proxy_port=15080)
+    host_network = decide(pod(hostNetwork=True), bundles, admin_port=15200, proxy_port=15201)
     assert isinstance(host_network, Skip)
     assert host_network.reason == "HostNetwork"
     clash = pod()
-    clash["spec"]["containers"][0]["ports"] = [{"containerPort": 15001}]
-    decision = decide(clash, bundles, admin_port=15020, proxy_port=15080)
-    assert decision == Skip("ListenPortClash", "the app already declares port 15001")
+    clash["spec"]["containers"][0]["ports"] = [{"containerPort": 15210}]
+    decision = decide(clash, bundles, admin_port=15200, proxy_port=15201)
+    assert decision == Skip("ListenPortClash", "the app already declares port 15210 (listenPort of payments)")
     # An unselected hostNetwork pod is none of our business: no annotation, no warning.
-    assert decide(pod(labels={}, hostNetwork=True), bundles, admin_port=15020, proxy_port=15080) is None
+    assert decide(pod(labels={}, hostNetwork=True), bundles, admin_port=15200, proxy_port=15201) is None
 
 
 def selected_pod(name: str, *, injected: bool = False, not_injected: str = "") -> Any:
@@ -133,14 +133,14 @@ def test_pods_not_injected_say_whether_a_restart_helps_or_what_must_change_first
     pods = (
         selected_pod("ok", injected=True),
         selected_pod("early"),
-        selected_pod("clash", not_injected="ListenPortClash: the app already declares port 15001"),
+        selected_pod("clash", not_injected="ListenPortClash: the app already declares port 15210"),
         selected_pod("host", not_injected="HostNetwork: hostNetwork pods share the node's ports"),
     )
     message = not_injected_message(PodView(pods, pods[:1], ()))
     assert message.startswith("3 of 4 selected pods run without the sidecar.")
     assert "1 (early) were created before the policy or while the webhook was unavailable: restart" in message
     assert (
-        "1 (clash) cannot carry it (ListenPortClash: the app already declares port 15001): change" in message
+        "1 (clash) cannot carry it (ListenPortClash: the app already declares port 15210): change" in message
     )
     assert "1 (host) cannot carry it (HostNetwork" in message
     assert "opt it out" in message

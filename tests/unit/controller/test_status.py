@@ -22,7 +22,7 @@ BODY = {
     "spec": {
         "selector": {"matchLabels": {"app": "checkout"}},
         "trip": {"consecutiveFailures": 3, "failureRate": {"percent": 40}},
-        "upstreams": [{"name": "payments", "host": "payments.shop", "port": 8080, "listenPort": 15001}],
+        "upstreams": [{"name": "payments", "host": "payments.shop", "port": 8080, "listenPort": 15210}],
     },
 }
 BUNDLE = render_bundle(BODY)
@@ -90,6 +90,7 @@ def test_one_open_pod_of_two_makes_the_upstream_mixed_and_the_circuit_open() -> 
         "Accepted": ("True", "Rendered"),
         "Ready": ("True", "AllPodsReporting"),
         "Conflict": ("False", "NoConflict"),
+        "PortConflict": ("False", "NoPortConflict"),
         "CircuitOpen": ("True", "UpstreamFailing"),
         "Degraded": ("True", "UpstreamsFailing"),
     }

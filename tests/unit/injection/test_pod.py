@@ -11,7 +11,7 @@ TEMPLATE = injection.SidecarTemplate(
 )
 PLAN = injection.InjectionPlan(
     policies=("shop/payments",),
-    listen_ports=(("payments-api", 15001),),
+    listen_ports=(("payments-api", 15210),),
     transparent=True,
     config_hash="abc123",
 )
@@ -60,15 +60,15 @@ def test_the_sidecar_has_a_restricted_security_context() -> None:
         "seccompProfile": {"type": "RuntimeDefault"},
     }
     assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "bw-admin"}
-    assert {p["containerPort"] for p in sidecar["ports"]} == {15020, 15080, 15001}
+    assert {p["containerPort"] for p in sidecar["ports"]} == {15200, 15201, 15210}
 
 
 def test_app_containers_get_upstream_urls_and_proxy_env_without_losing_their_own() -> None:
     pod = app_pod()
     injection.inject(pod, template=TEMPLATE, plan=PLAN)
     env = {e["name"]: e["value"] for e in pod["spec"]["containers"][0]["env"]}
-    assert env["BREAKWATER_PAYMENTS_API_URL"] == "http://127.0.0.1:15001"
-    assert env["HTTP_PROXY"] == "http://127.0.0.1:15080"
+    assert env["BREAKWATER_PAYMENTS_API_URL"] == "http://127.0.0.1:15210"
+    assert env["HTTP_PROXY"] == "http://127.0.0.1:15201"
     assert env["NO_PROXY"] == "mine"  # the app's own value wins
 
 

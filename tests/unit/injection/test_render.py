@@ -61,12 +61,12 @@ def test_per_upstream_overrides_replace_the_policy_sections() -> None:
             "timeout": "2s",
             "trip": {"consecutiveFailures": 5},
             "upstreams": [
-                {"name": "fast", "host": "fast.shop", "port": 80, "listenPort": 15001},
+                {"name": "fast", "host": "fast.shop", "port": 80, "listenPort": 15210},
                 {
                     "name": "slow",
                     "host": "slow.shop",
                     "port": 80,
-                    "listenPort": 15002,
+                    "listenPort": 15211,
                     "overrides": {"timeout": "10s", "trip": {"consecutiveFailures": 2}},
                 },
             ],
@@ -81,7 +81,7 @@ def test_per_upstream_overrides_replace_the_policy_sections() -> None:
 def test_an_expired_override_no_longer_applies() -> None:
     spec = {
         "selector": {"matchLabels": {"app": "a"}},
-        "upstreams": [{"name": "u", "host": "u.shop", "port": 80, "listenPort": 15001}],
+        "upstreams": [{"name": "u", "host": "u.shop", "port": 80, "listenPort": 15210}],
         "override": {"mode": "ForceOpen", "until": "2000-01-01T00:00:00Z", "reason": "INC-1"},
     }
     assert render_bundle({"metadata": {"name": "p"}, "spec": spec}).upstreams[0].mode == "Enforce"

@@ -19,8 +19,8 @@ def up(name: str, host: str, port: int = 8080, listen: int | None = None) -> Ups
 
 
 def test_policies_with_different_upstreams_are_merged() -> None:
-    a = bundle("a", "2026-01-01T00:00:00Z", up("payments", "payments.shop", listen=15001))
-    b = bundle("b", "2026-01-02T00:00:00Z", up("stock", "stock.shop", listen=15002))
+    a = bundle("a", "2026-01-01T00:00:00Z", up("payments", "payments.shop", listen=15210))
+    b = bundle("b", "2026-01-02T00:00:00Z", up("stock", "stock.shop", listen=15211))
     result = resolve({"app": "checkout"}, [b, a])
     assert [u.name for u in result.config.upstreams] == ["payments", "stock"]
     assert result.policies == ("shop/a", "shop/b")
@@ -29,9 +29,9 @@ def test_policies_with_different_upstreams_are_merged() -> None:
 
 
 def test_the_older_policy_wins_an_upstream_both_claim() -> None:
-    old = bundle("zeta", "2026-01-01T00:00:00Z", up("payments", "payments.shop", listen=15001))
+    old = bundle("zeta", "2026-01-01T00:00:00Z", up("payments", "payments.shop", listen=15210))
     new = bundle(
-        "alpha", "2026-03-01T00:00:00Z", up("pay", "payments.shop", listen=15009), up("stock", "stock")
+        "alpha", "2026-03-01T00:00:00Z", up("pay", "payments.shop", listen=15219), up("stock", "stock")
     )
     result = resolve({"app": "checkout"}, [new, old])
     assert [(u.name, u.policy) for u in result.config.upstreams] == [
@@ -51,11 +51,11 @@ def test_equal_creation_times_fall_back_to_the_name() -> None:
 
 
 def test_a_listen_port_claimed_twice_is_a_conflict() -> None:
-    a = bundle("a", "1", up("one", "h1", listen=15001))
-    b = bundle("b", "2", up("two", "h2", listen=15001))
+    a = bundle("a", "1", up("one", "h1", listen=15210))
+    b = bundle("b", "2", up("two", "h2", listen=15210))
     result = resolve({"app": "checkout"}, [a, b])
     assert [u.name for u in result.config.upstreams] == ["one"]
-    assert result.conflicts[0].reason == "same listenPort 15001"
+    assert result.conflicts[0].reason == "same listenPort 15210"
 
 
 def test_unselected_policies_do_not_apply_and_the_hash_is_stable() -> None:
@@ -71,10 +71,10 @@ def test_unselected_policies_do_not_apply_and_the_hash_is_stable() -> None:
 def test_an_upstream_of_a_deleted_policy_stays_as_a_pass_through_listener() -> None:
     from breakwater.injection.podinfo import carry_over
 
-    before = resolve({"app": "checkout"}, [bundle("a", "1", up("one", "h1", listen=15001))]).config
+    before = resolve({"app": "checkout"}, [bundle("a", "1", up("one", "h1", listen=15210))]).config
     after = resolve({"app": "checkout"}, []).config
     kept = carry_over(before, after)
-    assert [(u.name, u.mode, u.listen_port) for u in kept.upstreams] == [("one", "Disabled", 15001)]
+    assert [(u.name, u.mode, u.listen_port) for u in kept.upstreams] == [("one", "Disabled", 15210)]
 
 
 def test_downward_api_labels_are_parsed() -> None:
@@ -85,7 +85,7 @@ def test_downward_api_labels_are_parsed() -> None:
 
 
 def test_the_hash_ignores_where_the_sidecar_binds() -> None:
-    bundles = [bundle("a", "1", up("one", "h1", listen=15001))]
+    bundles = [bundle("a", "1", up("one", "h1", listen=15210))]
     here = resolve({"app": "checkout"}, bundles)
     there = resolve({"app": "checkout"}, bundles, listen_address="127.0.10.7", admin_port=16020)
     assert here.config_hash == there.config_hash

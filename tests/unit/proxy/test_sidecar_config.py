@@ -31,9 +31,9 @@ MINIMAL = {"upstreams": [{"name": "payments", "host": "payments.shop.svc.cluster
 def test_a_minimal_document_gets_the_documented_defaults() -> None:
     cfg = parse_sidecar_config(json.dumps(MINIMAL))
     assert cfg.version == 1
-    assert cfg.admin.port == 15020
+    assert cfg.admin.port == 15200
     assert cfg.forward_proxy.enabled is False
-    assert cfg.forward_proxy.port == 15080
+    assert cfg.forward_proxy.port == 15201
     assert cfg.forward_proxy.unknown_hosts == "PassThrough"
     up = cfg.upstreams[0]
     assert up.mode == "Enforce"
@@ -64,8 +64,8 @@ def test_the_canonical_json_uses_camel_case_and_round_trips() -> None:
 
 
 def test_fields_may_be_given_by_python_name_too() -> None:
-    up = UpstreamConfig(name="a", host="127.0.0.1", port=80, listen_port=15001, timeout_seconds=1.5)
-    assert up.listen_port == 15001
+    up = UpstreamConfig(name="a", host="127.0.0.1", port=80, listen_port=15210, timeout_seconds=1.5)
+    assert up.listen_port == 15210
     assert up.timeout_seconds == 1.5
 
 
@@ -79,8 +79,8 @@ def test_fields_may_be_given_by_python_name_too() -> None:
             "twice",
         ),
         (
-            {"upstreams": [{"name": "a", "host": "h", "port": 1, "listenPort": 15020}]},
-            "listenPort 15020 is already used by admin",
+            {"upstreams": [{"name": "a", "host": "h", "port": 1, "listenPort": 15200}]},
+            "listenPort 15200 is already used by admin",
         ),
         ({"upstreams": [{"name": "a", "host": "h", "port": 0}]}, r"upstreams\[0\].port"),
         ({"upstreams": [{"name": "a", "host": "h", "port": 1, "mode": "Sometimes"}]}, r"upstreams\[0\].mode"),
