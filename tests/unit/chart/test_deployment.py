@@ -271,14 +271,32 @@ def test_the_pod_monitor_scrapes_the_admin_port_the_injected_sidecar_declares(
     endpoint = monitor["spec"]["podMetricsEndpoints"][0]
     assert (endpoint["path"], endpoint["interval"]) == ("/metrics", "15s")
 
+    settings = settings_of(rendered)
     sidecar = injection.sidecar_container(
-        injection.SidecarTemplate(image=settings_of(rendered).sidecar_image),
+        injection.SidecarTemplate(image=settings.sidecar_image),
         injection.InjectionPlan(
-            policies=("p",), listen_ports=(("payments", 15210),), transparent=False, config_hash="h"
+            policies=("p",),
+            listen_ports=(("payments", 15210),),
+            transparent=False,
+            config_hash="h",
+            admin_port=settings.sidecar_admin_port,
         ),
     )
     admin = next(p for p in sidecar["ports"] if p["name"] == endpoint["port"])
-    assert admin["containerPort"] == settings_of(rendered).sidecar_admin_port
+    assert admin["containerPort"] == settings.sidecar_admin_port == 15200
+
+
+def test_the_sidecar_ports_are_chart_values_and_must_differ(helm: Path, chart: Path) -> None:
+    settings = settings_of(render(helm, chart))
+    assert (settings.sidecar_admin_port, settings.sidecar_proxy_port) == (15200, 15201)
+    moved = settings_of(render(helm, chart, values={"sidecar": {"adminPort": 16020, "proxyPort": 16080}}))
+    assert (moved.sidecar_admin_port, moved.sidecar_proxy_port) == (16020, 16080)
+    proc = helm_template(helm, chart, values={"sidecar": {"adminPort": 16020, "proxyPort": 16020}})
+    assert proc.returncode != 0
+    assert "sidecar.adminPort and sidecar.proxyPort must differ: both are 16020" in proc.stderr, proc.stderr
+    proc = helm_template(helm, chart, values={"sidecar": {"adminPort": 80}})
+    assert proc.returncode != 0
+    assert "adminPort" in proc.stderr, proc.stderr
 
 
 def test_the_operator_serves_metrics_on_its_port_and_its_pod_monitor_scrapes_every_replica(

@@ -136,6 +136,23 @@ def test_an_older_sidecar_drops_a_bundle_with_a_field_it_does_not_know(
     assert "skipping an unreadable policy bundle: payments.json" in caplog.text
 
 
+def test_a_sidecar_reads_a_bundle_with_a_top_level_field_it_does_not_know(tmp_path: Path) -> None:
+    """From this version on, what a newer operator adds beside a bundle's upstreams (as spec.sidecar
+    added adminPort and proxyPort) is ignored by the sidecars already running, not a reason to drop
+    the policy."""
+    bundle = json.loads(render_bundle(POLICY).to_json())
+    bundle["fromTheFuture"] = {"x": 1}
+    config = _pod_source(tmp_path, json.dumps(bundle)).load()
+    assert [u.name for u in config.upstreams] == ["payments"]
+
+
+def test_a_bundle_without_spec_sidecar_is_written_as_before() -> None:
+    """The ports appear in a bundle only when the policy sets them: other bundles are unchanged."""
+    assert "adminPort" not in render_bundle(POLICY).to_json()
+    with_ports = {**POLICY, "spec": {**POLICY["spec"], "sidecar": {"adminPort": 16020}}}
+    assert json.loads(render_bundle(with_ports).to_json())["adminPort"] == 16020
+
+
 def test_an_older_sidecar_refuses_a_config_reply_with_a_field_it_does_not_know() -> None:
     """The live config of the report channel: the reply is refused (the reporter logs it, keeps the
     running config and retries on the next answer)."""
