@@ -147,7 +147,14 @@ _MUTATIONS = st.fixed_dictionaries(
     {},
     optional={
         "port": st.integers(-1, 70_000),
-        "listenPort": st.sampled_from([0, 80, 1023, 1024, 15020, 15080, 65535, 65536]),
+        "listenPort": st.sampled_from([0, 80, 1023, 1024, 15020, 15200, 15201, 16020, 65535, 65536]),
+        "sidecar": st.fixed_dictionaries(
+            {},
+            optional={
+                "adminPort": st.sampled_from([80, 15200, 15201, 16020]),
+                "proxyPort": st.sampled_from([15200, 15201, 16020, 70000]),
+            },
+        ),
         "consecutiveFailures": st.integers(-1, 10_001),
         "permittedCalls": st.integers(0, 4),
         "successesToClose": st.integers(0, 4),
@@ -187,6 +194,8 @@ def _mutate(spec: dict[str, Any], mutations: dict[str, Any]) -> dict[str, Any]:
             spec[key] = mutations[key]
     if "labelKey" in mutations:
         spec["selector"] = {"matchLabels": {mutations["labelKey"]: "x"}}
+    if "sidecar" in mutations:
+        spec["sidecar"] = mutations["sidecar"]
     if "until" in mutations:
         spec["override"] = {"mode": "Observe", "until": mutations["until"], "reason": "generated"}
     return spec
