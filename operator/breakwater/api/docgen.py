@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.api import rules
-from breakwater.api.constants import API_VERSION, CATEGORIES, KIND, PLURAL, SHORT_NAMES
+from breakwater.api.constants import (
+    API_VERSION,
+    CATEGORIES,
+    KIND,
+    MESH_PORT_RANGES,
+    PLURAL,
+    SHORT_NAMES,
+    SIDECAR_ADMIN_PORT,
+    SIDECAR_FORWARD_PROXY_PORT,
+)
 from breakwater.api.crdgen import PRINTER_COLUMNS, openapi_schema
 from breakwater.api.durations import MAX_DURATION
 
@@ -245,6 +254,20 @@ def api_markdown(example: str) -> str:
         "**Sections** such as `trip` or `open` are always present (their fields default individually); "
         "optional sections such as `retry` or `bulkhead` are off until written. In "
         "`upstreams[].overrides`, a section replaces the policy's section of the same name as a whole.",
+        "",
+        '<a id="ports"></a>',
+        "",
+        f"**Ports.** In every pod it injects, the sidecar binds an admin port ({SIDECAR_ADMIN_PORT}: probes, "
+        f"`/stats`, `/metrics`) and a forward-proxy port ({SIDECAR_FORWARD_PROXY_PORT}), outside the ports "
+        + " and ".join(f"{mesh} binds ({low}-{high})" for mesh, (low, high) in MESH_PORT_RANGES.items())
+        + ". The operator's settings (chart `sidecar.adminPort`, `sidecar.proxyPort`) replace them, a "
+        "policy's `spec.sidecar` replaces those for the pods it injects (the oldest selecting policy that "
+        "sets a port decides); a pod keeps the ports it was created with. A `listenPort` may not be one of "
+        "them: the CRD checks `spec.sidecar` and the defaults, the operator its own settings "
+        "(`Accepted=False`, reason `ReservedListenPort`). A selected pod whose containers declare a "
+        "`listenPort` or a sidecar port, or a meshed pod with one in its mesh's range, is not injected; "
+        "`PortConflict=True` names it, as it names a pod injected on ports a `listenPort` now takes, and "
+        "a Warning Event `PortConflict` tells each new case.",
         "",
         "## Spec",
         "",

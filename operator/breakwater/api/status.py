@@ -56,7 +56,7 @@ class Condition(StatusModel):
     """A condition of the policy, following the Kubernetes API conventions (metav1.Condition)."""
 
     type: Annotated[str, Field(min_length=1, max_length=316)]
-    """Accepted, Ready, Conflict, CircuitOpen or Degraded."""
+    """Accepted, Ready, Conflict, PortConflict, CircuitOpen, Degraded or OverrideExpired."""
     status: ConditionStatus
     """True, False or Unknown."""
     reason: Annotated[str, Field(max_length=1024)] = ""
@@ -198,8 +198,8 @@ class CircuitBreakerPolicyStatus(StatusModel):
         list[Condition],
         Field(json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}),
     ] = []
-    """Accepted and Ready (True when all is well); Conflict, CircuitOpen and Degraded (True when something
-    needs attention)."""
+    """Accepted and Ready (True when all is well); Conflict, PortConflict, CircuitOpen, Degraded and
+    OverrideExpired (True when something needs attention)."""
     pods: PodCounts | None = None
     """Client pods reached."""
     upstreams: Annotated[
