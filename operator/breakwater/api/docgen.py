@@ -262,9 +262,9 @@ def api_markdown(example: str) -> str:
         + " and ".join(f"{mesh} binds ({low}-{high})" for mesh, (low, high) in MESH_PORT_RANGES.items())
         + ". The operator's settings (chart `sidecar.adminPort`, `sidecar.proxyPort`) replace them, a "
         "policy's `spec.sidecar` replaces those for the pods it injects (the oldest selecting policy that "
-        "sets a port decides); a pod keeps the ports it was created with. A `listenPort` may not be one of "
-        "them: the CRD checks `spec.sidecar` and the defaults, the operator its own settings "
-        "(`Accepted=False`, reason `ReservedListenPort`). A selected pod whose containers declare a "
+        "sets `spec.sidecar` decides both); a pod keeps the ports it was created with. A `listenPort` "
+        "may not be one of them: the CRD checks `spec.sidecar` and the defaults, the operator its own "
+        "settings (`Accepted=False`, reason `ReservedListenPort`). A selected pod whose containers declare a "
         "`listenPort` or a sidecar port, or a meshed pod with one in its mesh's range, is not injected; "
         "`PortConflict=True` names it, as it names a pod injected on ports a `listenPort` now takes, and "
         "a Warning Event `PortConflict` tells each new case.",

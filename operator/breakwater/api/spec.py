@@ -452,7 +452,7 @@ class _Targeting(SpecModel):
     """A time-boxed manual mode that replaces `mode` until it expires."""
     sidecar: SidecarPorts | None = None
     """The sidecar's own ports for the pods this policy injects (when several policies select a pod,
-    the oldest that sets a port decides it)."""
+    the oldest that sets spec.sidecar decides both ports)."""
 
 
 class CircuitBreakerPolicySpec(UpstreamSettings, _Targeting):

@@ -87,12 +87,13 @@ def selecting(labels: Mapping[str, str], bundles: Iterable[PolicyBundle]) -> lis
 def chosen_ports(
     labels: Mapping[str, str], bundles: Iterable[PolicyBundle], *, admin_port: int, proxy_port: int
 ) -> tuple[int, int]:
-    """The sidecar ports a pod with these labels is injected with: per port, the oldest selecting
-    policy that sets it (spec.sidecar), else the operator's setting given here."""
-    ordered = selecting(labels, bundles)
-    admin = next((b.admin_port for b in ordered if b.admin_port is not None), admin_port)
-    proxy = next((b.proxy_port for b in ordered if b.proxy_port is not None), proxy_port)
-    return admin, proxy
+    """The sidecar ports a pod with these labels is injected with: those of the oldest selecting policy
+    that sets spec.sidecar, the operator's settings given here for what it leaves unset. One policy
+    decides both, so two policies cannot pick one port twice (each was checked with the operator's)."""
+    for bundle in selecting(labels, bundles):
+        if bundle.admin_port is not None or bundle.proxy_port is not None:
+            return bundle.admin_port or admin_port, bundle.proxy_port or proxy_port
+    return admin_port, proxy_port
 
 
 def without_reserved(config: SidecarConfig, admin_port: int, proxy_port: int) -> SidecarConfig:

@@ -88,6 +88,13 @@ def test_a_pod_gets_the_operators_ports_unless_the_oldest_policy_setting_one_say
     chosen = decide(app_pod(), bundles, **OPERATOR)
     assert isinstance(chosen, Inject)
     assert (chosen.resolution.admin_port, chosen.resolution.proxy_port) == (16020, 15201)
+    # One policy decides both: a newer policy's proxyPort cannot land on the older one's adminPort.
+    bundles[1] = render_bundle(
+        policy("newer", listen_port=15212, created="2026-12-01T00:00:00Z", sidecar={"proxyPort": 16020})
+    )
+    chosen = decide(app_pod(), bundles, **OPERATOR)
+    assert isinstance(chosen, Inject)
+    assert (chosen.resolution.admin_port, chosen.resolution.proxy_port) == (16020, 15201)
 
 
 def test_the_pod_carries_its_ports_and_everything_reads_them_from_the_pod() -> None:
