@@ -107,14 +107,13 @@ def parse_ports_annotation(value: str) -> tuple[int, int] | None:
 
 
 def sidecar_ports(pod: Mapping[str, Any]) -> tuple[int, int]:
-    """The (admin, forward-proxy) ports an injected pod's sidecar binds, read from the pod itself:
-    its annotation, else the container's arguments; a pod injected before either existed binds the
-    legacy ports (15020, 15080)."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    found = parse_ports_annotation(str(annotations.get(ANNOTATION_SIDECAR_PORTS, "")))
-    if found is not None:
-        return found
+    """The (admin, forward-proxy) ports an injected pod's sidecar binds, read from the pod itself: the
+    container's arguments (what the kubelet runs), else the annotation; a pod injected before either
+    named them binds the legacy ports (15020, 15080)."""
     args = [str(a) for a in (sidecar_of(pod) or {}).get("args") or ()]
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    noted = parse_ports_annotation(str(annotations.get(ANNOTATION_SIDECAR_PORTS, "")))
+    admin, proxy = noted or (LEGACY_ADMIN_PORT, LEGACY_FORWARD_PROXY_PORT)
 
     def arg(flag: str, default: int) -> int:
         for i, value in enumerate(args):
@@ -124,7 +123,7 @@ def sidecar_ports(pod: Mapping[str, Any]) -> tuple[int, int]:
                 return int(value[len(flag) + 1 :])
         return default
 
-    return arg("--admin-port", LEGACY_ADMIN_PORT), arg("--proxy-port", LEGACY_FORWARD_PROXY_PORT)
+    return arg("--admin-port", admin), arg("--proxy-port", proxy)
 
 
 def sidecar_container(template: SidecarTemplate, plan: InjectionPlan) -> dict[str, Any]:

@@ -126,6 +126,10 @@ def test_a_pod_injected_before_the_ports_moved_is_read_as_it_was_injected() -> N
     del old["metadata"]["annotations"][constants.ANNOTATION_SIDECAR_PORTS]
     assert injection.sidecar_ports(old) == (15020, 15080)
     assert injection.sidecar_ports({"metadata": {}, "spec": {}}) == (15020, 15080)
+    # What runs is what the arguments say, whatever an annotation was edited to.
+    old["metadata"]["annotations"][constants.ANNOTATION_SIDECAR_PORTS] = "admin=16020,proxy=16080"
+    assert injection.sidecar_ports(old) == (15020, 15080)
+    del old["metadata"]["annotations"][constants.ANNOTATION_SIDECAR_PORTS]
     legacy = facts({"metadata": {**old["metadata"]}})
     assert legacy is not None
     assert legacy.injected
