@@ -129,7 +129,7 @@ def breaker_policy(name: str, port: int, *, mode: str = "Enforce", open_for: str
             "metadata": {"name": name},
             "spec": {
                 "selector": {"matchLabels": {"app": "checkout"}},
-                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15001}],
+                "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15210}],
                 "mode": mode,
                 "trip": {"consecutiveFailures": 3},
                 "open": {"duration": open_for, "maxDuration": "5m", "jitter": 0},

@@ -44,7 +44,7 @@ def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recover
     cluster.apply(breaker_policy("payments", upstream.port), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
     for sidecar in fleet.sidecars.values():
-        assert call(sidecar.url(15001) + "/pay") == 200
+        assert call(sidecar.url(15210) + "/pay") == 200
     cluster.wait_for(
         "Closed and Ready",
         lambda: (
@@ -56,10 +56,10 @@ def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recover
 
     upstream.failing = True
     for sidecar in fleet.sidecars.values():
-        assert [call(sidecar.url(15001) + "/pay") for _ in range(3)] == [500, 500, 500]
+        assert [call(sidecar.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]
     tripped = time.monotonic()
     for sidecar in fleet.sidecars.values():
-        assert call(sidecar.url(15001) + "/pay") == 503  # rejected by the open breaker
+        assert call(sidecar.url(15210) + "/pay") == 503  # rejected by the open breaker
     cluster.wait_for(
         "state Open on the resource",
         lambda: upstream_status(cluster, namespace, "payments").get("state") == "Open",
@@ -90,7 +90,7 @@ def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recover
         interval=0.2,
     )
     for sidecar in fleet.sidecars.values():
-        assert call(sidecar.url(15001) + "/pay") == 200  # the trial call succeeds and closes
+        assert call(sidecar.url(15210) + "/pay") == 200  # the trial call succeeds and closes
     cluster.wait_for(
         "Closed again",
         lambda: upstream_status(cluster, namespace, "payments").get("state") == "Closed",
@@ -116,7 +116,7 @@ def test_observe_mode_rejects_nothing_and_reports_what_would_have_opened(
     start_clients(cluster, namespace, fleet, replicas=2)
     upstream.failing = True
     for sidecar in fleet.sidecars.values():
-        assert {call(sidecar.url(15001) + "/pay") for _ in range(8)} == {500}  # never a 503 from the breaker
+        assert {call(sidecar.url(15210) + "/pay") for _ in range(8)} == {500}  # never a 503 from the breaker
     status = cluster.wait_for(
         "wouldOpen on both pods",
         lambda: (u := upstream_status(cluster, namespace, "payments")).get("wouldOpen") == 2 and u,
@@ -270,7 +270,7 @@ def test_after_an_operator_restart_status_is_rebuilt_without_invented_transition
     upstream.failing = True
     for sidecar in fleet.sidecars.values():
         for _ in range(3):
-            call(sidecar.url(15001) + "/pay")
+            call(sidecar.url(15210) + "/pay")
     cluster.wait_for(
         "Open", lambda: upstream_status(cluster, namespace, "payments").get("state") == "Open", timeout=10
     )

@@ -71,7 +71,7 @@ class Trips:
         self.upstream.failing = True
         try:
             for _ in range(3):  # consecutiveFailures: 3
-                call(sidecar.url(15001) + "/pay")
+                call(sidecar.url(15210) + "/pay")
         finally:
             self.upstream.failing = False
         assert sidecar_trips(sidecar) == before + 1
