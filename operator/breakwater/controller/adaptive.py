@@ -8,9 +8,10 @@ what is delivered to the sidecars and what the status shows.
 - With `spec.adaptive.enabled` (and the policy not in Observe), `tuned` gives the renderer the
   thresholds to deliver; otherwise the tuner's values are only shown as `suggested`.
 - `spec.coordination.quorumPercent`: `held` names the upstreams the renderer marks `fleetOpen`.
-- Histories and tuner state persist in the ConfigMap `breakwater-adaptive-history` of each namespace
-  (one key per policy, every `PERSIST_EVERY_SECONDS`), read back once per namespace after a restart;
-  docs/design.md says why there and not in the status.
+- Histories, tuner state (the hysteresis clocks) and quorum holds persist in the ConfigMap
+  `breakwater-adaptive-history` of each namespace (one key per policy, every `PERSIST_EVERY_SECONDS`,
+  and at once when a threshold changes or a hold is taken or released, before the sidecars are told),
+  read back once per namespace by a new term; docs/design.md says why there and not in the status.
 """
 
 from __future__ import annotations
@@ -71,15 +72,23 @@ class UpstreamTuning:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """What one `evaluate` changed: tuner changes per upstream, quorum holds taken or released."""
+    """What one `evaluate` changed: tuner changes per upstream, quorum holds taken or released, and
+    the upstreams whose hysteresis clocks started or stopped (`Track.pending`, `pending_since`)."""
 
     changes: dict[str, list[Change]]
     engaged: tuple[str, ...] = ()
     released: tuple[str, ...] = ()
+    clocks: tuple[str, ...] = ()
 
     @property
     def republish(self) -> bool:
         return bool(self.engaged or self.released)
+
+    @property
+    def decided(self) -> bool:
+        """Something the next leader must find to go on from here (a change, a hold, a hysteresis clock):
+        written at once. Clocks move at most once per evaluation (every 30 s at most)."""
+        return bool(self.changes or self.engaged or self.released or self.clocks)
 
 
 _SHARED: dict[str, Any] = {}  # equal parameter objects, kept once (most policies share the defaults)
@@ -116,6 +125,10 @@ def params_of(body: dict[str, Any]) -> PolicyParams | None:
     )
 
 
+def _clocks(state: TunerState) -> dict[Threshold, tuple[int, float]]:
+    return {th: (t.pending, t.pending_since) for th, t in state.tracks.items() if t.pending}
+
+
 @dataclass
 class Adaptation:
     """Histories, tuner states and quorum holds of every policy this operator serves."""
@@ -128,6 +141,7 @@ class Adaptation:
     loaded: set[str] = field(default_factory=set)
     persisted_at: dict[PolicyId, float] = field(default_factory=dict)
     _loading: dict[str, asyncio.Lock] = field(default_factory=dict)
+    _writing: dict[PolicyId, asyncio.Lock] = field(default_factory=dict)  # one write of a key at a time
 
     # -- policies ------------------------------------------------------------------------------------
 
@@ -141,6 +155,9 @@ class Adaptation:
             return known
         self.params[policy] = params
         window = params.adaptive.history_window.seconds
+        held = self.holds.get(policy)
+        if held:
+            held.intersection_update(params.upstreams)  # an upstream gone from the spec holds nothing
         for name in params.upstreams:
             tuning = self.tunings.get((policy, name))
             if tuning is not None:
@@ -151,6 +168,7 @@ class Adaptation:
         self.params.pop(policy, None)
         self.holds.pop(policy, None)
         self.persisted_at.pop(policy, None)
+        self._writing.pop(policy, None)
         for key in [k for k in self.tunings if k[0] == policy]:
             del self.tunings[key]
 
@@ -191,12 +209,22 @@ class Adaptation:
     # -- the tuner and the quorum --------------------------------------------------------------------
 
     def evaluate(
-        self, policy: PolicyId, fleets: Sequence[UpstreamFleet], *, wall: float, mono: float
+        self,
+        policy: PolicyId,
+        fleets: Sequence[UpstreamFleet],
+        *,
+        wall: float,
+        mono: float,
+        partial: bool = False,
     ) -> Evaluation:
+        """One step of the tuner and the quorum. `partial`: a new term has not heard every pod yet
+        (`FleetView.hold`): an open pod may be among the silent ones, so the tuner stays frozen and no
+        hold is taken or released on that view."""
         params = self.params.get(policy)
         if params is None:
             return Evaluation({})
         changes: dict[str, list[Change]] = {}
+        clocks: list[str] = []
         for fleet in fleets:
             entry = params.upstreams.get(fleet.name)
             tuning = self._tuning((policy, fleet.name))
@@ -210,12 +238,15 @@ class Adaptation:
             tuning.history.advance(wall)
             current = tuned_settings(settings, tuning.state) if params.delivers else settings
             ev = evidence(tuning.history, now=wall, trip_percent=current.failure_rate_percent)
-            frozen = bool(fleet.open or fleet.half_open or fleet.would_open)
-            tuning.state, made = step(tuning.state, ev, configured, params.adaptive, now=wall, frozen=frozen)
+            frozen = partial or bool(fleet.open or fleet.half_open or fleet.would_open)
+            before = tuning.state
+            tuning.state, made = step(before, ev, configured, params.adaptive, now=wall, frozen=frozen)
             if made:
                 changes[fleet.name] = made
-        engaged, released = self._quorum(policy, params, fleets)
-        return Evaluation(changes, engaged, released)
+            elif _clocks(before) != _clocks(tuning.state):
+                clocks.append(fleet.name)
+        engaged, released = ((), ()) if partial else self._quorum(policy, params, fleets)
+        return Evaluation(changes, engaged, released, tuple(clocks))
 
     def _quorum(
         self, policy: PolicyId, params: PolicyParams, fleets: Sequence[UpstreamFleet]
@@ -281,7 +312,11 @@ class Adaptation:
                     for th, t in tuning.state.tracks.items()
                 },
             }
-        return json.dumps({"version": FORMAT, "upstreams": upstreams}, separators=(",", ":"))
+        record: dict[str, Any] = {"version": FORMAT, "upstreams": upstreams}
+        held = self.holds.get(policy)
+        if held:
+            record["held"] = sorted(held)
+        return json.dumps(record, separators=(",", ":"))
 
     def restore(self, policy: PolicyId, text: str) -> None:
         """Merge a persisted record into what reports built since start-up (a restart's first reports)."""
@@ -289,6 +324,9 @@ class Adaptation:
             record = json.loads(text)
             if record.get("version") != FORMAT:
                 raise ValueError(f"format {record.get('version')}")
+            held = record.get("held") or []  # absent in records written before holds were persisted
+            if not isinstance(held, list) or not all(isinstance(name, str) for name in held):
+                raise ValueError(f"held: expected a list of upstream names, got {held!r}")
             for name, saved in (record.get("upstreams") or {}).items():
                 history = History.decode(saved["history"])
                 tracks = {
@@ -302,6 +340,8 @@ class Adaptation:
                 else:
                     tuning.history = history.merged(tuning.history)
                     tuning.state = TunerState(tracks)
+            if held:
+                self.holds.setdefault(policy, set()).update(sys.intern(name) for name in held)
         except (ValueError, KeyError, TypeError) as exc:
             logger.warning("ignoring the persisted history of %s (rebuilt from reports): %s", policy, exc)
 
@@ -325,21 +365,24 @@ class Adaptation:
                 self.persisted_at[f"{namespace}/{key[: -len('.json')]}"] = now
 
     async def persist(self, policy: PolicyId, *, mono: float, force: bool = False) -> None:
-        """Write the policy's record when `PERSIST_EVERY_SECONDS` passed since the last write."""
+        """Write the policy's record when `PERSIST_EVERY_SECONDS` passed since the last write (`force`:
+        now). Writes of one key never overlap, and each encodes the state when it starts, so the last
+        write is the newest state."""
         last = self.persisted_at.setdefault(policy, mono)
         if not force and mono - last < PERSIST_EVERY_SECONDS:
             return
         self.persisted_at[policy] = mono
         namespace, _, name = policy.partition("/")
-        await asyncio.to_thread(
-            configmaps.put_key,
-            self.api,
-            namespace=namespace,
-            name=HISTORY_CONFIGMAP_NAME,
-            key=f"{name}.json",
-            value=self.encode(policy),
-            component="adaptive-history",
-        )
+        async with self._writing.setdefault(policy, asyncio.Lock()):
+            await asyncio.to_thread(
+                configmaps.put_key,
+                self.api,
+                namespace=namespace,
+                name=HISTORY_CONFIGMAP_NAME,
+                key=f"{name}.json",
+                value=self.encode(policy),
+                component="adaptive-history",
+            )
 
     async def flush(self) -> None:
         """Write every record now (a leader handing over: the next one reads them). Only namespaces

@@ -293,12 +293,22 @@ class Refresher:
         if adaptation.configure(policy, record.body) is None:
             return {}, None
         mono = time.monotonic()
-        evaluation = adaptation.evaluate(policy, fleet.upstreams, wall=time.time(), mono=mono)
+        evaluation = adaptation.evaluate(
+            policy, fleet.upstreams, wall=time.time(), mono=mono, partial=fleet.hold
+        )
         delivers = adaptation.delivers(policy)
+        if evaluation.decided:
+            # Written before the sidecars hear of it: a leader that dies after the push would otherwise
+            # leave the next one a state without the change (it would render the old value, or no hold).
+            try:
+                await adaptation.persist(policy, mono=mono, force=True)
+            except Exception as exc:
+                logger.warning("could not persist the adaptive state of %s: %s", policy, exc)
+        else:
+            self._spawn(adaptation.persist(policy, mono=mono))
         if ((evaluation.changes and delivers) or evaluation.republish) and self.republish is not None:
             await self.republish(record)
         self._post_adaptive_events(record, evaluation, fleet.upstreams, delivers=delivers)
-        self._spawn(adaptation.persist(policy, mono=mono))
         held = adaptation.held(policy)
         extras = {
             f.name: UpstreamExtras(
