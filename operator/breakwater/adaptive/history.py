@@ -9,7 +9,9 @@ What goes in comes from the sidecars' periodic reports (`api/report.UpstreamRepo
 cumulative over a breaker's life, so the operator adds the difference between two reports of the same
 pod (`PodCounters.advance`); a lost report costs nothing (the next difference covers it) and a restarted
 sidecar (counters lower than before) counts from zero. Outage lengths come from the transitions the
-reports carry (Closed -> Open, ... -> Closed), per pod.
+reports carry (Closed -> Open, ... -> Closed); the pods whose breakers were open at overlapping times
+saw one outage of the upstream, which is recorded once (from the first trip to the last failed trial
+of any of them), not once per pod.
 
 The ring is keyed by wall-clock time (`floor(t / width)`), so a persisted history (`encode`/`decode`)
 lines up with the present after an operator restart; buckets older than the window are dropped when
@@ -70,6 +72,9 @@ class History:
     head: int = -1  # absolute index (floor(t / width)) of the newest bucket; -1 while empty
     counters: array[int] = field(default_factory=lambda: array("I", bytes(4 * BUCKETS * FIELDS)))
     outages: array[float] = field(default_factory=lambda: array("f"))
+    newest_outage: tuple[float, float, float] | None = None
+    """(first trip, last failed trial, last close) of the newest outage, to merge the other pods' view
+    of it into it. Not persisted: a pod that closes after an operator restart adds its own record."""
 
     @classmethod
     def for_window(cls, window_seconds: float) -> History:
@@ -108,13 +113,25 @@ class History:
             if n:
                 c[slot + LATENCY + i] = min(_MAX, c[slot + LATENCY + i] + n)
 
-    def add_outage(self, seconds: float) -> None:
-        """An outage was still failing `seconds` after one pod's breaker tripped (its last failed trial;
-        0 when the first trial succeeded)."""
-        if seconds >= 0 and math.isfinite(seconds):
-            self.outages.append(seconds)
-            if len(self.outages) > OUTAGES:
-                del self.outages[0]
+    def add_outage(self, seconds: float, *, opened: float | None = None, closed: float | None = None) -> None:
+        """An outage was still failing `seconds` after one pod's breaker tripped at `opened` (its last
+        failed trial; 0 when the first trial succeeded), and that breaker closed at `closed`. When its
+        open time overlaps the newest outage's (another pod's view of the same outage), that one grows
+        to cover both instead."""
+        if not (seconds >= 0 and math.isfinite(seconds)):
+            return
+        newest = self.newest_outage
+        if opened is not None and closed is not None and newest is not None and self.outages:
+            start, failing, end = newest
+            if opened <= end and closed >= start:
+                start, failing, end = min(start, opened), max(failing, opened + seconds), max(end, closed)
+                self.newest_outage = (start, failing, end)
+                self.outages[-1] = failing - start
+                return
+        self.newest_outage = None if opened is None or closed is None else (opened, opened + seconds, closed)
+        self.outages.append(seconds)
+        if len(self.outages) > OUTAGES:
+            del self.outages[0]
 
     # -- reading -------------------------------------------------------------------------------------
 

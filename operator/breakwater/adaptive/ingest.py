@@ -70,5 +70,5 @@ def ingest(
             # How long the upstream was seen failing: to the last failed trial, not to the close (that
             # would add the breaker's own open time, and a longer open would measure longer outages).
             last = counters.failed_at if counters.failed_at is not None else counters.open_since
-            history.add_outage(last - counters.open_since)
+            history.add_outage(last - counters.open_since, opened=counters.open_since, closed=t.at)
             counters.open_since = counters.failed_at = None

@@ -20,6 +20,7 @@ docs/adaptive.md derives each target; the constants below are the ones it states
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -228,7 +229,7 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
             )
     if ev.outages:
         ordered = sorted(ev.outages)
-        median = ordered[len(ordered) // 2]
+        median = statistics.median(ordered)  # of an even count, the mean of the middle two (not the upper)
         low = bounds.open_duration.min.seconds
         high = min(bounds.open_duration.max.seconds, configured.open_max_seconds)
         if low <= high:

@@ -80,6 +80,38 @@ def test_an_outage_lasts_until_its_last_failed_trial_and_resent_transitions_coun
     assert history.recent_outages() == (61.0, 0.0)  # over before the first trial
 
 
+def test_pods_open_at_once_saw_one_outage_from_the_first_trip_to_the_last_failed_trial() -> None:
+    history = History.for_window(3600)
+    views = {  # pod: (tripped, its last failed trial or None, closed)
+        "a": (1000.0, 1060.0, 1181.0),
+        "b": (1002.0, None, 1063.0),  # its first trial succeeded
+        "c": (1005.0, 1120.0, 1241.0),
+    }
+    for tripped, failed, closed in views.values():
+        moves = [Move(State.CLOSED, State.OPEN, "ConsecutiveFailures", tripped)]
+        if failed is not None:
+            moves += [
+                Move(State.OPEN, State.HALF_OPEN, "OpenTimeoutElapsed", failed - 1),
+                Move(State.HALF_OPEN, State.OPEN, "TrialFailed", failed),
+            ]
+        moves += [
+            Move(State.OPEN, State.HALF_OPEN, "OpenTimeoutElapsed", closed - 1),
+            Move(State.HALF_OPEN, State.CLOSED, "TrialsSucceeded", closed),
+        ]
+        counters = PodCounters()
+        ingest(history, counters, report(10, 5, 1), moves, at=closed + 1)
+    # One outage (not three): the upstream was seen failing from 1000 to 1120.
+    assert history.recent_outages() == (120.0,)
+    counters = PodCounters()
+    later = [
+        Move(State.CLOSED, State.OPEN, "FailureRate", 2000.0),
+        Move(State.OPEN, State.HALF_OPEN, "OpenTimeoutElapsed", 2060.0),
+        Move(State.HALF_OPEN, State.CLOSED, "TrialsSucceeded", 2061.0),
+    ]
+    ingest(history, counters, report(10, 5, 1), later, at=2062.0)
+    assert history.recent_outages() == (120.0, 0.0)  # after the first had closed everywhere: another
+
+
 def test_a_forced_open_is_not_an_outage() -> None:
     history, counters = History.for_window(3600), PodCounters()
     ingest(history, counters, report(0, 0), [Move(State.CLOSED, State.OPEN, "ModeChanged", 10.0)], at=11.0)

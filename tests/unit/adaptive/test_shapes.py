@@ -8,6 +8,7 @@ import random
 import pytest
 
 from breakwater.adaptive.shapes import SHAPES, Run, run
+from breakwater.adaptive.tuner import Configured, Evidence, targets
 from breakwater.api.adaptive import Threshold
 
 from .conftest import settings_and_params
@@ -106,3 +107,18 @@ def test_every_shape_stays_within_the_default_bounds(shape: str) -> None:
     for _, change in result.changes:
         bounds = {CF: (3, 20), FR: (20, 80), SLOW: (0.05, 10), OPEN: (10, 300)}[change.threshold]
         assert bounds[0] <= change.after <= bounds[1]
+
+
+def test_the_open_duration_is_the_median_outage_and_of_two_their_mean_not_the_longer() -> None:
+    settings, params = settings_and_params({"bounds": {"openDuration": {"min": "5s", "max": "5m"}}})
+    configured = Configured.of(settings, timeout_seconds=2.0)
+
+    def open_for(*outages: float) -> float:
+        ev = Evidence(
+            window_seconds=3600, calls=10_000, failures=100, spread=0.0, chance_runs=(0.0,),
+            p99_seconds=0.2, outages=outages, incidents=0, healthy_seconds=3600,
+        )  # fmt: skip
+        return targets(ev, configured, params)[Threshold.OPEN_DURATION][0]
+
+    assert open_for(0.0, 40.0, 200.0) == 40
+    assert open_for(0.0, 200.0) == 100  # one outage over before its first trial, one of 200 s
