@@ -87,7 +87,8 @@ class Evaluation:
     @property
     def decided(self) -> bool:
         """Something the next leader must find to go on from here (a change, a hold, a hysteresis clock):
-        written at once. Clocks move at most once per evaluation (every 30 s at most)."""
+        written at once. Clocks move at most once per evaluation (every 30 s, or every bucket width when
+        that is shorter)."""
         return bool(self.changes or self.engaged or self.released or self.clocks)
 
 
