@@ -457,10 +457,10 @@ def test_a_leader_dying_mid_hold_leaves_the_hold_and_the_tuned_threshold_to_the_
         )
 
         upstream.failure_ratio = 0.0
-        assert [call(s.url(15001) + "/pay") for s in (first, other)] == [200, 200]  # no run of failures yet
+        assert [call(s.url(15210) + "/pay") for s in (first, other)] == [200, 200]  # no run of failures yet
         upstream.failing = True
         for sidecar in (first, other):  # 2 of 3 trip: the quorum holds the third open
-            assert [call(sidecar.url(15001) + "/pay") for _ in range(tuned)] == [500] * tuned
+            assert [call(sidecar.url(15210) + "/pay") for _ in range(tuned)] == [500] * tuned
         cluster.wait_for(
             "the third sidecar held open by the quorum",
             lambda: breaker_of(third)["mode"] == "ForceOpen",
@@ -489,7 +489,7 @@ def test_a_leader_dying_mid_hold_leaves_the_hold_and_the_tuned_threshold_to_the_
 
         def probed_and_released() -> bool:
             for sidecar in (first, other):
-                call(sidecar.url(15001) + "/pay")
+                call(sidecar.url(15210) + "/pay")
             return breaker_of(third)["mode"] == "Enforce" and breaker_of(third)["state"] == "Closed"
 
         cluster.wait_for("the held sidecar released", probed_and_released, timeout=30, interval=1)
