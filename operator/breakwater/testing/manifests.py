@@ -98,6 +98,10 @@ def policy(namespace: str, name: str = "payments", **spec: Any) -> str:
     return json.dumps(body)
 
 
+# Ready once its stats port answers: a started container is not yet listening, and the suites ask it.
+CLIENT_READY = {"httpGet": {"path": "/stats", "port": CLIENT_PORT}, "periodSeconds": 1}
+
+
 def client(namespace: str, image: str, *, replicas: int = 2, name: str = "checkout") -> str:
     """The app: calls the upstream by the URL the webhook put in its environment, every 0.1 s."""
     labels = {"app": "checkout", "deployment": name}
@@ -106,6 +110,7 @@ def client(namespace: str, image: str, *, replicas: int = 2, name: str = "checko
         image,
         ["client", "--url", "$(BREAKWATER_PAYMENTS_URL)/pay", "--port", str(CLIENT_PORT)],
         ports=[{"containerPort": CLIENT_PORT}],
+        readinessProbe=CLIENT_READY,
     )
     return json.dumps(
         {
@@ -128,6 +133,7 @@ def client_pod(namespace: str, image: str, name: str) -> str:
         image,
         ["client", "--url", "$(BREAKWATER_PAYMENTS_URL)/pay", "--port", str(CLIENT_PORT)],
         ports=[{"containerPort": CLIENT_PORT}],
+        readinessProbe=CLIENT_READY,
     )
     return json.dumps(
         {
