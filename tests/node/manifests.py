@@ -19,6 +19,7 @@ from breakwater.testing.manifests import (
     policy,
     upstream,
 )
+from tests.chart import WEBHOOK_NAME
 from tests.conftest import Cluster
 
 __all__ = [
@@ -103,6 +104,12 @@ def wait_reported_uninjected(cluster: Cluster, namespace: str, names: list[str])
         ),
         timeout=90,
     )
+
+
+def inject_webhook(configuration: dict[str, Any]) -> dict[str, Any]:
+    """The sidecar-injection webhook of a MutatingWebhookConfiguration."""
+    webhook: dict[str, Any] = next(w for w in configuration["webhooks"] if w["name"] == WEBHOOK_NAME)
+    return webhook
 
 
 def upstream_state(body: dict[str, Any], name: str = "payments") -> str:

@@ -1,6 +1,7 @@
 """The chart as a user installs it, on a real node: the built image runs the operator under the
 `restricted` Pod Security Standard, the API server calls the webhook through its Service, sidecars
-report through the same Service; the operator pod is deleted and comes back; upgrade and uninstall.
+report through the same Service; the operator pod is deleted and comes back; uninstall. (`helm upgrade`
+is tested from the previous version: tests/node/test_upgrade_on_node.py.)
 
 The tests share one release; the `release` fixture installs it again after the uninstall test, so
 they pass in any order.
@@ -15,10 +16,10 @@ from typing import Any
 from cryptography import x509
 
 from tests.chart import WEBHOOK_NAME
-from tests.cluster.chart_helpers import install_chart, uninstall_chart
+from tests.cluster.chart_helpers import uninstall_chart
 from tests.conftest import Cluster
 from tests.node import manifests as m
-from tests.node.conftest import Release, get_json, release_values
+from tests.node.conftest import Release, get_json
 
 SIDECAR = "breakwater-proxy"
 # One replica: this module shows the single-replica trade-off (pods created while it is replaced start
@@ -28,11 +29,6 @@ RELEASE_VALUES = {"replicaCount": 1}
 
 def operator_pods(cluster: Cluster, release: Release) -> list[dict[str, Any]]:
     return m.pods(cluster, release.names.namespace, release.names.selector)
-
-
-def inject_webhook(configuration: dict[str, Any]) -> dict[str, Any]:
-    webhook: dict[str, Any] = next(w for w in configuration["webhooks"] if w["name"] == WEBHOOK_NAME)
-    return webhook
 
 
 def ready_operator(cluster: Cluster, release: Release, *, timeout: float = 120) -> dict[str, Any]:
@@ -149,45 +145,6 @@ def test_pods_created_while_the_only_operator_replica_is_down_start_without_the_
     new = ready_operator(cluster, release)
     assert new["metadata"]["name"] != old
     m.wait_reported_uninjected(cluster, ns, uninjected)
-
-
-def test_helm_upgrade_keeps_the_ca_bundle_and_the_operator_serves_again(
-    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
-) -> None:
-    cluster, ns = node_cluster, workload_namespace
-    names = release.names
-    before = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-    values = release_values(
-        image, **RELEASE_VALUES, webhook={"timeoutSeconds": 8}, operator={"staleAfterSeconds": 20}
-    )
-    install_chart(
-        cluster,
-        release.chart,
-        release=names.release,
-        namespace=names.namespace,
-        values=values,
-        upgrade=True,
-        timeout=240,
-    )
-    after = get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration)
-    inject_after, inject_before = inject_webhook(after), inject_webhook(before)
-    assert inject_after["timeoutSeconds"] == 8
-    assert inject_after["clientConfig"]["caBundle"] == inject_before["clientConfig"]["caBundle"]
-    pod = ready_operator(cluster, release)
-    assert "--stale-after-seconds=20" in pod["spec"]["containers"][0]["args"]
-    secrets = get_json(cluster, "secrets", "-n", names.namespace)["items"]
-    assert [s["metadata"]["name"] for s in secrets if not s["metadata"]["name"].startswith("sh.helm.")] == [
-        names.webhook_secret
-    ], "one webhook Secret, reused across the upgrade"
-    # The upgraded operator injects (the API server reaches it with the kept caBundle).
-    cluster.apply(m.upstream(ns, image))
-    cluster.apply(m.policy(ns))
-    cluster.wait_for(
-        "Accepted", lambda: m.condition(m.cbp(cluster, ns), "Accepted").get("status") == "True", timeout=60
-    )
-    cluster.apply(m.client(ns, image, replicas=1))
-    (client,) = m.ready_pods(cluster, ns, "app=checkout", 1)
-    assert any(c["name"] == SIDECAR for c in client["spec"]["initContainers"])
 
 
 def test_helm_uninstall_leaves_only_what_docs_install_md_says_it_leaves(

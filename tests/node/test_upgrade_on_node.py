@@ -28,7 +28,7 @@ from tests.chart import ChartNames
 from tests.cluster.chart_helpers import install_chart, remove_leftovers
 from tests.conftest import Cluster
 from tests.node import manifests as m
-from tests.node.conftest import release_values
+from tests.node.conftest import get_json, release_values
 
 SIDECAR = "breakwater-proxy"
 CLIENTS = "app=checkout"
@@ -117,18 +117,25 @@ def test_helm_upgrade_from_the_previous_chart_keeps_old_sidecars_enforcing_count
     old_pods = m.ready_pods(cluster, ns, CLIENTS, 2)
     assert {sidecar_image(p) for p in old_pods} == {previous.image}
     wait_ready_reporting(cluster, ns, "the old release: 2 pods reporting, Ready")
+    before = m.inject_webhook(get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration))
 
-    install_chart(
-        cluster,
-        chart,
-        release=names.release,
-        namespace=names.namespace,
-        values=release_values(image, replicaCount=1),
-        upgrade=True,
-        timeout=240,
+    values = release_values(
+        image, replicaCount=1, webhook={"timeoutSeconds": 8}, operator={"staleAfterSeconds": 20}
     )
+    install_chart(
+        cluster, chart, release=names.release, namespace=names.namespace, values=values, upgrade=True,
+        timeout=240,
+    )  # fmt: skip
     (operator,) = m.ready_pods(cluster, names.namespace, names.selector, 1)
-    assert operator["spec"]["containers"][0]["image"] == image
+    [container] = operator["spec"]["containers"]
+    assert container["image"] == image
+    assert "--stale-after-seconds=20" in container["args"], "the upgrade's values are in force"
+    after = m.inject_webhook(get_json(cluster, "mutatingwebhookconfiguration", names.webhook_configuration))
+    assert after["timeoutSeconds"] == 8
+    assert after["clientConfig"]["caBundle"] == before["clientConfig"]["caBundle"], "the CA is kept"
+    secrets = get_json(cluster, "secrets", "-n", names.namespace)["items"]
+    kept = [s["metadata"]["name"] for s in secrets if not s["metadata"]["name"].startswith("sh.helm.")]
+    assert kept == [names.webhook_secret], "one webhook Secret, reused across the upgrade"
 
     # The same pods, untouched, still running the previous sidecar...
     pods = m.ready_pods(cluster, ns, CLIENTS, 2)
@@ -140,7 +147,7 @@ def test_helm_upgrade_from_the_previous_chart_keeps_old_sidecars_enforcing_count
     counts = m.cbp(cluster, ns)["status"]["pods"]
     assert (counts["selected"], counts["injected"], counts.get("stale", 0)) == (2, 2, 0), counts
 
-    # They enforce: the upstream fails, the breaker opens, the clients get the fallback; it recovers.
+    # They enforce: the upstream fails, the breaker opens, the clients get the fallback.
     m.set_upstream(cluster, ns, "fail")
     cluster.wait_for(
         "Open on the resource", lambda: m.upstream_state(m.cbp(cluster, ns)) == "Open", timeout=60
@@ -162,3 +169,8 @@ def test_helm_upgrade_from_the_previous_chart_keeps_old_sidecars_enforcing_count
     )  # fmt: skip
     generation = m.cbp(cluster, ns)["metadata"]["generation"]
     wait_ready_reporting(cluster, ns, "the old sidecars running the edit", generation=generation)
+
+    # A pod created now gets the new sidecar (the API server reaches the new operator with the kept CA).
+    cluster.apply(m.client_pod(ns, image, "after-upgrade"))
+    (new_pod,) = m.ready_pods(cluster, ns, "outage=yes", 1)
+    assert sidecar_image(new_pod) == image

@@ -39,6 +39,7 @@ from breakwater.controller.settings import OperatorSettings, lease_name
 from breakwater.controller.state import BundleCache, configmap_bundles
 from breakwater.controller.webhook import ServingTLS, describe
 from breakwater.k8s import pods as pod_api
+from breakwater.k8s import webhooks
 from breakwater.k8s.aio import AsyncApi
 from breakwater.k8s.client import api_client
 from breakwater.k8s.lease import LeaseElector
@@ -122,6 +123,8 @@ class OperatorReplica:
         reports.on_report = self._on_report
         pods.listeners.append(lambda ns: self._pods_changed(store, pods, ns))
 
+        ca_trusted = asyncio.Event()
+
         def not_ready() -> list[str]:
             missing = [
                 what
@@ -131,6 +134,7 @@ class OperatorReplica:
                     ("policies not listed", view.synced.is_set()),
                     ("pods not listed", pods.synced.is_set()),
                     ("sidecar ConfigMaps not listed", bundles.synced.is_set()),
+                    ("the webhook configuration does not trust this replica's CA yet", ca_trusted.is_set()),
                 )
                 if not ok
             ]
@@ -155,6 +159,7 @@ class OperatorReplica:
             logger.info(describe(settings, tls))
             self._background = [
                 loop.create_task(tls.keep_current(leader=lambda: elector.leader), name="breakwater-cert"),
+                loop.create_task(self._wait_ca_trusted(api, tls, ca_trusted), name="breakwater-ca-trusted"),
                 loop.create_task(memory.trim_forever(), name="breakwater-memory-trim"),
             ]
             await self.stopping.wait()
@@ -189,6 +194,27 @@ class OperatorReplica:
             await asyncio.to_thread(watch.stop)
         await writer.close()
         logger.info("stopped")
+
+    async def _wait_ca_trusted(self, api: Any, tls: ServingTLS, trusted: asyncio.Event) -> None:
+        """Ready only once the API server can call this replica: on a fresh install no leader has
+        written the caBundle yet, and until one has every review fails TLS and the pod is admitted
+        without the sidecar (failurePolicy Ignore) — after `helm install --wait` had returned."""
+        settings = self.settings
+        if settings.webhook_manage == "none":  # someone else (cert-manager's cainjector) writes it
+            trusted.set()
+            return
+        name = settings.webhook_configuration
+        while True:
+            try:
+                trusts = await asyncio.to_thread(webhooks.carries_ca, api, name=name, ca_pem=tls.ca_pem)
+            except Exception as exc:  # the API server unreachable for now: asked again below
+                logger.debug("reading the webhook configuration %s: %s", name, exc)
+                trusts = False
+            if trusts:
+                trusted.set()
+                logger.info("webhook configuration %s trusts this replica's CA: ready", name)
+                return
+            await asyncio.sleep(0.5)
 
     async def _leadership(self, parts: Replica, leader: bool) -> None:
         """The elector's callback: a term starts in the background (the elector keeps renewing

@@ -104,6 +104,21 @@ def patch_ca_bundle(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
     return True
 
 
+def carries_ca(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
+    """Whether every webhook of `name` trusts `ca_pem` (its caBundle holds that certificate)."""
+    try:
+        current = client.AdmissionregistrationV1Api(api).read_mutating_webhook_configuration(name)
+    except client.ApiException as exc:  # absent yet (404), or not ours to read: not trusted
+        logger.debug("reading MutatingWebhookConfiguration %s: %s %s", name, exc.status, exc.reason)
+        return False
+    hooks = current.webhooks or ()
+    wanted = ca_pem.strip()
+    return bool(hooks) and all(
+        hook.client_config.ca_bundle and wanted in base64.b64decode(hook.client_config.ca_bundle)
+        for hook in hooks
+    )
+
+
 def delete_configuration(api: client.ApiClient, *, name: str) -> None:
     try:
         client.AdmissionregistrationV1Api(api).delete_mutating_webhook_configuration(name)
