@@ -80,9 +80,7 @@ class Channel:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with self.http.post(self.base + datagram.SESSION_PATH, json=body, headers=headers) as resp:
             text = await resp.text()
-            return resp.status, (
-                datagram.SessionGrant.model_validate_json(text) if resp.status == 200 else text
-            )
+            return resp.status, (datagram.SessionGrant.from_json(text) if resp.status == 200 else text)
 
     def report(self, session: str, key: bytes, pod: str, seq: int, *, state: str = "Closed") -> bytes:
         report = SidecarReport(

@@ -13,9 +13,8 @@ from typing import Annotated, Any
 from pydantic import ConfigDict, Field
 
 from breakwater.api.base import WireModel
+from breakwater.api.plain.bundle import BUNDLE_VERSION
 from breakwater.api.sidecar import UpstreamConfig
-
-BUNDLE_VERSION = 1
 
 
 class PolicyBundle(WireModel):

@@ -32,13 +32,13 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Any
 
-from pydantic import Field, ValidationError
-
-from breakwater.api.report import ReportModel
+from breakwater.api.plain import fields as f
+from breakwater.api.problems import join_path
 from breakwater.errors import InvalidInput
 
 MAGIC = b"bw1"
@@ -59,13 +59,59 @@ class DatagramError(InvalidInput):
     """Not a datagram of this channel, or one that does not verify."""
 
 
-class SessionRequest(ReportModel):
-    namespace: Annotated[str, Field(min_length=1, max_length=63)]
-    pod: Annotated[str, Field(min_length=1, max_length=253)]
-    pod_uid: Annotated[str, Field(max_length=64)] = ""
+def _read(body: bytes | str, what: str, fields: tuple[f.Field, ...]) -> dict[str, Any]:
+    """The fields of one JSON object of the channel, unknown ones ignored (a newer peer's additions)."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatagramError(f"malformed {what}: not JSON") from exc
+    errors = f.Errors()
+    try:
+        values = f.read_fields(errors, (), document, fields, extra="ignore")
+    except f.NeedsModels as exc:
+        raise DatagramError(f"malformed {what}: {join_path(exc.args[0])} is not of its JSON type") from exc
+    if values is None:
+        raise DatagramError(f"malformed {what}: " + "; ".join(str(p) for p in errors.problems()))
+    return values
 
 
-class SessionGrant(ReportModel):
+def _str(**checks: Any) -> f.Reader:
+    return lambda e, loc, v: f.string(e, loc, v, **checks)
+
+
+def _fields(*specs: tuple[str, str, f.Reader, Any]) -> tuple[f.Field, ...]:
+    return tuple(f.Field(*spec) for spec in specs)
+
+
+def _json(values: dict[str, Any]) -> str:
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRequest:
+    """A sidecar asks for a session (``POST /v1/session``, its token in the header)."""
+
+    namespace: str
+    pod: str
+    pod_uid: str = ""
+
+    def to_json(self) -> str:
+        return _json({"namespace": self.namespace, "pod": self.pod, "podUid": self.pod_uid})
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> SessionRequest:
+        return cls(**_read(body, "session request", _SESSION_REQUEST))
+
+
+_SESSION_REQUEST = _fields(
+    ("namespace", "namespace", _str(min_length=1, max_length=63), f.MISSING),
+    ("pod", "pod", _str(min_length=1, max_length=253), f.MISSING),
+    ("pod_uid", "podUid", _str(max_length=64), ""),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionGrant:
     """The operator's answer to a session request: where to send datagrams and how to sign them."""
 
     session: str
@@ -73,10 +119,38 @@ class SessionGrant(ReportModel):
     expires_at: float  # wall-clock seconds
     port: int  # the operator's UDP port (its host is the report URL's)
 
+    def to_json(self) -> str:
+        return _json(
+            {"session": self.session, "key": self.key, "expiresAt": self.expires_at, "port": self.port}
+        )
 
-class Answer(ReportModel):
+    @classmethod
+    def from_json(cls, body: bytes | str) -> SessionGrant:
+        return cls(**_read(body, "session grant", _SESSION_GRANT))
+
+
+_SESSION_GRANT = _fields(
+    ("session", "session", _str(), f.MISSING),
+    ("key", "key", _str(), f.MISSING),
+    ("expires_at", "expiresAt", f.number, f.MISSING),
+    ("port", "port", f.integer, f.MISSING),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
     seq: int = -1  # the report answered; -1 when the operator writes unasked (a policy changed)
     config_hash: str = ""  # what the pod should run; "" when the operator has no opinion (no policy)
+
+    def to_json(self) -> str:
+        return _json({"seq": self.seq, "configHash": self.config_hash})
+
+    @classmethod
+    def from_json(cls, body: bytes | str) -> Answer:
+        return cls(**_read(body, "answer", _ANSWER))
+
+
+_ANSWER = _fields(("seq", "seq", f.integer, -1), ("config_hash", "configHash", _str(), ""))
 
 
 @dataclass(frozen=True)
@@ -142,7 +216,7 @@ def report_datagram(session_id: str, key: bytes, body: bytes) -> bytes:
 
 
 def answer_datagram(key: bytes, answer: Answer) -> bytes:
-    body = answer.model_dump_json(by_alias=True).encode()
+    body = answer.to_json().encode()
     return b" ".join((MAGIC, ANSWER, _tag(key, ANSWER, body), body))
 
 
@@ -210,7 +284,4 @@ def open_answer(key: bytes, fields: list[bytes]) -> Answer:
     tag, body = fields
     if not hmac.compare_digest(tag, _tag(key, ANSWER, body)):
         raise DatagramError("bad signature on an answer")
-    try:
-        return Answer.model_validate_json(body)
-    except ValidationError as exc:
-        raise DatagramError("malformed answer") from exc
+    return Answer.from_json(body)

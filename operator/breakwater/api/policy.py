@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
@@ -13,6 +12,7 @@ from pydantic_core import ErrorDetails
 
 from breakwater.api.base import StatusModel
 from breakwater.api.constants import API_VERSION, GROUP, KIND
+from breakwater.api.problems import Problem, join_path, schema_message, shown
 from breakwater.api.rules import ALL_RULES
 from breakwater.api.spec import CircuitBreakerPolicySpec
 from breakwater.api.status import CircuitBreakerPolicyStatus
@@ -30,6 +30,7 @@ __all__ = [
 ]
 
 _RULES = {rule.id: rule for rule in ALL_RULES}
+_REASONS = {"FieldValueRequired": "Required value", "FieldValueForbidden": "Forbidden"}
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -55,126 +56,16 @@ class CircuitBreakerPolicy(StatusModel):
     status: CircuitBreakerPolicyStatus | None = None
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One reason a manifest is invalid: where (a field path such as spec.upstreams[0].port) and what."""
-
-    path: str
-    message: str
-    rule: str | None = None
-    """The `breakwater.api.rules.Rule` id, when a cross-field rule failed."""
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
 class PolicyError(InvalidInput):
     """A manifest that is not a valid CircuitBreakerPolicy; `problems` (of `Problem`) says why, field by
     field."""
-
-
-def _join_path(loc: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", part):
-            path += f".{part}" if path else part
-        else:
-            path += f"[{part}]"
-    return path
-
-
-# pydantic's error types, said as the API server says them (k8s.io/apimachinery field errors and the
-# OpenAPI validator's messages), so that `breakwater validate` and `kubectl apply` print the same words.
-_JSON_TYPES = {
-    "int_type": "integer",
-    "int_from_float": "integer",
-    "int_parsing": "integer",
-    "string_type": "string",
-    "bool_type": "boolean",
-    "bool_parsing": "boolean",
-    "float_type": "number",
-    "float_parsing": "number",
-    "list_type": "array",
-    "dict_type": "object",
-    "model_type": "object",
-    "model_attributes_type": "object",
-    "dataclass_type": "object",
-}
-_REASONS = {"FieldValueRequired": "Required value", "FieldValueForbidden": "Forbidden"}
-
-
-def _json_type(value: object) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if value is None:
-        return "null"
-    return "object"
-
-
-def _shown(value: object) -> str:
-    """A value as the API server prints it after `Invalid value:` (JSON, strings quoted)."""
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return json.dumps(value) if isinstance(value, str | bool) or value is None else str(value)
-
-
-def _schema_message(error: ErrorDetails, path: str) -> str:
-    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
-    if kind == "missing":
-        return "Required value"
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind in _JSON_TYPES:
-        given = _json_type(value)
-        return f'Invalid value: "{given}": {path} in body must be of type {_JSON_TYPES[kind]}: "{given}"'
-    if kind == "enum":
-        supported = ", ".join(
-            f'"{v.strip()}"'
-            for v in str(ctx.get("expected", "")).replace(" or ", ",").split(",")
-            if v.strip()
-        )
-        return f"Unsupported value: {_shown(value)}: supported values: {supported.replace(chr(39), '')}"
-    bounds = {
-        "greater_than_equal": ("ge", "greater than or equal to"),
-        "greater_than": ("gt", "greater than"),
-        "less_than_equal": ("le", "less than or equal to"),
-        "less_than": ("lt", "less than"),
-    }
-    if kind in bounds:
-        key, words = bounds[kind]
-        return f"Invalid value: {_shown(value)}: {path} in body should be {words} {_shown(ctx.get(key))}"
-    if kind == "string_pattern_mismatch":
-        return f"Invalid value: {_shown(value)}: {path} in body should match '{ctx.get('pattern')}'"
-    if kind == "string_too_long":
-        return f"Too long: may not be more than {ctx.get('max_length')} bytes"
-    if kind == "string_too_short":
-        least = ctx.get("min_length")
-        return f"Invalid value: {_shown(value)}: {path} in body should be at least {least} chars long"
-    if kind == "too_long":
-        return f"Too many: {ctx.get('actual_length')}: must have at most {ctx.get('max_length')} items"
-    if kind == "too_short":
-        least, actual = ctx.get("min_length"), ctx.get("actual_length")
-        return f"Invalid value: {actual}: {path} in body should have at least {least} items"
-    if kind == "duplicate":
-        return f"Duplicate value: {ctx.get('value')}"
-    return str(error["msg"])
 
 
 def _problem(error: ErrorDetails, prefix: tuple[int | str, ...]) -> Problem:
     loc = prefix + tuple(error["loc"])
     # Pydantic appends the name of the function for validators; keep only field names and indexes.
     loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith("function-")))
-    path = _join_path(loc)
+    path = join_path(loc)
     ctx = error.get("ctx") or {}
     if error["type"] == "cel_rule":
         rule = _RULES.get(str(ctx.get("rule", "")))
@@ -186,11 +77,11 @@ def _problem(error: ErrorDetails, prefix: tuple[int | str, ...]) -> Problem:
         elif (
             isinstance(value, str | int | float) and not isinstance(value, bool) and not ctx.get("field_path")
         ):
-            said = f"Invalid value: {_shown(value)}: {message}"  # a rule on a scalar shows the value
+            said = f"Invalid value: {shown(value)}: {message}"  # a rule on a scalar shows the value
         else:
             said = f"Invalid value: {message}"
         return Problem(where, said, str(ctx["rule"]))
-    return Problem(path, _schema_message(error, path))
+    return Problem(path, schema_message(error, path))
 
 
 def problems_of(exc: ValidationError, *, prefix: tuple[int | str, ...] = ()) -> list[Problem]:

@@ -13,14 +13,20 @@ from typing import Annotated
 from pydantic import ConfigDict, Field
 
 from breakwater.api.base import WireModel
+from breakwater.api.plain.report import CONFIG_PATH, LATENCY_BOUNDS_SECONDS, REPORT_VERSION
 from breakwater.api.sidecar import SidecarConfig
 from breakwater.breaker.settings import Mode, State
 
-REPORT_VERSION = 1
-CONFIG_PATH = "/v1/config"
-LATENCY_BOUNDS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-"""Upper bounds of the latency histogram a sidecar reports (`UpstreamReport.latency`): the buckets of its
-`breakwater_upstream_request_duration_seconds` histogram, plus one bin for slower calls."""
+__all__ = [
+    "CONFIG_PATH",
+    "LATENCY_BOUNDS_SECONDS",
+    "REPORT_VERSION",
+    "ConfigReply",
+    "ReportModel",
+    "SidecarReport",
+    "TransitionReport",
+    "UpstreamReport",
+]
 
 Count = Annotated[int, Field(ge=0)]
 

@@ -21,9 +21,7 @@ Additions beyond the first published sketch, all optional with inert defaults:
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -40,18 +38,22 @@ from pydantic.alias_generators import to_camel
 
 from breakwater.api.base import WireModel
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
-from breakwater.api.headers import MANAGED_HEADERS
+from breakwater.api.plain import sidecar as plain
+from breakwater.api.plain.sidecar import (
+    NAME_PATTERN,
+    REJECTED_STATUS,
+    SIDECAR_CONFIG_VERSION,
+    SidecarConfigError,
+    check_config,
+)
 from breakwater.api.policy import problems_of
 from breakwater.api.spec import Bulkhead, CircuitBreakerPolicySpec, FallbackKind, Retry, UpstreamSettings
 from breakwater.breaker.settings import BreakerSettings, Mode
-from breakwater.errors import InvalidInput
 
 # Every default of the wire format is the spec's (api/spec.py), read from its models.
 _SPEC = UpstreamSettings()
 _RETRY = Retry()
 _DEFAULT_MODE: Mode = CircuitBreakerPolicySpec.model_fields["mode"].default
-REJECTED_STATUS = 503
-"""What a rejected call gets without a fallback: 503 Service Unavailable."""
 
 __all__ = [
     "SIDECAR_CONFIG_VERSION",
@@ -69,23 +71,10 @@ __all__ = [
     "parse_sidecar_config",
 ]
 
-SIDECAR_CONFIG_VERSION = 1
-"""The only `SidecarConfig.version` this code understands."""
-
-_STATUS_PATTERN = re.compile(r"^(?:[1-5]xx|[1-5][0-9]{2})$")
-_RETRY_ON_WORDS = frozenset({"connect-failure", "reset", "timeout", "5xx", "gateway-error", "retriable-4xx"})
-_NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_HOP_BY_HOP = frozenset(MANAGED_HEADERS)
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 Percent = Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
-
-
-class SidecarConfigError(InvalidInput):
-    """A sidecar config that cannot be used: unreadable, not JSON, or not matching the schema (the
-    message names the camelCase field paths the operator writes)."""
 
 
 class AdminConfig(WireModel):
@@ -97,7 +86,7 @@ class AdminConfig(WireModel):
     @field_validator("address")
     @classmethod
     def _check_address(cls, value: str) -> str:
-        return _ip_address(value)
+        return plain.ip_address(value)
 
 
 class ForwardProxyConfig(WireModel):
@@ -133,10 +122,7 @@ class FailureConfig(WireModel):
     @field_validator("status_codes")
     @classmethod
     def _check_codes(cls, value: list[str]) -> list[str]:
-        for code in value:
-            if not _STATUS_PATTERN.fullmatch(code):
-                raise ValueError(f"{code!r} is not a status code (e.g. '503') or class (e.g. '5xx')")
-        return value
+        return list(plain.status_codes(value))
 
 
 class FallbackConfig(WireModel):
@@ -153,14 +139,7 @@ class FallbackConfig(WireModel):
     @field_validator("headers")
     @classmethod
     def _check_headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, text in value.items():
-            if not _HEADER_NAME.fullmatch(name):
-                raise ValueError(f"{name!r} is not a valid header name")
-            if name.lower() in _HOP_BY_HOP:
-                raise ValueError(f"{name!r} is managed by the proxy and cannot be set")
-            if "\r" in text or "\n" in text or "\0" in text:
-                raise ValueError(f"the value of {name!r} contains a line break or NUL")
-        return value
+        return plain.fallback_headers(value)
 
 
 class BulkheadConfig(WireModel):
@@ -181,17 +160,13 @@ class RetryConfig(WireModel):
     @field_validator("retry_on")
     @classmethod
     def _check_retry_on(cls, value: list[str]) -> list[str]:
-        for word in value:
-            if word not in _RETRY_ON_WORDS and not re.fullmatch(r"[1-5][0-9]{2}", word):
-                allowed = ", ".join(sorted(_RETRY_ON_WORDS))
-                raise ValueError(f"{word!r} is not a retry condition ({allowed}, or a status like '503')")
-        return value
+        return list(plain.retry_conditions(value))
 
 
 class UpstreamConfig(WireModel):
     """One upstream the app calls, with its breaker and protections."""
 
-    name: Annotated[str, Field(pattern=_NAME_PATTERN)]
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
     policy: str = ""
     host: Annotated[str, Field(min_length=1, max_length=253)]
     port: Annotated[int, Field(ge=1, le=65535)]
@@ -210,10 +185,7 @@ class UpstreamConfig(WireModel):
     @field_validator("host")
     @classmethod
     def _check_host(cls, value: str) -> str:
-        host = value.strip().rstrip(".").lower()
-        if not host or any(c in host for c in "/?#@ \t"):
-            raise ValueError(f"{value!r} is not a host name or IP address")
-        return host
+        return plain.host_name(value)
 
 
 class SidecarConfig(WireModel):
@@ -230,45 +202,16 @@ class SidecarConfig(WireModel):
     @field_validator("version")
     @classmethod
     def _check_version(cls, value: int) -> int:
-        if value != SIDECAR_CONFIG_VERSION:
-            raise ValueError(f"unsupported sidecar config version {value} (this sidecar reads version 1)")
-        return value
+        return plain.config_version(value)
 
     @field_validator("listen_address")
     @classmethod
     def _check_listen_address(cls, value: str) -> str:
-        return _ip_address(value)
+        return plain.ip_address(value)
 
     @model_validator(mode="after")
     def _check_upstreams(self) -> Self:
-        names: set[str] = set()
-        ports: dict[int, str] = {}
-        if self.admin.port:
-            ports[self.admin.port] = "admin"
-        if self.forward_proxy.enabled and self.forward_proxy.port:
-            if self.forward_proxy.port in ports:
-                raise ValueError(f"forwardProxy.port {self.forward_proxy.port} is also the admin port")
-            ports[self.forward_proxy.port] = "forwardProxy"
-        targets: dict[tuple[str, int], str] = {}
-        for up in self.upstreams:
-            if up.name in names:
-                raise ValueError(f"upstream name {up.name!r} is used twice")
-            names.add(up.name)
-            if up.listen_port:
-                if up.listen_port in ports:
-                    raise ValueError(
-                        f"upstream {up.name!r}: listenPort {up.listen_port} is already used by "
-                        f"{ports[up.listen_port]}"
-                    )
-                ports[up.listen_port] = f"upstream {up.name!r}"
-            if self.forward_proxy.enabled:
-                target = (up.host, up.port)
-                if target in targets:
-                    raise ValueError(
-                        f"upstreams {targets[target]!r} and {up.name!r} both route {up.host}:{up.port} "
-                        "through the forward proxy"
-                    )
-                targets[target] = up.name
+        check_config(self)
         return self
 
     def upstream(self, name: str) -> UpstreamConfig:
@@ -287,13 +230,6 @@ class SidecarConfig(WireModel):
         if self.config_hash:
             return self.config_hash
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
-
-
-def _ip_address(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IP address") from None
 
 
 def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> SidecarConfig:

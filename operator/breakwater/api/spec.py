@@ -10,7 +10,6 @@ off until written. Three sections live in modules of their own: `api/selector.py
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, Field, Strict
@@ -27,6 +26,7 @@ from breakwater.api.adaptive import (
 from breakwater.api.base import SpecModel, section
 from breakwater.api.constants import MAX_UPSTREAMS
 from breakwater.api.coordination import Coordination
+from breakwater.api.plain.sidecar import FallbackKind
 from breakwater.api.scalars import Duration, Percent, Timestamp
 from breakwater.api.selector import LabelSelector, LabelSelectorRequirement, SelectorOperator
 from breakwater.api.sidecar_ports import SidecarPorts
@@ -82,14 +82,6 @@ _SET = {"x-kubernetes-list-type": "set"}
 
 
 # --- enums -----------------------------------------------------------------------------------------
-
-
-class FallbackKind(StrEnum):
-    """None: a rejected call gets 503. Static: a fixed response. Cached: the last good response."""
-
-    NONE = "None"
-    STATIC = "Static"
-    CACHED = "Cached"
 
 
 # Enum fields accept their string values from manifests, while everything else stays strict.

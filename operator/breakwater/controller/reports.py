@@ -246,9 +246,9 @@ class ReportServer:
     async def handle_session(self, request: web.Request) -> web.Response:
         identity, token_expires = await self.auth.identify(request)
         try:
-            ask = datagram.SessionRequest.model_validate_json(await request.read())
-        except pydantic.ValidationError as exc:
-            raise web.HTTPBadRequest(text=f"not a session request: {exc.error_count()} errors") from exc
+            ask = datagram.SessionRequest.from_json(await request.read())
+        except datagram.DatagramError as exc:
+            raise web.HTTPBadRequest(text=f"not a session request: {exc}") from exc
         _check_claim(identity, ask.namespace, ask.pod, ask.pod_uid)
         expires = int(min(token_expires, time.time() + SESSION_MAX_SECONDS))
         session = datagram.Session(ask.namespace, ask.pod, ask.pod_uid or identity.pod_uid, expires)
@@ -261,7 +261,7 @@ class ReportServer:
         )
         logger.debug("session for pod %s/%s until %s", ask.namespace, ask.pod, expires)
         metrics.METRICS.granted_session()
-        return web.Response(text=grant.model_dump_json(by_alias=True), content_type="application/json")
+        return web.Response(text=grant.to_json(), content_type="application/json")
 
     async def desired(self, namespace: str, pod: str) -> SidecarConfig | None:
         labels = self.pod_labels(namespace, pod)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Iterable
 
-from breakwater.api.bundle import PolicyBundle
-from breakwater.api.sidecar import SidecarConfig
+from breakwater.api.plain.sidecar import SidecarConfig
+from breakwater.breaker.settings import Mode
 from breakwater.errors import InvalidInput
 
 
@@ -42,14 +42,10 @@ def carry_over(previous: SidecarConfig | None, current: SidecarConfig) -> Sideca
     names = {u.name for u in current.upstreams}
     ports = {u.listen_port for u in current.upstreams if u.listen_port}
     kept = [
-        u.model_copy(update={"mode": "Disabled"})
+        dataclasses.replace(u, mode=Mode.DISABLED)
         for u in previous.upstreams
         if u.name not in names and (not u.listen_port or u.listen_port not in ports)
     ]
     if not kept:
         return current
-    return current.model_copy(update={"upstreams": [*current.upstreams, *kept]})
-
-
-def names(bundles: Iterable[PolicyBundle]) -> list[str]:
-    return [b.policy for b in bundles]
+    return current.replace(upstreams=(*current.upstreams, *kept))

@@ -31,7 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from breakwater.api.sidecar import SidecarConfig, SidecarConfigError, parse_sidecar_config
+from breakwater.api.plain.parse import parse_sidecar_config
+from breakwater.api.plain.sidecar import SidecarConfig, SidecarConfigError
 from breakwater.proxy.metrics import CONTENT_TYPE, render
 from breakwater.proxy.reload import ConfigApplyError, ReloadCounters, ReloadStatus, StaleConfigError
 from breakwater.proxy.stats import wall_time

@@ -6,9 +6,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from breakwater.api.sidecar import FailureConfig, RetryConfig
+from breakwater.api.plain.sidecar import FailureConfig, RetryConfig
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -30,7 +31,7 @@ class FailureKind(enum.Enum):
     RESET = "reset"
 
 
-def status_matcher(patterns: list[str]) -> tuple[bool, ...]:
+def status_matcher(patterns: Sequence[str]) -> tuple[bool, ...]:
     """A 600-entry table: ``table[status]`` says whether `status` matches one of `patterns`.
 
     Patterns are exact codes (``"503"``) or classes (``"5xx"``); anything outside 100..599 never matches.

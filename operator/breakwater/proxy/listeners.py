@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from breakwater.api.sidecar import SidecarConfig
+from breakwater.api.plain.sidecar import SidecarConfig
 from breakwater.proxy.fast.listener import FastListener, FastPath
 from breakwater.proxy.logs import CONFIG_CHANNEL
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
-from breakwater.api.sidecar import SidecarConfig, SidecarConfigError
+from breakwater.api.plain.sidecar import SidecarConfig, SidecarConfigError
 from breakwater.injection.podinfo import PodInfoError, carry_over
 from breakwater.proxy.logs import configure_logging
 from breakwater.proxy.modeclock import ModeClock

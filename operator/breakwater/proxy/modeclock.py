@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from breakwater.api.sidecar import UpstreamConfig
+from breakwater.api.plain.sidecar import UpstreamConfig
 from breakwater.breaker import Breaker, Mode, State
 
 __all__ = ["ModeClock", "applied_mode", "mode_at"]

@@ -10,18 +10,18 @@ pass-through listeners (see `carry_over`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydantic
-
-from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
-from breakwater.api.sidecar import AdminConfig, SidecarConfig
+from breakwater.api.plain.bundle import BundleError, PolicyBundle, parse_bundle
+from breakwater.api.plain.sidecar import AdminConfig, ForwardProxyConfig, SidecarConfig
+from breakwater.injection.conflicts import Conflict, choose, config_hash, served
 from breakwater.injection.podinfo import PodInfoError, carry_over, parse_labels
-from breakwater.injection.resolve import resolve, without_reserved
 from breakwater.proxy.sidecar import ConfigApplyError, Sidecar
 
 log = logging.getLogger(__name__)
@@ -35,10 +35,30 @@ def read_bundles(directory: Path) -> tuple[list[PolicyBundle], list[str]]:
     bundles, errors = [], []
     for path in sorted(directory.glob("*.json")):
         try:
-            bundles.append(PolicyBundle.model_validate_json(path.read_bytes()))
-        except (OSError, pydantic.ValidationError) as exc:
+            bundles.append(parse_bundle(path.read_bytes()))
+        except (OSError, BundleError) as exc:
             errors.append(f"{path.name}: {exc}")
     return bundles, errors
+
+
+def resolve(
+    labels: Mapping[str, str], bundles: Iterable[PolicyBundle], *, admin_port: int, proxy_port: int
+) -> tuple[SidecarConfig, tuple[Conflict, ...]]:
+    """The pod's config, as `injection.resolve.resolve` computes it on the operator's side (same rule,
+    same hash), and the conflicts it met."""
+    choice = choose(labels, bundles)
+    kept = tuple(dataclasses.replace(upstream, policy=policy) for policy, upstream in choice.kept)
+    wire = ForwardProxyConfig(enabled=choice.transparent, port=0)
+    decided = SidecarConfig(forward_proxy=wire, upstreams=kept).to_dict()  # whatever ports the pod binds
+    serving, lost = served(choice, admin_port, proxy_port)
+    names = {upstream.name for _, upstream in serving}
+    config = SidecarConfig(
+        admin=AdminConfig(port=admin_port),
+        forward_proxy=ForwardProxyConfig(enabled=choice.transparent, port=proxy_port),
+        upstreams=tuple(u for u in kept if u.name in names),
+        config_hash=config_hash(decided["forwardProxy"], decided["upstreams"]),
+    )
+    return config, (*choice.conflicts, *lost)
 
 
 @dataclass(frozen=True)
@@ -52,16 +72,19 @@ class Binding:
 
     def apply(self, config: SidecarConfig) -> SidecarConfig:
         """`config` bound here; an upstream whose listenPort is one of this sidecar's own ports (a
-        config the operator resolved for other ports) is not served."""
-        served = without_reserved(config, self.admin_port, self.proxy_port)
-        for lost in {u.name for u in config.upstreams} - {u.name for u in served.upstreams}:
-            log.warning("upstream %s is not served: its listenPort is one of this sidecar's ports", lost)
-        return served.model_copy(
-            update={
-                "listen_address": self.listen_address,
-                "admin": AdminConfig(port=self.admin_port, address=self.admin_address),
-                "forward_proxy": config.forward_proxy.model_copy(update={"port": self.proxy_port}),
-            }
+        config the operator resolved for other ports) is not served (the hash stays)."""
+        ports = (self.admin_port, self.proxy_port)
+        kept = tuple(u for u in config.upstreams if u.listen_port not in ports)
+        for lost in config.upstreams:
+            if lost.listen_port in ports:
+                log.warning(
+                    "upstream %s is not served: its listenPort is one of this sidecar's ports", lost.name
+                )
+        return config.replace(
+            upstreams=kept,
+            listen_address=self.listen_address,
+            admin=AdminConfig(port=self.admin_port, address=self.admin_address),
+            forward_proxy=dataclasses.replace(config.forward_proxy, port=self.proxy_port),
         )
 
 
@@ -88,17 +111,17 @@ class PodConfigSource:
         bundles, errors = read_bundles(self.policies_dir)
         for error in errors:
             log.warning("skipping an unreadable policy bundle: %s", error)
-        resolution = resolve(
+        config, conflicts = resolve(
             labels, bundles, admin_port=self.binding.admin_port, proxy_port=self.binding.proxy_port
         )
-        for conflict in resolution.conflicts:
+        for conflict in conflicts:
             log.warning(
                 "policy conflict: %s loses upstream %s: %s",
                 conflict.loser,
                 conflict.upstream,
                 conflict.message(),
             )
-        return self.binding.apply(carry_over(running, resolution.config))
+        return self.binding.apply(carry_over(running, config))
 
     async def follow(self, sidecar: Sidecar, *, interval: float = 1.0) -> None:
         """Re-resolve whenever a mount changes (kubelet refreshes ConfigMap volumes about once a minute)."""

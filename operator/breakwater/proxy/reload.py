@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from breakwater.api.sidecar import SidecarConfig, SidecarConfigError, parse_sidecar_config
+from breakwater.api.plain.parse import parse_sidecar_config
+from breakwater.api.plain.sidecar import SidecarConfig, SidecarConfigError
 from breakwater.errors import ConfigNotApplied
 from breakwater.proxy.logs import CONFIG_CHANNEL
 from breakwater.proxy.upstream import RouteTable

@@ -26,17 +26,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pydantic
-
 from breakwater.api import datagram
-from breakwater.api.report import (
+from breakwater.api.plain.report import (
     CONFIG_PATH,
     ConfigReply,
     SidecarReport,
     TransitionReport,
     UpstreamReport,
 )
-from breakwater.api.sidecar import SidecarConfig
+from breakwater.api.plain.sidecar import SidecarConfig
+from breakwater.errors import InvalidInput
 from breakwater.proxy.https_client import HttpClientError, request
 from breakwater.proxy.sidecar import Sidecar
 from breakwater.proxy.stats import TransitionEvent, wall_time
@@ -146,8 +145,8 @@ class Reporter:
                 UpstreamReport(
                     name=up.name,
                     policy=up.policy,
-                    state=snap.state.value,
-                    mode=snap.mode.value,
+                    state=snap.state,
+                    mode=snap.mode,
                     calls=snap.calls,
                     failures=snap.failures,
                     rejections=snap.rejections,
@@ -186,14 +185,14 @@ class Reporter:
         answer = await request(
             "POST",
             self.url + datagram.SESSION_PATH,
-            body=ask.model_dump_json(by_alias=True).encode(),
+            body=ask.to_json().encode(),
             headers=self._headers(),
             ssl_context=self._ssl,
             within=HTTP_TIMEOUT,
         )
         if answer.status != 200:
             raise HttpClientError(f"session refused ({answer.status}): {answer.text[:200]}")
-        grant = datagram.SessionGrant.model_validate_json(answer.body)
+        grant = datagram.SessionGrant.from_json(answer.body)
         host = urlsplit(self.url).hostname or "localhost"
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
             lambda: _Endpoint(self._on_datagram), remote_addr=(host, grant.port)
@@ -221,7 +220,7 @@ class Reporter:
             return
         try:
             answer = datagram.open_answer(self._session.key, fields)
-        except (datagram.DatagramError, pydantic.ValidationError) as exc:
+        except datagram.DatagramError as exc:
             log.warning("ignoring an answer that does not verify: %s", exc)
             return
         if answer.seq >= 0:
@@ -253,7 +252,7 @@ class Reporter:
                 self._renew.clear()
                 try:
                     self._session = session = await self._open_session()
-                except (OSError, TimeoutError, pydantic.ValidationError) as exc:
+                except (OSError, TimeoutError, datagram.DatagramError) as exc:
                     self.failures += 1
                     if self.failures == 1 or self.failures % 20 == 0:
                         log.warning("no report session with %s (%d tries): %s", self.url, self.failures, exc)
@@ -262,7 +261,7 @@ class Reporter:
                     continue
                 backoff = 1.0
             report = self.snapshot()
-            body = report.model_dump_json(by_alias=True).encode()
+            body = report.to_json().encode()
             session.transport.sendto(datagram.report_datagram(session.session_id, session.key, body))
             self.sent += 1
             self.failures += 1  # until answered
@@ -311,8 +310,8 @@ class Reporter:
                     continue
                 if answer.status != 200:
                     raise HttpClientError(f"config fetch refused ({answer.status}): {answer.text[:200]}")
-                reply = ConfigReply.model_validate_json(answer.body)
-            except (OSError, TimeoutError, pydantic.ValidationError) as exc:
+                reply = ConfigReply.from_json(answer.body)
+            except (OSError, TimeoutError, InvalidInput) as exc:
                 log.warning("fetching the pod's new config failed (the next answer retries): %s", exc)
                 return
             await self._maybe_apply(reply)

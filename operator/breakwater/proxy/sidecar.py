@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from breakwater.api.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
+from breakwater.api.plain.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
 from breakwater.breaker import Transition
 from breakwater.proxy.admin import AdminAnswer, AdminRequest, handle, stats_document
 from breakwater.proxy.admin_server import AdminServer

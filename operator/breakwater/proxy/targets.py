@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from breakwater.api.sidecar import UpstreamConfig
+from breakwater.api.plain.sidecar import UpstreamConfig
 from breakwater.breaker import Mode
 from breakwater.proxy.answers import Answer, plain
 from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable

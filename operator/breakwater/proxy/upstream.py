@@ -14,8 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from breakwater.api.sidecar import SidecarConfig, UpstreamConfig
-from breakwater.api.spec import FallbackKind
+from breakwater.api.plain.sidecar import FallbackKind, SidecarConfig, UpstreamConfig
 from breakwater.breaker import Breaker, Transition
 from breakwater.proxy.budget import RetryBudget
 from breakwater.proxy.bulkhead import Bulkhead

@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from breakwater.api.bundle import PolicyBundle
+from breakwater.api.plain import bundle as plain
 from breakwater.api.sidecar import UpstreamConfig
 from breakwater.injection.resolve import resolve
+from breakwater.proxy import podsource
 
 
 def bundle(name: str, created: str, *upstreams: UpstreamConfig, app: str = "checkout") -> PolicyBundle:
@@ -68,11 +73,18 @@ def test_unselected_policies_do_not_apply_and_the_hash_is_stable() -> None:
     assert resolve({"app": "checkout"}, [changed]).config_hash != first.config_hash
 
 
+def on_the_sidecar(*bundles: PolicyBundle) -> list[plain.PolicyBundle]:
+    """The bundles as a sidecar reads them from its mounted ConfigMap."""
+    return [plain.parse_bundle(b.to_json()) for b in bundles]
+
+
 def test_an_upstream_of_a_deleted_policy_stays_as_a_pass_through_listener() -> None:
     from breakwater.injection.podinfo import carry_over
 
-    before = resolve({"app": "checkout"}, [bundle("a", "1", up("one", "h1", listen=15210))]).config
-    after = resolve({"app": "checkout"}, []).config
+    ports = {"admin_port": 15200, "proxy_port": 15201}
+    mounted = on_the_sidecar(bundle("a", "1", up("one", "h1", listen=15210)))
+    before, _ = podsource.resolve({"app": "checkout"}, mounted, **ports)
+    after, _ = podsource.resolve({"app": "checkout"}, [], **ports)
     kept = carry_over(before, after)
     assert [(u.name, u.mode, u.listen_port) for u in kept.upstreams] == [("one", "Disabled", 15210)]
 
@@ -89,3 +101,40 @@ def test_the_hash_ignores_where_the_sidecar_binds() -> None:
     here = resolve({"app": "checkout"}, bundles)
     there = resolve({"app": "checkout"}, bundles, listen_address="127.0.10.7", admin_port=16020)
     assert here.config_hash == there.config_hash
+
+
+_UPSTREAMS = st.builds(
+    up,
+    name=st.sampled_from(["one", "two", "three"]),
+    host=st.sampled_from(["h1", "h2"]),
+    port=st.sampled_from([80, 8080]),
+    listen=st.sampled_from([None, 15210, 15211, 15200, 16020]),
+)
+_BUNDLES = st.lists(
+    st.builds(
+        lambda name, created, ups, app: bundle(name, created, *ups, app=app),
+        name=st.sampled_from(["a", "b", "c", "d"]),
+        created=st.sampled_from(["1", "2", "3"]),
+        ups=st.lists(_UPSTREAMS, max_size=3),
+        app=st.sampled_from(["checkout", "cart"]),
+    ),
+    max_size=4,
+    unique_by=lambda b: b.policy,
+)
+
+
+@settings(max_examples=200)
+@given(_BUNDLES, st.booleans(), st.sampled_from([(15200, 15201), (16020, 16080)]))
+def test_a_sidecar_resolves_its_bundles_to_the_config_and_hash_the_operator_computes(
+    bundles: list[PolicyBundle], transparent: bool, ports: tuple[int, int]
+) -> None:
+    if transparent and bundles:
+        bundles[0] = bundles[0].model_copy(update={"transparent": True})
+    admin, proxy = ports
+    operator = resolve({"app": "checkout"}, bundles, admin_port=admin, proxy_port=proxy)
+    sidecar, conflicts = podsource.resolve(
+        {"app": "checkout"}, on_the_sidecar(*bundles), admin_port=admin, proxy_port=proxy
+    )
+    assert sidecar.config_hash == operator.config_hash
+    assert sidecar.to_json() == operator.config.to_json()
+    assert conflicts == operator.conflicts

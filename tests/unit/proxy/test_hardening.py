@@ -144,7 +144,7 @@ async def test_a_small_upload_that_never_completes_is_cut_at_the_deadline_and_no
 async def test_shutdown_stops_accepting_and_lets_requests_in_flight_finish(
     upstream: FaultyUpstream, tmp_path: Any
 ) -> None:
-    from breakwater.api.sidecar import parse_sidecar_config
+    from breakwater.api.plain.parse import parse_sidecar_config
 
     config = parse_sidecar_config(sidecar_doc(upstream_doc("up", upstream.port, timeoutSeconds=5)))
     sidecar = Sidecar(config=config, drain_seconds=3.0)
@@ -172,7 +172,7 @@ async def test_shutdown_stops_accepting_and_lets_requests_in_flight_finish(
 
 
 async def test_shutdown_cuts_requests_that_outlive_the_drain_deadline(upstream: FaultyUpstream) -> None:
-    from breakwater.api.sidecar import parse_sidecar_config
+    from breakwater.api.plain.parse import parse_sidecar_config
 
     config = parse_sidecar_config(sidecar_doc(upstream_doc("up", upstream.port, timeoutSeconds=30)))
     sidecar = Sidecar(config=config, drain_seconds=0.5)

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from breakwater.api.sidecar import UpstreamConfig
+from breakwater.api.plain.fields import Errors
+from breakwater.api.plain.parse import read_upstream
+from breakwater.api.plain.sidecar import UpstreamConfig
 from breakwater.breaker import Breaker, Mode, Outcome, State
 from breakwater.proxy.modeclock import ModeClock, applied_mode, mode_at
 
 
 def config(**fields: object) -> UpstreamConfig:
-    return UpstreamConfig.model_validate({"name": "payments", "host": "127.0.0.1", "port": 8080, **fields})
+    errors = Errors()
+    up = read_upstream(errors, (), {"name": "payments", "host": "127.0.0.1", "port": 8080, **fields})
+    assert not errors.records
+    assert isinstance(up, UpstreamConfig)
+    return up
 
 
 class Clock:

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from breakwater.api.sidecar import AdminConfig
+from breakwater.api.plain.sidecar import AdminConfig
 from breakwater.breaker import State
 from breakwater.proxy import ConfigApplyError, Sidecar, StaleConfigError
 from breakwater.proxy.sidecar import run_sidecar
@@ -149,19 +149,11 @@ async def test_a_config_whose_listener_cannot_bind_is_refused_and_the_old_one_ke
     blocker.listen()
     try:
         taken = blocker.getsockname()[1]
-        bad = sidecar.config.model_copy(  # type: ignore[union-attr]
-            update={"config_hash": "two", "upstreams": [*sidecar.config.upstreams]}  # type: ignore[union-attr]
-        )
-        from breakwater.api.sidecar import UpstreamConfig
+        from breakwater.api.plain.sidecar import UpstreamConfig
 
-        bad = bad.model_copy(
-            update={
-                "upstreams": [
-                    *bad.upstreams,
-                    UpstreamConfig(name="b", host="127.0.0.1", port=upstream.port, listen_port=taken),
-                ]
-            }
-        )
+        assert sidecar.config is not None
+        extra = UpstreamConfig(name="b", host="127.0.0.1", port=upstream.port, listen_port=taken)
+        bad = sidecar.config.replace(config_hash="two", upstreams=(*sidecar.config.upstreams, extra))
         with pytest.raises(ConfigApplyError, match="cannot listen"):
             await sidecar.apply_config(bad)
         assert sidecar.routes.config_hash == "one"
@@ -195,7 +187,8 @@ async def test_an_older_generation_is_refused(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream
 ) -> None:
     sidecar = await start_sidecar(sidecar_doc(upstream_doc("a", upstream.port), generation=5))
-    older = sidecar.config.model_copy(update={"generation": 4, "config_hash": "old"})  # type: ignore[union-attr]
+    assert sidecar.config is not None
+    older = sidecar.config.replace(generation=4, config_hash="old")
     with pytest.raises(StaleConfigError):
         await sidecar.apply_config(older)
     assert sidecar.routes.config.generation == 5

@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from breakwater.api import datagram
+from breakwater.api.plain import sidecar as plain
 from breakwater.api.report import ConfigReply, SidecarReport, TransitionReport
 from breakwater.api.sidecar import SidecarConfig
 from breakwater.proxy.reporter import (
@@ -105,7 +106,7 @@ class OperatorStandIn(asyncio.DatagramProtocol):
     # -- HTTP ----------------------------------------------------------------------------------------
 
     async def handle_session(self, request: web.Request) -> web.Response:
-        ask = datagram.SessionRequest.model_validate_json(await request.read())
+        ask = datagram.SessionRequest.from_json(await request.read())
         n = len(self.grants)
         expires = int(time.time() + self.session_seconds)
         session_id = datagram.Session(ask.namespace, ask.pod, f"{ask.pod_uid}#{n}", expires).encode()
@@ -117,7 +118,7 @@ class OperatorStandIn(asyncio.DatagramProtocol):
             expires_at=time.time() + self.session_seconds,
             port=self.udp_port,
         )
-        return web.Response(text=grant.model_dump_json(by_alias=True), content_type="application/json")
+        return web.Response(text=grant.to_json(), content_type="application/json")
 
     async def handle_config(self, request: web.Request) -> web.Response:
         self.config_requests.append(
@@ -183,7 +184,7 @@ class Harness:
     sidecar: Sidecar
     reporter: Reporter
     operator: OperatorStandIn
-    applied: list[SidecarConfig]
+    applied: list[plain.SidecarConfig]
 
     @property
     def base(self) -> str:
@@ -211,9 +212,9 @@ async def start_reporter(
         if upstreams:
             docs = [upstream_doc(f"up{i}", upstream.port, breaker=TRIP) for i in range(upstreams)]
         sidecar = await start_sidecar(sidecar_doc(*docs, configHash="h1"))
-        applied: list[SidecarConfig] = []
+        applied: list[plain.SidecarConfig] = []
 
-        async def on_config(config: SidecarConfig) -> None:
+        async def on_config(config: plain.SidecarConfig) -> None:
             applied.append(config)
             await sidecar.apply_config(config, source="operator")
 
@@ -343,9 +344,8 @@ async def test_an_answer_with_another_config_hash_makes_the_sidecar_fetch_and_ap
 ) -> None:
     h = await start_reporter(interval=5.0)
     first = await next_report(operator, 0)
-    assert h.sidecar.config is not None
-    wanted = h.sidecar.config.model_copy(update={"config_hash": "h2", "generation": 1})
-    operator.config_reply = ConfigReply(config_hash="h2", config=wanted)
+    wanted = h.sidecar.config.replace(config_hash="h2", generation=1)  # type: ignore[union-attr]
+    operator.config_reply = ConfigReply(config_hash="h2", config=SidecarConfig(**wanted.to_dict()))
 
     operator.answer(first.report.seq, "h2")
     await until(lambda: h.applied, within=3.0, what="on_config called")

@@ -132,7 +132,7 @@ def test_an_older_sidecar_drops_a_bundle_with_a_field_it_does_not_know(
     bundle = json.loads(render_bundle(POLICY).to_json())
     bundle["upstreams"][0]["newSetting"] = 1
     config = _pod_source(tmp_path, json.dumps(bundle)).load()
-    assert config.upstreams == []
+    assert not config.upstreams
     assert "skipping an unreadable policy bundle: payments.json" in caplog.text
 
 

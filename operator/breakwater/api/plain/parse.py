@@ -1,0 +1,263 @@
+"""Reading the sidecar config (`plain.sidecar`'s dataclasses) with the models' rules and messages.
+
+`parse_sidecar_config` is the models' function of the same name without pydantic: the same verdict, the
+same values, the same message (`tests/unit/api/test_plain.py`). A document with a value only the models
+can decide (`fields.NeedsModels`) is handed to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.plain import fields as f
+from breakwater.api.plain.sidecar import (
+    DEFAULT_BREAKER,
+    DEFAULT_BUDGET_PERCENT,
+    DEFAULT_CACHE,
+    DEFAULT_RETRY_ON,
+    DEFAULT_STATUS_CODES,
+    DEFAULT_TIMEOUT_SECONDS,
+    NAME_PATTERN,
+    REJECTED_STATUS,
+    SIDECAR_CONFIG_VERSION,
+    AdminConfig,
+    BulkheadConfig,
+    FailureConfig,
+    FallbackConfig,
+    FallbackKind,
+    ForwardProxyConfig,
+    RetryConfig,
+    SidecarConfig,
+    SidecarConfigError,
+    UpstreamConfig,
+    camel,
+    check_config,
+    config_version,
+    fallback_headers,
+    host_name,
+    ip_address,
+    retry_conditions,
+    status_codes,
+)
+from breakwater.breaker.settings import BreakerSettings, InvalidBreakerSettings, Mode, WindowKind
+
+__all__ = ["load_sidecar_config", "parse_sidecar_config", "read_config", "read_upstream"]
+
+
+Reader = Callable[[f.Errors, f.Loc, Any], Any]
+
+
+def _checked(read: Reader, check: Callable[[Any], str | Any]) -> Reader:
+    """`read`, then a field validator: `check` returns the value, or raises ValueError."""
+
+    def run(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
+        got = read(errors, loc, value)
+        if got is f.BAD:
+            return got
+        try:
+            return check(got)
+        except ValueError as exc:
+            return errors.value_error(loc, got, str(exc))
+
+    return run
+
+
+def _int(**bounds: Any) -> Reader:
+    return lambda e, loc, v: f.integer(e, loc, v, **bounds)
+
+
+def _float(**bounds: Any) -> Reader:
+    return lambda e, loc, v: f.number(e, loc, v, **bounds)
+
+
+def _str(**checks: Any) -> Reader:
+    return lambda e, loc, v: f.string(e, loc, v, **checks)
+
+
+def _enum(kind: type[enum.Enum]) -> Reader:
+    return lambda e, loc, v: f.enum(e, loc, v, kind)
+
+
+def _list_of_str(e: f.Errors, loc: f.Loc, v: Any) -> Any:
+    return f.list_of(e, loc, v, lambda e2, loc2, item: f.string(e2, loc2, item))
+
+
+def _object(cls: type[Any], fields: tuple[f.Field, ...]) -> Reader:
+    def read(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
+        values = f.read_fields(errors, loc, value, fields)
+        return f.BAD if values is None else cls(**values)
+
+    return read
+
+
+def _fields(*specs: tuple[str, Reader, Any]) -> tuple[f.Field, ...]:
+    return tuple(f.Field(name, camel(name), read, default) for name, read, default in specs)
+
+
+_PORT = _int(ge=0, le=65535)
+_SECONDS = _float(gt=0)
+
+_ADMIN = _object(
+    AdminConfig,
+    _fields(("port", _PORT, SIDECAR_ADMIN_PORT), ("address", _checked(_str(), ip_address), "0.0.0.0")),
+)
+_FORWARD_PROXY = _object(
+    ForwardProxyConfig,
+    _fields(
+        ("enabled", f.boolean, False),
+        ("port", _PORT, SIDECAR_FORWARD_PROXY_PORT),
+        ("unknown_hosts", lambda e, loc, v: f.literal(e, loc, v, ("PassThrough", "Refuse")), "PassThrough"),
+    ),
+)
+_FAILURES = _object(
+    FailureConfig,
+    _fields(
+        ("status_codes", _checked(_list_of_str, status_codes), DEFAULT_STATUS_CODES),
+        ("timeouts", f.boolean, True),
+        ("connect_errors", f.boolean, True),
+        ("resets", f.boolean, True),
+    ),
+)
+_FALLBACK = _object(
+    FallbackConfig,
+    _fields(
+        ("kind", _enum(FallbackKind), FallbackKind.NONE),
+        ("status", _int(ge=200, le=599), REJECTED_STATUS),
+        ("headers", _checked(f.dict_of_strings, fallback_headers), dict),
+        ("body", _str(), ""),
+        ("max_age_seconds", _SECONDS, DEFAULT_CACHE[0]),
+        ("max_entries", _int(ge=1, le=1_000_000), DEFAULT_CACHE[1]),
+        ("max_bytes", _int(ge=1), DEFAULT_CACHE[2]),
+    ),
+)
+_BULKHEAD = _object(
+    BulkheadConfig,
+    _fields(("max_concurrent", f.nullable(_int(ge=1)), None), ("max_pending", _int(ge=0), 0)),
+)
+_RETRY = _object(
+    RetryConfig,
+    _fields(
+        ("attempts", _int(ge=1, le=10), 1),
+        ("per_try_timeout_seconds", f.nullable(_SECONDS), None),
+        ("budget_percent", _float(ge=0, le=100), DEFAULT_BUDGET_PERCENT),
+        ("retry_on", _checked(_list_of_str, retry_conditions), DEFAULT_RETRY_ON),
+    ),
+)
+
+_BREAKER_TYPES: dict[str, Reader] = {
+    "int": _int(),
+    "float": _float(),
+    "int | None": f.nullable(_int()),
+    "float | None": f.nullable(_float()),
+    "WindowKind": _enum(WindowKind),
+}
+_BREAKER_FIELDS = tuple(
+    f.Field(k.name, camel(k.name), _BREAKER_TYPES[str(k.type)]) for k in dataclasses.fields(BreakerSettings)
+)
+_BREAKER_DEFAULTS = {camel(k): v for k, v in dataclasses.asdict(DEFAULT_BREAKER).items()}
+
+
+def _breaker(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
+    """A partial block takes the spec's defaults for what it leaves out; `BreakerSettings` checks it."""
+    if type(value) is dict:
+        value = {**_BREAKER_DEFAULTS, **value}
+    values = f.read_fields(errors, loc, value, _BREAKER_FIELDS, by_name=False, dataclass=True)
+    if values is None:
+        return f.BAD
+    try:
+        return BreakerSettings(**values)
+    except InvalidBreakerSettings as exc:
+        return errors.value_error(loc, value, str(exc))
+
+
+_UPSTREAM_FIELDS = _fields(
+    ("name", _str(pattern=NAME_PATTERN), f.MISSING),
+    ("policy", _str(), ""),
+    ("host", _checked(_str(min_length=1, max_length=253), host_name), f.MISSING),
+    ("port", _int(ge=1, le=65535), f.MISSING),
+    ("listen_port", f.nullable(_PORT), None),
+    ("mode", _enum(Mode), Mode.ENFORCE),
+    ("mode_until", f.nullable(_float(gt=0)), None),
+    ("mode_after", f.nullable(_enum(Mode)), None),
+    ("fleet_open", f.boolean, False),
+    ("breaker", _breaker, DEFAULT_BREAKER),
+    ("failures", _FAILURES, FailureConfig()),
+    ("timeout_seconds", _SECONDS, DEFAULT_TIMEOUT_SECONDS),
+    ("fallback", _FALLBACK, FallbackConfig),
+    ("bulkhead", _BULKHEAD, BulkheadConfig()),
+    ("retry", _RETRY, RetryConfig()),
+)
+read_upstream = _object(UpstreamConfig, _UPSTREAM_FIELDS)
+"""Read one `upstreams[]` entry (a reader of `fields`: errors, location, value)."""
+
+
+_CONFIG_FIELDS = _fields(
+    ("version", _checked(_int(), config_version), SIDECAR_CONFIG_VERSION),
+    ("config_hash", _str(), ""),
+    ("generation", _int(ge=0), 0),
+    ("listen_address", _checked(_str(), ip_address), "127.0.0.1"),
+    ("admin", _ADMIN, AdminConfig()),
+    ("forward_proxy", _FORWARD_PROXY, ForwardProxyConfig()),
+    ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream), list),
+)
+
+
+def read_config(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
+    """Read one whole config (a reader of `fields`); `NeedsModels` when only the models can tell."""
+    values = f.read_fields(errors, loc, value, _CONFIG_FIELDS)
+    if values is None:
+        return f.BAD
+    values["upstreams"] = tuple(values["upstreams"])
+    config = SidecarConfig(**values)
+    try:
+        check_config(config)
+    except ValueError as exc:
+        return errors.value_error(loc, value, str(exc))
+    return config
+
+
+def _by_the_models(document: dict[str, Any], source: str) -> SidecarConfig:
+    """What the models make of a document this module cannot decide, read back as plain values."""
+    from breakwater.api.sidecar import parse_sidecar_config as parse_with_models
+
+    canonical = json.loads(parse_with_models(document, source=source).to_json())
+    errors = f.Errors()
+    config = read_config(errors, (), canonical)
+    assert not errors.records, errors.records  # the models' own dump always reads
+    return config  # type: ignore[no-any-return]
+
+
+def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> SidecarConfig:
+    """Parse and validate one config document; raise `SidecarConfigError` saying what is wrong."""
+    if isinstance(data, dict):
+        document: Any = data
+    else:
+        try:
+            document = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SidecarConfigError(f"not valid JSON: {exc}", source=source) from exc
+    if not isinstance(document, dict):
+        raise SidecarConfigError("the document must be a JSON object", source=source)
+    errors = f.Errors()
+    try:
+        config = read_config(errors, (), document)
+    except f.NeedsModels:
+        return _by_the_models(document, source)
+    if errors.records:
+        raise SidecarConfigError("; ".join(str(p) for p in errors.problems()), source=source)
+    return config  # type: ignore[no-any-return]
+
+
+def load_sidecar_config(path: str | Path) -> SidecarConfig:
+    """Read and validate the config file at `path`; raise `SidecarConfigError` if it cannot be used."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise SidecarConfigError(f"cannot read: {exc.strerror or exc}", source=str(path)) from exc
+    return parse_sidecar_config(raw, source=str(path))

@@ -1,0 +1,314 @@
+"""The sidecar config (`api/sidecar.py`'s models) as frozen dataclasses, read without pydantic.
+
+Same fields, defaults, checks and messages as the models; `to_dict` / `to_json` give what the
+models' ``model_dump(by_alias=True)`` / ``model_dump_json(by_alias=True)`` give. The defaults are
+written here once more (this module may not import the models) and `tests/unit/api/test_plain.py`
+holds them to the models'. A document with a value only the models can decide goes to them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.headers import MANAGED_HEADERS
+from breakwater.breaker.settings import BreakerSettings, Mode, WindowKind
+from breakwater.errors import InvalidInput
+
+__all__ = [
+    "SIDECAR_CONFIG_VERSION",
+    "AdminConfig",
+    "BulkheadConfig",
+    "FailureConfig",
+    "FallbackConfig",
+    "FallbackKind",
+    "ForwardProxyConfig",
+    "RetryConfig",
+    "SidecarConfig",
+    "SidecarConfigError",
+    "UpstreamConfig",
+    "check_config",
+]
+
+SIDECAR_CONFIG_VERSION = 1
+"""The only `SidecarConfig.version` this code understands."""
+REJECTED_STATUS = 503
+"""What a rejected call gets without a fallback: 503 Service Unavailable."""
+
+
+class SidecarConfigError(InvalidInput):
+    """A sidecar config that cannot be used: unreadable, not JSON, or not matching the schema (the
+    message names the camelCase field paths the operator writes)."""
+
+
+class FallbackKind(enum.StrEnum):
+    """None: a rejected call gets 503. Static: a fixed response. Cached: the last good response."""
+
+    NONE = "None"
+    STATIC = "Static"
+    CACHED = "Cached"
+
+
+# The spec's defaults (api/spec.py), as the models read them from it.
+DEFAULT_BREAKER = BreakerSettings(
+    consecutive_failures=5,
+    failure_rate_percent=None,
+    slow_call_percent=None,
+    slow_call_seconds=None,
+    minimum_calls=20,
+    window_kind=WindowKind.TIME,
+    window_size=100,
+    window_seconds=30.0,
+    open_seconds=60.0,
+    open_max_seconds=300.0,
+    backoff_multiplier=2.0,
+    jitter=0.2,
+    half_open_permitted_calls=3,
+    half_open_successes_to_close=3,
+    half_open_max_wait_seconds=None,
+)
+DEFAULT_STATUS_CODES = ("5xx",)
+DEFAULT_RETRY_ON = ("connect-failure", "reset", "5xx")
+DEFAULT_TIMEOUT_SECONDS = 2.0
+DEFAULT_BUDGET_PERCENT = 20.0
+DEFAULT_CACHE = (300.0, 1000, 8 * 2**20)  # maxAge seconds, maxEntries, maxBytes
+
+_STATUS_PATTERN = re.compile(r"^(?:[1-5]xx|[1-5][0-9]{2})$")
+_RETRY_ON_WORDS = frozenset({"connect-failure", "reset", "timeout", "5xx", "gateway-error", "retriable-4xx"})
+NAME_PATTERN = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_HOP_BY_HOP = frozenset(MANAGED_HEADERS)
+
+
+def camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _plain(value: Any) -> Any:
+    """A dataclass tree as the models dump it: camelCase keys, lists, enums kept."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {camel(k.name): _plain(getattr(value, k.name)) for k in dataclasses.fields(value)}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The admin listener: probes, stats, metrics, config pushes."""
+
+    port: int = SIDECAR_ADMIN_PORT
+    address: str = "0.0.0.0"
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardProxyConfig:
+    """The HTTP forward-proxy listener (for apps that honour ``HTTP_PROXY``)."""
+
+    enabled: bool = False
+    port: int = SIDECAR_FORWARD_PROXY_PORT
+    unknown_hosts: str = "PassThrough"
+
+
+@dataclass(frozen=True, slots=True)
+class FailureConfig:
+    """What counts as a failure of the upstream (everything else an upstream answers is a success)."""
+
+    status_codes: tuple[str, ...] = DEFAULT_STATUS_CODES
+    timeouts: bool = True
+    connect_errors: bool = True
+    resets: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackConfig:
+    """What a rejected (or unanswered) request gets instead of a bare 503."""
+
+    kind: FallbackKind = FallbackKind.NONE
+    status: int = REJECTED_STATUS
+    headers: dict[str, str] = field(default_factory=dict)
+    body: str = ""
+    max_age_seconds: float = DEFAULT_CACHE[0]
+    max_entries: int = DEFAULT_CACHE[1]
+    max_bytes: int = DEFAULT_CACHE[2]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkheadConfig:
+    """At most ``maxConcurrent`` requests in flight to the upstream, ``maxPending`` more waiting."""
+
+    max_concurrent: int | None = None
+    max_pending: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """Retries of idempotent requests, within a budget (retries <= budgetPercent of requests)."""
+
+    attempts: int = 1
+    per_try_timeout_seconds: float | None = None
+    budget_percent: float = DEFAULT_BUDGET_PERCENT
+    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One upstream the app calls, with its breaker and protections."""
+
+    name: str
+    host: str
+    port: int
+    policy: str = ""
+    listen_port: int | None = None
+    mode: Mode = Mode.ENFORCE
+    mode_until: float | None = None
+    mode_after: Mode | None = None
+    fleet_open: bool = False
+    breaker: BreakerSettings = DEFAULT_BREAKER
+    failures: FailureConfig = FailureConfig()
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    fallback: FallbackConfig = field(default_factory=FallbackConfig)
+    bulkhead: BulkheadConfig = BulkheadConfig()
+    retry: RetryConfig = RetryConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form, keys in the models' order."""
+        out: dict[str, Any] = _plain(self)
+        return {key: out[key] for key in _UPSTREAM_ORDER}
+
+
+_UPSTREAM_ORDER = (
+    *("name", "policy", "host", "port", "listenPort", "mode", "modeUntil", "modeAfter", "fleetOpen"),
+    *("breaker", "failures", "timeoutSeconds", "fallback", "bulkhead", "retry"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    """The whole sidecar configuration (one JSON document)."""
+
+    version: int = SIDECAR_CONFIG_VERSION
+    config_hash: str = ""
+    generation: int = 0
+    listen_address: str = "127.0.0.1"
+    admin: AdminConfig = AdminConfig()
+    forward_proxy: ForwardProxyConfig = ForwardProxyConfig()
+    upstreams: tuple[UpstreamConfig, ...] = ()
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        """The upstream called `name` (`KeyError` if there is none)."""
+        for up in self.upstreams:
+            if up.name == name:
+                return up
+        raise KeyError(name)
+
+    def replace(self, **changes: Any) -> SidecarConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (camelCase, every field), as the models dump it."""
+        out: dict[str, Any] = _plain(self)
+        out["upstreams"] = [up.to_dict() for up in self.upstreams]
+        return out
+
+    def to_json(self) -> str:
+        """The canonical JSON form (camelCase, every field), as the operator should write it."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    def effective_hash(self) -> str:
+        """``configHash`` as rendered, or a digest of the canonical form when the renderer left it empty."""
+        if self.config_hash:
+            return self.config_hash
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+# --- the checks the models run too (api/sidecar.py calls these) -----------------------------------
+
+
+def ip_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+
+
+def status_codes(value: list[str]) -> tuple[str, ...]:
+    for code in value:
+        if not _STATUS_PATTERN.fullmatch(code):
+            raise ValueError(f"{code!r} is not a status code (e.g. '503') or class (e.g. '5xx')")
+    return tuple(value)
+
+
+def retry_conditions(value: list[str]) -> tuple[str, ...]:
+    for word in value:
+        if word not in _RETRY_ON_WORDS and not re.fullmatch(r"[1-5][0-9]{2}", word):
+            allowed = ", ".join(sorted(_RETRY_ON_WORDS))
+            raise ValueError(f"{word!r} is not a retry condition ({allowed}, or a status like '503')")
+    return tuple(value)
+
+
+def fallback_headers(value: dict[str, str]) -> dict[str, str]:
+    for name, text in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a valid header name")
+        if name.lower() in _HOP_BY_HOP:
+            raise ValueError(f"{name!r} is managed by the proxy and cannot be set")
+        if "\r" in text or "\n" in text or "\0" in text:
+            raise ValueError(f"the value of {name!r} contains a line break or NUL")
+    return value
+
+
+def host_name(value: str) -> str:
+    host = value.strip().rstrip(".").lower()
+    if not host or any(c in host for c in "/?#@ \t"):
+        raise ValueError(f"{value!r} is not a host name or IP address")
+    return host
+
+
+def config_version(value: int) -> int:
+    if value != SIDECAR_CONFIG_VERSION:
+        raise ValueError(f"unsupported sidecar config version {value} (this sidecar reads version 1)")
+    return value
+
+
+def check_config(config: Any) -> None:
+    """The checks across upstreams (the models' `_check_upstreams`): ValueError says which."""
+    names: set[str] = set()
+    ports: dict[int, str] = {}
+    if config.admin.port:
+        ports[config.admin.port] = "admin"
+    proxy = config.forward_proxy
+    if proxy.enabled and proxy.port:
+        if proxy.port in ports:
+            raise ValueError(f"forwardProxy.port {proxy.port} is also the admin port")
+        ports[proxy.port] = "forwardProxy"
+    targets: dict[tuple[str, int], str] = {}
+    for up in config.upstreams:
+        if up.name in names:
+            raise ValueError(f"upstream name {up.name!r} is used twice")
+        names.add(up.name)
+        if up.listen_port:
+            if up.listen_port in ports:
+                owner = ports[up.listen_port]
+                raise ValueError(
+                    f"upstream {up.name!r}: listenPort {up.listen_port} is already used by {owner}"
+                )
+            ports[up.listen_port] = f"upstream {up.name!r}"
+        if proxy.enabled:
+            target = (up.host, up.port)
+            if target in targets:
+                raise ValueError(
+                    f"upstreams {targets[target]!r} and {up.name!r} both route {up.host}:{up.port} "
+                    "through the forward proxy"
+                )
+            targets[target] = up.name

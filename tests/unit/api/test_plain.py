@@ -1,0 +1,229 @@
+"""The sidecar's plain parser (api/plain/) against the models it stands in for (api/sidecar.py).
+
+The models are the definition: fed the same documents, the plain parser must give the same verdict,
+the same values (the same canonical JSON, so the same effective hash) and the same error messages.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from breakwater.api import sidecar as models
+from breakwater.api.plain import fields
+from breakwater.api.plain import parse as plain
+from breakwater.api.plain import sidecar as plain_types
+
+# Values of every JSON type, with the words and numbers the schema knows, so that mutations land on
+# both sides of every check (bounds, patterns, enums) and on the lax conversions (1 for true, 5.0 for 5).
+WORDS = [
+    *("", "a", "A", "payments", "a\n", "-a", "a" * 64, "x-a", "Connection", "bad name", "127.0.0.1", "::1"),
+    *("::0001", "0.0.0.0", "1.2.3", " H.Example. ", "h/x", "5xx", "503", "99", "429", "timeout", "reset"),
+    *("connect-failure", "Enforce", "Observe", "ForceOpen", "Disabled", "enforce", "Count", "Time"),
+    *("None", "Static", "Cached", "PassThrough", "Refuse", "line\nbreak"),
+]
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from([-1, 0, 1, 2, 3, 5, 10, 11, 80, 199, 200, 503, 599, 600, 15020, 15080, 65535, 65536]),
+    st.integers(),
+    st.sampled_from([0.0, 0.5, 1.0, 2.0, 2.5, 50.0, 100.0, 100.5, -0.1, 1e300]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(WORDS),
+    st.text(max_size=4),
+)
+ANY_JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(WORDS), inner, max_size=3),
+    max_leaves=6,
+)
+
+
+def _pick(*values: Any) -> st.SearchStrategy[Any]:
+    return st.sampled_from(values)
+
+
+BREAKER = st.fixed_dictionaries(
+    {},
+    optional={
+        "consecutiveFailures": _pick(None, 0, 1, 5, 2.0, True),
+        "failureRatePercent": _pick(None, 0, 50, 100, 100.5, 25.5),
+        "slowCallPercent": _pick(None, 50, 0),
+        "slowCallSeconds": _pick(None, 0.5, 0, -1),
+        "minimumCalls": _pick(1, 0, 20),
+        "windowKind": _pick("Count", "Time", "count"),
+        "windowSize": _pick(1, 0, 100),
+        "windowSeconds": _pick(30, 0.5, 0),
+        "openSeconds": _pick(0, 1, 60, 500, -1),
+        "openMaxSeconds": _pick(0.5, 300, 1000),
+        "backoffMultiplier": _pick(1, 2.0, 0.5),
+        "jitter": _pick(0, 0.2, 1, 0.99),
+        "halfOpenPermittedCalls": _pick(1, 3, 0),
+        "halfOpenSuccessesToClose": _pick(1, 3, 0),
+        "halfOpenMaxWaitSeconds": _pick(None, 5, 0),
+    },
+)
+UPSTREAM = st.fixed_dictionaries(
+    {
+        "name": _pick("a", "b", "payments", "a.b-c"),
+        "host": _pick("h", "127.0.0.1", "H.example."),
+        "port": _pick(1, 80, 8080),
+    },
+    optional={
+        "policy": _pick("", "ns/p"),
+        "listenPort": _pick(None, 0, 15001, 15002, 15020, 15080),
+        "mode": _pick("Enforce", "Observe", "ForceOpen", "Disabled"),
+        "modeUntil": _pick(None, 1.5, 1e9, 0),
+        "modeAfter": _pick(None, "Enforce", "Disabled"),
+        "fleetOpen": _pick(False, True, 1, 0),
+        "breaker": BREAKER,
+        "failures": st.fixed_dictionaries(
+            {},
+            optional={
+                "statusCodes": st.lists(_pick("5xx", "503", "429", "99", "4xx"), max_size=3),
+                "timeouts": st.booleans(),
+                "connectErrors": st.booleans(),
+                "resets": st.booleans(),
+            },
+        ),
+        "timeoutSeconds": _pick(0.5, 2, 30, 0),
+        "fallback": st.fixed_dictionaries(
+            {},
+            optional={
+                "kind": _pick("None", "Static", "Cached"),
+                "status": _pick(200, 503, 599, 600),
+                "headers": st.dictionaries(
+                    _pick("x-a", "Content-Type", "Connection", "bad name"), _pick("v", "a\nb"), max_size=2
+                ),
+                "body": _pick("", "sorry"),
+                "maxAgeSeconds": _pick(1, 300.0, 0),
+                "maxEntries": _pick(1, 1000, 0, 1_000_001),
+                "maxBytes": _pick(1, 1024, 0),
+            },
+        ),
+        "bulkhead": st.fixed_dictionaries(
+            {}, optional={"maxConcurrent": _pick(None, 1, 10, 0), "maxPending": _pick(0, 5, -1)}
+        ),
+        "retry": st.fixed_dictionaries(
+            {},
+            optional={
+                "attempts": _pick(1, 3, 10, 11, 0),
+                "perTryTimeoutSeconds": _pick(None, 0.5, 0),
+                "budgetPercent": _pick(0, 20, 100, 101),
+                "retryOn": st.lists(_pick("5xx", "reset", "timeout", "503", "bogus"), max_size=3),
+            },
+        ),
+    },
+)
+CONFIG = st.fixed_dictionaries(
+    {},
+    optional={
+        "version": _pick(1, 2, 1.0),
+        "configHash": _pick("", "abc"),
+        "generation": _pick(0, 3, -1),
+        "listenAddress": _pick("127.0.0.1", "::1", "127.0.0.2", "x"),
+        "admin": st.fixed_dictionaries(
+            {}, optional={"port": _pick(15020, 0, 15080, 70000), "address": _pick("0.0.0.0", "::", "nope")}
+        ),
+        "forwardProxy": st.fixed_dictionaries(
+            {},
+            optional={
+                "enabled": st.booleans(),
+                "port": _pick(15080, 15020, 0),
+                "unknownHosts": _pick("PassThrough", "Refuse", "refuse"),
+            },
+        ),
+        "upstreams": st.lists(UPSTREAM, max_size=3),
+    },
+)
+
+
+def _snake(key: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in key)
+
+
+@st.composite
+def documents(draw: st.DrawFn) -> dict[str, Any]:
+    """A config that is mostly plausible, then a few mutations anywhere in it: a value of any JSON type,
+    a key dropped, an unknown key, a key spelt in snake_case (the models read those too)."""
+    doc = draw(CONFIG)
+    for _ in range(draw(st.integers(0, 3))):
+        parent, key = draw(_place(doc))
+        how = draw(st.sampled_from(["value", "drop", "unknown", "snake"]))
+        if how == "value" and key is not None:
+            parent[key] = draw(ANY_JSON)
+        elif how == "drop" and key is not None and isinstance(parent, dict):
+            del parent[key]
+        elif how == "unknown" and isinstance(parent, dict):
+            parent[draw(st.sampled_from(WORDS))] = draw(ANY_JSON)
+        elif how == "snake" and isinstance(key, str) and isinstance(parent, dict):
+            parent[_snake(key)] = parent.pop(key)
+    return doc
+
+
+@st.composite
+def _place(draw: st.DrawFn, doc: dict[str, Any]) -> tuple[Any, Any]:
+    """A container in `doc` and one of its keys or indexes (None when it is empty)."""
+    node: Any = doc
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            return node, None
+        key = draw(st.sampled_from(keys))
+        child = node[key]
+        if not isinstance(child, dict | list) or not child or draw(st.booleans()):
+            return node, key
+        node = child
+
+
+def _verdict(parse: Any, doc: Any) -> tuple[str, Any]:
+    try:
+        return "valid", json.loads(parse(doc).to_json())
+    except models.SidecarConfigError as exc:
+        return "invalid", str(exc)
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_the_plain_parser_and_the_models_give_the_same_verdict_values_and_messages(
+    doc: dict[str, Any],
+) -> None:
+    assert _verdict(plain.parse_sidecar_config, doc) == _verdict(models.parse_sidecar_config, doc)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(documents())
+def test_what_the_models_write_the_plain_parser_reads_without_them(doc: dict[str, Any]) -> None:
+    try:
+        canonical = json.loads(models.parse_sidecar_config(doc).to_json())
+    except models.SidecarConfigError:
+        return
+    errors = fields.Errors()
+    config = plain.read_config(errors, (), canonical)  # raises NeedsModels if it could not decide
+    assert not errors.records
+    assert config.to_json() == models.parse_sidecar_config(canonical).to_json()
+    assert config.effective_hash() == models.parse_sidecar_config(canonical).effective_hash()
+
+
+def test_the_defaults_are_the_models_defaults() -> None:
+    minimal = {"upstreams": [{"name": "a", "host": "h", "port": 1}]}
+    assert plain.parse_sidecar_config(minimal).to_json() == models.parse_sidecar_config(minimal).to_json()
+    assert plain_types.SidecarConfig().to_json() == models.SidecarConfig().to_json()
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"upstreams": [{"name": "a", "host": "h", "port": "8080"}]},  # text the models turn into a number
+        {"forwardProxy": {"enabled": "yes"}},
+        {"upstreams": [{"name": "a", "host": "h", "port": "http"}]},
+    ],
+)
+def test_text_for_a_number_or_a_flag_is_decided_by_the_models(doc: dict[str, Any]) -> None:
+    with pytest.raises(fields.NeedsModels):
+        plain.read_config(fields.Errors(), (), doc)
+    assert _verdict(plain.parse_sidecar_config, doc) == _verdict(models.parse_sidecar_config, doc)
