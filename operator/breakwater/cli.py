@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.metadata
 import sys
 from collections.abc import Sequence
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from breakwater.errors import BreakwaterError
 
@@ -38,10 +37,23 @@ class CommandModule(Protocol):
 
 
 def _version() -> str:
+    import importlib.metadata  # only for --version: it costs the sidecar 3.6 MB of RSS
+
     try:
         return importlib.metadata.version("breakwater")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree not installed
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``--version``, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(f"breakwater {_version()}")  # on stdout, as argparse's own version action
+        parser.exit()
 
 
 def _load(name: str) -> CommandModule:
@@ -51,7 +63,7 @@ def _load(name: str) -> CommandModule:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="breakwater", description=__doc__.splitlines()[0])
-    parser.add_argument("--version", action="version", version=f"breakwater {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)

@@ -16,7 +16,17 @@ from typing import Final
 from breakwater.proxy.cache import Headers, ResponseCache
 from breakwater.proxy.upstream import LiveUpstream
 
-__all__ = ["MARKER", "MARKER_REASON", "Answer", "fallback_or", "options_star", "plain", "retry_after_header"]
+__all__ = [
+    "MARKER",
+    "MARKER_REASON",
+    "Answer",
+    "fallback_applies",
+    "fallback_or",
+    "marked_error",
+    "options_star",
+    "plain",
+    "retry_after_header",
+]
 
 MARKER: Final = "x-breakwater"
 """On every answer the proxy made itself: ``open``, ``bulkhead-full``, ``timeout``, ``fallback-cached``..."""
@@ -62,6 +72,25 @@ def options_star() -> Answer:
     return Answer(200, [(MARKER, "options"), ("Allow", _ALLOW)], b"")
 
 
+def fallback_applies(up: LiveUpstream, method: str) -> bool:
+    """Whether `fallback_or` may answer with a fallback rather than `marked_error` (cheap to ask: a
+    Cached fallback with nothing stored yet does not apply)."""
+    if up.static_fallback is not None:
+        return True
+    cache = up.cache
+    return cache is not None and len(cache) > 0 and method in ("GET", "HEAD")
+
+
+def marked_error(name: str, reason: str, status: int, retry_after: float | None) -> Answer:
+    """The answer without a fallback: `reason` as the marker, a short JSON body naming the upstream."""
+    headers = [(MARKER, reason), ("Content-Type", "application/json")]
+    fields: dict[str, object] = {"error": _MESSAGES.get(reason, reason), "upstream": name}
+    if retry_after is not None:
+        headers.append(("Retry-After", retry_after_header(retry_after)))
+        fields["retryAfterSeconds"] = round(retry_after, 3) if math.isfinite(retry_after) else None
+    return Answer(status, headers, json.dumps(fields, separators=(",", ":")).encode())
+
+
 def fallback_or(
     up: LiveUpstream,
     reason: str,
@@ -90,9 +119,4 @@ def fallback_or(
             if retry_after is not None:
                 headers.append(("Retry-After", retry_after_header(retry_after)))
             return Answer(entry.status, headers, entry.body, entry.reason)
-    headers = [(MARKER, reason), ("Content-Type", "application/json")]
-    fields: dict[str, object] = {"error": _MESSAGES.get(reason, reason), "upstream": up.name}
-    if retry_after is not None:
-        headers.append(("Retry-After", retry_after_header(retry_after)))
-        fields["retryAfterSeconds"] = round(retry_after, 3) if math.isfinite(retry_after) else None
-    return Answer(status, headers, json.dumps(fields, separators=(",", ":")).encode())
+    return marked_error(up.name, reason, status, retry_after)

@@ -13,10 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from breakwater.api import bundle as bundles
+from breakwater.api import report as reports
 from breakwater.api import sidecar as models
+from breakwater.api.plain import bundle as plain_bundle
 from breakwater.api.plain import fields
 from breakwater.api.plain import parse as plain
+from breakwater.api.plain import report as plain_report
 from breakwater.api.plain import sidecar as plain_types
+from breakwater.breaker.settings import Mode, State
 
 # Values of every JSON type, with the words and numbers the schema knows, so that mutations land on
 # both sides of every check (bounds, patterns, enums) and on the lax conversions (1 for true, 5.0 for 5).
@@ -187,7 +192,7 @@ def _verdict(parse: Any, doc: Any) -> tuple[str, Any]:
         return "invalid", str(exc)
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=600, suppress_health_check=[HealthCheck.too_slow])
 @given(documents())
 def test_the_plain_parser_and_the_models_give_the_same_verdict_values_and_messages(
     doc: dict[str, Any],
@@ -195,7 +200,7 @@ def test_the_plain_parser_and_the_models_give_the_same_verdict_values_and_messag
     assert _verdict(plain.parse_sidecar_config, doc) == _verdict(models.parse_sidecar_config, doc)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(documents())
 def test_what_the_models_write_the_plain_parser_reads_without_them(doc: dict[str, Any]) -> None:
     try:
@@ -227,3 +232,124 @@ def test_text_for_a_number_or_a_flag_is_decided_by_the_models(doc: dict[str, Any
     with pytest.raises(fields.NeedsModels):
         plain.read_config(fields.Errors(), (), doc)
     assert _verdict(plain.parse_sidecar_config, doc) == _verdict(models.parse_sidecar_config, doc)
+
+
+@st.composite
+def bundle_documents(draw: st.DrawFn) -> dict[str, Any]:
+    doc = {"policy": "shop/a", "selector": {"matchLabels": {"app": "checkout"}}}
+    doc.update(
+        draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "version": _pick(1, 2),
+                    "uid": _pick("", "u1"),
+                    "created": _pick("", "2026-01-01T00:00:00Z"),
+                    "generation": _pick(0, 4, -1),
+                    "transparent": st.booleans(),
+                    "upstreams": st.lists(UPSTREAM, max_size=2),
+                },
+            )
+        )
+    )
+    for _ in range(draw(st.integers(0, 2))):
+        parent, key = draw(_place(doc))
+        if key is not None:
+            parent[key] = draw(ANY_JSON)
+    return doc
+
+
+def _bundle_values(bundle: Any) -> tuple[Any, ...]:
+    ups = [json.loads(json.dumps(_upstream_dict(u))) for u in bundle.upstreams]
+    return (bundle.version, bundle.policy, bundle.uid, bundle.created, bundle.generation, bundle.selector,
+            bundle.transparent, ups)  # fmt: skip
+
+
+def _upstream_dict(up: Any) -> dict[str, Any]:
+    return up.to_dict() if isinstance(up, plain_types.UpstreamConfig) else up.model_dump(by_alias=True)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(bundle_documents())
+def test_a_bundle_reads_as_the_model_reads_it(doc: dict[str, Any]) -> None:
+    try:
+        expected: Any = _bundle_values(bundles.PolicyBundle.model_validate_json(json.dumps(doc)))
+    except ValueError:
+        expected = "invalid"
+    try:
+        got: Any = _bundle_values(plain_bundle.parse_bundle(json.dumps(doc)))
+    except plain_bundle.BundleError:
+        got = "invalid"
+    assert got == expected
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(documents(), st.none(), ANY_JSON), _pick("h1", "", 5, None), st.booleans())
+def test_a_config_reply_reads_as_the_model_reads_it(config: Any, config_hash: Any, newer: bool) -> None:
+    doc = {"configHash": config_hash, "config": config}
+    if newer:
+        doc["fromANewerOperator"] = 1  # ignored by both
+    body = json.dumps(doc)
+    try:
+        model = reports.ConfigReply.model_validate_json(body)
+        expected: Any = (model.config_hash, model.config and json.loads(model.config.to_json()))
+    except ValueError:
+        expected = "invalid"
+    try:
+        reply = plain_report.ConfigReply.from_json(body)
+        got: Any = (reply.config_hash, reply.config and json.loads(reply.config.to_json()))
+    except models.SidecarConfigError:
+        got = "invalid"
+    assert got == expected
+
+
+_STATES = _pick(*State)
+_COUNTS = st.integers(0, 2**40)
+_RATES = st.none() | st.floats(0, 1)
+UPSTREAM_REPORTS = st.builds(
+    plain_report.UpstreamReport,
+    name=_pick("a", "payments"),
+    state=_STATES,
+    policy=_pick("", "shop/a"),
+    mode=_pick(*Mode),
+    calls=_COUNTS,
+    failures=_COUNTS,
+    rejections=_COUNTS,
+    would_reject=_COUNTS,
+    trips=_COUNTS,
+    window_calls=_COUNTS,
+    failure_rate=_RATES,
+    slow_rate=_RATES,
+    state_since=st.none() | st.floats(0, 2e9),
+    latency=st.lists(_COUNTS, max_size=14),
+)
+TRANSITIONS = st.builds(
+    plain_report.TransitionReport,
+    upstream=_pick("a", "payments"),
+    from_state=_STATES,
+    to_state=_STATES,
+    at=st.floats(0, 2e9),
+    policy=_pick("", "shop/a"),
+    reason=st.text(max_size=64),
+)
+
+
+@settings(max_examples=150)
+@given(
+    st.builds(
+        plain_report.SidecarReport,
+        namespace=_pick("shop"),
+        pod=_pick("checkout-1"),
+        pod_uid=_pick("", "uid-1"),
+        config_hash=_pick("", "abc"),
+        seq=_COUNTS,
+        sent_at=st.floats(0, 2e9),
+        upstreams=st.lists(UPSTREAM_REPORTS, max_size=3),
+        transitions=st.lists(TRANSITIONS, max_size=3),
+    )
+)
+def test_a_report_the_sidecar_writes_is_what_the_model_reads(report: plain_report.SidecarReport) -> None:
+    written = json.loads(report.to_json())
+    assert reports.SidecarReport.model_validate_json(report.to_json()).model_dump(
+        mode="json", by_alias=True
+    ) == (written)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from breakwater.breaker import Outcome
-from breakwater.proxy.answers import Answer, fallback_or
+from breakwater.proxy.answers import Answer, fallback_applies, fallback_or
 from breakwater.proxy.cache import CacheFill, ResponseCache
 from breakwater.proxy.classifiers import IDEMPOTENT_METHODS, FailureKind
 from breakwater.proxy.fast.pool import Pool, UpstreamConnection
@@ -99,7 +99,6 @@ class Exchange(Tries):
         self.up_out.clear()
         loop = self.loop
         self.deadline = loop.time() + up.timeout
-        self.timer = loop.call_at(self.deadline, self._on_deadline)
         up.stats.fast_path += 1
         bulkhead = up.bulkhead
         self.in_bulkhead = False
@@ -109,8 +108,12 @@ class Exchange(Tries):
             if self.waiter is None:
                 up.stats.bulkhead_full += 1
                 self._answer_fallback("bulkhead-full", 503, None)
-            return
-        self._admitted(bulkhead is not None)
+        else:
+            self._admitted(bulkhead is not None)
+        # The deadline's timer only for a request still going: one answered at once (a rejection
+        # while the breaker is open) costs no timer. A per-try timer armed meanwhile stays.
+        if self.up is not None and self.timer is None:
+            self.timer = loop.call_at(self.deadline, self._on_deadline)
 
     def _on_slot(self, granted: bool) -> None:
         if self.waiter is None:  # abandoned meanwhile (the slot, if any, was given back)
@@ -317,6 +320,10 @@ class Exchange(Tries):
         req = self.req
         assert up is not None
         assert req is not None
+        if not fallback_applies(up, req.method):
+            self.client.answer_marked_error(up.name, reason, status, retry_after)
+            self._end()
+            return
         answer: Answer = fallback_or(
             up,
             reason,

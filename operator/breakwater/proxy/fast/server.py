@@ -31,6 +31,7 @@ from breakwater.proxy.fast.wire import (
     KIND_EXPECT,
     KIND_HOST,
     KIND_TRANSFER_ENCODING,
+    MarkedErrors,
     drop_nominated,
     render_answer,
 )
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = ["MAX_HEAD_BYTES", "MAX_TARGET_BYTES", "ClientConnection", "RequestHead"]
 
 log = logging.getLogger(__name__)
+_MARKED_ERRORS = MarkedErrors()
 bad_requests_log = RateLimitedLog(log)
 
 MAX_HEAD_BYTES: Final = 16 * 1024
@@ -327,6 +329,14 @@ class ClientConnection(asyncio.Protocol):
         self.write(render_answer(answer, head_only=head_only, close=close))
         if self.exchange.up is None:  # no exchange began (a refusal before routing)
             self.exchange_ended()
+
+    def answer_marked_error(self, name: str, reason: str, status: int, retry_after: float | None) -> None:
+        """`answer` of ``answers.marked_error(name, ...)``, rendered from parts made once (a rejection
+        while a breaker is open costs little more than its write)."""
+        req = self.current
+        head_only = req is not None and req.method == "HEAD"
+        close = self.close_after or req is None or not req.keep_alive or not req.complete
+        self.write(_MARKED_ERRORS.render(name, reason, status, retry_after, head_only=head_only, close=close))
 
     def client_error(self, status: int, message: str) -> None:
         self.close_after = True

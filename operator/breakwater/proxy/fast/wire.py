@@ -9,11 +9,12 @@ written by each hop for the body it sends.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Final
 
 from breakwater.api.headers import HOP_BY_HOP
-from breakwater.proxy.answers import Answer
+from breakwater.proxy.answers import Answer, marked_error
 
 __all__ = [
     "CONTINUE",
@@ -26,6 +27,7 @@ __all__ = [
     "KIND_TRANSFER_ENCODING",
     "RESPONSE_FIELD_KINDS",
     "HeaderLines",
+    "MarkedErrors",
     "drop_nominated",
     "render_answer",
     "status_line",
@@ -120,6 +122,52 @@ def drop_nominated(lines: list[bytes]) -> None:
             names.update(token.strip().lower() for token in value.split(b","))
     names.add(b"connection")
     lines[:] = [line for line in lines if line.partition(b":")[0].lower() not in names]
+
+
+class MarkedErrors:
+    """``render_answer(answers.marked_error(...))`` without building it: what a rejection costs while a
+    breaker is open. The parts that do not change (status line, marker, body up to the figures) are
+    rendered once per (upstream, reason, status); only Retry-After and the body's figure are formatted.
+    """
+
+    __slots__ = ("_parts",)
+
+    def __init__(self) -> None:
+        self._parts: dict[tuple[str, str, int], tuple[bytes, bytes, bytes]] = {}
+
+    def render(
+        self, name: str, reason: str, status: int, retry_after: float | None, *, head_only: bool, close: bool
+    ) -> bytes:
+        key = (name, reason, status)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._prepare(name, reason, status)
+            if len(self._parts) < 1024:
+                self._parts[key] = parts
+        head, body_plain, body_open = parts
+        if retry_after is None:
+            body = body_plain
+            rest = b"Content-Length: %d\r\n" % len(body)
+        else:
+            if math.isfinite(retry_after):
+                figure = repr(round(retry_after, 3)).encode()
+                header = str(max(1, math.ceil(retry_after))).encode()
+            else:
+                figure, header = b"null", b"60"
+            body = body_open % figure
+            rest = b"Retry-After: %b\r\nContent-Length: %d\r\n" % (header, len(body))
+        end = b"Connection: close\r\n\r\n" if close else b"\r\n"
+        return head + rest + end if head_only else head + rest + end + body
+
+    @staticmethod
+    def _prepare(name: str, reason: str, status: int) -> tuple[bytes, bytes, bytes]:
+        plain = marked_error(name, reason, status, None)
+        head = status_line(status, b"") + b"".join(
+            f"{k}: {v}\r\n".encode("latin-1", "replace") for k, v in plain.headers
+        )
+        # The body with a figure: the plain body's closing brace replaced by the figure's field.
+        body_open = plain.body[:-1].replace(b"%", b"%%") + b',"retryAfterSeconds":%b}'
+        return head, plain.body, body_open
 
 
 def render_answer(answer: Answer, *, head_only: bool = False, close: bool = False) -> bytes:
