@@ -9,8 +9,11 @@ nginx and wrk). All traffic stays on 127.0.0.1. The sidecar (every feature on, t
   (connect failures) and held open (``openSeconds`` 300, longer than the run); wrk the same way:
   every answer is the sidecar's own 503 rejection.
 
-Rounds alternate closed and open (medians reported). Then one open run long enough for at least 1M
-rejections, with the sidecar's RSS before and after. Writes ``bench/results/proxy-open.json`` / ``.md``.
+Rounds alternate closed and open (medians reported, and each round's own ratio: on a shared machine
+the rounds' conditions differ more than the two halves of one round). Each run also records the
+sidecar's CPU time, so the rates per CPU-second of the sidecar say what one request costs whatever the
+machine's load. Then one open run long enough for at least 1M rejections, with the sidecar's RSS before
+and after. Writes ``bench/results/proxy-open.json`` / ``.md``.
 """
 
 from __future__ import annotations
@@ -101,15 +104,27 @@ def main() -> int:
                 process = _sidecar(work, port, held_open=held_open)
                 try:
                     run_wrk(BW_PORT, 2)
+                    cpu0 = peer_defs.process_tree_usage(process.popen.pid)[0]
                     row[name] = run_wrk(BW_PORT, args.seconds)
+                    cpu = peer_defs.process_tree_usage(process.popen.pid)[0] - cpu0
+                    answered = row[name]["rps"] * max(1, round(args.seconds))
+                    row[name]["per_cpu_second"] = round(answered / cpu) if cpu > 0 else 0
                     row[name]["stats"] = {k: _stats()[k] for k in ("state", "requests", "paths")}
                 finally:
                     process.stop()
-                print(f"{name}: {row[name]['rps']:.0f} rps", flush=True)
+                print(
+                    f"{name}: {row[name]['rps']:.0f} rps, {row[name]['per_cpu_second']} per CPU-second",
+                    flush=True,
+                )
             doc["rounds"].append(row)
         closed = statistics.median(r["closed"]["rps"] for r in doc["rounds"])
         opened = statistics.median(r["open"]["rps"] for r in doc["rounds"])
         doc["closed_rps"], doc["open_rps"], doc["ratio"] = closed, opened, round(opened / closed, 2)
+        doc["round_ratios"] = [round(r["open"]["rps"] / r["closed"]["rps"], 2) for r in doc["rounds"]]
+        doc["round_cpu_ratios"] = [
+            round(r["open"]["per_cpu_second"] / max(1, r["closed"]["per_cpu_second"]), 2)
+            for r in doc["rounds"]
+        ]
 
         process = _sidecar(work, dead, held_open=True)
         try:
@@ -157,8 +172,18 @@ def main() -> int:
         f"Median over {args.repeat} interleaved rounds: closed **{closed:,.0f} rps**, open "
         f"**{opened:,.0f} rejections/s**: **{doc['ratio']}x** the closed path.",
         "",
-        "Per round (closed, open rps): "
-        + "; ".join(f"{r['closed']['rps']:.0f}, {r['open']['rps']:.0f}" for r in doc["rounds"])
+        "Per round (closed, open rps; open/closed): "
+        + "; ".join(
+            f"{r['closed']['rps']:.0f}, {r['open']['rps']:.0f}; {x}x"
+            for r, x in zip(doc["rounds"], doc["round_ratios"], strict=True)
+        )
+        + ".",
+        "",
+        "Per CPU-second of the sidecar (closed requests, open rejections; open/closed): "
+        + "; ".join(
+            f"{r['closed']['per_cpu_second']:,}, {r['open']['per_cpu_second']:,}; {x}x"
+            for r, x in zip(doc["rounds"], doc["round_cpu_ratios"], strict=True)
+        )
         + ".",
         "",
         f"Memory over {long['rejections']:,} rejections: RSS {long['rss_before_mb']} MB before, "

@@ -25,13 +25,19 @@ ROWS: list[tuple[str, str]] = [
     ("uvloop + httptools (the fast path's parsers)", "import asyncio, uvloop, httptools"),
     ("ssl (the reporter's HTTPS client)", "import ssl"),
     ("pydantic", "import pydantic"),
-    ("breakwater.api (every model: pydantic + the CRD)", "import breakwater.api"),
-    ("breakwater.api.sidecar (the wire format)", "import breakwater.api.sidecar"),
+    ("breakwater.api (every model: pydantic + the CRD)", "from breakwater.api import *"),
+    ("breakwater.api.sidecar (the wire format's models; the operator's)", "import breakwater.api.sidecar"),
+    (
+        "breakwater.api.plain (the wire formats as the sidecar reads them)",
+        "import breakwater.api.plain.parse, breakwater.api.plain.bundle, breakwater.api.plain.report",
+    ),
+    ("importlib.metadata (`breakwater --version` only)", "import importlib.metadata"),
     ("prometheus_client (no longer loaded)", "import prometheus_client"),
     ("aiohttp (client; the full path only)", "import aiohttp"),
     ("aiohttp.web (server; the full path only)", "import aiohttp.web"),
     ("breakwater.proxy.fast.server (the fast path)", "import breakwater.proxy.fast.server"),
     ("breakwater.proxy.main (what every pod loads)", "import breakwater.proxy.main"),
+    ("the `breakwater proxy` command (cli + main)", "import breakwater.cli, breakwater.proxy.main"),
     ("breakwater.proxy.main + the full path", "import breakwater.proxy.main, breakwater.proxy.full.path"),
 ]
 
