@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from breakwater.api import constants
+from breakwater.api.plain.parse import parse_sidecar_config
 from breakwater.api.policy import PolicyError, parse_spec
 from breakwater.controller import settings as operator_settings
 from breakwater.controller.admission import Inject, Skip, decide
@@ -152,8 +153,9 @@ def test_a_sidecar_drops_what_the_operator_resolved_onto_its_own_port(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     config = resolve({"app": "checkout"}, [render_bundle(policy(listen_port=15020))]).config
-    bound = Binding(admin_port=15020, proxy_port=15080).apply(config)
-    assert bound.upstreams == []
+    # As the sidecar receives it (a config reply): read without the models.
+    bound = Binding(admin_port=15020, proxy_port=15080).apply(parse_sidecar_config(config.to_json()))
+    assert not bound.upstreams
     assert bound.config_hash == config.config_hash
     assert bound.admin.port == 15020
     assert "upstream payments is not served" in caplog.text
@@ -164,7 +166,7 @@ def test_a_sidecar_drops_what_the_operator_resolved_onto_its_own_port(
     mounted = PodConfigSource(
         policies, tmp_path / "labels", Binding(admin_port=15020, proxy_port=15080)
     ).load()
-    assert mounted.upstreams == []
+    assert not mounted.upstreams
     assert mounted.config_hash == config.config_hash
 
 
