@@ -26,7 +26,7 @@ def with_local_listeners(args: list[str]) -> list[str]:
     """The chart's operator command line, its listeners moved to free loopback ports."""
     moved = {
         flag: f"127.0.0.1:{free_port()}"
-        for flag in ("--webhook-listen", "--health-listen", "--report-listen")
+        for flag in ("--webhook-listen", "--health-listen", "--metrics-listen", "--report-listen")
     }
     return [
         f"{a.split('=', 1)[0]}={moved[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in moved else a
