@@ -342,15 +342,7 @@ def test_a_new_leader_delivers_what_the_last_one_tuned_from_the_history_it_hande
     tuned = int(upstream_status(cluster, namespace)["effective"]["consecutiveFailures"])
     cluster.wait_for("the tuned value bundled", lambda: bundled_threshold(cluster, namespace) == tuned)
 
-    second = OperatorProcess(
-        kubeconfig=cluster.kubeconfig,
-        kubectl=cluster.tool("kubectl"),
-        workdir=tmp_path,
-        extra_args=running_operator.extra_args,
-        configuration=running_operator.configuration,  # the same operator: its Lease, its certificates
-        cert_dir=running_operator.certs,
-        identity=f"{running_operator.configuration}-second",
-    )
+    second = running_operator.replica(tmp_path, "second")
     second.start()
     try:
         running_operator.stop()  # hands the Lease over, writing the histories first
@@ -390,15 +382,7 @@ def relaying_follower(first: OperatorProcess, workdir: Path, *flags: str) -> Ite
     injects report to the second, which relays every report to it while it leads: when `first` dies,
     the second leads and the sidecars' reports keep arriving (what the chart's Service does)."""
     original = first.extra_args
-    second = OperatorProcess(
-        kubeconfig=first.kubeconfig,
-        kubectl=first.kubectl,
-        workdir=workdir,
-        extra_args=(*original, *flags),
-        configuration=first.configuration,  # the same operator: its Lease, its certificates
-        cert_dir=first.certs,
-        identity=f"{first.configuration}-second",
-    )
+    second = first.replica(workdir, "second", extra_args=(*original, *flags))
     first.stop()
     first.extra_args = (*original, *flags, f"--report-url={second.report_url}")
     try:

@@ -170,15 +170,7 @@ def test_another_replica_taking_over_goes_on_from_the_written_trips(
 ) -> None:
     trips = started(cluster, namespace, upstream, fleet)
     first, second = (fleet.sidecars[n] for n in sorted(fleet.sidecars))
-    other = OperatorProcess(
-        kubeconfig=cluster.kubeconfig,
-        kubectl=cluster.tool("kubectl"),
-        workdir=tmp_path,
-        extra_args=running_operator.extra_args,
-        configuration=running_operator.configuration,  # the same operator: its Lease, its certificates
-        cert_dir=running_operator.certs,
-        identity=f"{running_operator.configuration}-other",
-    )
+    other = running_operator.replica(tmp_path, "other")
     with TripsSeen(cluster, namespace) as seen:
         trips.trip(first)
         trips.trip(second)

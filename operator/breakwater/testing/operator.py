@@ -52,6 +52,24 @@ class OperatorProcess:
     cert_dir: Path | None = None  # default: workdir/certs
     process: subprocess.Popen[bytes] | None = None
 
+    def replica(
+        self, workdir: Path, name: str, *, extra_args: tuple[str, ...] | None = None
+    ) -> OperatorProcess:
+        """Another replica of this operator (not started): its Lease, webhook configuration and
+        certificates, its own workdir, ports and identity (`<configuration>-<name>`)."""
+        return OperatorProcess(
+            kubeconfig=self.kubeconfig,
+            kubectl=self.kubectl,
+            workdir=workdir,
+            extra_args=self.extra_args if extra_args is None else extra_args,
+            env=self.env,
+            launcher=self.launcher,
+            sidecar_image=self.sidecar_image,
+            configuration=self.configuration,
+            cert_dir=self.certs,
+            identity=f"{self.configuration}-{name}",
+        )
+
     @property
     def log_path(self) -> Path:
         return self.workdir / "operator.log"
