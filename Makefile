@@ -55,11 +55,16 @@ fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix operator tests bench hack
 	$(BIN)/ruff format operator tests bench hack
 
-test: $(STAMP) control-plane prometheus node-if-possible ## every test: unit, cluster (kwok) and real-node suites
-	$(BIN)/pytest $(PYTEST_ARGS)
+# The unit suites share no cluster and bind only free loopback ports: they run on every core
+# (pytest-xdist). The cluster and node suites share one control plane and one node: one process.
+UNIT_WORKERS ?= auto
+
+test: $(STAMP) control-plane prometheus node-if-possible ## every test: unit (in parallel), then cluster (kwok) and real-node suites
+	$(BIN)/pytest -m "not cluster and not node" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/pytest -m "cluster or node" $(PYTEST_ARGS)
 
 test-unit: $(STAMP) ## the fast suites only, no cluster
-	$(BIN)/pytest -m "not cluster and not node" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not cluster and not node" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
 
 test-cluster: $(STAMP) control-plane prometheus ## the cluster suites only (kwok)
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
