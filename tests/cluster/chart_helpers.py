@@ -6,10 +6,12 @@ A test that needs the operator running under the chart's RBAC installs the chart
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import tempfile
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,14 +83,34 @@ def uninstall_chart(cluster: Cluster, *, release: str, namespace: str) -> subpro
     return cluster.helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout=60s")
 
 
-def remove_leftovers(cluster: Cluster, names: ChartNames, *, delete_crd: bool = False) -> None:
-    """Best-effort clean-up after a failed test: uninstall, then delete the release's cluster objects."""
-    cluster.helm("uninstall", names.release, "--namespace", names.namespace, "--wait", check=False)
+def remove_leftovers(
+    cluster: Cluster, names: ChartNames, *, delete_crd: bool = False, wait: bool = True
+) -> None:
+    """Best-effort clean-up after a failed test: uninstall, then delete the release's cluster objects.
+    With ``wait=False`` the release's pods go on terminating after this returns."""
+    wait_flag = ("--wait",) if wait else ()
+    cluster.helm("uninstall", names.release, "--namespace", names.namespace, *wait_flag, check=False)
     selector = f"app.kubernetes.io/instance={names.release}"
     for kind in ("mutatingwebhookconfiguration", "clusterrole", "clusterrolebinding"):
         cluster.kubectl("delete", kind, "-l", selector, "--ignore-not-found", check=False)
     if delete_crd:
         cluster.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=false", check=False)
+
+
+@contextlib.contextmanager
+def release_namespace(cluster: Cluster, labels: Sequence[str]) -> Iterator[ChartNames]:
+    """Names for one release in a namespace of its own, created with `labels`. Afterwards the release is
+    uninstalled and its namespace deleted without waiting for its pods' graceful stop: the next
+    release uses other names, so nothing waits on this one's shutdown."""
+    suffix = uuid.uuid4().hex[:6]
+    names = ChartNames(f"bw-{suffix}", f"breakwater-{suffix}")
+    cluster.kubectl("create", "namespace", names.namespace)
+    cluster.kubectl("label", "namespace", names.namespace, "--overwrite", *labels)
+    try:
+        yield names
+    finally:
+        remove_leftovers(cluster, names, wait=False)
+        cluster.kubectl("delete", "namespace", names.namespace, "--wait=false", check=False)
 
 
 def service_account_kubeconfig(

@@ -25,7 +25,7 @@ from breakwater.testing.node import RealNode, find_image, find_node_binaries
 from breakwater.testing.nodeconfig import image_name
 from breakwater.testing.nodehost import check_prerequisites
 from tests.chart import ChartNames, prepare_chart
-from tests.cluster.chart_helpers import install_chart, remove_leftovers
+from tests.cluster.chart_helpers import install_chart, release_namespace
 from tests.conftest import Cluster, _unavailable
 from tests.node.manifests import RESTRICTED_LABELS, ready_pods
 
@@ -114,16 +114,12 @@ def installed(
 ) -> Iterator[Release]:
     """One release of the chart per test module, in a namespace enforcing `restricted`, with the
     module's `RELEASE_VALUES` over the defaults."""
-    names = ChartNames(f"bw-{uuid.uuid4().hex[:6]}", "breakwater-system")
-    node_cluster.kubectl("create", "namespace", names.namespace, check=False)
-    node_cluster.kubectl("label", "namespace", names.namespace, "--overwrite", *RESTRICTED_LABELS)
-    yield Release(
-        names=names,
-        chart=chart,
-        values=release_values(image, **getattr(request.module, "RELEASE_VALUES", {})),
-    )
-    remove_leftovers(node_cluster, names)
-    node_cluster.kubectl("delete", "namespace", names.namespace, "--wait=true", "--timeout=60s", check=False)
+    with release_namespace(node_cluster, RESTRICTED_LABELS) as names:
+        yield Release(
+            names=names,
+            chart=chart,
+            values=release_values(image, **getattr(request.module, "RELEASE_VALUES", {})),
+        )
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 from breakwater.testing.controlplane import repo_root
 from breakwater.testing.node import RealNode
 from tests.chart import ChartNames
-from tests.cluster.chart_helpers import install_chart, remove_leftovers
+from tests.cluster.chart_helpers import install_chart, release_namespace
 from tests.conftest import Cluster
 from tests.node import manifests as m
 from tests.node.conftest import get_json, release_values
@@ -60,12 +59,8 @@ def previous(real_node: RealNode) -> Previous:
 
 @pytest.fixture
 def names(node_cluster: Cluster) -> Iterator[ChartNames]:
-    names = ChartNames(f"bw-{uuid.uuid4().hex[:6]}", "breakwater-system")
-    node_cluster.kubectl("create", "namespace", names.namespace, check=False)
-    node_cluster.kubectl("label", "namespace", names.namespace, "--overwrite", *m.RESTRICTED_LABELS)
-    yield names
-    remove_leftovers(node_cluster, names)
-    node_cluster.kubectl("delete", "namespace", names.namespace, "--wait=true", "--timeout=60s", check=False)
+    with release_namespace(node_cluster, m.RESTRICTED_LABELS) as names:
+        yield names
 
 
 def sidecar_image(pod: dict[str, Any]) -> str:
