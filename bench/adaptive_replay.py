@@ -20,7 +20,8 @@ stated in advance (scenarios.score). Writes bench/results/adaptive-replay.{md,js
 `--reuse` replays only the adaptive run and takes the default and best-static rows from an earlier
 full run: they do not depend on the tuner (the same engine, scenarios and seeds give the same rows),
 so a tuner change is measured in about 15 s per scenario-seed instead of 8 minutes. It writes
-bench/results/adaptive-replay-tuner.{md,json}, never the full run's files.
+bench/results/adaptive-replay-tuner.{md,json}, never the full run's files; `--quick` or `--scenario`
+without `--reuse` write adaptive-replay-partial.{md,json}.
 """
 
 from __future__ import annotations
@@ -254,8 +255,14 @@ def main() -> int:
                 ],
             )
         )
+    if args.reuse:
+        name = "adaptive-replay-tuner"
+    elif args.quick or args.scenario:
+        name = "adaptive-replay-partial"  # a subset never overwrites the full run's record
+    else:
+        name = "adaptive-replay"
     write_results(
-        "adaptive-replay-tuner" if args.reuse else "adaptive-replay",
+        name,
         title="Adaptive thresholds: replayed calls, default vs adaptive vs hindsight-best static",
         machine=machine,
         body_md=body,

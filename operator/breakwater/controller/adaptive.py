@@ -3,8 +3,9 @@ what is delivered to the sidecars and what the status shows.
 
 - Every accepted report is ingested (`ingest`) into the history of each (policy, upstream) it speaks of,
   for every policy (a policy with tuning off still gets suggestions).
-- The status loop calls `evaluate` on each refresh; the tuner runs at most once per bucket width and
-  per `TUNE_EVERY_SECONDS` (30 s), frozen while any reporting pod has the upstream open or half-open.
+- The status loop calls `evaluate` on each refresh; the tuner steps once per bucket width, or every
+  `TUNE_EVERY_SECONDS` (30 s) when the buckets are wider, frozen while any reporting pod has the
+  upstream open or half-open.
 - With `spec.adaptive.enabled` (and the policy not in Observe), `tuned` gives the renderer the
   thresholds to deliver; otherwise the tuner's values are only shown as `suggested`.
 - `spec.coordination.quorumPercent`: `held` names the upstreams the renderer marks `fleetOpen`.
