@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from breakwater.api.plain.sidecar import SidecarConfig
+from breakwater.api.plain.sidecar import PlainSidecarConfig
 from breakwater.proxy.fast.listener import FastListener, FastPath
 from breakwater.proxy.logs import CONFIG_CHANNEL
 
@@ -107,7 +107,7 @@ class _FastSocket:
         await asyncio.gather(*waits, return_exceptions=True)
 
 
-def wanted(config: SidecarConfig) -> list[ListenerKey]:
+def wanted(config: PlainSidecarConfig) -> list[ListenerKey]:
     """The listeners `config` asks for."""
     keys: list[ListenerKey] = [
         ("upstream", up.name, config.listen_address, up.listen_port)
@@ -147,7 +147,7 @@ class ListenerSet:
         """Client connections open on the listeners right now."""
         return sum(listener.connections() for listener in self._bound.values())
 
-    async def prepare(self, config: SidecarConfig) -> Change:
+    async def prepare(self, config: PlainSidecarConfig) -> Change:
         """Bind what `config` adds and stop accepting on what it removes; raise `OSError` (with every
         change undone) when a new listener cannot bind."""
         keys = wanted(config)

@@ -217,7 +217,7 @@ def test_what_the_models_write_the_plain_parser_reads_without_them(doc: dict[str
 def test_the_defaults_are_the_models_defaults() -> None:
     minimal = {"upstreams": [{"name": "a", "host": "h", "port": 1}]}
     assert plain.parse_sidecar_config(minimal).to_json() == models.parse_sidecar_config(minimal).to_json()
-    assert plain_types.SidecarConfig().to_json() == models.SidecarConfig().to_json()
+    assert plain_types.PlainSidecarConfig().to_json() == models.SidecarConfig().to_json()
 
 
 @pytest.mark.parametrize(
@@ -266,7 +266,7 @@ def _bundle_values(bundle: Any) -> tuple[Any, ...]:
 
 
 def _upstream_dict(up: Any) -> dict[str, Any]:
-    return up.to_dict() if isinstance(up, plain_types.UpstreamConfig) else up.model_dump(by_alias=True)
+    return up.to_dict() if isinstance(up, plain_types.PlainUpstreamConfig) else up.model_dump(by_alias=True)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -296,7 +296,7 @@ def test_a_config_reply_reads_as_the_model_reads_it(config: Any, config_hash: An
     except ValueError:
         expected = "invalid"
     try:
-        reply = plain_report.ConfigReply.from_json(body)
+        reply = plain_report.PlainConfigReply.from_json(body)
         got: Any = (reply.config_hash, reply.config and json.loads(reply.config.to_json()))
     except models.SidecarConfigError:
         got = "invalid"
@@ -307,7 +307,7 @@ _STATES = _pick(*State)
 _COUNTS = st.integers(0, 2**40)
 _RATES = st.none() | st.floats(0, 1)
 UPSTREAM_REPORTS = st.builds(
-    plain_report.UpstreamReport,
+    plain_report.PlainUpstreamReport,
     name=_pick("a", "payments"),
     state=_STATES,
     policy=_pick("", "shop/a"),
@@ -324,7 +324,7 @@ UPSTREAM_REPORTS = st.builds(
     latency=st.lists(_COUNTS, max_size=14),
 )
 TRANSITIONS = st.builds(
-    plain_report.TransitionReport,
+    plain_report.PlainTransitionReport,
     upstream=_pick("a", "payments"),
     from_state=_STATES,
     to_state=_STATES,
@@ -337,7 +337,7 @@ TRANSITIONS = st.builds(
 @settings(max_examples=150)
 @given(
     st.builds(
-        plain_report.SidecarReport,
+        plain_report.PlainSidecarReport,
         namespace=_pick("shop"),
         pod=_pick("checkout-1"),
         pod_uid=_pick("", "uid-1"),
@@ -348,7 +348,7 @@ TRANSITIONS = st.builds(
         transitions=st.lists(TRANSITIONS, max_size=3),
     )
 )
-def test_a_report_the_sidecar_writes_is_what_the_model_reads(report: plain_report.SidecarReport) -> None:
+def test_a_report_the_sidecar_writes_is_what_the_model_reads(report: plain_report.PlainSidecarReport) -> None:
     written = json.loads(report.to_json())
     assert reports.SidecarReport.model_validate_json(report.to_json()).model_dump(
         mode="json", by_alias=True

@@ -184,7 +184,7 @@ class Harness:
     sidecar: Sidecar
     reporter: Reporter
     operator: OperatorStandIn
-    applied: list[plain.SidecarConfig]
+    applied: list[plain.PlainSidecarConfig]
 
     @property
     def base(self) -> str:
@@ -212,9 +212,9 @@ async def start_reporter(
         if upstreams:
             docs = [upstream_doc(f"up{i}", upstream.port, breaker=TRIP) for i in range(upstreams)]
         sidecar = await start_sidecar(sidecar_doc(*docs, configHash="h1"))
-        applied: list[plain.SidecarConfig] = []
+        applied: list[plain.PlainSidecarConfig] = []
 
-        async def on_config(config: plain.SidecarConfig) -> None:
+        async def on_config(config: plain.PlainSidecarConfig) -> None:
             applied.append(config)
             await sidecar.apply_config(config, source="operator")
 

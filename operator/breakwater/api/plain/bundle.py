@@ -8,10 +8,10 @@ from typing import Any
 
 from breakwater.api.plain import fields as f
 from breakwater.api.plain.parse import read_upstream
-from breakwater.api.plain.sidecar import UpstreamConfig, camel
+from breakwater.api.plain.sidecar import PlainUpstreamConfig, camel
 from breakwater.errors import InvalidInput
 
-__all__ = ["BUNDLE_VERSION", "BundleError", "PolicyBundle", "parse_bundle"]
+__all__ = ["BUNDLE_VERSION", "BundleError", "PlainPolicyBundle", "parse_bundle"]
 
 BUNDLE_VERSION = 1
 
@@ -21,7 +21,7 @@ class BundleError(InvalidInput):
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyBundle:
+class PlainPolicyBundle:
     policy: str
     """`namespace/name` of the policy."""
     selector: dict[str, Any]
@@ -31,7 +31,7 @@ class PolicyBundle:
     """The policy's creationTimestamp (RFC 3339): the older policy wins a conflict."""
     generation: int = 0
     transparent: bool = False
-    upstreams: tuple[UpstreamConfig, ...] = ()
+    upstreams: tuple[PlainUpstreamConfig, ...] = ()
     admin_port: int | None = None
     """spec.sidecar.adminPort: the admin port of the pods this policy injects (None: the operator's)."""
     proxy_port: int | None = None
@@ -78,10 +78,10 @@ def read_bundle(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
     if values is None:
         return f.BAD
     values["upstreams"] = tuple(values["upstreams"])
-    return PolicyBundle(**values)
+    return PlainPolicyBundle(**values)
 
 
-def parse_bundle(data: bytes | str) -> PolicyBundle:
+def parse_bundle(data: bytes | str) -> PlainPolicyBundle:
     """One bundle as the operator writes it (JSON); `BundleError` says what is wrong."""
     try:
         document = json.loads(data)

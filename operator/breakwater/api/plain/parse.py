@@ -26,16 +26,16 @@ from breakwater.api.plain.sidecar import (
     NAME_PATTERN,
     REJECTED_STATUS,
     SIDECAR_CONFIG_VERSION,
-    AdminConfig,
-    BulkheadConfig,
-    FailureConfig,
-    FallbackConfig,
     FallbackKind,
-    ForwardProxyConfig,
-    RetryConfig,
-    SidecarConfig,
+    PlainAdminConfig,
+    PlainBulkheadConfig,
+    PlainFailureConfig,
+    PlainFallbackConfig,
+    PlainForwardProxyConfig,
+    PlainRetryConfig,
+    PlainSidecarConfig,
+    PlainUpstreamConfig,
     SidecarConfigError,
-    UpstreamConfig,
     camel,
     check_config,
     config_version,
@@ -104,11 +104,11 @@ _PORT = _int(ge=0, le=65535)
 _SECONDS = _float(gt=0)
 
 _ADMIN = _object(
-    AdminConfig,
+    PlainAdminConfig,
     _fields(("port", _PORT, SIDECAR_ADMIN_PORT), ("address", _checked(_str(), ip_address), "0.0.0.0")),
 )
 _FORWARD_PROXY = _object(
-    ForwardProxyConfig,
+    PlainForwardProxyConfig,
     _fields(
         ("enabled", f.boolean, False),
         ("port", _PORT, SIDECAR_FORWARD_PROXY_PORT),
@@ -116,7 +116,7 @@ _FORWARD_PROXY = _object(
     ),
 )
 _FAILURES = _object(
-    FailureConfig,
+    PlainFailureConfig,
     _fields(
         ("status_codes", _checked(_list_of_str, status_codes), DEFAULT_STATUS_CODES),
         ("timeouts", f.boolean, True),
@@ -125,7 +125,7 @@ _FAILURES = _object(
     ),
 )
 _FALLBACK = _object(
-    FallbackConfig,
+    PlainFallbackConfig,
     _fields(
         ("kind", _enum(FallbackKind), FallbackKind.NONE),
         ("status", _int(ge=200, le=599), REJECTED_STATUS),
@@ -137,11 +137,11 @@ _FALLBACK = _object(
     ),
 )
 _BULKHEAD = _object(
-    BulkheadConfig,
+    PlainBulkheadConfig,
     _fields(("max_concurrent", f.nullable(_int(ge=1)), None), ("max_pending", _int(ge=0), 0)),
 )
 _RETRY = _object(
-    RetryConfig,
+    PlainRetryConfig,
     _fields(
         ("attempts", _int(ge=1, le=10), 1),
         ("per_try_timeout_seconds", f.nullable(_SECONDS), None),
@@ -187,13 +187,13 @@ _UPSTREAM_FIELDS = _fields(
     ("mode_after", f.nullable(_enum(Mode)), None),
     ("fleet_open", f.boolean, False),
     ("breaker", _breaker, DEFAULT_BREAKER),
-    ("failures", _FAILURES, FailureConfig()),
+    ("failures", _FAILURES, PlainFailureConfig()),
     ("timeout_seconds", _SECONDS, DEFAULT_TIMEOUT_SECONDS),
-    ("fallback", _FALLBACK, FallbackConfig),
-    ("bulkhead", _BULKHEAD, BulkheadConfig()),
-    ("retry", _RETRY, RetryConfig()),
+    ("fallback", _FALLBACK, PlainFallbackConfig),
+    ("bulkhead", _BULKHEAD, PlainBulkheadConfig()),
+    ("retry", _RETRY, PlainRetryConfig()),
 )
-read_upstream = _object(UpstreamConfig, _UPSTREAM_FIELDS)
+read_upstream = _object(PlainUpstreamConfig, _UPSTREAM_FIELDS)
 """Read one `upstreams[]` entry (a reader of `fields`: errors, location, value)."""
 
 
@@ -202,8 +202,8 @@ _CONFIG_FIELDS = _fields(
     ("config_hash", _str(), ""),
     ("generation", _int(ge=0), 0),
     ("listen_address", _checked(_str(), ip_address), "127.0.0.1"),
-    ("admin", _ADMIN, AdminConfig()),
-    ("forward_proxy", _FORWARD_PROXY, ForwardProxyConfig()),
+    ("admin", _ADMIN, PlainAdminConfig()),
+    ("forward_proxy", _FORWARD_PROXY, PlainForwardProxyConfig()),
     ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream), list),
 )
 
@@ -214,7 +214,7 @@ def read_config(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
     if values is None:
         return f.BAD
     values["upstreams"] = tuple(values["upstreams"])
-    config = SidecarConfig(**values)
+    config = PlainSidecarConfig(**values)
     try:
         check_config(config)
     except ValueError as exc:
@@ -222,7 +222,7 @@ def read_config(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
     return config
 
 
-def _by_the_models(document: dict[str, Any], source: str) -> SidecarConfig:
+def _by_the_models(document: dict[str, Any], source: str) -> PlainSidecarConfig:
     """What the models make of a document this module cannot decide, read back as plain values."""
     from breakwater.api.sidecar import parse_sidecar_config as parse_with_models
 
@@ -233,7 +233,7 @@ def _by_the_models(document: dict[str, Any], source: str) -> SidecarConfig:
     return config  # type: ignore[no-any-return]
 
 
-def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> SidecarConfig:
+def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> PlainSidecarConfig:
     """Parse and validate one config document; raise `SidecarConfigError` saying what is wrong."""
     if isinstance(data, dict):
         document: Any = data
@@ -254,7 +254,7 @@ def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = ""
     return config  # type: ignore[no-any-return]
 
 
-def load_sidecar_config(path: str | Path) -> SidecarConfig:
+def load_sidecar_config(path: str | Path) -> PlainSidecarConfig:
     """Read and validate the config file at `path`; raise `SidecarConfigError` if it cannot be used."""
     try:
         raw = Path(path).read_bytes()

@@ -24,16 +24,16 @@ from breakwater.errors import InvalidInput
 
 __all__ = [
     "SIDECAR_CONFIG_VERSION",
-    "AdminConfig",
-    "BulkheadConfig",
-    "FailureConfig",
-    "FallbackConfig",
     "FallbackKind",
-    "ForwardProxyConfig",
-    "RetryConfig",
-    "SidecarConfig",
+    "PlainAdminConfig",
+    "PlainBulkheadConfig",
+    "PlainFailureConfig",
+    "PlainFallbackConfig",
+    "PlainForwardProxyConfig",
+    "PlainRetryConfig",
+    "PlainSidecarConfig",
+    "PlainUpstreamConfig",
     "SidecarConfigError",
-    "UpstreamConfig",
     "check_config",
 ]
 
@@ -104,7 +104,7 @@ def _plain(value: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class AdminConfig:
+class PlainAdminConfig:
     """The admin listener: probes, stats, metrics, config pushes."""
 
     port: int = SIDECAR_ADMIN_PORT
@@ -112,7 +112,7 @@ class AdminConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class ForwardProxyConfig:
+class PlainForwardProxyConfig:
     """The HTTP forward-proxy listener (for apps that honour ``HTTP_PROXY``)."""
 
     enabled: bool = False
@@ -121,7 +121,7 @@ class ForwardProxyConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class FailureConfig:
+class PlainFailureConfig:
     """What counts as a failure of the upstream (everything else an upstream answers is a success)."""
 
     status_codes: tuple[str, ...] = DEFAULT_STATUS_CODES
@@ -131,7 +131,7 @@ class FailureConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class FallbackConfig:
+class PlainFallbackConfig:
     """What a rejected (or unanswered) request gets instead of a bare 503."""
 
     kind: FallbackKind = FallbackKind.NONE
@@ -144,7 +144,7 @@ class FallbackConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class BulkheadConfig:
+class PlainBulkheadConfig:
     """At most ``maxConcurrent`` requests in flight to the upstream, ``maxPending`` more waiting."""
 
     max_concurrent: int | None = None
@@ -152,7 +152,7 @@ class BulkheadConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryConfig:
+class PlainRetryConfig:
     """Retries of idempotent requests, within a budget (retries <= budgetPercent of requests)."""
 
     attempts: int = 1
@@ -162,7 +162,7 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamConfig:
+class PlainUpstreamConfig:
     """One upstream the app calls, with its breaker and protections."""
 
     name: str
@@ -175,11 +175,11 @@ class UpstreamConfig:
     mode_after: Mode | None = None
     fleet_open: bool = False
     breaker: BreakerSettings = DEFAULT_BREAKER
-    failures: FailureConfig = FailureConfig()
+    failures: PlainFailureConfig = PlainFailureConfig()
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-    fallback: FallbackConfig = field(default_factory=FallbackConfig)
-    bulkhead: BulkheadConfig = BulkheadConfig()
-    retry: RetryConfig = RetryConfig()
+    fallback: PlainFallbackConfig = field(default_factory=PlainFallbackConfig)
+    bulkhead: PlainBulkheadConfig = PlainBulkheadConfig()
+    retry: PlainRetryConfig = PlainRetryConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form, keys in the models' order."""
@@ -194,25 +194,25 @@ _UPSTREAM_ORDER = (
 
 
 @dataclass(frozen=True, slots=True)
-class SidecarConfig:
+class PlainSidecarConfig:
     """The whole sidecar configuration (one JSON document)."""
 
     version: int = SIDECAR_CONFIG_VERSION
     config_hash: str = ""
     generation: int = 0
     listen_address: str = "127.0.0.1"
-    admin: AdminConfig = AdminConfig()
-    forward_proxy: ForwardProxyConfig = ForwardProxyConfig()
-    upstreams: tuple[UpstreamConfig, ...] = ()
+    admin: PlainAdminConfig = PlainAdminConfig()
+    forward_proxy: PlainForwardProxyConfig = PlainForwardProxyConfig()
+    upstreams: tuple[PlainUpstreamConfig, ...] = ()
 
-    def upstream(self, name: str) -> UpstreamConfig:
+    def upstream(self, name: str) -> PlainUpstreamConfig:
         """The upstream called `name` (`KeyError` if there is none)."""
         for up in self.upstreams:
             if up.name == name:
                 return up
         raise KeyError(name)
 
-    def replace(self, **changes: Any) -> SidecarConfig:
+    def replace(self, **changes: Any) -> PlainSidecarConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
