@@ -44,12 +44,13 @@ node-if-possible: control-plane
 	  && bash hack/build-previous-image.sh >/dev/null \
 	  || { [ "$${BREAKWATER_REQUIRE_CLUSTER:-}" != 1 ] && echo "make: no real node here (see above); the node suites will skip"; }
 
-lint: $(STAMP) ## ruff, mypy --strict, import-linter layers
+lint: $(STAMP) ## ruff, mypy --strict, import-linter layers, module sizes, unique class names
 	$(BIN)/ruff check operator tests bench hack
 	$(BIN)/ruff format --check operator tests bench hack
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python hack/check_module_size.py
+	$(BIN)/python hack/check_unique_names.py
 
 fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix operator tests bench hack

@@ -58,7 +58,7 @@ class SidecarPod:
     uid: str = ""
 
 
-class _Endpoint(asyncio.DatagramProtocol):
+class _ReplyEndpoint(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
         self.on_datagram = on_datagram
 
@@ -195,7 +195,7 @@ class Reporter:
         grant = datagram.SessionGrant.from_json(answer.body)
         host = urlsplit(self.url).hostname or "localhost"
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _Endpoint(self._on_datagram), remote_addr=(host, grant.port)
+            lambda: _ReplyEndpoint(self._on_datagram), remote_addr=(host, grant.port)
         )
         if self._session is not None:
             self._session.transport.close()

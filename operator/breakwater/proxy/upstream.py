@@ -17,17 +17,17 @@ from dataclasses import dataclass, field
 from breakwater.api.plain.sidecar import FallbackKind, PlainSidecarConfig, PlainUpstreamConfig
 from breakwater.breaker import Breaker, Transition
 from breakwater.proxy.budget import RetryBudget
-from breakwater.proxy.bulkhead import Bulkhead
+from breakwater.proxy.bulkhead import BulkheadSemaphore
 from breakwater.proxy.cache import ResponseCache
 from breakwater.proxy.classifiers import FailurePolicy, RetryPolicy
 from breakwater.proxy.modeclock import applied_mode
 from breakwater.proxy.stats import UpstreamStats
 
-__all__ = ["LiveParts", "LiveUpstream", "RouteTable", "StaticFallback", "authority_aliases"]
+__all__ = ["LiveParts", "LiveUpstream", "RouteTable", "StaticResponse", "authority_aliases"]
 
 
 @dataclass(frozen=True, slots=True)
-class StaticFallback:
+class StaticResponse:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
@@ -40,7 +40,7 @@ class LiveParts:
     breaker: Breaker
     policy: str = ""
     stats: UpstreamStats = field(default_factory=UpstreamStats)
-    bulkhead: Bulkhead | None = None
+    bulkhead: BulkheadSemaphore | None = None
     budget: RetryBudget | None = None
     cache: ResponseCache | None = None
 
@@ -68,7 +68,7 @@ class LiveParts:
         if bh.max_concurrent is None:
             self.bulkhead = None
         elif self.bulkhead is None:
-            self.bulkhead = Bulkhead(bh.max_concurrent, bh.max_pending)
+            self.bulkhead = BulkheadSemaphore(bh.max_concurrent, bh.max_pending)
         elif self.bulkhead.limits != (bh.max_concurrent, bh.max_pending):
             self.bulkhead.resize(bh.max_concurrent, bh.max_pending)
         retry = config.retry
@@ -143,9 +143,9 @@ class LiveUpstream:
         self.budget = parts.budget
         self.cache = parts.cache
         fb = config.fallback
-        self.static_fallback: StaticFallback | None = None
+        self.static_fallback: StaticResponse | None = None
         if fb.kind is FallbackKind.STATIC:
-            self.static_fallback = StaticFallback(
+            self.static_fallback = StaticResponse(
                 status=fb.status, headers=tuple(fb.headers.items()), body=fb.body.encode()
             )
 

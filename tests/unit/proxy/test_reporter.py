@@ -149,7 +149,7 @@ class OperatorStandIn(asyncio.DatagramProtocol):
     def answer(self, seq: int, config_hash: str, *, key: bytes | None = None) -> None:
         last = self.reports[-1]
         signing = key if key is not None else self.key_of(last.session_id)
-        answer = datagram.Answer(seq=seq, config_hash=config_hash)
+        answer = datagram.ReportAnswer(seq=seq, config_hash=config_hash)
         assert self._transport is not None
         self._transport.sendto(datagram.answer_datagram(signing, answer), last.addr)
 
