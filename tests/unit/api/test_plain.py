@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from breakwater.api import bundle as bundles
+from breakwater.api import defaultsgen
 from breakwater.api import report as reports
 from breakwater.api import sidecar as models
 from breakwater.api.plain import bundle as plain_bundle
@@ -212,6 +213,14 @@ def test_what_the_models_write_the_plain_parser_reads_without_them(doc: dict[str
     assert not errors.records
     assert config.to_json() == models.parse_sidecar_config(canonical).to_json()
     assert config.effective_hash() == models.parse_sidecar_config(canonical).effective_hash()
+
+
+def test_the_plain_defaults_are_generated_from_the_models() -> None:
+    """api/plain/defaults.py is written by `make generate`: a hand edit, or a default changed in
+    api/spec.py or api/sidecar.py without regenerating, fails here."""
+    assert defaultsgen.PATH.read_text(encoding="utf-8") == defaultsgen.defaults_source(), (
+        f"{defaultsgen.PATH} drifted from the models: run `make generate`"
+    )
 
 
 def test_the_defaults_are_the_models_defaults() -> None:

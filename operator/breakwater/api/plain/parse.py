@@ -14,18 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.plain import defaults as d
 from breakwater.api.plain import fields as f
 from breakwater.api.plain.sidecar import (
-    DEFAULT_BREAKER,
-    DEFAULT_BUDGET_PERCENT,
-    DEFAULT_CACHE,
-    DEFAULT_RETRY_ON,
-    DEFAULT_STATUS_CODES,
-    DEFAULT_TIMEOUT_SECONDS,
     NAME_PATTERN,
-    REJECTED_STATUS,
-    SIDECAR_CONFIG_VERSION,
     FallbackKind,
     PlainAdminConfig,
     PlainBulkheadConfig,
@@ -47,7 +39,7 @@ from breakwater.api.plain.sidecar import (
 )
 from breakwater.breaker.settings import BreakerSettings, InvalidBreakerSettings, Mode, WindowKind
 
-__all__ = ["load_sidecar_config", "parse_sidecar_config", "read_config", "read_upstream"]
+__all__ = ["fields_of", "load_sidecar_config", "parse_sidecar_config", "read_config", "read_upstream"]
 
 
 Reader = Callable[[f.Errors, f.Loc, Any], Any]
@@ -96,8 +88,19 @@ def _object(cls: type[Any], fields: tuple[f.Field, ...]) -> Reader:
     return read
 
 
-def _fields(*specs: tuple[str, Reader, Any]) -> tuple[f.Field, ...]:
-    return tuple(f.Field(name, camel(name), read, default) for name, read, default in specs)
+def fields_of(cls: type[Any], *specs: tuple[str, Reader]) -> tuple[f.Field, ...]:
+    """The fields of dataclass `cls` in the models' order (that of `specs`), with the dataclass's
+    defaults (a factory is called per document; no default: required)."""
+    known = {k.name: k for k in dataclasses.fields(cls)}
+    out = []
+    for name, read in specs:
+        field = known[name]
+        default: Any = field.default
+        if default is dataclasses.MISSING:
+            factory = field.default_factory
+            default = f.MISSING if factory is dataclasses.MISSING else factory
+        out.append(f.Field(name, camel(name), read, default))
+    return tuple(out)
 
 
 _PORT = _int(ge=0, le=65535)
@@ -105,48 +108,52 @@ _SECONDS = _float(gt=0)
 
 _ADMIN = _object(
     PlainAdminConfig,
-    _fields(("port", _PORT, SIDECAR_ADMIN_PORT), ("address", _checked(_str(), ip_address), "0.0.0.0")),
+    fields_of(PlainAdminConfig, ("port", _PORT), ("address", _checked(_str(), ip_address))),
 )
 _FORWARD_PROXY = _object(
     PlainForwardProxyConfig,
-    _fields(
-        ("enabled", f.boolean, False),
-        ("port", _PORT, SIDECAR_FORWARD_PROXY_PORT),
-        ("unknown_hosts", lambda e, loc, v: f.literal(e, loc, v, ("PassThrough", "Refuse")), "PassThrough"),
+    fields_of(
+        PlainForwardProxyConfig,
+        ("enabled", f.boolean),
+        ("port", _PORT),
+        ("unknown_hosts", lambda e, loc, v: f.literal(e, loc, v, ("PassThrough", "Refuse"))),
     ),
 )
 _FAILURES = _object(
     PlainFailureConfig,
-    _fields(
-        ("status_codes", _checked(_list_of_str, status_codes), DEFAULT_STATUS_CODES),
-        ("timeouts", f.boolean, True),
-        ("connect_errors", f.boolean, True),
-        ("resets", f.boolean, True),
+    fields_of(
+        PlainFailureConfig,
+        ("status_codes", _checked(_list_of_str, status_codes)),
+        ("timeouts", f.boolean),
+        ("connect_errors", f.boolean),
+        ("resets", f.boolean),
     ),
 )
 _FALLBACK = _object(
     PlainFallbackConfig,
-    _fields(
-        ("kind", _enum(FallbackKind), FallbackKind.NONE),
-        ("status", _int(ge=200, le=599), REJECTED_STATUS),
-        ("headers", _checked(f.dict_of_strings, fallback_headers), dict),
-        ("body", _str(), ""),
-        ("max_age_seconds", _SECONDS, DEFAULT_CACHE[0]),
-        ("max_entries", _int(ge=1, le=1_000_000), DEFAULT_CACHE[1]),
-        ("max_bytes", _int(ge=1), DEFAULT_CACHE[2]),
+    fields_of(
+        PlainFallbackConfig,
+        ("kind", _enum(FallbackKind)),
+        ("status", _int(ge=200, le=599)),
+        ("headers", _checked(f.dict_of_strings, fallback_headers)),
+        ("body", _str()),
+        ("max_age_seconds", _SECONDS),
+        ("max_entries", _int(ge=1, le=1_000_000)),
+        ("max_bytes", _int(ge=1)),
     ),
 )
 _BULKHEAD = _object(
     PlainBulkheadConfig,
-    _fields(("max_concurrent", f.nullable(_int(ge=1)), None), ("max_pending", _int(ge=0), 0)),
+    fields_of(PlainBulkheadConfig, ("max_concurrent", f.nullable(_int(ge=1))), ("max_pending", _int(ge=0))),
 )
 _RETRY = _object(
     PlainRetryConfig,
-    _fields(
-        ("attempts", _int(ge=1, le=10), 1),
-        ("per_try_timeout_seconds", f.nullable(_SECONDS), None),
-        ("budget_percent", _float(ge=0, le=100), DEFAULT_BUDGET_PERCENT),
-        ("retry_on", _checked(_list_of_str, retry_conditions), DEFAULT_RETRY_ON),
+    fields_of(
+        PlainRetryConfig,
+        ("attempts", _int(ge=1, le=10)),
+        ("per_try_timeout_seconds", f.nullable(_SECONDS)),
+        ("budget_percent", _float(ge=0, le=100)),
+        ("retry_on", _checked(_list_of_str, retry_conditions)),
     ),
 )
 
@@ -160,7 +167,7 @@ _BREAKER_TYPES: dict[str, Reader] = {
 _BREAKER_FIELDS = tuple(
     f.Field(k.name, camel(k.name), _BREAKER_TYPES[str(k.type)]) for k in dataclasses.fields(BreakerSettings)
 )
-_BREAKER_DEFAULTS = {camel(k): v for k, v in dataclasses.asdict(DEFAULT_BREAKER).items()}
+_BREAKER_DEFAULTS = {camel(k): v for k, v in dataclasses.asdict(d.UPSTREAM_BREAKER).items()}
 
 
 def _breaker(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
@@ -176,35 +183,37 @@ def _breaker(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
         return errors.value_error(loc, value, str(exc))
 
 
-_UPSTREAM_FIELDS = _fields(
-    ("name", _str(pattern=NAME_PATTERN), f.MISSING),
-    ("policy", _str(), ""),
-    ("host", _checked(_str(min_length=1, max_length=253), host_name), f.MISSING),
-    ("port", _int(ge=1, le=65535), f.MISSING),
-    ("listen_port", f.nullable(_PORT), None),
-    ("mode", _enum(Mode), Mode.ENFORCE),
-    ("mode_until", f.nullable(_float(gt=0)), None),
-    ("mode_after", f.nullable(_enum(Mode)), None),
-    ("fleet_open", f.boolean, False),
-    ("breaker", _breaker, DEFAULT_BREAKER),
-    ("failures", _FAILURES, PlainFailureConfig()),
-    ("timeout_seconds", _SECONDS, DEFAULT_TIMEOUT_SECONDS),
-    ("fallback", _FALLBACK, PlainFallbackConfig),
-    ("bulkhead", _BULKHEAD, PlainBulkheadConfig()),
-    ("retry", _RETRY, PlainRetryConfig()),
+_UPSTREAM_FIELDS = fields_of(
+    PlainUpstreamConfig,
+    ("name", _str(pattern=NAME_PATTERN)),
+    ("policy", _str()),
+    ("host", _checked(_str(min_length=1, max_length=253), host_name)),
+    ("port", _int(ge=1, le=65535)),
+    ("listen_port", f.nullable(_PORT)),
+    ("mode", _enum(Mode)),
+    ("mode_until", f.nullable(_float(gt=0))),
+    ("mode_after", f.nullable(_enum(Mode))),
+    ("fleet_open", f.boolean),
+    ("breaker", _breaker),
+    ("failures", _FAILURES),
+    ("timeout_seconds", _SECONDS),
+    ("fallback", _FALLBACK),
+    ("bulkhead", _BULKHEAD),
+    ("retry", _RETRY),
 )
 read_upstream = _object(PlainUpstreamConfig, _UPSTREAM_FIELDS)
 """Read one `upstreams[]` entry (a reader of `fields`: errors, location, value)."""
 
 
-_CONFIG_FIELDS = _fields(
-    ("version", _checked(_int(), config_version), SIDECAR_CONFIG_VERSION),
-    ("config_hash", _str(), ""),
-    ("generation", _int(ge=0), 0),
-    ("listen_address", _checked(_str(), ip_address), "127.0.0.1"),
-    ("admin", _ADMIN, PlainAdminConfig()),
-    ("forward_proxy", _FORWARD_PROXY, PlainForwardProxyConfig()),
-    ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream), list),
+_CONFIG_FIELDS = fields_of(
+    PlainSidecarConfig,
+    ("version", _checked(_int(), config_version)),
+    ("config_hash", _str()),
+    ("generation", _int(ge=0)),
+    ("listen_address", _checked(_str(), ip_address)),
+    ("admin", _ADMIN),
+    ("forward_proxy", _FORWARD_PROXY),
+    ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream)),
 )
 
 
