@@ -201,6 +201,18 @@ def test_the_plain_parser_and_the_models_give_the_same_verdict_values_and_messag
     assert _verdict(plain.parse_sidecar_config, doc) == _verdict(models.parse_sidecar_config, doc)
 
 
+@pytest.mark.parametrize(
+    "upstream",
+    [{"port": False}, {"port": 1, "timeoutSeconds": False}, {"port": 1, "listenPort": 70000.0}],
+)
+def test_a_value_out_of_bounds_is_quoted_as_written(upstream: dict[str, Any]) -> None:
+    """``false`` for a port is read as 0, out of bounds: the message quotes ``false``, as the models'."""
+    doc = {"upstreams": [{"name": "a", "host": "h", **upstream}]}
+    verdict = _verdict(plain.parse_sidecar_config, doc)
+    assert verdict[0] == "invalid"
+    assert verdict == _verdict(models.parse_sidecar_config, doc)
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(documents())
 def test_what_the_models_write_the_plain_parser_reads_without_them(doc: dict[str, Any]) -> None:
