@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NODE ?= kwok
 REAL_NODE := $(if $(filter real,$(NODE)),node,)
 
-.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo demo-adaptive bench crds chart chart-schema image docs dashboard-picture generate clean
+.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo demo-adaptive bench crds chart chart-schema image docs plain-defaults dashboard-picture generate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,12 +44,13 @@ node-if-possible: control-plane
 	  && bash hack/build-previous-image.sh >/dev/null \
 	  || { [ "$${BREAKWATER_REQUIRE_CLUSTER:-}" != 1 ] && echo "make: no real node here (see above); the node suites will skip"; }
 
-lint: $(STAMP) ## ruff, mypy --strict, import-linter layers
+lint: $(STAMP) ## ruff, mypy --strict, import-linter layers, module sizes, unique class names
 	$(BIN)/ruff check operator tests bench hack
 	$(BIN)/ruff format --check operator tests bench hack
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python hack/check_module_size.py
+	$(BIN)/python hack/check_unique_names.py
 
 fmt: $(STAMP) ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix operator tests bench hack
@@ -107,11 +108,14 @@ dashboard-picture: $(STAMP) control-plane prometheus ## docs/images/dashboard.sv
 	  tests/cluster/test_metrics.py -k dashboard_query
 	$(BIN)/python hack/dashboard_picture.py build/dashboard-data.json docs/images/dashboard.svg
 
+plain-defaults: $(STAMP) ## regenerate api/plain/defaults.py (the sidecar's defaults, without pydantic) from the api models
+	$(BIN)/python -m breakwater.api.defaultsgen --write operator/breakwater/api/plain/defaults.py
+
 chart-schema: $(STAMP) ## regenerate the chart's values.schema.json and README.md from the annotated values.yaml
 	$(BIN)/python hack/values_schema.py
 	$(BIN)/python hack/chart_readme.py
 
-generate: crds chart-schema docs ## every generated file
+generate: crds plain-defaults chart-schema docs ## every generated file
 
 clean: ## remove the virtualenv and caches inside the repo (the control-plane cache outside stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache build dist operator/*.egg-info

@@ -135,7 +135,7 @@ async def channel(cluster: Cluster, namespace: str) -> AsyncIterator[Channel]:
         await asyncio.to_thread(watch.stop)
 
 
-def answer(data: bytes, key: bytes) -> datagram.Answer:
+def answer(data: bytes, key: bytes) -> datagram.ReportAnswer:
     kind, fields = datagram.parse(data)
     assert kind == datagram.ANSWER, data
     return datagram.open_answer(key, fields)

@@ -19,7 +19,7 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import core_schema
 
-from breakwater.api.rules import Rule
+from breakwater.api.rule import Rule
 
 __all__ = ["ApiModel", "SpecModel", "StatusModel", "WireModel", "section"]
 

@@ -15,6 +15,7 @@ from pydantic import ConfigDict, Field
 from breakwater.api.base import WireModel
 from breakwater.api.plain.bundle import BUNDLE_VERSION
 from breakwater.api.sidecar import UpstreamConfig
+from breakwater.api.spec import CircuitBreakerPolicySpec
 
 
 class PolicyBundle(WireModel):
@@ -30,7 +31,7 @@ class PolicyBundle(WireModel):
     """The policy's creationTimestamp (RFC 3339): the older policy wins a conflict."""
     generation: Annotated[int, Field(ge=0)] = 0
     selector: dict[str, Any]
-    transparent: bool = False
+    transparent: bool = CircuitBreakerPolicySpec.model_fields["transparent"].default  # the spec's
     upstreams: list[UpstreamConfig] = Field(default_factory=list)
     admin_port: int | None = None
     """spec.sidecar.adminPort: the admin port of the pods this policy injects (None: the operator's)."""

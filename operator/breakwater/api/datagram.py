@@ -138,7 +138,7 @@ _SESSION_GRANT = _fields(
 
 
 @dataclass(frozen=True, slots=True)
-class Answer:
+class ReportAnswer:
     seq: int = -1  # the report answered; -1 when the operator writes unasked (a policy changed)
     config_hash: str = ""  # what the pod should run; "" when the operator has no opinion (no policy)
 
@@ -146,7 +146,7 @@ class Answer:
         return _json({"seq": self.seq, "configHash": self.config_hash})
 
     @classmethod
-    def from_json(cls, body: bytes | str) -> Answer:
+    def from_json(cls, body: bytes | str) -> ReportAnswer:
         return cls(**_read(body, "answer", _ANSWER))
 
 
@@ -215,7 +215,7 @@ def report_datagram(session_id: str, key: bytes, body: bytes) -> bytes:
     return b" ".join((MAGIC, REPORT, session_id.encode(), _tag(key, REPORT, body), body))
 
 
-def answer_datagram(key: bytes, answer: Answer) -> bytes:
+def answer_datagram(key: bytes, answer: ReportAnswer) -> bytes:
     body = answer.to_json().encode()
     return b" ".join((MAGIC, ANSWER, _tag(key, ANSWER, body), body))
 
@@ -280,8 +280,8 @@ def parse_report(data: bytes) -> ReportDatagram:
     return ReportDatagram(session_id, fields[1], fields[2])
 
 
-def open_answer(key: bytes, fields: list[bytes]) -> Answer:
+def open_answer(key: bytes, fields: list[bytes]) -> ReportAnswer:
     tag, body = fields
     if not hmac.compare_digest(tag, _tag(key, ANSWER, body)):
         raise DatagramError("bad signature on an answer")
-    return Answer.from_json(body)
+    return ReportAnswer.from_json(body)

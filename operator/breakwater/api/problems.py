@@ -23,7 +23,7 @@ class Problem:
     path: str
     message: str
     rule: str | None = None
-    """The `breakwater.api.rules.Rule` id, when a cross-field rule failed."""
+    """The `breakwater.api.rule.Rule` id, when a cross-field rule failed."""
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message

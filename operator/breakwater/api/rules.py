@@ -1,7 +1,8 @@
 """The cross-field rules of the API, in one table: CEL for the API server, Python for everyone else.
 
-Each `Rule` carries the CEL expression the CRD publishes as an ``x-kubernetes-validations`` entry,
-the message a person reads when it fails, and a Python predicate with the same meaning. The models
+Each `Rule` (what one is: `api/rule.py`) carries the CEL expression the CRD publishes as an
+``x-kubernetes-validations`` entry, the message a person reads when it fails, and a Python predicate
+with the same meaning. The models
 attach rules by listing them in ``__cel_rules__``; the CRD generator emits them, the model validators
 run them, and `breakwater validate` reports them, so the API server and the offline check can only
 disagree if a predicate here disagrees with its CEL twin (the cluster tests compare both verdicts).
@@ -14,12 +15,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import textwrap
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, Literal
-
-from pydantic_core import PydanticCustomError
+from typing import Any
 
 from breakwater.api.constants import RESERVED_LISTEN_PORTS
 from breakwater.api.durations import (
@@ -31,12 +28,9 @@ from breakwater.api.durations import (
     parse_timestamp,
 )
 from breakwater.api.headers import HEADER_NAME_PATTERN, MANAGED_HEADERS
+from breakwater.api.rule import Rule
 
-__all__ = ["ALL_RULES", "LABEL_KEY_PATTERN", "LABEL_VALUE_PATTERN", "Reason", "Rule"]
-
-# FieldValueDuplicate is left out on purpose: the API server then prints "Duplicate value" without
-# the rule's message.
-Reason = Literal["FieldValueInvalid", "FieldValueRequired", "FieldValueForbidden"]
+__all__ = ["ALL_RULES", "LABEL_KEY_PATTERN", "LABEL_VALUE_PATTERN"]
 
 LABEL_KEY_PATTERN = (
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
@@ -47,40 +41,6 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Rule:
-    """One validation rule, as CEL and as Python, with the message both report."""
-
-    id: str
-    """Stable name, used by tests and docs (e.g. ``halfOpen.successesToClose``)."""
-    cel: str
-    """The expression; ``self`` is the object (or scalar) the rule is attached to."""
-    message: str
-    """What is wrong and how to fix it, naming the field."""
-    check: Callable[[Any], bool]
-    """The Python twin of `cel`: True when the value is valid."""
-    field_path: str | None = None
-    """Where the API server reports the error, relative to the object (``.successesToClose``)."""
-    reason: Reason | None = None
-
-    def violation(self) -> PydanticCustomError:
-        """The pydantic error a model validator raises when `check` fails (type ``cel_rule``)."""
-        return PydanticCustomError(
-            "cel_rule",
-            "{message}",
-            {"message": self.message, "rule": self.id, "field_path": self.field_path or ""},
-        )
-
-    def to_schema(self) -> dict[str, str]:
-        """The ``x-kubernetes-validations`` entry."""
-        entry = {"rule": textwrap.dedent(self.cel).strip(), "message": self.message}
-        if self.field_path:
-            entry["fieldPath"] = self.field_path
-        if self.reason:
-            entry["reason"] = self.reason
-        return entry
 
 
 def _has(value: object) -> bool:

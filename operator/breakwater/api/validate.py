@@ -29,11 +29,11 @@ from breakwater.api.durations import parse_timestamp
 from breakwater.api.manifests import ManifestError, load_documents
 from breakwater.api.policy import Problem, check_policy, is_policy_manifest
 
-__all__ = ["Verdict", "add_arguments", "run", "validate_text"]
+__all__ = ["DocumentVerdict", "add_arguments", "run", "validate_text"]
 
 
 @dataclass(frozen=True)
-class Verdict:
+class DocumentVerdict:
     """What became of one document: checked (with its problems) or skipped (with the reason)."""
 
     where: str
@@ -59,21 +59,21 @@ def _objects(documents: list[Any]) -> Iterator[tuple[str, Any]]:
             yield where, document
 
 
-def validate_text(text: str) -> list[Verdict]:
+def validate_text(text: str) -> list[DocumentVerdict]:
     """Verdicts for every document of a YAML text (raises `ManifestError` on bad YAML)."""
     documents = [d for d in load_documents(text) if d is not None]
-    verdicts: list[Verdict] = []
+    verdicts: list[DocumentVerdict] = []
     for where, document in _objects(documents):
         if not isinstance(document, Mapping):
             problem = Problem("", "not a Kubernetes object: expected a mapping with apiVersion and kind")
-            verdicts.append(Verdict(where, (problem,)))
+            verdicts.append(DocumentVerdict(where, (problem,)))
         elif not is_policy_manifest(document):
             kind = document.get("kind") or "no kind"
             api_version = document.get("apiVersion") or "no apiVersion"
-            verdicts.append(Verdict(where, skipped=f"{api_version} {kind} is not a {KIND}"))
+            verdicts.append(DocumentVerdict(where, skipped=f"{api_version} {kind} is not a {KIND}"))
         else:
             verdicts.append(
-                Verdict(where, tuple(check_policy(document)), warnings=tuple(warnings_of(document)))
+                DocumentVerdict(where, tuple(check_policy(document)), warnings=tuple(warnings_of(document)))
             )
     return verdicts
 

@@ -39,14 +39,14 @@ MAX_REVIEW_BYTES = 3 * 1024 * 1024  # a pod spec is at most ~1.5 MiB in etcd; th
 
 
 @dataclass
-class Answer:
+class AdmissionAnswer:
     """What one admission review is answered with."""
 
     patch: list[dict[str, Any]]
     warnings: list[str]
 
 
-def review_response(review: dict[str, Any], answer: Answer) -> dict[str, Any]:
+def review_response(review: dict[str, Any], answer: AdmissionAnswer) -> dict[str, Any]:
     response: dict[str, Any] = {"uid": (review.get("request") or {}).get("uid", ""), "allowed": True}
     if answer.patch:
         response["patchType"] = "JSONPatch"
@@ -134,7 +134,9 @@ class AdmissionServer:
             except Exception:
                 namespace = review["request"].get("namespace", "?")
                 logger.exception("admission failed for an object of %s; admitting it unchanged", namespace)
-                answer = Answer([], ["breakwater: sidecar injection failed; the pod runs unprotected"])
+                answer = AdmissionAnswer(
+                    [], ["breakwater: sidecar injection failed; the pod runs unprotected"]
+                )
             response = web.json_response(review_response(review, answer))
             if self.draining:
                 response.force_close()
@@ -142,13 +144,13 @@ class AdmissionServer:
 
         return handle
 
-    async def expect_policy(self, request: dict[str, Any]) -> Answer:
+    async def expect_policy(self, request: dict[str, Any]) -> AdmissionAnswer:
         if not request.get("dryRun"):
             meta = (request.get("object") or {}).get("metadata") or {}
             self.view.expect(str(request.get("namespace") or ""), str(meta.get("name") or ""))
-        return Answer([], [])
+        return AdmissionAnswer([], [])
 
-    async def admit_pod(self, request: dict[str, Any]) -> Answer:
+    async def admit_pod(self, request: dict[str, Any]) -> AdmissionAnswer:
         """The answer to a pod CREATE, counted and timed by its outcome (metrics.ADMISSION_OUTCOMES)."""
         started = time.perf_counter()
         try:
@@ -159,14 +161,14 @@ class AdmissionServer:
         metrics.METRICS.admitted(outcome, time.perf_counter() - started)
         return answer
 
-    async def _admit_pod(self, request: dict[str, Any]) -> tuple[metrics.AdmissionOutcome, Answer]:
+    async def _admit_pod(self, request: dict[str, Any]) -> tuple[metrics.AdmissionOutcome, AdmissionAnswer]:
         pod: dict[str, Any] = request.get("object") or {}
         namespace = str(request.get("namespace") or "")
         settings = self.settings
         reason = injection.skip_reason(pod, namespace, operator_namespace=settings.operator_namespace)
         if reason or (settings.watch_namespaces and namespace not in settings.watch_namespaces):
             logger.debug("not injecting a pod of %s: %s", namespace, reason or "namespace not watched")
-            return "not-selected", Answer([], [])
+            return "not-selected", AdmissionAnswer([], [])
         bundles = await self._bundles(namespace)
         decision = admission.decide(
             pod,
@@ -177,7 +179,7 @@ class AdmissionServer:
         meta = pod.get("metadata") or {}
         name = meta.get("name") or meta.get("generateName", "?")
         if decision is None:
-            return "not-selected", Answer([], [])
+            return "not-selected", AdmissionAnswer([], [])
         after = copy.deepcopy(pod)
         if isinstance(decision, admission.Skip):
             annotations = after.setdefault("metadata", {}).setdefault("annotations", {})
@@ -186,7 +188,7 @@ class AdmissionServer:
                 "not injecting %s/%s: %s (%s)", namespace, name, decision.reason, decision.detail,
                 extra={"fields": {"namespace": namespace, "pod": name, "reason": decision.reason}},
             )  # fmt: skip
-            return "skipped", Answer(patch_of(pod, after), [])
+            return "skipped", AdmissionAnswer(patch_of(pod, after), [])
         resolution = decision.resolution
         plan = injection.InjectionPlan(
             policies=resolution.policies,
@@ -210,7 +212,7 @@ class AdmissionServer:
             extra={"fields": {"namespace": namespace, "pod": name, "policies": list(resolution.policies),
                               "configHash": resolution.config_hash}},
         )  # fmt: skip
-        return "injected", Answer(patch_of(pod, after), [])
+        return "injected", AdmissionAnswer(patch_of(pod, after), [])
 
     async def _bundles(self, namespace: str) -> dict[str, PolicyBundle]:
         """The namespace's bundles as the API holds its policies now (see controller/admission.py)."""

@@ -153,7 +153,7 @@ class Term:
             await kopf.operator(
                 registry=policies.REGISTRY,
                 settings=settings,
-                memo=kopf.Memo(term=policies.Term(self.state, self.refresher)),
+                memo=kopf.Memo(term=policies.TermMemo(self.state, self.refresher)),
                 identity=self.replica.identity,  # type: ignore[arg-type]  # kopf's NewType of str
                 standalone=True,
                 clusterwide=not s.watch_namespaces,

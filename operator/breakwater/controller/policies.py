@@ -34,7 +34,7 @@ REGISTRY = kopf.OperatorRegistry()
 
 
 @dataclass
-class Term:
+class TermMemo:
     """What the handlers of one leadership term share (kopf's memo)."""
 
     state: OperatorState
@@ -55,8 +55,8 @@ def kopf_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def _term(memo: Any) -> Term:
-    term: Term = memo["term"]
+def _term(memo: Any) -> TermMemo:
+    term: TermMemo = memo["term"]
     return term
 
 

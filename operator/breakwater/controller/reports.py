@@ -145,7 +145,7 @@ PodLabels = Callable[[str, str], Labels | None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]  # (namespace, pod) -> its labels, if known
 
 
-class _Endpoint(asyncio.DatagramProtocol):
+class _ReportEndpoint(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
         self.on_datagram = on_datagram
         self._warned_at = -WARN_EVERY_SECONDS
@@ -203,7 +203,7 @@ class ReportServer:
         await web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_address=True).start()
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Endpoint(self.datagram_received), local_addr=(host, port)
+            lambda: _ReportEndpoint(self.datagram_received), local_addr=(host, port)
         )
         self._transport = transport
         self.port = port
@@ -415,7 +415,7 @@ class ReportServer:
         peer = self.store.peers.get(namespace, {}).get(pod)
         if peer is None or self._transport is None:
             return
-        answer = datagram.Answer(seq=seq, config_hash=config_hash)
+        answer = datagram.ReportAnswer(seq=seq, config_hash=config_hash)
         self._transport.sendto(datagram.answer_datagram(peer.key, answer), peer.address)
 
     def _bundles_changed(self, namespace: str) -> None:
@@ -441,7 +441,8 @@ class ReportServer:
             running = report.config_hash if report else ""
             if wanted and wanted != running and self._transport is not None:
                 self._transport.sendto(
-                    datagram.answer_datagram(peer.key, datagram.Answer(config_hash=wanted)), peer.address
+                    datagram.answer_datagram(peer.key, datagram.ReportAnswer(config_hash=wanted)),
+                    peer.address,
                 )
                 told += 1
         if told:

@@ -55,8 +55,8 @@ class PodView:
     port_clashes: tuple[tuple[str, str], ...] = ()  # (pod, what collides): see port_clashes()
 
 
-class Verdict(Protocol):
-    """What the status needs of a resolution (a `Resolution` or a memoized `Verdict`)."""
+class ResolutionVerdict(Protocol):
+    """What the status needs of a resolution (a `Resolution` or a memoized `resolutions.Verdict`)."""
 
     @property
     def config_hash(self) -> str: ...
@@ -64,7 +64,7 @@ class Verdict(Protocol):
     def conflicts(self) -> tuple[Conflict, ...]: ...
 
 
-Resolver = Callable[[tuple[tuple[str, str], ...]], Verdict]  # a pod's labels -> what it should run
+Resolver = Callable[[tuple[tuple[str, str], ...]], ResolutionVerdict]  # a pod's labels -> what it should run
 
 
 def view_pods(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from breakwater.api.plain.sidecar import SidecarConfig
+from breakwater.api.plain.sidecar import PlainSidecarConfig
 from breakwater.breaker.settings import Mode
 from breakwater.errors import InvalidInput
 
@@ -31,7 +31,7 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-def carry_over(previous: SidecarConfig | None, current: SidecarConfig) -> SidecarConfig:
+def carry_over(previous: PlainSidecarConfig | None, current: PlainSidecarConfig) -> PlainSidecarConfig:
     """Keep upstreams that disappeared (policy deleted) as pass-through listeners.
 
     The app may still call their local port: dropping the listener would break it, so the upstream

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from breakwater.api.plain.parse import parse_sidecar_config
-from breakwater.api.plain.sidecar import SidecarConfig, SidecarConfigError
+from breakwater.api.plain.sidecar import PlainSidecarConfig, SidecarConfigError
 from breakwater.proxy.metrics import CONTENT_TYPE, render
 from breakwater.proxy.reload import ConfigApplyError, ReloadCounters, ReloadStatus, StaleConfigError
 from breakwater.proxy.stats import wall_time
@@ -49,7 +49,7 @@ class AdminView(Protocol):
     """What the admin endpoints read and call on the sidecar."""
 
     routes: RouteTable
-    config: SidecarConfig | None
+    config: PlainSidecarConfig | None
     admin_token: str | None
     config_api: bool
     clock: Callable[[], float]
@@ -73,7 +73,7 @@ class AdminView(Protocol):
     def listen_port(self, upstream: str) -> int: ...
     def client_connections(self) -> int: ...
     def record_failure(self, source: str, error: str) -> None: ...
-    async def apply_config(self, config: SidecarConfig, *, source: str = "api") -> bool: ...
+    async def apply_config(self, config: PlainSidecarConfig, *, source: str = "api") -> bool: ...
 
 
 @dataclass(slots=True)

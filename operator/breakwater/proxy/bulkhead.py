@@ -7,10 +7,10 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 
-__all__ = ["Bulkhead"]
+__all__ = ["BulkheadSemaphore"]
 
 
-class Bulkhead:
+class BulkheadSemaphore:
     """A counting semaphore with a bounded, FIFO waiting line and a waiting deadline.
 
     `try_enter` is the synchronous fast path; `enter` may wait (up to `timeout`) when a slot in the line

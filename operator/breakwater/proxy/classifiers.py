@@ -9,7 +9,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from breakwater.api.plain.sidecar import FailureConfig, RetryConfig
+from breakwater.api.plain.sidecar import PlainFailureConfig, PlainRetryConfig
 
 __all__ = [
     "IDEMPOTENT_METHODS",
@@ -57,7 +57,7 @@ class FailurePolicy:
     resets: bool
 
     @classmethod
-    def from_config(cls, config: FailureConfig) -> FailurePolicy:
+    def from_config(cls, config: PlainFailureConfig) -> FailurePolicy:
         return cls(
             statuses=status_matcher(config.status_codes),
             timeouts=config.timeouts,
@@ -88,7 +88,7 @@ class RetryPolicy:
     kinds: frozenset[FailureKind]
 
     @classmethod
-    def from_config(cls, config: RetryConfig) -> RetryPolicy:
+    def from_config(cls, config: PlainRetryConfig) -> RetryPolicy:
         patterns: list[str] = []
         kinds: set[FailureKind] = set()
         for word in config.retry_on:

@@ -4,10 +4,10 @@ Each listening socket is served by the fast path (`proxy/fast/`), which hands wh
 to an aiohttp server of the full path created on first need; with the fast path off, by that aiohttp
 server alone.
 
-A reload changes the set in two phases, `ListenerSet.prepare` then `Change.commit`: listeners that stay
-are never touched; new ones are bound first, so a port that cannot be bound rolls the whole reload
-back (`prepare` raises with removed listeners bound again); removed ones stop accepting at once and
-drain in the background once committed.
+A reload changes the set in two phases, `ListenerSet.prepare` then `ListenerChange.commit`: listeners
+that stay are never touched; new ones are bound first, so a port that cannot be bound rolls the whole
+reload back (`prepare` raises with removed listeners bound again); removed ones stop accepting at once
+and drain in the background once committed.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from breakwater.api.plain.sidecar import SidecarConfig
+from breakwater.api.plain.sidecar import PlainSidecarConfig
 from breakwater.proxy.fast.listener import FastListener, FastPath
 from breakwater.proxy.logs import CONFIG_CHANNEL
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from breakwater.proxy.full.server import FullServer
 
-__all__ = ["Change", "ListenerKey", "ListenerSet"]
+__all__ = ["ListenerChange", "ListenerKey", "ListenerSet"]
 
 config_log = logging.getLogger(CONFIG_CHANNEL)
 
@@ -107,7 +107,7 @@ class _FastSocket:
         await asyncio.gather(*waits, return_exceptions=True)
 
 
-def wanted(config: SidecarConfig) -> list[ListenerKey]:
+def wanted(config: PlainSidecarConfig) -> list[ListenerKey]:
     """The listeners `config` asks for."""
     keys: list[ListenerKey] = [
         ("upstream", up.name, config.listen_address, up.listen_port)
@@ -147,7 +147,7 @@ class ListenerSet:
         """Client connections open on the listeners right now."""
         return sum(listener.connections() for listener in self._bound.values())
 
-    async def prepare(self, config: SidecarConfig) -> Change:
+    async def prepare(self, config: PlainSidecarConfig) -> ListenerChange:
         """Bind what `config` adds and stop accepting on what it removes; raise `OSError` (with every
         change undone) when a new listener cannot bind."""
         keys = wanted(config)
@@ -165,7 +165,7 @@ class ListenerSet:
             for listener in removed:
                 await self._rebind(listener)
             raise
-        return Change(self, removed, started)
+        return ListenerChange(self, removed, started)
 
     async def close(self) -> None:
         """Close every listener, waiting up to ``drain_seconds`` for requests in flight."""
@@ -204,7 +204,7 @@ class ListenerSet:
 
 
 @dataclass
-class Change:
+class ListenerChange:
     """A prepared change of the listener set: nothing below can fail."""
 
     owner: ListenerSet

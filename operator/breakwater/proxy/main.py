@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
-from breakwater.api.plain.sidecar import SidecarConfig, SidecarConfigError
+from breakwater.api.plain.sidecar import PlainSidecarConfig, SidecarConfigError
 from breakwater.injection.podinfo import PodInfoError, carry_over
 from breakwater.proxy.logs import configure_logging
 from breakwater.proxy.modeclock import ModeClock
@@ -126,7 +126,7 @@ async def _serve_pod(args: argparse.Namespace) -> int:
     reporter = None
     if args.report_url and args.token_file:
 
-        async def apply_live(config: SidecarConfig) -> None:
+        async def apply_live(config: PlainSidecarConfig) -> None:
             await sidecar.apply_config(binding.apply(carry_over(sidecar.config, config)), source="operator")
             log.info("config %s from the operator applied", config.config_hash)
 

@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from breakwater.api.plain.sidecar import UpstreamConfig
+from breakwater.api.plain.sidecar import PlainUpstreamConfig
 from breakwater.breaker import Breaker, Mode, State
 
 __all__ = ["ModeClock", "applied_mode", "mode_at"]
@@ -32,14 +32,14 @@ log = logging.getLogger(__name__)
 MAX_SLEEP_SECONDS = 1.0
 
 
-def mode_at(config: UpstreamConfig, now: float) -> Mode:
+def mode_at(config: PlainUpstreamConfig, now: float) -> Mode:
     """The mode `config` asks for at wall-clock time `now`."""
     if config.mode_until is not None and now >= config.mode_until:
         return config.mode_after or config.mode
     return config.mode
 
 
-def applied_mode(config: UpstreamConfig, breaker: Breaker | None, now: float) -> Mode:
+def applied_mode(config: PlainUpstreamConfig, breaker: Breaker | None, now: float) -> Mode:
     """The mode to give `breaker` (None: a new one) when `config` is applied at `now`."""
     mode = mode_at(config, now)
     if not config.fleet_open or mode is not Mode.ENFORCE:
@@ -54,7 +54,7 @@ class ModeClock:
 
     def __init__(
         self,
-        upstreams: Callable[[], list[tuple[UpstreamConfig, Breaker]]],
+        upstreams: Callable[[], list[tuple[PlainUpstreamConfig, Breaker]]],
         *,
         wall: Callable[[], float] = time.time,
     ) -> None:

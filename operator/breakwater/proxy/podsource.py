@@ -1,7 +1,7 @@
 """The sidecar's own config, as an injected pod gets it: mounted policy bundles + its labels.
 
 The operator writes every policy of the namespace into one ConfigMap, mounted as a directory; the
-downward API mounts the pod's labels. This module resolves the two into the pod's `SidecarConfig`
+downward API mounts the pod's labels. This module resolves the two into the pod's `PlainSidecarConfig`
 with the same function the operator uses (so both compute the same config hash), applies where this
 pod binds, and re-resolves whenever either mount changes. Upstreams that disappear stay as
 pass-through listeners (see `carry_over`).
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
-from breakwater.api.plain.bundle import BundleError, PolicyBundle, parse_bundle
-from breakwater.api.plain.sidecar import AdminConfig, ForwardProxyConfig, SidecarConfig
+from breakwater.api.plain.bundle import BundleError, PlainPolicyBundle, parse_bundle
+from breakwater.api.plain.sidecar import PlainAdminConfig, PlainForwardProxyConfig, PlainSidecarConfig
 from breakwater.injection.conflicts import Conflict, choose, config_hash, served
 from breakwater.injection.podinfo import PodInfoError, carry_over, parse_labels
 from breakwater.proxy.sidecar import ConfigApplyError, Sidecar
@@ -27,7 +27,7 @@ from breakwater.proxy.sidecar import ConfigApplyError, Sidecar
 log = logging.getLogger(__name__)
 
 
-def read_bundles(directory: Path) -> tuple[list[PolicyBundle], list[str]]:
+def read_bundles(directory: Path) -> tuple[list[PlainPolicyBundle], list[str]]:
     """Every readable bundle of a mounted ConfigMap directory, and one error line per unreadable one.
 
     Kubelet mounts a ConfigMap as symlinks into a `..data` directory; `*.json` skips those entries.
@@ -42,19 +42,19 @@ def read_bundles(directory: Path) -> tuple[list[PolicyBundle], list[str]]:
 
 
 def resolve(
-    labels: Mapping[str, str], bundles: Iterable[PolicyBundle], *, admin_port: int, proxy_port: int
-) -> tuple[SidecarConfig, tuple[Conflict, ...]]:
+    labels: Mapping[str, str], bundles: Iterable[PlainPolicyBundle], *, admin_port: int, proxy_port: int
+) -> tuple[PlainSidecarConfig, tuple[Conflict, ...]]:
     """The pod's config, as `injection.resolve.resolve` computes it on the operator's side (same rule,
     same hash), and the conflicts it met."""
     choice = choose(labels, bundles)
     kept = tuple(dataclasses.replace(upstream, policy=policy) for policy, upstream in choice.kept)
-    wire = ForwardProxyConfig(enabled=choice.transparent, port=0)
-    decided = SidecarConfig(forward_proxy=wire, upstreams=kept).to_dict()  # whatever ports the pod binds
+    wire = PlainForwardProxyConfig(enabled=choice.transparent, port=0)
+    decided = PlainSidecarConfig(forward_proxy=wire, upstreams=kept).to_dict()  # whatever ports the pod binds
     serving, lost = served(choice, admin_port, proxy_port)
     names = {upstream.name for _, upstream in serving}
-    config = SidecarConfig(
-        admin=AdminConfig(port=admin_port),
-        forward_proxy=ForwardProxyConfig(enabled=choice.transparent, port=proxy_port),
+    config = PlainSidecarConfig(
+        admin=PlainAdminConfig(port=admin_port),
+        forward_proxy=PlainForwardProxyConfig(enabled=choice.transparent, port=proxy_port),
         upstreams=tuple(u for u in kept if u.name in names),
         config_hash=config_hash(decided["forwardProxy"], decided["upstreams"]),
     )
@@ -70,7 +70,7 @@ class Binding:
     admin_port: int = SIDECAR_ADMIN_PORT
     proxy_port: int = SIDECAR_FORWARD_PROXY_PORT
 
-    def apply(self, config: SidecarConfig) -> SidecarConfig:
+    def apply(self, config: PlainSidecarConfig) -> PlainSidecarConfig:
         """`config` bound here; an upstream whose listenPort is one of this sidecar's own ports (a
         config the operator resolved for other ports) is not served (the hash stays)."""
         ports = (self.admin_port, self.proxy_port)
@@ -83,7 +83,7 @@ class Binding:
         return config.replace(
             upstreams=kept,
             listen_address=self.listen_address,
-            admin=AdminConfig(port=self.admin_port, address=self.admin_address),
+            admin=PlainAdminConfig(port=self.admin_port, address=self.admin_address),
             forward_proxy=dataclasses.replace(config.forward_proxy, port=self.proxy_port),
         )
 
@@ -103,7 +103,7 @@ class PodConfigSource:
                 digest.update(path.name.encode() + b"\0missing\0")
         return digest.hexdigest()
 
-    def load(self, running: SidecarConfig | None = None) -> SidecarConfig:
+    def load(self, running: PlainSidecarConfig | None = None) -> PlainSidecarConfig:
         try:
             labels = parse_labels(self.labels_file.read_text())
         except OSError as exc:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from breakwater.api.plain.parse import parse_sidecar_config
-from breakwater.api.plain.sidecar import SidecarConfig, SidecarConfigError
+from breakwater.api.plain.sidecar import PlainSidecarConfig, SidecarConfigError
 from breakwater.errors import ConfigNotApplied
 from breakwater.proxy.logs import CONFIG_CHANNEL
 from breakwater.proxy.upstream import RouteTable
@@ -56,7 +56,7 @@ class ConfigWatcher:
         self,
         path: str | Path,
         *,
-        apply: Callable[[SidecarConfig, str], Awaitable[object]],
+        apply: Callable[[PlainSidecarConfig, str], Awaitable[object]],
         report_error: Callable[[str, str], None],
         interval: float = 1.0,
         recheck_every: int = 10,
@@ -77,7 +77,7 @@ class ConfigWatcher:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def read(self) -> tuple[SidecarConfig, str]:
+    def read(self) -> tuple[PlainSidecarConfig, str]:
         """Read and parse the file now; remembers its digest. Raises `SidecarConfigError`."""
         self._stat = self._stat_key()
         try:

@@ -29,12 +29,12 @@ from urllib.parse import urlsplit
 from breakwater.api import datagram
 from breakwater.api.plain.report import (
     CONFIG_PATH,
-    ConfigReply,
-    SidecarReport,
-    TransitionReport,
-    UpstreamReport,
+    PlainConfigReply,
+    PlainSidecarReport,
+    PlainTransitionReport,
+    PlainUpstreamReport,
 )
-from breakwater.api.plain.sidecar import SidecarConfig
+from breakwater.api.plain.sidecar import PlainSidecarConfig
 from breakwater.errors import InvalidInput
 from breakwater.proxy.https_client import HttpClientError, request
 from breakwater.proxy.sidecar import Sidecar
@@ -58,7 +58,7 @@ class SidecarPod:
     uid: str = ""
 
 
-class _Endpoint(asyncio.DatagramProtocol):
+class _ReplyEndpoint(asyncio.DatagramProtocol):
     def __init__(self, on_datagram: Callable[[bytes], None]) -> None:
         self.on_datagram = on_datagram
 
@@ -83,13 +83,13 @@ class Reporter:
     url: str
     identity: SidecarPod
     token_file: Path
-    on_config: Callable[[SidecarConfig], Awaitable[None]]
+    on_config: Callable[[PlainSidecarConfig], Awaitable[None]]
     ca_pem: str = ""
     interval: float = 5.0
     sent: int = 0
     answered: int = 0
     failures: int = 0  # reports sent since the last answer (or failed session requests in a row)
-    _pending: list[TransitionReport] = field(default_factory=list)  # not yet in an answered report
+    _pending: list[PlainTransitionReport] = field(default_factory=list)  # not yet in an answered report
     _carried: int = 0  # how many of _pending the last report carried
     _carried_seq: int = -1
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -108,7 +108,7 @@ class Reporter:
             del self._pending[0]
             self._carried = max(0, self._carried - 1)
         self._pending.append(
-            TransitionReport(
+            PlainTransitionReport(
                 upstream=event.upstream,
                 policy=event.policy,
                 from_state=event.from_state,
@@ -137,12 +137,12 @@ class Reporter:
 
     # -- what is sent ------------------------------------------------------------------------------
 
-    def snapshot(self) -> SidecarReport:
+    def snapshot(self) -> PlainSidecarReport:
         upstreams = []
         for up in self.sidecar.routes.by_name.values():
             snap = up.breaker.snapshot()  # evaluates Open -> HalfOpen lazily: that transition is reported too
             upstreams.append(
-                UpstreamReport(
+                PlainUpstreamReport(
                     name=up.name,
                     policy=up.policy,
                     state=snap.state,
@@ -161,7 +161,7 @@ class Reporter:
             )
         self._carried = min(len(self._pending), MAX_TRANSITIONS_PER_REPORT)
         self._carried_seq = self.sent
-        return SidecarReport(
+        return PlainSidecarReport(
             namespace=self.identity.namespace,
             pod=self.identity.pod,
             pod_uid=self.identity.uid,
@@ -195,7 +195,7 @@ class Reporter:
         grant = datagram.SessionGrant.from_json(answer.body)
         host = urlsplit(self.url).hostname or "localhost"
         transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _Endpoint(self._on_datagram), remote_addr=(host, grant.port)
+            lambda: _ReplyEndpoint(self._on_datagram), remote_addr=(host, grant.port)
         )
         if self._session is not None:
             self._session.transport.close()
@@ -310,14 +310,14 @@ class Reporter:
                     continue
                 if answer.status != 200:
                     raise HttpClientError(f"config fetch refused ({answer.status}): {answer.text[:200]}")
-                reply = ConfigReply.from_json(answer.body)
+                reply = PlainConfigReply.from_json(answer.body)
             except (OSError, TimeoutError, InvalidInput) as exc:
                 log.warning("fetching the pod's new config failed (the next answer retries): %s", exc)
                 return
             await self._maybe_apply(reply)
             return
 
-    async def _maybe_apply(self, reply: ConfigReply) -> None:
+    async def _maybe_apply(self, reply: PlainConfigReply) -> None:
         if reply.config is None or reply.config_hash == self.sidecar.routes.config_hash:
             return
         try:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from breakwater.api.plain.sidecar import AdminConfig, SidecarConfig, SidecarConfigError
+from breakwater.api.plain.sidecar import PlainAdminConfig, PlainSidecarConfig, SidecarConfigError
 from breakwater.breaker import Transition
 from breakwater.proxy.admin import AdminAnswer, AdminRequest, handle, stats_document
 from breakwater.proxy.admin_server import AdminServer
@@ -94,13 +94,13 @@ class Sidecar:
         self,
         *,
         config_path: str | Path | None = None,
-        config: SidecarConfig | None = None,
+        config: PlainSidecarConfig | None = None,
         poll_interval: float = 1.0,
         drain_seconds: float = 10.0,
         idle_timeout: float = 60.0,
         pool_keepalive: float = 15.0,
         admin_token: str | None = None,
-        admin: AdminConfig | None = None,
+        admin: PlainAdminConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         fast_path: bool = True,
         config_api: bool = True,
@@ -118,7 +118,7 @@ class Sidecar:
         self.config_api = config_api
 
         self.routes: RouteTable = RouteTable.empty()
-        self.config: SidecarConfig | None = None
+        self.config: PlainSidecarConfig | None = None
         self.transition_listeners: list[TransitionListener] = []
         self.reloads = ReloadHistory()
         self.timing = _Timing()
@@ -146,8 +146,8 @@ class Sidecar:
         self._full: FullPath | None = None
         self._admin = AdminServer(self._admin_request)
         self._started = False
-        self._admin_bound: AdminConfig | None = None
-        self._admin_fallback = admin or AdminConfig()
+        self._admin_bound: PlainAdminConfig | None = None
+        self._admin_fallback = admin or PlainAdminConfig()
         self._stopped = asyncio.Event()
 
     # ------------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ class Sidecar:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def apply_config(self, config: SidecarConfig, *, source: str = "api") -> bool:
+    async def apply_config(self, config: PlainSidecarConfig, *, source: str = "api") -> bool:
         """Make `config` the running one (atomic swap). False when it equals the running config.
 
         Raises `StaleConfigError` for a lower ``generation``, `ConfigApplyError` when it cannot be
@@ -318,7 +318,7 @@ class Sidecar:
     # Applying a config
     # ------------------------------------------------------------------------------------------------
 
-    async def _apply(self, config: SidecarConfig, source: str) -> bool:
+    async def _apply(self, config: PlainSidecarConfig, source: str) -> bool:
         current = self.config
         if current is not None and config.generation and config.generation < current.generation:
             raise StaleConfigError(
@@ -358,7 +358,7 @@ class Sidecar:
         self._record_success(source, changed=True)
         return True
 
-    async def _bind_admin(self, admin: AdminConfig) -> None:
+    async def _bind_admin(self, admin: PlainAdminConfig) -> None:
         old_port, old_bound = self._admin.port, self._admin_bound
         await self._admin.stop()
         try:
@@ -426,7 +426,7 @@ class Sidecar:
 async def run_sidecar(
     config_path: str | Path | None = None,
     *,
-    config: SidecarConfig | None = None,
+    config: PlainSidecarConfig | None = None,
     require_config: bool = True,
     **options: Any,
 ) -> AsyncIterator[Sidecar]:

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
-from breakwater.api.plain.sidecar import UpstreamConfig
+from breakwater.api.plain.sidecar import PlainUpstreamConfig
 from breakwater.breaker import Mode
 from breakwater.proxy.answers import Answer, plain
 from breakwater.proxy.upstream import LiveParts, LiveUpstream, RouteTable
@@ -171,7 +171,7 @@ class ForwardRouter:
         return up
 
 
-def _passthrough_config(host: str, port: int) -> UpstreamConfig:
-    return UpstreamConfig(
+def _passthrough_config(host: str, port: int) -> PlainUpstreamConfig:
+    return PlainUpstreamConfig(
         name="passthrough", host=host, port=port, mode=Mode.DISABLED, timeout_seconds=PASSTHROUGH_TIMEOUT
     )

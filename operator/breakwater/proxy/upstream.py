@@ -14,20 +14,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from breakwater.api.plain.sidecar import FallbackKind, SidecarConfig, UpstreamConfig
+from breakwater.api.plain.sidecar import FallbackKind, PlainSidecarConfig, PlainUpstreamConfig
 from breakwater.breaker import Breaker, Transition
 from breakwater.proxy.budget import RetryBudget
-from breakwater.proxy.bulkhead import Bulkhead
+from breakwater.proxy.bulkhead import BulkheadSemaphore
 from breakwater.proxy.cache import ResponseCache
 from breakwater.proxy.classifiers import FailurePolicy, RetryPolicy
 from breakwater.proxy.modeclock import applied_mode
 from breakwater.proxy.stats import UpstreamStats
 
-__all__ = ["LiveParts", "LiveUpstream", "RouteTable", "StaticFallback", "authority_aliases"]
+__all__ = ["LiveParts", "LiveUpstream", "RouteTable", "StaticResponse", "authority_aliases"]
 
 
 @dataclass(frozen=True, slots=True)
-class StaticFallback:
+class StaticResponse:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
@@ -40,14 +40,14 @@ class LiveParts:
     breaker: Breaker
     policy: str = ""
     stats: UpstreamStats = field(default_factory=UpstreamStats)
-    bulkhead: Bulkhead | None = None
+    bulkhead: BulkheadSemaphore | None = None
     budget: RetryBudget | None = None
     cache: ResponseCache | None = None
 
     @classmethod
     def create(
         cls,
-        config: UpstreamConfig,
+        config: PlainUpstreamConfig,
         *,
         clock: Callable[[], float],
         on_transition: Callable[[Transition], None],
@@ -58,7 +58,7 @@ class LiveParts:
         parts.update(config, clock=clock)
         return parts
 
-    def update(self, config: UpstreamConfig, *, clock: Callable[[], float]) -> None:
+    def update(self, config: PlainUpstreamConfig, *, clock: Callable[[], float]) -> None:
         """Adopt a new config for the same upstream name, keeping whatever still applies."""
         self.policy = config.policy
         mode = applied_mode(config, self.breaker, time.time())
@@ -68,7 +68,7 @@ class LiveParts:
         if bh.max_concurrent is None:
             self.bulkhead = None
         elif self.bulkhead is None:
-            self.bulkhead = Bulkhead(bh.max_concurrent, bh.max_pending)
+            self.bulkhead = BulkheadSemaphore(bh.max_concurrent, bh.max_pending)
         elif self.bulkhead.limits != (bh.max_concurrent, bh.max_pending):
             self.bulkhead.resize(bh.max_concurrent, bh.max_pending)
         retry = config.retry
@@ -121,7 +121,7 @@ class LiveUpstream:
         "timeout",
     )
 
-    def __init__(self, config: UpstreamConfig, parts: LiveParts) -> None:
+    def __init__(self, config: PlainUpstreamConfig, parts: LiveParts) -> None:
         self.config = config
         self.name = config.name
         self.policy = config.policy
@@ -143,9 +143,9 @@ class LiveUpstream:
         self.budget = parts.budget
         self.cache = parts.cache
         fb = config.fallback
-        self.static_fallback: StaticFallback | None = None
+        self.static_fallback: StaticResponse | None = None
         if fb.kind is FallbackKind.STATIC:
-            self.static_fallback = StaticFallback(
+            self.static_fallback = StaticResponse(
                 status=fb.status, headers=tuple(fb.headers.items()), body=fb.body.encode()
             )
 
@@ -173,7 +173,7 @@ def authority_aliases(host: str, port: int) -> list[tuple[str, int]]:
 class RouteTable:
     """The routing state of one config: swapped in one assignment on reload."""
 
-    config: SidecarConfig
+    config: PlainSidecarConfig
     config_hash: str
     by_name: dict[str, LiveUpstream]
     by_authority: dict[tuple[str, int], LiveUpstream]
@@ -182,10 +182,12 @@ class RouteTable:
 
     @classmethod
     def empty(cls) -> RouteTable:
-        return cls(config=SidecarConfig(), config_hash="", by_name={}, by_authority={}, refuse_unknown=False)
+        return cls(
+            config=PlainSidecarConfig(), config_hash="", by_name={}, by_authority={}, refuse_unknown=False
+        )
 
     @classmethod
-    def build(cls, config: SidecarConfig, upstreams: dict[str, LiveUpstream]) -> RouteTable:
+    def build(cls, config: PlainSidecarConfig, upstreams: dict[str, LiveUpstream]) -> RouteTable:
         by_authority: dict[tuple[str, int], LiveUpstream] = {}
         for up in upstreams.values():
             for alias in authority_aliases(up.host, up.port):

@@ -24,7 +24,7 @@ class InvalidCase:
     """A field path both judges must name (kubectl's stderr, validate's output)."""
     manifest: dict[str, Any]
     rule: str | None = None
-    """The `breakwater.api.rules.Rule` id the case violates, for cross-field rules."""
+    """The `breakwater.api.rule.Rule` id the case violates, for cross-field rules."""
 
     def yaml(self) -> str:
         return yaml.safe_dump(self.manifest, sort_keys=False)

@@ -16,8 +16,8 @@ from breakwater.api.datagram import (
     MAX_DATAGRAM_BYTES,
     RENEW,
     REPORT,
-    Answer,
     DatagramError,
+    ReportAnswer,
     Session,
     answer_datagram,
     open_answer,
@@ -73,16 +73,16 @@ def test_a_report_round_trips_and_verifies_with_the_sessions_key() -> None:
 
 
 def test_an_answer_round_trips_and_opens_with_the_sessions_key() -> None:
-    answer = Answer(seq=42, config_hash="abc123")
+    answer = ReportAnswer(seq=42, config_hash="abc123")
     kind, fields = parse(answer_datagram(KEY, answer))
     assert kind == ANSWER
     assert open_answer(KEY, fields) == answer
 
 
 def test_an_unasked_answer_keeps_its_defaults() -> None:
-    kind, fields = parse(answer_datagram(KEY, Answer(config_hash="h2")))
+    kind, fields = parse(answer_datagram(KEY, ReportAnswer(config_hash="h2")))
     assert kind == ANSWER
-    assert open_answer(KEY, fields) == Answer(seq=-1, config_hash="h2")
+    assert open_answer(KEY, fields) == ReportAnswer(seq=-1, config_hash="h2")
 
 
 def test_a_renew_datagram_parses_and_its_reason_is_capped() -> None:
@@ -208,14 +208,14 @@ def test_a_flipped_byte_anywhere_in_a_reports_body_or_tag_is_refused() -> None:
             parse_report(flipped).verify(KEY)
 
 
-def _open(data: bytes) -> Answer:
+def _open(data: bytes) -> ReportAnswer:
     kind, fields = parse(data)
     assert kind == ANSWER
     return open_answer(KEY, fields)
 
 
 def test_a_flipped_byte_in_an_answers_body_or_tag_is_refused() -> None:
-    data = answer_datagram(KEY, Answer(seq=3, config_hash="h2"))
+    data = answer_datagram(KEY, ReportAnswer(seq=3, config_hash="h2"))
     start = len(MAGIC) + len(ANSWER) + 2
     for index in range(start, len(data)):
         with pytest.raises(DatagramError):
@@ -223,7 +223,7 @@ def test_a_flipped_byte_in_an_answers_body_or_tag_is_refused() -> None:
 
 
 def test_an_answer_signed_with_another_key_is_refused() -> None:
-    _, fields = parse(answer_datagram(b"k" * 32, Answer(seq=1, config_hash="evil")))
+    _, fields = parse(answer_datagram(b"k" * 32, ReportAnswer(seq=1, config_hash="evil")))
     with pytest.raises(DatagramError, match="bad signature on an answer"):
         open_answer(KEY, fields)
 
@@ -303,7 +303,7 @@ def test_an_unknown_kind_is_refused() -> None:
 
 def test_an_answer_or_renew_is_not_a_report() -> None:
     with pytest.raises(DatagramError, match="not a report"):
-        parse_report(answer_datagram(KEY, Answer(seq=1)))
+        parse_report(answer_datagram(KEY, ReportAnswer(seq=1)))
     with pytest.raises(DatagramError, match="not a report"):
         parse_report(renew_datagram("expired"))
 

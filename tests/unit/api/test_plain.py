@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from breakwater.api import bundle as bundles
+from breakwater.api import defaultsgen
 from breakwater.api import report as reports
 from breakwater.api import sidecar as models
 from breakwater.api.plain import bundle as plain_bundle
@@ -200,6 +201,18 @@ def test_the_plain_parser_and_the_models_give_the_same_verdict_values_and_messag
     assert _verdict(plain.parse_sidecar_config, doc) == _verdict(models.parse_sidecar_config, doc)
 
 
+@pytest.mark.parametrize(
+    "upstream",
+    [{"port": False}, {"port": 1, "timeoutSeconds": False}, {"port": 1, "listenPort": 70000.0}],
+)
+def test_a_value_out_of_bounds_is_quoted_as_written(upstream: dict[str, Any]) -> None:
+    """``false`` for a port is read as 0, out of bounds: the message quotes ``false``, as the models'."""
+    doc = {"upstreams": [{"name": "a", "host": "h", **upstream}]}
+    verdict = _verdict(plain.parse_sidecar_config, doc)
+    assert verdict[0] == "invalid"
+    assert verdict == _verdict(models.parse_sidecar_config, doc)
+
+
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(documents())
 def test_what_the_models_write_the_plain_parser_reads_without_them(doc: dict[str, Any]) -> None:
@@ -214,10 +227,18 @@ def test_what_the_models_write_the_plain_parser_reads_without_them(doc: dict[str
     assert config.effective_hash() == models.parse_sidecar_config(canonical).effective_hash()
 
 
+def test_the_plain_defaults_are_generated_from_the_models() -> None:
+    """api/plain/defaults.py is written by `make generate`: a hand edit, or a default changed in
+    api/spec.py or api/sidecar.py without regenerating, fails here."""
+    assert defaultsgen.PATH.read_text(encoding="utf-8") == defaultsgen.defaults_source(), (
+        f"{defaultsgen.PATH} drifted from the models: run `make generate`"
+    )
+
+
 def test_the_defaults_are_the_models_defaults() -> None:
     minimal = {"upstreams": [{"name": "a", "host": "h", "port": 1}]}
     assert plain.parse_sidecar_config(minimal).to_json() == models.parse_sidecar_config(minimal).to_json()
-    assert plain_types.SidecarConfig().to_json() == models.SidecarConfig().to_json()
+    assert plain_types.PlainSidecarConfig().to_json() == models.SidecarConfig().to_json()
 
 
 @pytest.mark.parametrize(
@@ -266,7 +287,7 @@ def _bundle_values(bundle: Any) -> tuple[Any, ...]:
 
 
 def _upstream_dict(up: Any) -> dict[str, Any]:
-    return up.to_dict() if isinstance(up, plain_types.UpstreamConfig) else up.model_dump(by_alias=True)
+    return up.to_dict() if isinstance(up, plain_types.PlainUpstreamConfig) else up.model_dump(by_alias=True)
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -296,7 +317,7 @@ def test_a_config_reply_reads_as_the_model_reads_it(config: Any, config_hash: An
     except ValueError:
         expected = "invalid"
     try:
-        reply = plain_report.ConfigReply.from_json(body)
+        reply = plain_report.PlainConfigReply.from_json(body)
         got: Any = (reply.config_hash, reply.config and json.loads(reply.config.to_json()))
     except models.SidecarConfigError:
         got = "invalid"
@@ -307,7 +328,7 @@ _STATES = _pick(*State)
 _COUNTS = st.integers(0, 2**40)
 _RATES = st.none() | st.floats(0, 1)
 UPSTREAM_REPORTS = st.builds(
-    plain_report.UpstreamReport,
+    plain_report.PlainUpstreamReport,
     name=_pick("a", "payments"),
     state=_STATES,
     policy=_pick("", "shop/a"),
@@ -324,7 +345,7 @@ UPSTREAM_REPORTS = st.builds(
     latency=st.lists(_COUNTS, max_size=14),
 )
 TRANSITIONS = st.builds(
-    plain_report.TransitionReport,
+    plain_report.PlainTransitionReport,
     upstream=_pick("a", "payments"),
     from_state=_STATES,
     to_state=_STATES,
@@ -337,7 +358,7 @@ TRANSITIONS = st.builds(
 @settings(max_examples=150)
 @given(
     st.builds(
-        plain_report.SidecarReport,
+        plain_report.PlainSidecarReport,
         namespace=_pick("shop"),
         pod=_pick("checkout-1"),
         pod_uid=_pick("", "uid-1"),
@@ -348,7 +369,7 @@ TRANSITIONS = st.builds(
         transitions=st.lists(TRANSITIONS, max_size=3),
     )
 )
-def test_a_report_the_sidecar_writes_is_what_the_model_reads(report: plain_report.SidecarReport) -> None:
+def test_a_report_the_sidecar_writes_is_what_the_model_reads(report: plain_report.PlainSidecarReport) -> None:
     written = json.loads(report.to_json())
     assert reports.SidecarReport.model_validate_json(report.to_json()).model_dump(
         mode="json", by_alias=True

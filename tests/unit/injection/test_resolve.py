@@ -73,7 +73,7 @@ def test_unselected_policies_do_not_apply_and_the_hash_is_stable() -> None:
     assert resolve({"app": "checkout"}, [changed]).config_hash != first.config_hash
 
 
-def on_the_sidecar(*bundles: PolicyBundle) -> list[plain.PolicyBundle]:
+def on_the_sidecar(*bundles: PolicyBundle) -> list[plain.PlainPolicyBundle]:
     """The bundles as a sidecar reads them from its mounted ConfigMap."""
     return [plain.parse_bundle(b.to_json()) for b in bundles]
 

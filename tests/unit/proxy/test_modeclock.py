@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from breakwater.api.plain.fields import Errors
 from breakwater.api.plain.parse import read_upstream
-from breakwater.api.plain.sidecar import UpstreamConfig
+from breakwater.api.plain.sidecar import PlainUpstreamConfig
 from breakwater.breaker import Breaker, Mode, Outcome, State
 from breakwater.proxy.modeclock import ModeClock, applied_mode, mode_at
 
 
-def config(**fields: object) -> UpstreamConfig:
+def config(**fields: object) -> PlainUpstreamConfig:
     errors = Errors()
     up = read_upstream(errors, (), {"name": "payments", "host": "127.0.0.1", "port": 8080, **fields})
     assert not errors.records
-    assert isinstance(up, UpstreamConfig)
+    assert isinstance(up, PlainUpstreamConfig)
     return up
 
 
@@ -25,7 +25,7 @@ class Clock:
         return self.now
 
 
-def breaker(cfg: UpstreamConfig, clock: Clock, mode: Mode | None = None) -> Breaker:
+def breaker(cfg: PlainUpstreamConfig, clock: Clock, mode: Mode | None = None) -> Breaker:
     return Breaker("payments", cfg.breaker, mode=mode or cfg.mode, clock=clock)
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from breakwater.api.plain.sidecar import AdminConfig
+from breakwater.api.plain.sidecar import PlainAdminConfig
 from breakwater.breaker import State
 from breakwater.proxy import ConfigApplyError, Sidecar, StaleConfigError
 from breakwater.proxy.sidecar import run_sidecar
@@ -149,10 +149,10 @@ async def test_a_config_whose_listener_cannot_bind_is_refused_and_the_old_one_ke
     blocker.listen()
     try:
         taken = blocker.getsockname()[1]
-        from breakwater.api.plain.sidecar import UpstreamConfig
+        from breakwater.api.plain.sidecar import PlainUpstreamConfig
 
         assert sidecar.config is not None
-        extra = UpstreamConfig(name="b", host="127.0.0.1", port=upstream.port, listen_port=taken)
+        extra = PlainUpstreamConfig(name="b", host="127.0.0.1", port=upstream.port, listen_port=taken)
         bad = sidecar.config.replace(config_hash="two", upstreams=(*sidecar.config.upstreams, extra))
         with pytest.raises(ConfigApplyError, match="cannot listen"):
             await sidecar.apply_config(bad)
@@ -168,7 +168,7 @@ async def test_a_sidecar_started_on_an_invalid_file_is_unready_until_a_good_one_
 ) -> None:
     path = tmp_path / "late.json"
     path.write_text("{}}")
-    admin = AdminConfig(port=0, address="127.0.0.1")
+    admin = PlainAdminConfig(port=0, address="127.0.0.1")
     async with run_sidecar(path, require_config=False, poll_interval=0.05, admin=admin) as sidecar:
         assert not sidecar.ready
         async with client.get(f"{sidecar.admin_url}/readyz") as resp:

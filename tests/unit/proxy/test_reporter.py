@@ -149,7 +149,7 @@ class OperatorStandIn(asyncio.DatagramProtocol):
     def answer(self, seq: int, config_hash: str, *, key: bytes | None = None) -> None:
         last = self.reports[-1]
         signing = key if key is not None else self.key_of(last.session_id)
-        answer = datagram.Answer(seq=seq, config_hash=config_hash)
+        answer = datagram.ReportAnswer(seq=seq, config_hash=config_hash)
         assert self._transport is not None
         self._transport.sendto(datagram.answer_datagram(signing, answer), last.addr)
 
@@ -184,7 +184,7 @@ class Harness:
     sidecar: Sidecar
     reporter: Reporter
     operator: OperatorStandIn
-    applied: list[plain.SidecarConfig]
+    applied: list[plain.PlainSidecarConfig]
 
     @property
     def base(self) -> str:
@@ -212,9 +212,9 @@ async def start_reporter(
         if upstreams:
             docs = [upstream_doc(f"up{i}", upstream.port, breaker=TRIP) for i in range(upstreams)]
         sidecar = await start_sidecar(sidecar_doc(*docs, configHash="h1"))
-        applied: list[plain.SidecarConfig] = []
+        applied: list[plain.PlainSidecarConfig] = []
 
-        async def on_config(config: plain.SidecarConfig) -> None:
+        async def on_config(config: plain.PlainSidecarConfig) -> None:
             applied.append(config)
             await sidecar.apply_config(config, source="operator")
 

@@ -6,12 +6,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from breakwater.api.plain import defaults as d
 from breakwater.api.plain import fields as f
-from breakwater.api.plain.parse import read_upstream
-from breakwater.api.plain.sidecar import UpstreamConfig, camel
+from breakwater.api.plain.parse import fields_of, read_upstream
+from breakwater.api.plain.sidecar import PlainUpstreamConfig
 from breakwater.errors import InvalidInput
 
-__all__ = ["BUNDLE_VERSION", "BundleError", "PolicyBundle", "parse_bundle"]
+__all__ = ["BUNDLE_VERSION", "BundleError", "PlainPolicyBundle", "parse_bundle"]
 
 BUNDLE_VERSION = 1
 
@@ -21,17 +22,17 @@ class BundleError(InvalidInput):
 
 
 @dataclass(frozen=True, slots=True)
-class PolicyBundle:
+class PlainPolicyBundle:
     policy: str
     """`namespace/name` of the policy."""
     selector: dict[str, Any]
-    version: int = BUNDLE_VERSION
+    version: int = d.POLICY_BUNDLE_VERSION
     uid: str = ""
     created: str = ""
     """The policy's creationTimestamp (RFC 3339): the older policy wins a conflict."""
-    generation: int = 0
-    transparent: bool = False
-    upstreams: tuple[UpstreamConfig, ...] = ()
+    generation: int = d.POLICY_BUNDLE_GENERATION
+    transparent: bool = d.POLICY_BUNDLE_TRANSPARENT
+    upstreams: tuple[PlainUpstreamConfig, ...] = ()
     admin_port: int | None = None
     """spec.sidecar.adminPort: the admin port of the pods this policy injects (None: the operator's)."""
     proxy_port: int | None = None
@@ -54,20 +55,18 @@ def _str(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
     return f.string(errors, loc, value)
 
 
-_FIELDS = tuple(
-    f.Field(name, camel(name), read, default)
-    for name, read, default in (
-        ("version", f.integer, BUNDLE_VERSION),
-        ("policy", _str, f.MISSING),
-        ("uid", _str, ""),
-        ("created", _str, ""),
-        ("generation", lambda e, loc, v: f.integer(e, loc, v, ge=0), 0),
-        ("selector", _selector, f.MISSING),
-        ("transparent", f.boolean, False),
-        ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream), list),
-        ("admin_port", f.nullable(f.integer), None),
-        ("proxy_port", f.nullable(f.integer), None),
-    )
+_FIELDS = fields_of(
+    PlainPolicyBundle,
+    ("version", f.integer),
+    ("policy", _str),
+    ("uid", _str),
+    ("created", _str),
+    ("generation", lambda e, loc, v: f.integer(e, loc, v, ge=0)),
+    ("selector", _selector),
+    ("transparent", f.boolean),
+    ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream)),
+    ("admin_port", f.nullable(f.integer)),
+    ("proxy_port", f.nullable(f.integer)),
 )
 
 
@@ -78,10 +77,10 @@ def read_bundle(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
     if values is None:
         return f.BAD
     values["upstreams"] = tuple(values["upstreams"])
-    return PolicyBundle(**values)
+    return PlainPolicyBundle(**values)
 
 
-def parse_bundle(data: bytes | str) -> PolicyBundle:
+def parse_bundle(data: bytes | str) -> PlainPolicyBundle:
     """One bundle as the operator writes it (JSON); `BundleError` says what is wrong."""
     try:
         document = json.loads(data)

@@ -90,20 +90,22 @@ def _undecided(value: Any) -> bool:
     return type(value) not in (bool, int, float, list, dict) and value is not None
 
 
-def _bounds(errors: Errors, loc: Loc, value: Any, ge: Any, gt: Any, le: Any) -> Any:
+def _bounds(errors: Errors, loc: Loc, value: Any, ge: Any, gt: Any, le: Any, given: Any) -> Any:
+    """`value` if within the bounds; else an error recording the input as `given` (``false``, not the 0
+    it was read as), as the models record it."""
     if ge is not None and not value >= ge:
         return errors.add(
-            loc, "greater_than_equal", value, f"Input should be greater than or equal to {ge}", ge=ge
+            loc, "greater_than_equal", given, f"Input should be greater than or equal to {ge}", ge=ge
         )
     if gt is not None and not value > gt:
-        return errors.add(loc, "greater_than", value, f"Input should be greater than {gt}", gt=gt)
+        return errors.add(loc, "greater_than", given, f"Input should be greater than {gt}", gt=gt)
     if le is not None and not value <= le:
-        return errors.add(loc, "less_than_equal", value, f"Input should be less than or equal to {le}", le=le)
+        return errors.add(loc, "less_than_equal", given, f"Input should be less than or equal to {le}", le=le)
     return value
 
 
 def integer(errors: Errors, loc: Loc, value: Any, *, ge: Any = None, gt: Any = None, le: Any = None) -> Any:
-    kind = type(value)
+    given, kind = value, type(value)
     if kind is bool:
         value = int(value)
     elif kind is float:
@@ -121,11 +123,11 @@ def integer(errors: Errors, loc: Loc, value: Any, *, ge: Any = None, gt: Any = N
         if _undecided(value):
             raise NeedsModels(loc)
         return errors.add(loc, "int_type", value, "Input should be a valid integer")
-    return _bounds(errors, loc, value, ge, gt, le)
+    return _bounds(errors, loc, value, ge, gt, le, given)
 
 
 def number(errors: Errors, loc: Loc, value: Any, *, ge: Any = None, gt: Any = None, le: Any = None) -> Any:
-    kind = type(value)
+    given, kind = value, type(value)
     if kind is float:
         if not math.isfinite(value):
             raise NeedsModels(loc)
@@ -137,7 +139,7 @@ def number(errors: Errors, loc: Loc, value: Any, *, ge: Any = None, gt: Any = No
         if _undecided(value):
             raise NeedsModels(loc)
         return errors.add(loc, "float_type", value, "Input should be a valid number")
-    return _bounds(errors, loc, value, ge, gt, le)
+    return _bounds(errors, loc, value, ge, gt, le, given)
 
 
 def boolean(errors: Errors, loc: Loc, value: Any) -> Any:

@@ -14,28 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.plain import defaults as d
 from breakwater.api.plain import fields as f
 from breakwater.api.plain.sidecar import (
-    DEFAULT_BREAKER,
-    DEFAULT_BUDGET_PERCENT,
-    DEFAULT_CACHE,
-    DEFAULT_RETRY_ON,
-    DEFAULT_STATUS_CODES,
-    DEFAULT_TIMEOUT_SECONDS,
     NAME_PATTERN,
-    REJECTED_STATUS,
-    SIDECAR_CONFIG_VERSION,
-    AdminConfig,
-    BulkheadConfig,
-    FailureConfig,
-    FallbackConfig,
     FallbackKind,
-    ForwardProxyConfig,
-    RetryConfig,
-    SidecarConfig,
+    PlainAdminConfig,
+    PlainBulkheadConfig,
+    PlainFailureConfig,
+    PlainFallbackConfig,
+    PlainForwardProxyConfig,
+    PlainRetryConfig,
+    PlainSidecarConfig,
+    PlainUpstreamConfig,
     SidecarConfigError,
-    UpstreamConfig,
     camel,
     check_config,
     config_version,
@@ -47,7 +39,7 @@ from breakwater.api.plain.sidecar import (
 )
 from breakwater.breaker.settings import BreakerSettings, InvalidBreakerSettings, Mode, WindowKind
 
-__all__ = ["load_sidecar_config", "parse_sidecar_config", "read_config", "read_upstream"]
+__all__ = ["fields_of", "load_sidecar_config", "parse_sidecar_config", "read_config", "read_upstream"]
 
 
 Reader = Callable[[f.Errors, f.Loc, Any], Any]
@@ -96,57 +88,72 @@ def _object(cls: type[Any], fields: tuple[f.Field, ...]) -> Reader:
     return read
 
 
-def _fields(*specs: tuple[str, Reader, Any]) -> tuple[f.Field, ...]:
-    return tuple(f.Field(name, camel(name), read, default) for name, read, default in specs)
+def fields_of(cls: type[Any], *specs: tuple[str, Reader]) -> tuple[f.Field, ...]:
+    """The fields of dataclass `cls` in the models' order (that of `specs`), with the dataclass's
+    defaults (a factory is called per document; no default: required)."""
+    known = {k.name: k for k in dataclasses.fields(cls)}
+    out = []
+    for name, read in specs:
+        field = known[name]
+        default: Any = field.default
+        if default is dataclasses.MISSING:
+            factory = field.default_factory
+            default = f.MISSING if factory is dataclasses.MISSING else factory
+        out.append(f.Field(name, camel(name), read, default))
+    return tuple(out)
 
 
 _PORT = _int(ge=0, le=65535)
 _SECONDS = _float(gt=0)
 
 _ADMIN = _object(
-    AdminConfig,
-    _fields(("port", _PORT, SIDECAR_ADMIN_PORT), ("address", _checked(_str(), ip_address), "0.0.0.0")),
+    PlainAdminConfig,
+    fields_of(PlainAdminConfig, ("port", _PORT), ("address", _checked(_str(), ip_address))),
 )
 _FORWARD_PROXY = _object(
-    ForwardProxyConfig,
-    _fields(
-        ("enabled", f.boolean, False),
-        ("port", _PORT, SIDECAR_FORWARD_PROXY_PORT),
-        ("unknown_hosts", lambda e, loc, v: f.literal(e, loc, v, ("PassThrough", "Refuse")), "PassThrough"),
+    PlainForwardProxyConfig,
+    fields_of(
+        PlainForwardProxyConfig,
+        ("enabled", f.boolean),
+        ("port", _PORT),
+        ("unknown_hosts", lambda e, loc, v: f.literal(e, loc, v, ("PassThrough", "Refuse"))),
     ),
 )
 _FAILURES = _object(
-    FailureConfig,
-    _fields(
-        ("status_codes", _checked(_list_of_str, status_codes), DEFAULT_STATUS_CODES),
-        ("timeouts", f.boolean, True),
-        ("connect_errors", f.boolean, True),
-        ("resets", f.boolean, True),
+    PlainFailureConfig,
+    fields_of(
+        PlainFailureConfig,
+        ("status_codes", _checked(_list_of_str, status_codes)),
+        ("timeouts", f.boolean),
+        ("connect_errors", f.boolean),
+        ("resets", f.boolean),
     ),
 )
 _FALLBACK = _object(
-    FallbackConfig,
-    _fields(
-        ("kind", _enum(FallbackKind), FallbackKind.NONE),
-        ("status", _int(ge=200, le=599), REJECTED_STATUS),
-        ("headers", _checked(f.dict_of_strings, fallback_headers), dict),
-        ("body", _str(), ""),
-        ("max_age_seconds", _SECONDS, DEFAULT_CACHE[0]),
-        ("max_entries", _int(ge=1, le=1_000_000), DEFAULT_CACHE[1]),
-        ("max_bytes", _int(ge=1), DEFAULT_CACHE[2]),
+    PlainFallbackConfig,
+    fields_of(
+        PlainFallbackConfig,
+        ("kind", _enum(FallbackKind)),
+        ("status", _int(ge=200, le=599)),
+        ("headers", _checked(f.dict_of_strings, fallback_headers)),
+        ("body", _str()),
+        ("max_age_seconds", _SECONDS),
+        ("max_entries", _int(ge=1, le=1_000_000)),
+        ("max_bytes", _int(ge=1)),
     ),
 )
 _BULKHEAD = _object(
-    BulkheadConfig,
-    _fields(("max_concurrent", f.nullable(_int(ge=1)), None), ("max_pending", _int(ge=0), 0)),
+    PlainBulkheadConfig,
+    fields_of(PlainBulkheadConfig, ("max_concurrent", f.nullable(_int(ge=1))), ("max_pending", _int(ge=0))),
 )
 _RETRY = _object(
-    RetryConfig,
-    _fields(
-        ("attempts", _int(ge=1, le=10), 1),
-        ("per_try_timeout_seconds", f.nullable(_SECONDS), None),
-        ("budget_percent", _float(ge=0, le=100), DEFAULT_BUDGET_PERCENT),
-        ("retry_on", _checked(_list_of_str, retry_conditions), DEFAULT_RETRY_ON),
+    PlainRetryConfig,
+    fields_of(
+        PlainRetryConfig,
+        ("attempts", _int(ge=1, le=10)),
+        ("per_try_timeout_seconds", f.nullable(_SECONDS)),
+        ("budget_percent", _float(ge=0, le=100)),
+        ("retry_on", _checked(_list_of_str, retry_conditions)),
     ),
 )
 
@@ -160,7 +167,7 @@ _BREAKER_TYPES: dict[str, Reader] = {
 _BREAKER_FIELDS = tuple(
     f.Field(k.name, camel(k.name), _BREAKER_TYPES[str(k.type)]) for k in dataclasses.fields(BreakerSettings)
 )
-_BREAKER_DEFAULTS = {camel(k): v for k, v in dataclasses.asdict(DEFAULT_BREAKER).items()}
+_BREAKER_DEFAULTS = {camel(k): v for k, v in dataclasses.asdict(d.UPSTREAM_BREAKER).items()}
 
 
 def _breaker(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
@@ -176,35 +183,37 @@ def _breaker(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
         return errors.value_error(loc, value, str(exc))
 
 
-_UPSTREAM_FIELDS = _fields(
-    ("name", _str(pattern=NAME_PATTERN), f.MISSING),
-    ("policy", _str(), ""),
-    ("host", _checked(_str(min_length=1, max_length=253), host_name), f.MISSING),
-    ("port", _int(ge=1, le=65535), f.MISSING),
-    ("listen_port", f.nullable(_PORT), None),
-    ("mode", _enum(Mode), Mode.ENFORCE),
-    ("mode_until", f.nullable(_float(gt=0)), None),
-    ("mode_after", f.nullable(_enum(Mode)), None),
-    ("fleet_open", f.boolean, False),
-    ("breaker", _breaker, DEFAULT_BREAKER),
-    ("failures", _FAILURES, FailureConfig()),
-    ("timeout_seconds", _SECONDS, DEFAULT_TIMEOUT_SECONDS),
-    ("fallback", _FALLBACK, FallbackConfig),
-    ("bulkhead", _BULKHEAD, BulkheadConfig()),
-    ("retry", _RETRY, RetryConfig()),
+_UPSTREAM_FIELDS = fields_of(
+    PlainUpstreamConfig,
+    ("name", _str(pattern=NAME_PATTERN)),
+    ("policy", _str()),
+    ("host", _checked(_str(min_length=1, max_length=253), host_name)),
+    ("port", _int(ge=1, le=65535)),
+    ("listen_port", f.nullable(_PORT)),
+    ("mode", _enum(Mode)),
+    ("mode_until", f.nullable(_float(gt=0))),
+    ("mode_after", f.nullable(_enum(Mode))),
+    ("fleet_open", f.boolean),
+    ("breaker", _breaker),
+    ("failures", _FAILURES),
+    ("timeout_seconds", _SECONDS),
+    ("fallback", _FALLBACK),
+    ("bulkhead", _BULKHEAD),
+    ("retry", _RETRY),
 )
-read_upstream = _object(UpstreamConfig, _UPSTREAM_FIELDS)
+read_upstream = _object(PlainUpstreamConfig, _UPSTREAM_FIELDS)
 """Read one `upstreams[]` entry (a reader of `fields`: errors, location, value)."""
 
 
-_CONFIG_FIELDS = _fields(
-    ("version", _checked(_int(), config_version), SIDECAR_CONFIG_VERSION),
-    ("config_hash", _str(), ""),
-    ("generation", _int(ge=0), 0),
-    ("listen_address", _checked(_str(), ip_address), "127.0.0.1"),
-    ("admin", _ADMIN, AdminConfig()),
-    ("forward_proxy", _FORWARD_PROXY, ForwardProxyConfig()),
-    ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream), list),
+_CONFIG_FIELDS = fields_of(
+    PlainSidecarConfig,
+    ("version", _checked(_int(), config_version)),
+    ("config_hash", _str()),
+    ("generation", _int(ge=0)),
+    ("listen_address", _checked(_str(), ip_address)),
+    ("admin", _ADMIN),
+    ("forward_proxy", _FORWARD_PROXY),
+    ("upstreams", lambda e, loc, v: f.list_of(e, loc, v, read_upstream)),
 )
 
 
@@ -214,7 +223,7 @@ def read_config(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
     if values is None:
         return f.BAD
     values["upstreams"] = tuple(values["upstreams"])
-    config = SidecarConfig(**values)
+    config = PlainSidecarConfig(**values)
     try:
         check_config(config)
     except ValueError as exc:
@@ -222,7 +231,7 @@ def read_config(errors: f.Errors, loc: f.Loc, value: Any) -> Any:
     return config
 
 
-def _by_the_models(document: dict[str, Any], source: str) -> SidecarConfig:
+def _by_the_models(document: dict[str, Any], source: str) -> PlainSidecarConfig:
     """What the models make of a document this module cannot decide, read back as plain values."""
     from breakwater.api.sidecar import parse_sidecar_config as parse_with_models
 
@@ -233,7 +242,7 @@ def _by_the_models(document: dict[str, Any], source: str) -> SidecarConfig:
     return config  # type: ignore[no-any-return]
 
 
-def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> SidecarConfig:
+def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = "") -> PlainSidecarConfig:
     """Parse and validate one config document; raise `SidecarConfigError` saying what is wrong."""
     if isinstance(data, dict):
         document: Any = data
@@ -254,7 +263,7 @@ def parse_sidecar_config(data: bytes | str | dict[str, Any], *, source: str = ""
     return config  # type: ignore[no-any-return]
 
 
-def load_sidecar_config(path: str | Path) -> SidecarConfig:
+def load_sidecar_config(path: str | Path) -> PlainSidecarConfig:
     """Read and validate the config file at `path`; raise `SidecarConfigError` if it cannot be used."""
     try:
         raw = Path(path).read_bytes()

@@ -13,17 +13,17 @@ from typing import Any
 
 from breakwater.api.plain import fields as f
 from breakwater.api.plain.parse import read_config
-from breakwater.api.plain.sidecar import SidecarConfig, SidecarConfigError, camel
+from breakwater.api.plain.sidecar import PlainSidecarConfig, SidecarConfigError, camel
 from breakwater.breaker.settings import Mode, State
 
 __all__ = [
     "CONFIG_PATH",
     "LATENCY_BOUNDS_SECONDS",
     "REPORT_VERSION",
-    "ConfigReply",
-    "SidecarReport",
-    "TransitionReport",
-    "UpstreamReport",
+    "PlainConfigReply",
+    "PlainSidecarReport",
+    "PlainTransitionReport",
+    "PlainUpstreamReport",
 ]
 
 REPORT_VERSION = 1
@@ -42,7 +42,7 @@ def _wire(value: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamReport:
+class PlainUpstreamReport:
     """One breaker of one sidecar."""
 
     name: str
@@ -64,7 +64,7 @@ class UpstreamReport:
 
 
 @dataclass(frozen=True, slots=True)
-class TransitionReport:
+class PlainTransitionReport:
     upstream: str
     from_state: str  # a `State`
     to_state: str
@@ -74,7 +74,7 @@ class TransitionReport:
 
 
 @dataclass(frozen=True, slots=True)
-class SidecarReport:
+class PlainSidecarReport:
     namespace: str
     pod: str
     version: int = REPORT_VERSION
@@ -82,8 +82,8 @@ class SidecarReport:
     config_hash: str = ""
     seq: int = 0
     sent_at: float = 0.0
-    upstreams: list[UpstreamReport] = field(default_factory=list)
-    transitions: list[TransitionReport] = field(default_factory=list)
+    upstreams: list[PlainUpstreamReport] = field(default_factory=list)
+    transitions: list[PlainTransitionReport] = field(default_factory=list)
 
     def to_json(self) -> str:
         """What the models' ``model_dump_json(by_alias=True)`` writes (keys in any order)."""
@@ -91,14 +91,14 @@ class SidecarReport:
 
 
 @dataclass(frozen=True, slots=True)
-class ConfigReply:
+class PlainConfigReply:
     """The operator's answer: the hash the pod should run, and the config when it is not the one it runs."""
 
     config_hash: str
-    config: SidecarConfig | None = None
+    config: PlainSidecarConfig | None = None
 
     @classmethod
-    def from_json(cls, body: bytes | str) -> ConfigReply:
+    def from_json(cls, body: bytes | str) -> PlainConfigReply:
         """Unknown fields are ignored (a newer operator's additions); the config itself is strict."""
         try:
             document = json.loads(body)

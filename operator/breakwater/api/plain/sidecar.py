@@ -1,9 +1,10 @@
 """The sidecar config (`api/sidecar.py`'s models) as frozen dataclasses, read without pydantic.
 
 Same fields, defaults, checks and messages as the models; `to_dict` / `to_json` give what the
-models' ``model_dump(by_alias=True)`` / ``model_dump_json(by_alias=True)`` give. The defaults are
-written here once more (this module may not import the models) and `tests/unit/api/test_plain.py`
-holds them to the models'. A document with a value only the models can decide goes to them.
+models' ``model_dump(by_alias=True)`` / ``model_dump_json(by_alias=True)`` give. The defaults are the
+models' (theirs are api/spec.py's), read from `defaults.py`, which `make generate` writes from them
+(this module may not import the models). A document with a value only the models can decide goes to
+them.
 """
 
 from __future__ import annotations
@@ -17,23 +18,23 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
 from breakwater.api.headers import MANAGED_HEADERS
-from breakwater.breaker.settings import BreakerSettings, Mode, WindowKind
+from breakwater.api.plain import defaults as d
+from breakwater.breaker.settings import BreakerSettings, Mode
 from breakwater.errors import InvalidInput
 
 __all__ = [
     "SIDECAR_CONFIG_VERSION",
-    "AdminConfig",
-    "BulkheadConfig",
-    "FailureConfig",
-    "FallbackConfig",
     "FallbackKind",
-    "ForwardProxyConfig",
-    "RetryConfig",
-    "SidecarConfig",
+    "PlainAdminConfig",
+    "PlainBulkheadConfig",
+    "PlainFailureConfig",
+    "PlainFallbackConfig",
+    "PlainForwardProxyConfig",
+    "PlainRetryConfig",
+    "PlainSidecarConfig",
+    "PlainUpstreamConfig",
     "SidecarConfigError",
-    "UpstreamConfig",
     "check_config",
 ]
 
@@ -56,29 +57,8 @@ class FallbackKind(enum.StrEnum):
     CACHED = "Cached"
 
 
-# The spec's defaults (api/spec.py), as the models read them from it.
-DEFAULT_BREAKER = BreakerSettings(
-    consecutive_failures=5,
-    failure_rate_percent=None,
-    slow_call_percent=None,
-    slow_call_seconds=None,
-    minimum_calls=20,
-    window_kind=WindowKind.TIME,
-    window_size=100,
-    window_seconds=30.0,
-    open_seconds=60.0,
-    open_max_seconds=300.0,
-    backoff_multiplier=2.0,
-    jitter=0.2,
-    half_open_permitted_calls=3,
-    half_open_successes_to_close=3,
-    half_open_max_wait_seconds=None,
-)
-DEFAULT_STATUS_CODES = ("5xx",)
-DEFAULT_RETRY_ON = ("connect-failure", "reset", "5xx")
-DEFAULT_TIMEOUT_SECONDS = 2.0
-DEFAULT_BUDGET_PERCENT = 20.0
-DEFAULT_CACHE = (300.0, 1000, 8 * 2**20)  # maxAge seconds, maxEntries, maxBytes
+_FALLBACK_KIND = FallbackKind(d.FALLBACK_KIND)  # written as its value: defaults.py cannot import this module
+
 
 _STATUS_PATTERN = re.compile(r"^(?:[1-5]xx|[1-5][0-9]{2})$")
 _RETRY_ON_WORDS = frozenset({"connect-failure", "reset", "timeout", "5xx", "gateway-error", "retriable-4xx"})
@@ -104,65 +84,65 @@ def _plain(value: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class AdminConfig:
+class PlainAdminConfig:
     """The admin listener: probes, stats, metrics, config pushes."""
 
-    port: int = SIDECAR_ADMIN_PORT
-    address: str = "0.0.0.0"
+    port: int = d.ADMIN_PORT
+    address: str = d.ADMIN_ADDRESS
 
 
 @dataclass(frozen=True, slots=True)
-class ForwardProxyConfig:
+class PlainForwardProxyConfig:
     """The HTTP forward-proxy listener (for apps that honour ``HTTP_PROXY``)."""
 
-    enabled: bool = False
-    port: int = SIDECAR_FORWARD_PROXY_PORT
-    unknown_hosts: str = "PassThrough"
+    enabled: bool = d.FORWARD_PROXY_ENABLED
+    port: int = d.FORWARD_PROXY_PORT
+    unknown_hosts: str = d.FORWARD_PROXY_UNKNOWN_HOSTS
 
 
 @dataclass(frozen=True, slots=True)
-class FailureConfig:
+class PlainFailureConfig:
     """What counts as a failure of the upstream (everything else an upstream answers is a success)."""
 
-    status_codes: tuple[str, ...] = DEFAULT_STATUS_CODES
-    timeouts: bool = True
-    connect_errors: bool = True
-    resets: bool = True
+    status_codes: tuple[str, ...] = d.FAILURE_STATUS_CODES
+    timeouts: bool = d.FAILURE_TIMEOUTS
+    connect_errors: bool = d.FAILURE_CONNECT_ERRORS
+    resets: bool = d.FAILURE_RESETS
 
 
 @dataclass(frozen=True, slots=True)
-class FallbackConfig:
+class PlainFallbackConfig:
     """What a rejected (or unanswered) request gets instead of a bare 503."""
 
-    kind: FallbackKind = FallbackKind.NONE
-    status: int = REJECTED_STATUS
+    kind: FallbackKind = _FALLBACK_KIND
+    status: int = d.FALLBACK_STATUS
     headers: dict[str, str] = field(default_factory=dict)
     body: str = ""
-    max_age_seconds: float = DEFAULT_CACHE[0]
-    max_entries: int = DEFAULT_CACHE[1]
-    max_bytes: int = DEFAULT_CACHE[2]
+    max_age_seconds: float = d.FALLBACK_MAX_AGE_SECONDS
+    max_entries: int = d.FALLBACK_MAX_ENTRIES
+    max_bytes: int = d.FALLBACK_MAX_BYTES
 
 
 @dataclass(frozen=True, slots=True)
-class BulkheadConfig:
+class PlainBulkheadConfig:
     """At most ``maxConcurrent`` requests in flight to the upstream, ``maxPending`` more waiting."""
 
     max_concurrent: int | None = None
-    max_pending: int = 0
+    max_pending: int = d.BULKHEAD_MAX_PENDING
 
 
 @dataclass(frozen=True, slots=True)
-class RetryConfig:
+class PlainRetryConfig:
     """Retries of idempotent requests, within a budget (retries <= budgetPercent of requests)."""
 
-    attempts: int = 1
+    attempts: int = d.RETRY_ATTEMPTS
     per_try_timeout_seconds: float | None = None
-    budget_percent: float = DEFAULT_BUDGET_PERCENT
-    retry_on: tuple[str, ...] = DEFAULT_RETRY_ON
+    budget_percent: float = d.RETRY_BUDGET_PERCENT
+    retry_on: tuple[str, ...] = d.RETRY_RETRY_ON
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamConfig:
+class PlainUpstreamConfig:
     """One upstream the app calls, with its breaker and protections."""
 
     name: str
@@ -170,16 +150,16 @@ class UpstreamConfig:
     port: int
     policy: str = ""
     listen_port: int | None = None
-    mode: Mode = Mode.ENFORCE
+    mode: Mode = d.UPSTREAM_MODE
     mode_until: float | None = None
     mode_after: Mode | None = None
-    fleet_open: bool = False
-    breaker: BreakerSettings = DEFAULT_BREAKER
-    failures: FailureConfig = FailureConfig()
-    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
-    fallback: FallbackConfig = field(default_factory=FallbackConfig)
-    bulkhead: BulkheadConfig = BulkheadConfig()
-    retry: RetryConfig = RetryConfig()
+    fleet_open: bool = d.UPSTREAM_FLEET_OPEN
+    breaker: BreakerSettings = d.UPSTREAM_BREAKER
+    failures: PlainFailureConfig = PlainFailureConfig()
+    timeout_seconds: float = d.UPSTREAM_TIMEOUT_SECONDS
+    fallback: PlainFallbackConfig = field(default_factory=PlainFallbackConfig)
+    bulkhead: PlainBulkheadConfig = PlainBulkheadConfig()
+    retry: PlainRetryConfig = PlainRetryConfig()
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form, keys in the models' order."""
@@ -194,25 +174,25 @@ _UPSTREAM_ORDER = (
 
 
 @dataclass(frozen=True, slots=True)
-class SidecarConfig:
+class PlainSidecarConfig:
     """The whole sidecar configuration (one JSON document)."""
 
-    version: int = SIDECAR_CONFIG_VERSION
+    version: int = d.SIDECAR_VERSION
     config_hash: str = ""
-    generation: int = 0
-    listen_address: str = "127.0.0.1"
-    admin: AdminConfig = AdminConfig()
-    forward_proxy: ForwardProxyConfig = ForwardProxyConfig()
-    upstreams: tuple[UpstreamConfig, ...] = ()
+    generation: int = d.SIDECAR_GENERATION
+    listen_address: str = d.SIDECAR_LISTEN_ADDRESS
+    admin: PlainAdminConfig = PlainAdminConfig()
+    forward_proxy: PlainForwardProxyConfig = PlainForwardProxyConfig()
+    upstreams: tuple[PlainUpstreamConfig, ...] = ()
 
-    def upstream(self, name: str) -> UpstreamConfig:
+    def upstream(self, name: str) -> PlainUpstreamConfig:
         """The upstream called `name` (`KeyError` if there is none)."""
         for up in self.upstreams:
             if up.name == name:
                 return up
         raise KeyError(name)
 
-    def replace(self, **changes: Any) -> SidecarConfig:
+    def replace(self, **changes: Any) -> PlainSidecarConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
