@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from breakwater.testing.manifests import (
@@ -117,3 +118,19 @@ def upstream_state(body: dict[str, Any], name: str = "payments") -> str:
         if up.get("name") == name:
             return str(up.get("state"))
     return ""
+
+
+def patch_spec(cluster: Cluster, namespace: str, spec: dict[str, Any], name: str = "payments") -> None:
+    """A merge patch of the policy's spec, as `kubectl patch --type=merge` sends it."""
+    patch = json.dumps({"spec": spec})
+    cluster.kubectl("patch", "cbp", name, "-n", namespace, "--type=merge", "-p", patch)
+
+
+def answers_over(
+    cluster: Cluster, namespace: str, pods: list[str], seconds: float = 1.0
+) -> list[dict[str, int]]:
+    """What each client app got (status and fallback kind: count) over the next `seconds`."""
+    for pod in pods:
+        client_stats(cluster, namespace, pod, reset=True)
+    time.sleep(seconds)
+    return [dict(client_stats(cluster, namespace, pod)["counts"]) for pod in pods]

@@ -1,10 +1,12 @@
 """The breaker on real pods: a client Deployment calls its upstream by Service name through the
 injected native sidecar, the upstream fails and recovers, `kubectl get cbp` follows; a Job's first
-request succeeds and the Job completes; a policy edit reaches the running sidecars."""
+request succeeds and the Job completes; a policy edit reaches the running sidecars; a tuned threshold
+reaches them, and an override ends on them with no operator running."""
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import time
 from typing import Any
@@ -65,31 +67,19 @@ def test_a_failing_upstream_opens_the_breaker_on_the_resource_the_client_gets_th
         ),
         timeout=90,
     )
-    for name in names:
-        m.client_stats(cluster, ns, name, reset=True)
-    time.sleep(1)
-    for name in names:
-        counts = m.client_stats(cluster, ns, name)["counts"]
+    for counts in m.answers_over(cluster, ns, names):
         assert set(counts) == {"200"}, counts
 
     m.set_upstream(cluster, ns, "fail")
     wait_state(cluster, ns, "Open", timeout=30)
     table = cluster.kubectl("get", "cbp", "-n", ns).stdout
     assert "Open" in table.splitlines()[1], table
-    for name in names:
-        m.client_stats(cluster, ns, name, reset=True)
-    time.sleep(1)
-    for name in names:
-        counts = m.client_stats(cluster, ns, name)["counts"]
+    for counts in m.answers_over(cluster, ns, names):
         assert counts.get("503 fallback-static", 0) > 0, counts
 
     m.set_upstream(cluster, ns, "ok")
     wait_state(cluster, ns, "Closed", timeout=60)
-    for name in names:
-        m.client_stats(cluster, ns, name, reset=True)
-    time.sleep(1)
-    for name in names:
-        counts = m.client_stats(cluster, ns, name)["counts"]
+    for counts in m.answers_over(cluster, ns, names):
         assert set(counts) == {"200"}, counts
 
 
@@ -156,16 +146,7 @@ def test_a_policy_edit_reaches_the_running_sidecars_live_and_through_the_mounted
         timeout=90,
     )
 
-    cluster.kubectl(
-        "patch",
-        "cbp",
-        "payments",
-        "-n",
-        ns,
-        "--type=merge",
-        "-p",
-        json.dumps({"spec": {"trip": {"consecutiveFailures": 7}}}),
-    )
+    m.patch_spec(cluster, ns, {"trip": {"consecutiveFailures": 7}})
     generation = m.cbp(cluster, ns)["metadata"]["generation"]
     # `reporting` counts sidecars that report the config hash the operator computes for the new
     # generation: the edit is applied in every running sidecar.
@@ -194,3 +175,93 @@ def test_a_policy_edit_reaches_the_running_sidecars_live_and_through_the_mounted
             timeout=120,
             interval=2,
         )
+
+
+def sidecar_admin(cluster: Cluster, namespace: str, pod: str, path: str) -> dict[str, Any]:
+    """GET the sidecar's admin endpoint from inside its container (it listens on the pod's loopback)."""
+    script = f"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:15200{path}').read().decode())"
+    out = cluster.kubectl("exec", "-n", namespace, pod, "-c", SIDECAR, "--", "python", "-c", script)
+    answer: dict[str, Any] = json.loads(out.stdout)
+    return answer
+
+
+def test_a_tuned_threshold_reaches_the_pods_and_an_override_ends_on_them_with_the_operator_scaled_to_zero(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    """Issue 15 on real pods: the tuner moves the slow-call duration from what the pods' calls took and
+    the sidecars run it; a ForceOpen override with `until` ends on every pod by the sidecars' own clock
+    while no operator replica runs."""
+    cluster, ns = node_cluster, workload_namespace
+    adaptive = {
+        "enabled": True,
+        "historyWindow": "2m",
+        "hysteresis": "5s",
+        "minimumVolume": 50,
+        "pinned": ["ConsecutiveFailures", "OpenDuration"],
+    }
+    trip = {"consecutiveFailures": 3, "slowCalls": {"slowerThan": "1500ms", "percent": 80}}
+    start_upstream_and_policy(cluster, ns, image, adaptive=adaptive, trip=trip)
+    m.set_upstream(cluster, ns, "slow?seconds=0.2")  # every call takes 0.2 s: p99 x 2 is well below 1.5 s
+    cluster.apply(m.client(ns, image, replicas=2))
+    names = [p["metadata"]["name"] for p in m.ready_pods(cluster, ns, "app=checkout", 2)]
+
+    def effective() -> dict[str, Any]:
+        ups = (m.cbp(cluster, ns).get("status") or {}).get("upstreams") or [{}]
+        return dict(ups[0].get("effective") or {})
+
+    cluster.wait_for(
+        "slowerThan tuned",
+        lambda: (effective().get("source") or {}).get("slowerThan") == "Adaptive",
+        timeout=120,
+    )
+    assert "latency p99" in effective()["reason"], effective()
+
+    def running_slow_seconds(pod: str) -> float:
+        config = sidecar_admin(cluster, ns, pod, "/config")
+        return float(config["upstreams"][0]["breaker"]["slowCallSeconds"])
+
+    cluster.wait_for(
+        "both sidecars running a tuned slow-call duration below the configured 1.5 s",
+        lambda: all(running_slow_seconds(n) < 1.5 for n in names),
+        timeout=60,
+        interval=1,
+    )
+    m.set_upstream(cluster, ns, "ok")
+
+    until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=25)
+    override = {"mode": "ForceOpen", "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"), "reason": "drill"}
+    m.patch_spec(cluster, ns, {"override": override})
+
+    def modes() -> set[str]:
+        return {sidecar_admin(cluster, ns, n, "/stats")["upstreams"]["payments"]["mode"] for n in names}
+
+    cluster.wait_for("both sidecars forced open", lambda: modes() == {"ForceOpen"}, timeout=30, interval=1)
+    for name in names:
+        m.client_stats(cluster, ns, name, reset=True)
+    operator = release.names
+    cluster.kubectl("scale", "deployment", operator.deployment, "-n", operator.namespace, "--replicas=0")
+    try:
+        cluster.wait_for(
+            "no operator pod left",
+            lambda: not m.pods(cluster, operator.namespace, operator.selector),
+            timeout=90,
+            interval=1,
+        )
+        assert time.time() < until.timestamp(), "the operator took too long to stop: nothing left to test"
+        for name in names:  # forced open: the app got the fallback, the upstream was not called
+            counts = m.client_stats(cluster, ns, name)["counts"]
+            assert set(counts) == {"503 fallback-static"}, counts
+        time.sleep(max(0.0, until.timestamp() - time.time()) + 3)  # the sidecars check twice a second
+        assert modes() == {"Enforce"}
+        for counts in m.answers_over(cluster, ns, names):
+            assert set(counts) == {"200"}, counts
+    finally:
+        cluster.kubectl(
+            "scale",
+            "deployment",
+            operator.deployment,
+            "-n",
+            operator.namespace,
+            f"--replicas={release.replicas}",
+        )
+        m.ready_pods(cluster, operator.namespace, operator.selector, release.replicas, timeout=180)
