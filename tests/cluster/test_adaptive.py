@@ -122,7 +122,9 @@ def test_tuned_thresholds_move_with_the_history_and_the_sidecars_run_them(
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.apply(manifest(upstream.port, adaptive=FAST_ADAPTIVE), namespace=namespace)
+    # A 1-minute history: the noisy minute leaves it within a minute of the upstream turning clean.
+    adaptive = {**FAST_ADAPTIVE, "historyWindow": "1m"}
+    cluster.apply(manifest(upstream.port, adaptive=adaptive), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
     upstream.failure_ratio = 0.1  # a noisy upstream: 1 call in 10 fails, runs of 5 happen by chance
 

@@ -434,7 +434,9 @@ spec:
                 print("\n".join(tail), file=out)
 
     def stop(self) -> None:
-        processes.stop_all([c.process for c in reversed(self.components)], timeout=10)
+        # kube-apiserver's graceful termination outlasts 15 s after SIGTERM (it drains watches), and
+        # nothing of this throwaway control plane is kept: 2 s, then SIGKILL.
+        processes.stop_all([c.process for c in reversed(self.components)], timeout=2)
         self.components.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
