@@ -54,11 +54,20 @@ def upstream() -> Iterator[FlakyUpstream]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def report_interval() -> float:
+    """Seconds between a fleet sidecar's reports; a module overrides it to hold for fewer seconds."""
+    return 2.0
+
+
 @pytest.fixture
-def fleet(cluster: Cluster, namespace: str) -> Iterator[SidecarFleet]:
+def fleet(cluster: Cluster, namespace: str, report_interval: float) -> Iterator[SidecarFleet]:
     """A real sidecar process for every injected pod of the test's namespace."""
     sidecars = SidecarFleet(
-        kubectl=cluster.tool("kubectl"), kubeconfig=cluster.kubeconfig, namespace=namespace
+        kubectl=cluster.tool("kubectl"),
+        kubeconfig=cluster.kubeconfig,
+        namespace=namespace,
+        report_interval=report_interval,
     )
     yield sidecars
     sidecars.stop()

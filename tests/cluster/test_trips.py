@@ -20,10 +20,18 @@ from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
 
+LEADING = "leading: policies are reconciled"
+REPORT_SECONDS = 1.0  # the sidecars' report interval here; the operator writes status every second
+
 
 @pytest.fixture(scope="module")
 def operator_args() -> tuple[str, ...]:
     return ("--stale-after-seconds=8",)
+
+
+@pytest.fixture(scope="module")
+def report_interval() -> float:
+    return REPORT_SECONDS
 
 
 def sidecar_trips(sidecar: SidecarProcess) -> int:
@@ -89,12 +97,20 @@ class Trips:
             f"trips {expected} ({what})", lambda: self.status() == expected, timeout=timeout
         )
 
-    def holds(self, expected: int, seconds: float) -> None:
-        """Several report rounds and status refreshes: the number stays."""
-        deadline = time.monotonic() + seconds
+    def holds(self, expected: int, rounds: int = 3) -> None:
+        """For `rounds` reports of every sidecar and as many status writes, the number stays."""
+        deadline = time.monotonic() + rounds * REPORT_SECONDS
         while time.monotonic() < deadline:
             assert self.status() == expected
             time.sleep(0.5)
+
+
+def leads(cluster: Cluster, operator: OperatorProcess, *, before: int) -> None:
+    """Until the operator's log says it took the lead once more than `before` times: a hold that
+    started before the new leader writes would hold nothing."""
+    cluster.wait_for(
+        f"{operator.workdir.name} leading", lambda: operator.count_log(LEADING) > before, timeout=60
+    )
 
 
 def started(cluster: Cluster, namespace: str, upstream: FlakyUpstream, fleet: SidecarFleet) -> Trips:
@@ -130,7 +146,7 @@ def test_trips_survive_sidecar_restarts_pod_replacement_and_an_operator_restart_
         # The first pod's sidecar restarts: its counter starts from zero, the status keeps its trip.
         fleet.restart(first)
         fleet.wait_ready()
-        trips.holds(2, 6)  # summed over live counters, this went down to 1
+        trips.holds(2)  # summed over live counters, this went down to 1
         trips.trip(fleet.sidecars[first])
         trips.shows(3, "a trip of the restarted sidecar")
 
@@ -144,18 +160,20 @@ def test_trips_survive_sidecar_restarts_pod_replacement_and_an_operator_restart_
         cluster.wait_for("the replacement pod's sidecar", replaced, timeout=60, interval=0.5)
         fleet.wait_ready()
         third = next(n for n in fleet.sidecars if n != first)
-        trips.holds(3, 6)
+        trips.holds(3)
         trips.trip(fleet.sidecars[third])
         trips.shows(4, "a trip of the replacement pod")
 
         # The operator restarts: the new leader reads the written 4 as its floor. The live counters
         # (2 and 1) are part of it: not added again, and the next trip adds one.
+        led = running_operator.count_log(LEADING)
         running_operator.stop()
         running_operator.start()
-        trips.holds(4, 10)
+        leads(cluster, running_operator, before=led)
+        trips.holds(4)
         trips.trip(fleet.sidecars[first])
         trips.shows(5, "a trip after the operator restarted")
-        trips.holds(5, 6)
+        trips.holds(5)
     assert trips.made == 5
     check(seen, trips.made)
 
@@ -178,20 +196,18 @@ def test_another_replica_taking_over_goes_on_from_the_written_trips(
         other.start()
         try:
             running_operator.stop()  # hands the Lease over
-            cluster.wait_for(
-                "the other replica leads",
-                lambda: "leading: policies are reconciled" in other.log_path.read_text(errors="replace"),
-                timeout=60,
-            )
+            leads(cluster, other, before=0)
             # Back as a replica that does not lead: the sidecars report to it, it relays to the leader.
             running_operator.start()
-            trips.holds(2, 10)
+            trips.holds(2, rounds=5)
             trips.trip(first)
             trips.shows(3, "a trip counted by the new leader")
-            trips.holds(3, 6)
+            trips.holds(3)
         finally:
+            led = running_operator.count_log(LEADING)
             other.stop()  # the first one leads again: a second handover
-        trips.holds(3, 10)
+        leads(cluster, running_operator, before=led)
+        trips.holds(3)
         trips.trip(second)
         trips.shows(4, "a trip after leadership came back")
     check(seen, trips.made)

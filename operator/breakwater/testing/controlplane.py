@@ -19,6 +19,7 @@ import logging
 import os
 import random
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -435,8 +436,8 @@ spec:
 
     def stop(self) -> None:
         # kube-apiserver's graceful termination outlasts 15 s after SIGTERM (it drains watches), and
-        # nothing of this throwaway control plane is kept: 2 s, then SIGKILL.
-        processes.stop_all([c.process for c in reversed(self.components)], timeout=2)
+        # nothing of this throwaway control plane is kept (its etcd data goes with the work directory).
+        processes.stop_all([c.process for c in reversed(self.components)], sig=signal.SIGKILL, timeout=5)
         self.components.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -47,6 +49,35 @@ def cgroup_hierarchies() -> list[Path]:
         return [CGROUP_ROOT]
     # "unified" too: on a hybrid host runc also makes each container's cgroup in the v2 tree.
     return [p for p in CGROUP_ROOT.iterdir() if p.is_dir() and not p.is_symlink()]
+
+
+def kill_cgroups(name: str, *, timeout: float = 5.0) -> int:
+    """SIGKILL every process in the node's cgroup and below (the pods' containers, their pause
+    processes) until none is left; the number killed. cgroup v1 has no cgroup.kill, hence the loop."""
+    killed = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {
+            int(pid)
+            for hierarchy in cgroup_hierarchies()
+            if (hierarchy / name).is_dir()
+            for procs in (hierarchy / name).rglob("cgroup.procs")
+            for pid in _read(procs).split()
+        }
+        if not pids or time.monotonic() > deadline:
+            return killed
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+        time.sleep(0.1)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:  # the cgroup went away meanwhile
+        return ""
 
 
 def remove_cgroups(name: str) -> None:
