@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from breakwater.testing.controlplane import free_port
 from breakwater.testing.operator import OperatorProcess
 from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
@@ -32,6 +33,7 @@ def operator(
         kubectl=cluster.tool("kubectl"),
         workdir=tmp_path_factory.mktemp("operator"),
         extra_args=operator_args,
+        metrics_port=free_port(),  # a test may scrape it; replica() gives another replica its own
     )
     proc.start()
     yield proc

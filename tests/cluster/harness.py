@@ -9,6 +9,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from breakwater.testing.sidecars import SidecarFleet
 from tests.conftest import Cluster
 
@@ -170,3 +172,25 @@ def start_clients(cluster: Cluster, namespace: str, fleet: SidecarFleet, replica
 
     cluster.wait_for(f"{replicas} injected, running pods", all_started, timeout=60, interval=0.5)
     fleet.wait_ready()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> tuple[set[str], Samples]:
+    """GET a /metrics page and parse it as Prometheus would: family names and every sample."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain"), resp.headers["Content-Type"]
+        text = resp.read().decode()
+    families, samples = set(), {}
+    for family in text_string_to_metric_families(text):
+        families.add(family.name)
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return families, samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)

@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from breakwater.errors import ControlPlaneError
 from breakwater.testing.controlplane import free_port
@@ -34,13 +33,22 @@ from breakwater.testing.prometheus import PrometheusServer, Target, dashboard_qu
 from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 from tests.chart import CHART_DIR, REPO, prepare_chart, render
-from tests.cluster.harness import condition, deployment_manifest, install_crd, opt_in, policy, wait_accepted
+from tests.cluster.harness import (
+    Samples,
+    condition,
+    deployment_manifest,
+    install_crd,
+    opt_in,
+    policy,
+    scrape,
+    value,
+    wait_accepted,
+)
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
 
 OPERATOR_NS = "breakwater-system"  # the harness' --operator-namespace: the release namespace
-METRICS_PORT = free_port()
 DOCS = REPO / "docs" / "observability.md"
 DASHBOARD = CHART_DIR / "dashboards" / "breakwater.json"
 # What the dashboard's queries must show non-zero after this flow (the others may be all zero).
@@ -58,31 +66,11 @@ MUST_MOVE = {
 }
 
 REJECTED = "breakwater_operator_reports_rejected_total"
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(scope="module")
 def operator_args() -> tuple[str, ...]:
-    return (f"--metrics-listen=127.0.0.1:{METRICS_PORT}", "--stale-after-seconds=8")
-
-
-def scrape(url: str) -> tuple[set[str], Samples]:
-    """GET a /metrics page and parse it as Prometheus would: family names and every sample."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        assert resp.headers["Content-Type"].startswith("text/plain"), resp.headers["Content-Type"]
-        text = resp.read().decode()
-    families, samples = set(), {}
-    for family in text_string_to_metric_families(text):
-        families.add(family.name)
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return families, samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+    return ("--stale-after-seconds=8",)
 
 
 def documented(section: str) -> set[str]:
@@ -195,7 +183,7 @@ def flow(
         namespace=namespace,
         report_interval=1.0,
     )
-    metrics_url = f"http://127.0.0.1:{METRICS_PORT}/metrics"
+    metrics_url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
     seen = Flow(namespace)
     try:
         # Prometheus first (when built): it sees the admissions too, and the sidecars once they run.
@@ -204,7 +192,7 @@ def flow(
             workdir = tmp_path_factory.mktemp("prometheus")
             operator_target = Target(
                 "breakwater-operator",
-                f"127.0.0.1:{METRICS_PORT}",
+                f"127.0.0.1:{operator.metrics_port}",
                 {"namespace": OPERATOR_NS, "pod": "operator-0"},
                 honor_labels=True,  # as the chart's PodMonitor: a policy's series keep its namespace
             )
@@ -453,11 +441,13 @@ def test_the_leader_gauge_follows_the_lease_across_a_failover(
     """Two replicas of one operator: exactly one reports leader 1, and when it stops (SIGTERM, the
     Lease released) the other reports 1; the one that does not lead exports no policy figures."""
     install_crd(cluster)
+    ports = {"replica-a": free_port(), "replica-b": free_port()}
     first = OperatorProcess(
         kubeconfig=cluster.kubeconfig,
         kubectl=cluster.tool("kubectl"),
         workdir=tmp_path_factory.mktemp("replica-a"),
         identity="replica-a",
+        metrics_port=ports["replica-a"],
     )
     second = OperatorProcess(
         kubeconfig=cluster.kubeconfig,
@@ -466,10 +456,8 @@ def test_the_leader_gauge_follows_the_lease_across_a_failover(
         configuration=first.configuration,
         cert_dir=first.certs,
         identity="replica-b",
+        metrics_port=ports["replica-b"],
     )
-    ports = {first.identity: free_port(), second.identity: free_port()}
-    first.extra_args = (f"--metrics-listen=127.0.0.1:{ports['replica-a']}",)
-    second.extra_args = (f"--metrics-listen=127.0.0.1:{ports['replica-b']}",)
     try:
         first.start()
         second.start()

@@ -15,7 +15,15 @@ import pytest
 from breakwater.testing.operator import OperatorProcess
 from breakwater.testing.sidecars import SidecarFleet, SidecarProcess
 from breakwater.testing.upstream import FlakyUpstream
-from tests.cluster.harness import breaker_policy, call, opt_in, start_clients, upstream_status
+from tests.cluster.harness import (
+    breaker_policy,
+    call,
+    opt_in,
+    scrape,
+    start_clients,
+    upstream_status,
+    value,
+)
 from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
@@ -103,6 +111,12 @@ class Trips:
         while time.monotonic() < deadline:
             assert self.status() == expected
             time.sleep(0.5)
+
+
+def relayed(operator: OperatorProcess) -> float:
+    """The reports a replica that does not lead passed on to the leader (its /metrics)."""
+    _, samples = scrape(f"http://127.0.0.1:{operator.metrics_port}/metrics")
+    return value(samples, "breakwater_operator_reports_relayed_total")
 
 
 def leads(cluster: Cluster, operator: OperatorProcess, *, before: int) -> None:
@@ -203,6 +217,7 @@ def test_another_replica_taking_over_goes_on_from_the_written_trips(
             trips.trip(first)
             trips.shows(3, "a trip counted by the new leader")
             trips.holds(3)
+            assert relayed(running_operator) > 0, "the sidecars' reports did not go through it"
         finally:
             led = running_operator.count_log(LEADING)
             other.stop()  # the first one leads again: a second handover

@@ -46,6 +46,7 @@ class OperatorProcess:
     webhook_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
     report_port: int = field(default_factory=free_port)
+    metrics_port: int | None = None  # /metrics on 127.0.0.1 when set (off, as the operator's default)
     configuration: str = field(default_factory=lambda: f"breakwater-test-{uuid.uuid4().hex[:8]}")
     # A second replica of the same operator: the first's `configuration` and `cert_dir`, its own identity.
     identity: str = ""  # POD_NAME, the name it holds the Lease by; default: `configuration`
@@ -56,7 +57,8 @@ class OperatorProcess:
         self, workdir: Path, name: str, *, extra_args: tuple[str, ...] | None = None
     ) -> OperatorProcess:
         """Another replica of this operator (not started): its Lease, webhook configuration and
-        certificates, its own workdir, ports and identity (`<configuration>-<name>`)."""
+        certificates, its own workdir, ports (a metrics port too if this one has one) and identity
+        (`<configuration>-<name>`)."""
         return OperatorProcess(
             kubeconfig=self.kubeconfig,
             kubectl=self.kubectl,
@@ -68,6 +70,7 @@ class OperatorProcess:
             configuration=self.configuration,
             cert_dir=self.certs,
             identity=f"{self.configuration}-{name}",
+            metrics_port=None if self.metrics_port is None else free_port(),
         )
 
     @property
@@ -101,6 +104,7 @@ class OperatorProcess:
             f"--operator-namespace={OPERATOR_NAMESPACE}",
             f"--sidecar-image={self.sidecar_image}",
             f"--webhook-cert-dir={self.certs}",
+            *([] if self.metrics_port is None else [f"--metrics-listen=127.0.0.1:{self.metrics_port}"]),
             *self.extra_args,
         ]  # fmt: skip
 
