@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The flake hunt, by hand (never in CI: it takes an hour or more): every cluster test alone, then the
-# cluster suites RUNS times in random order. Prints one line per run with its seed and result; the
-# logs of failed runs stay in OUT.
+# cluster and real-node suites RUNS times in random order, as `make test` runs them (two xdist
+# workers). Prints one line per run with its seed and result; the logs of failed runs stay in OUT.
 #
 #   hack/flake-hunt.sh [alone|suite|both] [RUNS]      (default: both 10)
-#   OUT=/tmp/flakes  PYTEST_ARGS="-m 'cluster and not node'"
+#   OUT=/tmp/flakes  MARKER=cluster (suite runs: default "cluster or node")  SUITE_WORKERS=2
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 mode="${1:-both}"
 runs="${2:-10}"
 out="${OUT:-/tmp/breakwater-flake-hunt}"
-marker="${MARKER:-cluster}"
+marker="${MARKER:-cluster or node}"
+workers="${SUITE_WORKERS:-2}"
 mkdir -p "${out}"
 pytest=(.venv/bin/pytest -p no:cacheprovider -q)
 failures=0
@@ -19,7 +20,7 @@ failures=0
 summary() { grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed)' "$1" | tail -1; }
 
 if [[ "${mode}" == alone || "${mode}" == both ]]; then
-  mapfile -t ids < <("${pytest[@]}" -m "${marker}" --collect-only -p no:randomly 2>/dev/null | grep '::')
+  mapfile -t ids < <("${pytest[@]}" -m cluster --collect-only -p no:randomly 2>/dev/null | grep '::')
   echo "== ${#ids[@]} cluster tests, each alone"
   for id in "${ids[@]}"; do
     log="${out}/alone-$(echo "${id}" | tr '/:[]' '____').log"
@@ -37,7 +38,7 @@ if [[ "${mode}" == suite || "${mode}" == both ]]; then
     log="${out}/suite-${run}.log"
     started=$SECONDS
     seed=$(( (RANDOM << 15) | RANDOM ))  # chosen here so that it is recorded even with -q
-    "${pytest[@]}" -m "${marker}" --randomly-seed="${seed}" >"${log}" 2>&1
+    "${pytest[@]}" -m "${marker}" -n "${workers}" --dist loadgroup --randomly-seed="${seed}" >"${log}" 2>&1
     rc=$?
     echo "suite run ${run}: exit ${rc}, --randomly-seed=${seed}, $((SECONDS - started)) s: $(summary "${log}")"
     if [[ ${rc} -ne 0 ]]; then

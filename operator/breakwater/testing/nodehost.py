@@ -59,10 +59,8 @@ def kill_cgroups(name: str, *, timeout: float = 5.0) -> int:
     while True:
         pids = {
             int(pid)
-            for hierarchy in cgroup_hierarchies()
-            if (hierarchy / name).is_dir()
-            for procs in (hierarchy / name).rglob("cgroup.procs")
-            for pid in _read(procs).split()
+            for directory in _cgroups_below(name)
+            for pid in _read(directory / "cgroup.procs").split()
         }
         if not pids or time.monotonic() > deadline:
             return killed
@@ -71,6 +69,17 @@ def kill_cgroups(name: str, *, timeout: float = 5.0) -> int:
                 os.kill(pid, signal.SIGKILL)
                 killed += 1
         time.sleep(0.1)
+
+
+def _cgroups_below(name: str) -> list[Path]:
+    """The node's cgroup and every cgroup below it, in every hierarchy, deepest first. os.walk, not
+    rglob: runc removes a container's cgroup while the walk runs, and os.walk skips what vanished."""
+    found = [
+        Path(root)
+        for hierarchy in cgroup_hierarchies()
+        for root, _, _ in os.walk(hierarchy / name)  # nothing when the cgroup is absent
+    ]
+    return sorted(found, key=lambda p: -len(p.parts))
 
 
 def _read(path: Path) -> str:
@@ -82,15 +91,9 @@ def _read(path: Path) -> str:
 
 def remove_cgroups(name: str) -> None:
     """The node's cgroup and everything the kubelet and runc made below it, depth first."""
-    for hierarchy in cgroup_hierarchies():
-        top = hierarchy / name
-        if not top.is_dir():
-            continue
-        for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
+    for directory in _cgroups_below(name):
         with contextlib.suppress(OSError):
-            top.rmdir()
+            directory.rmdir()
 
 
 def shims_of(containerd_socket: Path) -> list[int]:
