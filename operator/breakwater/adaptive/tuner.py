@@ -129,6 +129,27 @@ INCIDENT_PERCENT = 50.0
 MAX_RUN = 40
 
 
+def _run_chances(calls: int, failures: int) -> list[float]:
+    """Per run length k = 1..MAX_RUN: the chance that a call of the bucket is a success followed by
+    k failures, (1 - p) p^k, estimated without bias from the bucket's counts: with f failures of n
+    calls, [f]_k (n - f) / [n]_(k+1) (falling factorials; the chance of drawing k failures then a
+    success from the bucket's calls). The plug-in (1 - f/n)(f/n)^k is biased upwards, the more so
+    the fewer calls a bucket holds: at 30 calls a bucket, the random spread of f/n alone made a
+    low-traffic upstream look as if it had bad minutes, and the run length chase it."""
+    out: list[float] = []
+    successes = calls - failures
+    if not 0 < failures < calls:
+        return [0.0] * MAX_RUN
+    chance = successes / calls  # k = 0: a success
+    for k in range(MAX_RUN):
+        if k < failures:  # then also k < calls - 1
+            chance *= (failures - k) / (calls - 1 - k)  # one more failure, drawn without replacement
+        else:
+            chance = 0.0
+        out.append(chance)
+    return out
+
+
 def evidence(history: History, *, now: float, trip_percent: float | None = None) -> Evidence:
     """The window ending at `now`. A bucket whose failure rate (all pods together) reached
     `trip_percent`, the failure-rate threshold in force (`INCIDENT_PERCENT` without one), is an
@@ -155,11 +176,8 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         spread = math.sqrt(max(0.0, observed - sampling))
         per_day = 86_400 / max(healthy_seconds, 1.0)
         for b in healthy:
-            rate = b.failures / b.calls
-            if 0 < rate < 1:
-                start = b.calls * (1 - rate) * per_day  # a run starts after a success
-                for k in range(MAX_RUN):
-                    runs[k] += start * rate ** (k + 1)
+            for k, chance in enumerate(_run_chances(b.calls, b.failures)):
+                runs[k] += b.calls * chance * per_day
     latency = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
     for b in healthy:
         for i, n in enumerate(b.latency[: len(latency)]):

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from breakwater.adaptive.shapes import SHAPES, Run, run
-from breakwater.adaptive.tuner import Configured, Evidence, targets
+from breakwater.adaptive.history import History
+from breakwater.adaptive.tuner import Configured, Evidence, evidence, targets
 from breakwater.api.adaptive import Threshold
 
 from .conftest import settings_and_params
@@ -122,3 +123,16 @@ def test_the_open_duration_is_the_median_outage_and_of_two_their_mean_not_the_lo
 
     assert open_for(0.0, 40.0, 200.0) == 40
     assert open_for(0.0, 200.0) == 100  # one outage over before its first trial, one of 200 s
+
+
+def test_chance_runs_are_not_overstated_by_the_sampling_noise_of_small_buckets() -> None:
+    # 30 calls a minute at a steady 10 % failures: the failures per minute vary by chance alone; the
+    # runs at each minute's observed rate, (1 - f/n) (f/n)^k, came out ~6x too many at k = 5
+    true_runs = 30 * 60 * 24 * 0.9 * 0.1**5  # a day of calls x the chance of a success + 5 failures
+    found = []
+    for seed in range(20):
+        rng, history = random.Random(seed), History.for_window(3600)
+        for minute in range(60):
+            history.add(60.0 * minute, calls=30, failures=sum(rng.random() < 0.1 for _ in range(30)))
+        found.append(evidence(history, now=3599.0).chance_runs[4])
+    assert sum(found) / len(found) == pytest.approx(true_runs, rel=0.3)
