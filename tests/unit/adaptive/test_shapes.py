@@ -7,18 +7,19 @@ import random
 
 import pytest
 
-from breakwater.adaptive.shapes import SHAPES, Run, run
 from breakwater.adaptive.history import History
+from breakwater.adaptive.shapes import SHAPES, Run, run
 from breakwater.adaptive.tuner import Configured, Evidence, evidence, targets
 from breakwater.api.adaptive import Threshold
 
 from .conftest import settings_and_params
 
-CF, FR, SLOW, OPEN = (
+CF, FR, SLOW, OPEN, TRIALS = (
     Threshold.CONSECUTIVE_FAILURES,
     Threshold.FAILURE_RATE_PERCENT,
     Threshold.SLOW_CALL_DURATION,
     Threshold.OPEN_DURATION,
+    Threshold.SUCCESSES_TO_CLOSE,
 )
 
 
@@ -93,20 +94,21 @@ def test_pinned_thresholds_keep_their_configured_values() -> None:
     result = tuned("noisy", pinned=["ConsecutiveFailures", "FailureRatePercent"])
     assert last(result, CF) == 5
     assert last(result, FR) == 50
-    assert {c.threshold for _, c in result.changes} <= {SLOW, OPEN}
+    assert {c.threshold for _, c in result.changes} <= {SLOW, OPEN, TRIALS}
 
 
 def test_a_rule_the_spec_leaves_off_is_never_switched_on() -> None:
     settings, params = settings_and_params(trip={"consecutiveFailures": 5})
     result = run(SHAPES["noisy"](random.Random(1)), settings, params)
-    assert set(result.values) == {CF, OPEN}
+    assert set(result.values) == {CF, OPEN, TRIALS}  # no failure-rate or slow-call rule appears
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_shape_stays_within_the_default_bounds(shape: str) -> None:
     result = tuned(shape)
+    default_bounds = {CF: (3, 20), FR: (20, 80), SLOW: (0.05, 10), OPEN: (10, 300), TRIALS: (1, 3)}
     for _, change in result.changes:
-        bounds = {CF: (3, 20), FR: (20, 80), SLOW: (0.05, 10), OPEN: (10, 300)}[change.threshold]
+        bounds = default_bounds[change.threshold]
         assert bounds[0] <= change.after <= bounds[1]
 
 
@@ -136,3 +138,11 @@ def test_chance_runs_are_not_overstated_by_the_sampling_noise_of_small_buckets()
             history.add(60.0 * minute, calls=30, failures=sum(rng.random() < 0.1 for _ in range(30)))
         found.append(evidence(history, now=3599.0).chance_runs[4])
     assert sum(found) / len(found) == pytest.approx(true_runs, rel=0.3)
+
+
+def test_a_noisy_upstream_needs_fewer_trial_successes_to_close_a_clean_one_keeps_the_spec_s() -> None:
+    # 3 of 3 trials must succeed by default: at 10 % background failures a recovered upstream fails
+    # that 27 % of the time and the breaker re-opens for a backed-off period
+    assert last(tuned("noisy"), TRIALS) < 3
+    assert last(tuned("steady"), TRIALS) == 3  # 2 %: 3 of 3 pass 94 % of the time
+    assert last(tuned("noisy", pinned=["SuccessesToClose"]), TRIALS) == 3
