@@ -77,7 +77,12 @@ def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recover
         "consecutiveFailures": 3,
         "timeout": "2s",
         "openDuration": "3s",
-        "source": {"consecutiveFailures": "Configured", "openDuration": "Configured"},  # not tuned
+        "successesToClose": 1,  # the harness policy's halfOpen
+        "source": {  # not tuned
+            "consecutiveFailures": "Configured",
+            "openDuration": "Configured",
+            "successesToClose": "Configured",
+        },
     }
     assert condition(body, "CircuitOpen")["status"] == "True"
     assert "payments open on 2/2 pods" in condition(body, "CircuitOpen")["message"]

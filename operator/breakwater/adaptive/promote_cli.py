@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Mapping[str, Any]) -> dict[str, Any]:
-    """The trip and open sections of upstream `name` with the suggested values in them."""
+    """The trip, open and halfOpen sections of upstream `name` with the suggested values in them."""
     settings = spec.settings_for(name)
-    trip, opened = settings.trip.to_dict(), settings.open.to_dict()
+    trip, opened, half_open = settings.trip.to_dict(), settings.open.to_dict(), settings.half_open.to_dict()
     if "consecutiveFailures" in suggested and trip.get("consecutiveFailures"):
         trip["consecutiveFailures"] = int(suggested["consecutiveFailures"])
     if "failureRatePercent" in suggested and "failureRate" in trip:
@@ -51,7 +51,9 @@ def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Mapping[str, 
         trip["slowCalls"]["slowerThan"] = str(suggested["slowerThan"])
     if "openDuration" in suggested:
         opened["duration"] = str(suggested["openDuration"])
-    return {"trip": trip, "open": opened}
+    if "successesToClose" in suggested:
+        half_open["successesToClose"] = int(suggested["successesToClose"])
+    return {"trip": trip, "open": opened, "halfOpen": half_open}
 
 
 def promotion_patch(policy: Mapping[str, Any], only: list[str] | None = None) -> dict[str, Any]:

@@ -46,6 +46,11 @@ __all__ = [
 CHANCE_RUNS_PER_DAY = 1.0
 """consecutiveFailures is chosen so that, at the failure rates the buckets saw, runs of that many
 failures happen by chance less than this often per day across the whole fleet."""
+HEALTHY_TRIAL_FAILS = 0.1
+"""halfOpen.successesToClose is the most trial calls (up to the spec's value) that a healthy upstream,
+at its baseline failure rate, all answers with a success at least 1 - this often: any failed trial
+re-opens the breaker for a backed-off period (up to open.maxDuration), so at 10 % background failures
+3 of 3 trials fail a recovered upstream 27 % of the time, 1 of 1 10 %."""
 SLOW_CALL_CEILING = 0.9
 """slowerThan stays below this fraction of the upstream's timeout (a call that slow is a timeout)."""
 # Smallest moves worth a change: smaller ones are noise (and each change is a config push and an Event).
@@ -64,6 +69,7 @@ class Configured:
     open_max_seconds: float
     minimum_calls: int
     timeout_seconds: float
+    successes_to_close: int = 1
 
     @classmethod
     def of(cls, settings: BreakerSettings, *, timeout_seconds: float) -> Configured:
@@ -76,6 +82,7 @@ class Configured:
             open_max_seconds=settings.open_max_seconds,
             minimum_calls=settings.minimum_calls,
             timeout_seconds=timeout_seconds,
+            successes_to_close=settings.half_open_successes_to_close,
         )
 
     def value(self, threshold: Threshold) -> float | None:
@@ -85,6 +92,8 @@ class Configured:
             return self.failure_rate_percent
         if threshold is Threshold.SLOW_CALL_DURATION:
             return self.slow_call_seconds
+        if threshold is Threshold.SUCCESSES_TO_CLOSE:
+            return float(self.successes_to_close)
         return self.open_seconds
 
 
@@ -129,6 +138,27 @@ INCIDENT_PERCENT = 50.0
 MAX_RUN = 40
 
 
+def _run_chances(calls: int, failures: int) -> list[float]:
+    """Per run length k = 1..MAX_RUN: the chance that a call of the bucket is a success followed by
+    k failures, (1 - p) p^k, estimated without bias from the bucket's counts: with f failures of n
+    calls, [f]_k (n - f) / [n]_(k+1) (falling factorials; the chance of drawing k failures then a
+    success from the bucket's calls). The plug-in (1 - f/n)(f/n)^k is biased upwards, the more so
+    the fewer calls a bucket holds: at 30 calls a bucket, the random spread of f/n alone made a
+    low-traffic upstream look as if it had bad minutes, and the run length chase it."""
+    out: list[float] = []
+    successes = calls - failures
+    if not 0 < failures < calls:
+        return [0.0] * MAX_RUN
+    chance = successes / calls  # k = 0: a success
+    for k in range(MAX_RUN):
+        if k < failures:  # then also k < calls - 1
+            chance *= (failures - k) / (calls - 1 - k)  # one more failure, drawn without replacement
+        else:
+            chance = 0.0
+        out.append(chance)
+    return out
+
+
 def evidence(history: History, *, now: float, trip_percent: float | None = None) -> Evidence:
     """The window ending at `now`. A bucket whose failure rate (all pods together) reached
     `trip_percent`, the failure-rate threshold in force (`INCIDENT_PERCENT` without one), is an
@@ -155,11 +185,8 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         spread = math.sqrt(max(0.0, observed - sampling))
         per_day = 86_400 / max(healthy_seconds, 1.0)
         for b in healthy:
-            rate = b.failures / b.calls
-            if 0 < rate < 1:
-                start = b.calls * (1 - rate) * per_day  # a run starts after a success
-                for k in range(MAX_RUN):
-                    runs[k] += start * rate ** (k + 1)
+            for k, chance in enumerate(_run_chances(b.calls, b.failures)):
+                runs[k] += b.calls * chance * per_day
     latency = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
     for b in healthy:
         for i, n in enumerate(b.latency[: len(latency)]):
@@ -227,6 +254,17 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
                 f"latency p99 {1000 * ev.p99_seconds:.0f} ms over {over} x {params.slow_call_factor:g} → "
                 f"slow above {_window(seconds) if seconds >= 1 else f'{1000 * seconds:.0f}ms'}",
             )
+    if ev.calls:
+        high = configured.successes_to_close
+        ok = 1 - min(p, 0.999_999)
+        k = high
+        if p:  # the largest k with ok^k >= 1 - HEALTHY_TRIAL_FAILS (+1e-9: 0.9^1 is not below 0.9)
+            k = min(high, max(1, math.floor(math.log(1 - HEALTHY_TRIAL_FAILS) / math.log(ok) + 1e-9)))
+        out[Threshold.SUCCESSES_TO_CLOSE] = (
+            float(k),
+            f"{k} trial successes to close: at {100 * p:.1f} % failures a recovered upstream passes "
+            f"{k} of {k} trials {100 * ok**k:.0f} % of the time",
+        )
     if ev.outages:
         ordered = sorted(ev.outages)
         median = statistics.median(ordered)  # of an even count, the mean of the middle two (not the upper)
@@ -271,7 +309,7 @@ class Change:
 
 
 def _significant(threshold: Threshold, target: float, value: float) -> bool:
-    if threshold is Threshold.CONSECUTIVE_FAILURES:
+    if threshold in (Threshold.CONSECUTIVE_FAILURES, Threshold.SUCCESSES_TO_CLOSE):
         return abs(target - value) >= 1
     if threshold is Threshold.FAILURE_RATE_PERCENT:
         return abs(target - value) >= MIN_PERCENT_STEP
@@ -284,6 +322,8 @@ def _bounded(threshold: Threshold, value: float, params: Adaptive, configured: C
         return _clamp(value, b.consecutive_failures.min, b.consecutive_failures.max)
     if threshold is Threshold.FAILURE_RATE_PERCENT:
         return _clamp(value, b.failure_rate_percent.min, b.failure_rate_percent.max)
+    if threshold is Threshold.SUCCESSES_TO_CLOSE:  # never more than the spec asks for
+        return _clamp(value, 1, configured.successes_to_close)
     if threshold is Threshold.SLOW_CALL_DURATION:
         high = min(b.slow_call_duration.max.seconds, SLOW_CALL_CEILING * configured.timeout_seconds)
         return _clamp(value, b.slow_call_duration.min.seconds, max(high, b.slow_call_duration.min.seconds))
@@ -354,6 +394,8 @@ def tuned_settings(settings: BreakerSettings, state: TunerState) -> BreakerSetti
             values["failure_rate_percent"] = float(track.value)
         elif threshold is Threshold.SLOW_CALL_DURATION and settings.slow_call_percent is not None:
             values["slow_call_seconds"] = float(track.value)
+        elif threshold is Threshold.SUCCESSES_TO_CLOSE:
+            values["half_open_successes_to_close"] = min(int(track.value), settings.half_open_permitted_calls)
         elif threshold is Threshold.OPEN_DURATION:
             values["open_seconds"] = min(float(track.value), settings.open_max_seconds)
     return replace(settings, **values) if values else settings  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ class Threshold(StrEnum):
     FAILURE_RATE_PERCENT = "FailureRatePercent"
     SLOW_CALL_DURATION = "SlowCallDuration"
     OPEN_DURATION = "OpenDuration"
+    SUCCESSES_TO_CLOSE = "SuccessesToClose"
 
 
 class ConsecutiveFailuresRange(SpecModel):
@@ -136,8 +137,8 @@ class Adaptive(SpecModel):
     failed trial) times this factor."""
     pinned: Annotated[
         list[ThresholdField],
-        Field(max_length=4, json_schema_extra={"x-kubernetes-list-type": "set"}),
+        Field(max_length=5, json_schema_extra={"x-kubernetes-list-type": "set"}),
         AfterValidator(_no_duplicates),
     ] = []
     """Thresholds the tuner never moves: ConsecutiveFailures, FailureRatePercent, SlowCallDuration,
-    OpenDuration."""
+    OpenDuration, SuccessesToClose."""

@@ -24,6 +24,7 @@ FIELD = {
     Threshold.FAILURE_RATE_PERCENT: "failureRatePercent",
     Threshold.SLOW_CALL_DURATION: "slowerThan",
     Threshold.OPEN_DURATION: "openDuration",
+    Threshold.SUCCESSES_TO_CLOSE: "successesToClose",
 }
 ADAPTIVE, CONFIGURED = "Adaptive", "Configured"
 
@@ -71,6 +72,8 @@ def suggested(extras: UpstreamExtras) -> SuggestedThresholds | None:
             values["failure_rate_percent"] = track.value
         elif th is Threshold.SLOW_CALL_DURATION:
             values["slower_than"] = _duration(track.value)
+        elif th is Threshold.SUCCESSES_TO_CLOSE:
+            values["successes_to_close"] = int(track.value)
         else:
             values["open_duration"] = _duration(track.value)
     return SuggestedThresholds(**values, reason=_reason(extras.tracks))

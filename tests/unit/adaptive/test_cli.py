@@ -12,6 +12,7 @@ import yaml
 from breakwater.adaptive.history import History
 from breakwater.adaptive.promote_cli import NothingToPromote, promotion_patch
 from breakwater.adaptive.shapes import SHAPES
+from breakwater.api.policy import parse_spec
 from breakwater.cli import main
 
 POLICY = {
@@ -109,6 +110,13 @@ def test_promote_patches_the_trip_and_open_sections_of_a_single_upstream_policy(
     assert patch["spec"]["trip"]["failureRate"]["percent"] == 27
     assert "slowCalls" not in patch["spec"]["trip"]  # a rule left off stays off
     assert patch["spec"]["open"]["duration"] == "20s"
+
+
+def test_promote_puts_a_suggested_successes_to_close_into_half_open_and_the_patch_validates() -> None:
+    patch = promotion_patch(with_suggestion(POLICY, successesToClose=1))
+    assert patch["spec"]["halfOpen"]["successesToClose"] == 1
+    spec = {**POLICY["spec"], **patch["spec"]}  # type: ignore[dict-item]
+    assert parse_spec(spec).settings_for("payments").breaker_settings().half_open_successes_to_close == 1
 
 
 def test_promote_writes_overrides_when_the_policy_has_several_upstreams() -> None:

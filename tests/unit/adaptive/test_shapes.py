@@ -7,17 +7,19 @@ import random
 
 import pytest
 
+from breakwater.adaptive.history import History
 from breakwater.adaptive.shapes import SHAPES, Run, run
-from breakwater.adaptive.tuner import Configured, Evidence, targets
+from breakwater.adaptive.tuner import Configured, Evidence, evidence, targets
 from breakwater.api.adaptive import Threshold
 
 from .conftest import settings_and_params
 
-CF, FR, SLOW, OPEN = (
+CF, FR, SLOW, OPEN, TRIALS = (
     Threshold.CONSECUTIVE_FAILURES,
     Threshold.FAILURE_RATE_PERCENT,
     Threshold.SLOW_CALL_DURATION,
     Threshold.OPEN_DURATION,
+    Threshold.SUCCESSES_TO_CLOSE,
 )
 
 
@@ -92,20 +94,21 @@ def test_pinned_thresholds_keep_their_configured_values() -> None:
     result = tuned("noisy", pinned=["ConsecutiveFailures", "FailureRatePercent"])
     assert last(result, CF) == 5
     assert last(result, FR) == 50
-    assert {c.threshold for _, c in result.changes} <= {SLOW, OPEN}
+    assert {c.threshold for _, c in result.changes} <= {SLOW, OPEN, TRIALS}
 
 
 def test_a_rule_the_spec_leaves_off_is_never_switched_on() -> None:
     settings, params = settings_and_params(trip={"consecutiveFailures": 5})
     result = run(SHAPES["noisy"](random.Random(1)), settings, params)
-    assert set(result.values) == {CF, OPEN}
+    assert set(result.values) == {CF, OPEN, TRIALS}  # no failure-rate or slow-call rule appears
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_shape_stays_within_the_default_bounds(shape: str) -> None:
     result = tuned(shape)
+    default_bounds = {CF: (3, 20), FR: (20, 80), SLOW: (0.05, 10), OPEN: (10, 300), TRIALS: (1, 3)}
     for _, change in result.changes:
-        bounds = {CF: (3, 20), FR: (20, 80), SLOW: (0.05, 10), OPEN: (10, 300)}[change.threshold]
+        bounds = default_bounds[change.threshold]
         assert bounds[0] <= change.after <= bounds[1]
 
 
@@ -122,3 +125,24 @@ def test_the_open_duration_is_the_median_outage_and_of_two_their_mean_not_the_lo
 
     assert open_for(0.0, 40.0, 200.0) == 40
     assert open_for(0.0, 200.0) == 100  # one outage over before its first trial, one of 200 s
+
+
+def test_chance_runs_are_not_overstated_by_the_sampling_noise_of_small_buckets() -> None:
+    # 30 calls a minute at a steady 10 % failures: the failures per minute vary by chance alone; the
+    # runs at each minute's observed rate, (1 - f/n) (f/n)^k, came out ~6x too many at k = 5
+    true_runs = 30 * 60 * 24 * 0.9 * 0.1**5  # a day of calls x the chance of a success + 5 failures
+    found = []
+    for seed in range(20):
+        rng, history = random.Random(seed), History.for_window(3600)
+        for minute in range(60):
+            history.add(60.0 * minute, calls=30, failures=sum(rng.random() < 0.1 for _ in range(30)))
+        found.append(evidence(history, now=3599.0).chance_runs[4])
+    assert sum(found) / len(found) == pytest.approx(true_runs, rel=0.3)
+
+
+def test_a_noisy_upstream_needs_fewer_trial_successes_to_close_a_clean_one_keeps_the_spec_s() -> None:
+    # 3 of 3 trials must succeed by default: at 10 % background failures a recovered upstream fails
+    # that 27 % of the time and the breaker re-opens for a backed-off period
+    assert last(tuned("noisy"), TRIALS) < 3
+    assert last(tuned("steady"), TRIALS) == 3  # 2 %: 3 of 3 pass 94 % of the time
+    assert last(tuned("noisy", pinned=["SuccessesToClose"]), TRIALS) == 3
