@@ -59,13 +59,18 @@ fmt: $(STAMP) ## apply ruff's fixes and formatting
 # The unit suites share no cluster and bind only free loopback ports: they run on every core
 # (pytest-xdist). The cluster and node suites share one control plane and one node: one process.
 UNIT_WORKERS ?= auto
-# The cluster and real-node suites mostly wait (report rounds, holds, pods starting): two workers
-# halve the wall time even on two cores. A module stays on one worker, the real node's on one.
+# The cluster suites mostly wait (report rounds, holds): two workers halve them even on two cores,
+# a file on one worker (its operator starts once). The real-node suites run in one process: one
+# real node per machine. (xdist's loadgroup cannot keep them together: with pytest 9 its group
+# suffix never reaches the node id.) JUNIT_DIR: a JUnit report per run (.ci/run checks them).
 SUITE_WORKERS ?= 2
+JUNIT_DIR ?=
+junit = $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/$(1).xml)
 
-test: $(STAMP) control-plane prometheus node-if-possible ## every test: unit, then cluster (kwok) and real-node suites, each in parallel
-	$(BIN)/pytest -m "not cluster and not node" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
-	$(BIN)/pytest -m "cluster or node" -n $(SUITE_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+test: $(STAMP) control-plane prometheus node-if-possible ## every test: unit and cluster (kwok) suites in parallel, then the real-node suites
+	$(BIN)/pytest -m "not cluster and not node" -n $(UNIT_WORKERS) $(PYTEST_ARGS) $(call junit,unit)
+	$(BIN)/pytest -m cluster -n $(SUITE_WORKERS) --dist loadfile $(PYTEST_ARGS) $(call junit,cluster)
+	$(BIN)/pytest -m node $(PYTEST_ARGS) $(call junit,node)
 
 test-unit: $(STAMP) ## the fast suites only, no cluster
 	$(BIN)/pytest -m "not cluster and not node" -n $(UNIT_WORKERS) $(PYTEST_ARGS)

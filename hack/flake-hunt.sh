@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The flake hunt, by hand (never in CI: it takes an hour or more): every cluster test alone, then the
-# cluster and real-node suites RUNS times in random order, as `make test` runs them (two xdist
-# workers). Prints one line per run with its seed and result; the logs of failed runs stay in OUT.
+# cluster and real-node suites RUNS times in random order, as `make test` runs them (the cluster
+# suites on two xdist workers, then the real-node suites). Prints one line per run with its seed and result; the logs of failed runs stay in OUT.
 #
 #   hack/flake-hunt.sh [alone|suite|both] [RUNS]      (default: both 10)
 #   OUT=/tmp/flakes  MARKER=cluster (suite runs: default "cluster or node")  SUITE_WORKERS=2
@@ -38,8 +38,13 @@ if [[ "${mode}" == suite || "${mode}" == both ]]; then
     log="${out}/suite-${run}.log"
     started=$SECONDS
     seed=$(( (RANDOM << 15) | RANDOM ))  # chosen here so that it is recorded even with -q
-    "${pytest[@]}" -m "${marker}" -n "${workers}" --dist loadgroup --randomly-seed="${seed}" >"${log}" 2>&1
+    # As make test runs them: the cluster suites on workers (a file on one), then the real-node ones.
+    "${pytest[@]}" -m "cluster and (${marker})" -n "${workers}" --dist loadfile --randomly-seed="${seed}" >"${log}" 2>&1
     rc=$?
+    if [[ ${rc} -eq 0 ]]; then
+      "${pytest[@]}" -m "node and (${marker})" --randomly-seed="${seed}" >>"${log}" 2>&1
+      rc=$?
+    fi
     echo "suite run ${run}: exit ${rc}, --randomly-seed=${seed}, $((SECONDS - started)) s: $(summary "${log}")"
     if [[ ${rc} -ne 0 ]]; then
       failures=$((failures + 1))

@@ -31,23 +31,15 @@ settings.register_profile("breakwater", deadline=None)
 settings.load_profile("breakwater")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Everything under tests/cluster/ is a cluster test and everything under tests/node/ a real-node
-    test, marked or not.
-
-    For `make test`, which runs these suites on two xdist workers (`--dist loadgroup`): a module's
-    tests stay on one worker (its operator and other module fixtures start once), and every real-node
-    test goes to the same worker (one real node per machine: its network namespace has a fixed
-    address). Each worker that runs a cluster test starts a control plane of its own."""
+    test, marked or not."""
     for item in items:
         path = str(item.path).replace(os.sep, "/")
         if "tests/cluster/" in path:
             item.add_marker(pytest.mark.cluster)
         if "tests/node/" in path:
             item.add_marker(pytest.mark.node)
-        group = "real-node" if "tests/node/" in path else item.nodeid.partition("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @dataclass
