@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from breakwater.proxy import Sidecar
+from breakwater.proxy.fast import server as fast_server
+from breakwater.proxy.full import server as full_server
+from breakwater.proxy.logs import RateLimitedLog
 from tests.unit.proxy.helpers import FaultyUpstream, SidecarFactory, sidecar_doc, upstream_doc
 
 pytestmark = pytest.mark.timeout(60)
@@ -259,8 +262,15 @@ async def test_options_star_is_answered_by_the_sidecar(
 
 
 async def test_malformed_requests_log_one_warning_per_kind_and_no_traceback(
-    start_sidecar: SidecarFactory, upstream: FaultyUpstream, caplog: pytest.LogCaptureFixture
+    start_sidecar: SidecarFactory,
+    upstream: FaultyUpstream,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # The limiter is per process (one sidecar per pod): another test of this process that logged the
+    # same kinds less than 10 s ago would leave this one nothing to log. Fresh limiters for this one.
+    for server in (full_server, fast_server):
+        monkeypatch.setattr(server, "bad_requests_log", RateLimitedLog(server.log))
     sidecar = await _sidecar(start_sidecar, upstream.port)
     caplog.set_level(logging.DEBUG, logger="breakwater")
     caplog.set_level(logging.INFO, logger="aiohttp")
