@@ -38,8 +38,9 @@ if [[ "${mode}" == alone || "${mode}" == both ]]; then
   export out
   export pytest_cmd="${pytest[*]}"
   started=$SECONDS
-  failed_alone=$(printf '%s\n' "${ids[@]}" |
-    xargs -d '\n' -P "${alone_jobs}" -I{} bash -c 'pytest=(${pytest_cmd}); alone "$1"' _ {} | tee /dev/stderr | grep -c '^FAILED alone')
+  printf '%s\n' "${ids[@]}" |
+    xargs -d '\n' -P "${alone_jobs}" -I{} bash -c 'pytest=(${pytest_cmd}); alone "$1"' _ {} | tee "${out}/alone.txt"
+  failed_alone=$(grep -c '^FAILED alone' "${out}/alone.txt")
   echo "== alone: ${failed_alone} failed, $((SECONDS - started)) s"
   failures=$((failures + failed_alone))
 fi
