@@ -1,8 +1,9 @@
 """One request of a client connection on the fast path: bulkhead, breaker, retries, relay, deadline.
 
 Each client connection owns one `Exchange` and reuses it for every request it carries (requests on a
-connection are answered one at a time, in order). Everything is driven by protocol callbacks and
-timer handles: no Task, no Future (but a bulkhead's waiting line), no exception on the normal path.
+connection are answered one at a time, in order). Everything is driven by protocol callbacks, the
+fast path's shared `Deadlines` and timer handles: no Task, no Future (but a bulkhead's waiting
+line), no exception on the normal path.
 
 Semantics, the same as the full path's (`proxy/full/exchange.py`):
 
@@ -33,6 +34,7 @@ from breakwater.breaker import Outcome
 from breakwater.proxy.answers import Answer, fallback_applies, fallback_or
 from breakwater.proxy.cache import CacheFill, ResponseCache
 from breakwater.proxy.classifiers import IDEMPOTENT_METHODS, FailureKind
+from breakwater.proxy.fast.deadlines import DeadlineOwner, Deadlines
 from breakwater.proxy.fast.pool import Pool, UpstreamConnection
 from breakwater.proxy.fast.tries import Tries
 from breakwater.proxy.fast.wire import CONTINUE, HeaderLines
@@ -65,7 +67,8 @@ class Exchange(Tries):
         super().__init__(client)
         self.up: LiveUpstream | None = None
         self.pool: Pool | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadlines = client.listener.engine.deadlines
+        self.deadline_bucket: set[DeadlineOwner] | None = None
         self.waiter: asyncio.Future[None] | None = None
         self.up_out: list[bytes] = []
         self.replay: list[bytes] | None = None
@@ -110,10 +113,10 @@ class Exchange(Tries):
                 self._answer_fallback("bulkhead-full", 503, None)
         else:
             self._admitted(bulkhead is not None)
-        # The deadline's timer only for a request still going: one answered at once (a rejection
-        # while the breaker is open) costs no timer. A per-try timer armed meanwhile stays.
-        if self.up is not None and self.timer is None:
-            self.timer = loop.call_at(self.deadline, self._on_deadline)
+        # The deadline only for a request still going: one answered at once (a rejection while the
+        # breaker is open) sets none. A per-try deadline set meanwhile stays.
+        if self.up is not None and self.deadline_bucket is None:
+            self.deadlines.set(self, self.deadline)
 
     def _on_slot(self, granted: bool) -> None:
         if self.waiter is None:  # abandoned meanwhile (the slot, if any, was given back)
@@ -356,9 +359,7 @@ class Exchange(Tries):
         if up is None:
             return
         self.up = None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        Deadlines.clear(self)
         if self.timer_retry is not None:
             self.timer_retry.cancel()
             self.timer_retry = None

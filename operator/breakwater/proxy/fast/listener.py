@@ -1,6 +1,7 @@
 """A fast-path listener: the protocol factory of one listening socket, and the engine they share.
 
-`FastPath` owns what outlives a listener: the upstream connection pools and one periodic sweep (a
+`FastPath` owns what outlives a listener: the upstream connection pools, the requests' deadlines
+and one periodic sweep (a
 timer handle, re-armed) that closes idle client connections and expired pooled ones. `FastListener`
 routes each request: on an upstream's own listener to that upstream (the current `RouteTable`'s, so a
 reload takes effect at the next request), on the forward proxy by its absolute-form target.
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Final
 
 from breakwater.proxy.answers import Answer, options_star, plain
+from breakwater.proxy.fast.deadlines import Deadlines
 from breakwater.proxy.fast.pool import Pools
 from breakwater.proxy.fast.server import ClientConnection, RequestHead
 from breakwater.proxy.targets import ForwardRouter, parse_absolute
@@ -35,6 +37,7 @@ class FastPath:
         self.router = router
         self.idle_timeout = idle_timeout
         self.pools = Pools(pool_keepalive)
+        self.deadlines = Deadlines()
         self.listeners: set[FastListener] = set()
         self._sweep: asyncio.TimerHandle | None = None
 
@@ -61,6 +64,7 @@ class FastPath:
             self._sweep.cancel()
             self._sweep = None
         self.pools.close()
+        self.deadlines.close()
 
 
 class FastListener:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 
 from breakwater.breaker import REJECTED, Outcome
 from breakwater.proxy.classifiers import FailureKind
+from breakwater.proxy.fast.deadlines import DeadlineOwner, Deadlines
 from breakwater.proxy.fast.pool import Pool, UpstreamConnection
 from breakwater.proxy.fast.relay import Relay
 from breakwater.proxy.upstream import LiveUpstream
@@ -38,6 +39,8 @@ class Tries(Relay):
         "attempt_start",
         "connecting",
         "deadline",
+        "deadline_bucket",
+        "deadlines",
         "failed",
         "in_bulkhead",
         "may_retry",
@@ -45,7 +48,6 @@ class Tries(Relay):
         "pool",
         "replay",
         "retried_idle",
-        "timer",
         "token",
         "up",
         "up_out",
@@ -55,7 +57,8 @@ class Tries(Relay):
 
     up: LiveUpstream | None
     pool: Pool | None
-    timer: asyncio.TimerHandle | None
+    deadlines: Deadlines
+    deadline_bucket: set[DeadlineOwner] | None
     waiter: asyncio.Future[None] | None
     up_out: list[bytes]
     replay: list[bytes] | None
@@ -131,9 +134,7 @@ class Tries(Relay):
         raise NotImplementedError
 
     def _rearm(self, at: float) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        self.timer = self.loop.call_at(at, self._on_deadline)
+        self.deadlines.set(self, at)
 
     def _retry_delay(self) -> float | None:
         """The backoff before the next try, spent from the budget; None: no retry."""
@@ -187,8 +188,7 @@ class Tries(Relay):
         log.debug("upstream %s: %s (%r)", up.name, kind.value, error)
         self._answer_fallback(kind.value, _FAILURE_STATUS[kind], None)
 
-    def _on_deadline(self) -> None:
-        self.timer = None
+    def on_deadline(self) -> None:
         up = self.up
         req = self.req
         if up is None or req is None:
