@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import sys
 from typing import Any
 
@@ -220,8 +221,6 @@ async def test_after_10000_faulty_requests_fds_connections_and_memory_are_back_t
         "timeout": "/hang",
     }
     path = tmp_path / "leak.json"
-    import json
-
     path.write_text(json.dumps(doc))
     try:
         async with run_sidecar(path, pool_keepalive=0.3, drain_seconds=1.0) as sidecar:
@@ -285,3 +284,31 @@ async def test_after_10000_faulty_requests_fds_connections_and_memory_are_back_t
         garbage.close()
         with contextlib.suppress(Exception):
             await garbage.wait_closed()
+
+
+async def test_closed_client_connections_are_freed_at_once_not_left_to_the_cyclic_gc(
+    upstream: FaultyUpstream, tmp_path: Any
+) -> None:
+    """A connection's parser and exchange refer back to it; a cycle left to the GC keeps the memory
+    of every connection closed since its last full pass, and the pod's RSS grows with churn."""
+    from breakwater.proxy.fast.exchange import Exchange
+    from breakwater.proxy.fast.server import ClientConnection
+
+    path = tmp_path / "churn.json"
+    path.write_text(json.dumps(sidecar_doc(upstream_doc("up", upstream.port))))
+    async with run_sidecar(path) as sidecar:
+        port = sidecar.listen_port("up")
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(50):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(b"GET /ok HTTP/1.1\r\nHost: up\r\n\r\n")
+                await reader.readuntil(b"\r\n\r\n")
+                writer.close()
+                await writer.wait_closed()
+            await eventually(lambda: sidecar.client_connections() == 0, within=10)
+            left = [o for o in gc.get_objects() if isinstance(o, ClientConnection | Exchange)]
+        finally:
+            gc.enable()
+    assert left == [], f"{len(left)} connection objects wait for the cyclic GC"

@@ -169,8 +169,8 @@ class ClientConnection(asyncio.Protocol):
         self.pools = listener.engine.pools
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)
-        self.exchange = Exchange(self)
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.exchange: Exchange | None = Exchange(self)
         self.req: RequestHead | None = None  # the one being parsed
         self.current: RequestHead | None = None  # the one being answered
         self.queue: deque[RequestHead] = deque()
@@ -191,19 +191,32 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.listener.connections.discard(self)
         self.transport = None
-        if self.busy:
+        if self.busy and self.exchange is not None:
             self.exchange.client_lost()
         self.queue.clear()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Drop the parser and the exchange, which both refer back to this connection: left to the
+        cyclic GC, every connection closed since its last full pass would still hold its memory (and
+        the sidecar's RSS would grow with the connections it has seen)."""
+        self.parser = None
+        self.exchange = None
 
     def pause_writing(self) -> None:
-        self.exchange.client_paused(True)
+        if self.exchange is not None:
+            self.exchange.client_paused(True)
 
     def resume_writing(self) -> None:
-        self.exchange.client_paused(False)
+        if self.exchange is not None:
+            self.exchange.client_paused(False)
 
     def data_received(self, data: bytes) -> None:
         if self.handoff is not None:
             self.handoff.append(data)
+            return
+        parser = self.parser
+        if parser is None:
             return
         if self.in_head:  # a head still incomplete after earlier reads: bound what it may grow to
             self.head_bytes += len(data)
@@ -214,7 +227,7 @@ class ClientConnection(asyncio.Protocol):
                     self._refuse(431, "bad-request", "request header fields too large")
                 return
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             self._hand_off(data[upgrade.args[0] :])
         except httptools.HttpParserError as exc:
@@ -267,6 +280,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         assert req is not None
         parser = self.parser
+        assert parser is not None  # this callback comes from it
         method = parser.get_method()
         name = _METHODS.get(method)
         if name is None:
@@ -293,7 +307,7 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         req = self.req
         assert req is not None
-        if req.started and self.current is req:
+        if req.started and self.current is req and self.exchange is not None:
             self.exchange.request_body(body)
         elif not req.started:
             req.body.append(body)
@@ -302,7 +316,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         assert req is not None
         req.complete = True
-        if req.started and self.current is req:
+        if req.started and self.current is req and self.exchange is not None:
             self.exchange.request_complete()
 
     # -- answering ---------------------------------------------------------------------------------
@@ -319,6 +333,7 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(route, Answer):
             self.answer(route)
             return
+        assert self.exchange is not None  # a connection lost begins nothing
         self.exchange.begin(req, route)
 
     def answer(self, answer: Answer) -> None:
@@ -327,7 +342,7 @@ class ClientConnection(asyncio.Protocol):
         head_only = req is not None and req.method == "HEAD"
         close = self.close_after or req is None or not req.keep_alive or not req.complete
         self.write(render_answer(answer, head_only=head_only, close=close))
-        if self.exchange.up is None:  # no exchange began (a refusal before routing)
+        if self.exchange is None or self.exchange.up is None:  # no exchange began (refused early)
             self.exchange_ended()
 
     def answer_marked_error(self, name: str, reason: str, status: int, retry_after: float | None) -> None:
@@ -407,11 +422,12 @@ class ClientConnection(asyncio.Protocol):
         self.close_after = True
         self.queue.clear()
         answer = render_answer(plain(status, marker, reason + "\n"), close=True)
-        if self.busy:  # the request in progress broke: it goes no further upstream
+        exchange = self.exchange
+        if self.busy and exchange is not None:  # the request in progress broke: it goes no further
             self.handoff = None
-            if not self.exchange.head_sent:  # else the only way left to say so is to close
+            if not exchange.head_sent:  # else the only way left to say so is to close
                 self.write(answer)
-            self.exchange.client_lost()
+            exchange.client_lost()
         else:
             self.write(answer)
         if self.transport is not None:
@@ -436,4 +452,5 @@ class ClientConnection(asyncio.Protocol):
         self.handoff = None
         self.listener.connections.discard(self)
         self.transport = None
+        self._let_go()
         self.listener.hand_off(transport, b"".join(parts))
