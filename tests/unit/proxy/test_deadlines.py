@@ -117,3 +117,34 @@ def test_with_no_deadline_pending_no_timer_stays_armed(cleared: bool) -> None:
         return deadlines._handle is None
 
     assert run(main)
+
+
+def test_a_far_deadline_fires_within_a_128th_of_its_delay() -> None:
+    async def main() -> tuple[float, float, list[float]]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        owner = Owner()
+        delay = 1.5
+        at = loop.time() + delay
+        deadlines.set(owner, at)
+        await asyncio.sleep(delay + 0.2)
+        return at, delay, owner.fired
+
+    at, delay, fired = run(main)
+    assert len(fired) == 1
+    assert at - EARLY <= fired[0] <= at + delay / 128 + SLACK
+
+
+def test_long_timeouts_keep_few_buckets_alive() -> None:
+    """Memory does not grow with the timeout: deadlines 30 s ahead share wide buckets."""
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        for i in range(30_000):  # one request every ms for 30 s, each with a 30 s timeout
+            deadlines.set(Owner(), loop.time() + 30.0 + i / 1000)
+        buckets = len(deadlines._buckets)
+        deadlines.close()
+        return buckets
+
+    assert run(main) <= 300

@@ -2,15 +2,17 @@
 
 A uvloop timer handle costs about 8 µs to create and cancel (a libuv handle allocated, started,
 closed), a tenth of what a proxied request costs, and nearly every deadline is cancelled: the answer
-comes first. So deadlines are kept in buckets of `TICK` seconds (a set of owners per tick, and a heap
-of the ticks that have a bucket), and one timer is armed for the earliest bucket that is not empty.
-Setting and clearing a deadline is a set insertion and removal. When the timer fires, the buckets
-whose tick has passed are emptied (their owners' `on_deadline` is called) and the timer is armed for
-the next one; buckets emptied meanwhile are skipped. With traffic flowing, the timer fires about once
-per timeout period, for the oldest request still in flight.
+comes first. So deadlines are kept in buckets (a set of owners each), and one timer is armed for the
+earliest bucket that is not empty. Setting and clearing a deadline is a set insertion and removal.
+When the timer fires, the buckets that are due are emptied (their owners' `on_deadline` is called)
+and the timer is armed for the next one; buckets emptied meanwhile are skipped. With traffic
+flowing, the timer fires about once per timeout period, for the oldest request still in flight.
 
-A deadline fires at most `TICK` late (its bucket's tick is rounded up) and at most `EARLY` early
-(uvloop's timers have millisecond resolution: a bucket due within it is due now, not re-armed).
+A bucket's width grows with how far ahead its deadlines are, as in a hierarchical timing wheel:
+`TICK` for deadlines up to `_SPAN` ahead, doubling with each doubling beyond. So about 256 buckets
+live per timeout in use whatever it is (a 30 s timeout does not keep 6,000 sets alive), and a
+deadline fires at most `TICK` or 1/128 of its delay late, whichever is larger, and at most `EARLY`
+early (uvloop's timers have millisecond resolution: a bucket due within it is due now).
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import Final, Protocol
 __all__ = ["EARLY", "TICK", "DeadlineOwner", "Deadlines"]
 
 TICK: Final = 0.005
-"""Seconds per bucket: how late a deadline may fire."""
+"""The narrowest bucket, in seconds: how late a deadline less than `_SPAN` ahead may fire."""
 EARLY: Final = 0.001
+_SPAN: Final = TICK * 256
+_WIDTHS: Final = 32  # width classes in a bucket key: width = TICK * 2**class
 
 
 class DeadlineOwner(Protocol):
@@ -36,30 +40,35 @@ class DeadlineOwner(Protocol):
 class Deadlines:
     """Deadlines of many owners on one event loop (see the module docstring)."""
 
-    __slots__ = ("_armed_at", "_buckets", "_handle", "_ticks")
+    __slots__ = ("_armed_at", "_buckets", "_due", "_handle")
 
     def __init__(self) -> None:
-        self._buckets: dict[int, set[DeadlineOwner]] = {}
-        self._ticks: list[int] = []  # a heap: the ticks in `_buckets`
+        self._buckets: dict[int, set[DeadlineOwner]] = {}  # by key: index * _WIDTHS + width class
+        self._due: list[tuple[float, int]] = []  # a heap: (due time, key) of every bucket
         self._handle: asyncio.TimerHandle | None = None
-        self._armed_at = -1  # the tick the handle fires for
+        self._armed_at = math.inf  # the due time the handle fires for
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
 
     def set(self, owner: DeadlineOwner, at: float) -> None:
-        """`owner.on_deadline()` at the running loop's time `at` (up to `TICK` later), unless cleared
-        first. An owner has one deadline: setting it again replaces the last one."""
+        """`owner.on_deadline()` at the running loop's time `at` (a little later: see the module
+        docstring), unless cleared first. An owner has one deadline: setting another replaces it."""
         bucket = owner.deadline_bucket
         if bucket is not None:
             bucket.discard(owner)
-        tick = math.ceil(at / TICK)
-        bucket = self._buckets.get(tick)
+        loop = asyncio.get_running_loop()
+        width_class = min(_WIDTHS - 1, int((at - loop.time()) / _SPAN).bit_length())
+        width = TICK * (1 << width_class)
+        index = math.ceil(at / width)
+        key = index * _WIDTHS + width_class
+        bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[tick] = set()
-            heapq.heappush(self._ticks, tick)
-            if self._armed_at < 0 or tick < self._armed_at:
-                self._arm(tick)
+            bucket = self._buckets[key] = set()
+            due = index * width
+            heapq.heappush(self._due, (due, key))
+            if due < self._armed_at:
+                self._arm(loop, due)
         bucket.add(owner)
         owner.deadline_bucket = bucket
 
@@ -78,33 +87,33 @@ class Deadlines:
             for owner in bucket:
                 owner.deadline_bucket = None
         self._buckets.clear()
-        self._ticks.clear()
-        self._armed_at = -1
+        self._due.clear()
+        self._armed_at = math.inf
 
-    def _arm(self, tick: int) -> None:
+    def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         if self._handle is not None:
             self._handle.cancel()
-        self._armed_at = tick
-        self._handle = asyncio.get_running_loop().call_at(tick * TICK, self._fire)
+        self._armed_at = due
+        self._handle = loop.call_at(due, self._fire)
 
     def _fire(self) -> None:
         self._handle = None
-        self._armed_at = -1
-        now = asyncio.get_running_loop().time() + EARLY
-        ticks = self._ticks
+        self._armed_at = math.inf
+        loop = asyncio.get_running_loop()
+        now = loop.time() + EARLY
+        heap = self._due
         buckets = self._buckets
-        while ticks:
-            tick = ticks[0]
-            bucket = buckets[tick]
-            if tick * TICK > now:
-                if not bucket:  # emptied since: no reason to wake up for it
-                    heapq.heappop(ticks)
-                    del buckets[tick]
+        while heap:
+            due, key = heap[0]
+            if due > now:
+                if not buckets[key]:  # emptied since: no reason to wake up for it
+                    heapq.heappop(heap)
+                    del buckets[key]
                     continue
-                self._arm(tick)
+                self._arm(loop, due)
                 return
-            heapq.heappop(ticks)
-            del buckets[tick]  # before the callbacks: a deadline they set lands in a new bucket
+            heapq.heappop(heap)
+            bucket = buckets.pop(key)  # before the callbacks: a deadline they set lands in a new bucket
             for owner in list(bucket):
                 if owner.deadline_bucket is bucket:
                     owner.deadline_bucket = None
