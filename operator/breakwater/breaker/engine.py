@@ -245,6 +245,15 @@ class Breaker:
             return 3  # REJECTED
         return self._acquire_slow()
 
+    def reject_now(self) -> bool:
+        """True, counted as a rejection, when `try_acquire` would answer `REJECTED` (Open, enforcing,
+        not yet due for a trial). Asked before a call takes a bulkhead slot or a share of the retry
+        budget: an open breaker sheds load before anything else is spent on it."""
+        if self._closed or self._observe or self._st != 1 or self._clock() >= self._open_until:
+            return False
+        self._rejections += 1
+        return True
+
     def on_result(self, token: int, outcome: Outcome, duration: float) -> None:
         """Record how an admitted call ended (``duration`` in seconds). Once per admitted token."""
         if token or not self._recording:

@@ -246,6 +246,16 @@ class BreakerMachine(RuleBasedStateMachine):
             assert self.current_trials() <= self.config.half_open_permitted_calls
         return (self.next_id, token, self.model_state)
 
+    @rule()
+    def reject_now(self) -> None:
+        """The pre-check a proxy asks before the bulkhead: True exactly when `try_acquire` would
+        reject, and counted as that rejection."""
+        open_and_waiting = self.model_state is State.OPEN and self.clock.now < self.model_until
+        expected = self.mode is Mode.FORCE_OPEN or (self.mode is Mode.ENFORCE and open_and_waiting)
+        assert self.breaker.reject_now() is expected
+        if expected:
+            self.rejections += 1
+
     @rule(held=consumes(tokens), outcome=OUTCOMES, duration=st.sampled_from([0.0, 0.01, 1.0, 10.0]))
     def complete(self, held: tuple[int, int, State], outcome: Outcome, duration: float) -> None:
         ident, token, _ = held

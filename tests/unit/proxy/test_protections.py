@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from breakwater.breaker import State
+from breakwater.breaker import Mode, State
 from breakwater.proxy import Sidecar
 from tests.unit.proxy.helpers import FaultyUpstream, SidecarFactory, free_port, sidecar_doc, upstream_doc
 
@@ -216,6 +216,30 @@ async def test_the_bulkhead_queues_up_to_max_pending_and_admits_them_in_turn(
     assert statuses == [200, 200, 200, 503]
     assert sidecar.upstream("up").bulkhead is not None
     assert sidecar.upstream("up").bulkhead.active == 0  # type: ignore[union-attr]
+
+
+async def test_an_open_breaker_rejects_before_the_bulkhead_so_a_full_bulkhead_says_open(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    """While open, nothing else is spent on a call: no bulkhead slot or place in its line."""
+    sidecar, base = await _start(
+        start_sidecar, upstream.port, timeoutSeconds=5, bulkhead={"maxConcurrent": 1, "maxPending": 1}
+    )
+    hanging = asyncio.create_task(_get(client, f"{base}/hang"))
+    up = sidecar.upstream("up")
+    for _ in range(100):
+        if up.stats.in_flight == 1:
+            break
+        await asyncio.sleep(0.01)
+    up.breaker.reconfigure(up.breaker.settings, Mode.FORCE_OPEN)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    status, headers, _ = await _get(client, f"{base}/ok")
+    assert (status, headers["x-breakwater"]) == (503, "open")
+    assert loop.time() - start < 0.5  # not queued behind the hanging call
+    assert (up.stats.rejected, up.stats.bulkhead_full) == (1, 0)
+    upstream.release.set()
+    assert (await hanging)[0] == 200
 
 
 # --------------------------------------------------------------------------------------------------

@@ -93,6 +93,12 @@ class Exchange(Tries):
         """Start answering `req` (its head is complete; its body may still be arriving)."""
         self.start(req)
         self.up = up
+        up.stats.fast_path += 1
+        breaker = up.breaker
+        if breaker.reject_now():  # open: answered before it takes a bulkhead slot or budget share
+            up.stats.rejected += 1
+            self._answer_fallback("open", 503, breaker.retry_after())
+            return
         self.pool = self.client.pools.get(up.host, up.port)
         self.attempt = 0
         self.permit = False
@@ -102,7 +108,6 @@ class Exchange(Tries):
         self.up_out.clear()
         loop = self.loop
         self.deadline = loop.time() + up.timeout
-        up.stats.fast_path += 1
         bulkhead = up.bulkhead
         self.in_bulkhead = False
         self.admitted = False

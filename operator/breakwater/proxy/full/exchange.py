@@ -142,6 +142,9 @@ class FullExchange:
         """
         stats = up.stats
         stats.full_path += 1
+        if up.breaker.reject_now():  # open: answered before it takes a bulkhead slot or budget share
+            stats.rejected += 1
+            return self._fallback_or(request, up, "open", 503, up.breaker.retry_after())
         bulkhead = up.bulkhead
         deadline = asyncio.get_running_loop().time() + up.timeout
         if bulkhead is not None and not bulkhead.try_enter() and not await bulkhead.enter(up.timeout):
