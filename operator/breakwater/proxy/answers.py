@@ -87,7 +87,7 @@ def marked_error(name: str, reason: str, status: int, retry_after: float | None)
     fields: dict[str, object] = {"error": _MESSAGES.get(reason, reason), "upstream": name}
     if retry_after is not None:
         headers.append(("Retry-After", retry_after_header(retry_after)))
-        fields["retryAfterSeconds"] = round(retry_after, 3) if math.isfinite(retry_after) else None
+        fields["retryAfterSeconds"] = round(max(0.0, retry_after), 3) if math.isfinite(retry_after) else None
     return Answer(status, headers, json.dumps(fields, separators=(",", ":")).encode())
 
 

@@ -46,3 +46,14 @@ def test_retry_after_is_whole_seconds_rounded_up_and_the_body_keeps_milliseconds
     head, _, body = raw.partition(b"\r\n\r\n")
     assert b"\r\nRetry-After: " + header + b"\r\n" in head
     assert body == b'{"error":"upstream circuit open","upstream":"bench","retryAfterSeconds":' + figure + b"}"
+
+
+@given(first=st.floats(0, 5), nudge=st.floats(-0.002, 0.002), head_only=st.booleans())
+def test_the_answer_kept_from_the_last_rejection_is_reused_only_when_its_bytes_are_the_same(
+    first: float, nudge: float, head_only: bool
+) -> None:
+    """Two rejections within a millisecond share their figure but may straddle a whole second."""
+    render = MarkedErrors()
+    for retry_after in (first, first + nudge, 1.9996, 2.0004):
+        expected = render_answer(marked_error("bench", "open", 503, retry_after), head_only=head_only)
+        assert render.render("bench", "open", 503, retry_after, head_only=head_only, close=False) == expected

@@ -91,14 +91,15 @@ class Exchange(Tries):
 
     def begin(self, req: RequestHead, up: LiveUpstream) -> None:
         """Start answering `req` (its head is complete; its body may still be arriving)."""
-        self.start(req)
         self.up = up
         up.stats.fast_path += 1
         breaker = up.breaker
         if breaker.reject_now():  # open: answered before it takes a bulkhead slot or budget share
+            self.req = req  # (the relay's state is not touched by an answer of the proxy's own)
             up.stats.rejected += 1
             self._answer_fallback("open", 503, breaker.retry_after())
             return
+        self.start(req)
         self.pool = self.client.pools.get(up.host, up.port)
         self.attempt = 0
         self.permit = False

@@ -127,17 +127,32 @@ def drop_nominated(lines: list[bytes]) -> None:
 class MarkedErrors:
     """``render_answer(answers.marked_error(...))`` without building it: what a rejection costs while a
     breaker is open. The parts that do not change (status line, marker, body up to the figures) are
-    rendered once per (upstream, reason, status); only Retry-After and the body's figure are formatted.
+    rendered once per (upstream, reason, status); only Retry-After and the body's figure are formatted,
+    and the last answer is kept: while open, the rejections of the same millisecond are the same bytes.
     """
 
-    __slots__ = ("_parts",)
+    __slots__ = ("_last", "_last_key", "_parts")
 
     def __init__(self) -> None:
         self._parts: dict[tuple[str, str, int], tuple[bytes, bytes, bytes]] = {}
+        self._last_key: tuple[str, str, int, float | None, int, bool, bool] | None = None
+        self._last = b""
 
     def render(
         self, name: str, reason: str, status: int, retry_after: float | None, *, head_only: bool, close: bool
     ) -> bytes:
+        # What the bytes depend on: the figure (to the millisecond) and Retry-After (whole seconds up).
+        if retry_after is None:
+            figure_value: float | None = None
+            whole = 0
+        elif math.isfinite(retry_after):
+            figure_value = round(max(0.0, retry_after), 3)
+            whole = max(1, math.ceil(retry_after))
+        else:
+            figure_value, whole = math.inf, 60
+        last_key = (name, reason, status, figure_value, whole, head_only, close)
+        if last_key == self._last_key:
+            return self._last
         key = (name, reason, status)
         parts = self._parts.get(key)
         if parts is None:
@@ -145,19 +160,18 @@ class MarkedErrors:
             if len(self._parts) < 1024:
                 self._parts[key] = parts
         head, body_plain, body_open = parts
-        if retry_after is None:
+        if figure_value is None:
             body = body_plain
             rest = b"Content-Length: %d\r\n" % len(body)
         else:
-            if math.isfinite(retry_after):
-                figure = repr(round(retry_after, 3)).encode()
-                header = str(max(1, math.ceil(retry_after))).encode()
-            else:
-                figure, header = b"null", b"60"
+            figure = repr(figure_value).encode() if math.isfinite(figure_value) else b"null"
             body = body_open % figure
-            rest = b"Retry-After: %b\r\nContent-Length: %d\r\n" % (header, len(body))
+            rest = b"Retry-After: %d\r\nContent-Length: %d\r\n" % (whole, len(body))
         end = b"Connection: close\r\n\r\n" if close else b"\r\n"
-        return head + rest + end if head_only else head + rest + end + body
+        rendered = head + rest + end if head_only else head + rest + end + body
+        self._last_key = last_key
+        self._last = rendered
+        return rendered
 
     @staticmethod
     def _prepare(name: str, reason: str, status: int) -> tuple[bytes, bytes, bytes]:
