@@ -14,7 +14,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["BODY_PATH", "Peer", "Process", "breakwater_config", "process_tree_usage", "start_upstream"]
+__all__ = [
+    "BODY_PATH",
+    "Peer",
+    "Process",
+    "bare_forwarder",
+    "breakwater_config",
+    "process_tree_usage",
+    "start_upstream",
+]
 
 BODY_PATH = "/1k.bin"
 REPO = Path(__file__).resolve().parents[2]
@@ -180,6 +188,12 @@ def plain_aiohttp(port: int, upstream: int) -> Peer:
     script = str(REPO / "bench" / "proxy" / "plain_aiohttp.py")
     argv = [PYTHON, script, "--listen", str(port), "--upstream", f"127.0.0.1:{upstream}", "--uvloop"]
     return Peer("aiohttp", "plain aiohttp proxy (uvloop, no features)", port, argv)
+
+
+def bare_forwarder(port: int, upstream: int) -> Peer:
+    script = str(REPO / "bench" / "proxy" / "bare_forwarder.py")
+    argv = [PYTHON, script, "--listen", str(port), "--upstream", f"127.0.0.1:{upstream}"]
+    return Peer("bare", "bare Python forwarder (uvloop + httptools, no features: the floor)", port, argv)
 
 
 def breakwater_config(*, port: int, upstream: int, admin: int, forward: int) -> dict[str, object]:

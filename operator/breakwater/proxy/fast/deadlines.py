@@ -40,9 +40,12 @@ class DeadlineOwner(Protocol):
 class Deadlines:
     """Deadlines of many owners on one event loop (see the module docstring)."""
 
-    __slots__ = ("_armed_at", "_buckets", "_due", "_handle")
+    __slots__ = ("_armed_at", "_buckets", "_due", "_handle", "_loop")
 
     def __init__(self) -> None:
+        # The loop of the first deadline, kept: asyncio.get_running_loop() makes a getpid() system
+        # call on every use (CPython 3.11 checks the loop belongs to this process).
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._buckets: dict[int, set[DeadlineOwner]] = {}  # by key: index * _WIDTHS + width class
         self._due: list[tuple[float, int]] = []  # a heap: (due time, key) of every bucket
         self._handle: asyncio.TimerHandle | None = None
@@ -57,7 +60,9 @@ class Deadlines:
         bucket = owner.deadline_bucket
         if bucket is not None:
             bucket.discard(owner)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         width_class = min(_WIDTHS - 1, int((at - loop.time()) / _SPAN).bit_length())
         width = TICK * (1 << width_class)
         index = math.ceil(at / width)
@@ -89,6 +94,7 @@ class Deadlines:
         self._buckets.clear()
         self._due.clear()
         self._armed_at = math.inf
+        self._loop = None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         if self._handle is not None:
@@ -99,7 +105,8 @@ class Deadlines:
     def _fire(self) -> None:
         self._handle = None
         self._armed_at = math.inf
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # armed by `set`
         now = loop.time() + EARLY
         heap = self._due
         buckets = self._buckets
