@@ -260,24 +260,30 @@ def rss_bytes() -> int:
 
 
 class SidecarFactory:
-    """Starts sidecars from config documents written to a file (so reloads can rewrite it)."""
+    """Starts sidecars from config documents written to files (so reloads can rewrite them): the first
+    sidecar's is `path` (what `write` rewrites), each further one has its own, or the sidecars of one
+    test would reload each other's configs."""
 
     def __init__(self, tmp_path: Path, stack: contextlib.AsyncExitStack, *, path: str = "fast") -> None:
         self.path = tmp_path / "sidecar.json"
         self.data_path = path  # "fast" or "full": which path serves the data plane
         self._stack = stack
+        self._started = 0
 
-    def write(self, doc: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
+    def write(self, doc: dict[str, Any], path: Path | None = None) -> None:
+        path = path or self.path
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc))
-        tmp.replace(self.path)
+        tmp.replace(path)
 
     async def __call__(self, doc: dict[str, Any], **options: Any) -> Sidecar:
-        self.write(doc)
+        self._started += 1
+        path = self.path if self._started == 1 else self.path.with_name(f"sidecar-{self._started}.json")
+        self.write(doc, path)
         options.setdefault("poll_interval", 0.05)
         options.setdefault("fast_path", self.data_path == "fast")
         options.setdefault("drain_seconds", 2.0)
-        return await self._stack.enter_async_context(run_sidecar(self.path, **options))
+        return await self._stack.enter_async_context(run_sidecar(path, **options))
 
 
 async def eventually(check: Callable[[], bool | Awaitable[bool]], *, within: float = 5.0) -> None:
