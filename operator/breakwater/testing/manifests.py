@@ -39,7 +39,9 @@ def container(name: str, image: str, args: list[str], **extra: Any) -> dict[str,
 def upstream(namespace: str, image: str, name: str = "payments") -> str:
     """The backend (not selected by the policy) and its Service."""
     labels = {"app": f"{name}-backend"}
-    probe = {"httpGet": {"path": "/healthz", "port": UPSTREAM_PORT}, "periodSeconds": 1}
+    # A 5 s probe timeout (the default is 1 s): on a loaded node a stalled answer to /healthz must not
+    # take the only backend out of its Service while a test's client is calling it.
+    probe = {"httpGet": {"path": "/healthz", "port": UPSTREAM_PORT}, "periodSeconds": 1, "timeoutSeconds": 5}
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
