@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from breakwater.api.problems import json_type
+
 ROOT = Path(__file__).resolve().parents[1]
 VALUES = ROOT / "charts" / "breakwater" / "values.yaml"
 SCHEMA = ROOT / "charts" / "breakwater" / "values.schema.json"
@@ -103,29 +105,13 @@ def _expand(schema: dict[str, Any], fragments: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-def _type_of(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        return "object"
-    return None
-
-
 def schema_of(
     value: Any, path: tuple[str, ...], notes: dict[tuple[str, ...], Annotated], fragments: dict[str, Any]
 ) -> dict[str, Any]:
     note = notes.get(path, Annotated())
     extra = _expand(note.schema, fragments)
     node: dict[str, Any] = {}
-    if not {"type", "oneOf", "const"} & extra.keys() and (kind := _type_of(value)) is not None:
+    if not {"type", "oneOf", "const"} & extra.keys() and (kind := json_type(value)) != "null":
         node["type"] = kind
     if note.description:
         node["description"] = " ".join(" ".join(note.description).split())

@@ -60,7 +60,8 @@ _JSON_TYPES = {
 }
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """The JSON Schema type name of a decoded JSON or YAML value (what the API server calls it)."""
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, int):
@@ -90,7 +91,7 @@ def schema_message(error: Mapping[str, Any], path: str) -> str:
     if kind == "extra_forbidden":
         return "unknown field"
     if kind in _JSON_TYPES:
-        given = _json_type(value)
+        given = json_type(value)
         return f'Invalid value: "{given}": {path} in body must be of type {_JSON_TYPES[kind]}: "{given}"'
     if kind == "enum":
         supported = ", ".join(
