@@ -93,9 +93,20 @@ def find_binaries(*, build: bool = True) -> Path:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback port free for TCP and for UDP: the report channel listens on one number for both,
+    and a port the kernel hands out for TCP may be some client's ephemeral UDP port at that moment."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, socket.socket(
+            socket.AF_INET, socket.SOCK_DGRAM
+        ) as udp:
+            tcp.bind(("127.0.0.1", 0))
+            port = int(tcp.getsockname()[1])
+            try:
+                udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no loopback port free for both TCP and UDP in 100 tries")
 
 
 @dataclass
