@@ -138,25 +138,41 @@ INCIDENT_PERCENT = 50.0
 MAX_RUN = 40
 
 
-def _run_chances(calls: int, failures: int) -> list[float]:
-    """Per run length k = 1..MAX_RUN: the chance that a call of the bucket is a success followed by
-    k failures, (1 - p) p^k, estimated without bias from the bucket's counts: with f failures of n
-    calls, [f]_k (n - f) / [n]_(k+1) (falling factorials; the chance of drawing k failures then a
-    success from the bucket's calls). The plug-in (1 - f/n)(f/n)^k is biased upwards, the more so
-    the fewer calls a bucket holds: at 30 calls a bucket, the random spread of f/n alone made a
-    low-traffic upstream look as if it had bad minutes, and the run length chase it."""
-    out: list[float] = []
-    successes = calls - failures
-    if not 0 < failures < calls:
+def _run_chances(calls: int, failures: int, prior: tuple[float, float] | None) -> list[float]:
+    """Per run length k = 1..MAX_RUN: the chance that a call of a bucket of `calls` calls with
+    `failures` failures is a success followed by k failures, E[(1 - p) p^k], over what the counts say
+    of the bucket's failure probability p: a Beta(a + f, b + n - f) with the window's Beta(a, b)
+    prior (`prior` None: every bucket at the window's mean, which is then passed as (mean, 0))."""
+    if prior is None:
         return [0.0] * MAX_RUN
-    chance = successes / calls  # k = 0: a success
+    a, b = prior
+    if b == 0.0:  # no spread between buckets: p is the window's mean, a
+        return [(1 - a) * a**k for k in range(1, MAX_RUN + 1)]
+    a, b = a + failures, b + calls - failures
+    out: list[float] = []
+    failures_first = 1.0  # E[p^k] = prod (a + i) / (a + b + i), i < k
     for k in range(MAX_RUN):
-        if k < failures:  # then also k < calls - 1
-            chance *= (failures - k) / (calls - 1 - k)  # one more failure, drawn without replacement
-        else:
-            chance = 0.0
-        out.append(chance)
+        failures_first *= (a + k) / (a + b + k)
+        out.append(failures_first * b / (a + b + k + 1))  # then a success: E[(1 - p) p^k]
     return out
+
+
+def _beta_prior(mean: float, spread: float) -> tuple[float, float] | None:
+    """The Beta(a, b) of the buckets' failure probabilities with this mean and standard deviation
+    (method of moments); (mean, 0) with no spread; None with no failures or no successes.
+
+    The runs come from the bad minutes, so each bucket's own counts matter, but read alone they
+    mislead: the plug-in (1 - f/n)(f/n)^k is biased upwards in small buckets, and falling factorials
+    are unbiased but mostly zero (18 calls show no run of 5 unless 5 of them failed), which put the
+    "less than once a day" run one or two failures too low. The prior pulls a small bucket towards
+    the window and leaves a large one its own rate."""
+    if not 0.0 < mean < 1.0:
+        return None
+    variance = min(spread**2, 0.99 * mean * (1 - mean))
+    if variance <= 1e-12:
+        return (mean, 0.0)
+    size = mean * (1 - mean) / variance - 1
+    return (mean * size, (1 - mean) * size)
 
 
 def evidence(history: History, *, now: float, trip_percent: float | None = None) -> Evidence:
@@ -183,9 +199,14 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         observed = sum(b.calls * ((b.failures / b.calls) - mean) ** 2 for b in healthy) / calls
         sampling = len(healthy) * mean * (1 - mean) / calls  # what buckets of these sizes vary anyway
         spread = math.sqrt(max(0.0, observed - sampling))
+        # Buckets this alike could all share one rate: then a spread estimated from noise would only
+        # fatten the tail of long runs (the dispersion test: chi-square, mean and 2 sd of its B - 1).
+        dispersion = observed * calls / (mean * (1 - mean)) if 0 < mean < 1 else 0.0
+        homogeneous = dispersion <= len(healthy) - 1 + 2 * math.sqrt(2 * max(len(healthy) - 1, 1))
+        prior = _beta_prior(mean, 0.0 if homogeneous else spread)
         per_day = 86_400 / max(healthy_seconds, 1.0)
         for b in healthy:
-            for k, chance in enumerate(_run_chances(b.calls, b.failures)):
+            for k, chance in enumerate(_run_chances(b.calls, b.failures, prior)):
                 runs[k] += b.calls * chance * per_day
     latency = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
     for b in healthy:

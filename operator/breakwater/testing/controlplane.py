@@ -96,9 +96,10 @@ def free_port() -> int:
     """A loopback port free for TCP and for UDP: the report channel listens on one number for both,
     and a port the kernel hands out for TCP may be some client's ephemeral UDP port at that moment."""
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp, socket.socket(
-            socket.AF_INET, socket.SOCK_DGRAM
-        ) as udp:
+        with (
+            socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+        ):
             tcp.bind(("127.0.0.1", 0))
             port = int(tcp.getsockname()[1])
             try:

@@ -140,6 +140,33 @@ def test_chance_runs_are_not_overstated_by_the_sampling_noise_of_small_buckets()
     assert sum(found) / len(found) == pytest.approx(true_runs, rel=0.3)
 
 
+@pytest.mark.parametrize(
+    ("calls", "width", "rate"),
+    [(18, 1.0, 0.1), (10, 1.0, 0.1), (5, 1.0, 0.2), (30, 60.0, 0.1)],
+    ids=["18-a-second", "10-a-second", "5-a-second-at-20%", "30-a-minute"],
+)
+def test_the_run_length_picked_is_the_one_chance_makes_less_than_once_a_day(
+    calls: int, width: float, rate: float
+) -> None:
+    # Small buckets at a steady rate: a bucket's own counts mostly show no long run at all, which
+    # once put consecutiveFailures one or two below what chance really produces (trips by chance).
+    settings, params = settings_and_params(
+        {"bounds": {"consecutiveFailures": {"min": 1, "max": 40}}}, trip={"consecutiveFailures": 5}
+    )
+    configured = Configured.of(settings, timeout_seconds=2.0)
+    per_day = calls * 86_400 / width
+    true_k = next(k for k in range(1, 40) if per_day * (1 - rate) * rate**k < 1)
+    picked = []
+    for seed in range(40):
+        rng, history = random.Random(seed), History(width=width)
+        for i in range(60):
+            history.add(width * i, calls=calls, failures=sum(rng.random() < rate for _ in range(calls)))
+        picked.append(targets(evidence(history, now=60 * width - 1e-3), configured, params)[CF][0])
+    assert sorted(picked)[len(picked) // 2] == true_k  # the median window gets it right
+    assert sum(abs(k - true_k) <= 1 for k in picked) >= 0.9 * len(picked)
+    assert min(picked) >= true_k - 1  # never low enough for chance alone to trip it daily
+
+
 def test_a_noisy_upstream_needs_fewer_trial_successes_to_close_a_clean_one_keeps_the_spec_s() -> None:
     # 3 of 3 trials must succeed by default: at 10 % background failures a recovered upstream fails
     # that 27 % of the time and the breaker re-opens for a backed-off period
