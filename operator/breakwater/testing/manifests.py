@@ -128,12 +128,13 @@ def client(namespace: str, image: str, *, replicas: int = 2, name: str = "checko
     )
 
 
-def client_pod(namespace: str, image: str, name: str) -> str:
-    """One client pod, selected by the policy, created directly (admitted in the create call)."""
+def client_pod(namespace: str, image: str, name: str, *, path: str = "/pay") -> str:
+    """One client pod, selected by the policy, created directly (admitted in the create call); it calls
+    `path` on the upstream (pods calling paths of their own see a backend failing for some of them)."""
     app = container(
         "app",
         image,
-        ["client", "--url", "$(BREAKWATER_PAYMENTS_URL)/pay", "--port", str(CLIENT_PORT)],
+        ["client", "--url", f"$(BREAKWATER_PAYMENTS_URL){path}", "--port", str(CLIENT_PORT)],
         ports=[{"containerPort": CLIENT_PORT}],
         readinessProbe=CLIENT_READY,
     )

@@ -2,10 +2,13 @@
 
 They ship in the Breakwater image (it has Python), so the node needs no other image:
 
-- ``upstream --port P``: an HTTP backend; ``GET /control/fail`` makes it answer 500, ``/control/ok``
-  heals it, ``/control/slow?seconds=S`` delays its answers; ``/healthz`` always answers 200 (its
-  readiness probe: a failing backend stays behind its Service, as the story needs). Tests flip it
-  through the API server's Service proxy, so nothing outside the node's namespace talks to a pod.
+- ``upstream --port P``: an HTTP backend; ``GET /control/fail`` makes it answer 500,
+  ``/control/fail?path=/p`` only to requests for ``/p`` (repeatable: a backend failing for some of its
+  clients, each calling its own path), ``/control/ok`` heals it, ``/control/slow?seconds=S`` delays its
+  answers; every ``/control/...`` answer (``/control/state`` changes nothing) counts the requests it
+  received by path. ``/healthz`` always answers 200 (its readiness probe: a failing backend stays
+  behind its Service, as the story needs). Tests flip it through the API server's Service proxy, so
+  nothing outside the node's namespace talks to a pod.
 - ``client --url URL --port P``: calls URL every ``--interval`` seconds (the app behind the sidecar:
   URL is its ``BREAKWATER_<UPSTREAM>_URL``) and serves ``GET /stats`` (answers counted by status and
   by the sidecar's ``x-breakwater`` marker; ``?reset=1`` starts a new count).
@@ -49,7 +52,10 @@ class _Quiet(BaseHTTPRequestHandler):
 
 
 def serve_upstream(port: int) -> None:
-    state = {"failing": False, "delay": 0.0, "requests": 0}
+    state = {"failing": False, "delay": 0.0}
+    failing_paths: set[str] = set()
+    received: Counter[str] = Counter()  # requests by path (the control and probe paths not counted)
+    lock = threading.Lock()  # the server answers each connection in a thread of its own
 
     class Handler(_Quiet):
         def do_GET(self) -> None:
@@ -58,19 +64,26 @@ def serve_upstream(port: int) -> None:
                 self.answer(200, {"ok": True})
                 return
             if url.path.startswith("/control/"):
-                verb = url.path.removeprefix("/control/")
-                if verb == "fail":
-                    state["failing"] = True
-                elif verb == "ok":
-                    state["failing"], state["delay"] = False, 0.0
-                elif verb == "slow":
-                    state["delay"] = float(parse_qs(url.query).get("seconds", ["1"])[0])
-                self.answer(200, {"failing": state["failing"], "delay": state["delay"]})
+                verb, query = url.path.removeprefix("/control/"), parse_qs(url.query)
+                with lock:
+                    if verb == "fail" and "path" in query:
+                        failing_paths.update(query["path"])
+                    elif verb == "fail":
+                        state["failing"] = True
+                    elif verb == "ok":
+                        state["failing"], state["delay"] = False, 0.0
+                        failing_paths.clear()
+                    elif verb == "slow":
+                        state["delay"] = float(query.get("seconds", ["1"])[0])
+                    body = {**state, "failingPaths": sorted(failing_paths), "requests": dict(received)}
+                self.answer(200, body)
                 return
-            state["requests"] = int(state["requests"]) + 1
-            if state["delay"]:
-                time.sleep(float(state["delay"]))
-            if state["failing"]:
+            with lock:
+                received[url.path] += 1
+                delay, failing = float(state["delay"]), bool(state["failing"]) or url.path in failing_paths
+            if delay:
+                time.sleep(delay)
+            if failing:
                 self.answer(500, {"error": "payments backend down"})
             else:
                 self.answer(200, {"paid": True})
