@@ -1,16 +1,21 @@
 """The breaker on real pods: a client Deployment calls its upstream by Service name through the
 injected native sidecar, the upstream fails and recovers, `kubectl get cbp` follows; a Job's first
 request succeeds and the Job completes; a policy edit reaches the running sidecars; a tuned threshold
-reaches them, and an override ends on them with no operator running."""
+reaches them, and an override ends on them with no operator running; a suggestion is promoted into the
+spec, and a quorum of tripped pods opens the upstream on every pod and not before."""
 
 from __future__ import annotations
 
 import base64
 import datetime
 import json
+import subprocess
+import sys
 import time
 from typing import Any
+from urllib.parse import urlencode
 
+from breakwater.api.scalars import Duration
 from tests.conftest import Cluster
 from tests.node import manifests as m
 from tests.node.conftest import Release
@@ -265,3 +270,166 @@ def test_a_tuned_threshold_reaches_the_pods_and_an_override_ends_on_them_with_th
             f"--replicas={release.replicas}",
         )
         m.ready_pods(cluster, operator.namespace, operator.selector, release.replicas, timeout=180)
+
+
+def breaker_on(cluster: Cluster, namespace: str, pod: str) -> tuple[str, str]:
+    """(mode, state) of the payments breaker in the pod's running sidecar."""
+    upstream = sidecar_admin(cluster, namespace, pod, "/stats")["upstreams"]["payments"]
+    return str(upstream["mode"]), str(upstream["state"])
+
+
+def test_suggestions_are_promoted_and_a_quorum_of_tripped_pods_opens_every_pod_and_not_before(
+    node_cluster: Cluster, release: Release, workload_namespace: str, image: str
+) -> None:
+    """Issue 15's suggestions and fleet quorum on real pods: three client pods call one backend, each on
+    a path of its own. In Observe mode the operator suggests a slow-call duration from what their calls
+    took, and `breakwater promote` prints the patch that writes it into the spec. Then, enforced with
+    quorumPercent 50: the backend failing one pod's path trips that pod alone (1/3, below the quorum) and
+    the others go on calling it; failing a second pod's path (2/3) opens the upstream on the third, whose
+    calls then get the fallback without reaching the backend; when the backend recovers, the tripped
+    pods' trials close their breakers and the third is released."""
+    cluster, ns = node_cluster, workload_namespace
+    spec = {
+        "mode": "Observe",
+        "adaptive": {"enabled": True, "historyWindow": "2m", "hysteresis": "5s", "minimumVolume": 50},
+        "trip": {"consecutiveFailures": 3, "slowCalls": {"slowerThan": "1500ms", "percent": 80}},
+        "open": {"duration": "3s", "maxDuration": "1m", "jitter": 0, "backoffMultiplier": 1},  # trial each 3s
+        "coordination": {"quorumPercent": 50},
+    }
+    start_upstream_and_policy(cluster, ns, image, **spec)
+    m.set_upstream(cluster, ns, "slow?seconds=0.2")  # p99 x 2 is well below the configured 1.5 s
+    first, second, quiet = pods = ["first", "second", "quiet"]
+    for name in pods:
+        cluster.apply(m.client_pod(ns, image, name, path=f"/pay/{name}"))
+    m.ready_pods(cluster, ns, "app=checkout", 3)
+
+    def upstream() -> dict[str, Any]:
+        return dict(((m.cbp(cluster, ns).get("status") or {}).get("upstreams") or [{}])[0])
+
+    def suggested_seconds() -> float:
+        slower = (upstream().get("suggested") or {}).get("slowerThan")
+        return Duration(slower).seconds if slower else 0.0
+
+    cluster.wait_for(
+        "a slow-call duration suggested below the configured 1.5 s",
+        lambda: 0 < suggested_seconds() < 1.5,
+        timeout=120,
+        interval=1,
+    )
+    status = upstream()
+    assert "latency p99" in status["suggested"]["reason"], status
+    assert status["effective"]["source"]["slowerThan"] == "Configured", status  # Observe: not delivered
+
+    def running_slow_seconds(pod: str) -> float:
+        return float(sidecar_admin(cluster, ns, pod, "/config")["upstreams"][0]["breaker"]["slowCallSeconds"])
+
+    assert running_slow_seconds(quiet) == 1.5
+    assert "Suggesting (Observe)" in cluster.kubectl("get", "cbp", "payments", "-n", ns, "-o", "wide").stdout
+
+    body = cluster.kubectl("get", "cbp", "payments", "-n", ns, "-o", "json").stdout
+    promote = subprocess.run(
+        [sys.executable, "-m", "breakwater.cli", "promote", "-"],
+        input=body,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert promote.returncode == 0, promote.stderr
+    cluster.kubectl("patch", "cbp", "payments", "-n", ns, "--type", "merge", "-p", promote.stdout)
+    promoted = json.loads(body)["status"]["upstreams"][0]["suggested"]["slowerThan"]
+    policy = m.cbp(cluster, ns)
+    assert policy["spec"]["trip"]["slowCalls"]["slowerThan"] == promoted
+
+    def running_generation(generation: int) -> bool:
+        body = m.cbp(cluster, ns)
+        return (
+            body["status"].get("observedGeneration") == generation
+            and m.condition(body, "Accepted").get("status") == "True"
+            and (body["status"].get("pods") or {}).get("reporting") == 3
+        )
+
+    generation = policy["metadata"]["generation"]
+    cluster.wait_for("every sidecar running the promoted spec", lambda: running_generation(generation))
+    assert running_slow_seconds(quiet) == Duration(promoted).seconds
+
+    # Enforced, with the thresholds the spec now says (tuning off: nothing moves them during the outage).
+    m.set_upstream(cluster, ns, "ok")
+    m.patch_spec(cluster, ns, {"mode": "Enforce", "adaptive": {"enabled": False}})
+    generation = m.cbp(cluster, ns)["metadata"]["generation"]
+    cluster.wait_for(
+        "every sidecar enforcing, all Closed",
+        lambda: running_generation(generation) and upstream().get("closed") == 3,
+    )
+
+    def fail(pod: str) -> None:
+        m.set_upstream(cluster, ns, "fail?" + urlencode({"path": f"/pay/{pod}"}))
+
+    def received(pod: str) -> int:
+        """Requests the backend received from the pod (on its path)."""
+        return int(m.set_upstream(cluster, ns, "state")["requests"].get(f"/pay/{pod}", 0))
+
+    fail(first)
+    cluster.wait_for(
+        "one pod in three tripped on the resource",
+        lambda: (u := upstream()).get("open", 0) + u.get("halfOpen", 0) == 1 and u.get("closed") == 2,
+        timeout=30,
+    )
+    # The status loop evaluated the quorum on that view (the same pass wrote it); over 3 s more the other
+    # two still call the backend and get its answers.
+    assert "quorum" not in upstream()
+    reached = received(quiet)
+    for counts in m.answers_over(cluster, ns, [second, quiet], seconds=3):
+        assert set(counts) == {"200"}, counts
+    assert received(quiet) > reached
+    assert "quorum" not in upstream()
+    assert breaker_on(cluster, ns, quiet) == ("Enforce", "Closed")
+
+    fail(second)
+    cluster.wait_for(
+        "the quorum on the resource",
+        lambda: "2/3 pods tripped" in (upstream().get("quorum") or ""),
+        timeout=30,
+    )
+    cluster.wait_for(
+        "the quiet pod held open",
+        lambda: breaker_on(cluster, ns, quiet) == ("ForceOpen", "Open"),
+        timeout=30,
+        interval=1,
+    )
+    assert [breaker_on(cluster, ns, pod)[0] for pod in (first, second)] == ["Enforce", "Enforce"]  # probing
+    reached = received(quiet)
+    (counts,) = m.answers_over(cluster, ns, [quiet], seconds=2)
+    assert set(counts) == {"503 fallback-static"}, counts
+    assert received(quiet) == reached, "a held pod's call reached the backend"
+    cluster.wait_for(
+        "open on every pod on the resource",
+        lambda: (u := upstream()).get("open", 0) + u.get("halfOpen", 0) == 3,
+        timeout=15,
+    )
+
+    m.set_upstream(cluster, ns, "ok")  # the tripped pods' next trials (3 s at most) close their breakers
+    cluster.wait_for(
+        "the quiet pod released",
+        lambda: breaker_on(cluster, ns, quiet) == ("Enforce", "Closed"),
+        timeout=60,
+        interval=1,
+    )
+    cluster.wait_for(
+        "Closed on every pod, no quorum",
+        lambda: (u := upstream()).get("state") == "Closed" and u.get("closed") == 3 and "quorum" not in u,
+        timeout=30,
+    )
+    reached = received(quiet)
+    for counts in m.answers_over(cluster, ns, pods):
+        assert set(counts) == {"200"}, counts
+    assert received(quiet) > reached
+
+    def reasons() -> set[str]:
+        items = json.loads(cluster.kubectl("get", "events", "-n", ns, "-o", "json").stdout)["items"]
+        return {str(e.get("reason")) for e in items}
+
+    cluster.wait_for(
+        "QuorumOpen and QuorumReleased Events",
+        lambda: {"QuorumOpen", "QuorumReleased"} <= reasons(),
+        timeout=30,
+    )
