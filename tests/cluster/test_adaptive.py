@@ -1,5 +1,6 @@
-"""Adaptive thresholds, suggestions, fleet quorum and self-ending overrides, end to end: real sidecar
-processes for kwok pods, real traffic to a flaky upstream on loopback, the real API server."""
+"""Adaptive thresholds, suggestions, self-ending overrides and a leader's hand-over of both, end to end:
+real sidecar processes for kwok pods, real traffic to a flaky upstream on loopback, the real API server
+(the fleet quorum: test_quorum.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,7 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,17 @@ from typing import Any
 import pytest
 
 from breakwater.testing.operator import OperatorProcess
-from breakwater.testing.sidecars import SidecarFleet, SidecarProcess
+from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
+from tests.cluster.adaptive_harness import (
+    FAST_ADAPTIVE,
+    Traffic,
+    breaker_of,
+    events_of,
+    manifest,
+    running_threshold,
+    upstream_status,
+)
 from tests.cluster.harness import (
     call,
     condition,
@@ -33,85 +40,10 @@ from tests.conftest import Cluster
 
 pytestmark = pytest.mark.cluster
 
-# A short history so the test sees the tuner act within seconds: 2 s buckets, 5 s of hysteresis.
-FAST_ADAPTIVE = {
-    "enabled": True,
-    "historyWindow": "2m",
-    "hysteresis": "5s",
-    "minimumVolume": 50,
-    "pinned": ["OpenDuration"],
-}
-
 
 @pytest.fixture(scope="module")
 def operator_args() -> tuple[str, ...]:
     return ("--stale-after-seconds=8",)
-
-
-def manifest(port: int, **spec: Any) -> str:
-    body = {
-        "apiVersion": "breakwater.dev/v1alpha1",
-        "kind": "CircuitBreakerPolicy",
-        "metadata": {"name": "payments"},
-        "spec": {
-            "selector": {"matchLabels": {"app": "checkout"}},
-            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": port, "listenPort": 15210}],
-            "trip": {"consecutiveFailures": 5},
-            "open": {"duration": "3s", "maxDuration": "5m", "jitter": 0},
-            "halfOpen": {"permittedCalls": 1, "successesToClose": 1},
-            **spec,
-        },
-    }
-    return json.dumps(body)
-
-
-def get_json(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return dict(json.load(resp))
-
-
-def breaker_of(sidecar: SidecarProcess) -> dict[str, Any]:
-    return dict(get_json(sidecar.admin_url + "/stats")["upstreams"]["payments"])
-
-
-def running_threshold(sidecar: SidecarProcess) -> int:
-    config = get_json(sidecar.admin_url + "/config")
-    return int(
-        next(u for u in config["upstreams"] if u["name"] == "payments")["breaker"]["consecutiveFailures"]
-    )
-
-
-def upstream_status(cluster: Cluster, namespace: str) -> dict[str, Any]:
-    for up in (policy(cluster, namespace, "payments").get("status") or {}).get("upstreams") or ():
-        if up["name"] == "payments":
-            return dict(up)
-    return {}
-
-
-class Traffic:
-    """Calls through every sidecar, ~20 a second in all, until stopped (bounded: at most 10 minutes)."""
-
-    def __init__(self, sidecars: list[SidecarProcess]) -> None:
-        self.sidecars = sidecars
-        self.sent = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 600
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            for sidecar in self.sidecars:
-                call(sidecar.url(15210) + "/pay")
-                self.sent += 1
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
 
 def test_tuned_thresholds_move_with_the_history_and_the_sidecars_run_them(
@@ -171,8 +103,20 @@ def test_observe_mode_gets_suggestions_and_promote_prints_the_patch_that_enforce
     fleet: SidecarFleet,
 ) -> None:
     opt_in(cluster, namespace)
-    cluster.apply(manifest(upstream.port, mode="Observe", adaptive=FAST_ADAPTIVE), namespace=namespace)
+    quorum = {"quorumPercent": 50}  # valid, but Observe never rejects: accepted with a warning
+    cluster.apply(
+        manifest(upstream.port, mode="Observe", adaptive=FAST_ADAPTIVE, coordination=quorum),
+        namespace=namespace,
+    )
     start_clients(cluster, namespace, fleet, replicas=2)
+    accepted = condition(policy(cluster, namespace, "payments"), "Accepted")
+    assert "the quorum does nothing until spec.mode is Enforce" in accepted["message"], accepted
+    assert (
+        cluster.wait_for(
+            "a Warning Event about the inert quorum", lambda: events_of(cluster, namespace, "InertSetting")
+        )[0]["type"]
+        == "Warning"
+    )
     upstream.failure_ratio = 0.1
 
     def suggested() -> dict[str, Any]:
@@ -202,54 +146,6 @@ def test_observe_mode_gets_suggestions_and_promote_prints_the_patch_that_enforce
         spec["trip"]["consecutiveFailures"] == int(suggested()["consecutiveFailures"])
         or spec["trip"]["consecutiveFailures"] > 5
     )
-
-
-def test_a_quorum_of_tripped_pods_opens_every_sidecar_and_not_before(
-    cluster: Cluster,
-    namespace: str,
-    running_operator: OperatorProcess,
-    upstream: FlakyUpstream,
-    fleet: SidecarFleet,
-) -> None:
-    opt_in(cluster, namespace)
-    cluster.apply(
-        manifest(upstream.port, trip={"consecutiveFailures": 3}, coordination={"quorumPercent": 50}),
-        namespace=namespace,
-    )
-    start_clients(cluster, namespace, fleet, replicas=3)
-    first, second, third = sorted(fleet.sidecars.values(), key=lambda s: s.pod)
-    upstream.failing = True
-    assert [call(first.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]  # 1 of 3 trips
-    cluster.wait_for(
-        "one pod open on the resource",
-        lambda: upstream_status(cluster, namespace).get("open") == 1,
-        timeout=10,
-    )
-    time.sleep(3)  # well past the status loop's next pass: one pod in three is below the quorum
-    assert "quorum" not in upstream_status(cluster, namespace)
-    assert breaker_of(third)["state"] == "Closed"
-    assert call(third.url(15210) + "/pay") == 500  # still calls the failing upstream on its own
-
-    assert [call(second.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]  # 2 of 3: quorum
-    cluster.wait_for(
-        "the third sidecar held open by the quorum",
-        lambda: breaker_of(third)["state"] == "Open" and breaker_of(third)["mode"] == "ForceOpen",
-        timeout=15,
-    )
-    requests = upstream.requests
-    assert call(third.url(15210) + "/pay") == 503  # rejected without calling the upstream
-    assert upstream.requests == requests
-    assert "2/3 pods tripped" in upstream_status(cluster, namespace)["quorum"]
-
-    upstream.failing = False  # recovery: the pods that tripped probe, then everyone is released
-
-    def probed_and_released() -> bool:
-        for sidecar in (first, second):
-            call(sidecar.url(15210) + "/pay")
-        return breaker_of(third)["mode"] == "Enforce" and breaker_of(third)["state"] == "Closed"
-
-    cluster.wait_for("the held sidecar released", probed_and_released, timeout=30, interval=1)
-    assert call(third.url(15210) + "/pay") == 200
 
 
 def test_an_override_ends_on_every_sidecar_on_time_with_the_operator_stopped(
@@ -396,11 +292,6 @@ def relaying_follower(first: OperatorProcess, workdir: Path, *flags: str) -> Ite
         first.stop()
         first.extra_args = original
         first.start()
-
-
-def events_of(cluster: Cluster, namespace: str, reason: str) -> list[dict[str, Any]]:
-    items = json.loads(cluster.kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
-    return [e for e in items if e.get("reason") == reason]
 
 
 def test_a_leader_dying_mid_hold_leaves_the_hold_and_the_tuned_threshold_to_the_next(

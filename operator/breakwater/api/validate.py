@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from breakwater.api.constants import KIND
+from breakwater.api.coordination import inert_coordination
 from breakwater.api.durations import parse_timestamp
 from breakwater.api.manifests import ManifestError, load_documents
 from breakwater.api.policy import Problem, check_policy, is_policy_manifest
@@ -79,14 +80,15 @@ def validate_text(text: str) -> list[DocumentVerdict]:
 
 
 def warnings_of(document: Mapping[str, Any], now: datetime.datetime | None = None) -> list[str]:
-    """What is valid but would do nothing: an override that has already ended."""
+    """What is valid but would do nothing: an override that has already ended, a quorum in Observe mode."""
     spec = document.get("spec")
     override = spec.get("override") if isinstance(spec, Mapping) else None
     until = override.get("until") if isinstance(override, Mapping) else None
     ended = parse_timestamp(until) if isinstance(until, str) else None
+    out = []
     if ended is not None and ended <= (now or datetime.datetime.now(datetime.UTC)):
-        return [f"spec.override.until: {until} has already passed: the override would do nothing"]
-    return []
+        out.append(f"spec.override.until: {until} has already passed: the override would do nothing")
+    return out + inert_coordination(spec if isinstance(spec, Mapping) else {})
 
 
 def _read(name: str) -> str:

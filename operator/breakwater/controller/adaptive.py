@@ -296,6 +296,11 @@ class Adaptation:
         params = self.params.get(policy)
         return params is not None and params.delivers
 
+    def quorum_on(self, policy: PolicyId) -> bool:
+        """The policy's generation in force asks for a quorum that can act (Enforce mode)."""
+        params = self.params.get(policy)
+        return params is not None and params.quorum_percent is not None and not params.observe
+
     def enabled(self, policy: PolicyId) -> bool:
         params = self.params.get(policy)
         return params is not None and params.adaptive.enabled

@@ -20,6 +20,7 @@ import kopf
 from breakwater.api import constants
 from breakwater.api.bundle import bundle_key
 from breakwater.api.constants import GROUP, PLURAL, VERSION
+from breakwater.api.coordination import inert_coordination
 from breakwater.controller import metrics
 from breakwater.controller.adaptive import Adaptation
 from breakwater.controller.refresher import PolicyRecord, Refresher
@@ -132,9 +133,17 @@ async def render_and_publish(
         )  # fmt: skip
         return
     upstreams = ", ".join(u.name for u in bundle.upstreams)
-    outcome = ReconcileOutcome(generation, True, "Rendered", f"sidecar config rendered for {upstreams}")
+    inert = inert_coordination(body.get("spec") or {})
+    rendered = "; ".join([f"sidecar config rendered for {upstreams}", *inert])
+    outcome = ReconcileOutcome(generation, True, "Rendered", rendered)
     if applied:
         check_override(body, name, namespace, generation, state)
+        for message in inert:  # valid, but does nothing: say so where `kubectl describe` shows it
+            kopf.warn(cast(kopf.Body, body), reason="InertSetting", message=message)
+            logger.warning(
+                "policy %s/%s: %s", namespace, name, message,
+                extra={"fields": {"namespace": namespace, "policy": name, "reason": "InertSetting"}},
+            )  # fmt: skip
     if (await state.bundles.get(namespace)).get(name) == bundle:
         # Already in the ConfigMap (a new leader resuming every policy): nothing to write.
         state.outcomes[(namespace, name)] = outcome

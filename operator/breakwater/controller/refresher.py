@@ -308,15 +308,17 @@ class Refresher:
             self._spawn(adaptation.persist(policy, mono=mono))
         if ((evaluation.changes and delivers) or evaluation.republish) and self.republish is not None:
             await self.republish(record)
-        self._post_adaptive_events(record, evaluation, fleet.upstreams, delivers=delivers)
+        self._post_adaptive_events(
+            record, evaluation, fleet.upstreams, delivers=delivers, quorum_on=adaptation.quorum_on(policy)
+        )
         held = adaptation.held(policy)
         extras = {
             f.name: UpstreamExtras(
                 tracks=adaptation.tracks(policy, f.name),
                 delivers=delivers,
                 quorum=(
-                    f"held open on every pod: {f.tripped}/{f.reporting} pods tripped "
-                    "(spec.coordination.quorumPercent)"
+                    f"held open on every pod since the quorum (spec.coordination.quorumPercent) was "
+                    f"reached; now {f.tripped}/{f.reporting} pods tripped, probing"
                     if f.name in held
                     else None
                 ),
@@ -326,8 +328,10 @@ class Refresher:
         tuned = sum(1 for e in extras.values() for t in e.tracks.values() if t.tuned)
         if delivers:
             tuning = f"On ({tuned} tuned)" if tuned else "On"
-        else:
-            tuning = "Suggesting (Observe)" if adaptation.enabled(policy) else "Off"
+        elif adaptation.enabled(policy):
+            tuning = "Suggesting (Observe)"
+        else:  # the tuner runs anyway: its values are in `suggested` once it has any
+            tuning = "Suggesting (tuning off)" if any(e.tracks for e in extras.values()) else "Off"
         return extras, tuning
 
     def _post_adaptive_events(
@@ -337,6 +341,7 @@ class Refresher:
         fleets: tuple[UpstreamFleet, ...],
         *,
         delivers: bool,
+        quorum_on: bool,
     ) -> None:
         meta = record.body["metadata"]
         namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
@@ -355,7 +360,12 @@ class Refresher:
             )
             posts.append((upstream, "Warning", "QuorumOpen", message))
         for upstream in evaluation.released:
-            message = f"upstream {upstream}: the pods that tripped closed again; every pod is released"
+            cause = (
+                _release_cause(by_name.get(upstream))
+                if quorum_on
+                else "the policy no longer asks for a quorum in Enforce mode"
+            )
+            message = f"upstream {upstream}: {cause}; every pod is released"
             posts.append((upstream, "Normal", "QuorumReleased", message))
         for upstream, kind, reason, message in posts:
             logger.info("policy %s/%s: %s", namespace, name, message)
@@ -414,3 +424,13 @@ class Refresher:
 def _port_conflict_of(status: dict[str, Any]) -> dict[str, Any]:
     found = (c for c in status.get("conditions") or () if c.get("type") == CONDITION_PORT_CONFLICT)
     return next(found, {})
+
+
+def _release_cause(fleet: UpstreamFleet | None) -> str:
+    """Why a quorum hold ended: a trial closed a tripped pod's breaker (a pod reports Closed: held pods
+    report Open), or no pod that tripped reports any more and none is left to probe (the pods were
+    deleted or restarted, and new pods start held): then every pod judges the upstream on its own again,
+    and the quorum engages anew if enough of them trip."""
+    if fleet is None or fleet.closed:
+        return "the pods that tripped closed again through their trials"
+    return "no pod that tripped reports any more (deleted or restarted), so none was left probing"

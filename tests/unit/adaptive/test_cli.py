@@ -155,3 +155,19 @@ def test_validate_warns_about_an_override_that_has_already_ended(
         f"{path}: warning: spec.override.until: 2020-01-01T00:00:00Z has already passed: "
         "the override would do nothing"
     )
+
+
+def test_validate_warns_about_a_quorum_in_observe_mode_and_not_in_enforce_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for mode, warned in (("Observe", True), ("Enforce", False)):
+        spec = {**POLICY["spec"], "mode": mode, "coordination": {"quorumPercent": 50}}  # type: ignore[dict-item]
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump({**POLICY, "spec": spec}))
+        assert main(["validate", str(path)]) == 0  # valid: a warning, not an error
+        err = capsys.readouterr().err.splitlines()
+        expected = [
+            f"{path}: warning: spec.coordination.quorumPercent: Observe mode never rejects a call, so the "
+            "quorum does nothing until spec.mode is Enforce"
+        ]
+        assert err == (expected if warned else [])
