@@ -47,8 +47,8 @@ class RetryBudget:
     def percent(self, value: float) -> None:
         self._percent = value
 
-    def _advance(self) -> int:
-        now = math.floor(self._clock())
+    def _advance(self, now: int) -> int:
+        """Move the window to the second `now` (``floor`` of the clock); its bucket's index."""
         bucket = self._bucket
         if now != bucket:
             steps = min(now - bucket, self._size)
@@ -63,12 +63,15 @@ class RetryBudget:
 
     def record_request(self) -> None:
         """Count one original (first-try) request."""
-        self._requests[self._advance()] += 1
+        now = math.floor(self._clock())
+        if now != self._bucket:  # (the window moves at most once a second: no call otherwise)
+            self._advance(now)
+        self._requests[now % self._size] += 1
         self._total_req += 1
 
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when it would exceed the allowed share."""
-        i = self._advance()
+        i = self._advance(math.floor(self._clock()))
         if (self._total_ret + 1) * 100.0 > self._percent * self._total_req:
             return False
         self._retries[i] += 1
@@ -77,5 +80,5 @@ class RetryBudget:
 
     def figures(self) -> tuple[int, int]:
         """(requests, retries) in the current window."""
-        self._advance()
+        self._advance(math.floor(self._clock()))
         return self._total_req, self._total_ret

@@ -110,8 +110,7 @@ class BulkheadSemaphore:
             if not waiter.done():
                 waiter.set_result(None)
                 return
-        self._active -= 1
-        self._admit_waiters()
+        self._active -= 1  # (the line is empty now: nobody to admit)
 
     def resize(self, max_concurrent: int, max_pending: int) -> None:
         """Adopt new limits; slots already held are kept (a lowered limit may be exceeded for a while)."""

@@ -93,6 +93,12 @@ class ResponseCache:
         cookie = headers.get("Cookie")
         if auth is None and cookie is None:
             return path_qs
+        return ResponseCache.credentials_key(path_qs, auth, cookie)
+
+    @staticmethod
+    def credentials_key(path_qs: str, auth: str | None, cookie: str | None) -> str:
+        """`key` from the request's ``Authorization`` and ``Cookie`` values (the fast path notes them
+        while parsing)."""
         digest = hashlib.sha256(f"{auth}\0{cookie}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return f"{path_qs}\0{digest}"
 

@@ -32,11 +32,13 @@ class FailureKind(enum.Enum):
 
 
 def status_matcher(patterns: Sequence[str]) -> tuple[bool, ...]:
-    """A 600-entry table: ``table[status]`` says whether `status` matches one of `patterns`.
+    """A 1000-entry table: ``table[status]`` says whether `status` matches one of `patterns`.
 
     Patterns are exact codes (``"503"``) or classes (``"5xx"``); anything outside 100..599 never matches.
+    Every three-digit status (all an HTTP/1.1 parser accepts) has an entry: the fast path indexes
+    the table without a bounds check.
     """
-    table = [False] * 600
+    table = [False] * 1000
     for pattern in patterns:
         if pattern.endswith("xx"):
             first = int(pattern[0]) * 100
@@ -66,7 +68,7 @@ class FailurePolicy:
         )
 
     def is_failure_status(self, status: int) -> bool:
-        return 0 <= status < 600 and self.statuses[status]
+        return 0 <= status < 1000 and self.statuses[status]
 
     def counts(self, kind: FailureKind) -> bool:
         """Whether a transport failure of this kind counts as a breaker failure (else it is ignored)."""
@@ -119,4 +121,4 @@ class RetryPolicy:
         return self.attempts > 1 and self.budget_percent > 0
 
     def retries_status(self, status: int) -> bool:
-        return 0 <= status < 600 and self.statuses[status]
+        return 0 <= status < 1000 and self.statuses[status]

@@ -129,7 +129,7 @@ class Sidecar:
         )
         self._fast = (
             FastPath(
-                routes=lambda: self.routes,
+                source=self,
                 router=self.router,
                 idle_timeout=idle_timeout,
                 pool_keepalive=pool_keepalive,

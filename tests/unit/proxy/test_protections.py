@@ -134,6 +134,54 @@ async def test_cached_answers_are_kept_apart_per_credentials(
     assert (status, headers["x-breakwater"]) == (503, "open")
 
 
+async def _raw_get(port: int, path: str, *fields: str) -> tuple[int, dict[str, str], bytes]:
+    """A GET with header fields exactly as given (names in any case), answered until the close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = "".join(f"{field}\r\n" for field in (f"GET {path} HTTP/1.1", "Host: up", *fields))
+        writer.write(f"{head}Connection: close\r\n\r\n".encode("latin-1"))
+        answer = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head_bytes, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {
+        name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)
+    }
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_the_cache_finds_credentials_and_no_store_whatever_the_case_of_their_names(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    # The fast path notes these fields while it parses a request (no second look at its header
+    # lines): by the name as received, which may be spelled in any case.
+    sidecar, base = await _start(start_sidecar, upstream.port, fallback=CACHED, breaker=TRIP_ON_FIRST)
+    port = sidecar.listen_port("up")
+    assert (await _raw_get(port, "/cache/me", "AUTHORIZATION: Bearer alice"))[2] == b"me#1"
+    assert (await _raw_get(port, "/cache/jar", "cOOKIE: session=bob"))[2] == b"jar#1"
+    assert (await _raw_get(port, "/cache/secret", "x-a: 1", "cache-CONTROL: private, NO-STORE"))[
+        2
+    ] == b"secret#1"
+    await _trip(sidecar, upstream, client, base)
+
+    def marker(answer: tuple[int, dict[str, str], bytes]) -> tuple[int, str, bytes]:
+        return answer[0], answer[1]["x-breakwater"], answer[2] if answer[0] == 200 else b""
+
+    assert marker(await _raw_get(port, "/cache/me", "authorization: Bearer alice")) == (
+        200, "fallback-cached", b"me#1"
+    )  # fmt: skip
+    assert marker(await _raw_get(port, "/cache/me", "Authorization: Bearer mallory")) == (503, "open", b"")
+    assert marker(await _raw_get(port, "/cache/me")) == (503, "open", b"")
+    assert marker(await _raw_get(port, "/cache/jar", "Cookie: session=bob")) == (
+        200,
+        "fallback-cached",
+        b"jar#1",
+    )
+    assert marker(await _raw_get(port, "/cache/jar", "COOKIE: session=eve")) == (503, "open", b"")
+    assert marker(await _raw_get(port, "/cache/secret")) == (503, "open", b"")
+
+
 async def test_cached_answers_expire_after_their_max_age(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
 ) -> None:

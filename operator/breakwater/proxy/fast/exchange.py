@@ -34,7 +34,7 @@ from breakwater.breaker import Outcome
 from breakwater.proxy.answers import Answer, fallback_applies, fallback_or
 from breakwater.proxy.cache import CacheFill, ResponseCache
 from breakwater.proxy.classifiers import IDEMPOTENT_METHODS, FailureKind
-from breakwater.proxy.fast.deadlines import DeadlineOwner, Deadlines
+from breakwater.proxy.fast.deadlines import DeadlineOwner
 from breakwater.proxy.fast.pool import Pool, UpstreamConnection
 from breakwater.proxy.fast.tries import Tries
 from breakwater.proxy.fast.wire import CONTINUE, HeaderLines
@@ -67,6 +67,7 @@ class Exchange(Tries):
         super().__init__(client)
         self.up: LiveUpstream | None = None
         self.pool: Pool | None = None
+        self.pool_up: LiveUpstream | None = None  # whose pool `pool` is (kept: usually the next one's)
         self.deadlines = client.listener.engine.deadlines
         self.deadline_bucket: set[DeadlineOwner] | None = None
         self.waiter: asyncio.Future[None] | None = None
@@ -99,8 +100,12 @@ class Exchange(Tries):
             up.stats.rejected += 1
             self._answer_fallback("open", 503, breaker.retry_after())
             return
-        self.start(req)
-        self.pool = self.client.pools.get(up.host, up.port)
+        self.req = req
+        self.head_sent = False
+        self.fill = None
+        if self.pool_up is not up:
+            self.pool = self.client.pools.get(up.host, up.port)
+            self.pool_up = up
         self.attempt = 0
         self.permit = False
         self.connecting = False
@@ -280,8 +285,9 @@ class Exchange(Tries):
         assert up is not None
         duration = self.loop.time() - self.attempt_start
         up.stats.observe(duration)
-        self.failed = failed = up.failures.is_failure_status(status)
-        if up.retry.retries_status(status):
+        # (`status` has three digits, the parser's rule: the policies' tables cover them all.)
+        self.failed = failed = up.failures.statuses[status]
+        if up.retry.statuses[status]:
             delay = self._retry_delay()
             if delay is not None:
                 self._release_permit(_FAILURE if failed else _SUCCESS, duration)
@@ -291,14 +297,16 @@ class Exchange(Tries):
         cache = up.cache
         req = self.req
         assert req is not None
-        if cache is not None and not failed and req.method == "GET":
-            request_headers = HeaderLines(req.lines)
-            if ResponseCache.request_storable("GET", request_headers):
-                key = ResponseCache.key(req.path_qs, request_headers)
-                fill: CacheFill | None = cache.begin(key, status, self.response_headers(), self.length)
-                if fill is not None:
-                    fill.reason = self.reason.decode("latin-1")
-                self.fill = fill
+        # `ResponseCache.request_storable` and `.key`, from what the request's parse noted.
+        if cache is not None and not failed and req.method == "GET" and not req.no_store:
+            if req.authorization is None and req.cookie is None:
+                key = req.path_qs
+            else:
+                key = ResponseCache.credentials_key(req.path_qs, req.authorization, req.cookie)
+            fill: CacheFill | None = cache.begin(key, status, self.response_lines, self.length)
+            if fill is not None:
+                fill.reason = self.reason.decode("latin-1")
+            self.fill = fill
         return True
 
     def retry_discarded(self, delay: float) -> None:
@@ -308,7 +316,9 @@ class Exchange(Tries):
         """The whole answer was relayed."""
         up = self.up
         assert up is not None
-        self._release_permit(_FAILURE if self.failed else _SUCCESS, self.token_duration)
+        if self.permit:  # (`_release_permit`, inline)
+            self.permit = False
+            up.breaker.on_result(self.token, _FAILURE if self.failed else _SUCCESS, self.token_duration)
         if self.failed:
             up.stats.failures += 1
         else:
@@ -365,7 +375,10 @@ class Exchange(Tries):
         if up is None:
             return
         self.up = None
-        Deadlines.clear(self)
+        bucket = self.deadline_bucket  # (`Deadlines.clear`, inline)
+        if bucket is not None:
+            bucket.discard(self)
+            self.deadline_bucket = None
         if self.timer_retry is not None:
             self.timer_retry.cancel()
             self.timer_retry = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from breakwater.proxy.answers import Answer, options_star, plain
 from breakwater.proxy.fast.deadlines import Deadlines
@@ -21,19 +21,26 @@ from breakwater.proxy.fast.server import ClientConnection, RequestHead
 from breakwater.proxy.targets import ForwardRouter, parse_absolute
 from breakwater.proxy.upstream import LiveUpstream, RouteTable
 
-__all__ = ["FastListener", "FastPath", "HandOff"]
+__all__ = ["FastListener", "FastPath", "HandOff", "RouteSource"]
 
 HandOff = Callable[[asyncio.Transport, bytes], None]
 """Give a client connection (and the bytes it already sent) to the full path."""
 _SWEEP_MAX: Final = 1.0
 
 
+class RouteSource(Protocol):
+    """Whoever holds the current routing table (the sidecar): read as an attribute, no call."""
+
+    @property
+    def routes(self) -> RouteTable: ...
+
+
 class FastPath:
     """The fast path's shared state: pools, the idle sweep, the listeners' connections."""
 
-    def __init__(self, *, routes: Callable[[], RouteTable], router: ForwardRouter, idle_timeout: float,
+    def __init__(self, *, source: RouteSource, router: ForwardRouter, idle_timeout: float,
                  pool_keepalive: float) -> None:  # fmt: skip
-        self.routes = routes
+        self.source = source
         self.router = router
         self.idle_timeout = idle_timeout
         self.pools = Pools(pool_keepalive)
@@ -83,7 +90,7 @@ class FastListener:
 
     def route(self, req: RequestHead) -> LiveUpstream | Answer:
         if self.kind == "upstream":
-            up = self.engine.routes().by_name.get(self.name)
+            up = self.engine.source.routes.by_name.get(self.name)
             if up is None:
                 return plain(503, "unknown-upstream", f"upstream {self.name} is no longer configured\n")
             if req.method == "CONNECT":

@@ -18,7 +18,7 @@ from breakwater.proxy.fast.wire import (
     KIND_CONNECTION,
     KIND_CONTENT_LENGTH,
     KIND_TRANSFER_ENCODING,
-    RESPONSE_FIELD_KINDS,
+    RESPONSE_KINDS,
     HeaderLines,
     drop_nominated,
     status_line,
@@ -63,6 +63,7 @@ class Relay:
         "out",
         "reason",
         "req",
+        "response_lines",
         "retry_delay",
         "status",
         "timer_retry",
@@ -77,6 +78,7 @@ class Relay:
         self.conn: UpstreamConnection | None = None
         self.out: list[bytes] = []
         self.lines: list[bytes] = []
+        self.response_lines = HeaderLines(self.lines)  # a view: `lines` is cleared, never replaced
         self.fill: CacheFill | None = None
         self.timer_retry: asyncio.TimerHandle | None = None
         self.retry_delay = 0.0
@@ -85,10 +87,10 @@ class Relay:
         self.reset_response()
 
     def start(self, req: RequestHead) -> None:
+        """A new request (each try's `reset_response` comes with its upstream connection)."""
         self.req = req
         self.head_sent = False
         self.fill = None
-        self.reset_response()
 
     def reset_response(self) -> None:
         self.status = 0
@@ -125,8 +127,8 @@ class Relay:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        kind = RESPONSE_FIELD_KINDS.get(name.lower())
-        if kind is None:
+        kind = RESPONSE_KINDS[name]
+        if not kind:
             self.lines.append(b"%b: %b\r\n" % (name, value))
         elif kind == KIND_CONTENT_LENGTH:
             self.length = int(value)
@@ -141,8 +143,9 @@ class Relay:
     def on_headers_complete(self) -> None:
         conn = self.conn
         assert conn is not None
-        assert conn.parser is not None
-        status = conn.parser.get_status_code()
+        parser = conn.parser
+        assert parser is not None
+        status = parser.get_status_code()
         self.got_response = True
         if status < 200:
             if status == 101:
@@ -151,19 +154,19 @@ class Relay:
                 self.interim = True
             return
         self.status = status
-        self.keep_alive = conn.parser.should_keep_alive()
+        self.keep_alive = parser.should_keep_alive()
+        lines = self.lines
+        if self.nominated:  # before the cache sees them: what Connection lists is never stored either
+            drop_nominated(lines)
+        req = self.req
+        assert req is not None
         if not self.response_head(status):
             self.discarding = True
-            if self.req is not None and self.req.method == "HEAD":
+            if req.method == "HEAD":
                 self.head_ended = True
                 raise _HeadResponseEnded
             return
-        req = self.req
-        assert req is not None
         head_only = req.method == "HEAD" or status in _NO_BODY_STATUSES
-        lines = self.lines
-        if self.nominated:
-            drop_nominated(lines)
         parts = [status_line(status, self.reason), *lines]
         if self.length >= 0 and status != 204:
             parts.append(b"Content-Length: %d\r\n" % self.length)
@@ -205,9 +208,6 @@ class Relay:
 
     # -- driven by the upstream connection ---------------------------------------------------------
 
-    def response_headers(self) -> HeaderLines:
-        return HeaderLines(self.lines)
-
     def head_response_ended(self, conn: UpstreamConnection) -> bool:
         """The parser stopped on `_HeadResponseEnded`: the HEAD answer is complete."""
         if conn is not self.conn or not self.head_ended:
@@ -233,7 +233,9 @@ class Relay:
             return
         out = self.out
         if out and not self.discarding:
-            self.client.write_many(out)
+            transport = self.client.transport
+            if transport is not None:
+                transport.writelines(out)
         out.clear()
         if self.complete:
             self._finish()

@@ -25,12 +25,14 @@ import httptools
 from breakwater.proxy.answers import MARKER, Answer, plain
 from breakwater.proxy.fast.exchange import Exchange
 from breakwater.proxy.fast.wire import (
-    FIELD_KINDS,
+    KIND_AUTHORIZATION,
     KIND_CONNECTION,
     KIND_CONTENT_LENGTH,
+    KIND_COOKIE,
     KIND_EXPECT,
     KIND_HOST,
     KIND_TRANSFER_ENCODING,
+    REQUEST_KINDS,
     MarkedErrors,
     drop_nominated,
     render_answer,
@@ -59,19 +61,21 @@ class RequestHead:
     """One parsed request: what the upstream request is made of, and its body while it waits."""
 
     __slots__ = (
+        "authorization",
         "body",
+        "cache_control",
         "chunked",
         "complete",
         "content_length",
+        "cookie",
         "expect_continue",
-        "fields",
-        "head_size",
         "host",
         "host_line",
         "http11",
         "keep_alive",
         "lines",
         "method",
+        "method_bytes",
         "nominated",
         "problem",
         "raw_specials",
@@ -81,9 +85,10 @@ class RequestHead:
         "version",
     )
 
-    def __init__(self) -> None:
-        self.target = b""
+    def __init__(self, target: bytes) -> None:
+        self.target = target
         self.method = ""
+        self.method_bytes = b""
         self.version = "1.1"
         self.lines: list[bytes] = []
         self.raw_specials: list[bytes] = []
@@ -91,8 +96,6 @@ class RequestHead:
         self.host = b""
         self.host_line = b""  # the Host line to send, when not the upstream's own (forward proxy)
         self.content_length = -1
-        self.head_size = 0
-        self.fields = 0
         self.chunked = False
         self.expect_continue = False
         self.keep_alive = True
@@ -100,8 +103,18 @@ class RequestHead:
         self.complete = False
         self.started = False
         self.upgrade = False
-        self.nominated = False
+        self.nominated = 0  # Connection fields listing more than close/keep-alive/upgrade (kept twice)
         self.problem: Answer | None = None
+        # What the Cached fallback reads, noted while parsing (the first field of each name, as
+        # `HeaderLines.get` would find it): the credentials of the cache key, and Cache-Control.
+        self.authorization: str | None = None
+        self.cookie: str | None = None
+        self.cache_control: bytes | None = None
+
+    @property
+    def no_store(self) -> bool:
+        """The request says ``Cache-Control: no-store`` (`ResponseCache.request_storable`'s test)."""
+        return self.cache_control is not None and b"no-store" in self.cache_control.lower()
 
     @property
     def path_qs(self) -> str:
@@ -122,10 +135,9 @@ class RequestHead:
             framing = b"Transfer-Encoding: chunked\r\n"
         else:
             framing = b""
-        method = self.method.encode()
         return b"".join(
             (
-                method,
+                self.method_bytes,
                 b" ",
                 target,
                 b" HTTP/1.1\r\n",
@@ -221,7 +233,8 @@ class ClientConnection(asyncio.Protocol):
         if self.in_head:  # a head still incomplete after earlier reads: bound what it may grow to
             self.head_bytes += len(data)
             if self.head_bytes > 4 * MAX_HEAD_BYTES:
-                if self.req is not None and self.req.fields == 0:  # still in the request line
+                req = self.req
+                if req is not None and not req.lines and not req.raw_specials:  # in the request line
                     self._refuse(414, "bad-request", "request target too long")
                 else:
                     self._refuse(431, "bad-request", "request header fields too large")
@@ -237,30 +250,40 @@ class ClientConnection(asyncio.Protocol):
 
     # -- httptools callbacks -----------------------------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.in_head = True
-        self.head_bytes = 0
-        self.req = RequestHead()
+    # (No on_message_begin: the request begins at its target's first bytes, one callback fewer.)
 
     def on_url(self, url: bytes) -> None:
-        req = self.req
-        assert req is not None
-        req.target += url
+        if self.in_head:  # the rest of a target split across reads
+            req = self.req
+            assert req is not None
+            req.target += url
+        else:
+            self.in_head = True
+            self.head_bytes = 0
+            self.req = req = RequestHead(url)
         if len(req.target) > MAX_TARGET_BYTES:
             req.problem = plain(414, "target-too-long", "the request target is too long\n")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.req
         assert req is not None
-        req.head_size += len(name) + len(value) + 4
-        req.fields += 1
-        if req.head_size > MAX_HEAD_BYTES or req.fields > MAX_FIELDS:
-            req.problem = _TOO_LARGE
-        kind = FIELD_KINDS.get(name.lower())
-        if kind is None:
-            req.lines.append(b"%b: %b\r\n" % (name, value))
+        kind = REQUEST_KINDS[name]
+        line = b"%b: %b\r\n" % (name, value)
+        if not kind:
+            req.lines.append(line)
             return
-        req.raw_specials.append(b"%b: %b\r\n" % (name, value))
+        if kind >= KIND_AUTHORIZATION:  # end-to-end, noted for the cache
+            req.lines.append(line)
+            if kind == KIND_AUTHORIZATION:
+                if req.authorization is None:
+                    req.authorization = value.strip().decode("latin-1")
+            elif kind == KIND_COOKIE:
+                if req.cookie is None:
+                    req.cookie = value.strip().decode("latin-1")
+            elif req.cache_control is None:
+                req.cache_control = value
+            return
+        req.raw_specials.append(line)
         if kind == KIND_HOST:
             req.host = value
         elif kind == KIND_CONTENT_LENGTH:
@@ -272,7 +295,7 @@ class ClientConnection(asyncio.Protocol):
         elif kind == KIND_EXPECT:
             req.expect_continue = value.strip().lower() == b"100-continue"
         elif kind == KIND_CONNECTION and value.lower() not in (b"keep-alive", b"close", b"upgrade"):
-            req.nominated = True
+            req.nominated += 1
             req.lines.append(b"Connection: %b\r\n" % value)
 
     def on_headers_complete(self) -> None:
@@ -281,20 +304,30 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         parser = self.parser
         assert parser is not None  # this callback comes from it
+        lines = req.lines
+        specials = req.raw_specials
+        # The head's size, counted here rather than per field: each field is kept once as the line
+        # ``name: value\r\n`` (a nominating Connection field twice: its copy in `lines` not counted).
+        size = sum(map(len, lines)) + sum(map(len, specials))
+        if req.nominated:
+            size -= sum(len(line) for line in lines if line.startswith(b"Connection:"))
+        if size > MAX_HEAD_BYTES or len(lines) + len(specials) - req.nominated > MAX_FIELDS:
+            req.problem = _TOO_LARGE  # whatever else is wrong with it
         method = parser.get_method()
         name = _METHODS.get(method)
         if name is None:
             name = _METHODS[method] = method.decode("ascii", "replace")
         req.method = name
-        req.version = parser.get_http_version()
-        req.http11 = req.version == "1.1"
+        req.method_bytes = method
+        req.version = version = parser.get_http_version()
+        req.http11 = http11 = version == "1.1"
         req.keep_alive = parser.should_keep_alive()
-        if not req.http11:
+        if not http11:
             req.expect_continue = False
         if req.content_length <= 0 and not req.chunked:
             req.complete = True  # no body: answerable (and done reading) from its head alone
         if req.nominated:
-            drop_nominated(req.lines)
+            drop_nominated(lines)
         if parser.should_upgrade():
             req.upgrade = True  # the parser stops right after this callback: see `_hand_off`
             return
@@ -316,8 +349,8 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         assert req is not None
         req.complete = True
-        if req.started and self.current is req and self.exchange is not None:
-            self.exchange.request_complete()
+        if req.chunked and req.started and self.current is req and self.exchange is not None:
+            self.exchange.request_complete()  # the last chunk (a body of known length needs no end)
 
     # -- answering ---------------------------------------------------------------------------------
 
@@ -391,10 +424,6 @@ class ClientConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
-
-    def write_many(self, parts: list[bytes]) -> None:
-        if self.transport is not None:
-            self.transport.writelines(parts)
 
     def abort(self) -> None:
         """Close at once so that a half-sent answer is seen as broken, not complete."""

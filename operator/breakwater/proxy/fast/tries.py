@@ -46,6 +46,7 @@ class Tries(Relay):
         "may_retry",
         "permit",
         "pool",
+        "pool_up",
         "replay",
         "retried_idle",
         "token",
@@ -57,6 +58,7 @@ class Tries(Relay):
 
     up: LiveUpstream | None
     pool: Pool | None
+    pool_up: LiveUpstream | None
     deadlines: Deadlines
     deadline_bucket: set[DeadlineOwner] | None
     waiter: asyncio.Future[None] | None

@@ -19,13 +19,19 @@ from breakwater.proxy.answers import Answer, marked_error
 __all__ = [
     "CONTINUE",
     "HOP_BY_HOP_BYTES",
+    "KIND_AUTHORIZATION",
+    "KIND_CACHE_CONTROL",
     "KIND_CONNECTION",
     "KIND_CONTENT_LENGTH",
+    "KIND_COOKIE",
+    "KIND_END_TO_END",
     "KIND_EXPECT",
     "KIND_HOP",
     "KIND_HOST",
     "KIND_TRANSFER_ENCODING",
-    "RESPONSE_FIELD_KINDS",
+    "REQUEST_KINDS",
+    "RESPONSE_KINDS",
+    "FieldKinds",
     "HeaderLines",
     "MarkedErrors",
     "drop_nominated",
@@ -37,12 +43,18 @@ CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 HOP_BY_HOP_BYTES: Final = frozenset(h.encode() for h in HOP_BY_HOP)
 
 # What a header field is to the proxy (by its lower-cased name); absent: end-to-end, passed on as is.
+KIND_END_TO_END: Final = 0
 KIND_HOP: Final = 1
 KIND_HOST: Final = 2
 KIND_CONTENT_LENGTH: Final = 3
 KIND_TRANSFER_ENCODING: Final = 4
 KIND_CONNECTION: Final = 5
 KIND_EXPECT: Final = 6
+# End-to-end request fields (passed on as is) that the Cached fallback reads: noted while parsing, so
+# its tee never scans the header lines again.
+KIND_AUTHORIZATION: Final = 7
+KIND_COOKIE: Final = 8
+KIND_CACHE_CONTROL: Final = 9
 FIELD_KINDS: Final[dict[bytes, int]] = {
     **dict.fromkeys(HOP_BY_HOP_BYTES, KIND_HOP),
     b"host": KIND_HOST,
@@ -50,6 +62,9 @@ FIELD_KINDS: Final[dict[bytes, int]] = {
     b"transfer-encoding": KIND_TRANSFER_ENCODING,
     b"connection": KIND_CONNECTION,
     b"expect": KIND_EXPECT,
+    b"authorization": KIND_AUTHORIZATION,
+    b"cookie": KIND_COOKIE,
+    b"cache-control": KIND_CACHE_CONTROL,
 }
 RESPONSE_FIELD_KINDS: Final[dict[bytes, int]] = {
     **dict.fromkeys(HOP_BY_HOP_BYTES, KIND_HOP),
@@ -57,6 +72,35 @@ RESPONSE_FIELD_KINDS: Final[dict[bytes, int]] = {
     b"transfer-encoding": KIND_TRANSFER_ENCODING,
     b"connection": KIND_CONNECTION,
 }
+
+_NAMES_LEARNT: Final = 4096
+_NAME_LEARNT_MAX: Final = 64
+
+
+class FieldKinds(dict[bytes, int]):
+    """``kinds[name]``: the kind of a field by its name as received, `KIND_END_TO_END` if it has none.
+
+    Learnt on first sight (the name lower-cased once, then remembered as it was spelled), so a field
+    costs one dict lookup on the hot path, no case-folding. Bounded: past `_NAMES_LEARNT` spellings
+    (a peer inventing names), or for a name longer than `_NAME_LEARNT_MAX`, a new one is folded each
+    time and not remembered.
+    """
+
+    __slots__ = ("_by_lower",)
+
+    def __init__(self, by_lower: dict[bytes, int]) -> None:
+        super().__init__()
+        self._by_lower = by_lower
+
+    def __missing__(self, name: bytes) -> int:
+        kind = self._by_lower.get(name.lower(), KIND_END_TO_END)
+        if len(self) < _NAMES_LEARNT and len(name) <= _NAME_LEARNT_MAX:
+            self[name] = kind
+        return kind
+
+
+REQUEST_KINDS: Final = FieldKinds(FIELD_KINDS)
+RESPONSE_KINDS: Final = FieldKinds(RESPONSE_FIELD_KINDS)
 
 _REASONS: Final = {
     200: "OK", 204: "No Content", 304: "Not Modified", 400: "Bad Request", 403: "Forbidden",
