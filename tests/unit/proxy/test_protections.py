@@ -182,6 +182,21 @@ async def test_the_cache_finds_credentials_and_no_store_whatever_the_case_of_the
     assert marker(await _raw_get(port, "/cache/secret")) == (503, "open", b"")
 
 
+async def test_a_cached_answer_keeps_no_hop_by_hop_field_to_replay(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    # /headers answers with "Connection: keep-alive, X-Hop", "X-Hop" and "Keep-Alive".
+    sidecar, base = await _start(start_sidecar, upstream.port, fallback=CACHED, breaker=TRIP_ON_FIRST)
+    status, headers, _ = await _get(client, f"{base}/headers")
+    assert (status, headers["X-End-To-End"], "X-Hop" in headers) == (200, "passes", False)
+    await _trip(sidecar, upstream, client, base)
+    status, headers, _ = await _get(client, f"{base}/headers")
+    assert (status, headers["x-breakwater"], headers["X-End-To-End"]) == (200, "fallback-cached", "passes")
+    assert "X-Hop" not in headers
+    assert "Keep-Alive" not in headers
+    assert "x-hop" not in headers.get("Connection", "").lower()
+
+
 async def test_cached_answers_expire_after_their_max_age(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
 ) -> None:

@@ -314,7 +314,7 @@ class FullExchange:
             fill = cache.begin(
                 ResponseCache.key(_path_qs(request), request.headers),
                 status,
-                resp.headers,
+                headers,  # end to end: a replayed answer carries no hop-by-hop field of this one
                 resp.content_length,
             )
             if fill is not None:
