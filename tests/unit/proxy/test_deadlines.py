@@ -148,3 +148,42 @@ def test_long_timeouts_keep_few_buckets_alive() -> None:
         return buckets
 
     assert run(main) <= 300
+
+
+def test_a_deadline_for_a_bucket_that_already_fired_still_fires() -> None:
+    # `set` reuses the bucket it chose last while a deadline falls in it: never one already emptied.
+    async def main() -> tuple[list[float], list[float], float]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        first, late = Owner(), Owner()
+        at = loop.time() + 0.02
+        deadlines.set(first, at)
+        await asyncio.sleep(0.1)
+        deadlines.set(late, at)  # the same instant, now past: due at once
+        set_at = loop.time()
+        await asyncio.sleep(0.1)
+        return first.fired, late.fired, set_at
+
+    first, late, set_at = run(main)
+    assert len(first) == 1
+    assert len(late) == 1
+    assert late[0] <= set_at + TICK + SLACK
+
+
+def test_a_short_delay_never_rides_in_the_wider_bucket_a_long_one_chose_for_the_same_instant() -> None:
+    async def main() -> tuple[bool, float, list[float], list[float]]:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines()
+        long_owner, short_owner = Owner(), Owner()
+        at = loop.time() + 2.0  # a bucket 2 ticks wide
+        deadlines.set(long_owner, at)
+        await asyncio.sleep(1.96)
+        deadlines.set(short_owner, at)  # 40 ms ahead now: a bucket 1 tick wide
+        apart = short_owner.deadline_bucket is not long_owner.deadline_bucket
+        await asyncio.sleep(0.2)
+        return apart, at, long_owner.fired, short_owner.fired
+
+    apart, at, long_fired, short_fired = run(main)
+    assert apart
+    assert at - EARLY <= long_fired[0] <= at + 2 * TICK + SLACK
+    assert at - EARLY <= short_fired[0] <= at + TICK + SLACK

@@ -40,7 +40,17 @@ class DeadlineOwner(Protocol):
 class Deadlines:
     """Deadlines of many owners on one event loop (see the module docstring)."""
 
-    __slots__ = ("_armed_at", "_buckets", "_due", "_handle", "_loop")
+    __slots__ = (
+        "_armed_at",
+        "_buckets",
+        "_due",
+        "_handle",
+        "_last",
+        "_last_due",
+        "_last_from",
+        "_last_min",
+        "_loop",
+    )
 
     def __init__(self) -> None:
         # The loop of the first deadline, kept: asyncio.get_running_loop() makes a getpid() system
@@ -50,6 +60,10 @@ class Deadlines:
         self._due: list[tuple[float, int]] = []  # a heap: (due time, key) of every bucket
         self._handle: asyncio.TimerHandle | None = None
         self._armed_at = math.inf  # the due time the handle fires for
+        # The bucket the last `set` chose, while it lives: deadlines in (_last_from, _last_due] with a
+        # delay of at least _last_min (its width suits them) go there without the arithmetic.
+        self._last: set[DeadlineOwner] | None = None
+        self._last_from = self._last_due = self._last_min = math.inf
 
     def __len__(self) -> int:
         return sum(len(bucket) for bucket in self._buckets.values())
@@ -63,17 +77,24 @@ class Deadlines:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        width_class = min(_WIDTHS - 1, int((at - loop.time()) / _SPAN).bit_length())
-        width = TICK * (1 << width_class)
-        index = math.ceil(at / width)
-        key = index * _WIDTHS + width_class
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = set()
+        delay = at - loop.time()
+        bucket = self._last
+        if bucket is None or not (self._last_from < at <= self._last_due and delay >= self._last_min):
+            width_class = min(_WIDTHS - 1, int(delay / _SPAN).bit_length())
+            width = TICK * (1 << width_class)
+            index = math.ceil(at / width)
+            key = index * _WIDTHS + width_class
             due = index * width
-            heapq.heappush(self._due, (due, key))
-            if due < self._armed_at:
-                self._arm(loop, due)
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                bucket = self._buckets[key] = set()
+                heapq.heappush(self._due, (due, key))
+                if due < self._armed_at:
+                    self._arm(loop, due)
+            self._last = bucket
+            self._last_from = due - width
+            self._last_due = due
+            self._last_min = _SPAN * (1 << (width_class - 1)) if width_class else -math.inf
         bucket.add(owner)
         owner.deadline_bucket = bucket
 
@@ -95,6 +116,7 @@ class Deadlines:
         self._due.clear()
         self._armed_at = math.inf
         self._loop = None
+        self._last = None
 
     def _arm(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
         if self._handle is not None:
@@ -115,12 +137,15 @@ class Deadlines:
             if due > now:
                 if not buckets[key]:  # emptied since: no reason to wake up for it
                     heapq.heappop(heap)
-                    del buckets[key]
+                    if buckets.pop(key) is self._last:
+                        self._last = None
                     continue
                 self._arm(loop, due)
                 return
             heapq.heappop(heap)
             bucket = buckets.pop(key)  # before the callbacks: a deadline they set lands in a new bucket
+            if bucket is self._last:
+                self._last = None
             for owner in list(bucket):
                 if owner.deadline_bucket is bucket:
                     owner.deadline_bucket = None
