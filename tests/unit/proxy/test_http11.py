@@ -167,6 +167,51 @@ async def test_chunked_request_bodies_reach_the_upstream_whole(
     assert (status, body) == (200, b"hello world")
 
 
+async def test_request_bodies_sent_with_their_head_or_after_it_reach_the_upstream_whole_in_order(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream
+) -> None:
+    # (The fast path holds a request's head until the client's read is parsed, to write it with
+    # the body that came along: every way a body can arrive must still get there, on one connection.)
+    sidecar = await _sidecar(start_sidecar, upstream.port)
+    async with connect(sidecar.listen_port("up")) as conn:
+        await conn.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        assert (await conn.response())[::2] == (200, b"hello")
+        await conn.send(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello")
+        await asyncio.sleep(0.05)
+        await conn.send(b" world")
+        assert (await conn.response())[::2] == (200, b"hello world")
+        await conn.send(b"PUT /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+        await asyncio.sleep(0.05)
+        await conn.send(b"abc")
+        assert (await conn.response())[::2] == (200, b"abc")
+        await conn.send(
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi"
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nyou\r\n0\r\n\r\n"
+            b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert [(await conn.response())[::2] for _ in range(3)] == [(200, b"hi"), (200, b"you"), (200, b"ok")]
+
+
+async def test_a_pipelined_chunked_body_cannot_smuggle_a_request_to_the_upstream(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream
+) -> None:
+    # A request that waits its turn keeps what arrived of its body: framed as it will be sent, or
+    # its content, de-chunked, would be read by the upstream as chunk framing and a request of its own.
+    sidecar = await _sidecar(start_sidecar, upstream.port)
+    inner = b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    async with connect(sidecar.listen_port("up")) as conn:
+        await conn.send(
+            b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"%x\r\n%b\r\n0\r\n\r\n" % (len(inner), inner)
+        )
+        assert (await conn.response())[::2] == (200, b"ok")
+        assert (await conn.response())[::2] == (200, inner)
+        await conn.send(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await conn.response())[::2] == (200, b"ok")
+    assert upstream.hits["/smuggled"] == 0
+
+
 SMUGGLING = {
     "content-length and transfer-encoding": (
         b"POST /consume HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"

@@ -342,15 +342,19 @@ class ClientConnection(asyncio.Protocol):
         assert req is not None
         if req.started and self.current is req and self.exchange is not None:
             self.exchange.request_body(body)
-        elif not req.started:
-            req.body.append(body)
+        elif not req.started:  # kept framed as it will be sent (the parser de-chunks: re-chunk it)
+            req.body.append(b"%x\r\n%b\r\n" % (len(body), body) if req.chunked else body)
 
     def on_message_complete(self) -> None:
         req = self.req
         assert req is not None
         req.complete = True
-        if req.chunked and req.started and self.current is req and self.exchange is not None:
-            self.exchange.request_complete()  # the last chunk (a body of known length needs no end)
+        if req.chunked:  # the last chunk (a body of known length needs no end)
+            if req.started:
+                if self.current is req and self.exchange is not None:
+                    self.exchange.request_complete()
+            else:
+                req.body.append(b"0\r\n\r\n")
 
     # -- answering ---------------------------------------------------------------------------------
 
