@@ -71,7 +71,8 @@ class Exchange(Tries):
         self.deadlines = client.listener.engine.deadlines
         self.deadline_bucket: set[DeadlineOwner] | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.up_out: list[bytes] = []
+        self.up_out: list[bytes] = []  # for the upstream, not written yet (connecting, or held)
+        self.holding = False  # the upstream's bytes wait for the rest of the client's read (`_attach`)
         self.replay: list[bytes] | None = None
         self.permit = False
         self.token = 0
@@ -111,6 +112,7 @@ class Exchange(Tries):
         self.connecting = False
         self.retried_idle = False
         self.upstream_paused_client = False
+        self.holding = False
         self.up_out.clear()
         loop = self.loop
         self.deadline = loop.time() + up.timeout
@@ -178,6 +180,9 @@ class Exchange(Tries):
     def _to_upstream(self, piece: bytes) -> None:
         if self.replay is not None:
             self.replay.append(piece)
+        if self.holding:
+            self.up_out.append(piece)
+            return
         conn = self.conn
         if conn is not None and conn.transport is not None:
             conn.transport.write(piece)
@@ -227,13 +232,28 @@ class Exchange(Tries):
             req.expect_continue = False
             self.client.write(CONTINUE)
         if self.attempt == 1 and not self.retried_idle:
-            if self.up_out:
-                transport.writelines([req.upstream_head(up), *self.up_out])
-                self.up_out.clear()
+            up_out = self.up_out
+            if not req.complete:
+                # Its body is still coming, some of it maybe in the client's read being parsed: the
+                # head waits for that (a callback at the end of this loop turn), one write for both.
+                up_out.insert(0, req.upstream_head(up))
+                self.holding = True
+                self.loop.call_soon(self._write_held, conn)
+            elif up_out:
+                transport.writelines([req.upstream_head(up), *up_out])
+                up_out.clear()
             else:
                 transport.write(req.upstream_head(up))
         else:
             transport.writelines([req.upstream_head(up), *(self.replay or ())])
+            self.up_out.clear()
+
+    def _write_held(self, conn: UpstreamConnection) -> None:
+        if not self.holding:  # (a new request began meanwhile: it writes its own)
+            return
+        self.holding = False
+        if conn is self.conn and conn.transport is not None:
+            conn.transport.writelines(self.up_out)
             self.up_out.clear()
 
     # ------------------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class Tries(Relay):
         "deadline_bucket",
         "deadlines",
         "failed",
+        "holding",
         "in_bulkhead",
         "may_retry",
         "permit",
