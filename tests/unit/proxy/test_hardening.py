@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 
 from breakwater.proxy import Sidecar
+from breakwater.proxy.fast.server import MAX_FIELDS, MAX_HEAD_BYTES
 from breakwater.proxy.sidecar import run_sidecar
 from tests.unit.proxy.helpers import (
     FaultyUpstream,
@@ -62,6 +63,35 @@ async def test_oversized_heads_get_431_or_414_without_reaching_the_upstream(
     long_line = await _raw(port, b"GET /" + b"p" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
     assert long_line[9:12] == b"414", long_line[:40]
     assert upstream.hits.total() == 0
+
+
+async def test_the_fast_paths_head_limits_are_exact_a_nominating_connection_field_counted_once(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream
+) -> None:
+    if start_sidecar.data_path != "fast":
+        pytest.skip("the full path's head limits are aiohttp's")
+    sidecar = await start_sidecar(sidecar_doc(upstream_doc("up", upstream.port)))
+    port = sidecar.listen_port("up")
+
+    def get(*fields: bytes) -> bytes:  # each field counts len(name) + len(value) + 4
+        lines = (b"Host: x", b"Connection: close", *fields)  # 9 + 19 bytes, 2 fields
+        return b"GET /ok HTTP/1.1\r\n" + b"".join(line + b"\r\n" for line in lines) + b"\r\n"
+
+    def filler(n: int) -> list[bytes]:
+        return [b"X-F%03d: v" % i for i in range(n)]
+
+    assert (await _raw(port, get(*filler(MAX_FIELDS - 2))))[9:12] == b"200"
+    assert (await _raw(port, get(*filler(MAX_FIELDS - 1))))[9:12] == b"431"
+    hop = (b"Connection: X-Drop", b"X-Drop: 1")  # 20 + 11 bytes, 2 fields
+
+    def big(extra: int) -> list[bytes]:  # three fields (the upstream takes up to 8 KiB each) filling the rest
+        room = MAX_HEAD_BYTES - 9 - 19 - 20 - 11 - 3 * 8 + extra
+        return [b"X-B%d: " % i + b"b" * (room // 3 + (i < room % 3)) for i in range(3)]
+
+    assert (await _raw(port, get(*hop, *big(0))))[9:12] == b"200"
+    assert (await _raw(port, get(*hop, *big(1))))[9:12] == b"431"
+    assert upstream.hits["/ok"] == 2
+    assert "X-Drop" not in upstream.last_headers
 
 
 async def test_a_slow_loris_client_is_disconnected_after_the_idle_timeout(

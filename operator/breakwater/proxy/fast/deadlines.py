@@ -3,7 +3,9 @@
 A uvloop timer handle costs about 8 µs to create and cancel (a libuv handle allocated, started,
 closed), a tenth of what a proxied request costs, and nearly every deadline is cancelled: the answer
 comes first. So deadlines are kept in buckets (a set of owners each), and one timer is armed for the
-earliest bucket that is not empty. Setting and clearing a deadline is a set insertion and removal.
+earliest bucket that is not empty. Setting and clearing a deadline is a set insertion and removal
+(and while deadlines keep falling in the bucket the last one went to, as the requests of one timeout
+arriving within a bucket's width do, `set` does not work out which bucket again).
 When the timer fires, the buckets that are due are emptied (their owners' `on_deadline` is called)
 and the timer is armed for the next one; buckets emptied meanwhile are skipped. With traffic
 flowing, the timer fires about once per timeout period, for the oldest request still in flight.

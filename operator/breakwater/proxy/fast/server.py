@@ -3,9 +3,11 @@
 Requests are parsed by httptools (llhttp, strict: Content-Length with Transfer-Encoding, two
 Content-Lengths, obs-fold, invalid chunk sizes and bare LF are all parse errors) and answered one at
 a time, in order: a pipelined request waits, parsed, with the connection's reading paused, until the
-answer before it is complete. Every malformed request gets 400 (a head over `MAX_HEAD_BYTES` 431, a
-target over `MAX_TARGET_BYTES` 414, a transfer coding other than chunked 501) with the connection
-closed, and one rate-limited WARNING line per kind of error.
+answer before it is complete. Every malformed request gets 400 (a head over `MAX_HEAD_BYTES` or
+`MAX_FIELDS` 431 whatever else is wrong with it, a target over `MAX_TARGET_BYTES` 414, a transfer
+coding other than chunked 501) with the connection closed, and one rate-limited WARNING line per kind
+of error. The header fields the Cached fallback reads (``Authorization``, ``Cookie``,
+``Cache-Control``) are noted as they are parsed, so its tee never scans the header lines again.
 
 An upgrade request (``Connection: upgrade``) or a ``CONNECT`` is handed to the full path: once the
 answers before it are written, the connection's transport is given to an aiohttp protocol together
