@@ -35,6 +35,7 @@ from breakwater.proxy.fast.wire import (
     KIND_HOST,
     KIND_TRANSFER_ENCODING,
     REQUEST_KINDS,
+    HeaderLines,
     MarkedErrors,
     drop_nominated,
     render_answer,
@@ -330,6 +331,12 @@ class ClientConnection(asyncio.Protocol):
             req.complete = True  # no body: answerable (and done reading) from its head alone
         if req.nominated:
             drop_nominated(lines)
+            # What Connection listed is not sent on: the cache's notes follow the lines kept.
+            kept = HeaderLines(lines)
+            req.authorization = kept.get("Authorization")
+            req.cookie = kept.get("Cookie")
+            cache_control = kept.get("Cache-Control")
+            req.cache_control = None if cache_control is None else cache_control.encode("latin-1")
         if parser.should_upgrade():
             req.upgrade = True  # the parser stops right after this callback: see `_hand_off`
             return
