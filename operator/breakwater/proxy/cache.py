@@ -6,8 +6,9 @@ response streams to the client (`CacheFill`): an entry larger than the cache's b
 kept, and capturing stops as soon as it would be. ``Set-Cookie`` is never replayed.
 
 The key is the request target (path and query) plus a digest of the request's ``Authorization`` and
-``Cookie`` headers: the sidecar is one pod's private cache, but that pod may serve many users, and one
-user's answer must never be replayed to another. Headers named by the response's ``Vary`` must match too.
+``Cookie`` headers, every line of each: the sidecar is one pod's private cache, but that pod may serve
+many users, and one user's answer must never be replayed to another. Headers named by the response's
+``Vary`` must match too. A field sent on several lines counts whole everywhere (`combined`).
 What is served: a ``GET`` or ``HEAD`` whose entry is younger than ``maxAgeSeconds``; entries are evicted
 least-recently-used first when the entry or byte budget is exceeded, and lazily once too old.
 
@@ -25,10 +26,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["CacheFill", "CachedResponse", "Headers", "ResponseCache"]
+__all__ = ["CREDENTIALS_SEPARATOR", "CacheFill", "CachedResponse", "Headers", "ResponseCache", "combined"]
 
 _UNSTORED_HEADERS = frozenset({"set-cookie", "age", "date", "content-length"})
 REFRESH_SECONDS = 1.0
+CREDENTIALS_SEPARATOR = "\n"  # no field value holds one: two lines never key like one line
 
 
 class Headers(Protocol):
@@ -55,8 +57,17 @@ class CachedResponse:
         return len(body) + sum(len(k) + len(v) for k, v in headers) + 64
 
 
+def combined(headers: Headers, name: str, separator: str = ", ") -> str | None:
+    """Every field of that name, in order, joined (RFC 9110 §5.3: a field sent on several lines is one
+    list); None without any. Reading only the first line would key two users whose first Cookie line
+    matches to one entry, and miss a Vary name on a second line."""
+    wanted = name.lower()
+    values = [value for key, value in headers.items() if key.lower() == wanted]
+    return separator.join(values) if values else None
+
+
 def _no_store(headers: Headers) -> bool:
-    value = headers.get("Cache-Control")
+    value = combined(headers, "Cache-Control")
     return value is not None and "no-store" in value.lower()
 
 
@@ -89,16 +100,16 @@ class ResponseCache:
 
     @staticmethod
     def key(path_qs: str, headers: Headers) -> str:
-        auth = headers.get("Authorization")
-        cookie = headers.get("Cookie")
+        auth = combined(headers, "Authorization", CREDENTIALS_SEPARATOR)
+        cookie = combined(headers, "Cookie", CREDENTIALS_SEPARATOR)
         if auth is None and cookie is None:
             return path_qs
         return ResponseCache.credentials_key(path_qs, auth, cookie)
 
     @staticmethod
     def credentials_key(path_qs: str, auth: str | None, cookie: str | None) -> str:
-        """`key` from the request's ``Authorization`` and ``Cookie`` values (the fast path notes them
-        while parsing)."""
+        """`key` from the request's ``Authorization`` and ``Cookie`` values, each of every line of its
+        name joined by `CREDENTIALS_SEPARATOR` (the fast path notes them while parsing)."""
         digest = hashlib.sha256(f"{auth}\0{cookie}".encode("utf-8", "surrogateescape")).hexdigest()[:32]
         return f"{path_qs}\0{digest}"
 
@@ -115,7 +126,7 @@ class ResponseCache:
             return None
         if _no_store(headers):
             return None
-        vary = headers.get("Vary") or ""
+        vary = combined(headers, "Vary") or ""
         if "*" in vary:
             return None
         if length is not None and length > self.max_bytes:
@@ -130,7 +141,7 @@ class ResponseCache:
             self._remove(key)
             return None
         for name, value in entry.vary:
-            if (request_headers.get(name) or "") != value:
+            if (combined(request_headers, name) or "") != value:
                 return None
         self._entries.move_to_end(key)
         return entry
@@ -201,7 +212,7 @@ class CacheFill:
         """The body arrived whole: store it."""
         if self._chunks is None:
             return
-        vary = tuple((name, (request_headers.get(name) or "")) for name in self._vary_names)
+        vary = tuple((name, (combined(request_headers, name) or "")) for name in self._vary_names)
         body = b"".join(self._chunks)
         self._chunks = None
         self._cache.store(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from breakwater.proxy import Sidecar, run_sidecar
 
@@ -200,7 +201,7 @@ class FaultyUpstream:
         self._hit(request)
         if self.failing:
             return web.Response(status=503, text="down")
-        headers = {"Vary": request.query["vary"]} if "vary" in request.query else {}
+        headers = CIMultiDict(("Vary", name) for name in request.query.getall("vary", ()))  # a line each
         if "cc" in request.query:
             headers["Cache-Control"] = request.query["cc"]
         n = self.hits[request.path]

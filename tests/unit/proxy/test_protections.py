@@ -182,6 +182,40 @@ async def test_the_cache_finds_credentials_and_no_store_whatever_the_case_of_the
     assert marker(await _raw_get(port, "/cache/secret")) == (503, "open", b"")
 
 
+async def test_every_line_of_a_repeated_field_counts_for_the_cache_key_no_store_and_vary(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    # Two users whose first Cookie line is the same (a preference) and whose session is on the
+    # second must never share an answer; a no-store or a Vary name on a second line still counts.
+    sidecar, base = await _start(start_sidecar, upstream.port, fallback=CACHED, breaker=TRIP_ON_FIRST)
+    port = sidecar.listen_port("up")
+    bob = ("Cookie: theme=dark", "Cookie: session=bob")
+    assert (await _raw_get(port, "/cache/jar", *bob))[2] == b"jar#1"
+    await _raw_get(port, "/cache/secret", "Cache-Control: max-age=0", "Cache-Control: no-store")
+    varies = "/cache/v?vary=Accept&vary=Accept-Language"
+    await _raw_get(port, varies, "Accept: text/plain", "Accept-Language: de")
+    await _trip(sidecar, upstream, client, base)
+
+    def marker(answer: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
+        return answer[0], answer[1]["x-breakwater"]
+
+    assert marker(await _raw_get(port, "/cache/jar", *bob)) == (200, "fallback-cached")
+    assert marker(await _raw_get(port, "/cache/jar", "Cookie: theme=dark", "Cookie: session=eve")) == (
+        503,
+        "open",
+    )
+    assert marker(await _raw_get(port, "/cache/jar", "Cookie: theme=dark")) == (503, "open")
+    assert marker(await _raw_get(port, "/cache/secret")) == (503, "open")
+    assert marker(await _raw_get(port, varies, "Accept: text/plain", "Accept-Language: de")) == (
+        200,
+        "fallback-cached",
+    )
+    assert marker(await _raw_get(port, varies, "Accept: text/plain", "Accept-Language: fr")) == (
+        503,
+        "open",
+    )
+
+
 async def test_a_cached_answer_keeps_no_hop_by_hop_field_to_replay(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
 ) -> None:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Final
 import httptools
 
 from breakwater.proxy.answers import MARKER, Answer, plain
+from breakwater.proxy.cache import CREDENTIALS_SEPARATOR, combined
 from breakwater.proxy.fast.exchange import Exchange
 from breakwater.proxy.fast.wire import (
     KIND_AUTHORIZATION,
@@ -108,8 +109,8 @@ class RequestHead:
         self.upgrade = False
         self.nominated = 0  # Connection fields listing more than close/keep-alive/upgrade (kept twice)
         self.problem: Answer | None = None
-        # What the Cached fallback reads, noted while parsing (the first field of each name, as
-        # `HeaderLines.get` would find it): the credentials of the cache key, and Cache-Control.
+        # What the Cached fallback reads, noted while parsing (every line of each name, joined as
+        # `cache.combined` joins them): the credentials of the cache key, and Cache-Control.
         self.authorization: str | None = None
         self.cookie: str | None = None
         self.cache_control: bytes | None = None
@@ -277,14 +278,15 @@ class ClientConnection(asyncio.Protocol):
             return
         if kind >= KIND_AUTHORIZATION:  # end-to-end, noted for the cache
             req.lines.append(line)
+            text = value.strip().decode("latin-1")  # every line of each keys the cache, as `combined`
             if kind == KIND_AUTHORIZATION:
-                if req.authorization is None:
-                    req.authorization = value.strip().decode("latin-1")
+                req.authorization = (
+                    text if (a := req.authorization) is None else a + CREDENTIALS_SEPARATOR + text
+                )
             elif kind == KIND_COOKIE:
-                if req.cookie is None:
-                    req.cookie = value.strip().decode("latin-1")
-            elif req.cache_control is None:
-                req.cache_control = value
+                req.cookie = text if (c := req.cookie) is None else c + CREDENTIALS_SEPARATOR + text
+            else:
+                req.cache_control = value if (cc := req.cache_control) is None else cc + b", " + value
             return
         req.raw_specials.append(line)
         if kind == KIND_HOST:
@@ -333,9 +335,9 @@ class ClientConnection(asyncio.Protocol):
             drop_nominated(lines)
             # What Connection listed is not sent on: the cache's notes follow the lines kept.
             kept = HeaderLines(lines)
-            req.authorization = kept.get("Authorization")
-            req.cookie = kept.get("Cookie")
-            cache_control = kept.get("Cache-Control")
+            req.authorization = combined(kept, "Authorization", CREDENTIALS_SEPARATOR)
+            req.cookie = combined(kept, "Cookie", CREDENTIALS_SEPARATOR)
+            cache_control = combined(kept, "Cache-Control")
             req.cache_control = None if cache_control is None else cache_control.encode("latin-1")
         if parser.should_upgrade():
             req.upgrade = True  # the parser stops right after this callback: see `_hand_off`
