@@ -257,11 +257,12 @@ def test_a_new_leader_delivers_what_the_last_one_tuned_from_the_history_it_hande
         )
         time.sleep(10)  # it has resumed (rendered) every policy by now, and its status loop ran
         # It goes on from the handed-over history: still tuned, not the spec's 5 again. (It may have
-        # moved on by a step since: the evidence is still in the history and the hysteresis is 5 s.)
+        # moved on by a step since, either way: the hysteresis is 5 s, and the same evidence puts the
+        # run length at 10 % failures between 6 and 8. A fresh history would deliver the spec's 5.)
         effective = upstream_status(cluster, namespace)["effective"]
-        assert effective["source"]["consecutiveFailures"] == "Adaptive"
+        assert effective["source"]["consecutiveFailures"] == "Adaptive", effective
         now = int(effective["consecutiveFailures"])
-        assert now >= tuned, f"tuned {tuned} before the handover, {now} after"
+        assert now > 5, f"tuned {tuned} before the handover, {now} after"
         cluster.wait_for(
             "the effective value bundled",
             lambda: (
