@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from breakwater.testing.operator import OperatorProcess
-from breakwater.testing.sidecars import SidecarFleet
+from breakwater.testing.sidecars import SidecarFleet, SidecarProcess
 from breakwater.testing.upstream import FlakyUpstream
 from tests.cluster.adaptive_harness import breaker_of, events_of, manifest, upstream_status
 from tests.cluster.harness import call, opt_in, start_clients
@@ -24,6 +24,21 @@ def operator_args() -> tuple[str, ...]:
     return ("--stale-after-seconds=8",)
 
 
+def three_pods_with_a_quorum_and_a_failing_upstream(
+    cluster: Cluster, namespace: str, upstream: FlakyUpstream, fleet: SidecarFleet
+) -> list[SidecarProcess]:
+    """A policy with quorumPercent 50 and 3 consecutive failures to trip, 3 pods with their sidecars
+    (in pod name order), and the upstream failing from now on."""
+    opt_in(cluster, namespace)
+    cluster.apply(
+        manifest(upstream.port, trip={"consecutiveFailures": 3}, coordination={"quorumPercent": 50}),
+        namespace=namespace,
+    )
+    start_clients(cluster, namespace, fleet, replicas=3)
+    upstream.failing = True
+    return sorted(fleet.sidecars.values(), key=lambda s: s.pod)
+
+
 def test_a_quorum_of_tripped_pods_opens_every_sidecar_and_not_before(
     cluster: Cluster,
     namespace: str,
@@ -31,14 +46,9 @@ def test_a_quorum_of_tripped_pods_opens_every_sidecar_and_not_before(
     upstream: FlakyUpstream,
     fleet: SidecarFleet,
 ) -> None:
-    opt_in(cluster, namespace)
-    cluster.apply(
-        manifest(upstream.port, trip={"consecutiveFailures": 3}, coordination={"quorumPercent": 50}),
-        namespace=namespace,
+    first, second, third = three_pods_with_a_quorum_and_a_failing_upstream(
+        cluster, namespace, upstream, fleet
     )
-    start_clients(cluster, namespace, fleet, replicas=3)
-    first, second, third = sorted(fleet.sidecars.values(), key=lambda s: s.pod)
-    upstream.failing = True
     assert [call(first.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]  # 1 of 3 trips
     cluster.wait_for(
         "one pod open on the resource",
@@ -81,14 +91,9 @@ def test_a_hold_whose_tripped_pods_are_gone_releases_every_pod_and_says_none_was
 ) -> None:
     # A rollout during an outage: the pods that tripped (the only ones probing) are replaced, and the
     # new pods start held. Nobody would ever probe again, so the hold ends, and the Event says why.
-    opt_in(cluster, namespace)
-    cluster.apply(
-        manifest(upstream.port, trip={"consecutiveFailures": 3}, coordination={"quorumPercent": 50}),
-        namespace=namespace,
+    first, second, third = three_pods_with_a_quorum_and_a_failing_upstream(
+        cluster, namespace, upstream, fleet
     )
-    start_clients(cluster, namespace, fleet, replicas=3)
-    first, second, third = sorted(fleet.sidecars.values(), key=lambda s: s.pod)
-    upstream.failing = True
     for sidecar in (first, second):
         assert [call(sidecar.url(15210) + "/pay") for _ in range(3)] == [500, 500, 500]
     cluster.wait_for(
