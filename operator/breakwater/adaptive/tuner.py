@@ -4,12 +4,13 @@ Two steps, both deterministic functions of their arguments:
 
 1. `evidence(history, now, ...)` sums the window up: the baseline failure rate and its spread over the
    buckets without an incident, the latency p99 of the same buckets, the recent outage lengths.
-   Buckets in which a breaker tripped, or whose failure rate reached the trip point in force, are
-   incidents: they are left out of the baseline, so an outage never teaches the breaker to tolerate
-   outages.
+   Buckets whose failure rate (all pods together) reached the trip point in force are incidents: they
+   are left out of the baseline, so an outage never teaches the breaker to tolerate outages. With the
+   run counts go their standard errors (`chance_runs_error`).
 2. `step(state, evidence, ...)` moves each threshold towards its target (`targets`) under the safety
    rules: only a rule the spec turns on, never a pinned one, never while any pod has the upstream
-   open or half-open (`frozen`), never below `minimumVolume` calls, and only once the target has
+   open or half-open (`frozen`), never below `minimumVolume` calls, never while the value in force
+   is within the range the evidence supports (`Target.supported`), and only once the target has
    stayed on the same side of the value in force for `hysteresis` — at most one change per threshold
    per `hysteresis`. A tuned value is always within `adaptive.bounds` (a configured value is shown as
    configured, wherever it is).
@@ -21,8 +22,9 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from breakwater.adaptive.history import BUCKETS, History, Totals
 from breakwater.api.adaptive import Adaptive, Threshold
@@ -35,6 +37,7 @@ __all__ = [
     "Change",
     "Configured",
     "Evidence",
+    "Target",
     "Track",
     "TunerState",
     "evidence",
@@ -46,6 +49,11 @@ __all__ = [
 CHANCE_RUNS_PER_DAY = 1.0
 """consecutiveFailures is chosen so that, at the failure rates the buckets saw, runs of that many
 failures happen by chance less than this often per day across the whole fleet."""
+CHANCE_RUNS_DEVIATIONS = 2.0
+"""consecutiveFailures is kept while its value lies between the shortest run length that chance makes
+less than once a day at the estimate minus and at the estimate plus this many standard errors
+(`Evidence.chance_runs_error`): the evidence does not rule it out. Thin or uneven
+evidence (low traffic, a failure rate that jumps) gives a wide range, plenty of calls a narrow one."""
 HEALTHY_TRIAL_FAILS = 0.1
 """halfOpen.successesToClose is the most trial calls (up to the spec's value) that a healthy upstream,
 at its baseline failure rate, all answers with a success at least 1 - this often: any failed trial
@@ -111,6 +119,8 @@ class Evidence:
     outages: tuple[float, ...]
     incidents: int  # buckets left out
     healthy_seconds: float  # the length of the buckets that count
+    chance_runs_error: tuple[float, ...] = ()  # the standard error of each of chance_runs (empty:
+    # unknown, a single bucket): the sample of minutes (Newey-West) and the window's rate (delta method)
 
     @property
     def baseline(self) -> float:
@@ -175,6 +185,23 @@ def _beta_prior(mean: float, spread: float) -> tuple[float, float] | None:
     return (mean * size, (1 - mean) * size)
 
 
+def _total_error(parts: Sequence[float]) -> float:
+    """The standard error of sum(parts), the window's buckets taken as a sample of the upstream's
+    minutes in time order: Newey-West, with the autocovariances of neighbouring buckets up to
+    floor(4 (n / 100) ^ (2/9)) apart (3 of 60) weighted down linearly. A failure rate that holds for
+    minutes makes neighbours alike, and their spread alone would understate the error."""
+    if not any(parts):
+        return 0.0
+    n = len(parts)
+    mean = sum(parts) / n
+    d = [x - mean for x in parts]
+    lags = min(n - 1, int(4 * (n / 100) ** (2 / 9)))
+    variance = sum(x * x for x in d)
+    for lag in range(1, lags + 1):
+        variance += 2 * (1 - lag / (lags + 1)) * sum(a * b for a, b in zip(d, d[lag:], strict=False))
+    return math.sqrt(max(0.0, variance * n / (n - 1)))
+
+
 def evidence(history: History, *, now: float, trip_percent: float | None = None) -> Evidence:
     """The window ending at `now`. A bucket whose failure rate (all pods together) reached
     `trip_percent`, the failure-rate threshold in force (`INCIDENT_PERCENT` without one), is an
@@ -194,6 +221,7 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
     spread = 0.0
     healthy_seconds = len(healthy) * history.width
     runs = [0.0] * MAX_RUN
+    errors: tuple[float, ...] = ()
     if calls:
         mean = failures / calls
         observed = sum(b.calls * ((b.failures / b.calls) - mean) ** 2 for b in healthy) / calls
@@ -205,9 +233,20 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         homogeneous = dispersion <= len(healthy) - 1 + 2 * math.sqrt(2 * max(len(healthy) - 1, 1))
         prior = _beta_prior(mean, 0.0 if homogeneous else spread)
         per_day = 86_400 / max(healthy_seconds, 1.0)
-        for b in healthy:
-            for k, chance in enumerate(_run_chances(b.calls, b.failures, prior)):
-                runs[k] += b.calls * chance * per_day
+        per_bucket = [
+            [b.calls * c * per_day for c in _run_chances(b.calls, b.failures, prior)] for b in healthy
+        ]
+        runs = [sum(column) for column in zip(*per_bucket, strict=True)]
+        if len(healthy) > 1 and prior is not None:
+            # Two sources of error: which minutes the window happened to hold (the spread of the
+            # buckets' counts), and how well its failures pin the rate down (the delta method on
+            # (1 - p) p^k: relative error |k - p / (1 - p)| times that of p, sqrt((1 - p) / (p n))).
+            # The Beta prior pulls buckets to the window's rate, so the first alone misses the second.
+            rel = math.sqrt((1 - mean) / (mean * calls))
+            errors = tuple(
+                math.hypot(_total_error(column), total * abs(k + 1 - mean / (1 - mean)) * rel)
+                for k, (column, total) in enumerate(zip(zip(*per_bucket, strict=True), runs, strict=True))
+            )
     latency = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
     for b in healthy:
         for i, n in enumerate(b.latency[: len(latency)]):
@@ -222,6 +261,7 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         incidents=incidents,
         healthy_seconds=healthy_seconds,
         chance_runs=tuple(runs),
+        chance_runs_error=errors,
     )
 
 
@@ -233,10 +273,24 @@ def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Threshold, tuple[float, str]]:
+class Target(NamedTuple):
+    """Where a threshold should be, why, and (when the evidence says how sure it is) the range of
+    values it does not contradict: a value in force within `supported` is kept."""
+
+    value: float
+    reason: str
+    supported: tuple[float, float] | None = None
+
+
+def _shortest_rare_run(runs: Iterable[float]) -> int:
+    """The shortest run length that chance makes less than once a day (MAX_RUN when none)."""
+    return next((n + 1 for n, r in enumerate(runs) if r < CHANCE_RUNS_PER_DAY), MAX_RUN)
+
+
+def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Threshold, Target]:
     """Where each threshold the evidence speaks to should be, with the reason; before hysteresis."""
     bounds = params.bounds
-    out: dict[Threshold, tuple[float, str]] = {}
+    out: dict[Threshold, Target] = {}
     p = ev.baseline
     over = _window(ev.window_seconds)
     low: float
@@ -247,7 +301,7 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         raw = 100 * (p + params.deviations * sigma) + params.failure_rate_margin
         low, high = bounds.failure_rate_percent.min, bounds.failure_rate_percent.max
         percent = _clamp(math.ceil(raw), low, high)
-        out[Threshold.FAILURE_RATE_PERCENT] = (
+        out[Threshold.FAILURE_RATE_PERCENT] = Target(
             percent,
             f"failure rate baseline {100 * p:.1f} % ± {100 * sigma:.1f} over {over} → trip at {percent:g} %",
         )
@@ -255,22 +309,28 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         low, high = bounds.consecutive_failures.min, bounds.consecutive_failures.max
         # The shortest run that chance makes less than once a day, at each bucket's own failure rate
         # (runs come from the bad minutes: the mean rate alone would underestimate them).
-        shortest = next(
-            (n + 1 for n, runs in enumerate(ev.chance_runs) if runs < CHANCE_RUNS_PER_DAY), MAX_RUN
-        )
-        k = _clamp(shortest, low, high)
+        k = _clamp(_shortest_rare_run(ev.chance_runs), low, high)
         per_hour = ev.calls * 3600 / max(ev.healthy_seconds, 1.0)
-        out[Threshold.CONSECUTIVE_FAILURES] = (
-            k,
+        reason = (
             f"{k:g} failures in a row: at {100 * p:.1f} % failures (± {100 * ev.spread:.1f} between "
-            f"buckets) and {per_hour:.0f} calls/h, a chance run less than once a day",
+            f"buckets) and {per_hour:.0f} calls/h, a chance run less than once a day"
         )
+        supported = None
+        if ev.chance_runs_error:
+            z = CHANCE_RUNS_DEVIATIONS
+            pairs = list(zip(ev.chance_runs, ev.chance_runs_error, strict=True))
+            shortest = _clamp(_shortest_rare_run(r - z * e for r, e in pairs), low, high)
+            longest = _clamp(_shortest_rare_run(r + z * e for r, e in pairs), low, high)
+            supported = (shortest, longest)
+            if shortest < longest:
+                reason += f" (the evidence supports {shortest:g} to {longest:g})"
+        out[Threshold.CONSECUTIVE_FAILURES] = Target(k, reason, supported)
     if configured.slow_call_seconds is not None and ev.p99_seconds is not None:
         low = bounds.slow_call_duration.min.seconds
         high = min(bounds.slow_call_duration.max.seconds, SLOW_CALL_CEILING * configured.timeout_seconds)
         if low <= high:
             seconds = _clamp(round(ev.p99_seconds * params.slow_call_factor, 2), low, high)
-            out[Threshold.SLOW_CALL_DURATION] = (
+            out[Threshold.SLOW_CALL_DURATION] = Target(
                 seconds,
                 f"latency p99 {1000 * ev.p99_seconds:.0f} ms over {over} x {params.slow_call_factor:g} → "
                 f"slow above {_window(seconds) if seconds >= 1 else f'{1000 * seconds:.0f}ms'}",
@@ -281,7 +341,7 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         k = high
         if p:  # the largest k with ok^k >= 1 - HEALTHY_TRIAL_FAILS (+1e-9: 0.9^1 is not below 0.9)
             k = min(high, max(1, math.floor(math.log(1 - HEALTHY_TRIAL_FAILS) / math.log(ok) + 1e-9)))
-        out[Threshold.SUCCESSES_TO_CLOSE] = (
+        out[Threshold.SUCCESSES_TO_CLOSE] = Target(
             float(k),
             f"{k} trial successes to close: at {100 * p:.1f} % failures a recovered upstream passes "
             f"{k} of {k} trials {100 * ok**k:.0f} % of the time",
@@ -293,7 +353,7 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         high = min(bounds.open_duration.max.seconds, configured.open_max_seconds)
         if low <= high:
             seconds = _clamp(round(median * params.open_duration_factor), low, high)
-            out[Threshold.OPEN_DURATION] = (
+            out[Threshold.OPEN_DURATION] = Target(
                 seconds,
                 f"the last {len(ordered)} outages still failed {median:.0f}s after the trip (median) "
                 f"x {params.open_duration_factor:g} → open for {_window(seconds)}",
@@ -388,17 +448,20 @@ def step(
             track = replace(track, pending=0, reason=why)
         elif target is None:
             track = replace(track, pending=0, reason=track.reason or "no evidence yet")
-        elif not _significant(threshold, target[0], track.value):
-            track = replace(track, pending=0, reason=target[1])
+        elif not _significant(threshold, target.value, track.value):
+            track = replace(track, pending=0, reason=target.reason)
+        elif target.supported is not None and target.supported[0] <= track.value <= target.supported[1]:
+            why = f"{target.reason}: {track.value:g} is within that range, kept"
+            track = replace(track, pending=0, reason=why)
         else:
-            direction = 1 if target[0] > track.value else -1
+            direction = 1 if target.value > track.value else -1
             if track.pending != direction:
                 track = replace(track, pending=direction, pending_since=now)
-            track = replace(track, reason=target[1])
+            track = replace(track, reason=target.reason)
             quiet = track.changed_at is None or now - track.changed_at >= hysteresis
             if track.pending == direction and now - track.pending_since >= hysteresis and quiet:
-                changes.append(Change(threshold, track.value, target[0], target[1]))
-                track = Track(target[0], changed_at=now, reason=target[1])
+                changes.append(Change(threshold, track.value, target.value, target.reason))
+                track = Track(target.value, changed_at=now, reason=target.reason)
         tracks[threshold] = track
     return TunerState(tracks), changes
 
