@@ -10,7 +10,7 @@ Two steps, both deterministic functions of their arguments:
 2. `step(state, evidence, ...)` moves each threshold towards its target (`targets`) under the safety
    rules: only a rule the spec turns on, never a pinned one, never while any pod has the upstream
    open or half-open (`frozen`), never below `minimumVolume` calls, never while the value in force
-   is within the range the evidence supports (`Target.supported`), and only once the target has
+   is within the range the evidence supports (`ThresholdTarget.supported`), and only once the target has
    stayed on the same side of the value in force for `hysteresis` — at most one change per threshold
    per `hysteresis`. A tuned value is always within `adaptive.bounds` (a configured value is shown as
    configured, wherever it is).
@@ -37,7 +37,7 @@ __all__ = [
     "Change",
     "Configured",
     "Evidence",
-    "Target",
+    "ThresholdTarget",
     "Track",
     "TunerState",
     "evidence",
@@ -273,7 +273,7 @@ def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
-class Target(NamedTuple):
+class ThresholdTarget(NamedTuple):
     """Where a threshold should be, why, and (when the evidence says how sure it is) the range of
     values it does not contradict: a value in force within `supported` is kept."""
 
@@ -287,10 +287,10 @@ def _shortest_rare_run(runs: Iterable[float]) -> int:
     return next((n + 1 for n, r in enumerate(runs) if r < CHANCE_RUNS_PER_DAY), MAX_RUN)
 
 
-def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Threshold, Target]:
+def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Threshold, ThresholdTarget]:
     """Where each threshold the evidence speaks to should be, with the reason; before hysteresis."""
     bounds = params.bounds
-    out: dict[Threshold, Target] = {}
+    out: dict[Threshold, ThresholdTarget] = {}
     p = ev.baseline
     over = _window(ev.window_seconds)
     low: float
@@ -301,7 +301,7 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         raw = 100 * (p + params.deviations * sigma) + params.failure_rate_margin
         low, high = bounds.failure_rate_percent.min, bounds.failure_rate_percent.max
         percent = _clamp(math.ceil(raw), low, high)
-        out[Threshold.FAILURE_RATE_PERCENT] = Target(
+        out[Threshold.FAILURE_RATE_PERCENT] = ThresholdTarget(
             percent,
             f"failure rate baseline {100 * p:.1f} % ± {100 * sigma:.1f} over {over} → trip at {percent:g} %",
         )
@@ -324,13 +324,13 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
             supported = (shortest, longest)
             if shortest < longest:
                 reason += f" (the evidence supports {shortest:g} to {longest:g})"
-        out[Threshold.CONSECUTIVE_FAILURES] = Target(k, reason, supported)
+        out[Threshold.CONSECUTIVE_FAILURES] = ThresholdTarget(k, reason, supported)
     if configured.slow_call_seconds is not None and ev.p99_seconds is not None:
         low = bounds.slow_call_duration.min.seconds
         high = min(bounds.slow_call_duration.max.seconds, SLOW_CALL_CEILING * configured.timeout_seconds)
         if low <= high:
             seconds = _clamp(round(ev.p99_seconds * params.slow_call_factor, 2), low, high)
-            out[Threshold.SLOW_CALL_DURATION] = Target(
+            out[Threshold.SLOW_CALL_DURATION] = ThresholdTarget(
                 seconds,
                 f"latency p99 {1000 * ev.p99_seconds:.0f} ms over {over} x {params.slow_call_factor:g} → "
                 f"slow above {_window(seconds) if seconds >= 1 else f'{1000 * seconds:.0f}ms'}",
@@ -341,7 +341,7 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         k = high
         if p:  # the largest k with ok^k >= 1 - HEALTHY_TRIAL_FAILS (+1e-9: 0.9^1 is not below 0.9)
             k = min(high, max(1, math.floor(math.log(1 - HEALTHY_TRIAL_FAILS) / math.log(ok) + 1e-9)))
-        out[Threshold.SUCCESSES_TO_CLOSE] = Target(
+        out[Threshold.SUCCESSES_TO_CLOSE] = ThresholdTarget(
             float(k),
             f"{k} trial successes to close: at {100 * p:.1f} % failures a recovered upstream passes "
             f"{k} of {k} trials {100 * ok**k:.0f} % of the time",
@@ -353,7 +353,7 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
         high = min(bounds.open_duration.max.seconds, configured.open_max_seconds)
         if low <= high:
             seconds = _clamp(round(median * params.open_duration_factor), low, high)
-            out[Threshold.OPEN_DURATION] = Target(
+            out[Threshold.OPEN_DURATION] = ThresholdTarget(
                 seconds,
                 f"the last {len(ordered)} outages still failed {median:.0f}s after the trip (median) "
                 f"x {params.open_duration_factor:g} → open for {_window(seconds)}",
