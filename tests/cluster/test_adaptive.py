@@ -22,6 +22,7 @@ from breakwater.testing.sidecars import SidecarFleet
 from breakwater.testing.upstream import FlakyUpstream
 from tests.cluster.adaptive_harness import (
     FAST_ADAPTIVE,
+    NOISY_FAILURE_RATIO,
     Traffic,
     breaker_of,
     events_of,
@@ -58,9 +59,7 @@ def test_tuned_thresholds_move_with_the_history_and_the_sidecars_run_them(
     adaptive = {**FAST_ADAPTIVE, "historyWindow": "1m"}
     cluster.apply(manifest(upstream.port, adaptive=adaptive), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
-    # A noisy upstream: 1 call in 5 fails, runs of 5 happen by chance. At 1 in 10 about 1 window in 8
-    # of 1-s buckets of ~18 calls does not rule 5 out (the tuner then keeps it); at 1 in 5 none.
-    upstream.failure_ratio = 0.2
+    upstream.failure_ratio = NOISY_FAILURE_RATIO  # runs of 5 happen by chance
 
     def tuned_up() -> bool:
         effective = upstream_status(cluster, namespace).get("effective") or {}
@@ -119,7 +118,7 @@ def test_observe_mode_gets_suggestions_and_promote_prints_the_patch_that_enforce
         )[0]["type"]
         == "Warning"
     )
-    upstream.failure_ratio = 0.1
+    upstream.failure_ratio = NOISY_FAILURE_RATIO
 
     def suggested() -> dict[str, Any]:
         return dict(upstream_status(cluster, namespace).get("suggested") or {})
@@ -231,7 +230,7 @@ def test_a_new_leader_delivers_what_the_last_one_tuned_from_the_history_it_hande
     opt_in(cluster, namespace)
     cluster.apply(manifest(upstream.port, adaptive=FAST_ADAPTIVE), namespace=namespace)
     start_clients(cluster, namespace, fleet, replicas=2)
-    upstream.failure_ratio = 0.1
+    upstream.failure_ratio = NOISY_FAILURE_RATIO
 
     def tuned_up() -> bool:
         effective = upstream_status(cluster, namespace).get("effective") or {}
@@ -319,7 +318,7 @@ def test_a_leader_dying_mid_hold_leaves_the_hold_and_the_tuned_threshold_to_the_
         )
         start_clients(cluster, namespace, fleet, replicas=3)
         first, other, third = sorted(fleet.sidecars.values(), key=lambda s: s.pod)
-        upstream.failure_ratio = 0.1
+        upstream.failure_ratio = NOISY_FAILURE_RATIO
 
         def tuned_up() -> bool:
             effective = upstream_status(cluster, namespace).get("effective") or {}
