@@ -65,11 +65,10 @@ async def test_oversized_heads_get_431_or_414_without_reaching_the_upstream(
     assert upstream.hits.total() == 0
 
 
+@pytest.mark.parametrize("start_sidecar", ["fast"], indirect=True)  # the full path's limits are aiohttp's
 async def test_the_fast_paths_head_limits_are_exact_a_nominating_connection_field_counted_once(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream
 ) -> None:
-    if start_sidecar.data_path != "fast":
-        pytest.skip("the full path's head limits are aiohttp's")
     sidecar = await start_sidecar(sidecar_doc(upstream_doc("up", upstream.port)))
     port = sidecar.listen_port("up")
 
