@@ -182,6 +182,23 @@ async def test_the_cache_finds_credentials_and_no_store_whatever_the_case_of_the
     assert marker(await _raw_get(port, "/cache/secret")) == (503, "open", b"")
 
 
+async def test_credentials_that_connection_nominates_are_not_forwarded_so_they_do_not_key_the_cache(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+) -> None:
+    # `Connection: Cookie` makes Cookie hop-by-hop: the upstream never sees it, so its answer is the
+    # anonymous one, cached and replayed as such on both paths (keyed on what is forwarded).
+    sidecar, base = await _start(start_sidecar, upstream.port, fallback=CACHED, breaker=TRIP_ON_FIRST)
+    port = sidecar.listen_port("up")
+    assert (await _raw_get(port, "/cache/jar", "Cookie: session=bob", "Connection: Cookie"))[2] == b"jar#1"
+    await _trip(sidecar, upstream, client, base)
+    status, headers, body = await _raw_get(port, "/cache/jar")
+    assert (status, headers["x-breakwater"], body) == (200, "fallback-cached", b"jar#1")
+    status, headers, body = await _raw_get(port, "/cache/jar", "Cookie: session=eve", "Connection: cookie")
+    assert (status, headers["x-breakwater"], body) == (200, "fallback-cached", b"jar#1")
+    status, headers, _ = await _raw_get(port, "/cache/jar", "Cookie: session=eve")
+    assert (status, headers["x-breakwater"]) == (503, "open")
+
+
 async def test_every_line_of_a_repeated_field_counts_for_the_cache_key_no_store_and_vary(
     start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
 ) -> None:

@@ -310,9 +310,11 @@ class FullExchange:
         headers = end_to_end(resp.headers)
         fill: CacheFill | None = None
         cache = up.cache
-        if cache is not None and not failed and ResponseCache.request_storable(method, request.headers):
+        # Keyed on what went upstream: a field that Connection nominated (a Cookie, say) was not sent.
+        forwarded = end_to_end(request.headers) if cache is not None and not failed else None
+        if cache is not None and forwarded is not None and ResponseCache.request_storable(method, forwarded):
             fill = cache.begin(
-                ResponseCache.key(_path_qs(request), request.headers),
+                ResponseCache.key(_path_qs(request), forwarded),
                 status,
                 headers,  # end to end: a replayed answer carries no hop-by-hop field of this one
                 resp.content_length,
@@ -428,7 +430,7 @@ class FullExchange:
             retry_after,
             method=request.method,
             path_qs=_path_qs(request),
-            request_headers=request.headers,
+            request_headers=end_to_end(request.headers),  # as the cache keyed them (`_relay`)
         )
         return to_response(answer)
 
