@@ -232,7 +232,7 @@ class Adaptation:
             tuning = self._tuning((policy, fleet.name))
             if entry is None or tuning is None:
                 continue
-            # No point in tuning more often than a bucket fills; no need for more than every 30 s.
+            # Once per bucket width, and at least every 30 s when a bucket is wider than that.
             if mono - tuning.evaluated_at < min(TUNE_EVERY_SECONDS, tuning.history.width):
                 continue
             tuning.evaluated_at = mono
