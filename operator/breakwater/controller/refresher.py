@@ -15,7 +15,7 @@ import dataclasses
 import datetime
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,18 +181,21 @@ class Refresher:
             for key in due:
                 self._dirty.discard(key)
                 self._refreshed_at[key] = now
-            # Computing is on the loop either way; the writes overlap (a storm of 1,000 policies would
-            # otherwise wait for 1,000 PATCHes in a row).
-            gate = asyncio.Semaphore(self.concurrency)
-            await asyncio.gather(*(self._refresh_guarded(key, gate) for key in due))
+            # `concurrency` workers share the due policies: the writes overlap (a storm of 1,000
+            # policies would otherwise wait for 1,000 PATCHes in a row), and each worker yields after
+            # every policy. A Task per policy would run every refresh that writes nothing in one turn
+            # of the loop (1,000 policies: seconds), while the report datagrams wait in the socket.
+            queue = iter(due)
+            await asyncio.gather(*(self._drain(queue) for _ in range(min(self.concurrency, len(due)))))
 
-    async def _refresh_guarded(self, key: Key, gate: asyncio.Semaphore) -> None:
-        async with gate:
+    async def _drain(self, queue: Iterator[Key]) -> None:
+        for key in queue:
             try:
                 await self.refresh(key)
             except Exception:
                 logger.exception("status refresh of policy %s/%s failed; retrying", *key)
                 self._dirty.add(key)
+            await asyncio.sleep(0)
 
     async def refresh(self, key: Key) -> None:
         record = self.records.get(key)
