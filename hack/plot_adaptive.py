@@ -121,6 +121,15 @@ def main() -> None:
             ls="--",
             label="open.duration, s x 10",
         )
+        ax.step(
+            hours,
+            [10 * v for v in result.values[Threshold.OPEN_MAX_DURATION]],
+            where="post",
+            color="tab:purple",
+            lw=0.8,
+            ls=":",
+            label="open.maxDuration, s x 10",
+        )
         ax.set_ylim(0, 3200)
         _shade(ax, result)
         ax.set_title(name)
@@ -128,7 +137,7 @@ def main() -> None:
             ax.legend(loc="upper left", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("hours (red: frozen, a breaker open)")
-    fig.suptitle("Slow-call duration and open duration the tuner chose (spec.adaptive defaults)")
+    fig.suptitle("Slow-call duration and open periods the tuner chose (spec.adaptive defaults)")
     fig.tight_layout()
     fig.savefig(IMG / "adaptive-latency.png", dpi=90)
     print(f"wrote {IMG / 'adaptive-failures.png'} and {IMG / 'adaptive-latency.png'}")

@@ -77,10 +77,12 @@ def test_a_failing_upstream_opens_on_the_resource_within_two_seconds_and_recover
         "consecutiveFailures": 3,
         "timeout": "2s",
         "openDuration": "3s",
+        "openMaxDuration": "5m",
         "successesToClose": 1,  # the harness policy's halfOpen
         "source": {  # not tuned
             "consecutiveFailures": "Configured",
             "openDuration": "Configured",
+            "openMaxDuration": "Configured",
             "successesToClose": "Configured",
         },
     }

@@ -51,6 +51,8 @@ def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Mapping[str, 
         trip["slowCalls"]["slowerThan"] = str(suggested["slowerThan"])
     if "openDuration" in suggested:
         opened["duration"] = str(suggested["openDuration"])
+    if "openMaxDuration" in suggested:
+        opened["maxDuration"] = str(suggested["openMaxDuration"])
     if "successesToClose" in suggested:
         half_open["successesToClose"] = int(suggested["successesToClose"])
     return {"trip": trip, "open": opened, "halfOpen": half_open}

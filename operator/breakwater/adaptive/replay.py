@@ -151,7 +151,9 @@ def replay(
         if history is None or adaptive is None:
             return
         history.advance(wall_start + now)
-        ev = evidence(history, now=wall_start + now, trip_percent=current.failure_rate_percent)
+        ev = evidence(
+            history, now=wall_start + now, trip_percent=current.failure_rate_percent, pods=len(pods)
+        )
         frozen = any(p.breaker.state is not State.CLOSED for p in pods.values())
         tuner, changes = step(tuner, ev, configured, adaptive, now=wall_start + now, frozen=frozen)
         if changes:

@@ -3,7 +3,8 @@
 The tests (tests/unit/adaptive) check the tuner's behaviour on each shape; hack/plot_adaptive.py draws
 them for docs/adaptive.md. A shape is a list of one-minute `Minute`s, made from a seed; `run` feeds them
 into a `History` one minute at a time and steps the tuner twice a minute, as the operator does every
-30 s, frozen during the minutes an outage holds breakers open.
+30 s, frozen during the minutes an outage holds breakers open. The calls of a minute are the whole
+fleet's: `PODS` sidecars (a tripped pod's wait costs its own share of them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from breakwater.breaker.settings import BreakerSettings
 __all__ = ["SHAPES", "Minute", "Run", "run"]
 
 START = 1_800_000_000.0  # a fixed wall-clock origin: the same seed gives the same run
+PODS = 10
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def run(minutes: list[Minute], settings: BreakerSettings, params: Adaptive, *, t
             now = at + half
             history.advance(now)
             current = tuned_settings(settings, out.state)
-            ev = evidence(history, now=now, trip_percent=current.failure_rate_percent)
+            ev = evidence(history, now=now, trip_percent=current.failure_rate_percent, pods=PODS)
             out.state, made = step(out.state, ev, configured, params, now=now, frozen=minute.open)
             out.changes.extend((now - START, c) for c in made)
             out.times.append(now - START)

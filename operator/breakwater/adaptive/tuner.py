@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import NamedTuple
 
+from breakwater.adaptive import open_periods
 from breakwater.adaptive.history import BUCKETS, History, Totals
+from breakwater.adaptive.runs import MAX_RUN, beta_prior, run_chances, total_error
 from breakwater.api.adaptive import Adaptive, Threshold
 from breakwater.api.report import LATENCY_BOUNDS_SECONDS
 from breakwater.api.scalars import Duration
@@ -78,6 +80,7 @@ class Configured:
     minimum_calls: int
     timeout_seconds: float
     successes_to_close: int = 1
+    backoff_multiplier: float = 1.0
 
     @classmethod
     def of(cls, settings: BreakerSettings, *, timeout_seconds: float) -> Configured:
@@ -91,6 +94,7 @@ class Configured:
             minimum_calls=settings.minimum_calls,
             timeout_seconds=timeout_seconds,
             successes_to_close=settings.half_open_successes_to_close,
+            backoff_multiplier=settings.backoff_multiplier,
         )
 
     def value(self, threshold: Threshold) -> float | None:
@@ -102,6 +106,8 @@ class Configured:
             return self.slow_call_seconds
         if threshold is Threshold.SUCCESSES_TO_CLOSE:
             return float(self.successes_to_close)
+        if threshold is Threshold.OPEN_MAX_DURATION:
+            return self.open_max_seconds
         return self.open_seconds
 
 
@@ -119,6 +125,7 @@ class Evidence:
     outages: tuple[float, ...]
     incidents: int  # buckets left out
     healthy_seconds: float  # the length of the buckets that count
+    pods: int = 1  # reporting sidecars: each tripped pod pays for its own open periods
     chance_runs_error: tuple[float, ...] = ()  # the standard error of each of chance_runs (empty:
     # unknown, a single bucket): the sample of minutes (Newey-West) and the window's rate (delta method)
 
@@ -145,64 +152,9 @@ def _p99(latency: list[int]) -> float | None:
 
 INCIDENT_PERCENT = 50.0
 """With the failure-rate rule off, a bucket whose failure rate reaches this is an incident."""
-MAX_RUN = 40
 
 
-def _run_chances(calls: int, failures: int, prior: tuple[float, float] | None) -> list[float]:
-    """Per run length k = 1..MAX_RUN: the chance that a call of a bucket of `calls` calls with
-    `failures` failures is a success followed by k failures, E[(1 - p) p^k], over what the counts say
-    of the bucket's failure probability p: a Beta(a + f, b + n - f) with the window's Beta(a, b)
-    prior (`prior` None: every bucket at the window's mean, which is then passed as (mean, 0))."""
-    if prior is None:
-        return [0.0] * MAX_RUN
-    a, b = prior
-    if b == 0.0:  # no spread between buckets: p is the window's mean, a
-        return [(1 - a) * a**k for k in range(1, MAX_RUN + 1)]
-    a, b = a + failures, b + calls - failures
-    out: list[float] = []
-    failures_first = 1.0  # E[p^k] = prod (a + i) / (a + b + i), i < k
-    for k in range(MAX_RUN):
-        failures_first *= (a + k) / (a + b + k)
-        out.append(failures_first * b / (a + b + k + 1))  # then a success: E[(1 - p) p^k]
-    return out
-
-
-def _beta_prior(mean: float, spread: float) -> tuple[float, float] | None:
-    """The Beta(a, b) of the buckets' failure probabilities with this mean and standard deviation
-    (method of moments); (mean, 0) with no spread; None with no failures or no successes.
-
-    The runs come from the bad minutes, so each bucket's own counts matter, but read alone they
-    mislead: the plug-in (1 - f/n)(f/n)^k is biased upwards in small buckets, and falling factorials
-    are unbiased but mostly zero (18 calls show no run of 5 unless 5 of them failed), which put the
-    "less than once a day" run one or two failures too low. The prior pulls a small bucket towards
-    the window and leaves a large one its own rate."""
-    if not 0.0 < mean < 1.0:
-        return None
-    variance = min(spread**2, 0.99 * mean * (1 - mean))
-    if variance <= 1e-12:
-        return (mean, 0.0)
-    size = mean * (1 - mean) / variance - 1
-    return (mean * size, (1 - mean) * size)
-
-
-def _total_error(parts: Sequence[float]) -> float:
-    """The standard error of sum(parts), the window's buckets taken as a sample of the upstream's
-    minutes in time order: Newey-West, with the autocovariances of neighbouring buckets up to
-    floor(4 (n / 100) ^ (2/9)) apart (3 of 60) weighted down linearly. A failure rate that holds for
-    minutes makes neighbours alike, and their spread alone would understate the error."""
-    if not any(parts):
-        return 0.0
-    n = len(parts)
-    mean = sum(parts) / n
-    d = [x - mean for x in parts]
-    lags = min(n - 1, int(4 * (n / 100) ** (2 / 9)))
-    variance = sum(x * x for x in d)
-    for lag in range(1, lags + 1):
-        variance += 2 * (1 - lag / (lags + 1)) * sum(a * b for a, b in zip(d, d[lag:], strict=False))
-    return math.sqrt(max(0.0, variance * n / (n - 1)))
-
-
-def evidence(history: History, *, now: float, trip_percent: float | None = None) -> Evidence:
+def evidence(history: History, *, now: float, trip_percent: float | None = None, pods: int = 1) -> Evidence:
     """The window ending at `now`. A bucket whose failure rate (all pods together) reached
     `trip_percent`, the failure-rate threshold in force (`INCIDENT_PERCENT` without one), is an
     incident and left out: the fleet as a whole was failing. One pod tripping by chance does not make
@@ -231,10 +183,10 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         # fatten the tail of long runs (the dispersion test: chi-square, mean and 2 sd of its B - 1).
         dispersion = observed * calls / (mean * (1 - mean)) if 0 < mean < 1 else 0.0
         homogeneous = dispersion <= len(healthy) - 1 + 2 * math.sqrt(2 * max(len(healthy) - 1, 1))
-        prior = _beta_prior(mean, 0.0 if homogeneous else spread)
+        prior = beta_prior(mean, 0.0 if homogeneous else spread)
         per_day = 86_400 / max(healthy_seconds, 1.0)
         per_bucket = [
-            [b.calls * c * per_day for c in _run_chances(b.calls, b.failures, prior)] for b in healthy
+            [b.calls * c * per_day for c in run_chances(b.calls, b.failures, prior)] for b in healthy
         ]
         runs = [sum(column) for column in zip(*per_bucket, strict=True)]
         if len(healthy) > 1 and prior is not None:
@@ -244,7 +196,7 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
             # The Beta prior pulls buckets to the window's rate, so the first alone misses the second.
             rel = math.sqrt((1 - mean) / (mean * calls))
             errors = tuple(
-                math.hypot(_total_error(column), total * abs(k + 1 - mean / (1 - mean)) * rel)
+                math.hypot(total_error(column), total * abs(k + 1 - mean / (1 - mean)) * rel)
                 for k, (column, total) in enumerate(zip(zip(*per_bucket, strict=True), runs, strict=True))
             )
     latency = [0] * (len(LATENCY_BOUNDS_SECONDS) + 1)
@@ -262,6 +214,7 @@ def evidence(history: History, *, now: float, trip_percent: float | None = None)
         healthy_seconds=healthy_seconds,
         chance_runs=tuple(runs),
         chance_runs_error=errors,
+        pods=max(1, pods),
     )
 
 
@@ -347,18 +300,33 @@ def targets(ev: Evidence, configured: Configured, params: Adaptive) -> dict[Thre
             f"{k} of {k} trials {100 * ok**k:.0f} % of the time",
         )
     if ev.outages:
-        ordered = sorted(ev.outages)
-        median = statistics.median(ordered)  # of an even count, the mean of the middle two (not the upper)
         low = bounds.open_duration.min.seconds
         high = min(bounds.open_duration.max.seconds, configured.open_max_seconds)
         if low <= high:
-            seconds = _clamp(round(median * params.open_duration_factor), low, high)
-            out[Threshold.OPEN_DURATION] = ThresholdTarget(
-                seconds,
-                f"the last {len(ordered)} outages still failed {median:.0f}s after the trip (median) "
-                f"x {params.open_duration_factor:g} → open for {_window(seconds)}",
-            )
+            out.update(_open_periods(ev, configured, params, low, high))
     return out
+
+
+def _open_periods(
+    ev: Evidence, configured: Configured, params: Adaptive, low: float, high: float
+) -> dict[Threshold, ThresholdTarget]:
+    """open.duration and open.maxDuration: the pair that would have cost least on the recent outages
+    (`open_periods.cheapest`)."""
+    per_pod = ev.calls / max(ev.healthy_seconds, 1.0) / ev.pods
+    failed = params.failed_call_cost
+    best = open_periods.cheapest(
+        ev.outages, low=low, high=high, calls_per_pod=per_pod, backoff=configured.backoff_multiplier,
+        failed_cost=failed,
+    )  # fmt: skip
+    why = (
+        f"the last {len(ev.outages)} outages still failed {statistics.median(ev.outages):.0f}s after the "
+        f"trip (median); at {per_pod:.2g} calls/s per pod and a failed call worth {failed:g} rejected, "
+        f"open for {_window(best.opening)} backing off up to {_window(best.ceiling)} costs least"
+    )
+    return {
+        Threshold.OPEN_DURATION: ThresholdTarget(best.opening, why, best.openings),
+        Threshold.OPEN_MAX_DURATION: ThresholdTarget(best.ceiling, why, best.ceilings),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,7 +376,7 @@ def _bounded(threshold: Threshold, value: float, params: Adaptive, configured: C
     if threshold is Threshold.SLOW_CALL_DURATION:
         high = min(b.slow_call_duration.max.seconds, SLOW_CALL_CEILING * configured.timeout_seconds)
         return _clamp(value, b.slow_call_duration.min.seconds, max(high, b.slow_call_duration.min.seconds))
-    high = min(b.open_duration.max.seconds, configured.open_max_seconds)
+    high = min(b.open_duration.max.seconds, configured.open_max_seconds)  # open.duration and open.maxDuration
     return _clamp(value, b.open_duration.min.seconds, max(high, b.open_duration.min.seconds))
 
 
@@ -481,5 +449,10 @@ def tuned_settings(settings: BreakerSettings, state: TunerState) -> BreakerSetti
         elif threshold is Threshold.SUCCESSES_TO_CLOSE:
             values["half_open_successes_to_close"] = min(int(track.value), settings.half_open_permitted_calls)
         elif threshold is Threshold.OPEN_DURATION:
-            values["open_seconds"] = min(float(track.value), settings.open_max_seconds)
+            values["open_seconds"] = float(track.value)
+        elif threshold is Threshold.OPEN_MAX_DURATION:
+            values["open_max_seconds"] = min(float(track.value), settings.open_max_seconds)
+    if "open_max_seconds" in values or "open_seconds" in values:  # the first period within the ceiling
+        ceiling = float(values.get("open_max_seconds", settings.open_max_seconds))
+        values["open_seconds"] = min(float(values.get("open_seconds", settings.open_seconds)), ceiling)
     return replace(settings, **values) if values else settings  # type: ignore[arg-type]

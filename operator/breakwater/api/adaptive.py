@@ -34,6 +34,8 @@ class Threshold(StrEnum):
     SLOW_CALL_DURATION = "SlowCallDuration"
     OPEN_DURATION = "OpenDuration"
     SUCCESSES_TO_CLOSE = "SuccessesToClose"
+    OPEN_MAX_DURATION = "OpenMaxDuration"
+    """open.maxDuration, the ceiling of the backed-off open periods."""
 
 
 class ConsecutiveFailuresRange(SpecModel):
@@ -59,7 +61,7 @@ class PercentRange(SpecModel):
 
 
 class DurationRange(SpecModel):
-    """Bounds for open.duration."""
+    """Bounds for open.duration and open.maxDuration (which the tuner never raises above the spec's)."""
 
     __cel_rules__ = (rules.DURATION_RANGE_ORDER,)
 
@@ -88,7 +90,7 @@ class AdaptiveBounds(SpecModel):
     failure_rate_percent: PercentRange = section(PercentRange)
     """Range of trip.failureRate.percent."""
     open_duration: DurationRange = section(DurationRange)
-    """Range of open.duration."""
+    """Range of open.duration and open.maxDuration."""
     slow_call_duration: SlowCallDurationRange = section(SlowCallDurationRange)
     """Range of trip.slowCalls.slowerThan."""
 
@@ -132,13 +134,14 @@ class Adaptive(SpecModel):
     window) added to the baseline."""
     slow_call_factor: Factor = 2.0
     """slowerThan is the observed latency p99 times this factor."""
-    open_duration_factor: Factor = 1.0
-    """open.duration is how long the recent outages were still failing after a trip (median, to the last
-    failed trial) times this factor."""
+    failed_call_cost: Annotated[float, Field(ge=0.1, le=100, allow_inf_nan=False)] = 2.0
+    """How many rejected calls one failed call let through is worth to the callers (it waits for the
+    failure, up to the timeout, and loads a failing upstream; a rejection is one fast fallback).
+    open.duration and open.maxDuration are chosen to cost least on the recent outages at this price."""
     pinned: Annotated[
         list[ThresholdField],
-        Field(max_length=5, json_schema_extra={"x-kubernetes-list-type": "set"}),
+        Field(max_length=6, json_schema_extra={"x-kubernetes-list-type": "set"}),
         AfterValidator(_no_duplicates),
     ] = []
     """Thresholds the tuner never moves: ConsecutiveFailures, FailureRatePercent, SlowCallDuration,
-    OpenDuration, SuccessesToClose."""
+    OpenDuration, OpenMaxDuration, SuccessesToClose."""

@@ -101,11 +101,13 @@ class EffectiveThresholds(StatusModel):
     """timeout."""
     open_duration: str | None = None
     """open.duration."""
+    open_max_duration: str | None = None
+    """open.maxDuration."""
     successes_to_close: Count | None = None
     """halfOpen.successesToClose."""
     source: dict[str, str] | None = None
     """Per tuned threshold (consecutiveFailures, failureRatePercent, slowerThan, openDuration,
-    successesToClose): Configured
+    openMaxDuration, successesToClose): Configured
     (the spec's value) or Adaptive (chosen by the tuner)."""
     reason: str | None = None
     """Why the tuner holds these values, e.g. "failure rate baseline 6.8 % ± 2.1 over 1h → trip at 24 %"."""
@@ -123,6 +125,8 @@ class SuggestedThresholds(StatusModel):
     """trip.slowCalls.slowerThan."""
     open_duration: str | None = None
     """open.duration."""
+    open_max_duration: str | None = None
+    """open.maxDuration."""
     successes_to_close: Count | None = None
     """halfOpen.successesToClose."""
     reason: str | None = None

@@ -239,7 +239,9 @@ class Adaptation:
             settings, configured = entry
             tuning.history.advance(wall)
             current = tuned_settings(settings, tuning.state) if params.delivers else settings
-            ev = evidence(tuning.history, now=wall, trip_percent=current.failure_rate_percent)
+            ev = evidence(
+                tuning.history, now=wall, trip_percent=current.failure_rate_percent, pods=fleet.reporting
+            )
             frozen = partial or bool(fleet.open or fleet.half_open or fleet.would_open)
             before = tuning.state
             tuning.state, made = step(before, ev, configured, params.adaptive, now=wall, frozen=frozen)

@@ -344,6 +344,7 @@ def effective_thresholds(upstream: UpstreamConfig) -> EffectiveThresholds:
         slower_than=str(Duration.from_seconds(slow_seconds)) if slow and slow_seconds is not None else None,
         timeout=str(Duration.from_seconds(upstream.timeout_seconds)),
         open_duration=str(Duration.from_seconds(breaker.open_seconds)),
+        open_max_duration=str(Duration.from_seconds(breaker.open_max_seconds)),
         successes_to_close=breaker.half_open_successes_to_close,
     )
 

@@ -24,6 +24,7 @@ FIELD = {
     Threshold.FAILURE_RATE_PERCENT: "failureRatePercent",
     Threshold.SLOW_CALL_DURATION: "slowerThan",
     Threshold.OPEN_DURATION: "openDuration",
+    Threshold.OPEN_MAX_DURATION: "openMaxDuration",
     Threshold.SUCCESSES_TO_CLOSE: "successesToClose",
 }
 ADAPTIVE, CONFIGURED = "Adaptive", "Configured"
@@ -74,6 +75,8 @@ def suggested(extras: UpstreamExtras) -> SuggestedThresholds | None:
             values["slower_than"] = _duration(track.value)
         elif th is Threshold.SUCCESSES_TO_CLOSE:
             values["successes_to_close"] = int(track.value)
+        elif th is Threshold.OPEN_MAX_DURATION:
+            values["open_max_duration"] = _duration(track.value)
         else:
             values["open_duration"] = _duration(track.value)
     return SuggestedThresholds(**values, reason=_reason(extras.tracks))

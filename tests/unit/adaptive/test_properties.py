@@ -18,6 +18,7 @@ BOUNDS = {
     Threshold.FAILURE_RATE_PERCENT: (25, 60),
     Threshold.SLOW_CALL_DURATION: (0.2, 1.5),
     Threshold.OPEN_DURATION: (20, 120),
+    Threshold.OPEN_MAX_DURATION: (20, 120),  # the same bounds, and never above the spec's maxDuration
     Threshold.SUCCESSES_TO_CLOSE: (1, 3),  # at most the spec's halfOpen.successesToClose (3 of 3)
 }
 ADAPTIVE = {

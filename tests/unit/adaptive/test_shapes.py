@@ -14,11 +14,12 @@ from breakwater.api.adaptive import Threshold
 
 from .conftest import settings_and_params
 
-CF, FR, SLOW, OPEN, TRIALS = (
+CF, FR, SLOW, OPEN, CEILING, TRIALS = (
     Threshold.CONSECUTIVE_FAILURES,
     Threshold.FAILURE_RATE_PERCENT,
     Threshold.SLOW_CALL_DURATION,
     Threshold.OPEN_DURATION,
+    Threshold.OPEN_MAX_DURATION,
     Threshold.SUCCESSES_TO_CLOSE,
 )
 
@@ -76,7 +77,10 @@ def test_an_outage_freezes_the_tuner_and_does_not_teach_it_to_tolerate_outages()
     assert not [t for t, _ in outage.changes if t in frozen_times]
     assert abs(last(outage, FR) - last(steady, FR)) <= 2  # the outage minutes are left out
     assert last(outage, CF) == last(steady, CF)
-    assert last(outage, OPEN) == 300  # outages of 10 min x 0.5, at most bounds.openDuration.max (5m)
+    # 10-minute outages at 1 call/s per pod: a failed trial a minute costs less than a recovered
+    # upstream waiting out a backed-off period of up to the spec's 5m
+    assert last(outage, OPEN) <= last(outage, CEILING) < 300
+    assert (last(steady, OPEN), last(steady, CEILING)) == (60, 300)  # no outage, nothing learnt
 
 
 def test_under_the_minimum_volume_nothing_changes_and_the_reason_says_why() -> None:
@@ -100,31 +104,57 @@ def test_pinned_thresholds_keep_their_configured_values() -> None:
 def test_a_rule_the_spec_leaves_off_is_never_switched_on() -> None:
     settings, params = settings_and_params(trip={"consecutiveFailures": 5})
     result = run(SHAPES["noisy"](random.Random(1)), settings, params)
-    assert set(result.values) == {CF, OPEN, TRIALS}  # no failure-rate or slow-call rule appears
+    assert set(result.values) == {CF, OPEN, CEILING, TRIALS}  # no failure-rate or slow-call rule appears
 
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_shape_stays_within_the_default_bounds(shape: str) -> None:
     result = tuned(shape)
-    default_bounds = {CF: (3, 20), FR: (20, 80), SLOW: (0.05, 10), OPEN: (10, 300), TRIALS: (1, 3)}
+    default_bounds = {
+        CF: (3, 20),
+        FR: (20, 80),
+        SLOW: (0.05, 10),
+        OPEN: (10, 300),
+        CEILING: (10, 300),
+        TRIALS: (1, 3),
+    }
     for _, change in result.changes:
         bounds = default_bounds[change.threshold]
         assert bounds[0] <= change.after <= bounds[1]
 
 
-def test_the_open_duration_is_the_median_outage_and_of_two_their_mean_not_the_longer() -> None:
-    settings, params = settings_and_params({"bounds": {"openDuration": {"min": "5s", "max": "5m"}}})
+def open_periods(
+    *outages: float, calls_per_pod: float = 1.0, **adaptive: object
+) -> tuple[float, float, tuple[float, float]]:
+    """open.duration, open.maxDuration and the ceilings kept, for these outages (10 pods, 1 h)."""
+    settings, params = settings_and_params(
+        {"bounds": {"openDuration": {"min": "5s", "max": "5m"}}, **adaptive}
+    )
     configured = Configured.of(settings, timeout_seconds=2.0)
+    ev = Evidence(
+        window_seconds=3600, calls=round(calls_per_pod * 10 * 3600), failures=100, spread=0.0,
+        chance_runs=(0.0,), p99_seconds=0.2, outages=outages, incidents=0, healthy_seconds=3600, pods=10,
+    )  # fmt: skip
+    wanted = targets(ev, configured, params)
+    ceiling = wanted[CEILING]
+    assert ceiling.supported is not None
+    return wanted[OPEN].value, ceiling.value, ceiling.supported
 
-    def open_for(*outages: float) -> float:
-        ev = Evidence(
-            window_seconds=3600, calls=10_000, failures=100, spread=0.0, chance_runs=(0.0,),
-            p99_seconds=0.2, outages=outages, incidents=0, healthy_seconds=3600,
-        )  # fmt: skip
-        return targets(ev, configured, params)[Threshold.OPEN_DURATION][0]
 
-    assert open_for(0.0, 40.0, 200.0) == 40
-    assert open_for(0.0, 200.0) == 100  # one outage over before its first trial, one of 200 s
+def test_chance_trips_shorten_the_open_duration_and_leave_the_ceiling_where_it_is() -> None:
+    opening, _, kept = open_periods(0.0, 0.0, 0.0)  # every first trial succeeded
+    assert opening == 5  # the bound: each second open rejected calls that would have worked
+    assert kept == (5, 300)  # the ceiling never came into play: any value in force is kept
+
+
+def test_long_outages_back_off_further_where_calls_are_few_and_failed_trials_dear() -> None:
+    busy = open_periods(600.0, 900.0, calls_per_pod=2.0)[1]
+    quiet = open_periods(600.0, 900.0, calls_per_pod=0.1)[1]
+    assert busy < quiet  # a recovered upstream behind many calls should not wait minutes
+    assert (
+        open_periods(600.0, 900.0, calls_per_pod=0.5, failedCallCost=20)[1]
+        >= open_periods(600.0, 900.0, calls_per_pod=0.5, failedCallCost=0.5)[1]
+    )
 
 
 def test_chance_runs_are_not_overstated_by_the_sampling_noise_of_small_buckets() -> None:

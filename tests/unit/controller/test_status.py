@@ -107,6 +107,7 @@ def test_the_thresholds_in_force_are_shown_with_rules_that_are_off_left_out() ->
         "minimumCalls": 20,
         "timeout": "2s",
         "openDuration": "1m",
+        "openMaxDuration": "5m",
         "successesToClose": 3,  # halfOpen's, always on (permittedCalls by default)
     }
 
