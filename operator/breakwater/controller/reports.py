@@ -63,17 +63,21 @@ class FleetStore:
 
     reports: dict[str, dict[str, PodReport]] = field(default_factory=dict)
     peers: dict[str, dict[str, Peer]] = field(default_factory=dict)
-    newest: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # -> (session, seq)
+    newest: dict[tuple[str, str], tuple[bytes, int]] = field(default_factory=dict)  # -> (session key, seq)
     forged: int = 0
 
-    def fresh(self, namespace: str, pod: str, session_id: str, seq: int) -> bool:
+    def fresh(self, namespace: str, pod: str, session_key: bytes, seq: int) -> bool:
         """Whether a report is newer than every one taken from the pod's session, sent or relayed
-        (a replayed datagram is not); it becomes the newest if so."""
+        (a replayed datagram is not); it becomes the newest if so.
+
+        The session is told by its key (an HMAC of its id under the operator's secret, so one key per
+        id): the same bytes object the pod's `Peer` holds, where the id would be another ~160-byte
+        string kept per pod."""
         key = (namespace, pod)
         known = self.newest.get(key)
-        if known is not None and known[0] == session_id and seq <= known[1]:
+        if known is not None and known[0] == session_key and seq <= known[1]:
             return False
-        self.newest[key] = (session_id, seq)
+        self.newest[key] = (session_key, seq)
         return True
 
     def record(self, report: SidecarReport) -> None:
@@ -362,7 +366,7 @@ class ReportServer:
             claimed = f"pod {report.namespace}/{report.pod}"
             self._reject("claims-other-pod", addr, f"session of {whose} claims {claimed}")
             return
-        if not self.store.fresh(report.namespace, report.pod, received.session_id, report.seq):
+        if not self.store.fresh(report.namespace, report.pod, key, report.seq):
             self.rejected["replayed"] = self.rejected.get("replayed", 0) + 1
             return
         if not relayed:
