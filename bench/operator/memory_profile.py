@@ -5,6 +5,8 @@ Not a timed benchmark (tracemalloc slows Python down and adds its own overhead);
 RSS growth that scale.py measures.
 
     .venv/bin/python bench/operator/memory_profile.py --namespaces 10
+    .venv/bin/python bench/operator/memory_profile.py --namespaces 30 --depth 8 \
+        --results operator-memory-deep
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 async def dump(bench: ob.Bench, out: Path) -> str:
     await asyncio.to_thread(out.unlink, missing_ok=True)
     os.kill(bench.operator.pid, signal.SIGUSR1)
-    for _ in range(600):
+    for _ in range(6000):  # a deep snapshot of a big heap takes a while
         await asyncio.sleep(0.1)
         text = await asyncio.to_thread(_read, out)
         if text.endswith("\n"):
@@ -50,6 +52,7 @@ async def main(args: argparse.Namespace) -> None:
     machine = ob.machine_facts()
     out = Path(tempfile.mkdtemp(prefix="breakwater-trace-")) / "trace.txt"
     os.environ["BREAKWATER_TRACE_OUT"] = str(out)
+    os.environ["BREAKWATER_TRACE_DEPTH"] = str(args.depth)
     bench = ob.Bench.start(big=True, launcher=(str(HERE / "traced_cli.py"),))
     phases: list[dict[str, Any]] = []
     try:
@@ -80,7 +83,7 @@ async def main(args: argparse.Namespace) -> None:
         f"## {p['phase']}: RSS {p['rss_mib']:.0f} MiB\n\n```\n{p['dump'].strip()}\n```" for p in phases
     )
     title = "Operator: where the memory goes (tracemalloc)"
-    ob.write_results("operator-memory", title=title, machine=machine, body_md=body, data={"phases": phases})
+    ob.write_results(args.results, title=title, machine=machine, body_md=body, data={"phases": phases})
 
 
 if __name__ == "__main__":
@@ -88,4 +91,8 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--namespaces", type=int, default=10, help="each: 10 policies x 10 pods")
+    parser.add_argument(
+        "--depth", type=int, default=1, help="frames kept per block (more: growth listed by traceback too)"
+    )
+    parser.add_argument("--results", default="operator-memory", help="name of the file under bench/results/")
     asyncio.run(main(parser.parse_args()))

@@ -63,17 +63,21 @@ class FleetStore:
 
     reports: dict[str, dict[str, PodReport]] = field(default_factory=dict)
     peers: dict[str, dict[str, Peer]] = field(default_factory=dict)
-    newest: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)  # -> (session, seq)
+    newest: dict[tuple[str, str], tuple[bytes, int]] = field(default_factory=dict)  # -> (session key, seq)
     forged: int = 0
 
-    def fresh(self, namespace: str, pod: str, session_id: str, seq: int) -> bool:
+    def fresh(self, namespace: str, pod: str, session_key: bytes, seq: int) -> bool:
         """Whether a report is newer than every one taken from the pod's session, sent or relayed
-        (a replayed datagram is not); it becomes the newest if so."""
+        (a replayed datagram is not); it becomes the newest if so.
+
+        The session is told by its key (an HMAC of its id under the operator's secret, so one key per
+        id): the same bytes object the pod's `Peer` holds, where the id would be another ~160-byte
+        string kept per pod."""
         key = (namespace, pod)
         known = self.newest.get(key)
-        if known is not None and known[0] == session_id and seq <= known[1]:
+        if known is not None and known[0] == session_key and seq <= known[1]:
             return False
-        self.newest[key] = (session_id, seq)
+        self.newest[key] = (session_key, seq)
         return True
 
     def record(self, report: SidecarReport) -> None:
@@ -110,11 +114,20 @@ class Authenticator:
             raise NotAuthenticated(f"token rejected: {exc}") from exc
         now = time.monotonic()
         if now - self._purged_at > TOKEN_CACHE_SECONDS:
-            # A session lasts up to an hour: most verdicts are never asked for again. Keep only live ones.
-            self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-            self._purged_at = now
+            self.purge(now)
         self._cache[key] = (identity, now + TOKEN_CACHE_SECONDS)
         return identity, token_expiry(token)
+
+    def purge(self, now: float | None = None) -> None:
+        """Drop expired verdicts. A session lasts up to an hour: most verdicts are never asked for again.
+        Also run on a clock (`ReportServer.start`): after a rollout's burst of sessions no token may
+        come for an hour, and the burst's verdicts (~470 bytes a pod, measured) would stay until then."""
+        now = time.monotonic() if now is None else now
+        self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
+        self._purged_at = now
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
 
 def token_expiry(token: str) -> float:
@@ -185,6 +198,7 @@ class ReportServer:
     _transport: asyncio.DatagramTransport | None = None
     _warned_at: dict[str, float] = field(default_factory=dict)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _purging: asyncio.Task[None] | None = None
 
     def __post_init__(self) -> None:
         self.auth = Authenticator(self.api)
@@ -207,6 +221,7 @@ class ReportServer:
         )
         self._transport = transport
         self.port = port
+        self._purging = loop.create_task(self._purge_verdicts(), name="breakwater-token-verdicts")
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # A storm (every sidecar of a fleet trips at once) arrives as one burst: give the kernel room
@@ -219,7 +234,14 @@ class ReportServer:
             )
         logger.info("report channel listening on %s:%s (sessions over TLS, reports over UDP)", host, port)
 
+    async def _purge_verdicts(self) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_CACHE_SECONDS)
+            self.auth.purge()
+
     async def stop(self) -> None:
+        if self._purging is not None:
+            self._purging.cancel()
         if self._transport is not None:
             self._transport.close()
         if self._runner is not None:
@@ -362,7 +384,7 @@ class ReportServer:
             claimed = f"pod {report.namespace}/{report.pod}"
             self._reject("claims-other-pod", addr, f"session of {whose} claims {claimed}")
             return
-        if not self.store.fresh(report.namespace, report.pod, received.session_id, report.seq):
+        if not self.store.fresh(report.namespace, report.pod, key, report.seq):
             self.rejected["replayed"] = self.rejected.get("replayed", 0) + 1
             return
         if not relayed:

@@ -10,7 +10,7 @@ import logging
 
 from kubernetes import client
 
-from breakwater.k8s.client import is_namespace_terminating, is_status
+from breakwater.k8s.client import core_path, is_namespace_terminating, is_status, request
 
 logger = logging.getLogger(__name__)
 
@@ -27,18 +27,22 @@ def put_key(
     component: str = "sidecar-config",
 ) -> bool:
     """Write one key; False when the namespace is being deleted (nothing there needs a config then)."""
-    core = client.CoreV1Api(api)
     labels = {**MANAGED_BY, "app.kubernetes.io/component": component}
     body = {"metadata": {"labels": labels}, "data": {key: value}}
+    patch = core_path(namespace, "configmaps", name)
     try:
-        core.patch_namespaced_config_map(name, namespace, body)
+        request(api, "PATCH", patch, body, content_type="application/merge-patch+json")
         return True
     except client.ApiException as exc:
         if not is_status(exc, 404):
             raise
     try:
-        core.create_namespaced_config_map(
-            namespace, {"metadata": {"name": name, "labels": labels}, "data": {key: value}}
+        request(
+            api,
+            "POST",
+            core_path(namespace, "configmaps"),
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": labels}}
+            | {"data": {key: value}},
         )
         logger.info("created ConfigMap %s/%s", namespace, name)
     except client.ApiException as exc:
@@ -47,15 +51,22 @@ def put_key(
             return False
         if not is_status(exc, 409):
             raise
-        core.patch_namespaced_config_map(name, namespace, body)  # lost a creation race: patch instead
+        request(
+            api, "PATCH", patch, body, content_type="application/merge-patch+json"
+        )  # lost a creation race: patch instead
     return True
 
 
 def remove_key(api: client.ApiClient, *, namespace: str, name: str, key: str) -> None:
-    core = client.CoreV1Api(api)
     try:
         # A merge patch with null removes the key; the ConfigMap stays so mounts never break.
-        core.patch_namespaced_config_map(name, namespace, {"data": {key: None}})
+        request(
+            api,
+            "PATCH",
+            core_path(namespace, "configmaps", name),
+            {"data": {key: None}},
+            content_type="application/merge-patch+json",
+        )
     except client.ApiException as exc:
         if not is_status(exc, 404):
             raise
@@ -63,9 +74,9 @@ def remove_key(api: client.ApiClient, *, namespace: str, name: str, key: str) ->
 
 def read(api: client.ApiClient, *, namespace: str, name: str) -> dict[str, str]:
     try:
-        cm = client.CoreV1Api(api).read_namespaced_config_map(name, namespace)
+        cm = request(api, "GET", core_path(namespace, "configmaps", name))
     except client.ApiException as exc:
         if is_status(exc, 404):
             return {}
         raise
-    return dict(cm.data or {})
+    return dict(cm.get("data") or {})

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from kubernetes import client
 
-from breakwater.k8s.client import is_status
+from breakwater.k8s.client import core_path, is_status, request
 
 
 def labels(api: client.ApiClient, *, namespace: str, name: str) -> dict[str, str] | None:
     try:
-        pod = client.CoreV1Api(api).read_namespaced_pod(name, namespace)
+        pod = request(api, "GET", core_path(namespace, "pods", name))
     except client.ApiException as exc:
         if is_status(exc, 404):
             return None
         raise
-    return dict(pod.metadata.labels or {})
+    return dict((pod.get("metadata") or {}).get("labels") or {})

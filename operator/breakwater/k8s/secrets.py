@@ -16,7 +16,7 @@ from typing import Any
 from kubernetes import client
 
 from breakwater import pki
-from breakwater.k8s.client import is_status
+from breakwater.k8s.client import core_path, is_status, request
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +48,12 @@ def read_serving_certificate(
 ) -> ServingCertificate | None:
     """The certificate the Secret holds, as another replica (the leader) wrote it; None while it has none."""
     try:
-        secret = client.CoreV1Api(api).read_namespaced_secret(name, namespace)
+        secret = request(api, "GET", core_path(namespace, "secrets", name))
     except client.ApiException as exc:
         if is_status(exc, 404):
             return None
         raise
-    data = dict(secret.data or {})
+    data = dict(secret.get("data") or {})
     cert, key, ca = _decode(data, "tls.crt"), _decode(data, "tls.key"), _decode(data, "ca.crt")
     return ServingCertificate(cert, key, ca) if cert and key and ca else None
 
@@ -61,10 +61,10 @@ def read_serving_certificate(
 def ensure_serving_certificate(
     api: client.ApiClient, *, namespace: str, name: str, dns_names: tuple[str, ...], ips: tuple[str, ...] = ()
 ) -> ServingCertificate:
-    core = client.CoreV1Api(api)
+    secret: dict[str, Any] | None
     try:
-        secret = core.read_namespaced_secret(name, namespace)
-        data = dict(secret.data or {})
+        secret = request(api, "GET", core_path(namespace, "secrets", name))
+        data = dict(secret.get("data") or {})
     except client.ApiException as exc:
         if not is_status(exc, 404):
             raise
@@ -87,6 +87,8 @@ def ensure_serving_certificate(
         validity=SERVING_VALIDITY,
     )
     body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Secret",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "breakwater"}},
         "type": "kubernetes.io/tls",
         "data": {
@@ -97,10 +99,10 @@ def ensure_serving_certificate(
         },
     }
     if secret is None:
-        core.create_namespaced_secret(namespace, body)
+        request(api, "POST", core_path(namespace, "secrets"), body)
     else:
-        body["metadata"]["resourceVersion"] = secret.metadata.resource_version
-        core.replace_namespaced_secret(name, namespace, body)
+        body["metadata"]["resourceVersion"] = secret["metadata"]["resourceVersion"]
+        request(api, "PUT", core_path(namespace, "secrets", name), body)
     logger.info(
         "issued webhook serving certificate for %s (Secret %s/%s)",
         ", ".join(dns_names or ips),

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from kubernetes import client
 
 from breakwater.errors import NotAuthenticated
+from breakwater.k8s.client import request
 
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
@@ -21,16 +22,19 @@ class PodIdentity:
 
 
 def review(api: client.ApiClient, token: str, *, audience: str) -> PodIdentity:
-    body = {"spec": {"token": token, "audiences": [audience]}}
-    result = client.AuthenticationV1Api(api).create_token_review(body)
-    status = result.status
-    if not status or not status.authenticated:
-        raise NotAuthenticated(status.error if status and status.error else "token not authenticated")
-    if audience not in (status.audiences or []):
+    body = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": [audience]},
+    }
+    status = request(api, "POST", "/apis/authentication.k8s.io/v1/tokenreviews", body).get("status") or {}
+    if not status.get("authenticated"):
+        raise NotAuthenticated(status.get("error") or "token not authenticated")
+    if audience not in (status.get("audiences") or []):
         raise NotAuthenticated(f"token is not for audience {audience!r}")
-    user = status.user
-    username = user.username or ""
-    extra = user.extra or {}
+    user = status.get("user") or {}
+    username = user.get("username") or ""
+    extra = user.get("extra") or {}
     parts = username.split(":")
     if len(parts) != 4 or parts[:2] != ["system", "serviceaccount"]:
         raise NotAuthenticated(f"{username!r} is not a service account")

@@ -6,13 +6,16 @@ import base64
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client
 
 from breakwater.api.constants import GROUP, PLURAL, VERSION
-from breakwater.k8s.client import is_status
+from breakwater.k8s.client import is_status, request
 
 logger = logging.getLogger(__name__)
+
+CONFIGURATIONS = "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
 
 WEBHOOK_NAME = "inject.breakwater.dev"
 INJECT_SIDECAR_ID = "inject-sidecar"  # kopf's handler id, which is its path on the webhook server
@@ -68,38 +71,39 @@ def desired_configuration(
 
 def apply_configuration(api: client.ApiClient, body: dict[str, Any]) -> None:
     """Create or replace the whole configuration (the operator owns it: `--webhook-manage=full`)."""
-    admission = client.AdmissionregistrationV1Api(api)
     name = body["metadata"]["name"]
     try:
-        current = admission.read_mutating_webhook_configuration(name)
+        current = request(api, "GET", _path(name))
     except client.ApiException as exc:
         if not is_status(exc, 404):
             raise
-        admission.create_mutating_webhook_configuration(body)
+        request(api, "POST", CONFIGURATIONS, body)
         logger.info("created MutatingWebhookConfiguration %s", name)
         return
-    body = {**body, "metadata": {**body["metadata"], "resourceVersion": current.metadata.resource_version}}
-    admission.replace_mutating_webhook_configuration(name, body)
+    body = {
+        **body,
+        "metadata": {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]},
+    }
+    request(api, "PUT", _path(name), body)
     logger.info("updated MutatingWebhookConfiguration %s", name)
 
 
 def patch_ca_bundle(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
     """Keep the caBundle of every webhook in `name` equal to our CA (`--webhook-manage=ca-only`)."""
-    admission = client.AdmissionregistrationV1Api(api)
-    current = admission.read_mutating_webhook_configuration(name)
+    current = request(api, "GET", _path(name))
     wanted = base64.b64encode(ca_pem).decode()
     ops = [
         {
-            "op": "replace" if hook.client_config.ca_bundle else "add",
+            "op": "replace" if _ca_bundle(hook) else "add",
             "path": f"/webhooks/{i}/clientConfig/caBundle",
             "value": wanted,
         }
-        for i, hook in enumerate(current.webhooks or ())
-        if hook.client_config.ca_bundle != wanted
+        for i, hook in enumerate(current.get("webhooks") or ())
+        if _ca_bundle(hook) != wanted
     ]
     if not ops:
         return False
-    admission.patch_mutating_webhook_configuration(name, ops)
+    request(api, "PATCH", _path(name), ops, content_type="application/json-patch+json")
     logger.info("patched caBundle of MutatingWebhookConfiguration %s", name)
     return True
 
@@ -107,21 +111,28 @@ def patch_ca_bundle(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
 def carries_ca(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
     """Whether every webhook of `name` trusts `ca_pem` (its caBundle holds that certificate)."""
     try:
-        current = client.AdmissionregistrationV1Api(api).read_mutating_webhook_configuration(name)
+        current = request(api, "GET", _path(name))
     except client.ApiException as exc:  # absent yet (404), or not ours to read: not trusted
         logger.debug("reading MutatingWebhookConfiguration %s: %s %s", name, exc.status, exc.reason)
         return False
-    hooks = current.webhooks or ()
+    hooks = current.get("webhooks") or ()
     wanted = ca_pem.strip()
     return bool(hooks) and all(
-        hook.client_config.ca_bundle and wanted in base64.b64decode(hook.client_config.ca_bundle)
-        for hook in hooks
+        (bundle := _ca_bundle(hook)) and wanted in base64.b64decode(bundle) for hook in hooks
     )
 
 
 def delete_configuration(api: client.ApiClient, *, name: str) -> None:
     try:
-        client.AdmissionregistrationV1Api(api).delete_mutating_webhook_configuration(name)
+        request(api, "DELETE", _path(name))
     except client.ApiException as exc:
         if not is_status(exc, 404):
             raise
+
+
+def _path(name: str) -> str:
+    return f"{CONFIGURATIONS}/{quote(name, safe='')}"
+
+
+def _ca_bundle(hook: dict[str, Any]) -> str:
+    return str((hook.get("clientConfig") or {}).get("caBundle") or "")
