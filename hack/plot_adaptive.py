@@ -112,24 +112,19 @@ def main() -> None:
             lw=1.8,
             label="trip.slowCalls.slowerThan, ms",
         )
-        ax.step(
-            hours,
-            [10 * v for v in result.values[Threshold.OPEN_DURATION]],
-            where="post",
-            color="tab:purple",
-            lw=1.2,
-            ls="--",
-            label="open.duration, s x 10",
-        )
-        ax.step(
-            hours,
-            [10 * v for v in result.values[Threshold.OPEN_MAX_DURATION]],
-            where="post",
-            color="tab:purple",
-            lw=0.8,
-            ls=":",
-            label="open.maxDuration, s x 10",
-        )
+        for threshold, lw, ls, label in (
+            (Threshold.OPEN_DURATION, 1.2, "--", "open.duration, s x 10"),
+            (Threshold.OPEN_MAX_DURATION, 0.8, ":", "open.maxDuration, s x 10"),
+        ):
+            ax.step(
+                hours,
+                [10 * v for v in result.values[threshold]],
+                where="post",
+                color="tab:purple",
+                lw=lw,
+                ls=ls,
+                label=label,
+            )
         ax.set_ylim(0, 3200)
         _shade(ax, result)
         ax.set_title(name)
