@@ -11,6 +11,7 @@ every pair of candidates; the cheapest wins.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,18 +37,22 @@ def cost(
     failed_cost: float,
 ) -> float:
     """What `outages` would have cost one tripped pod with open.duration `opening` and open.maxDuration
-    `ceiling`. An outage over before the first trial (a chance trip) costs the whole first period."""
+    `ceiling`. An outage over before the first trial (a chance trip) costs the whole first period.
+
+    Once the periods stop growing (at the ceiling, or with no backoff) the failed trials are counted,
+    not walked: an hour-long outage at a 10-s ceiling would otherwise be 360 steps per pair, phase
+    and outage, every evaluation of every upstream."""
     total = 0.0
     for phase in JITTER_PHASES:
         for failing in outages:
             t, period = 0.0, opening
-            while True:
-                t += period * phase
-                if t > failing:
-                    total += calls_per_pod * (t - failing)
-                    break
+            while backoff > 1.0 and period < ceiling and t + period * phase <= failing:
+                t += period * phase  # a trial that still failed, while the periods grow
                 total += failed_cost
                 period = min(period * backoff, ceiling)
+            step = period * phase  # every period from here on is this long
+            failed = max(0, math.floor((failing - t) / step)) if failing >= t else 0
+            total += failed_cost * failed + calls_per_pod * (t + (failed + 1) * step - failing)
     return total / len(JITTER_PHASES)
 
 

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from breakwater.adaptive import open_periods as pricing
 from breakwater.adaptive.history import History
 from breakwater.adaptive.shapes import SHAPES, Run, run
 from breakwater.adaptive.tuner import Configured, Evidence, evidence, targets
@@ -203,3 +204,32 @@ def test_a_noisy_upstream_needs_fewer_trial_successes_to_close_a_clean_one_keeps
     assert last(tuned("noisy"), TRIALS) < 3
     assert last(tuned("steady"), TRIALS) == 3  # 2 %: 3 of 3 pass 94 % of the time
     assert last(tuned("noisy", pinned=["SuccessesToClose"]), TRIALS) == 3
+
+
+def _walked_cost(
+    opening: float, ceiling: float, outages: list[float], per_pod: float, backoff: float
+) -> float:
+    """The engine's open periods walked one by one (what `pricing.cost` counts in closed form)."""
+    total = 0.0
+    for phase in pricing.JITTER_PHASES:
+        for failing in outages:
+            t, period = 0.0, opening
+            while True:
+                t += period * phase
+                if t > failing:
+                    total += per_pod * (t - failing)
+                    break
+                total += 2.0
+                period = min(period * backoff, ceiling)
+    return total / len(pricing.JITTER_PHASES)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_open_period_price_counts_what_walking_the_periods_would(seed: int) -> None:
+    rng = random.Random(seed)
+    outages = [rng.choice([0.0, rng.uniform(0, 4000)]) for _ in range(rng.randint(1, 8))]
+    opening = rng.choice(pricing.CANDIDATES[:8])
+    ceiling = max(opening, rng.choice(pricing.CANDIDATES))
+    backoff, per_pod = rng.choice([1.0, 1.5, 2.0, 3.0]), rng.uniform(0.01, 5)
+    got = pricing.cost(opening, ceiling, outages, calls_per_pod=per_pod, backoff=backoff, failed_cost=2.0)
+    assert got == pytest.approx(_walked_cost(opening, ceiling, outages, per_pod, backoff), rel=1e-9, abs=1e-6)
