@@ -452,7 +452,9 @@ def tuned_settings(settings: BreakerSettings, state: TunerState) -> BreakerSetti
             values["open_seconds"] = float(track.value)
         elif threshold is Threshold.OPEN_MAX_DURATION:
             values["open_max_seconds"] = min(float(track.value), settings.open_max_seconds)
-    if "open_max_seconds" in values or "open_seconds" in values:  # the first period within the ceiling
-        ceiling = float(values.get("open_max_seconds", settings.open_max_seconds))
-        values["open_seconds"] = min(float(values.get("open_seconds", settings.open_seconds)), ceiling)
+    if "open_max_seconds" in values:
+        # The ceiling never cuts the first period short: a pinned (or not yet moved) open.duration above
+        # a tuned ceiling stays what it is, and both are within the spec's open.maxDuration.
+        opening = float(values.get("open_seconds", settings.open_seconds))
+        values["open_max_seconds"] = max(float(values["open_max_seconds"]), opening)
     return replace(settings, **values) if values else settings  # type: ignore[arg-type]

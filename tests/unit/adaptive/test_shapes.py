@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 
 from breakwater.adaptive import open_periods as pricing
 from breakwater.adaptive.history import History
 from breakwater.adaptive.shapes import SHAPES, Run, run
-from breakwater.adaptive.tuner import Configured, Evidence, evidence, targets
+from breakwater.adaptive.tuner import (
+    Configured,
+    Evidence,
+    Track,
+    TunerState,
+    evidence,
+    targets,
+    tuned_settings,
+)
 from breakwater.api.adaptive import Threshold
 
 from .conftest import settings_and_params
@@ -233,3 +242,13 @@ def test_the_open_period_price_counts_what_walking_the_periods_would(seed: int) 
     backoff, per_pod = rng.choice([1.0, 1.5, 2.0, 3.0]), rng.uniform(0.01, 5)
     got = pricing.cost(opening, ceiling, outages, calls_per_pod=per_pod, backoff=backoff, failed_cost=2.0)
     assert got == pytest.approx(_walked_cost(opening, ceiling, outages, per_pod, backoff), rel=1e-9, abs=1e-6)
+
+
+def test_a_tuned_ceiling_never_shortens_a_pinned_open_duration() -> None:
+    settings, _ = settings_and_params({"pinned": ["OpenDuration"]})
+    opening = replace(settings, open_seconds=120.0)
+    state = TunerState({CEILING: Track(60.0, changed_at=1.0)})  # tuned below the pinned 2m
+    tuned_open = tuned_settings(opening, state)
+    assert (tuned_open.open_seconds, tuned_open.open_max_seconds) == (120.0, 120.0)
+    state = TunerState({CEILING: Track(180.0, changed_at=1.0)})
+    assert tuned_settings(opening, state).open_max_seconds == 180.0
