@@ -312,7 +312,7 @@ def _open_periods(
 ) -> dict[Threshold, ThresholdTarget]:
     """open.duration and open.maxDuration: the pair that would have cost least on the recent outages
     (`open_periods.cheapest`)."""
-    per_pod = ev.calls / max(ev.healthy_seconds, 1.0) / ev.pods
+    per_pod = open_periods.priced_rate(ev.calls / max(ev.healthy_seconds, 1.0) / ev.pods)
     failed = params.failed_call_cost
     best = open_periods.cheapest(
         ev.outages, low=low, high=high, calls_per_pod=per_pod, backoff=configured.backoff_multiplier,
@@ -320,7 +320,7 @@ def _open_periods(
     )  # fmt: skip
     why = (
         f"the last {len(ev.outages)} outages still failed {statistics.median(ev.outages):.0f}s after the "
-        f"trip (median); at {per_pod:.2g} calls/s per pod and a failed call worth {failed:g} rejected, "
+        f"trip (median); at {per_pod:g} calls/s per pod and a failed call worth {failed:g} rejected, "
         f"open for {_window(best.opening)} backing off up to {_window(best.ceiling)} costs least"
     )
     return {
