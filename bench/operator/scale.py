@@ -26,12 +26,16 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import opbench as ob
 
 from breakwater.testing.operator import OperatorProcess
+
+SAMPLED_CLI = str(Path(__file__).resolve().parent / "sampled_cli.py")
 
 
 async def add_namespace(
@@ -222,7 +226,11 @@ async def storm(
 
 async def main(args: argparse.Namespace) -> None:
     machine = ob.machine_facts()
-    bench = ob.Bench.start(big=True)
+    launcher: tuple[str, ...] = ()
+    if args.memory_samples:  # the operator under bench/operator/sampled_cli.py
+        os.environ["BREAKWATER_MEMORY_SAMPLES"] = str(args.memory_samples)
+        launcher = (SAMPLED_CLI,)
+    bench = ob.Bench.start(big=True, launcher=launcher)
     steps: list[dict[str, Any]] = []
     extra: dict[str, Any] = {}
     stopped = ""
@@ -411,6 +419,11 @@ if __name__ == "__main__":
         action="store_true",
         help="two replicas: the sidecars report to the follower, which relays every report to the leader "
         "(the operator CPU column is the leader's; the follower's is in the JSON)",
+    )
+    parser.add_argument(
+        "--memory-samples",
+        type=lambda p: Path(p).resolve(),
+        help="append the operator's memory breakdown every 10 s to this file",
     )
     parser.add_argument("--adaptive", action="store_true", help="every policy with spec.adaptive.enabled")
     parser.add_argument("--no-storm", dest="storm", action="store_false", help="skip the storm at the end")
