@@ -325,6 +325,10 @@ HEADERS = [
 ]  # fmt: skip
 
 
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else value
+
+
 def render(
     args: argparse.Namespace,
     machine: dict[str, Any],
@@ -384,7 +388,8 @@ status PATCH/s {pause.get("status_patches_per_second")}.
     ob.write_results(
         args.results, title="Operator: CPU, memory and API-server load with policies and reporting pods",
         machine=machine, body_md=body,
-        data={"steps": steps, **extra, "stopped": stopped, "args": vars(args)},
+        data={"steps": steps, **extra, "stopped": stopped,
+              "args": {k: _plain(v) for k, v in vars(args).items()}},
     )  # fmt: skip
 
 
