@@ -1,11 +1,19 @@
-"""Certificates without a CA service: a throw-away or operator-managed CA, serving and client certs."""
+"""Certificates without a CA service: a throw-away or operator-managed CA, serving and client certs.
+
+The operator runs this module as a child (`python -m breakwater.pki`, see `breakwater.serving_cert`):
+one JSON request on stdin, the certificate to serve on stdout, so it never loads cryptography itself.
+"""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import ipaddress
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -155,3 +163,44 @@ def covers(cert_pem: bytes, *, ips: tuple[str, ...] = (), dns_names: tuple[str, 
     have_ips = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
     have_dns = set(sans.get_values_for_type(x509.DNSName))
     return set(ips) <= have_ips and set(dns_names) <= have_dns
+
+
+def _usable(cert_pem: bytes, renew_before: datetime.timedelta, **names: tuple[str, ...]) -> bool:
+    if not cert_pem:
+        return False
+    remaining = expires_at(cert_pem) - datetime.datetime.now(datetime.UTC)
+    return remaining > renew_before and covers(cert_pem, **names)
+
+
+def serving_certificate(request: dict[str, Any]) -> dict[str, Any]:
+    """The child's answer to `breakwater.serving_cert.Request`: the stored CA and certificate while
+    they are good (not within `renew_before_days` of expiry, the certificate covering every name), else
+    a new certificate from the stored CA, or from a new CA when that is not good either."""
+    pem = {k: base64.b64decode(request[k]) for k in ("ca_cert", "ca_key", "cert", "key")}
+    dns_names, ips = tuple[str, ...](request["dns_names"]), tuple[str, ...](request["ips"])
+    renew_before = datetime.timedelta(days=request["renew_before_days"])
+    ca_ok = bool(pem["ca_cert"] and pem["ca_key"]) and _usable(pem["ca_cert"], renew_before)
+    issued = not (ca_ok and pem["key"] and _usable(pem["cert"], renew_before, dns_names=dns_names, ips=ips))
+    if issued:
+        if ca_ok:
+            ca = CertificateAuthority.from_pem(pem["ca_cert"], pem["ca_key"])
+        else:
+            validity = datetime.timedelta(days=request["ca_validity_days"])
+            ca = CertificateAuthority(request["ca_name"], validity=validity)
+        pair = ca.issue(
+            (dns_names or ips or ("breakwater-webhook",))[0], dns_names=dns_names, ips=ips, server=True,
+            validity=datetime.timedelta(days=request["validity_days"]),
+        )  # fmt: skip
+        pem = {"ca_cert": ca.cert_pem, "ca_key": ca.key_pem, "cert": pair.cert_pem, "key": pair.key_pem}
+    due = min(expires_at(pem["ca_cert"]), expires_at(pem["cert"])) - renew_before
+    return {
+        **{k: base64.b64encode(v).decode() for k, v in pem.items()},
+        "issued": issued, "new_ca": issued and not ca_ok, "renew_after": due.timestamp(),
+    }  # fmt: skip
+
+
+if __name__ == "__main__":
+    try:
+        print(json.dumps(serving_certificate(json.load(sys.stdin))))
+    except (ValueError, KeyError, TypeError) as exc:  # a stored CA or certificate that does not load
+        sys.exit(f"breakwater.pki: {type(exc).__name__}: {exc}")

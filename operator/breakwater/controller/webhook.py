@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from breakwater import pki
+from breakwater import serving_cert
 from breakwater.api.constants import NAMESPACE_LABEL, NEVER_INJECTED_NAMESPACES
 from breakwater.controller.settings import OperatorSettings, SettingsError
 from breakwater.errors import UnusableCertificate
@@ -110,9 +110,14 @@ def _write(directory: Path, cert: secrets.ServingCertificate) -> bool:
 
 
 def _generated(where: Endpoint) -> secrets.ServingCertificate:
-    ca = pki.CertificateAuthority("breakwater-local-webhook-ca")
-    pair = ca.issue((where.dns_names or where.ips)[0], dns_names=where.dns_names, ips=where.ips, server=True)
-    return secrets.ServingCertificate(pair.cert_pem, pair.key_pem, ca.cert_pem)
+    """A throw-away CA and certificate for this process (no Secret, no mounted files): two days."""
+    got = serving_cert.serving_certificate(
+        serving_cert.Request(
+            dns_names=where.dns_names, ips=where.ips, ca_name="breakwater-local-webhook-ca",
+            ca_validity_days=2, validity_days=2, renew_before_days=0,
+        )
+    )  # fmt: skip
+    return secrets.ServingCertificate(got.cert, got.key, got.ca_cert)
 
 
 async def sync_configuration(settings: OperatorSettings, api: Any, ca_pem: bytes) -> None:

@@ -1,6 +1,7 @@
 """The operator-managed webhook certificate, kept in one Secret of the operator's namespace.
 
-The Secret holds the CA (cert and key) and a serving certificate it signed. It is reused across
+The Secret holds the CA (cert and key) and a serving certificate it signed; whether they are still good,
+and new ones when not, come from a child process (`breakwater.serving_cert`). It is reused across
 restarts and replicas, and re-issued (by the leader only) when it nears expiry or no longer covers the
 Service names; the other replicas read it.
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 from kubernetes import client
 
-from breakwater import pki
+from breakwater import serving_cert
 from breakwater.k8s.client import core_path, is_status, request
 
 logger = logging.getLogger(__name__)
@@ -34,13 +35,6 @@ class ServingCertificate:
 
 def _decode(data: dict[str, str], key: str) -> bytes:
     return base64.b64decode(data.get(key, ""))
-
-
-def _usable(cert: bytes, *, dns_names: tuple[str, ...], ips: tuple[str, ...]) -> bool:
-    if not cert:
-        return False
-    remaining = pki.expires_at(cert) - datetime.datetime.now(datetime.UTC)
-    return remaining > RENEW_BEFORE and pki.covers(cert, ips=ips, dns_names=dns_names)
 
 
 def read_serving_certificate(
@@ -69,33 +63,28 @@ def ensure_serving_certificate(
         if not is_status(exc, 404):
             raise
         secret, data = None, {}
-    ca_cert, ca_key = _decode(data, "ca.crt"), _decode(data, "ca.key")
-    cert, key = _decode(data, "tls.crt"), _decode(data, "tls.key")
-    ca_ok = bool(ca_cert and ca_key) and _usable(ca_cert, dns_names=(), ips=())
-    if ca_ok and key and _usable(cert, dns_names=dns_names, ips=ips):
-        return ServingCertificate(cert, key, ca_cert)
-    if ca_ok:
-        ca = pki.CertificateAuthority.from_pem(ca_cert, ca_key)
-    else:
-        ca = pki.CertificateAuthority("breakwater-webhook-ca", validity=CA_VALIDITY)
+    got = serving_cert.serving_certificate(
+        serving_cert.Request(
+            ca_cert=_decode(data, "ca.crt"), ca_key=_decode(data, "ca.key"),
+            cert=_decode(data, "tls.crt"), key=_decode(data, "tls.key"),
+            dns_names=dns_names, ips=ips, ca_validity_days=CA_VALIDITY.days,
+            validity_days=SERVING_VALIDITY.days, renew_before_days=RENEW_BEFORE.days,
+        )
+    )  # fmt: skip
+    if not got.issued:
+        return ServingCertificate(got.cert, got.key, got.ca_cert)
+    if got.new_ca:
         logger.info("generated a new webhook CA in Secret %s/%s", namespace, name)
-    pair = ca.issue(
-        dns_names[0] if dns_names else "breakwater-webhook",
-        dns_names=dns_names,
-        ips=ips,
-        server=True,
-        validity=SERVING_VALIDITY,
-    )
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {"name": name, "labels": {"app.kubernetes.io/managed-by": "breakwater"}},
         "type": "kubernetes.io/tls",
         "data": {
-            "ca.crt": base64.b64encode(ca.cert_pem).decode(),
-            "ca.key": base64.b64encode(ca.key_pem).decode(),
-            "tls.crt": base64.b64encode(pair.cert_pem).decode(),
-            "tls.key": base64.b64encode(pair.key_pem).decode(),
+            "ca.crt": base64.b64encode(got.ca_cert).decode(),
+            "ca.key": base64.b64encode(got.ca_key).decode(),
+            "tls.crt": base64.b64encode(got.cert).decode(),
+            "tls.key": base64.b64encode(got.key).decode(),
         },
     }
     if secret is None:
@@ -109,4 +98,4 @@ def ensure_serving_certificate(
         namespace,
         name,
     )
-    return ServingCertificate(pair.cert_pem, pair.key_pem, ca.cert_pem)
+    return ServingCertificate(got.cert, got.key, got.ca_cert)
