@@ -90,7 +90,7 @@ def measure(policies: int, pods_per_policy: int, *, enabled: bool, minutes: int)
         "per_upstream_bytes": round(size / policies),
         "thresholds_tuned": tuned,
         "histories": len(adaptation.tunings),
-        "pod_counters": sum(len(v) for v in adaptation.counters.values()),
+        "pod_counters": sum(len(t.pods) for t in adaptation.tunings.values()),
     }
 
 

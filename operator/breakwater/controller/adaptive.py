@@ -69,6 +69,9 @@ class UpstreamTuning:
     history: History
     state: TunerState = field(default_factory=TunerState)
     evaluated_at: float = -math.inf  # monotonic
+    # The last counters of each reporting pod, by (namespace, pod): here rather than one dict per pod
+    # keyed by upstream, ~290 bytes less per pod (3 MiB at 10,000), and gone with the upstream.
+    pods: dict[tuple[str, str], PodCounters] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,6 @@ class Adaptation:
     api: Any
     params: dict[PolicyId, PolicyParams] = field(default_factory=dict)
     tunings: dict[Key, UpstreamTuning] = field(default_factory=dict)
-    counters: dict[tuple[str, str], dict[Key, PodCounters]] = field(default_factory=dict)  # by (ns, pod)
     holds: dict[PolicyId, set[str]] = field(default_factory=dict)
     loaded: set[str] = field(default_factory=set)
     persisted_at: dict[PolicyId, float] = field(default_factory=dict)
@@ -175,7 +177,10 @@ class Adaptation:
             del self.tunings[key]
 
     def forget_pod(self, namespace: str, pod: str) -> None:
-        self.counters.pop((namespace, pod), None)
+        prefix, key = f"{namespace}/", (namespace, pod)
+        for (policy, _), tuning in self.tunings.items():
+            if policy.startswith(prefix):
+                tuning.pods.pop(key, None)
 
     def _tuning(self, key: Key) -> UpstreamTuning | None:
         tuning = self.tunings.get(key)
@@ -192,9 +197,7 @@ class Adaptation:
 
     def ingest(self, report: SidecarReport, *, now: float) -> None:
         """Add one accepted report to the histories of the upstreams it speaks of."""
-        per_pod = self.counters.get((report.namespace, report.pod))
-        if per_pod is None:
-            per_pod = self.counters[(sys.intern(report.namespace), sys.intern(report.pod))] = {}
+        pod = (report.namespace, report.pod)
         moves: dict[Key, list[TransitionReport]] = {}
         for t in report.transitions:
             moves.setdefault((t.policy, t.upstream), []).append(t)
@@ -203,9 +206,9 @@ class Adaptation:
             tuning = self._tuning(key)
             if tuning is None:
                 continue
-            counters = per_pod.get(key)
+            counters = tuning.pods.get(pod)
             if counters is None:
-                counters = per_pod[(sys.intern(key[0]), sys.intern(key[1]))] = PodCounters()
+                counters = tuning.pods[(sys.intern(pod[0]), sys.intern(pod[1]))] = PodCounters()
             ingest(tuning.history, counters, upstream, moves.get(key, ()), at=now)
 
     # -- the tuner and the quorum --------------------------------------------------------------------
