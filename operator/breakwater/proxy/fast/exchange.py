@@ -41,7 +41,8 @@ from breakwater.proxy.fast.wire import CONTINUE, HeaderLines
 from breakwater.proxy.upstream import LiveUpstream
 
 if TYPE_CHECKING:
-    from breakwater.proxy.fast.server import ClientConnection, RequestHead
+    from breakwater.proxy.fast.request import RequestHead
+    from breakwater.proxy.fast.server import ClientConnection
 
 __all__ = ["SMALL_BODY", "Exchange"]
 

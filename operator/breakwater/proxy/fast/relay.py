@@ -26,7 +26,8 @@ from breakwater.proxy.fast.wire import (
 
 if TYPE_CHECKING:
     from breakwater.proxy.fast.pool import UpstreamConnection
-    from breakwater.proxy.fast.server import ClientConnection, RequestHead
+    from breakwater.proxy.fast.request import RequestHead
+    from breakwater.proxy.fast.server import ClientConnection
 
 __all__ = ["Relay"]
 
