@@ -41,7 +41,8 @@ from breakwater.proxy.fast.wire import CONTINUE, HeaderLines
 from breakwater.proxy.upstream import LiveUpstream
 
 if TYPE_CHECKING:
-    from breakwater.proxy.fast.server import ClientConnection, RequestHead
+    from breakwater.proxy.fast.request import RequestHead
+    from breakwater.proxy.fast.server import ClientConnection
 
 __all__ = ["SMALL_BODY", "Exchange"]
 
@@ -317,8 +318,15 @@ class Exchange(Tries):
         cache = up.cache
         req = self.req
         assert req is not None
-        # `ResponseCache.request_storable` and `.key`, from what the request's parse noted.
-        if cache is not None and not failed and req.method == "GET" and not req.no_store:
+        # `ResponseCache.request_storable` and `.key`, from what the request's parse noted (and only
+        # for a 200, the one status `begin` stores).
+        if (
+            cache is not None
+            and status == 200
+            and not failed
+            and req.method == "GET"
+            and (req.cache_control is None or not req.no_store)
+        ):
             if req.authorization is None and req.cookie is None:
                 key = req.path_qs
             else:

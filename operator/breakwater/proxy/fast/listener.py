@@ -17,7 +17,8 @@ from typing import Final, Protocol
 from breakwater.proxy.answers import Answer, options_star, plain
 from breakwater.proxy.fast.deadlines import Deadlines
 from breakwater.proxy.fast.pool import Pools
-from breakwater.proxy.fast.server import ClientConnection, RequestHead
+from breakwater.proxy.fast.request import RequestHead
+from breakwater.proxy.fast.server import ClientConnection
 from breakwater.proxy.targets import ForwardRouter, parse_absolute
 from breakwater.proxy.upstream import LiveUpstream, RouteTable
 

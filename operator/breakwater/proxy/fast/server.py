@@ -27,6 +27,7 @@ import httptools
 from breakwater.proxy.answers import MARKER, Answer, plain
 from breakwater.proxy.cache import CREDENTIALS_SEPARATOR, combined
 from breakwater.proxy.fast.exchange import Exchange
+from breakwater.proxy.fast.request import RequestHead
 from breakwater.proxy.fast.wire import (
     KIND_AUTHORIZATION,
     KIND_CONNECTION,
@@ -34,6 +35,7 @@ from breakwater.proxy.fast.wire import (
     KIND_COOKIE,
     KIND_EXPECT,
     KIND_HOST,
+    KIND_PROXY_CONNECTION,
     KIND_TRANSFER_ENCODING,
     REQUEST_KINDS,
     HeaderLines,
@@ -42,7 +44,6 @@ from breakwater.proxy.fast.wire import (
     render_answer,
 )
 from breakwater.proxy.logs import RateLimitedLog
-from breakwater.proxy.upstream import LiveUpstream
 
 if TYPE_CHECKING:
     from breakwater.proxy.fast.listener import FastListener
@@ -59,103 +60,6 @@ MAX_TARGET_BYTES: Final = 8 * 1024
 MAX_FIELDS: Final = 100
 _TOO_LARGE: Final = plain(431, "bad-request", "request header fields too large\n")
 _METHODS: dict[bytes, str] = {}
-
-
-class RequestHead:
-    """One parsed request: what the upstream request is made of, and its body while it waits."""
-
-    __slots__ = (
-        "authorization",
-        "body",
-        "cache_control",
-        "chunked",
-        "complete",
-        "content_length",
-        "cookie",
-        "expect_continue",
-        "host",
-        "host_line",
-        "http11",
-        "keep_alive",
-        "lines",
-        "method",
-        "method_bytes",
-        "nominated",
-        "problem",
-        "raw_specials",
-        "started",
-        "target",
-        "upgrade",
-        "version",
-    )
-
-    def __init__(self, target: bytes) -> None:
-        self.target = target
-        self.method = ""
-        self.method_bytes = b""
-        self.version = "1.1"
-        self.lines: list[bytes] = []
-        self.raw_specials: list[bytes] = []
-        self.body: list[bytes] = []
-        self.host = b""
-        self.host_line = b""  # the Host line to send, when not the upstream's own (forward proxy)
-        self.content_length = -1
-        self.chunked = False
-        self.expect_continue = False
-        self.keep_alive = True
-        self.http11 = True
-        self.complete = False
-        self.started = False
-        self.upgrade = False
-        self.nominated = 0  # Connection fields listing more than close/keep-alive/upgrade (kept twice)
-        self.problem: Answer | None = None
-        # What the Cached fallback reads, noted while parsing (every line of each name, joined as
-        # `cache.combined` joins them): the credentials of the cache key, and Cache-Control.
-        self.authorization: str | None = None
-        self.cookie: str | None = None
-        self.cache_control: bytes | None = None
-
-    @property
-    def no_store(self) -> bool:
-        """The request says ``Cache-Control: no-store`` (`ResponseCache.request_storable`'s test)."""
-        return self.cache_control is not None and b"no-store" in self.cache_control.lower()
-
-    @property
-    def path_qs(self) -> str:
-        target = self.target.decode("latin-1")
-        if target[:1] == "/" or target == "*":
-            return target
-        scheme_end = target.find("://")
-        slash = target.find("/", scheme_end + 3) if scheme_end >= 0 else -1
-        return target[slash:] if slash >= 0 else "/"
-
-    def upstream_head(self, up: LiveUpstream) -> bytes:
-        target = self.target
-        if target[:1] != b"/" and target != b"*":
-            target = self.path_qs.encode("latin-1")
-        if self.content_length >= 0:
-            framing = b"Content-Length: %d\r\n" % self.content_length
-        elif self.chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        else:
-            framing = b""
-        return b"".join(
-            (
-                self.method_bytes,
-                b" ",
-                target,
-                b" HTTP/1.1\r\n",
-                self.host_line or up.host_line,
-                *self.lines,
-                framing,
-                b"\r\n",
-            )
-        )
-
-    def original_head(self) -> bytes:
-        """The head as the client sent it (field order aside): what a handed-off request starts with."""
-        line = b"%b %b HTTP/%b\r\n" % (self.method.encode(), self.target, self.version.encode())
-        return b"".join((line, *self.lines, *self.raw_specials, b"\r\n"))
 
 
 class ClientConnection(asyncio.Protocol):
@@ -299,9 +203,13 @@ class ClientConnection(asyncio.Protocol):
             req.chunked = True
         elif kind == KIND_EXPECT:
             req.expect_continue = value.strip().lower() == b"100-continue"
-        elif kind == KIND_CONNECTION and value.lower() not in (b"keep-alive", b"close", b"upgrade"):
-            req.nominated += 1
-            req.lines.append(b"Connection: %b\r\n" % value)
+        elif kind == KIND_CONNECTION:
+            req.connection_field = True
+            if value.lower() not in (b"keep-alive", b"close", b"upgrade"):
+                req.nominated += 1
+                req.lines.append(b"Connection: %b\r\n" % value)
+        elif kind == KIND_PROXY_CONNECTION:
+            req.connection_field = True
 
     def on_headers_complete(self) -> None:
         self.in_head = False
@@ -324,9 +232,13 @@ class ClientConnection(asyncio.Protocol):
             name = _METHODS[method] = method.decode("ascii", "replace")
         req.method = name
         req.method_bytes = method
-        req.version = version = parser.get_http_version()
+        req.keep_alive = keep_alive = parser.should_keep_alive()
+        # Without a Connection or Proxy-Connection field, llhttp keeps a request's connection alive
+        # exactly when its version is 1.1 (of the 0.9, 1.0, 1.1 and 2.0 it accepts): known without
+        # asking the parser, which formats the version string anew each time.
+        version = "1.1" if keep_alive and not req.connection_field else parser.get_http_version()
+        req.version = version
         req.http11 = http11 = version == "1.1"
-        req.keep_alive = parser.should_keep_alive()
         if not http11:
             req.expect_continue = False
         if req.content_length <= 0 and not req.chunked:

@@ -28,6 +28,7 @@ __all__ = [
     "KIND_EXPECT",
     "KIND_HOP",
     "KIND_HOST",
+    "KIND_PROXY_CONNECTION",
     "KIND_TRANSFER_ENCODING",
     "REQUEST_KINDS",
     "RESPONSE_KINDS",
@@ -50,11 +51,12 @@ KIND_CONTENT_LENGTH: Final = 3
 KIND_TRANSFER_ENCODING: Final = 4
 KIND_CONNECTION: Final = 5
 KIND_EXPECT: Final = 6
+KIND_PROXY_CONNECTION: Final = 7  # hop-by-hop; noted because llhttp reads it as it reads Connection
 # End-to-end request fields (passed on as is) that the Cached fallback reads: noted while parsing, so
 # its tee never scans the header lines again.
-KIND_AUTHORIZATION: Final = 7
-KIND_COOKIE: Final = 8
-KIND_CACHE_CONTROL: Final = 9
+KIND_AUTHORIZATION: Final = 8
+KIND_COOKIE: Final = 9
+KIND_CACHE_CONTROL: Final = 10
 FIELD_KINDS: Final[dict[bytes, int]] = {
     **dict.fromkeys(HOP_BY_HOP_BYTES, KIND_HOP),
     b"host": KIND_HOST,
@@ -62,6 +64,7 @@ FIELD_KINDS: Final[dict[bytes, int]] = {
     b"transfer-encoding": KIND_TRANSFER_ENCODING,
     b"connection": KIND_CONNECTION,
     b"expect": KIND_EXPECT,
+    b"proxy-connection": KIND_PROXY_CONNECTION,
     b"authorization": KIND_AUTHORIZATION,
     b"cookie": KIND_COOKIE,
     b"cache-control": KIND_CACHE_CONTROL,
