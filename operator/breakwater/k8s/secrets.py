@@ -13,10 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
-
 from breakwater import pki
-from breakwater.k8s.client import core_path, is_status, request
+from breakwater.k8s.client import ApiClient, ApiError, core_path, is_status, request
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +41,11 @@ def _usable(cert: bytes, *, dns_names: tuple[str, ...], ips: tuple[str, ...]) ->
     return remaining > RENEW_BEFORE and pki.covers(cert, ips=ips, dns_names=dns_names)
 
 
-def read_serving_certificate(
-    api: client.ApiClient, *, namespace: str, name: str
-) -> ServingCertificate | None:
+def read_serving_certificate(api: ApiClient, *, namespace: str, name: str) -> ServingCertificate | None:
     """The certificate the Secret holds, as another replica (the leader) wrote it; None while it has none."""
     try:
         secret = request(api, "GET", core_path(namespace, "secrets", name))
-    except client.ApiException as exc:
+    except ApiError as exc:
         if is_status(exc, 404):
             return None
         raise
@@ -59,13 +55,13 @@ def read_serving_certificate(
 
 
 def ensure_serving_certificate(
-    api: client.ApiClient, *, namespace: str, name: str, dns_names: tuple[str, ...], ips: tuple[str, ...] = ()
+    api: ApiClient, *, namespace: str, name: str, dns_names: tuple[str, ...], ips: tuple[str, ...] = ()
 ) -> ServingCertificate:
     secret: dict[str, Any] | None
     try:
         secret = request(api, "GET", core_path(namespace, "secrets", name))
         data = dict(secret.get("data") or {})
-    except client.ApiException as exc:
+    except ApiError as exc:
         if not is_status(exc, 404):
             raise
         secret, data = None, {}
