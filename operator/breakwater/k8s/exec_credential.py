@@ -32,9 +32,9 @@ class ExecPlugin:
     env: dict[str, str]
     where: str  # "kubeconfig PATH, context NAME", for messages
     cluster: dict[str, Any] | None = None  # given to the plugin when it asks (provideClusterInfo)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _token: str | None = field(default=None, repr=False)
-    _expires: datetime.datetime | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _token: str | None = field(default=None, init=False, repr=False)
+    _expires: datetime.datetime | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def from_kubeconfig(cls, spec: dict[str, Any], *, where: str, cluster: dict[str, Any]) -> ExecPlugin:

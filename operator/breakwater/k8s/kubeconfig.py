@@ -17,6 +17,7 @@ import os
 import ssl
 import tempfile
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,10 @@ UNSUPPORTED_CLUSTER_FIELDS = ("tls-server-name", "proxy-url")
 
 class KubeconfigError(InvalidInput):
     """A kubeconfig or service account that cannot be used; the message says which and why."""
+
+
+class KubeconfigNotFound(KubeconfigError):
+    """No kubeconfig file where one was looked for."""
 
 
 class NotInCluster(KubeconfigError):
@@ -58,9 +63,11 @@ class Configuration:
     password: str | None = None
     exec_plugin: ExecPlugin | None = None
     namespace: str | None = None  # the service account's, in a cluster
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-    _file_token: tuple[tuple[int, int, int], str] | None = field(default=None, repr=False, compare=False)
-    _ssl: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+    _file_token: tuple[tuple[int, int, int], str] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _ssl: ssl.SSLContext | None = field(default=None, init=False, repr=False, compare=False)
 
     def bearer_token(self) -> str | None:
         """The token to send now: a token file is re-read when it changed (the kubelet rotates it by
@@ -137,12 +144,15 @@ def load(kubeconfig: str | None = None) -> Configuration:
         return from_kubeconfig(kubeconfig)
     try:
         return in_cluster()
-    except NotInCluster:
-        return from_kubeconfig(None)
+    except NotInCluster as not_in_cluster:
+        try:
+            return from_kubeconfig(None)
+        except KubeconfigNotFound as exc:
+            raise KubeconfigNotFound(f"{not_in_cluster}, and {exc}") from exc
 
 
 def in_cluster(
-    directory: Path = SERVICE_ACCOUNT_DIR, environ: dict[str, str] | os._Environ[str] = os.environ
+    directory: Path = SERVICE_ACCOUNT_DIR, environ: Mapping[str, str] = os.environ
 ) -> Configuration:
     host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
     if not host or not port:
@@ -192,7 +202,7 @@ def _merged(paths: list[str]) -> dict[str, Any]:
         file = Path(path)
         if not file.is_file():
             if len(paths) == 1:
-                raise KubeconfigError(f"kubeconfig {path} not found")
+                raise KubeconfigNotFound(f"kubeconfig {path} not found")
             continue
         try:
             doc = yaml.safe_load(file.read_text()) or {}
@@ -210,7 +220,7 @@ def _merged(paths: list[str]) -> dict[str, Any]:
                     merged[section].append(entry)
                     base[f"{section}/{entry.get('name')}"] = file.parent
     if not read:
-        raise KubeconfigError(f"no kubeconfig found at {', '.join(paths)}")
+        raise KubeconfigNotFound(f"no kubeconfig found at {', '.join(paths)}")
     merged["_base"] = base
     return merged
 

@@ -229,3 +229,14 @@ def test_a_kubeconfig_without_the_named_parts_says_what_is_missing(tmp_path: Pat
         api_client(str(path))
     with pytest.raises(KubeconfigError, match="not found"):
         api_client(str(tmp_path / "absent"))
+
+
+def test_neither_in_a_cluster_nor_a_kubeconfig_says_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    with pytest.raises(
+        kubeconfig.KubeconfigNotFound, match=r"KUBERNETES_SERVICE_HOST .* unset, and kubeconfig .* not found"
+    ):
+        kubeconfig.load(None)

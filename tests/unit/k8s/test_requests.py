@@ -144,3 +144,25 @@ def test_the_operator_and_the_sidecar_run_without_the_kubernetes_package() -> No
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+async def test_the_asyncio_client_uses_the_same_configuration_and_raises_the_same_error(
+    server: ApiServer, api: ApiClient
+) -> None:
+    from breakwater.api.constants import GROUP, PLURAL, VERSION
+    from breakwater.k8s.aio import AsyncApi
+
+    policies = f"/apis/{GROUP}/{VERSION}/namespaces/a/{PLURAL}"
+    server.answers[("GET", policies)] = (200, {"items": [{"metadata": {"name": "p"}}]})
+    server.answers[("PATCH", f"{policies}/p/status")] = (422, {"kind": "Status", "code": 422})
+    writer = AsyncApi(api)
+    try:
+        assert await writer.list_policies("a") == [{"metadata": {"name": "p"}}]
+        assert server.seen[-1].headers["Authorization"] == "Bearer tok"
+        assert await writer.get_policy("a", "gone") is None  # 404
+        with pytest.raises(ApiError) as raised:
+            await writer.patch_policy_status("a", "p", {"x": 1})
+        assert (raised.value.status, raised.value.reason) == (422, "Unprocessable Entity")
+        assert server.seen[-1].headers["Content-Type"] == "application/merge-patch+json"
+    finally:
+        await writer.close()
