@@ -88,6 +88,13 @@ class Cluster:
         return proc
 
     def api_client(self) -> Any:
+        """The operator's own client (breakwater.k8s.client), for this control plane."""
+        from breakwater.k8s.client import api_client
+
+        return api_client(str(self.kubeconfig))
+
+    def kubernetes_client(self) -> Any:
+        """The official kubernetes client (the test extra), where a test wants an independent view."""
         from kubernetes import client, config
 
         configuration = client.Configuration()

@@ -155,10 +155,6 @@ if __name__ == "__main__":
     if _DEPTH == 1:
         tracemalloc.start(1)
     else:  # what the operator imports lazily, imported before tracing (deep tracing makes imports 18x slower)
-        from kubernetes import client
-
-        for api in ("CoreV1Api", "AdmissionregistrationV1Api", "AuthenticationV1Api"):
-            getattr(client, api)
         import breakwater.controller.replica  # noqa: F401
     signal.signal(signal.SIGUSR1, _dump)
     from breakwater.cli import main

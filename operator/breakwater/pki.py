@@ -173,7 +173,7 @@ def _usable(cert_pem: bytes, renew_before: datetime.timedelta, **names: tuple[st
 
 
 def serving_certificate(request: dict[str, Any]) -> dict[str, Any]:
-    """The child's answer to `breakwater.serving_cert.Request`: the stored CA and certificate while
+    """The child's answer to `breakwater.serving_cert.ServingCertRequest`: the stored CA and certificate while
     they are good (not within `renew_before_days` of expiry, the certificate covering every name), else
     a new certificate from the stored CA, or from a new CA when that is not good either."""
     pem = {k: base64.b64decode(request[k]) for k in ("ca_cert", "ca_key", "cert", "key")}

@@ -20,7 +20,7 @@ from typing import Any
 
 from breakwater.errors import UnusableCertificate
 
-__all__ = ["CertificateNotIssued", "Issued", "Request", "serving_certificate"]
+__all__ = ["CertificateNotIssued", "Issued", "ServingCertRequest", "serving_certificate"]
 
 CHILD_TIMEOUT_SECONDS = 60.0
 
@@ -30,7 +30,7 @@ class CertificateNotIssued(UnusableCertificate):
 
 
 @dataclass(frozen=True, slots=True)
-class Request:
+class ServingCertRequest:
     """What is stored (empty bytes: nothing yet) and what the certificate must cover."""
 
     ca_cert: bytes = b""
@@ -72,10 +72,10 @@ class Issued:
                    renew_after=float(data["renew_after"]))  # fmt: skip
 
 
-_remembered: dict[Request, Issued] = {}
+_remembered: dict[ServingCertRequest, Issued] = {}
 
 
-def serving_certificate(request: Request, *, now: float | None = None) -> Issued:
+def serving_certificate(request: ServingCertRequest, *, now: float | None = None) -> Issued:
     """The certificate to serve for `request`: the stored one while it is good, else a new one."""
     now = time.time() if now is None else now
     known = _remembered.get(request)
@@ -94,15 +94,15 @@ def serving_certificate(request: Request, *, now: float | None = None) -> Issued
         raise CertificateNotIssued(f"the certificate child failed: {last}")
     issued = Issued.from_json(json.loads(done.stdout))
     _remembered.clear()  # one Secret per operator: only the latest answer is worth keeping
-    stored = Request(issued.ca_cert, issued.ca_key, issued.cert, issued.key, **_needs(request))
+    stored = ServingCertRequest(issued.ca_cert, issued.ca_key, issued.cert, issued.key, **_needs(request))
     _remembered[stored] = Issued(**{**_fields(issued), "issued": False, "new_ca": False})
     return issued
 
 
-def _needs(request: Request) -> dict[str, Any]:
+def _needs(request: ServingCertRequest) -> dict[str, Any]:
     """What the certificate must cover and how long it lives: the request without what is stored."""
     stored = ("ca_cert", "ca_key", "cert", "key")
-    return {k: getattr(request, k) for k in Request.__dataclass_fields__ if k not in stored}
+    return {k: getattr(request, k) for k in ServingCertRequest.__dataclass_fields__ if k not in stored}
 
 
 def _fields(issued: Issued) -> dict[str, Any]:

@@ -47,7 +47,7 @@ def test_a_custom_resource_round_trips_through_the_api_server(cluster: Cluster, 
 
     from kubernetes import client
 
-    api = client.CustomObjectsApi(cluster.api_client())
+    api = client.CustomObjectsApi(cluster.kubernetes_client())
     obj = api.get_namespaced_custom_object("smoke.breakwater.dev", "v1", namespace, "widgets", "w1")
     assert obj["spec"] == {"size": 3}
 

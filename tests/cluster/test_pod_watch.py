@@ -13,6 +13,7 @@ import pytest
 
 from breakwater.api.constants import ANNOTATION_INJECTED
 from breakwater.controller.pods import PodIndex, facts
+from breakwater.k8s.client import core_path, request
 from breakwater.k8s.listwatch import ListWatch
 from tests.conftest import Cluster
 
@@ -127,15 +128,12 @@ async def test_the_index_follows_pods_created_relabelled_finished_and_deleted(
 async def test_a_big_namespace_is_listed_completely_across_pages(
     cluster: Cluster, namespace: str, api: Any
 ) -> None:
-    from kubernetes import client
-
-    core = client.CoreV1Api(api)
     n = 1200
 
-    def create_all() -> None:
+    def create_all() -> None:  # eight threads on the client's pool of kept-alive connections
         with ThreadPoolExecutor(max_workers=8) as pool:
             bodies = [pod_body(f"p-{i:04d}", labels={"app": "bulk", "shard": str(i % 7)}) for i in range(n)]
-            list(pool.map(lambda body: core.create_namespaced_pod(namespace, body), bodies))
+            list(pool.map(lambda body: request(api, "POST", core_path(namespace, "pods"), body), bodies))
 
     await asyncio.to_thread(create_all)
     for name in ("p-0000", "p-0001"):

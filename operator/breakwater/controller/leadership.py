@@ -50,7 +50,7 @@ class Replica:
 
     settings: OperatorSettings
     identity: str
-    api: Any  # kubernetes.client.ApiClient
+    api: Any  # breakwater.k8s.client.ApiClient
     writer: AsyncApi
     bundles: BundleCache
     pods: PodIndex

@@ -63,21 +63,28 @@ def _term(memo: Any) -> TermMemo:
 
 @kopf.on.login(registry=REGISTRY)
 def login(*, memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
-    """kopf connects with the replica's own client configuration (the `--kubeconfig` given, or the
-    in-cluster ServiceAccount), read again at every login so a rotated token is picked up."""
+    """kopf connects with the replica's own configuration (the `--kubeconfig` given, or the in-cluster
+    ServiceAccount), asked again at every login so a rotated token is picked up; an exec plugin's
+    token carries its expiry, so kopf logs in again before it runs out."""
     config = _term(memo).state.api.configuration
-    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix("authorization")
-    scheme, _space, token = (header or "").rpartition(" ")
+    token = config.bearer_token()
+    basic = not token and config.username is not None
+    plugin = config.exec_plugin
     return kopf.ConnectionInfo(
         server=config.host,
-        ca_path=config.ssl_ca_cert,
-        insecure=not config.verify_ssl,
-        username=config.username or None,
-        password=config.password or None,
-        scheme=scheme or None,
+        ca_path=config.ca_file,
+        ca_data=None if config.ca_file else config.ca_data,
+        insecure=config.insecure,
+        username=config.username if basic else None,
+        password=config.password if basic else None,
+        scheme="Bearer" if token else None,
         token=token or None,
         certificate_path=config.cert_file,
+        certificate_data=None if config.cert_file else config.cert_data,
         private_key_path=config.key_file,
+        private_key_data=None if config.key_file else config.key_data,
+        default_namespace=config.namespace,
+        expiration=plugin.expires if plugin is not None else None,
         trust_env=settings.networking.trust_env,
     )
 

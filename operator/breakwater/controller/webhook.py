@@ -112,7 +112,7 @@ def _write(directory: Path, cert: secrets.ServingCertificate) -> bool:
 def _generated(where: Endpoint) -> secrets.ServingCertificate:
     """A throw-away CA and certificate for this process (no Secret, no mounted files): two days."""
     got = serving_cert.serving_certificate(
-        serving_cert.Request(
+        serving_cert.ServingCertRequest(
             dns_names=where.dns_names, ips=where.ips, ca_name="breakwater-local-webhook-ca",
             ca_validity_days=2, validity_days=2, renew_before_days=0,
         )

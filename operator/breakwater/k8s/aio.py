@@ -1,9 +1,8 @@
 """A small asyncio client for the operator's hot writes (policy status, Events), on the event loop.
 
-The kubernetes client is synchronous: each call runs in a worker thread and spends a few milliseconds of
-Python (building, validating and decoding models) under the GIL the event loop needs. A storm, when
-every breaker of a 10,000-pod fleet opens at once, is 1,000+ status writes in a few seconds: here each
-is one aiohttp request with the same server, TLS and credentials as the kubernetes client's.
+The synchronous client (k8s/transport.py) runs each call in a worker thread. A storm, when every breaker
+of a 10,000-pod fleet opens at once, is 1,000+ status writes in a few seconds: here each is one aiohttp
+request on the loop, with the same server, TLS context and credentials (`kubeconfig.Configuration`).
 """
 
 from __future__ import annotations
@@ -13,45 +12,32 @@ import ssl
 from typing import Any
 
 import aiohttp
-from kubernetes import client
 
 from breakwater.api.constants import GROUP, PLURAL, VERSION
-from breakwater.errors import KubernetesError
-from breakwater.k8s.client import is_namespace_terminating
+from breakwater.k8s.client import ApiClient, ApiError, is_namespace_terminating
+from breakwater.k8s.transport import USER_AGENT
 
-
-class ApiError(KubernetesError):
-    """An error answer to one of the operator's own requests (status writes, Events, policy reads)."""
+__all__ = ["ApiError", "AsyncApi"]
 
 
 class AsyncApi:
-    def __init__(self, api: client.ApiClient, *, connections: int = 16, timeout: float = 30.0) -> None:
-        self._api = api
+    def __init__(self, api: ApiClient, *, connections: int = 16, timeout: float = 30.0) -> None:
         self._configuration = api.configuration
+        self._base = self._configuration.host
         self._connections = connections
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
-        cfg = self._configuration
-        if not cfg.verify_ssl:
+        if not self._base.startswith("https:"):
             return False
-        context = (
-            ssl.create_default_context(cafile=cfg.ssl_ca_cert)
-            if cfg.ssl_ca_cert
-            else ssl.create_default_context()
-        )
-        if cfg.cert_file:
-            context.load_cert_chain(cfg.cert_file, cfg.key_file)
-        if cfg.assert_hostname is False:
-            context.check_hostname = False
-        return context
+        return self._configuration.ssl_context()
 
     def _headers(self, content_type: str) -> dict[str, str]:
-        headers = {**self._api.default_headers, "Content-Type": content_type, "Accept": "application/json"}
-        for auth in self._configuration.auth_settings().values():  # refreshes an expiring token itself
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
+        headers = {"User-Agent": USER_AGENT, "Content-Type": content_type, "Accept": "application/json"}
+        authorization = self._configuration.authorization()  # current: a rotated token is re-read
+        if authorization:
+            headers["Authorization"] = authorization
         return headers
 
     async def request(
@@ -60,12 +46,12 @@ class AsyncApi:
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=self._ssl(), limit=self._connections)
             self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
-        url = f"{self._configuration.host}{path}"
+        url = f"{self._base}{path}"
         data = json.dumps(body) if body is not None else None
         async with self._session.request(method, url, data=data, headers=self._headers(content_type)) as resp:
             text = await resp.text()
             if resp.status >= 300:
-                raise ApiError(resp.status, text)
+                raise ApiError(resp.status, text, resp.reason or "")
             found: dict[str, Any] = json.loads(text) if text else {}
             return found
 

@@ -1,10 +1,9 @@
 """One configured client for the Kubernetes API, from a kubeconfig or the in-cluster service account,
 and `request`: one synchronous call with it, JSON in and out.
 
-The operator uses the kubernetes client for its configuration (kubeconfig, in-cluster token, TLS) and
-its connection pool, not for its typed API classes: `client.CoreV1Api` alone imports 250 model modules
-on first use, about 23 MiB of RSS that stays (measured, bench/results/operator-memory.md), for the
-handful of ConfigMap, Secret, Pod, TokenReview and webhook-configuration calls made here.
+Our own small client (k8s/kubeconfig.py, k8s/transport.py), not the kubernetes package: the operator
+only ever needed its configuration and connection pool, and importing it alone kept 10.8 MiB of RSS
+(its typed API classes another 23 MiB on first use, bench/results/operator-memory.md).
 """
 
 from __future__ import annotations
@@ -12,25 +11,31 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
-from kubernetes import client, config
+from breakwater.errors import KubernetesError
+from breakwater.k8s import kubeconfig
+from breakwater.k8s.transport import ApiClient
+
+__all__ = ["ApiClient", "ApiError", "api_client", "core_path", "is_status", "request"]
 
 
-def api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    configuration = client.Configuration()
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-    else:
-        try:
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
-    return client.ApiClient(configuration)
+class ApiError(KubernetesError):
+    """An error answer of the API server: `status` (HTTP), `reason` (its phrase), `body` (the Status)."""
+
+    def __init__(self, status: int, body: str, reason: str = "") -> None:
+        super().__init__(status, body)
+        self.reason = reason
+
+
+def api_client(kubeconfig_path: str | None = None) -> ApiClient:
+    """`--kubeconfig` if given, else in-cluster, else $KUBECONFIG or ~/.kube/config; a kubeconfig that
+    cannot be used raises `kubeconfig.KubeconfigError` (one line, no traceback at the command line)."""
+    return ApiClient(kubeconfig.load(kubeconfig_path))
 
 
 def request(
-    api: client.ApiClient,
+    api: ApiClient,
     method: str,
     path: str,
     body: Any = None,
@@ -39,18 +44,12 @@ def request(
     params: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One API call with the client's server, TLS and credentials; the decoded answer. An error answer
-    raises `client.ApiException` with its status and body, as the typed API classes do."""
-    configuration = api.configuration
-    headers = {**api.default_headers, "Accept": "application/json", "Content-Type": content_type}
-    for auth in configuration.auth_settings().values():  # refreshes an expiring token itself
-        if auth.get("in") == "header" and auth.get("value"):
-            headers[auth["key"]] = auth["value"]
-    url = f"{configuration.host}{path}" + (f"?{urlencode(params)}" if params else "")
-    response = api.rest_client.request(method, url, headers=headers, body=body)
-    data = response.read()
-    if not 200 <= response.status < 300:
-        raise client.ApiException(http_resp=response)
-    found: dict[str, Any] = json.loads(data) if data else {}
+    raises `ApiError` with its status, reason and body."""
+    data = json.dumps(body).encode() if body is not None else None
+    answer = api.call(method, path, data, api.headers(content_type=content_type), params=params)
+    if not 200 <= answer.status < 300:
+        raise ApiError(answer.status, answer.data.decode(errors="replace"), answer.reason)
+    found: dict[str, Any] = json.loads(answer.data) if answer.data else {}
     return found
 
 
@@ -61,7 +60,7 @@ def core_path(namespace: str, plural: str, name: str = "") -> str:
 
 
 def is_status(exc: BaseException, code: int) -> bool:
-    return isinstance(exc, client.ApiException) and exc.status == code
+    return isinstance(exc, KubernetesError) and exc.status == code
 
 
 NAMESPACE_TERMINATING = "NamespaceTerminating"

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from kubernetes import client
-
-from breakwater.k8s.client import core_path, is_namespace_terminating, is_status, request
+from breakwater.k8s.client import ApiClient, ApiError, core_path, is_namespace_terminating, is_status, request
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +16,7 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "breakwater", "app.kubernetes.io/c
 
 
 def put_key(
-    api: client.ApiClient,
+    api: ApiClient,
     *,
     namespace: str,
     name: str,
@@ -33,7 +31,7 @@ def put_key(
     try:
         request(api, "PATCH", patch, body, content_type="application/merge-patch+json")
         return True
-    except client.ApiException as exc:
+    except ApiError as exc:
         if not is_status(exc, 404):
             raise
     try:
@@ -45,7 +43,7 @@ def put_key(
             | {"data": {key: value}},
         )
         logger.info("created ConfigMap %s/%s", namespace, name)
-    except client.ApiException as exc:
+    except ApiError as exc:
         if is_namespace_terminating(exc.status, str(exc.body)):
             logger.info("not creating ConfigMap %s/%s: the namespace is being deleted", namespace, name)
             return False
@@ -57,7 +55,7 @@ def put_key(
     return True
 
 
-def remove_key(api: client.ApiClient, *, namespace: str, name: str, key: str) -> None:
+def remove_key(api: ApiClient, *, namespace: str, name: str, key: str) -> None:
     try:
         # A merge patch with null removes the key; the ConfigMap stays so mounts never break.
         request(
@@ -67,15 +65,15 @@ def remove_key(api: client.ApiClient, *, namespace: str, name: str, key: str) ->
             {"data": {key: None}},
             content_type="application/merge-patch+json",
         )
-    except client.ApiException as exc:
+    except ApiError as exc:
         if not is_status(exc, 404):
             raise
 
 
-def read(api: client.ApiClient, *, namespace: str, name: str) -> dict[str, str]:
+def read(api: ApiClient, *, namespace: str, name: str) -> dict[str, str]:
     try:
         cm = request(api, "GET", core_path(namespace, "configmaps", name))
-    except client.ApiException as exc:
+    except ApiError as exc:
         if is_status(exc, 404):
             return {}
         raise

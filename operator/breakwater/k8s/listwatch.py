@@ -21,20 +21,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
-from urllib.parse import quote, urlencode
-
-import urllib3
-from kubernetes import client
+from urllib.parse import quote
 
 from breakwater.api.constants import CONFIGMAP_NAME, GROUP, PLURAL, VERSION
 from breakwater.errors import KubernetesError
+from breakwater.k8s.transport import ApiClient, StreamResponse
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +110,7 @@ class ListWatch(Generic[T]):
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: ApiClient,
         sink: Sink[T],
         convert: Callable[[Mapping[str, Any]], T | None],
         *,
@@ -141,7 +138,7 @@ class ListWatch(Generic[T]):
         self._lock = threading.Lock()
         self._queue: list[_Listed[T] | tuple[str, str, T | None]] = []
         self._scheduled = False
-        self._responses: set[Any] = set()
+        self._responses: set[StreamResponse] = set()
         self._unsynced: set[str | None] = set()
         self._started_at = 0.0
         self._first_count = 0
@@ -167,7 +164,7 @@ class ListWatch(Generic[T]):
         with self._lock:
             responses = list(self._responses)
         for response in responses:
-            _interrupt(response)
+            response.shutdown()
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
@@ -293,7 +290,7 @@ class ListWatch(Generic[T]):
                 params["continue"] = token
             path = self.resource.path(scope)
             with self._request(path, params, self.resource.list_accept, self.list_timeout) as response:
-                body = json.loads(response.data)
+                body = json.loads(response.read())
             pages += 1
             with self._lock:
                 self.pages_listed += 1
@@ -331,7 +328,7 @@ class ListWatch(Generic[T]):
         path = self.resource.path(scope)
         with self._request(path, params, self.resource.watch_accept, read_timeout) as response:
             rest = b""
-            for chunk in response.stream(None, decode_content=True):
+            for chunk in response.chunks():
                 if b"\n" not in chunk:
                     rest += chunk
                     continue
@@ -369,21 +366,15 @@ class ListWatch(Generic[T]):
     @contextlib.contextmanager
     def _request(
         self, path: str, params: Mapping[str, str], accept: str, read_timeout: float
-    ) -> Iterator[Any]:
+    ) -> Iterator[StreamResponse]:
         """A streaming GET with the client's TLS and credentials; shut down by `stop()` if it comes."""
         api = self._api
-        configuration = api.configuration
-        headers = {**api.default_headers, "Accept": accept}
-        for auth in configuration.auth_settings().values():  # refreshes expiring tokens itself
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[auth["key"]] = auth["value"]
-        response = api.rest_client.pool_manager.request(
-            "GET",
-            f"{configuration.host}{path}?{urlencode(params)}",
-            headers=headers,
-            preload_content=False,
-            timeout=urllib3.Timeout(connect=self.connect_timeout, read=read_timeout),
-            retries=False,
+        response = api.open_stream(
+            path,
+            params,
+            api.headers(accept),
+            connect_timeout=self.connect_timeout,
+            read_timeout=read_timeout,
         )
         with self._lock:
             self._responses.add(response)
@@ -391,7 +382,7 @@ class ListWatch(Generic[T]):
             if self._stopping.is_set():
                 raise _Stopped
             if response.status != 200:
-                detail = response.data[:300].decode(errors="replace")
+                detail = response.read()[:300].decode(errors="replace")
                 if response.status == 410:
                     raise _Expired
                 raise WatchError(response.status, f"GET {path}: HTTP {response.status}: {detail}")
@@ -404,16 +395,3 @@ class ListWatch(Generic[T]):
 
 def _where(scope: str | None) -> str:
     return f" in namespace {scope}" if scope else ""
-
-
-def _interrupt(response: Any) -> None:
-    """Unblock a thread reading `response`: shut its socket down (urllib3 2.3+ has a method for it)."""
-    try:
-        response.shutdown()
-        return
-    except Exception:
-        pass
-    sock = getattr(getattr(response, "_connection", None), "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)

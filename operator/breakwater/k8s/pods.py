@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from kubernetes import client
-
-from breakwater.k8s.client import core_path, is_status, request
+from breakwater.k8s.client import ApiClient, ApiError, core_path, is_status, request
 
 
-def labels(api: client.ApiClient, *, namespace: str, name: str) -> dict[str, str] | None:
+def labels(api: ApiClient, *, namespace: str, name: str) -> dict[str, str] | None:
     try:
         pod = request(api, "GET", core_path(namespace, "pods", name))
-    except client.ApiException as exc:
+    except ApiError as exc:
         if is_status(exc, 404):
             return None
         raise

@@ -14,10 +14,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
-
 from breakwater import serving_cert
-from breakwater.k8s.client import core_path, is_status, request
+from breakwater.k8s.client import ApiClient, ApiError, core_path, is_status, request
 
 logger = logging.getLogger(__name__)
 
@@ -37,13 +35,11 @@ def _decode(data: dict[str, str], key: str) -> bytes:
     return base64.b64decode(data.get(key, ""))
 
 
-def read_serving_certificate(
-    api: client.ApiClient, *, namespace: str, name: str
-) -> ServingCertificate | None:
+def read_serving_certificate(api: ApiClient, *, namespace: str, name: str) -> ServingCertificate | None:
     """The certificate the Secret holds, as another replica (the leader) wrote it; None while it has none."""
     try:
         secret = request(api, "GET", core_path(namespace, "secrets", name))
-    except client.ApiException as exc:
+    except ApiError as exc:
         if is_status(exc, 404):
             return None
         raise
@@ -53,18 +49,18 @@ def read_serving_certificate(
 
 
 def ensure_serving_certificate(
-    api: client.ApiClient, *, namespace: str, name: str, dns_names: tuple[str, ...], ips: tuple[str, ...] = ()
+    api: ApiClient, *, namespace: str, name: str, dns_names: tuple[str, ...], ips: tuple[str, ...] = ()
 ) -> ServingCertificate:
     secret: dict[str, Any] | None
     try:
         secret = request(api, "GET", core_path(namespace, "secrets", name))
         data = dict(secret.get("data") or {})
-    except client.ApiException as exc:
+    except ApiError as exc:
         if not is_status(exc, 404):
             raise
         secret, data = None, {}
     got = serving_cert.serving_certificate(
-        serving_cert.Request(
+        serving_cert.ServingCertRequest(
             ca_cert=_decode(data, "ca.crt"), ca_key=_decode(data, "ca.key"),
             cert=_decode(data, "tls.crt"), key=_decode(data, "tls.key"),
             dns_names=dns_names, ips=ips, ca_validity_days=CA_VALIDITY.days,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kubernetes import client
-
 from breakwater.errors import NotAuthenticated
-from breakwater.k8s.client import request
+from breakwater.k8s.client import ApiClient, request
 
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
@@ -21,7 +19,7 @@ class PodIdentity:
     service_account: str
 
 
-def review(api: client.ApiClient, token: str, *, audience: str) -> PodIdentity:
+def review(api: ApiClient, token: str, *, audience: str) -> PodIdentity:
     body = {
         "apiVersion": "authentication.k8s.io/v1",
         "kind": "TokenReview",

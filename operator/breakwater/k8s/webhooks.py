@@ -8,10 +8,8 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client
-
 from breakwater.api.constants import GROUP, PLURAL, VERSION
-from breakwater.k8s.client import is_status, request
+from breakwater.k8s.client import ApiClient, ApiError, is_status, request
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +67,12 @@ def desired_configuration(
     }
 
 
-def apply_configuration(api: client.ApiClient, body: dict[str, Any]) -> None:
+def apply_configuration(api: ApiClient, body: dict[str, Any]) -> None:
     """Create or replace the whole configuration (the operator owns it: `--webhook-manage=full`)."""
     name = body["metadata"]["name"]
     try:
         current = request(api, "GET", _path(name))
-    except client.ApiException as exc:
+    except ApiError as exc:
         if not is_status(exc, 404):
             raise
         request(api, "POST", CONFIGURATIONS, body)
@@ -88,7 +86,7 @@ def apply_configuration(api: client.ApiClient, body: dict[str, Any]) -> None:
     logger.info("updated MutatingWebhookConfiguration %s", name)
 
 
-def patch_ca_bundle(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
+def patch_ca_bundle(api: ApiClient, *, name: str, ca_pem: bytes) -> bool:
     """Keep the caBundle of every webhook in `name` equal to our CA (`--webhook-manage=ca-only`)."""
     current = request(api, "GET", _path(name))
     wanted = base64.b64encode(ca_pem).decode()
@@ -108,11 +106,11 @@ def patch_ca_bundle(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
     return True
 
 
-def carries_ca(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
+def carries_ca(api: ApiClient, *, name: str, ca_pem: bytes) -> bool:
     """Whether every webhook of `name` trusts `ca_pem` (its caBundle holds that certificate)."""
     try:
         current = request(api, "GET", _path(name))
-    except client.ApiException as exc:  # absent yet (404), or not ours to read: not trusted
+    except ApiError as exc:  # absent yet (404), or not ours to read: not trusted
         logger.debug("reading MutatingWebhookConfiguration %s: %s %s", name, exc.status, exc.reason)
         return False
     hooks = current.get("webhooks") or ()
@@ -122,10 +120,10 @@ def carries_ca(api: client.ApiClient, *, name: str, ca_pem: bytes) -> bool:
     )
 
 
-def delete_configuration(api: client.ApiClient, *, name: str) -> None:
+def delete_configuration(api: ApiClient, *, name: str) -> None:
     try:
         request(api, "DELETE", _path(name))
-    except client.ApiException as exc:
+    except ApiError as exc:
         if not is_status(exc, 404):
             raise
 

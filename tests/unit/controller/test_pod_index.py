@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -225,7 +224,10 @@ class FakeResponse:
         self.gate: threading.Event | None = None  # a watch that stays open until shut down
         self.closed = threading.Event()
 
-    def stream(self, amt: int | None = None, decode_content: bool = True) -> Iterator[bytes]:
+    def read(self) -> bytes:
+        return self.data
+
+    def chunks(self) -> Iterator[bytes]:
         for event in self.events or ():
             line = json.dumps(event).encode() + b"\n"
             yield line[:10]  # a line split across chunks
@@ -241,26 +243,20 @@ class FakeResponse:
 
 
 class FakeApi:
-    """Enough of kubernetes.client.ApiClient for ListWatch: configuration, headers, a pool manager."""
+    """Enough of breakwater.k8s.transport.ApiClient for ListWatch: headers and streaming GETs."""
 
     def __init__(self, script: Callable[[str, dict[str, str]], FakeResponse]) -> None:
-        self.configuration = self
-        self.host = "https://api.example"
-        self.default_headers = {"User-Agent": "test"}
-        self.rest_client = self
-        self.pool_manager = self
         self.script = script
         self.requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
 
-    def auth_settings(self) -> dict[str, dict[str, str]]:
-        return {"BearerToken": {"in": "header", "key": "authorization", "value": "Bearer token"}}
+    def headers(self, accept: str = "application/json") -> dict[str, str]:
+        return {"User-Agent": "test", "Accept": accept, "Authorization": "Bearer token"}
 
-    def request(self, method: str, url: str, *, headers: dict[str, str], **_: Any) -> FakeResponse:
-        assert method == "GET"
-        parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query))
-        self.requests.append((parts.path, query, headers))
-        return self.script(parts.path, query)
+    def open_stream(
+        self, path: str, params: dict[str, str], headers: dict[str, str], **_: Any
+    ) -> FakeResponse:
+        self.requests.append((path, dict(params), dict(headers)))
+        return self.script(path, dict(params))
 
 
 def pod_list(items: list[dict[str, Any]], *, rv: str, token: str = "") -> dict[str, Any]:
@@ -352,7 +348,7 @@ async def test_pod_watch_lists_in_pages_watches_and_relists_on_410() -> None:
     assert all(q["fieldSelector"] == FIELD_SELECTOR for q in watches)
     for _, q, headers in api.requests:
         assert headers["Accept"] == (WATCH_ACCEPT if "watch" in q else LIST_ACCEPT)
-        assert headers["authorization"] == "Bearer token"
+        assert headers["Authorization"] == "Bearer token"
     # the second MODIFIED of a (same facts) notified nobody: every call is a real change
     assert calls.count("dev") == 2  # listed, then its only pod being deleted
 

@@ -19,8 +19,8 @@ NAMES = ("bw.breakwater-system.svc",)
 
 def stored(
     ca: pki.CertificateAuthority, pair: pki.KeyPair | None = None, **names: tuple[str, ...]
-) -> serving_cert.Request:
-    return serving_cert.Request(
+) -> serving_cert.ServingCertRequest:
+    return serving_cert.ServingCertRequest(
         ca.cert_pem, ca.key_pem, pair.cert_pem if pair else b"", pair.key_pem if pair else b"",
         ca_validity_days=secrets.CA_VALIDITY.days, validity_days=secrets.SERVING_VALIDITY.days,
         renew_before_days=secrets.RENEW_BEFORE.days, **names,
@@ -71,7 +71,7 @@ def test_an_unchanged_secret_is_not_checked_again_until_it_is_due(monkeypatch: p
 
 
 def test_a_stored_ca_that_does_not_load_is_a_one_line_error_not_a_traceback() -> None:
-    broken = serving_cert.Request(b"not a certificate", b"not a key", dns_names=NAMES)
+    broken = serving_cert.ServingCertRequest(b"not a certificate", b"not a key", dns_names=NAMES)
     with pytest.raises(serving_cert.CertificateNotIssued) as caught:
         serving_cert.serving_certificate(broken)
     message = str(caught.value)
