@@ -1,5 +1,6 @@
-"""`breakwater ...` with a memory sampler: every $BREAKWATER_MEMORY_EVERY s (default 10) one JSON line
-to $BREAKWATER_MEMORY_SAMPLES saying where the RSS is (no tracing, so timings stay the operator's own).
+"""`breakwater ...` (with the image's packages, `image_packages.py`) and a memory sampler: every
+$BREAKWATER_MEMORY_EVERY s (default 10) one JSON line to $BREAKWATER_MEMORY_SAMPLES saying where the
+RSS is (no tracing, so timings stay the operator's own).
 
 Each line: seconds since start, RSS split into anonymous and file-backed, glibc's heaps (mallinfo2:
 in use, free, mmapped blocks), pymalloc's arenas and the bytes in its allocated blocks
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from image_packages import block_test_packages
 from traced_cli import _MallInfo2
 
 MIB = 2**20
@@ -85,6 +87,7 @@ def _sample_forever(out: Path, every: float) -> None:
 if __name__ == "__main__":
     target = Path(os.environ["BREAKWATER_MEMORY_SAMPLES"])
     every = float(os.environ.get("BREAKWATER_MEMORY_EVERY", "10"))
+    block_test_packages()  # the image's packages (image_packages.py)
     from breakwater.cli import main
     from breakwater.controller import memory
 

@@ -9,6 +9,8 @@ every 5 s from one UDP socket per pod, failure rates that vary so the status fig
 After `--settle` seconds the step is measured for `--window`
 seconds: operator CPU (user+sys from /proc), RSS, reports accepted per second against the offered
 rate, report round-trip, and from the API server's metrics the status PATCHes and TokenReviews.
+The operator runs with the image's packages (`image_packages.py`: the dev venv's test-only
+`kubernetes` client, which kopf imports whenever it can, is not found).
 
 At the last step, a storm: every pod's breaker opens at once, then closes; measured is how long until
 every policy's status shows it, and the status write rate meanwhile. Then a pause: reporters stop
@@ -35,7 +37,9 @@ import opbench as ob
 
 from breakwater.testing.operator import OperatorProcess
 
-SAMPLED_CLI = str(Path(__file__).resolve().parent / "sampled_cli.py")
+HERE = Path(__file__).resolve().parent
+IMAGE_CLI = str(HERE / "image_packages.py")  # the operator with the image's packages, not the dev venv's
+SAMPLED_CLI = str(HERE / "sampled_cli.py")  # the same, sampling its memory
 
 
 async def add_namespace(
@@ -226,7 +230,7 @@ async def storm(
 
 async def main(args: argparse.Namespace) -> None:
     machine = ob.machine_facts()
-    launcher: tuple[str, ...] = ()
+    launcher = (IMAGE_CLI,)
     if args.memory_samples:  # the operator under bench/operator/sampled_cli.py
         os.environ["BREAKWATER_MEMORY_SAMPLES"] = str(args.memory_samples)
         launcher = (SAMPLED_CLI,)
