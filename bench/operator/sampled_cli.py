@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from image_packages import block_test_packages
-from traced_cli import _MallInfo2
+from traced_cli import _MallInfo2, pymalloc_stats
 
 MIB = 2**20
 
@@ -37,24 +36,15 @@ def _status() -> dict[str, float]:
 
 
 def _pymalloc() -> dict[str, float]:
-    with tempfile.TemporaryFile("w+") as err:  # _debugmallocstats writes to the C stderr
-        saved = os.dup(2)
-        try:
-            os.dup2(err.fileno(), 2)
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        err.seek(0)
-        out: dict[str, float] = {}
-        for line in err:
-            label, _, value = line.strip().partition("=")
-            number = value.strip().replace(",", "")
-            if label.startswith("# arenas allocated current"):
-                out["pymalloc_arenas"] = int(number)
-            elif label.startswith("# bytes in allocated blocks"):
-                out["pymalloc_used"] = round(int(number) / MIB, 1)
-        return out
+    out: dict[str, float] = {}
+    for line in pymalloc_stats():
+        label, _, value = line.partition("=")
+        number = value.strip().replace(",", "")
+        if label.startswith("# arenas allocated current"):
+            out["pymalloc_arenas"] = int(number)
+        elif label.startswith("# bytes in allocated blocks"):
+            out["pymalloc_used"] = round(int(number) / MIB, 1)
+    return out
 
 
 def sample(libc: Any, started: float) -> dict[str, float]:

@@ -119,7 +119,15 @@ def _heap_lines() -> list[str]:
         )
     except (OSError, AttributeError):
         pass
-    with tempfile.TemporaryFile("w+") as err:  # _debugmallocstats writes to the C stderr
+    wanted = ("# arenas allocated current", "# bytes in allocated blocks", "# bytes in available blocks")
+    wanted += ("# bytes lost to pool headers", "# bytes lost to quantization", "Total =")
+    lines += [line for line in pymalloc_stats() if line.startswith(wanted)]
+    return lines
+
+
+def pymalloc_stats() -> list[str]:
+    """The lines of sys._debugmallocstats(), which writes them to the C stderr, stripped."""
+    with tempfile.TemporaryFile("w+") as err:
         saved = os.dup(2)
         try:
             os.dup2(err.fileno(), 2)
@@ -128,10 +136,7 @@ def _heap_lines() -> list[str]:
             os.dup2(saved, 2)
             os.close(saved)
         err.seek(0)
-        wanted = ("# arenas allocated current", "# bytes in allocated blocks", "# bytes in available blocks")
-        wanted += ("# bytes lost to pool headers", "# bytes lost to quantization", "Total =")
-        lines += [line.strip() for line in err if line.strip().startswith(wanted)]
-    return lines
+        return [line.strip() for line in err]
 
 
 _dumps: list[int] = [0]

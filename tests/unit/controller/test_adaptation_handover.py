@@ -15,8 +15,7 @@ from breakwater.controller import adaptive
 from breakwater.controller.adaptive import Adaptation
 from breakwater.controller.fleet import UpstreamFleet
 
-POLICY = "shop/payments"
-WALL = 1_800_000_000.0
+from .adaptive_policy import POLICY, WALL, body, calls_in
 
 
 class FakeConfigMaps:
@@ -43,28 +42,11 @@ def configmaps(monkeypatch: pytest.MonkeyPatch) -> FakeConfigMaps:
     return fake
 
 
-def body() -> dict[str, Any]:
-    return {
-        "metadata": {"name": "payments", "namespace": "shop", "generation": 1},
-        "spec": {
-            "selector": {"matchLabels": {"app": "checkout"}},
-            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15210}],
-            "trip": {"consecutiveFailures": 5, "failureRate": {"percent": 50}},
-            "adaptive": {"enabled": True},
-        },
-    }
-
-
 def report(calls: int, failures: int) -> SidecarReport:
     upstream = UpstreamReport(
         name="payments", policy=POLICY, state="Closed", calls=calls, failures=failures, latency=[0] * 14
     )
     return SidecarReport(namespace="shop", pod="checkout-1", upstreams=[upstream])
-
-
-def calls_in(a: Adaptation) -> int:
-    history = a.tunings[(POLICY, "payments")].history
-    return sum(totals.calls for _, totals in history.buckets(WALL + 60))
 
 
 async def test_the_next_leader_starts_from_the_histories_the_last_one_flushed(

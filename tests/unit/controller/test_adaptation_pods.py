@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from breakwater.api.report import SidecarReport, UpstreamReport
 from breakwater.controller.adaptive import Adaptation
 
-POLICY = "shop/payments"
-WALL = 1_800_000_000.0
-
-
-def body() -> dict[str, Any]:
-    return {
-        "metadata": {"name": "payments", "namespace": "shop", "generation": 1},
-        "spec": {
-            "selector": {"matchLabels": {"app": "checkout"}},
-            "upstreams": [{"name": "payments", "host": "127.0.0.1", "port": 8080, "listenPort": 15210}],
-            "trip": {"consecutiveFailures": 5, "failureRate": {"percent": 50}},
-            "adaptive": {"enabled": True},
-        },
-    }
+from .adaptive_policy import POLICY, WALL, body, calls_in
 
 
 def report(pod: str, calls: int, namespace: str = "shop") -> SidecarReport:
@@ -28,11 +13,6 @@ def report(pod: str, calls: int, namespace: str = "shop") -> SidecarReport:
         name="payments", policy=POLICY, state="Closed", calls=calls, failures=0, latency=[0] * 14
     )
     return SidecarReport(namespace=namespace, pod=pod, upstreams=[upstream])
-
-
-def calls_in(a: Adaptation) -> int:
-    history = a.tunings[(POLICY, "payments")].history
-    return sum(totals.calls for _, totals in history.buckets(WALL + 60))
 
 
 def test_a_pod_deleted_and_created_again_under_its_name_is_a_new_pod_not_a_restart() -> None:
