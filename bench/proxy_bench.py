@@ -10,6 +10,9 @@ this). All traffic stays on 127.0.0.1. Layout on a 2-core machine:
 Per peer: max throughput (wrk, closed loop, 1 thread, 64 connections), then latency at a fixed rate
 (default 1,000 rps, open loop, see `bench/proxy/loadgen.py`) with the CPU time and RSS of the peer's
 process tree over that run. "Added latency" is the peer's percentile minus the direct percentile.
+For each proxy, core 0's exact busy time (`bench/proxy/cores.py`) is also taken over both runs: per
+request at max throughput (the proxy's CPU-seconds per request, which says what one core could carry
+even when the load generator is the limit), and per 1,000 rps at the fixed rate.
 Writes ``bench/results/proxy.json`` and ``.md`` and ``docs/img/proxy-latency.png``.
 """
 
@@ -35,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import peers as peer_defs
+from proxy.cores import CoreTimes
 from proxy.loadgen import run_fixed_rate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,12 +79,14 @@ def run_wrk(port: int, seconds: float, connections: int = 64) -> dict[str, Any]:
     argv += ["--latency", f"http://127.0.0.1:{port}{peer_defs.BODY_PATH}"]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    requests = re.search(r"(\d+) requests in", out)
     errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     socket_errors = re.search(r"Socket errors: (.*)", out)
     latency = {p: _to_ms(v) for p, v in re.findall(r"^\s+(\d+)%\s+(\S+)", out, re.MULTILINE)}
     return {
         "command": shlex.join(argv),
         "rps": float(rps.group(1)) if rps else 0.0,
+        "requests": int(requests.group(1)) if requests else 0,
         "non_2xx": int(errors.group(1)) if errors else 0,
         "socket_errors": socket_errors.group(1) if socket_errors else "",
         "latency_ms": latency,
@@ -89,6 +95,7 @@ def run_wrk(port: int, seconds: float, connections: int = 64) -> dict[str, Any]:
 
 def fixed_rate(port: int, rate: float, duration: float, root_pid: int | None) -> dict[str, Any]:
     before = peer_defs.process_tree_usage(root_pid) if root_pid else (0.0, 0)
+    core0 = CoreTimes.now(PROXY_CPU)
     wall0 = time.monotonic()
     coro = run_fixed_rate("127.0.0.1", port, peer_defs.BODY_PATH, rate=rate, duration=duration, warmup=2.0)
     try:
@@ -99,12 +106,14 @@ def fixed_rate(port: int, rate: float, duration: float, root_pid: int | None) ->
     except ImportError:
         result = asyncio.run(coro)
     wall = time.monotonic() - wall0
+    core = CoreTimes.now(PROXY_CPU).since(core0)
     after = peer_defs.process_tree_usage(root_pid) if root_pid else (0.0, 0)
     summary: dict[str, Any] = result.summary()
     if root_pid:
         vcpu = (after[0] - before[0]) / wall
         summary["cpu_vcpu"] = round(vcpu, 3)
         summary["cpu_vcpu_per_1k_rps"] = round(vcpu / (rate / 1000), 3)
+        summary["core_vcpu_per_1k_rps"] = round(core.busy / core.wall / (rate / 1000), 3)
         summary["rss_mb"] = round(after[1] / 2**20, 1)
     return summary
 
@@ -115,8 +124,17 @@ def measure(peer: peer_defs.Peer, work: Path, args: argparse.Namespace) -> dict[
     process = peer.start(work, cpu=PROXY_CPU)
     try:
         run_wrk(peer.port, 2)  # warm-up: pools, caches, JIT-free but allocator-warm
+        core0 = CoreTimes.now(PROXY_CPU)
         doc["max"] = run_wrk(peer.port, args.max_seconds)
-        print(f"   max throughput {doc['max']['rps']:.0f} rps", flush=True)
+        core = CoreTimes.now(PROXY_CPU).since(core0)
+        if process is not None and doc["max"]["requests"]:
+            doc["max"]["core_us_per_request"] = round(1e6 * core.busy / doc["max"]["requests"], 2)
+            doc["max"]["core_busy_fraction"] = round(core.busy / core.wall, 3)
+        print(
+            f"   max throughput {doc['max']['rps']:.0f} rps, core 0 "
+            f"{doc['max'].get('core_us_per_request', '-')} µs per request",
+            flush=True,
+        )
         doc["fixed"] = fixed_rate(peer.port, args.rate, args.duration, process.popen.pid if process else None)
         fixed = doc["fixed"]
         print(
@@ -147,10 +165,15 @@ def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         combined[name] = {
             "label": runs[0]["label"],
             "max": {"rps": statistics.median(run["max"]["rps"] for run in runs)},
+            "core_us_rounds": [run["max"].get("core_us_per_request") for run in runs],
             "fixed": {k: statistics.median(run["fixed"][k] for run in runs) for k in fixed_keys},
             "max_rps_rounds": [run["max"]["rps"] for run in runs],
             "p99_ms_rounds": [run["fixed"]["p99_ms"] for run in runs],
         }
+        if all(run["max"].get("core_us_per_request") for run in runs):
+            combined[name]["max"]["core_us_per_request"] = statistics.median(
+                run["max"]["core_us_per_request"] for run in runs
+            )
         combined[name]["fixed"]["errors"] = sum(run["fixed"]["errors"] for run in runs)
         if "sidecar_stats" in runs[-1]:
             combined[name]["sidecar_stats"] = runs[-1]["sidecar_stats"]
@@ -203,24 +226,28 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         "measured from each request's due time (`bench/proxy/loadgen.py`, a wrk2-style generator: wrk2",
         "is not packaged in Debian, and wrk's Lua `delay()` is closed-loop). *Added* = peer percentile",
         "minus direct percentile. CPU is the peer's process-tree CPU time over the fixed-rate run divided",
-        "by wall time (vCPU), per 1,000 rps; RSS at its end. The peers are measured in turn, "
+        "by wall time (vCPU), per 1,000 rps; RSS at its end. *Core* figures are core 0's exact busy",
+        "time (`bench/proxy/cores.py`; the process times are sampled at each tick): per request during",
+        "the max run, and per 1,000 rps during the fixed-rate run. The peers are measured in turn, "
         f"{doc['settings']['repeat']} rounds,",
         "interleaved; every figure is the median over the rounds (all rounds are in the JSON).",
         "",
-        "| peer | max rps | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 | vCPU/1k rps | RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| peer | max rps | core µs/req at max | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 "
+        "| vCPU/1k rps | core vCPU/1k rps | RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, res in results.items():
         fixed = res["fixed"]
         added50 = fixed["p50_ms"] - direct.get("p50_ms", 0) if name != "direct" else 0.0
         added99 = fixed["p99_ms"] - direct.get("p99_ms", 0) if name != "direct" else 0.0
-        cpu = fixed.get("cpu_vcpu_per_1k_rps")
-        rss = fixed.get("rss_mb")
         lines.append(
-            f"| {res['label']} | {res['max']['rps']:,.0f} | {fixed['p50_ms']:.3f} | {fixed['p99_ms']:.3f} | "
+            f"| {res['label']} | {res['max']['rps']:,.0f} | {_figure(res['max'], 'core_us_per_request', 1)} "
+            f"| {fixed['p50_ms']:.3f} | {fixed['p99_ms']:.3f} | "
             f"{fixed['p999_ms']:.3f} | {added50:.3f} | {added99:.3f} | "
-            f"{'-' if cpu is None else f'{cpu:.3f}'} | {'-' if rss is None else f'{rss:.1f}'} |"
+            f"{_figure(fixed, 'cpu_vcpu_per_1k_rps', 3)} | {_figure(fixed, 'core_vcpu_per_1k_rps', 3)} | "
+            f"{_figure(fixed, 'rss_mb', 1)} |"
         )
+    lines += _same_round_ratios(doc["rounds"])
     lines += [
         "",
         "Per round (the spread is the noise of a shared machine): "
@@ -254,6 +281,39 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
             "",
         ]
     path.write_text("\n".join(lines))
+
+
+def _figure(values: dict[str, Any], key: str, digits: int) -> str:
+    value = values.get(key)
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _same_round_ratios(rounds: list[dict[str, Any]]) -> list[str]:
+    """Breakwater against HAProxy within each round (the only comparison this machine's noise allows)."""
+    if not rounds or "breakwater" not in rounds[0] or "haproxy" not in rounds[0]:
+        return []
+    rows = []
+    for number, peers in enumerate(rounds, 1):
+        bw, ha, direct = peers["breakwater"], peers["haproxy"], peers.get("direct")
+        cells = [f"{bw['max']['rps'] / ha['max']['rps']:.2f}"]
+        cells.append(f"{ha['max']['rps'] / direct['max']['rps']:.2f}" if direct else "-")
+        bw_us, ha_us = bw["max"].get("core_us_per_request"), ha["max"].get("core_us_per_request")
+        cells.append(f"{ha_us / bw_us:.2f}" if bw_us and ha_us else "-")
+        bw_k, ha_k = bw["fixed"].get("core_vcpu_per_1k_rps"), ha["fixed"].get("core_vcpu_per_1k_rps")
+        cells.append(f"{bw_k / ha_k:.2f}" if bw_k and ha_k else "-")
+        rows.append(f"| {number} | " + " | ".join(cells) + " |")
+    return [
+        "",
+        "Breakwater against HAProxy, round by round: max rps ratio (it counts only where HAProxy's max is",
+        "clearly below direct's); the ratio of core 0's CPU-seconds per request at max (HAProxy's over",
+        "Breakwater's: the share of HAProxy's throughput one core would give Breakwater); and core 0's",
+        "busy time at the fixed rate (Breakwater's over HAProxy's).",
+        "",
+        "| round | max rps, BW / HAProxy | HAProxy max / direct max | per-request CPU at max, HAProxy / BW "
+        "| core vCPU at fixed rate, BW / HAProxy |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+        *rows,
+    ]
 
 
 def main() -> int:

@@ -4,8 +4,9 @@ for HAProxy, the bare Python forwarder (the floor: `bench/proxy/bare_forwarder.p
 Not a test. Run ``.venv/bin/python bench/proxy_cpu.py`` (needs nginx, haproxy, strace; ~3 minutes). All
 traffic stays on 127.0.0.1. Each peer is pinned to core 0, nginx (a static 1 KiB file) and the load on
 core 1. Every round measures the peers in turn at a fixed rate (open loop, `bench/proxy/loadgen.py`)
-and reads the peer's user and system CPU time from /proc; the rounds are interleaved and every figure
-is the median over them. Then one ``strace -c -f`` run per peer under wrk (4 connections, 5 s) counts
+and reads the peer's user and system CPU time from /proc (sampled at each tick) and core 0's exact busy
+time (`bench/proxy/cores.py`); the rounds are interleaved and every figure is the median over them.
+Then one ``strace -c -f`` run per peer under wrk (4 connections, 5 s) counts
 its system calls per request (strace slows the peer; the counts per request do not depend on that).
 Writes ``bench/results/proxy-cpu.md`` and ``.json``.
 """
@@ -30,11 +31,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import peers as peer_defs
+from proxy.cores import CoreTimes
 from proxy.loadgen import run_fixed_rate
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_PORT, PEER_PORT, BW_FORWARD_PORT, BW_ADMIN_PORT = 18980, 18984, 18985, 18990
 TICKS = os.sysconf("SC_CLK_TCK")
+_MEASURES = ("user_us", "sys_us", "core_busy_us", "core_steal_us")
 
 
 def _peers(work: Path) -> dict[str, Callable[[], peer_defs.Peer]]:
@@ -56,6 +59,7 @@ def _fixed_rate(pid: int, rate: float, seconds: float) -> dict[str, float]:
     import uvloop
 
     user0, sys0 = _cpu(pid)
+    core0 = CoreTimes.now(0)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(
             run_fixed_rate(
@@ -63,10 +67,13 @@ def _fixed_rate(pid: int, rate: float, seconds: float) -> dict[str, float]:
             )
         )
     user1, sys1 = _cpu(pid)
+    core = CoreTimes.now(0).since(core0)
     requests = rate * (seconds + 2.0)  # the warm-up's requests are served (and cost CPU) too
     return {
         "user_us": round(1e6 * (user1 - user0) / requests, 1),
         "sys_us": round(1e6 * (sys1 - sys0) / requests, 1),
+        "core_busy_us": round(1e6 * core.busy / requests, 1),
+        "core_steal_us": round(1e6 * core.steal / requests, 1),
         "errors": result.summary()["errors"],
     }
 
@@ -133,7 +140,7 @@ def main() -> int:
     finally:
         upstream.stop()
     medians = {
-        name: {key: statistics.median(r[key] for r in runs) for key in ("user_us", "sys_us")}
+        name: {key: statistics.median(r[key] for r in runs) for key in _MEASURES}
         for name, runs in rounds.items()
     }
     command = shlex.join([Path(sys.executable).name, *sys.argv])
@@ -164,12 +171,13 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{result['load_before']}, after {result['load_after']}.",
         "",
         f"Each peer pinned to core 0 at {result['rate']:,.0f} rps open loop (1 KiB answers from nginx on"
-        " core 1); CPU time per request from /proc, median over interleaved rounds; system calls per"
-        " request from `strace -c -f` under wrk (4 connections).",
+        " core 1); the process's CPU time per request from /proc (tick-sampled), core 0's exact busy"
+        " time per request (`bench/proxy/cores.py`; steal beside it, not subtracted), median over"
+        " interleaved rounds; system calls per request from `strace -c -f` under wrk (4 connections).",
         "",
         "| peer | user µs/req | kernel µs/req | total | total / HAProxy's | user / HAProxy's "
-        "| system calls/req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| core busy µs/req (steal) | core busy / HAProxy's | system calls/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, m in medians.items():
         total = m["user_us"] + m["sys_us"]
@@ -179,11 +187,20 @@ def _markdown(result: dict[str, Any]) -> str:
             f"| {name} | {m['user_us']:.1f} | {m['sys_us']:.1f} | {total:.1f} | "
             f"{total / (haproxy['user_us'] + haproxy['sys_us']):.2f} | "
             f"{m['user_us'] / haproxy['user_us']:.1f} | "
+            f"{m['core_busy_us']:.1f} ({m['core_steal_us']:.1f}) | "
+            f"{m['core_busy_us'] / haproxy['core_busy_us']:.2f} | "
             f"{sum(calls.values()):.2f} ({listed}) |"
         )
     lines += ["", "Per round:", ""]
     for name, runs in result["rounds"].items():
-        lines.append(f"- {name}: " + "; ".join(f"user {r['user_us']}, kernel {r['sys_us']}" for r in runs))
+        lines.append(
+            f"- {name}: "
+            + "; ".join(
+                f"user {r['user_us']}, kernel {r['sys_us']}, core busy {r['core_busy_us']}"
+                f" (steal {r['core_steal_us']})"
+                for r in runs
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
