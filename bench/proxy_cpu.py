@@ -37,7 +37,7 @@ from proxy.loadgen import run_fixed_rate
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_PORT, PEER_PORT, BW_FORWARD_PORT, BW_ADMIN_PORT = 18980, 18984, 18985, 18990
 TICKS = os.sysconf("SC_CLK_TCK")
-_MEASURES = ("user_us", "sys_us", "core_busy_us", "core_steal_us")
+_MEASURES = ("user_us", "sys_us", "core_busy_us", "core_steal_us", "core_us")
 
 
 def _peers(work: Path) -> dict[str, Callable[[], peer_defs.Peer]]:
@@ -74,6 +74,7 @@ def _fixed_rate(pid: int, rate: float, seconds: float) -> dict[str, float]:
         "sys_us": round(1e6 * (sys1 - sys0) / requests, 1),
         "core_busy_us": round(1e6 * core.busy / requests, 1),
         "core_steal_us": round(1e6 * core.steal / requests, 1),
+        "core_us": round(1e6 * (core.busy - core.steal) / requests, 1),
         "errors": result.summary()["errors"],
     }
 
@@ -171,13 +172,15 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{result['load_before']}, after {result['load_after']}.",
         "",
         f"Each peer pinned to core 0 at {result['rate']:,.0f} rps open loop (1 KiB answers from nginx on"
-        " core 1); the process's CPU time per request from /proc (tick-sampled), core 0's exact busy"
-        " time per request (`bench/proxy/cores.py`; steal beside it, not subtracted), median over"
-        " interleaved rounds; system calls per request from `strace -c -f` under wrk (4 connections).",
+        " core 1); the process's CPU time per request from /proc (tick-sampled); core 0's exact busy"
+        " time per request (`bench/proxy/cores.py`), the time the hypervisor gave another guest while"
+        " this core wanted to run (steal, tick-sampled) and the difference, the core time the peer"
+        " used; medians over interleaved rounds; system calls per request from `strace -c -f` under"
+        " wrk (4 connections).",
         "",
         "| peer | user µs/req | kernel µs/req | total | total / HAProxy's | user / HAProxy's "
-        "| core busy µs/req (steal) | core busy / HAProxy's | system calls/req |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| core busy µs/req | steal | **core µs/req** | core / HAProxy's | system calls/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for name, m in medians.items():
         total = m["user_us"] + m["sys_us"]
@@ -187,8 +190,8 @@ def _markdown(result: dict[str, Any]) -> str:
             f"| {name} | {m['user_us']:.1f} | {m['sys_us']:.1f} | {total:.1f} | "
             f"{total / (haproxy['user_us'] + haproxy['sys_us']):.2f} | "
             f"{m['user_us'] / haproxy['user_us']:.1f} | "
-            f"{m['core_busy_us']:.1f} ({m['core_steal_us']:.1f}) | "
-            f"{m['core_busy_us'] / haproxy['core_busy_us']:.2f} | "
+            f"{m['core_busy_us']:.1f} | {m['core_steal_us']:.1f} | **{m['core_us']:.1f}** | "
+            f"{m['core_us'] / haproxy['core_us']:.2f} | "
             f"{sum(calls.values()):.2f} ({listed}) |"
         )
     lines += ["", "Per round:", ""]
@@ -197,7 +200,7 @@ def _markdown(result: dict[str, Any]) -> str:
             f"- {name}: "
             + "; ".join(
                 f"user {r['user_us']}, kernel {r['sys_us']}, core busy {r['core_busy_us']}"
-                f" (steal {r['core_steal_us']})"
+                f" minus steal {r['core_steal_us']} = {r['core_us']}"
                 for r in runs
             )
         )
