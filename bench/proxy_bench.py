@@ -10,7 +10,7 @@ this). All traffic stays on 127.0.0.1. Layout on a 2-core machine:
 Per peer: max throughput (wrk, closed loop, 1 thread, 64 connections), then latency at a fixed rate
 (default 1,000 rps, open loop, see `bench/proxy/loadgen.py`) with the CPU time and RSS of the peer's
 process tree over that run. "Added latency" is the peer's percentile minus the direct percentile.
-For each proxy, core 0's exact busy time (`bench/proxy/cores.py`) is also taken over both runs: per
+For each proxy, core 0's exact busy time less steal (`bench/proxy/cores.py`) is also taken over both runs: per
 request at max throughput (the proxy's CPU-seconds per request, which says what one core could carry
 even when the load generator is the limit), and per 1,000 rps at the fixed rate.
 Writes ``bench/results/proxy.json`` and ``.md`` and ``docs/img/proxy-latency.png``.
@@ -113,7 +113,8 @@ def fixed_rate(port: int, rate: float, duration: float, root_pid: int | None) ->
         vcpu = (after[0] - before[0]) / wall
         summary["cpu_vcpu"] = round(vcpu, 3)
         summary["cpu_vcpu_per_1k_rps"] = round(vcpu / (rate / 1000), 3)
-        summary["core_vcpu_per_1k_rps"] = round(core.busy / core.wall / (rate / 1000), 3)
+        summary["core_vcpu_per_1k_rps"] = round((core.busy - core.steal) / core.wall / (rate / 1000), 3)
+        summary["core_steal_per_1k_rps"] = round(core.steal / core.wall / (rate / 1000), 3)
         summary["rss_mb"] = round(after[1] / 2**20, 1)
     return summary
 
@@ -128,7 +129,9 @@ def measure(peer: peer_defs.Peer, work: Path, args: argparse.Namespace) -> dict[
         doc["max"] = run_wrk(peer.port, args.max_seconds)
         core = CoreTimes.now(PROXY_CPU).since(core0)
         if process is not None and doc["max"]["requests"]:
-            doc["max"]["core_us_per_request"] = round(1e6 * core.busy / doc["max"]["requests"], 2)
+            requests = doc["max"]["requests"]
+            doc["max"]["core_us_per_request"] = round(1e6 * (core.busy - core.steal) / requests, 2)
+            doc["max"]["core_steal_us_per_request"] = round(1e6 * core.steal / requests, 2)
             doc["max"]["core_busy_fraction"] = round(core.busy / core.wall, 3)
         print(
             f"   max throughput {doc['max']['rps']:.0f} rps, core 0 "
@@ -227,10 +230,10 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         "is not packaged in Debian, and wrk's Lua `delay()` is closed-loop). *Added* = peer percentile",
         "minus direct percentile. CPU is the peer's process-tree CPU time over the fixed-rate run divided",
         "by wall time (vCPU), per 1,000 rps; RSS at its end. *Core* figures are core 0's exact busy",
-        "time (`bench/proxy/cores.py`; the process times are sampled at each tick): per request during",
-        "the max run, and per 1,000 rps during the fixed-rate run. The peers are measured in turn, "
-        f"{doc['settings']['repeat']} rounds,",
-        "interleaved; every figure is the median over the rounds (all rounds are in the JSON).",
+        "time less steal (`bench/proxy/cores.py`; the process times are sampled at each tick): per",
+        "request during the max run, and per 1,000 rps during the fixed-rate run. The peers are",
+        f"measured in turn, {doc['settings']['repeat']} rounds, interleaved; every figure is the median",
+        "over the rounds (all rounds are in the JSON).",
         "",
         "| peer | max rps | core µs/req at max | p50 ms | p99 ms | p99.9 ms | added p50 | added p99 "
         "| vCPU/1k rps | core vCPU/1k rps | RSS MB |",

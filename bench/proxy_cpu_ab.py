@@ -9,9 +9,12 @@ Not a test. Run, for an older commit against the working tree::
 Each round starts the sidecar from each tree in turn (``PYTHONPATH`` first, every feature on: the
 policy of `bench/proxy/peers.py`), drives it open loop at a fixed rate with `bench/proxy/loadgen.py`
 against nginx (a static 1 KiB file), and reads the sidecar's user and system CPU time from /proc.
-Nothing is pinned (a shared machine), so rounds differ with the machine's load: compare old and new
-within a round, and the medians of the per-round ratios. Prints the rounds and the medians, and
-writes nothing unless ``--out FILE`` (JSON).
+Nothing is pinned by default (a shared machine), so rounds differ with the machine's load: compare
+old and new within a round, and the medians of the per-round ratios. With ``--pin`` (a machine with
+nothing else running) the sidecar runs alone on core 0, nginx and the load on core 1, and core 0's
+exact busy time less steal (`bench/proxy/cores.py`) is measured too: ``core_us``, steadier than the
+tick-sampled process times. Prints the rounds and the medians, and writes nothing unless
+``--out FILE`` (JSON).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import peers as peer_defs
+from proxy.cores import CoreTimes
 from proxy.loadgen import run_fixed_rate
 
 UPSTREAM_PORT, PEER_PORT, FORWARD_PORT, ADMIN_PORT = 18780, 18784, 18785, 18790
@@ -40,12 +44,14 @@ def _cpu(pid: int) -> tuple[float, float]:
     return int(fields[11]) / TICKS, int(fields[12]) / TICKS
 
 
-def _one(work: Path, source: Path, rate: float, seconds: float, warmup: float) -> dict[str, Any]:
+def _one(
+    work: Path, source: Path, rate: float, seconds: float, warmup: float, *, pin: bool
+) -> dict[str, Any]:
     import uvloop
 
     peer = peer_defs.breakwater(work, PEER_PORT, UPSTREAM_PORT, ADMIN_PORT, FORWARD_PORT)
     peer.env = {"PYTHONPATH": str(source.resolve())}
-    process = peer.start(work, cpu=None)
+    process = peer.start(work, cpu=0 if pin else None)
     assert process is not None
     try:
         pid = process.popen.pid
@@ -53,15 +59,19 @@ def _one(work: Path, source: Path, rate: float, seconds: float, warmup: float) -
             path = peer_defs.BODY_PATH
             runner.run(run_fixed_rate("127.0.0.1", PEER_PORT, path, rate=rate, duration=warmup, warmup=0.0))
             user0, sys0 = _cpu(pid)
+            core0 = CoreTimes.now(0)
             result = runner.run(
                 run_fixed_rate("127.0.0.1", PEER_PORT, path, rate=rate, duration=seconds, warmup=0.0)
             )
+            core = CoreTimes.now(0).since(core0)
             user1, sys1 = _cpu(pid)
     finally:
         process.stop()
     summary = result.summary()
     requests = max(1, result.completed)
+    pinned = {"core_us": round(1e6 * (core.busy - core.steal) / requests, 1)} if pin else {}
     return {
+        **pinned,
         "user_us": round(1e6 * (user1 - user0) / requests, 1),
         "sys_us": round(1e6 * (sys1 - sys0) / requests, 1),
         "total_us": round(1e6 * (user1 - user0 + sys1 - sys0) / requests, 1),
@@ -80,11 +90,15 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--pin", action="store_true", help="sidecar alone on core 0; measure core 0 too")
     args = parser.parse_args()
+    keys = ("user_us", "sys_us", "total_us", *(("core_us",) if args.pin else ()))
+    if args.pin:
+        os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-cpu-ab-"))
     work.chmod(0o755)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
-    upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=None)
+    upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=1 if args.pin else None)
     rounds: list[dict[str, dict[str, Any]]] = []
     try:
         for round_ in range(args.rounds):
@@ -93,19 +107,14 @@ def main() -> int:
             figures: dict[str, dict[str, Any]] = {}
             for name in order:
                 source = args.old if name == "old" else args.new
-                figures[name] = _one(work, source, args.rate, args.seconds, args.warmup)
+                figures[name] = _one(work, source, args.rate, args.seconds, args.warmup, pin=args.pin)
                 print(f"round {round_ + 1} {name}: {figures[name]}", flush=True)
             rounds.append(figures)
     finally:
         upstream.stop()
-    ratios = {
-        key: [r["new"][key] / r["old"][key] for r in rounds if r["old"][key]]
-        for key in ("user_us", "sys_us", "total_us")
-    }
+    ratios = {key: [r["new"][key] / r["old"][key] for r in rounds if r["old"][key]] for key in keys}
     medians = {
-        name: {
-            key: statistics.median(r[name][key] for r in rounds) for key in ("user_us", "sys_us", "total_us")
-        }
+        name: {key: statistics.median(r[name][key] for r in rounds) for key in keys}
         for name in ("old", "new")
     }
     print(f"medians (µs of CPU per request): {medians}")
