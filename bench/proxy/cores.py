@@ -7,7 +7,8 @@ A core's idle time is not sampled: with NO_HZ the kernel timestamps every idle e
 So wall time minus idle is the core's exact busy time, the peer's own work plus the interrupts and
 softirqs the core handled for it (and whatever else ran there: keep the core to the peer). Steal
 (the hypervisor running another guest while this core wanted to run) is tick-sampled, reported
-beside it, and not subtracted.
+beside it; subtract it for the core time the work itself used. `cores_check.py` checks all this
+against a known duty cycle.
 """
 
 from __future__ import annotations
