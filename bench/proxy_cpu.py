@@ -15,22 +15,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import peers as peer_defs
+from proxy import records
 from proxy.cores import CoreTimes
 from proxy.loadgen import run_fixed_rate
 
@@ -38,16 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_PORT, PEER_PORT, BW_FORWARD_PORT, BW_ADMIN_PORT = 18980, 18984, 18985, 18990
 TICKS = os.sysconf("SC_CLK_TCK")
 _MEASURES = ("user_us", "sys_us", "core_busy_us", "core_steal_us", "core_us")
-
-
-def _peers(work: Path) -> dict[str, Callable[[], peer_defs.Peer]]:
-    return {
-        "haproxy": lambda: peer_defs.haproxy(work, PEER_PORT, UPSTREAM_PORT),
-        "bare": lambda: peer_defs.bare_forwarder(PEER_PORT, UPSTREAM_PORT),
-        "breakwater": lambda: peer_defs.breakwater(
-            work, PEER_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT
-        ),
-    }
 
 
 def _cpu(pid: int) -> tuple[float, float]:
@@ -121,9 +109,9 @@ def main() -> int:
     os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-cpu-"))
     work.chmod(0o755)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    result = records.begin()
     upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=1)
-    peers = _peers(work)
+    peers = peer_defs.compared_on_cpu(work, PEER_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT)
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in peers}
     syscalls: dict[str, dict[str, float]] = {}
     try:
@@ -144,21 +132,8 @@ def main() -> int:
         name: {key: statistics.median(r[key] for r in runs) for key in _MEASURES}
         for name, runs in rounds.items()
     }
-    command = shlex.join([Path(sys.executable).name, *sys.argv])
-    result: dict[str, Any] = {
-        "command": command,
-        "recorded": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "load_before": load_before,
-        "load_after": Path("/proc/loadavg").read_text().split()[:3],
-        "rate": args.rate,
-        "rounds": rounds,
-        "medians": medians,
-        "syscalls_per_request": syscalls,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "proxy-cpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "proxy-cpu.md").write_text(_markdown(result))
-    print(f"wrote {args.out / 'proxy-cpu.md'}")
+    result.update(rate=args.rate, rounds=rounds, medians=medians, syscalls_per_request=syscalls)
+    records.write(result, args.out, "proxy-cpu", _markdown)
     return 0
 
 

@@ -18,13 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from proxy import peers as peer_defs
+from proxy import records
 from proxy.cores import CoreTimes
 from proxy.loadgen import run_fixed_rate
 
@@ -55,16 +53,6 @@ USER_DSOS = [
     ("user: haproxy", "haproxy"),
     ("user: libc", "libc.so"),
 ]
-
-
-def _peers(work: Path) -> dict[str, Callable[[], peer_defs.Peer]]:
-    return {
-        "haproxy": lambda: peer_defs.haproxy(work, PEER_PORT, UPSTREAM_PORT),
-        "bare": lambda: peer_defs.bare_forwarder(PEER_PORT, UPSTREAM_PORT),
-        "breakwater": lambda: peer_defs.breakwater(
-            work, PEER_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT
-        ),
-    }
 
 
 def _load(rate: float, seconds: float) -> None:
@@ -157,26 +145,17 @@ def main() -> int:
     os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-perf-"))
     work.chmod(0o755)
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
+    result = records.begin()
     upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=1)
+    compared = peer_defs.compared_on_cpu(work, PEER_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT)
     try:
-        peers = {name: profile(name, make, work, args) for name, make in _peers(work).items()}
+        peers = {name: profile(name, make, work, args) for name, make in compared.items()}
     finally:
         upstream.stop()
-    for name, result in peers.items():
-        print(f"{name}: {result['core_us_per_request']} µs per request: {result['buckets_us']}")
-    result = {
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
-        "recorded": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "load_before": load_before,
-        "load_after": Path("/proc/loadavg").read_text().split()[:3],
-        "rate": args.rate,
-        "peers": peers,
-    }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "proxy-perf.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "proxy-perf.md").write_text(_markdown(result))
-    print(f"wrote {args.out / 'proxy-perf.md'}")
+    for name, figures in peers.items():
+        print(f"{name}: {figures['core_us_per_request']} µs per request: {figures['buckets_us']}")
+    result.update(rate=args.rate, peers=peers)
+    records.write(result, args.out, "proxy-perf", _markdown)
     return 0
 
 

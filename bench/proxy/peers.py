@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ __all__ = [
     "Process",
     "bare_forwarder",
     "breakwater_config",
+    "compared_on_cpu",
     "process_tree_usage",
     "start_upstream",
 ]
@@ -236,6 +238,18 @@ def breakwater(work: Path, port: int, upstream: int, admin: int, forward: int) -
     conf.write_text(json.dumps(breakwater_config(port=port, upstream=upstream, admin=admin, forward=forward)))
     argv = [PYTHON, "-m", "breakwater.cli", "proxy", "--config", str(conf), "--log-level", "WARNING"]
     return Peer("breakwater", "Breakwater sidecar (uvloop, every feature on)", port, argv)
+
+
+def compared_on_cpu(
+    work: Path, port: int, upstream: int, admin: int, forward: int
+) -> dict[str, Callable[[], Peer]]:
+    """The peers the CPU benchmarks compare (HAProxy, the floor of a Python forwarder, the sidecar),
+    each made when its turn comes."""
+    return {
+        "haproxy": lambda: haproxy(work, port, upstream),
+        "bare": lambda: bare_forwarder(port, upstream),
+        "breakwater": lambda: breakwater(work, port, upstream, admin, forward),
+    }
 
 
 def process_tree_usage(root_pid: int) -> tuple[float, int]:
