@@ -333,9 +333,8 @@ def main() -> int:
     parser.add_argument("--name", default="proxy", help="result file stem (proxy -> proxy.json, proxy.md)")
     args = parser.parse_args()
 
-    missing = [tool for tool in ("nginx", "haproxy", "wrk", "taskset") if shutil.which(tool) is None]
-    if missing:
-        print(f"missing {', '.join(missing)}: run bash bench/run_proxy.sh", file=sys.stderr)
+    if (missing := peer_defs.missing_tools("nginx", "haproxy", "wrk", "taskset")) is not None:
+        print(missing, file=sys.stderr)
         return 2
     if (os.cpu_count() or 1) < 2:
         print("needs at least 2 CPUs (proxy on one, load and upstream on the other)", file=sys.stderr)
@@ -396,8 +395,16 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     write_markdown(doc, args.out / f"{args.name}.md")
-    plot(results, args.plot, args.rate)
-    print(f"wrote {args.out / (args.name + '.md')}, {args.out / (args.name + '.json')} and {args.plot}")
+    try:
+        plot(results, args.plot, args.rate)
+    except ImportError:
+        print(
+            "no plot: matplotlib missing (pip install -r bench/requirements.txt; bench/run_proxy.sh does)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"wrote {args.plot}")
+    print(f"wrote {args.out / (args.name + '.md')} and {args.out / (args.name + '.json')}")
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -106,6 +106,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
+    if (missing := peer_defs.missing_tools("nginx", "haproxy", "strace", "wrk", "taskset")) is not None:
+        print(missing, file=sys.stderr)
+        return 2
     os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-cpu-"))
     work.chmod(0o755)

@@ -142,6 +142,9 @@ def main() -> int:
     parser.add_argument("--frequency", type=int, default=499, help="perf samples per second")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args()
+    if (missing := peer_defs.missing_tools("nginx", "haproxy", "perf", "taskset")) is not None:
+        print(missing, file=sys.stderr)
+        return 2
     os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-perf-"))
     work.chmod(0o755)

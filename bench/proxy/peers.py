@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ __all__ = [
     "bare_forwarder",
     "breakwater_config",
     "compared_on_cpu",
+    "missing_tools",
     "process_tree_usage",
     "start_upstream",
 ]
@@ -250,6 +252,16 @@ def compared_on_cpu(
         "bare": lambda: bare_forwarder(port, upstream),
         "breakwater": lambda: breakwater(work, port, upstream, admin, forward),
     }
+
+
+def missing_tools(*tools: str) -> str | None:
+    """A line saying which of `tools` are not installed and how to get them, or None."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return None
+    debian = {"taskset": "util-linux"}
+    packages = " ".join(sorted({debian.get(tool, tool) for tool in missing}))
+    return f"missing {', '.join(missing)}: apt-get install {packages} (bash bench/run_proxy.sh does)"
 
 
 def process_tree_usage(root_pid: int) -> tuple[float, int]:
