@@ -229,9 +229,9 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         "measured from each request's due time (`bench/proxy/loadgen.py`, a wrk2-style generator: wrk2",
         "is not packaged in Debian, and wrk's Lua `delay()` is closed-loop). *Added* = peer percentile",
         "minus direct percentile. CPU is the peer's process-tree CPU time over the fixed-rate run divided",
-        "by wall time (vCPU), per 1,000 rps; RSS at its end. *Core* figures are core 0's exact busy",
-        "time less steal (`bench/proxy/cores.py`; the process times are sampled at each tick): per",
-        "request during the max run, and per 1,000 rps during the fixed-rate run. The peers are",
+        "by wall time (vCPU), per 1,000 rps; RSS at its end. *Core* figures are core 0's busy time less",
+        "steal (`bench/proxy/cores.py`: the peer's run time and its wakeups): per request during the",
+        "max run, and per 1,000 rps during the fixed-rate run. The peers are",
         f"measured in turn, {doc['settings']['repeat']} rounds, interleaved; every figure is the median",
         "over the rounds (all rounds are in the JSON).",
         "",
@@ -298,8 +298,10 @@ def _same_round_ratios(rounds: list[dict[str, Any]]) -> list[str]:
     rows = []
     for number, peers in enumerate(rounds, 1):
         bw, ha, direct = peers["breakwater"], peers["haproxy"], peers.get("direct")
-        cells = [f"{bw['max']['rps'] / ha['max']['rps']:.2f}"]
-        cells.append(f"{ha['max']['rps'] / direct['max']['rps']:.2f}" if direct else "-")
+        cells = [f"{bw['max']['rps'] / ha['max']['rps']:.2f}" if ha["max"]["rps"] else "-"]
+        cells.append(
+            f"{ha['max']['rps'] / direct['max']['rps']:.2f}" if direct and direct["max"]["rps"] else "-"
+        )
         bw_us, ha_us = bw["max"].get("core_us_per_request"), ha["max"].get("core_us_per_request")
         cells.append(f"{ha_us / bw_us:.2f}" if bw_us and ha_us else "-")
         bw_k, ha_k = bw["fixed"].get("core_vcpu_per_1k_rps"), ha["fixed"].get("core_vcpu_per_1k_rps")

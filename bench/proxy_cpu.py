@@ -4,8 +4,9 @@ for HAProxy, the bare Python forwarder (the floor: `bench/proxy/bare_forwarder.p
 Not a test. Run ``.venv/bin/python bench/proxy_cpu.py`` (needs nginx, haproxy, strace; ~3 minutes). All
 traffic stays on 127.0.0.1. Each peer is pinned to core 0, nginx (a static 1 KiB file) and the load on
 core 1. Every round measures the peers in turn at a fixed rate (open loop, `bench/proxy/loadgen.py`)
-and reads the peer's user and system CPU time from /proc (sampled at each tick) and core 0's exact busy
-time (`bench/proxy/cores.py`); the rounds are interleaved and every figure is the median over them.
+and reads the peer's user and system CPU time from /proc (its run time; the split tick-sampled) and core
+0's busy time less steal (`bench/proxy/cores.py`: the run time and its wakeups); the rounds are
+interleaved and every figure is the median over them (a ratio: the median of the per-round ratios).
 Then one ``strace -c -f`` run per peer under wrk (4 connections, 5 s) counts
 its system calls per request (strace slows the peer; the counts per request do not depend on that).
 Writes ``bench/results/proxy-cpu.md`` and ``.json``.
@@ -140,6 +141,12 @@ def main() -> int:
     return 0
 
 
+def _round_ratio(rounds: dict[str, list[dict[str, float]]], name: str) -> float:
+    """The median over the rounds of `name`'s core time over HAProxy's in the same round."""
+    pairs = zip(rounds[name], rounds["haproxy"], strict=True)
+    return statistics.median(mine["core_us"] / theirs["core_us"] for mine, theirs in pairs)
+
+
 def _markdown(result: dict[str, Any]) -> str:
     medians: dict[str, dict[str, float]] = result["medians"]
     haproxy = medians["haproxy"]
@@ -150,10 +157,11 @@ def _markdown(result: dict[str, Any]) -> str:
         f"{result['load_before']}, after {result['load_after']}.",
         "",
         f"Each peer pinned to core 0 at {result['rate']:,.0f} rps open loop (1 KiB answers from nginx on"
-        " core 1); the process's CPU time per request from /proc (tick-sampled); core 0's exact busy"
-        " time per request (`bench/proxy/cores.py`), the time the hypervisor gave another guest while"
-        " this core wanted to run (steal, tick-sampled) and the difference, the core time the peer"
-        " used; medians over interleaved rounds; system calls per request from `strace -c -f` under"
+        " core 1); the process's CPU time per request from /proc (its run time; the user/kernel split"
+        " tick-sampled); core 0's busy time per request (`bench/proxy/cores.py`), the time the"
+        " hypervisor gave another guest while this core wanted to run (steal) and the difference, the"
+        " core time the peer and its wakeups used; medians over interleaved rounds, and for the core"
+        " ratio the median of the per-round ratios; system calls per request from `strace -c -f` under"
         " wrk (4 connections).",
         "",
         "| peer | user µs/req | kernel µs/req | total | total / HAProxy's | user / HAProxy's "
@@ -169,7 +177,7 @@ def _markdown(result: dict[str, Any]) -> str:
             f"{total / (haproxy['user_us'] + haproxy['sys_us']):.2f} | "
             f"{m['user_us'] / haproxy['user_us']:.1f} | "
             f"{m['core_busy_us']:.1f} | {m['core_steal_us']:.1f} | **{m['core_us']:.1f}** | "
-            f"{m['core_us'] / haproxy['core_us']:.2f} | "
+            f"{_round_ratio(result['rounds'], name):.2f} | "
             f"{sum(calls.values()):.2f} ({listed}) |"
         )
     lines += ["", "Per round:", ""]

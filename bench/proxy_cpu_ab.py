@@ -12,9 +12,9 @@ against nginx (a static 1 KiB file), and reads the sidecar's user and system CPU
 Nothing is pinned by default (a shared machine), so rounds differ with the machine's load: compare
 old and new within a round, and the medians of the per-round ratios. With ``--pin`` (a machine with
 nothing else running) the sidecar runs alone on core 0, nginx and the load on core 1, and core 0's
-exact busy time less steal (`bench/proxy/cores.py`) is measured too: ``core_us``, steadier than the
-tick-sampled process times. Prints the rounds and the medians, and writes nothing unless
-``--out FILE`` (JSON).
+busy time less steal (`bench/proxy/cores.py`: the run time and its wakeups) is measured too:
+``core_us``, steadier than the process times on a VM whose host steals. Prints the rounds and the
+medians, and writes nothing unless ``--out FILE`` (JSON).
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ Per peer, `bench/proxy/cores.py` first measures core 0's exact busy time (less s
 `perf record -C 0` samples core 0 (cpu-clock, call graphs) for as long again (sampling perturbs the
 core too much to be timed with it). Each sample of the peer goes in one bucket by its stack (the
 kernel's paths that cost most in a VM, found in these profiles: waking the process on the other
-core, waiting for a socket lock the other core holds, the epoll sleep and wake), and each bucket's
-share of the peer's samples is priced from the unprofiled busy time, per request: an estimate (the
-sampling's own cache and TLB disturbance lands in every bucket).
+core, taking a socket's lock, the epoll sleep and wake; and, in the idle task but not halted, the
+interrupts and idle exits of its wakeups), and each bucket's share is priced from the unprofiled busy
+time, per request: an estimate (the sampling's own cache and TLB disturbance lands in every bucket).
 Writes ``bench/results/proxy-perf.md`` and ``.json``.
 """
 
@@ -41,11 +41,12 @@ PEER_COMMS = {"haproxy": "haproxy", "bare": "python", "breakwater": "python"}
 KERNEL_PATHS: list[tuple[str, Callable[[list[str]], bool]]] = [
     ("kernel: waking the process on the other core", lambda stack: "sock_def_readable" in stack),
     (
-        "kernel: waiting for a socket lock the other core holds",
+        "kernel: taking a socket's lock (lock_sock)",
         lambda stack: stack[0].startswith("__pv_queued"),
     ),
     ("kernel: epoll sleep and wake", lambda stack: "do_epoll_wait" in stack),
 ]
+_HALTED = frozenset({"pv_native_safe_halt", "native_safe_halt", "default_idle", "poll_idle"})
 USER_DSOS = [
     ("user: the interpreter (libpython)", "libpython"),
     ("user: httptools (llhttp)", "parser.cpython"),
@@ -55,13 +56,15 @@ USER_DSOS = [
 ]
 
 
-def _load(rate: float, seconds: float) -> None:
+def _load(rate: float, seconds: float) -> int:
+    """Requests answered."""
     import uvloop
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(
+        result = runner.run(
             run_fixed_rate("127.0.0.1", PEER_PORT, peer_defs.BODY_PATH, rate=rate, duration=seconds, warmup=0)
         )
+    return result.completed
 
 
 def _samples(data: Path) -> list[tuple[str, str, list[str]]]:
@@ -114,7 +117,7 @@ def profile(
         # Unprofiled first: sampling (an interrupt, a stack walk, a VM exit each) costs this core
         # more than the peer does, so the busy time is measured without it.
         core0 = CoreTimes.now(0)
-        _load(args.rate, args.seconds)
+        requests = max(1, _load(args.rate, args.seconds))
         core = CoreTimes.now(0).since(core0)
         argv = ["perf", "record", "-q", "-C", "0", "-F", str(args.frequency), "-g", "-o", str(data)]
         perf = subprocess.Popen([*argv, "--", "sleep", str(args.seconds)])
@@ -124,14 +127,24 @@ def profile(
         process.stop()
     samples = _samples(data)
     mine = [(dso, stack) for comm, dso, stack in samples if comm == PEER_COMMS[name]]
+    # The idle task not halted: interrupts and idle exits (the wakeups the peer's traffic causes).
+    waking = sum(1 for comm, _, stack in samples if comm.startswith("swapper") and stack[0] not in _HALTED)
     others = sum(1 for comm, _, _ in samples if comm != PEER_COMMS[name] and not comm.startswith("swapper"))
-    per_request = 1e6 * (core.busy - core.steal) / (args.rate * core.wall)
+    per_request = 1e6 * (core.busy - core.steal) / requests
     counts = collections.Counter(_bucket(dso, stack) for dso, stack in mine)
+    if waking:
+        counts["kernel, in the idle task: interrupts and idle exits"] = waking
+    busy = max(1, sum(counts.values()))
     return {
         "core_us_per_request": round(per_request, 1),
-        "steal_us_per_request": round(1e6 * core.steal / (args.rate * core.wall), 1),
-        "samples": {"peer": len(mine), "other tasks": others, "all": len(samples)},
-        "buckets_us": {bucket: round(per_request * n / len(mine), 1) for bucket, n in counts.most_common()},
+        "steal_us_per_request": round(1e6 * core.steal / requests, 1),
+        "samples": {
+            "peer": len(mine),
+            "idle task, not halted": waking,
+            "other tasks": others,
+            "all": len(samples),
+        },
+        "buckets_us": {bucket: round(per_request * n / busy, 1) for bucket, n in counts.most_common()},
     }
 
 
@@ -190,8 +203,11 @@ def _markdown(result: dict[str, Any]) -> str:
         "| (steal: the hypervisor's, not counted above) | "
         + " | ".join(f"{peers[n]['steal_us_per_request']}" for n in names)
         + " |",
-        "| samples (peer / other tasks / all) | "
-        + " | ".join("{peer} / {other tasks} / {all}".format(**peers[n]["samples"]) for n in names)
+        "| samples (peer / idle task not halted / other tasks / all) | "
+        + " | ".join(
+            "{peer} / {idle task, not halted} / {other tasks} / {all}".format(**peers[n]["samples"])
+            for n in names
+        )
         + " |",
     ]
     return "\n".join(lines) + "\n"

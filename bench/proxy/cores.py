@@ -1,14 +1,18 @@
-"""A core's busy time, exactly: what a peer pinned alone to that core really costs it.
+"""A core's busy time: what a peer pinned alone to that core costs it, its wakeups included.
 
-A process's user and system times in /proc are sampled at each scheduler tick (250 Hz on this
-kernel: `CONFIG_TICK_CPU_ACCOUNTING`), charged whole to whatever runs then; at 1,000 rps a proxy
-runs ~50 to 200 µs per request, far shorter than a tick, so those times are a statistical estimate.
-A core's idle time is not sampled: with NO_HZ the kernel timestamps every idle entry and exit.
-So wall time minus idle is the core's exact busy time, the peer's own work plus the interrupts and
-softirqs the core handled for it (and whatever else ran there: keep the core to the peer). Steal
-(the hypervisor running another guest while this core wanted to run) is tick-sampled, reported
-beside it; subtract it for the core time the work itself used. `cores_check.py` checks all this
-against a known duty cycle.
+A process's user + system time in /proc is its scheduler run time (only the split between the two
+is sampled, at each 250 Hz tick). It leaves out what the core does for the process outside its own
+context: the interrupt and idle exit of each wakeup, charged to the idle task, a large part of a
+request at 1,000 rps on a VM. A core's idle time is timestamped at every idle entry and exit (NO_HZ),
+so wall minus idle and iowait is the core's busy time: the peer's work and its wakeups (and whatever
+else ran there: keep the core to the peer). /proc/stat counts in 1/100 s, so each reading is up to
+10 ms short: about ±2 µs per request over 10 s at 1,000 rps.
+
+Steal (the hypervisor running another guest while this core wanted to run) is subtracted for the
+core time the work itself used. The kernel reads it from the hypervisor and adds it up at ticks and
+idle exits; a woken vCPU that waits for the host is idle to the guest and stolen to the host at once,
+so with much steal the difference undercounts: rounds with steal above ~5 % of the core are the
+least reliable. `cores_check.py` checks the busy time against a known duty cycle.
 """
 
 from __future__ import annotations

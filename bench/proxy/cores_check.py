@@ -3,7 +3,7 @@
 Not a test. Run ``.venv/bin/python bench/proxy/cores_check.py [SPIN_US REST_US ...]`` on an idle
 machine: for each pair, a process on core 0 spins SPIN_US then sleeps REST_US, for 8 s. Printed, as
 fractions of wall time: the time it spun (the floor: every cycle also costs a sleep and a wakeup),
-core 0's busy time less steal, and the process's own tick-sampled user + system time; then what the
+core 0's busy time less steal, and the process's own user + system time (its run time); then what the
 core spent per cycle beyond the spin: the price of one sleep and wakeup on this machine.
 """
 
