@@ -5,7 +5,7 @@ reaches it. Everything on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 
@@ -73,6 +73,39 @@ async def _nothing_more(conn_reader: asyncio.StreamReader) -> bool:
     except TimeoutError:
         return True
     return extra == b""  # (closed is fine too: nothing was passed on)
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip"])
+async def test_a_transfer_coding_that_does_not_end_in_chunked_is_read_until_the_upstream_closes(
+    start_sidecar: SidecarFactory, coding: bytes
+) -> None:
+    # RFC 9112 section 6.3, item 4: in a response, such a body is delimited by the connection's close.
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %b\r\n\r\nhello, until close" % coding
+    server = await asyncio.start_server(_closing_after(answer), "127.0.0.1", 0)
+    try:
+        sidecar = await start_sidecar(sidecar_doc(upstream_doc("up", server.sockets[0].getsockname()[1])))
+        async with connect(sidecar.listen_port("up")) as conn:
+            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body = await conn.response()
+        assert (status, body) == (200, b"hello, until close")
+        assert headers["transfer-encoding"] == "chunked"  # re-framed for the client
+        assert sidecar.upstream("up").stats.successes == 1
+    finally:
+        server.close()
+
+
+def _closing_after(answer: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """An upstream that answers `answer` to a connection's first request, then closes it."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer)
+            await writer.drain()
+        finally:
+            writer.close()
+
+    return handle
 
 
 async def test_whitespace_between_a_field_name_and_its_colon_is_a_502(start_sidecar: SidecarFactory) -> None:

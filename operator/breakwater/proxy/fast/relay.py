@@ -137,7 +137,9 @@ class Relay:
         elif kind == KIND_CONTENT_LENGTH:
             self.length = int(value)
         elif kind == KIND_TRANSFER_ENCODING:
-            self.chunked = True  # the parser refuses any coding list that does not end in chunked
+            # Chunked only if it is the last coding (as llhttp reads it): a response whose codings do
+            # not end in chunked is delimited by the close (RFC 9112 section 6.3). The last line decides.
+            self.chunked = value == b"chunked" or value.rpartition(b",")[2].strip().lower() == b"chunked"
         elif kind == KIND_CONNECTION:
             tokens = value.lower()
             if tokens not in (b"keep-alive", b"close"):
