@@ -75,6 +75,56 @@ async def _nothing_more(conn_reader: asyncio.StreamReader) -> bool:
     return extra == b""  # (closed is fine too: nothing was passed on)
 
 
+ANSWER_AND_MORE = {
+    "a second answer": OK + b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye",
+    "bytes that are no answer": OK + b"XYZ",
+    "a body on a 204": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    "a second answer after Connection: close": (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbye"
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(ANSWER_AND_MORE))
+async def test_what_follows_a_complete_answer_is_never_relayed_and_the_connection_is_not_reused(
+    start_sidecar: SidecarFactory, shape: str
+) -> None:
+    # RFC 9112 section 6.3: "A client MUST NOT process, cache, or forward such extra data as a
+    # separate response". The answer before it may be passed on (the fast path does) or refused.
+    sidecar, up = await _serve(start_sidecar, ANSWER_AND_MORE[shape])
+    try:
+        async with connect(sidecar.listen_port("up")) as conn:
+            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, body = await conn.response()
+            assert status in (200, 204, 502)
+            if start_sidecar.data_path == "fast":
+                assert status != 502
+            if status == 200:
+                assert body == b"ok"
+            assert await _nothing_more(conn.reader)
+            await conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await conn.response())[::2] == (200, b"ok")
+        assert up.connections == 2  # the connection the extra bytes came on was not reused
+    finally:
+        up.close()
+
+
+async def test_a_status_below_100_is_a_502_and_nothing_of_it_reaches_the_client(
+    start_sidecar: SidecarFactory,
+) -> None:
+    sidecar, up = await _serve(start_sidecar, b"HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nhi")
+    try:
+        async with connect(sidecar.listen_port("up")) as conn:
+            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = await conn.response()
+            assert (status, headers["x-breakwater"]) == (502, "reset")
+            assert await _nothing_more(conn.reader)
+        assert sidecar.upstream("up").stats.failures == 1
+    finally:
+        up.close()
+
+
 @pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip"])
 async def test_a_transfer_coding_that_does_not_end_in_chunked_is_read_until_the_upstream_closes(
     start_sidecar: SidecarFactory, coding: bytes
@@ -106,6 +156,41 @@ def _closing_after(answer: bytes) -> Callable[[asyncio.StreamReader, asyncio.Str
             writer.close()
 
     return handle
+
+
+async def test_a_head_answer_followed_by_a_body_leaves_no_bytes_for_the_next_request(
+    start_sidecar: SidecarFactory,
+) -> None:
+    # An upstream that sends a body to HEAD (it must not): the connection cannot carry another answer.
+    # The rest of it comes later, when the next request could have been sent on that connection.
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n"
+    sidecar, up = await _serve(start_sidecar, [head + b"b" * 1000, b"b" * 299_000], gap=0.3)
+    try:
+        async with connect(sidecar.listen_port("up")) as conn:
+            await conn.send(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, _, _ = await conn.response(head_only=True)
+            assert status in (200, 502)
+            if start_sidecar.data_path == "fast":
+                assert status == 200
+            await conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await conn.response())[::2] == (200, b"ok")
+        assert sidecar.upstream("up").stats.failures == (0 if status == 200 else 1)
+    finally:
+        up.close()
+
+
+async def test_a_head_answer_alone_keeps_its_connection(start_sidecar: SidecarFactory) -> None:
+    sidecar, up = await _serve(start_sidecar, b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n")
+    try:
+        async with connect(sidecar.listen_port("up")) as conn:
+            await conn.send(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = await conn.response(head_only=True)
+            assert (status, headers["content-length"]) == (200, "300000")
+            await conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await conn.response())[::2] == (200, b"ok")
+        assert up.connections == 1
+    finally:
+        up.close()
 
 
 async def test_whitespace_between_a_field_name_and_its_colon_is_a_502(start_sidecar: SidecarFactory) -> None:

@@ -293,6 +293,9 @@ class Exchange(Tries):
         if conn is not self.conn:
             conn.close()
             return
+        if self.complete and self.status:  # bytes past a complete final answer: it stands, not its connection
+            self.answer_ended(conn)
+            return
         log.debug("upstream sent an invalid response: %r", error)
         self._failed(FailureKind.RESET, error)
 

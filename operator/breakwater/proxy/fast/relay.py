@@ -4,8 +4,12 @@
 per read from the upstream (`flush_to_client`: one write for a head and its body when both came
 in one read). Framing towards the client is redone: a known length is kept, a chunked or
 close-delimited body is re-chunked for an HTTP/1.1 client (an HTTP/1.0 client gets it close-delimited).
-Interim 1xx answers are dropped; a 101 the proxy never asked for is an invalid answer (502).
-Answers to HEAD, and 204 and 304 answers, carry no body whatever their head says.
+Interim 1xx answers are dropped; a 101 the proxy never asked for is an invalid answer (502), and so is
+a status below 100. Answers to HEAD, and 204 and 304 answers, carry no body whatever their head says.
+
+Whatever an upstream sends after a complete answer (a second answer to one request, stray bytes, a body
+on a 204 or after a HEAD answer) is never relayed, and the connection it came on is not reused (RFC 9112
+section 6.3); the answer before it stands.
 """
 
 from __future__ import annotations
@@ -43,6 +47,14 @@ costs less than a vectored write; a large body is written as it came)."""
 class _HeadResponseEnded(Exception):
     """Raised from the parser's callback to end a HEAD answer at its head (httptools cannot be told
     that a HEAD answer has no body). Only ever raised for HEAD."""
+
+
+class _AnswerAfterAnswer(Exception):
+    """Raised from the parser's callback when a second answer follows a complete one in the same read."""
+
+
+class _InvalidStatus(Exception):
+    """Raised from the parser's callback for a status below 100 (llhttp accepts any three digits)."""
 
 
 class Relay:
@@ -147,6 +159,8 @@ class Relay:
                 self.lines.append(b"Connection: %b\r\n" % value)  # dropped with what it lists below
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a second answer to one request: never relayed (`answer_ended`)
+            raise _AnswerAfterAnswer
         conn = self.conn
         assert conn is not None
         parser = conn.parser
@@ -156,6 +170,8 @@ class Relay:
         if status < 200:
             if status == 101:
                 self.upgraded = True
+            elif status < 100:
+                raise _InvalidStatus(status)
             else:
                 self.interim = True
             return
@@ -216,13 +232,35 @@ class Relay:
 
     # -- driven by the upstream connection ---------------------------------------------------------
 
-    def head_response_ended(self, conn: UpstreamConnection) -> bool:
-        """The parser stopped on `_HeadResponseEnded`: the HEAD answer is complete."""
-        if conn is not self.conn or not self.head_ended:
+    def parser_stopped(self, conn: UpstreamConnection, cause: BaseException | None, data: bytes) -> bool:
+        """The parser stopped on an exception of a callback (`cause`) while reading `data`: False if
+        it is none of the relay's own (a bug)."""
+        if isinstance(cause, _InvalidStatus):
+            self.upstream_malformed(conn, cause)
+            return True
+        if conn is not self.conn:
             return False
+        if isinstance(cause, _AnswerAfterAnswer):
+            self.answer_ended(conn)
+            return True
+        if not self.head_ended:
+            return False
+        # The HEAD answer is complete. The connection may carry the next one only if nothing came
+        # after its head: `data` ends with the head, and its first CRLFCRLF is that head's end (a
+        # read that begins with CR or LF might hold the end of an earlier read's CRLFCRLF).
+        if data.find(b"\r\n\r\n") != len(data) - 4 or data[:1] in b"\r\n":
+            self.keep_alive = False
         self.complete = True
         self.flush_to_client()
         return True
+
+    def answer_ended(self, conn: UpstreamConnection) -> None:
+        """More bytes followed a complete answer: they are dropped with the connection."""
+        self.keep_alive = False
+        self.flush_to_client()
+
+    def upstream_malformed(self, conn: UpstreamConnection, error: BaseException) -> None:
+        raise NotImplementedError
 
     def response_ended_by_close(self) -> None:
         """A close-delimited body ended with the connection (the only way it can end)."""
