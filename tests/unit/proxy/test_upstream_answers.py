@@ -5,6 +5,7 @@ reaches it. Everything on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
@@ -125,6 +126,35 @@ async def test_a_status_below_100_is_a_502_and_nothing_of_it_reaches_the_client(
         up.close()
 
 
+MALFORMED_WITH_THE_HEAD = {
+    "an invalid chunk size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    "an invalid second chunk size": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n0\r\n\r\n"
+    ),
+    "a bare LF in the chunk framing": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\n0\n\n",
+    "an invalid trailer": (
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nContent-Length: x\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(MALFORMED_WITH_THE_HEAD))
+async def test_an_answer_broken_in_the_read_that_brought_its_head_is_a_502_not_a_silent_close(
+    start_sidecar: SidecarFactory, shape: str
+) -> None:
+    # Nothing of it was written to the client yet: the client can still be told what happened.
+    sidecar, up = await _serve(start_sidecar, MALFORMED_WITH_THE_HEAD[shape])
+    try:
+        async with connect(sidecar.listen_port("up")) as conn:
+            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = await conn.response()
+            assert (status, headers["x-breakwater"]) == (502, "reset")
+        assert sidecar.upstream("up").stats.failures == 1
+        assert sidecar.upstream("up").breaker.snapshot().failures == 1
+    finally:
+        up.close()
+
+
 @pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip"])
 async def test_a_transfer_coding_that_does_not_end_in_chunked_is_read_until_the_upstream_closes(
     start_sidecar: SidecarFactory, coding: bytes
@@ -189,6 +219,25 @@ async def test_a_head_answer_alone_keeps_its_connection(start_sidecar: SidecarFa
             await conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await conn.response())[::2] == (200, b"ok")
         assert up.connections == 1
+    finally:
+        up.close()
+
+
+async def test_a_response_head_that_keeps_growing_is_a_502_without_a_traceback(
+    start_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # 2 MB of header fields in 64 KiB pieces: bounded (the fast path stops reading it at its limit).
+    caplog.set_level(logging.DEBUG, logger="breakwater")
+    field = b"X-Filler: " + b"f" * 100 + b"\r\n"
+    pieces = [b"HTTP/1.1 200 OK\r\n"] + [field * 580] * 32 + [b"Content-Length: 2\r\n\r\nok"]
+    sidecar, up = await _serve(start_sidecar, pieces, gap=0.01)
+    try:
+        async with connect(sidecar.listen_port("up")) as conn:
+            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, _ = await conn.response()
+            assert (status, headers["x-breakwater"]) == (502, "reset")
+        assert sidecar.upstream("up").stats.failures == 1
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     finally:
         up.close()
 

@@ -297,6 +297,10 @@ class Exchange(Tries):
             self.answer_ended(conn)
             return
         log.debug("upstream sent an invalid response: %r", error)
+        if self.head_sent and self.out and self.out[0] is self.head_out:
+            # Its head came in this read and was not written: the client can still be told (502).
+            self.out.clear()
+            self.head_sent = False
         self._failed(FailureKind.RESET, error)
 
     # ------------------------------------------------------------------------------------------------

@@ -68,6 +68,8 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             exchange.upstream_malformed(self, exc)
             return
+        if not exchange.status and not exchange.head_growing(self, len(data)):  # (a head across reads)
+            return
         exchange.flush_to_client()
 
     def eof_received(self) -> bool | None:

@@ -5,7 +5,8 @@ per read from the upstream (`flush_to_client`: one write for a head and its body
 in one read). Framing towards the client is redone: a known length is kept, a chunked or
 close-delimited body is re-chunked for an HTTP/1.1 client (an HTTP/1.0 client gets it close-delimited).
 Interim 1xx answers are dropped; a 101 the proxy never asked for is an invalid answer (502), and so is
-a status below 100. Answers to HEAD, and 204 and 304 answers, carry no body whatever their head says.
+a status below 100 or a head that keeps growing past `MAX_RESPONSE_HEAD`. Answers to HEAD, and 204 and
+304 answers, carry no body whatever their head says.
 
 Whatever an upstream sends after a complete answer (a second answer to one request, stray bytes, a body
 on a 204 or after a HEAD answer) is never relayed, and the connection it came on is not reused (RFC 9112
@@ -33,7 +34,11 @@ if TYPE_CHECKING:
     from breakwater.proxy.fast.request import RequestHead
     from breakwater.proxy.fast.server import ClientConnection
 
-__all__ = ["Relay"]
+__all__ = ["MAX_RESPONSE_HEAD", "Relay"]
+
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+"""A response head (interim answers included) still incomplete after this many bytes is refused (502).
+Counted per read from the upstream, after the read: a head that arrives whole in one read is not."""
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _CHUNKED_FRAMING: Final = b"Transfer-Encoding: chunked\r\n"
@@ -68,7 +73,9 @@ class Relay:
         "discarding",
         "fill",
         "got_response",
+        "head_bytes",
         "head_ended",
+        "head_out",
         "head_sent",
         "interim",
         "keep_alive",
@@ -100,6 +107,7 @@ class Relay:
         self.retry_delay = 0.0
         self.token_duration = 0.0
         self.head_sent = False
+        self.head_out = b""  # the head put in `out` (unwritten while it is `out[0]`)
         self.reset_response()
 
     def start(self, req: RequestHead) -> None:
@@ -125,6 +133,7 @@ class Relay:
         self.got_response = False
         self.head_ended = False
         self.nominated = False
+        self.head_bytes = 0
 
     # -- hooks the exchange implements -------------------------------------------------------------
 
@@ -204,7 +213,8 @@ class Relay:
         if self.client.close_after or not req.keep_alive:
             parts.append(_CLOSE)
         parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+        self.head_out = head = b"".join(parts)
+        self.out.append(head)
         self.head_sent = True
         if req.method == "HEAD":
             self.head_ended = True
@@ -258,6 +268,14 @@ class Relay:
         """More bytes followed a complete answer: they are dropped with the connection."""
         self.keep_alive = False
         self.flush_to_client()
+
+    def head_growing(self, conn: UpstreamConnection, size: int) -> bool:
+        """A read of `size` bytes left the final head still incomplete: False once it is too large."""
+        self.head_bytes += size
+        if self.head_bytes <= MAX_RESPONSE_HEAD:
+            return True
+        self.upstream_malformed(conn, ValueError(f"response head over {MAX_RESPONSE_HEAD} bytes"))
+        return False
 
     def upstream_malformed(self, conn: UpstreamConnection, error: BaseException) -> None:
         raise NotImplementedError
