@@ -11,7 +11,7 @@ import json
 import os
 import socket
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,58 @@ async def start_raw_server(reply: bytes, *, close: bool = True) -> tuple[asyncio
 
     server = await asyncio.start_server(handle, LOOPBACK, 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+class Conn:
+    """A raw client connection that reads whole responses (Content-Length, chunked or until close)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, *, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+        if head_only or status in (204, 304) or 100 <= status < 200:
+            return status, headers, b""
+        if "content-length" in headers:
+            body = await asyncio.wait_for(self.reader.readexactly(int(headers["content-length"])), 5)
+        elif headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while True:
+                size = int((await asyncio.wait_for(self.reader.readuntil(b"\r\n"), 5)).split(b";")[0], 16)
+                chunk = await asyncio.wait_for(self.reader.readexactly(size + 2), 5)
+                if size == 0:
+                    break
+                body += chunk[:-2]
+        else:
+            body = await asyncio.wait_for(self.reader.read(), 5)
+        return status, headers, body
+
+    async def closed(self) -> bool:
+        try:
+            return await asyncio.wait_for(self.reader.read(1), 3) == b""
+        except (ConnectionError, TimeoutError):
+            return True
+
+
+@contextlib.asynccontextmanager
+async def connect(port: int) -> AsyncIterator[Conn]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        yield Conn(reader, writer)
+    finally:
+        writer.close()
 
 
 def free_port() -> int:

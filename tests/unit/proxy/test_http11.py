@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -13,61 +11,9 @@ from breakwater.proxy import Sidecar
 from breakwater.proxy.fast import server as fast_server
 from breakwater.proxy.full import server as full_server
 from breakwater.proxy.logs import RateLimitedLog
-from tests.unit.proxy.helpers import FaultyUpstream, SidecarFactory, sidecar_doc, upstream_doc
+from tests.unit.proxy.helpers import FaultyUpstream, SidecarFactory, connect, sidecar_doc, upstream_doc
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class Conn:
-    """A raw client connection that reads whole responses (Content-Length, chunked or until close)."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    async def send(self, data: bytes) -> None:
-        self.writer.write(data)
-        await self.writer.drain()
-
-    async def response(self, *, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
-        head = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), 5)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-        if head_only or status in (204, 304) or 100 <= status < 200:
-            return status, headers, b""
-        if "content-length" in headers:
-            body = await asyncio.wait_for(self.reader.readexactly(int(headers["content-length"])), 5)
-        elif headers.get("transfer-encoding") == "chunked":
-            body = b""
-            while True:
-                size = int((await asyncio.wait_for(self.reader.readuntil(b"\r\n"), 5)).split(b";")[0], 16)
-                chunk = await asyncio.wait_for(self.reader.readexactly(size + 2), 5)
-                if size == 0:
-                    break
-                body += chunk[:-2]
-        else:
-            body = await asyncio.wait_for(self.reader.read(), 5)
-        return status, headers, body
-
-    async def closed(self) -> bool:
-        try:
-            return await asyncio.wait_for(self.reader.read(1), 3) == b""
-        except (ConnectionError, TimeoutError):
-            return True
-
-
-@contextlib.asynccontextmanager
-async def connect(port: int) -> AsyncIterator[Conn]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        yield Conn(reader, writer)
-    finally:
-        writer.close()
 
 
 async def _sidecar(start_sidecar: SidecarFactory, port: int, **overrides: object) -> Sidecar:

@@ -293,7 +293,14 @@ class Exchange(Tries):
         if conn is not self.conn:
             conn.close()
             return
+        if self.complete and self.status:  # bytes past a complete final answer: it stands, not its connection
+            self.answer_ended(conn)
+            return
         log.debug("upstream sent an invalid response: %r", error)
+        if self.head_sent and self.out and self.out[0] is self.head_out:
+            # Its head came in this read and was not written: the client can still be told (502).
+            self.out.clear()
+            self.head_sent = False
         self._failed(FailureKind.RESET, error)
 
     # ------------------------------------------------------------------------------------------------

@@ -61,12 +61,14 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_upgraded(self)
             return
         except httptools.HttpParserCallbackError as exc:
-            if not exchange.head_response_ended(self):  # a failing callback is a bug: fail this answer
+            if not exchange.parser_stopped(self, exc.__cause__, data):  # else a bug: fail this answer
                 log.exception("error relaying an upstream's answer")
                 exchange.upstream_malformed(self, exc)
             return
         except httptools.HttpParserError as exc:
             exchange.upstream_malformed(self, exc)
+            return
+        if not exchange.status and not exchange.head_growing(self, len(data)):  # (a head across reads)
             return
         exchange.flush_to_client()
 

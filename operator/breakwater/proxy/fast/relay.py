@@ -4,8 +4,13 @@
 per read from the upstream (`flush_to_client`: one write for a head and its body when both came
 in one read). Framing towards the client is redone: a known length is kept, a chunked or
 close-delimited body is re-chunked for an HTTP/1.1 client (an HTTP/1.0 client gets it close-delimited).
-Interim 1xx answers are dropped; a 101 the proxy never asked for is an invalid answer (502).
-Answers to HEAD, and 204 and 304 answers, carry no body whatever their head says.
+Interim 1xx answers are dropped; a 101 the proxy never asked for is an invalid answer (502), and so is
+a status below 100 or a head that keeps growing past `MAX_RESPONSE_HEAD`. Answers to HEAD, and 204 and
+304 answers, carry no body whatever their head says.
+
+Whatever an upstream sends after a complete answer (a second answer to one request, stray bytes, a body
+on a 204 or after a HEAD answer) is never relayed, and the connection it came on is not reused (RFC 9112
+section 6.3); the answer before it stands.
 """
 
 from __future__ import annotations
@@ -29,7 +34,11 @@ if TYPE_CHECKING:
     from breakwater.proxy.fast.request import RequestHead
     from breakwater.proxy.fast.server import ClientConnection
 
-__all__ = ["Relay"]
+__all__ = ["MAX_RESPONSE_HEAD", "Relay"]
+
+MAX_RESPONSE_HEAD: Final = 64 * 1024
+"""A response head (interim answers included) still incomplete after this many bytes is refused (502).
+Counted per read from the upstream, after the read: a head that arrives whole in one read is not."""
 
 _NO_BODY_STATUSES: Final = frozenset({204, 304})
 _CHUNKED_FRAMING: Final = b"Transfer-Encoding: chunked\r\n"
@@ -45,6 +54,14 @@ class _HeadResponseEnded(Exception):
     that a HEAD answer has no body). Only ever raised for HEAD."""
 
 
+class _AnswerAfterAnswer(Exception):
+    """Raised from the parser's callback when a second answer follows a complete one in the same read."""
+
+
+class _InvalidStatus(Exception):
+    """Raised from the parser's callback for a status below 100 (llhttp accepts any three digits)."""
+
+
 class Relay:
     __slots__ = (
         "chunked",
@@ -56,7 +73,9 @@ class Relay:
         "discarding",
         "fill",
         "got_response",
+        "head_bytes",
         "head_ended",
+        "head_out",
         "head_sent",
         "interim",
         "keep_alive",
@@ -88,6 +107,7 @@ class Relay:
         self.retry_delay = 0.0
         self.token_duration = 0.0
         self.head_sent = False
+        self.head_out = b""  # the head put in `out` (unwritten while it is `out[0]`)
         self.reset_response()
 
     def start(self, req: RequestHead) -> None:
@@ -113,6 +133,7 @@ class Relay:
         self.got_response = False
         self.head_ended = False
         self.nominated = False
+        self.head_bytes = 0
 
     # -- hooks the exchange implements -------------------------------------------------------------
 
@@ -137,7 +158,9 @@ class Relay:
         elif kind == KIND_CONTENT_LENGTH:
             self.length = int(value)
         elif kind == KIND_TRANSFER_ENCODING:
-            self.chunked = True  # the parser refuses any coding list that does not end in chunked
+            # Chunked only if it is the last coding (as llhttp reads it): a response whose codings do
+            # not end in chunked is delimited by the close (RFC 9112 section 6.3). The last line decides.
+            self.chunked = value == b"chunked" or value.rpartition(b",")[2].strip().lower() == b"chunked"
         elif kind == KIND_CONNECTION:
             tokens = value.lower()
             if tokens not in (b"keep-alive", b"close"):
@@ -145,6 +168,8 @@ class Relay:
                 self.lines.append(b"Connection: %b\r\n" % value)  # dropped with what it lists below
 
     def on_headers_complete(self) -> None:
+        if self.complete:  # a second answer to one request: never relayed (`answer_ended`)
+            raise _AnswerAfterAnswer
         conn = self.conn
         assert conn is not None
         parser = conn.parser
@@ -154,6 +179,8 @@ class Relay:
         if status < 200:
             if status == 101:
                 self.upgraded = True
+            elif status < 100:
+                raise _InvalidStatus(status)
             else:
                 self.interim = True
             return
@@ -186,7 +213,8 @@ class Relay:
         if self.client.close_after or not req.keep_alive:
             parts.append(_CLOSE)
         parts.append(b"\r\n")
-        self.out.append(b"".join(parts))
+        self.head_out = head = b"".join(parts)
+        self.out.append(head)
         self.head_sent = True
         if req.method == "HEAD":
             self.head_ended = True
@@ -214,13 +242,43 @@ class Relay:
 
     # -- driven by the upstream connection ---------------------------------------------------------
 
-    def head_response_ended(self, conn: UpstreamConnection) -> bool:
-        """The parser stopped on `_HeadResponseEnded`: the HEAD answer is complete."""
-        if conn is not self.conn or not self.head_ended:
+    def parser_stopped(self, conn: UpstreamConnection, cause: BaseException | None, data: bytes) -> bool:
+        """The parser stopped on an exception of a callback (`cause`) while reading `data`: False if
+        it is none of the relay's own (a bug)."""
+        if isinstance(cause, _InvalidStatus):
+            self.upstream_malformed(conn, cause)
+            return True
+        if conn is not self.conn:
             return False
+        if isinstance(cause, _AnswerAfterAnswer):
+            self.answer_ended(conn)
+            return True
+        if not self.head_ended:
+            return False
+        # The HEAD answer is complete. The connection may carry the next one only if nothing came
+        # after its head: `data` ends with the head, and its first CRLFCRLF is that head's end (a
+        # read that begins with CR or LF might hold the end of an earlier read's CRLFCRLF).
+        if data.find(b"\r\n\r\n") != len(data) - 4 or data[:1] in b"\r\n":
+            self.keep_alive = False
         self.complete = True
         self.flush_to_client()
         return True
+
+    def answer_ended(self, conn: UpstreamConnection) -> None:
+        """More bytes followed a complete answer: they are dropped with the connection."""
+        self.keep_alive = False
+        self.flush_to_client()
+
+    def head_growing(self, conn: UpstreamConnection, size: int) -> bool:
+        """A read of `size` bytes left the final head still incomplete: False once it is too large."""
+        self.head_bytes += size
+        if self.head_bytes <= MAX_RESPONSE_HEAD:
+            return True
+        self.upstream_malformed(conn, ValueError(f"response head over {MAX_RESPONSE_HEAD} bytes"))
+        return False
+
+    def upstream_malformed(self, conn: UpstreamConnection, error: BaseException) -> None:
+        raise NotImplementedError
 
     def response_ended_by_close(self) -> None:
         """A close-delimited body ended with the connection (the only way it can end)."""

@@ -18,7 +18,9 @@ Semantics (what a reader of the code should not have to reverse-engineer):
   headers as its duration. A response whose body breaks off counts as a reset. A client that goes away
   or stalls its own upload makes the attempt ``IGNORED`` (it says nothing about the upstream).
 - Answers the proxy makes itself are `breakwater.proxy.answers`'; an upstream's own error response is
-  passed through as it is, and a ``101`` the proxy never asked for is an invalid answer (502).
+  passed through as it is, and a ``101`` the proxy never asked for is an invalid answer (502), as is a
+  field name that is no token (aiohttp's lenient parser takes ``Content-Length : 5`` as a field named
+  ``Content-Length ``, which a proxy must not pass on: RFC 9112 section 5.1).
 - Retries: only idempotent methods (RFC 9110), only with a replayable body, only for the configured
   conditions, only while the retry budget allows, with a short jittered backoff inside the deadline.
   Each try asks the breaker again; a rejection ends the retries.
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Awaitable
 from typing import Final
 
@@ -67,6 +70,7 @@ _UPSTREAM_ERRORS: Final = (aiohttp.ClientError, TimeoutError, OSError, ClientBod
 _FAILURE_STATUS: Final = {FailureKind.CONNECT: 502, FailureKind.RESET: 502, FailureKind.TIMEOUT: 504}
 _BACKOFF_BASE: Final = 0.025
 _BACKOFF_CAP: Final = 0.25
+_FIELD_NAME: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def classify_exception(exc: BaseException) -> FailureKind:
@@ -236,11 +240,13 @@ class FullExchange:
             permit.duration = ttfb = loop.time() - start
             stats.observe(ttfb)
             status = resp.status
-            if status < 200:  # an upgrade the proxy never asked for (interim answers are not seen here)
+            # An upgrade the proxy never asked for (interim answers are not seen here), or a field name
+            # that is no token.
+            if status < 200 or not all(_FIELD_NAME.fullmatch(name) for name, _ in resp.raw_headers):
                 resp.close()
                 permit.finish(_FAILURE if up.failures.resets else _IGNORED)
                 stats.failures += 1
-                log.debug("upstream %s: unsolicited %d", up.name, status)
+                log.debug("upstream %s: invalid answer (%d)", up.name, status)
                 return self._fallback_or(request, up, FailureKind.RESET.value, 502, None)
             failed = up.failures.is_failure_status(status)
             if may_retry and attempt < retry.attempts and retry.retries_status(status):
