@@ -207,16 +207,20 @@ def run(args: argparse.Namespace) -> int:
     text = crd_yaml()
     if args.write is not None:
         path: Path = args.write
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"{path}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {path}", file=sys.stderr)
         return 0
     if args.check is not None:
         path = args.check
         try:
             current = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return 1
         if current == text:
             return 0

@@ -322,20 +322,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         example = Path(args.example).read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"{args.example}: cannot read the example policy: {exc.strerror or exc}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        print(f"{args.example}: cannot read the example policy: {why}", file=sys.stderr)
         return 1
     text = api_markdown(example)
     if args.write is not None:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text, encoding="utf-8")
+        try:
+            args.write.parent.mkdir(parents=True, exist_ok=True)
+            args.write.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"{args.write}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.write}", file=sys.stderr)
         return 0
     if args.check is not None:
         try:
             current = Path(args.check).read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"{args.check}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{args.check}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return 1
         if current == text:
             return 0
