@@ -23,6 +23,7 @@ from breakwater.api.constants import (
     GROUP,
     KIND,
     LIST_KIND,
+    MAX_POLICY_NAME_LENGTH,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
@@ -120,7 +121,19 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "Kind is the REST resource this object represents.",
                 "type": "string",
             },
-            "metadata": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "description": (
+                            f"At most {MAX_POLICY_NAME_LENGTH} characters: the operator keeps the policy's "
+                            "sidecar config under the key <name>.json of a ConfigMap (at most 253)."
+                        ),
+                        "type": "string",
+                        "maxLength": MAX_POLICY_NAME_LENGTH,
+                    }
+                },
+            },
             "spec": spec,
             "status": status,
         },

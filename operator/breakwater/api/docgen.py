@@ -23,6 +23,7 @@ from breakwater.api.constants import (
     API_VERSION,
     CATEGORIES,
     KIND,
+    MAX_POLICY_NAME_LENGTH,
     MESH_PORT_RANGES,
     PLURAL,
     SHORT_NAMES,
@@ -223,6 +224,8 @@ def api_markdown(example: str) -> str:
         + ", category "
         + ", ".join(f"`{c}`" for c in CATEGORIES)
         + ".",
+        f"- A policy's name has at most {MAX_POLICY_NAME_LENGTH} characters (not Kubernetes' 253): the "
+        "operator keeps its sidecar config under the key `<name>.json` of a ConfigMap.",
         "- `kubectl explain cbp.spec.trip.failureRate` shows the same descriptions as this page.",
         "- `breakwater validate [-R] FILE|DIR...` checks manifests offline with the rules the API server "
         "applies (same schema, same cross-field rules, the API server's wording), problems on stderr; exit "
