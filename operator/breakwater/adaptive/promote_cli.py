@@ -60,10 +60,20 @@ def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Mapping[str, 
 
 def promotion_patch(policy: Mapping[str, Any], only: list[str] | None = None) -> dict[str, Any]:
     spec = parse_spec(policy.get("spec") or {})
+    names = [u.name for u in spec.upstreams]
+    unknown = [name for name in only or () if name not in names]
+    if unknown:
+        raise InvalidInput(
+            f"no upstream {', '.join(map(repr, unknown))} in spec (its upstreams: {', '.join(names)})"
+        )
+    # A suggestion for an upstream no longer in the spec (renamed or removed since) promotes nothing.
     suggestions = {
         u["name"]: u["suggested"]
         for u in (policy.get("status") or {}).get("upstreams") or ()
-        if u.get("suggested") and (not only or u["name"] in only)
+        if isinstance(u, Mapping)
+        and u.get("name") in names
+        and u.get("suggested")
+        and (not only or u["name"] in only)
     }
     if not suggestions:
         raise NothingToPromote("no status.upstreams[].suggested to promote (tuning delivering, or none yet)")

@@ -155,6 +155,9 @@ def _run(args: argparse.Namespace) -> int:
         raise HistoryError(f"{args.policy} holds no CircuitBreakerPolicy")
     spec = parse_spec(manifest.get("spec") or {})
     upstream = args.upstream or spec.upstreams[0].name
+    names = [u.name for u in spec.upstreams]
+    if upstream not in names:
+        raise InvalidInput(f"{args.policy} has no upstream {upstream!r} (its upstreams: {', '.join(names)})")
     settings = spec.settings_for(upstream)
     text = Path(args.history).read_text(encoding="utf-8")
     if text.lstrip().startswith("{"):

@@ -68,6 +68,8 @@ CONFIGMAP_NAME: Final = "breakwater-sidecar-config"
 """The per-namespace ConfigMap of the policies' bundles (one key per policy), mounted by every sidecar."""
 HISTORY_CONFIGMAP_NAME: Final = "breakwater-adaptive-history"
 """The per-namespace ConfigMap of the policies' tuning histories (one key per policy), mounted by nothing."""
+MAX_POLICY_NAME_LENGTH: Final = 253 - len(".json")
+"""A policy's key in those ConfigMaps is `<name>.json`, and a ConfigMap key has at most 253 characters."""
 TOKEN_AUDIENCE: Final = "breakwater"
 """The audience of the projected token a sidecar opens its report session with."""
 NAMESPACE_LABEL: Final = f"{GROUP}/injection"

@@ -23,6 +23,7 @@ from breakwater.api.constants import (
     GROUP,
     KIND,
     LIST_KIND,
+    MAX_POLICY_NAME_LENGTH,
     PLURAL,
     SHORT_NAMES,
     SINGULAR,
@@ -120,7 +121,19 @@ def openapi_schema() -> dict[str, Any]:
                 "description": "Kind is the REST resource this object represents.",
                 "type": "string",
             },
-            "metadata": {"type": "object"},
+            "metadata": {
+                "type": "object",
+                "properties": {
+                    "name": {
+                        "description": (
+                            f"At most {MAX_POLICY_NAME_LENGTH} characters: the operator keeps the policy's "
+                            "sidecar config under the key <name>.json of a ConfigMap (at most 253)."
+                        ),
+                        "type": "string",
+                        "maxLength": MAX_POLICY_NAME_LENGTH,
+                    }
+                },
+            },
             "spec": spec,
             "status": status,
         },
@@ -207,16 +220,20 @@ def run(args: argparse.Namespace) -> int:
     text = crd_yaml()
     if args.write is not None:
         path: Path = args.write
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text, encoding="utf-8")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"{path}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {path}", file=sys.stderr)
         return 0
     if args.check is not None:
         path = args.check
         try:
             current = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return 1
         if current == text:
             return 0

@@ -23,6 +23,7 @@ from breakwater.api.constants import (
     API_VERSION,
     CATEGORIES,
     KIND,
+    MAX_POLICY_NAME_LENGTH,
     MESH_PORT_RANGES,
     PLURAL,
     SHORT_NAMES,
@@ -223,6 +224,8 @@ def api_markdown(example: str) -> str:
         + ", category "
         + ", ".join(f"`{c}`" for c in CATEGORIES)
         + ".",
+        f"- A policy's name has at most {MAX_POLICY_NAME_LENGTH} characters (not Kubernetes' 253): the "
+        "operator keeps its sidecar config under the key `<name>.json` of a ConfigMap.",
         "- `kubectl explain cbp.spec.trip.failureRate` shows the same descriptions as this page.",
         "- `breakwater validate [-R] FILE|DIR...` checks manifests offline with the rules the API server "
         "applies (same schema, same cross-field rules, the API server's wording), problems on stderr; exit "
@@ -322,20 +325,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         example = Path(args.example).read_text(encoding="utf-8")
-    except OSError as exc:
-        print(f"{args.example}: cannot read the example policy: {exc.strerror or exc}", file=sys.stderr)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        print(f"{args.example}: cannot read the example policy: {why}", file=sys.stderr)
         return 1
     text = api_markdown(example)
     if args.write is not None:
-        args.write.parent.mkdir(parents=True, exist_ok=True)
-        args.write.write_text(text, encoding="utf-8")
+        try:
+            args.write.parent.mkdir(parents=True, exist_ok=True)
+            args.write.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            print(f"{args.write}: cannot write: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(f"wrote {args.write}", file=sys.stderr)
         return 0
     if args.check is not None:
         try:
             current = Path(args.check).read_text(encoding="utf-8")
-        except OSError as exc:
-            print(f"{args.check}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{args.check}: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return 1
         if current == text:
             return 0

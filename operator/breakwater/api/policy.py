@@ -11,7 +11,7 @@ from pydantic import Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from breakwater.api.base import StatusModel
-from breakwater.api.constants import API_VERSION, GROUP, KIND
+from breakwater.api.constants import API_VERSION, GROUP, KIND, MAX_POLICY_NAME_LENGTH
 from breakwater.api.problems import Problem, join_path, schema_message, shown
 from breakwater.api.rules import ALL_RULES
 from breakwater.api.spec import CircuitBreakerPolicySpec
@@ -128,8 +128,10 @@ def _metadata(metadata: Any) -> list[Problem]:
     name, namespace = metadata.get("name"), metadata.get("namespace")
     if not isinstance(name, str) or not name:
         problems.append(Problem("metadata.name", "Required value: name or generateName is required"))
-    elif len(name) > 253:
-        problems.append(Problem("metadata.name", "Too long: may not be more than 253 bytes"))
+    elif len(name) > MAX_POLICY_NAME_LENGTH:  # the CRD's bound, below Kubernetes' 253 (see the constant)
+        problems.append(
+            Problem("metadata.name", f"Too long: may not be more than {MAX_POLICY_NAME_LENGTH} bytes")
+        )
     elif not _DNS_SUBDOMAIN.fullmatch(name):
         problems.append(Problem("metadata.name", f"Invalid value: {json.dumps(name)}: {_SUBDOMAIN_MESSAGE}"))
     if namespace is not None and (

@@ -41,6 +41,7 @@ LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$"
 
 _LABEL_KEY = re.compile(LABEL_KEY_PATTERN)
 _HEADER_NAME = re.compile(HEADER_NAME_PATTERN)
+_LINE_BREAK_OR_NUL = re.compile(r"[\r\n\x00]")
 
 
 def _has(value: object) -> bool:
@@ -403,6 +404,17 @@ STATIC_HEADER_NAMES = Rule(
     field_path=".headers",
 )
 
+STATIC_HEADER_VALUES = Rule(
+    id="static.header-values",
+    cel=r"!has(self.headers) || self.headers.all(h, !self.headers[h].matches('[\\r\\n\\x00]'))",
+    message=(
+        "header values must not contain a line break (CR or LF) or NUL: each header is one line of "
+        "the response"
+    ),
+    check=lambda s: s.headers is None or not any(_LINE_BREAK_OR_NUL.search(v) for v in s.headers.values()),
+    field_path=".headers",
+)
+
 # --- adaptive, override ----------------------------------------------------------------------------
 
 RANGE_ORDER = Rule(
@@ -470,6 +482,7 @@ ALL_RULES: tuple[Rule, ...] = (
     FALLBACK_STATIC_ONLY_WITH_STATIC,
     FALLBACK_CACHED_ONLY_WITH_CACHED,
     STATIC_HEADER_NAMES,
+    STATIC_HEADER_VALUES,
     RANGE_ORDER,
     DURATION_RANGE_ORDER,
     ADAPTIVE_HYSTERESIS_WITHIN_WINDOW,

@@ -221,7 +221,7 @@ class HalfOpen(SpecModel):
 class StaticFallback(SpecModel):
     """A fixed response served instead of calling the upstream."""
 
-    __cel_rules__ = (rules.STATIC_HEADER_NAMES,)
+    __cel_rules__ = (rules.STATIC_HEADER_NAMES, rules.STATIC_HEADER_VALUES)
 
     status: Annotated[int, Field(ge=200, le=599)]
     """HTTP status of the fallback response, e.g. 503 or 200."""

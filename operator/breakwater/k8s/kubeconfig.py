@@ -205,8 +205,8 @@ def _merged(paths: list[str]) -> dict[str, Any]:
                 raise KubeconfigNotFound(f"kubeconfig {path} not found")
             continue
         try:
-            doc = yaml.safe_load(file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            doc = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise KubeconfigError(f"kubeconfig {path}: {exc}".replace("\n", " ")) from exc
         if not isinstance(doc, dict):
             raise KubeconfigError(f"kubeconfig {path}: not a mapping")
@@ -228,6 +228,8 @@ def _merged(paths: list[str]) -> dict[str, Any]:
 def _named(doc: dict[str, Any], section: str, name: str, key: str) -> dict[str, Any]:
     for entry in doc.get(section) or ():
         if entry.get("name") == name:
+            if not isinstance(entry.get(key) or {}, dict):
+                raise KubeconfigError(f"kubeconfig: {key} {name!r} is not a mapping")
             found = dict(entry.get(key) or {})
             found["_base"] = doc["_base"].get(f"{section}/{name}")
             return found
@@ -245,7 +247,7 @@ def _configuration(cluster: dict[str, Any], user: dict[str, Any], where: str) ->
             "(use a token, a client certificate or an exec credential plugin)"
         )
     server = str(cluster.get("server") or "").rstrip("/")
-    if urlsplit(server).scheme not in ("https", "http") or not urlsplit(server).hostname:
+    if not _is_http_url(server):
         raise KubeconfigError(f"{where}: cluster server {server!r} is not an http(s) URL")
     cluster_dir, user_dir = cluster.pop("_base", None), user.pop("_base", None)
     config = Configuration(
@@ -263,6 +265,8 @@ def _configuration(cluster: dict[str, Any], user: dict[str, Any], where: str) ->
         password=user.get("password"),
     )
     if user.get("exec"):
+        if not isinstance(user["exec"], dict):
+            raise KubeconfigError(f"{where}: user exec is not a mapping")
         try:  # run it now: a plugin that cannot run fails at start, in one line
             config.exec_plugin = ExecPlugin.from_kubeconfig(user["exec"], where=where, cluster=cluster)
             config.exec_plugin.token()
@@ -272,7 +276,20 @@ def _configuration(cluster: dict[str, Any], user: dict[str, Any], where: str) ->
                        ("client-key", config.key_file), ("tokenFile", config.token_file)):  # fmt: skip
         if file and not Path(file).is_file():
             raise KubeconfigError(f"{where}: {what} {file} not found")
+    try:  # load the CA and client certificate now: ones that do not load fail at start, in one line
+        config.ssl_context()
+    except (ssl.SSLError, OSError) as exc:
+        raise KubeconfigError(f"{where}: the CA or the client certificate does not load: {exc}") from exc
     return config
+
+
+def _is_http_url(text: str) -> bool:
+    try:
+        url = urlsplit(text)
+        url.port  # noqa: B018 -- raises ValueError for a port that is not a number from 0 to 65535
+    except ValueError:
+        return False
+    return url.scheme in ("https", "http") and bool(url.hostname)
 
 
 def _path(value: Any, base: Path | None) -> str | None:

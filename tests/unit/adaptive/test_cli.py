@@ -98,6 +98,16 @@ def test_simulate_says_what_is_wrong_with_a_history(
     assert "needs the columns" in capsys.readouterr().err
 
 
+def test_simulate_names_the_upstreams_when_asked_for_one_the_policy_has_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    write_calls(tmp_path / "calls.csv")
+    policy, calls = str(tmp_path / "policy.yaml"), str(tmp_path / "calls.csv")
+    assert main(["simulate", policy, "--history", calls, "--upstream", "ledger"]) == 1
+    assert f"{policy} has no upstream 'ledger' (its upstreams: payments)" in capsys.readouterr().err
+
+
 def with_suggestion(policy: dict[str, object], **suggested: object) -> dict[str, object]:
     return {**policy, "status": {"upstreams": [{"name": "payments", "suggested": suggested}]}}
 
@@ -134,6 +144,29 @@ def test_promote_writes_overrides_when_the_policy_has_several_upstreams() -> Non
 def test_promote_refuses_a_policy_without_suggestions() -> None:
     with pytest.raises(NothingToPromote, match="suggested"):
         promotion_patch(POLICY)
+
+
+def test_promote_leaves_out_a_suggestion_for_an_upstream_no_longer_in_the_spec(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The status still names an upstream renamed in the spec since (the operator has not rewritten it)."""
+    stale = {
+        **POLICY,
+        "status": {"upstreams": [{"name": "old-payments", "suggested": {"consecutiveFailures": 7}}]},
+    }
+    with pytest.raises(NothingToPromote, match="suggested"):
+        promotion_patch(stale)
+    (tmp_path / "policy.json").write_text(json.dumps(stale))
+    assert main(["promote", str(tmp_path / "policy.json")]) == 1
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_promote_refuses_an_upstream_the_spec_has_not(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "policy.json").write_text(json.dumps(with_suggestion(POLICY, consecutiveFailures=8)))
+    assert main(["promote", str(tmp_path / "policy.json"), "--upstream", "ledger"]) == 1
+    assert "no upstream 'ledger' in spec (its upstreams: payments)" in capsys.readouterr().err
 
 
 def test_validate_warns_about_an_override_that_has_already_ended(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from breakwater.api.policy import CircuitBreakerPolicy
 from breakwater.api.rules import ALL_RULES
 from breakwater.api.schema import unwrap
 from breakwater.api.status import CircuitBreakerPolicyStatus
+from breakwater.cli import main
 from tests.unit.api.invalid_table import REPO
 
 GENERATED = [
@@ -202,3 +204,24 @@ def _apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
     if schema.get("type") == "array" and isinstance(value, list):
         return [_apply_defaults(v, schema["items"]) for v in value]
     return value
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["crd", "--write", "{dir}"],
+        ["crd", "--check", "{binary}"],
+        ["api-docs", "--write", "{dir}"],
+        ["api-docs", "--check", "{binary}"],
+        ["api-docs", "--example", "{binary}"],
+    ],
+    ids=" ".join,
+)
+def test_the_generators_say_which_file_they_cannot_write_or_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A directory where a file belongs, or a file that is not UTF-8: one line and exit 1, no traceback."""
+    (tmp_path / "binary").write_bytes(b"\xff\xfe")
+    paths = {"dir": str(tmp_path), "binary": str(tmp_path / "binary")}
+    assert main([arg.format(**paths) for arg in argv]) == 1
+    assert capsys.readouterr().err.startswith(f"{paths[argv[-1][1:-1]]}: cannot ")

@@ -7,6 +7,7 @@ import base64
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -240,3 +241,48 @@ def test_neither_in_a_cluster_nor_a_kubeconfig_says_both(
         kubeconfig.KubeconfigNotFound, match=r"KUBERNETES_SERVICE_HOST .* unset, and kubeconfig .* not found"
     ):
         kubeconfig.load(None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["contexts"][0].update(context="test"), "context 'test' is not a mapping"),
+        (lambda d: d["users"][0].update(user="u"), "user 'u' is not a mapping"),
+        (lambda d: d["users"][0]["user"].update(exec="kubelogin"), "user exec is not a mapping"),
+        (
+            lambda d: d["clusters"][0]["cluster"].update(server="https://127.0.0.1:99999"),
+            "cluster server 'https://127.0.0.1:99999' is not an http(s) URL",
+        ),
+        (
+            lambda d: d["clusters"][0]["cluster"].update(
+                {"certificate-authority-data": base64.b64encode(b"not a certificate").decode()}
+            ),
+            "the CA or the client certificate does not load",
+        ),
+    ],
+    ids=["context-not-a-mapping", "user-not-a-mapping", "exec-not-a-mapping", "bad-port", "ca-not-pem"],
+)
+def test_a_kubeconfig_of_the_wrong_shape_fails_at_load_in_one_line(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    """Not a traceback, and not an operator that retries for ever what can never work."""
+    path = write_kubeconfig(tmp_path, {"server": "https://127.0.0.1:9"}, {"token": "t"})
+    doc = yaml.safe_load(path.read_text())
+    change(doc)
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(KubeconfigError, match=re.escape(message)):
+        api_client(str(path))
+
+
+def test_a_kubeconfig_that_is_not_utf8_fails_in_one_line_at_the_command_line(tmp_path: Path) -> None:
+    path = tmp_path / "kc"
+    path.write_bytes(b"\xff\xfe binary")
+    with pytest.raises(KubeconfigError, match=r"kubeconfig .*kc: 'utf-8' codec can't decode"):
+        api_client(str(path))
+    done = subprocess.run(
+        [sys.executable, "-m", "breakwater.cli", "operator", f"--kubeconfig={path}", "--webhook-manage=none"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("breakwater operator: kubeconfig ")
