@@ -90,7 +90,9 @@ fallback = st.one_of(
             "kind": st.just("Static"),
             "static": objects(
                 headers=st.dictionaries(
-                    st.sampled_from(["Content-Type", "Retry-After", "X-Degraded"]), st.text(max_size=20)
+                    st.sampled_from(["Content-Type", "Retry-After", "X-Degraded"]),
+                    # a header value is one line of the response: no CR, LF or NUL (the CRD's rule)
+                    st.text(st.characters(blacklist_characters="\r\n\x00"), max_size=20),
                 ),
                 body=st.text(max_size=50),
             ).map(lambda d: {"status": 503, **d}),
