@@ -193,6 +193,18 @@ def test_an_exec_plugin_token_is_used_until_it_expires(tmp_path: Path) -> None:
     assert (tmp_path / "runs").read_text() == "3"
 
 
+def _operator_refuses(path: Path) -> str:
+    """`breakwater operator --kubeconfig=path` exits 1 with a one-line reason, no traceback: its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "breakwater.cli", "operator", f"--kubeconfig={path}", "--webhook-manage=none"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("breakwater operator: kubeconfig ")
+    return done.stderr
+
+
 @pytest.mark.parametrize(
     ("user", "message"),
     [
@@ -213,14 +225,7 @@ def test_what_is_not_supported_fails_in_one_line_at_the_command_line(
     )
     with pytest.raises(KubeconfigError, match=message.replace("(", r"\(")):
         api_client(str(path))
-    done = subprocess.run(
-        [sys.executable, "-m", "breakwater.cli", "operator", f"--kubeconfig={path}", "--webhook-manage=none"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 1, done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("breakwater operator: kubeconfig ")
-    assert message in done.stderr
-    assert "Traceback" not in done.stderr
+    assert message in _operator_refuses(path)
 
 
 def test_a_kubeconfig_without_the_named_parts_says_what_is_missing(tmp_path: Path) -> None:
@@ -279,10 +284,4 @@ def test_a_kubeconfig_that_is_not_utf8_fails_in_one_line_at_the_command_line(tmp
     path.write_bytes(b"\xff\xfe binary")
     with pytest.raises(KubeconfigError, match=r"kubeconfig .*kc: 'utf-8' codec can't decode"):
         api_client(str(path))
-    done = subprocess.run(
-        [sys.executable, "-m", "breakwater.cli", "operator", f"--kubeconfig={path}", "--webhook-manage=none"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 1, done.stderr
-    assert "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith("breakwater operator: kubeconfig ")
+    _operator_refuses(path)

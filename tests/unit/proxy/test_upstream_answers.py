@@ -5,8 +5,9 @@ reaches it. Everything on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
 
@@ -59,13 +60,28 @@ class RawUpstream:
             writer.close()
 
 
+@contextlib.asynccontextmanager
 async def _serve(
     start_sidecar: SidecarFactory, first: bytes | Sequence[bytes], *, gap: float = 0.0
-) -> tuple[Sidecar, RawUpstream]:
+) -> AsyncIterator[tuple[Sidecar, RawUpstream]]:
+    """A sidecar in front of a `RawUpstream` answering `first`; the upstream is closed afterwards."""
     up = RawUpstream(first, gap=gap)
     await up.start()
-    sidecar = await start_sidecar(sidecar_doc(upstream_doc("up", up.port)))
-    return sidecar, up
+    try:
+        yield await start_sidecar(sidecar_doc(upstream_doc("up", up.port))), up
+    finally:
+        up.close()
+
+
+async def _a_get_is_a_failed_502(sidecar: Sidecar) -> dict[str, str]:
+    """A GET gets the sidecar's own 502 (`x-breakwater: reset`), counted as one failure; its headers."""
+    async with connect(sidecar.listen_port("up")) as conn:
+        await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, _ = await conn.response()
+        assert (status, headers["x-breakwater"]) == (502, "reset")
+        assert await _nothing_more(conn.reader)
+    assert sidecar.upstream("up").stats.failures == 1
+    return headers
 
 
 async def _nothing_more(conn_reader: asyncio.StreamReader) -> bool:
@@ -93,8 +109,7 @@ async def test_what_follows_a_complete_answer_is_never_relayed_and_the_connectio
 ) -> None:
     # RFC 9112 section 6.3: "A client MUST NOT process, cache, or forward such extra data as a
     # separate response". The answer before it may be passed on (the fast path does) or refused.
-    sidecar, up = await _serve(start_sidecar, ANSWER_AND_MORE[shape])
-    try:
+    async with _serve(start_sidecar, ANSWER_AND_MORE[shape]) as (sidecar, up):
         async with connect(sidecar.listen_port("up")) as conn:
             await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
             status, _, body = await conn.response()
@@ -107,23 +122,13 @@ async def test_what_follows_a_complete_answer_is_never_relayed_and_the_connectio
             await conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await conn.response())[::2] == (200, b"ok")
         assert up.connections == 2  # the connection the extra bytes came on was not reused
-    finally:
-        up.close()
 
 
 async def test_a_status_below_100_is_a_502_and_nothing_of_it_reaches_the_client(
     start_sidecar: SidecarFactory,
 ) -> None:
-    sidecar, up = await _serve(start_sidecar, b"HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nhi")
-    try:
-        async with connect(sidecar.listen_port("up")) as conn:
-            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, _ = await conn.response()
-            assert (status, headers["x-breakwater"]) == (502, "reset")
-            assert await _nothing_more(conn.reader)
-        assert sidecar.upstream("up").stats.failures == 1
-    finally:
-        up.close()
+    async with _serve(start_sidecar, b"HTTP/1.1 099 Weird\r\nContent-Length: 2\r\n\r\nhi") as (sidecar, _):
+        await _a_get_is_a_failed_502(sidecar)
 
 
 MALFORMED_WITH_THE_HEAD = {
@@ -143,16 +148,9 @@ async def test_an_answer_broken_in_the_read_that_brought_its_head_is_a_502_not_a
     start_sidecar: SidecarFactory, shape: str
 ) -> None:
     # Nothing of it was written to the client yet: the client can still be told what happened.
-    sidecar, up = await _serve(start_sidecar, MALFORMED_WITH_THE_HEAD[shape])
-    try:
-        async with connect(sidecar.listen_port("up")) as conn:
-            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, _ = await conn.response()
-            assert (status, headers["x-breakwater"]) == (502, "reset")
-        assert sidecar.upstream("up").stats.failures == 1
+    async with _serve(start_sidecar, MALFORMED_WITH_THE_HEAD[shape]) as (sidecar, _):
+        await _a_get_is_a_failed_502(sidecar)
         assert sidecar.upstream("up").breaker.snapshot().failures == 1
-    finally:
-        up.close()
 
 
 @pytest.mark.parametrize("coding", [b"gzip", b"chunked, gzip"])
@@ -194,8 +192,7 @@ async def test_a_head_answer_followed_by_a_body_leaves_no_bytes_for_the_next_req
     # An upstream that sends a body to HEAD (it must not): the connection cannot carry another answer.
     # The rest of it comes later, when the next request could have been sent on that connection.
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n"
-    sidecar, up = await _serve(start_sidecar, [head + b"b" * 1000, b"b" * 299_000], gap=0.3)
-    try:
+    async with _serve(start_sidecar, [head + b"b" * 1000, b"b" * 299_000], gap=0.3) as (sidecar, _):
         async with connect(sidecar.listen_port("up")) as conn:
             await conn.send(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n")
             status, _, _ = await conn.response(head_only=True)
@@ -205,13 +202,10 @@ async def test_a_head_answer_followed_by_a_body_leaves_no_bytes_for_the_next_req
             await conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await conn.response())[::2] == (200, b"ok")
         assert sidecar.upstream("up").stats.failures == (0 if status == 200 else 1)
-    finally:
-        up.close()
 
 
 async def test_a_head_answer_alone_keeps_its_connection(start_sidecar: SidecarFactory) -> None:
-    sidecar, up = await _serve(start_sidecar, b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n")
-    try:
+    async with _serve(start_sidecar, b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n") as (sidecar, up):
         async with connect(sidecar.listen_port("up")) as conn:
             await conn.send(b"HEAD /x HTTP/1.1\r\nHost: x\r\n\r\n")
             status, headers, _ = await conn.response(head_only=True)
@@ -219,8 +213,6 @@ async def test_a_head_answer_alone_keeps_its_connection(start_sidecar: SidecarFa
             await conn.send(b"GET /y HTTP/1.1\r\nHost: x\r\n\r\n")
             assert (await conn.response())[::2] == (200, b"ok")
         assert up.connections == 1
-    finally:
-        up.close()
 
 
 async def test_a_response_head_that_keeps_growing_is_a_502_without_a_traceback(
@@ -230,27 +222,12 @@ async def test_a_response_head_that_keeps_growing_is_a_502_without_a_traceback(
     caplog.set_level(logging.DEBUG, logger="breakwater")
     field = b"X-Filler: " + b"f" * 100 + b"\r\n"
     pieces = [b"HTTP/1.1 200 OK\r\n"] + [field * 580] * 32 + [b"Content-Length: 2\r\n\r\nok"]
-    sidecar, up = await _serve(start_sidecar, pieces, gap=0.01)
-    try:
-        async with connect(sidecar.listen_port("up")) as conn:
-            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, _ = await conn.response()
-            assert (status, headers["x-breakwater"]) == (502, "reset")
-        assert sidecar.upstream("up").stats.failures == 1
+    async with _serve(start_sidecar, pieces, gap=0.01) as (sidecar, _):
+        await _a_get_is_a_failed_502(sidecar)
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
-    finally:
-        up.close()
 
 
 async def test_whitespace_between_a_field_name_and_its_colon_is_a_502(start_sidecar: SidecarFactory) -> None:
     # RFC 9112 section 5.1: a proxy must not pass such a field on as it came.
-    sidecar, up = await _serve(start_sidecar, b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nhi")
-    try:
-        async with connect(sidecar.listen_port("up")) as conn:
-            await conn.send(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")
-            status, headers, _ = await conn.response()
-            assert (status, headers["x-breakwater"]) == (502, "reset")
-            assert "content-length " not in headers
-        assert sidecar.upstream("up").stats.failures == 1
-    finally:
-        up.close()
+    async with _serve(start_sidecar, b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\nhi") as (sidecar, _):
+        assert "content-length " not in await _a_get_is_a_failed_502(sidecar)
