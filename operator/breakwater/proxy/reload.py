@@ -98,9 +98,7 @@ class ConfigWatcher:
         if key is None:
             if self._digest != "missing":
                 self._digest = "missing"
-                self._report_error(
-                    str(self.path), "the config file is missing (keeping the last good config)"
-                )
+                self._report_error(str(self.path), "the config file is missing")
             return False
         try:
             raw = self.path.read_bytes()
@@ -184,7 +182,8 @@ class ReloadHistory:
         status = ReloadStatus(ok=False, source=source, at=time.time(), error=error)
         self.last = self.last_error = status
         log.error(
-            "config rejected, keeping the last good one: %s",
+            "config rejected, %s: %s",
+            "keeping the last good one" if running else "and none is running yet",
             error,
             extra={"fields": {"source": source, "running_hash": running or None}},
         )

@@ -117,12 +117,16 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
 
 
 async def test_an_invalid_file_keeps_the_last_good_config_and_says_why_until_it_is_fixed(
-    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession
+    start_sidecar: SidecarFactory,
+    upstream: FaultyUpstream,
+    client: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     good = sidecar_doc(upstream_doc("a", upstream.port), configHash="good")
     sidecar = await start_sidecar(good)
     start_sidecar.path.write_text('{"upstreams": [{"name": "a", "host": "h", "port": "not a port"}]}')
     await eventually(lambda: sidecar.last_reload_error is not None)
+    assert "config rejected, keeping the last good one: " in caplog.text
     assert sidecar.routes.config_hash == "good"
     assert (await _get(client, f"http://127.0.0.1:{sidecar.listen_port('a')}/ok"))[0] == 200
 
@@ -164,13 +168,20 @@ async def test_a_config_whose_listener_cannot_bind_is_refused_and_the_old_one_ke
 
 
 async def test_a_sidecar_started_on_an_invalid_file_is_unready_until_a_good_one_arrives(
-    start_sidecar: SidecarFactory, upstream: FaultyUpstream, client: aiohttp.ClientSession, tmp_path: Any
+    start_sidecar: SidecarFactory,
+    upstream: FaultyUpstream,
+    client: aiohttp.ClientSession,
+    tmp_path: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "late.json"
     path.write_text("{}}")
     admin = PlainAdminConfig(port=0, address="127.0.0.1")
     async with run_sidecar(path, require_config=False, poll_interval=0.05, admin=admin) as sidecar:
         assert not sidecar.ready
+        # There is no last good config to keep: the log does not pretend there is one.
+        assert "config rejected, and none is running yet: " in caplog.text
+        assert "last good" not in caplog.text
         async with client.get(f"{sidecar.admin_url}/readyz") as resp:
             assert resp.status == 503
             assert "not valid JSON" in (await resp.json())["lastReloadError"]["error"]
