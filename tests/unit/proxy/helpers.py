@@ -259,11 +259,15 @@ class Conn:
             body = await asyncio.wait_for(self.reader.read(), 5)
         return status, headers, body
 
-    async def closed(self) -> bool:
+    async def closed(self, *, within: float = 3.0) -> bool:
+        """Whether the other side closes (or resets) the connection within `within` seconds, sending
+        nothing more: a connection still open then is not closed."""
         try:
-            return await asyncio.wait_for(self.reader.read(1), 3) == b""
-        except (ConnectionError, TimeoutError):
+            return await asyncio.wait_for(self.reader.read(1), within) == b""
+        except ConnectionError:
             return True
+        except TimeoutError:
+            return False
 
 
 @contextlib.asynccontextmanager

@@ -1,30 +1,25 @@
 """The fast path knows a request's HTTP version without asking the parser when no Connection or
-Proxy-Connection field came (llhttp then keeps the connection alive exactly for 1.1): the version it
-notes must be the parser's own in every case."""
+Proxy-Connection field came (llhttp then keeps the connection alive exactly for 1.1): what it does
+with the version and keep-alive it notes must follow the parser's own verdicts in every case. Seen by
+a raw client of a real sidecar in front of a raw upstream, on 127.0.0.1: a chunked answer stays
+chunked only for HTTP/1.1, and the connection is kept only when the parser keeps it alive."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httptools
 import pytest
 
-from breakwater.proxy.answers import Answer, plain
-from breakwater.proxy.fast.request import RequestHead
-from breakwater.proxy.fast.server import ClientConnection
+from tests.unit.proxy.helpers import SidecarFactory, connect, sidecar_doc, upstream_doc
 
+pytestmark = pytest.mark.timeout(60)
 
-class _Listener:
-    """What a `ClientConnection` needs of its listener: every request answered by the proxy itself."""
-
-    def __init__(self) -> None:
-        self.engine = SimpleNamespace(pools=None, deadlines=None)
-        self.connections: set[ClientConnection] = set()
-        self.seen: list[RequestHead] = []
-
-    def route(self, req: RequestHead) -> Answer:
-        self.seen.append(req)
-        return plain(200, "test", "ok\n")
+SIZED = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
 
 
 class _ParsedVersion:
@@ -36,6 +31,28 @@ class _ParsedVersion:
     def on_headers_complete(self) -> None:
         self.version = self.parser.get_http_version()
         self.keep_alive = self.parser.should_keep_alive()
+
+
+@contextlib.asynccontextmanager
+async def _upstream(answer: bytes) -> AsyncIterator[int]:
+    """A raw upstream answering every request on a connection with `answer`; yields its port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"2.0"])
@@ -50,13 +67,33 @@ class _ParsedVersion:
         b"Connection: x-hop\r\nX-Hop: 1\r\n",
     ],
 )
-async def test_the_noted_version_and_keep_alive_are_the_parsers(version: bytes, fields: bytes) -> None:
+async def test_framing_and_keep_alive_follow_the_parsers_verdicts(
+    version: bytes, fields: bytes, tmp_path: Path
+) -> None:
     request = b"GET /v HTTP/" + version + b"\r\nHost: h\r\n" + fields + b"\r\n"
     expected = _ParsedVersion()
     expected.parser.feed_data(request)
-    listener = _Listener()
-    conn = ClientConnection(listener)  # type: ignore[arg-type]
-    conn.data_received(request)
-    (req,) = listener.seen
-    assert (req.version, req.keep_alive) == (expected.version, expected.keep_alive)
-    assert req.http11 == (expected.version == "1.1")
+    async with contextlib.AsyncExitStack() as stack:
+        sized_port = await stack.enter_async_context(_upstream(SIZED))
+        chunked_port = await stack.enter_async_context(_upstream(CHUNKED))
+        start = SidecarFactory(tmp_path, stack, path="fast")
+        doc = sidecar_doc(upstream_doc("sized", sized_port), upstream_doc("chunked", chunked_port))
+        sidecar = await start(doc)
+
+        async with connect(sidecar.listen_port("sized")) as conn:
+            await conn.send(request)
+            status, headers, body = await conn.response()
+            assert (status, body) == (200, b"ok")
+            assert (headers.get("connection") != "close") == expected.keep_alive, headers
+            if expected.keep_alive:  # kept: a second request on it is answered
+                await conn.send(request)
+                assert (await conn.response())[0] == 200
+            else:
+                assert await conn.closed()
+
+        async with connect(sidecar.listen_port("chunked")) as conn:
+            await conn.send(request)
+            status, headers, body = await conn.response()
+            assert (status, body) == (200, b"ok")
+            # Chunked framing only for an HTTP/1.1 client; any other reads the body until close.
+            assert (headers.get("transfer-encoding") == "chunked") == (expected.version == "1.1"), headers
