@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 NODE ?= kwok
 REAL_NODE := $(if $(filter real,$(NODE)),node,)
 
-.PHONY: help install lint fmt test test-unit test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo demo-adaptive bench crds chart chart-schema image docs plain-defaults dashboard-picture generate clean
+.PHONY: help install lint fmt test test-unit test-compiled test-cluster test-node cluster control-plane node node-if-possible promtool prometheus demo demo-adaptive bench crds chart chart-schema image docs plain-defaults dashboard-picture generate clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -67,13 +67,23 @@ SUITE_WORKERS ?= 2
 JUNIT_DIR ?=
 junit = $(if $(JUNIT_DIR),--junitxml=$(JUNIT_DIR)/$(1).xml)
 
-test: $(STAMP) control-plane prometheus node-if-possible ## every test: unit and cluster (kwok) suites in parallel, then the real-node suites
+# The suites of what the image compiles (setup.py, [tool.breakwater.compile]), run again against the
+# mypyc build: compiled code checks its annotations at run time and binds calls early.
+COMPILED_SUITES := tests/unit/proxy tests/unit/breaker
+
+test: $(STAMP) control-plane prometheus node-if-possible ## every test: the unit suites (interpreted, then the hot path compiled), the cluster (kwok) suites, then the real-node suites
 	$(BIN)/pytest -m "not cluster and not node" -n $(UNIT_WORKERS) $(PYTEST_ARGS) $(call junit,unit)
+	@$(MAKE) --no-print-directory test-compiled JUNIT_DIR="$(JUNIT_DIR)"
 	$(BIN)/pytest -m cluster -n $(SUITE_WORKERS) --dist loadfile $(PYTEST_ARGS) $(call junit,cluster)
 	$(BIN)/pytest -m node $(PYTEST_ARGS) $(call junit,node)
 
 test-unit: $(STAMP) ## the fast suites only, no cluster
 	$(BIN)/pytest -m "not cluster and not node" -n $(UNIT_WORKERS) $(PYTEST_ARGS)
+
+test-compiled: $(STAMP) ## the proxy and breaker suites against the hot path compiled by mypyc, as the image runs it
+	compiled="$$(bash hack/build-compiled.sh | tail -1)" && \
+	  BREAKWATER_EXPECT_COMPILED=1 PYTHONPATH="$$compiled" $(BIN)/pytest -m "not cluster and not node" \
+	  -n $(UNIT_WORKERS) $(PYTEST_ARGS) $(call junit,compiled) $(COMPILED_SUITES)
 
 test-cluster: $(STAMP) control-plane prometheus ## the cluster suites only (kwok)
 	$(BIN)/pytest -m cluster $(PYTEST_ARGS)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the Breakwater image from the repository's Dockerfile without a Docker engine: a Python base
-# image made locally from Debian packages (mmdebstrap), then the Dockerfile built by buildah with that
-# base as its PYTHON_IMAGE build argument (the Dockerfile's default stays the public python image).
+# image made locally from Debian packages (mmdebstrap), and a build base with a C compiler besides, then
+# the Dockerfile built by buildah with them as its PYTHON_IMAGE and BUILD_IMAGE build arguments (the
+# Dockerfile's defaults stay the public python images).
 # The result is an OCI archive cached outside the clone, keyed by every input, and rebuilt only when
 # one changes. Prints the archive's path on its last line of stdout; progress goes to stderr.
 #
@@ -37,16 +38,23 @@ image_name="${BREAKWATER_IMAGE_NAME:-localhost/breakwater:${app_version}}"
 suite=bookworm
 base_packages="usr-is-merged,python3,python3-venv,python-is-python3"
 base_key="$(printf '%s\n' "${suite}" "${base_packages}" "$(mmdebstrap --version)" \
-  "$(sed -n '/^# --- the base/,/^# --- the image/p' "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16)"
+  "$(sed -n '/^# --- the base/,/^# --- the build base/p' "${BASH_SOURCE[0]}")" | sha256sum | cut -c1-16)"
 base_tar="${image_dir}/base-${suite}-${base_key}.tar"
 base_ref="localhost/breakwater-base:${base_key}"
 
+# --- the build base: the same python3 with a C compiler and its headers (the Dockerfile's BUILD_IMAGE),
+# for the stage that compiles the hot path; nothing of it reaches the image.
+build_packages="${base_packages},python3-dev,gcc,libc6-dev"
+build_key="$(printf '%s\n' "${suite}" "${build_packages}" "$(mmdebstrap --version)" | sha256sum | cut -c1-16)"
+build_tar="${image_dir}/build-base-${suite}-${build_key}.tar"
+build_ref="localhost/breakwater-build-base:${build_key}"
+
 # --- the image: every file the Dockerfile reads (the .dockerignore allow-list), and this script -----
 context_files() {
-  (cd "${repo}" && { printf '%s\n' Dockerfile .dockerignore pyproject.toml README.md;
+  (cd "${repo}" && { printf '%s\n' Dockerfile .dockerignore pyproject.toml README.md; [[ ! -f setup.py ]] || echo setup.py;
     find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*'; } | LC_ALL=C sort)
 }
-key="$( { echo "${base_key}" "${image_name}" "$(buildah --version)"; sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1;
+key="$( { echo "${base_key}" "${build_key}" "${image_name}" "$(buildah --version)"; sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1;
   context_files | (cd "${repo}" && xargs sha256sum); } | sha256sum | cut -c1-16)"
 # One archive per image name (its tag in the file name): a rebuild supersedes only its own name's.
 name_part="$(printf '%s' "${image_name##*/}" | tr -c 'A-Za-z0-9._-' '-')"
@@ -92,12 +100,32 @@ if [[ ! -s "${base_tar}" ]]; then
   say "base: done in $((SECONDS - start)) s ($(du -h "${base_tar}" | cut -f1))"
 fi
 
-say "base: importing ${base_tar##*/} as ${base_ref}"
-ctr="$(bah from --quiet scratch)"
-bah add --quiet "${ctr}" "${base_tar}" / >/dev/null
-bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd python3 "${ctr}"
-bah commit --quiet "${ctr}" "${base_ref}" >/dev/null
-bah rm "${ctr}" >/dev/null
+if [[ ! -s "${build_tar}" ]]; then
+  say "build base: mmdebstrap ${suite} + ${build_packages} (once; about two minutes)"
+  start=$SECONDS
+  mmdebstrap --variant=essential --format=tar --include="${build_packages}" \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    "${suite}" "${build_tar}.tmp" >"${work}/mmdebstrap-build.log" 2>&1 \
+    || { tail -n 30 "${work}/mmdebstrap-build.log" >&2; die "mmdebstrap (build base) failed"; }
+  mv "${build_tar}.tmp" "${build_tar}"
+  say "build base: done in $((SECONDS - start)) s ($(du -h "${build_tar}" | cut -f1))"
+fi
+# Older bases of either kind are superseded by these keys.
+find "${image_dir}" -maxdepth 1 \( -name "base-*.tar" -o -name "build-base-*.tar" \) \
+  ! -name "${base_tar##*/}" ! -name "${build_tar##*/}" -delete
+
+import_base() {  # TAR REF
+  say "base: importing ${1##*/} as ${2}"
+  local ctr
+  ctr="$(bah from --quiet scratch)"
+  bah add --quiet "${ctr}" "${1}" / >/dev/null
+  bah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --cmd python3 "${ctr}"
+  bah commit --quiet "${ctr}" "${2}" >/dev/null
+  bah rm "${ctr}" >/dev/null
+}
+import_base "${base_tar}" "${base_ref}"
+import_base "${build_tar}" "${build_ref}"
 
 # pip inside the build uses this machine's trust store and index (a mirror or a TLS-inspecting proxy
 # needs them), mounted for the RUN steps only: nothing of it lands in the image.
@@ -111,10 +139,10 @@ if [[ -s "${ca_bundle}" ]]; then
   pip_mounts=(--volume "${ca_bundle}:/run/breakwater-build/ca.crt:ro" --volume "${work}/pip.conf:/etc/pip.conf:ro")
 fi
 
-say "image: buildah build of ${repo}/Dockerfile with PYTHON_IMAGE=${base_ref} (pip fetches the wheels)"
+say "image: buildah build of ${repo}/Dockerfile with PYTHON_IMAGE=${base_ref}, BUILD_IMAGE=${build_ref} (pip fetches the wheels, mypyc compiles the hot path)"
 start=$SECONDS
 if ! bah build --quiet --isolation chroot --network host --pull=never --layers=false \
-    --build-arg "PYTHON_IMAGE=${base_ref}" "${pip_mounts[@]}" \
+    --build-arg "PYTHON_IMAGE=${base_ref}" --build-arg "BUILD_IMAGE=${build_ref}" "${pip_mounts[@]}" \
     --tag "${image_name}" --file "${repo}/Dockerfile" "${repo}" >"${work}/build.log" 2>&1; then
   tail -n 40 "${work}/build.log" >&2
   die "buildah build failed (log above)"

@@ -52,7 +52,11 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
-        print(f"breakwater {_version()}")  # on stdout, as argparse's own version action
+        import breakwater.proxy.fast.server  # noqa: F401  # loaded, so that it can say how it was built
+        from breakwater.proxy.compiled import hot_path_build
+
+        # On stdout, as argparse's own version action. The build: the image compiles the hot path.
+        print(f"breakwater {_version()} (hot path {hot_path_build()})")
         parser.exit()
 
 

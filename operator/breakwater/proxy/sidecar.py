@@ -38,6 +38,7 @@ from breakwater.api.plain.sidecar import PlainAdminConfig, PlainSidecarConfig, S
 from breakwater.breaker import Transition
 from breakwater.proxy.admin import AdminAnswer, AdminRequest, handle, stats_document
 from breakwater.proxy.admin_server import AdminServer
+from breakwater.proxy.compiled import hot_path_build
 from breakwater.proxy.fast.listener import FastPath
 from breakwater.proxy.listeners import ListenerKey, ListenerSet
 from breakwater.proxy.logs import CONFIG_CHANNEL
@@ -215,6 +216,7 @@ class Sidecar:
                     "admin": self.admin_url,
                     "ready": self.ready,
                     "config_hash": self.routes.config_hash,
+                    "hot_path": hot_path_build(),
                 }
             },
         )

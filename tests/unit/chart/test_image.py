@@ -1,6 +1,7 @@
 """The Dockerfile's invariants, checked without a Docker engine (there is none on the test machine).
 
-What is checked here: a pinned python:3.11-slim base, a multi-stage build, no ADD and no piped
+What is checked here: a pinned python:3.11-slim runtime base, a build stage of the same Python with a
+compiler that compiles the hot path, a multi-stage build, no ADD and no piped
 remote scripts, a numeric non-root USER matching the chart, an exec-form ENTRYPOINT that is a console
 script of this package, byte-code compiled at build time for a read-only root, nothing installed in
 the runtime stage, and a .dockerignore that sends the sources and nothing else. What is not (an
@@ -85,23 +86,45 @@ def stages() -> list[Stage]:
     return parse_dockerfile(DOCKERFILE.read_text())[1]
 
 
-def test_the_base_image_is_python_3_11_slim_pinned_to_a_patch_release_or_digest(stages: list[Stage]) -> None:
-    external = [s.base for s in stages if s.base not in {t.name for t in stages if t.name}]
-    assert external
-    for base in external:
-        assert re.fullmatch(r"python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?", base), (
-            f"{base}: expected python:3.11.<patch>-slim[-<debian>][@sha256:...]"
-        )
+_PYTHON_IMAGE = re.compile(
+    r"python:(?P<release>3\.11\.\d+)(?P<slim>-slim)?(?P<suite>-[a-z]+)?(@sha256:[0-9a-f]{64})?"
+)
+
+
+def test_the_runtime_base_is_python_3_11_slim_pinned_to_a_release_or_digest(stages: list[Stage]) -> None:
+    match = _PYTHON_IMAGE.fullmatch(stages[-1].base)
+    expected = f"{stages[-1].base}: expected python:3.11.<patch>-slim[-<debian>][@sha256:...]"
+    assert match, expected
+    assert match["slim"], expected
+
+
+def test_the_build_stage_has_the_runtimes_python_with_a_compiler(stages: list[Stage]) -> None:
+    """The hot path is compiled for the build stage's Python (mypyc): the runtime's must be that
+    release on that Debian suite, at the same path (the venv's interpreter symlinks). The full image
+    has gcc and the headers; the slim one does not."""
+    runtime = _PYTHON_IMAGE.fullmatch(stages[-1].base)
+    build = _PYTHON_IMAGE.fullmatch(stages[0].base)
+    assert runtime, stages[-1].base
+    assert build, stages[0].base
+    assert (build["release"], build["suite"]) == (runtime["release"], runtime["suite"])
+    assert not build["slim"], f"{stages[0].base}: the build stage compiles, the slim image has no compiler"
 
 
 def test_the_build_is_multi_stage_and_the_runtime_stage_installs_nothing(stages: list[Stage]) -> None:
     assert len(stages) >= 2
     runtime = stages[-1]
-    assert runtime.base == stages[0].base, "same base: the venv's interpreter symlinks must stay valid"
     assert not runtime.all("RUN"), "no package manager, compiler or pip in the runtime stage"
     copies = runtime.all("COPY")
     assert copies
     assert all(c.args.startswith("--from=") for c in copies), "the runtime stage copies only build output"
+
+
+def test_the_hot_path_is_compiled_unless_asked_not_to(stages: list[Stage]) -> None:
+    global_args = parse_dockerfile(DOCKERFILE.read_text())[0]
+    assert global_args["COMPILE"] == "1"
+    (build,) = stages[0].all("RUN")
+    assert 'BREAKWATER_COMPILE="${COMPILE}"' in build.args
+    assert "grep -q '(hot path compiled)'" in build.args, "a compiled build that is not must fail"
 
 
 def test_nothing_is_fetched_with_add_or_piped_into_a_shell(stages: list[Stage]) -> None:
@@ -109,7 +132,7 @@ def test_nothing_is_fetched_with_add_or_piped_into_a_shell(stages: list[Stage]) 
         assert not stage.all("ADD"), "COPY only: ADD can fetch URLs and unpack archives implicitly"
         for run in stage.all("RUN"):
             assert not re.search(r"\b(curl|wget)\b", run.args), run
-            assert "apt-get" not in run.args, f"slim base has what the wheels need: {run}"
+            assert "apt-get" not in run.args, f"the bases have what the build needs: {run}"
 
 
 def test_the_image_runs_as_the_numeric_non_root_user_the_chart_expects(stages: list[Stage]) -> None:
