@@ -146,7 +146,7 @@ def measure(peer: peer_defs.Peer, work: Path, args: argparse.Namespace) -> dict[
             f"rss {fixed.get('rss_mb')} MB",
             flush=True,
         )
-        if peer.name == "breakwater":
+        if peer.name in peer_defs.SIDECARS:
             with urllib.request.urlopen(f"http://127.0.0.1:{BW_ADMIN_PORT}/stats", timeout=5) as resp:
                 stats = json.load(resp)["upstreams"]["bench"]
             doc["sidecar_stats"] = {
@@ -269,13 +269,18 @@ def write_markdown(doc: dict[str, Any], path: Path) -> None:
         "Versions: " + "; ".join(f"{k} {v}" for k, v in doc["versions"].items()) + ".",
         "",
     ]
-    if "breakwater" in results and "sidecar_stats" in results["breakwater"]:
+    for name in peer_defs.SIDECARS:
+        if name not in results or "sidecar_stats" not in results[name]:
+            continue
         lines += [
-            "Sidecar counters after its last run (every request went through breaker, bulkhead, retry budget",
-            "and the cache tee; `paths` counts the requests the fast path and the full path served): `"
-            + json.dumps(results["breakwater"]["sidecar_stats"])
+            f"Counters of `{name}` after its last run (every request went through breaker, bulkhead, retry",
+            "budget and the cache tee; `paths` counts the requests the fast path and the full path served): `"
+            + json.dumps(results[name]["sidecar_stats"])
             + "`",
             "",
+        ]
+    if any(name in results for name in peer_defs.SIDECARS):
+        lines += [
             "The sidecar's policy in this run (`bench/proxy/peers.py`, `breakwater_config`):",
             "",
             "```json",
@@ -292,21 +297,26 @@ def _figure(values: dict[str, Any], key: str, digits: int) -> str:
 
 
 def _same_round_ratios(rounds: list[dict[str, Any]]) -> list[str]:
-    """Breakwater against HAProxy within each round (the only comparison this machine's noise allows)."""
-    if not rounds or "breakwater" not in rounds[0] or "haproxy" not in rounds[0]:
+    """Each sidecar build against HAProxy within each round (the only comparison this machine's noise
+    allows)."""
+    if not rounds or "haproxy" not in rounds[0]:
         return []
     rows = []
     for number, peers in enumerate(rounds, 1):
-        bw, ha, direct = peers["breakwater"], peers["haproxy"], peers.get("direct")
-        cells = [f"{bw['max']['rps'] / ha['max']['rps']:.2f}" if ha["max"]["rps"] else "-"]
-        cells.append(
-            f"{ha['max']['rps'] / direct['max']['rps']:.2f}" if direct and direct["max"]["rps"] else "-"
-        )
-        bw_us, ha_us = bw["max"].get("core_us_per_request"), ha["max"].get("core_us_per_request")
-        cells.append(f"{ha_us / bw_us:.2f}" if bw_us and ha_us else "-")
-        bw_k, ha_k = bw["fixed"].get("core_vcpu_per_1k_rps"), ha["fixed"].get("core_vcpu_per_1k_rps")
-        cells.append(f"{bw_k / ha_k:.2f}" if bw_k and ha_k else "-")
-        rows.append(f"| {number} | " + " | ".join(cells) + " |")
+        ha, direct = peers["haproxy"], peers.get("direct")
+        for name in (n for n in peer_defs.SIDECARS if n in peers):
+            bw = peers[name]
+            cells = [f"{bw['max']['rps'] / ha['max']['rps']:.2f}" if ha["max"]["rps"] else "-"]
+            cells.append(
+                f"{ha['max']['rps'] / direct['max']['rps']:.2f}" if direct and direct["max"]["rps"] else "-"
+            )
+            bw_us, ha_us = bw["max"].get("core_us_per_request"), ha["max"].get("core_us_per_request")
+            cells.append(f"{ha_us / bw_us:.2f}" if bw_us and ha_us else "-")
+            bw_k, ha_k = bw["fixed"].get("core_vcpu_per_1k_rps"), ha["fixed"].get("core_vcpu_per_1k_rps")
+            cells.append(f"{bw_k / ha_k:.2f}" if bw_k and ha_k else "-")
+            rows.append(f"| {number} | {name} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
     return [
         "",
         "Breakwater against HAProxy, round by round: max rps ratio (it counts only where HAProxy's max is",
@@ -314,9 +324,9 @@ def _same_round_ratios(rounds: list[dict[str, Any]]) -> list[str]:
         "Breakwater's: the share of HAProxy's throughput one core would give Breakwater); and core 0's",
         "busy time at the fixed rate (Breakwater's over HAProxy's).",
         "",
-        "| round | max rps, BW / HAProxy | HAProxy max / direct max | per-request CPU at max, HAProxy / BW "
-        "| core vCPU at fixed rate, BW / HAProxy |",
-        "| ---: | ---: | ---: | ---: | ---: |",
+        "| round | sidecar | max rps, BW / HAProxy | HAProxy max / direct max "
+        "| per-request CPU at max, HAProxy / BW | core vCPU at fixed rate, BW / HAProxy |",
+        "| ---: | --- | ---: | ---: | ---: | ---: |",
         *rows,
     ]
 
@@ -328,7 +338,9 @@ def main() -> int:
     parser.add_argument("--max-seconds", type=float, default=8.0, help="seconds of the max-throughput run")
     parser.add_argument("--repeat", type=int, default=3, help="rounds over all peers (medians are reported)")
     parser.add_argument(
-        "--peers", default="direct,haproxy,nginx,aiohttp,breakwater", help="comma-separated subset, in order"
+        "--peers",
+        default="direct,haproxy,nginx,aiohttp,breakwater,breakwater-compiled",
+        help="comma-separated subset, in order",
     )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--plot", type=Path, default=REPO / "docs" / "img" / "proxy-latency.png")
@@ -379,6 +391,10 @@ def main() -> int:
         "aiohttp": peer_defs.plain_aiohttp(AIOHTTP_PORT, UPSTREAM_PORT),
         "breakwater": peer_defs.breakwater(work, BW_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT),
     }
+    if "breakwater-compiled" in args.peers.split(","):
+        catalogue["breakwater-compiled"] = peer_defs.breakwater(
+            work, BW_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT, compiled=peer_defs.compiled_build()
+        )
     doc["breakwater_policy"] = peer_defs.breakwater_config(
         port=BW_PORT, upstream=UPSTREAM_PORT, admin=BW_ADMIN_PORT, forward=BW_FORWARD_PORT
     )["upstreams"]

@@ -235,22 +235,42 @@ def breakwater_config(*, port: int, upstream: int, admin: int, forward: int) -> 
     }
 
 
-def breakwater(work: Path, port: int, upstream: int, admin: int, forward: int) -> Peer:
+SIDECARS = ("breakwater", "breakwater-compiled")
+"""The sidecar's two builds: its sources interpreted (an editable install) and its hot path compiled by
+mypyc (the image's build, `hack/build-compiled.sh`)."""
+
+
+def compiled_build() -> Path:
+    """The compiled build's directory (cached; built once in about 30 s), for PYTHONPATH."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "build-compiled.sh")], stdout=subprocess.PIPE, text=True, check=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def breakwater(
+    work: Path, port: int, upstream: int, admin: int, forward: int, *, compiled: Path | None = None
+) -> Peer:
     conf = work / "sidecar.json"
     conf.write_text(json.dumps(breakwater_config(port=port, upstream=upstream, admin=admin, forward=forward)))
     argv = [PYTHON, "-m", "breakwater.cli", "proxy", "--config", str(conf), "--log-level", "WARNING"]
-    return Peer("breakwater", "Breakwater sidecar (uvloop, every feature on)", port, argv)
+    if compiled is None:
+        return Peer("breakwater", "Breakwater sidecar (uvloop, every feature on), interpreted", port, argv)
+    label = "Breakwater sidecar (uvloop, every feature on), hot path compiled by mypyc as in the image"
+    return Peer("breakwater-compiled", label, port, argv, env={"PYTHONPATH": str(compiled)})
 
 
 def compared_on_cpu(
     work: Path, port: int, upstream: int, admin: int, forward: int
 ) -> dict[str, Callable[[], Peer]]:
-    """The peers the CPU benchmarks compare (HAProxy, the floor of a Python forwarder, the sidecar),
-    each made when its turn comes."""
+    """The peers the CPU benchmarks compare (HAProxy, the floor of a Python forwarder, the sidecar in
+    both builds), each made when its turn comes."""
+    compiled = compiled_build()
     return {
         "haproxy": lambda: haproxy(work, port, upstream),
         "bare": lambda: bare_forwarder(port, upstream),
         "breakwater": lambda: breakwater(work, port, upstream, admin, forward),
+        "breakwater-compiled": lambda: breakwater(work, port, upstream, admin, forward, compiled=compiled),
     }
 
 
