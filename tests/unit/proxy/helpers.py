@@ -11,7 +11,7 @@ import json
 import os
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -221,6 +221,50 @@ async def start_raw_server(reply: bytes, *, close: bool = True) -> tuple[asyncio
 
     server = await asyncio.start_server(handle, LOOPBACK, 0)
     return server, server.sockets[0].getsockname()[1]
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class RawUpstream:
+    """Answers the first request it gets with `first` (written as its pieces, `gap` seconds apart), and
+    every later one, on any connection, with `OK`; counts connections."""
+
+    def __init__(self, first: bytes | Sequence[bytes], *, gap: float = 0.0) -> None:
+        self.first = [first] if isinstance(first, bytes) else list(first)
+        self.gap = gap
+        self.connections = 0
+        self.answered_first = False
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            if not self.answered_first:
+                self.answered_first = True
+                await reader.readuntil(b"\r\n\r\n")
+                for piece in self.first:
+                    writer.write(piece)
+                    await writer.drain()
+                    if self.gap:
+                        await asyncio.sleep(self.gap)
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(OK)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
 
 
 class Conn:

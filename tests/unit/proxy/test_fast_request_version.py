@@ -6,19 +6,16 @@ chunked only for HTTP/1.1, and the connection is kept only when the parser keeps
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httptools
 import pytest
 
-from tests.unit.proxy.helpers import SidecarFactory, connect, sidecar_doc, upstream_doc
+from tests.unit.proxy.helpers import OK, RawUpstream, SidecarFactory, connect, sidecar_doc, upstream_doc
 
 pytestmark = pytest.mark.timeout(60)
 
-SIZED = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
 
 
@@ -31,28 +28,6 @@ class _ParsedVersion:
     def on_headers_complete(self) -> None:
         self.version = self.parser.get_http_version()
         self.keep_alive = self.parser.should_keep_alive()
-
-
-@contextlib.asynccontextmanager
-async def _upstream(answer: bytes) -> AsyncIterator[int]:
-    """A raw upstream answering every request on a connection with `answer`; yields its port."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(answer)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
 
 
 @pytest.mark.parametrize("version", [b"0.9", b"1.0", b"1.1", b"2.0"])
@@ -74,10 +49,13 @@ async def test_framing_and_keep_alive_follow_the_parsers_verdicts(
     expected = _ParsedVersion()
     expected.parser.feed_data(request)
     async with contextlib.AsyncExitStack() as stack:
-        sized_port = await stack.enter_async_context(_upstream(SIZED))
-        chunked_port = await stack.enter_async_context(_upstream(CHUNKED))
+        # A RawUpstream answers its first request with the answer given: the chunked one gets one.
+        sized, chunked = RawUpstream(OK), RawUpstream(CHUNKED)
+        for upstream in (sized, chunked):
+            await upstream.start()
+            stack.callback(upstream.close)
         start = SidecarFactory(tmp_path, stack, path="fast")
-        doc = sidecar_doc(upstream_doc("sized", sized_port), upstream_doc("chunked", chunked_port))
+        doc = sidecar_doc(upstream_doc("sized", sized.port), upstream_doc("chunked", chunked.port))
         sidecar = await start(doc)
 
         async with connect(sidecar.listen_port("sized")) as conn:

@@ -12,52 +12,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import pytest
 
 from breakwater.proxy import Sidecar
-from tests.unit.proxy.helpers import SidecarFactory, connect, sidecar_doc, upstream_doc
+from tests.unit.proxy.helpers import OK, RawUpstream, SidecarFactory, connect, sidecar_doc, upstream_doc
 
 pytestmark = pytest.mark.timeout(60)
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class RawUpstream:
-    """Answers the first request it gets with `first` (written as its pieces, `gap` seconds apart), and
-    every later one, on any connection, with `OK`; counts connections."""
-
-    def __init__(self, first: bytes | Sequence[bytes], *, gap: float = 0.0) -> None:
-        self.first = [first] if isinstance(first, bytes) else list(first)
-        self.gap = gap
-        self.connections = 0
-        self.answered_first = False
-        self.server: asyncio.Server | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            if not self.answered_first:
-                self.answered_first = True
-                await reader.readuntil(b"\r\n\r\n")
-                for piece in self.first:
-                    writer.write(piece)
-                    await writer.drain()
-                    if self.gap:
-                        await asyncio.sleep(self.gap)
-            while True:
-                await reader.readuntil(b"\r\n\r\n")
-                writer.write(OK)
-                await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
 
 
 @contextlib.asynccontextmanager
