@@ -3,7 +3,8 @@
 Not a test; run once by hand (``.venv/bin/python bench/proxy_soak.py --minutes 30``). All traffic stays
 on 127.0.0.1: an nginx upstream (a static 1 KiB file), the sidecar with every feature on (the policy
 of ``bench/proxy_bench.py``) pinned to core 0, and the open-loop generator of `bench/proxy/loadgen.py`
-on core 1. Writes ``bench/results/proxy-soak.json`` and ``.md``.
+on core 1. Writes ``bench/results/proxy-soak.json`` and ``.md`` (``--name`` for another stem); the
+sidecar runs its compiled build unless ``--build interpreted``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,11 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--build", choices=("compiled", "interpreted"), default="compiled",
+        help="the sidecar's hot path compiled by mypyc, as the image runs it (default), or interpreted",
+    )  # fmt: skip
+    parser.add_argument("--name", default="proxy-soak", help="result file stem")
     args = parser.parse_args()
     if shutil.which("nginx") is None:
         print("missing nginx: run bash bench/run_proxy.sh --soak", file=sys.stderr)
@@ -78,7 +84,10 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-soak-"))
     work.chmod(0o755)
     upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=1)
-    sidecar = peer_defs.breakwater(work, BW_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT)
+    compiled = peer_defs.compiled_build() if args.build == "compiled" else None
+    sidecar = peer_defs.breakwater(
+        work, BW_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT, compiled=compiled
+    )
     process = sidecar.start(work, cpu=0)
     assert process is not None
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -100,6 +109,7 @@ def main() -> int:
         "loadavg_start": load_start,
         "rate": args.rate,
         "minutes": args.minutes,
+        "build": args.build,
         "samples": samples,
         "rss_first_mb": first,
         "rss_last_mb": last,
@@ -108,14 +118,15 @@ def main() -> int:
         "sidecar_stats": {k: stats[k] for k in ("state", "requests", "paths")},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "proxy-soak.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [
         "# Sidecar soak: RSS at a fixed rate",
         "",
         f"Recorded {started} by `{doc['command']}`, by hand (it takes {args.minutes} minutes; not in CI).",
         f"Load average at the start {load_start}.",
         "",
-        f"The sidecar (every feature on, the policy of `bench/proxy_bench.py`, pinned to core 0) at "
+        f"The sidecar ({args.build} hot path; every feature on, the policy of `bench/proxy_bench.py`, "
+        f"pinned to core 0) at "
         f"{args.rate:.0f} rps open loop for {args.minutes} minutes; RSS sampled at the end of every minute.",
         "",
         f"RSS after minute 1: **{first} MB**, after minute {args.minutes}: **{last} MB** "
@@ -132,8 +143,8 @@ def main() -> int:
         "Sidecar counters at the end: `" + json.dumps(doc["sidecar_stats"]) + "`",
         "",
     ]
-    (args.out / "proxy-soak.md").write_text("\n".join(lines))
-    print(f"wrote {args.out / 'proxy-soak.md'}")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines))
+    print(f"wrote {args.out / (args.name + '.md')}")
     return 0
 
 
