@@ -13,7 +13,8 @@ Rounds alternate closed and open (medians reported, and each round's own ratio: 
 the rounds' conditions differ more than the two halves of one round). Each run also records the
 sidecar's CPU time, so the rates per CPU-second of the sidecar say what one request costs whatever the
 machine's load. Then one open run long enough for at least 1M rejections, with the sidecar's RSS before
-and after. Writes ``bench/results/proxy-open.json`` / ``.md``.
+and after. The sidecar runs its hot path compiled, as the image does, unless ``--build interpreted``.
+Writes ``bench/results/proxy-open.json`` / ``.md`` (``--name`` for another stem).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def _stats() -> dict[str, Any]:
     return stats
 
 
-def _sidecar(work: Path, upstream: int, *, held_open: bool) -> peer_defs.Process:
+def _sidecar(work: Path, upstream: int, *, held_open: bool, compiled: Path | None) -> peer_defs.Process:
     config = peer_defs.breakwater_config(
         port=BW_PORT, upstream=upstream, admin=BW_ADMIN_PORT, forward=BW_FORWARD_PORT
     )
@@ -65,7 +66,8 @@ def _sidecar(work: Path, upstream: int, *, held_open: bool) -> peer_defs.Process
     conf = work / ("sidecar-open.json" if held_open else "sidecar.json")
     conf.write_text(json.dumps(config))
     argv = [peer_defs.PYTHON, "-m", "breakwater.cli", "proxy", "--config", str(conf), "--log-level", "ERROR"]
-    process = peer_defs.spawn("breakwater", argv, work, cpu=0, env={}, port=BW_PORT)
+    env = {} if compiled is None else {"PYTHONPATH": str(compiled)}
+    process = peer_defs.spawn("breakwater", argv, work, cpu=0, env=env, port=BW_PORT)
     if held_open:
         for _ in range(50):
             with contextlib.suppress(urllib.error.URLError, OSError):
@@ -82,6 +84,11 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="each wrk run of the rounds")
     parser.add_argument("--rejections", type=int, default=1_000_000, help="at least this many, long run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument(
+        "--build", choices=("compiled", "interpreted"), default="compiled",
+        help="the sidecar's hot path compiled by mypyc, as the image runs it (default), or interpreted",
+    )  # fmt: skip
+    parser.add_argument("--name", default="proxy-open", help="result file stem")
     args = parser.parse_args()
     if shutil.which("nginx") is None or shutil.which("wrk") is None:
         print("missing nginx or wrk: run bash bench/run_proxy.sh first", file=sys.stderr)
@@ -90,10 +97,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-open-"))
     work.chmod(0o755)
     dead = _free_port()
+    compiled = peer_defs.compiled_build() if args.build == "compiled" else None
     doc: dict[str, Any] = {
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "loadavg_start": [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]],
+        "build": args.build,
         "rounds": [],
     }
     upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=1)
@@ -101,7 +110,7 @@ def main() -> int:
         for _ in range(args.repeat):
             row: dict[str, Any] = {}
             for name, port, held_open in (("closed", UPSTREAM_PORT, False), ("open", dead, True)):
-                process = _sidecar(work, port, held_open=held_open)
+                process = _sidecar(work, port, held_open=held_open, compiled=compiled)
                 try:
                     run_wrk(BW_PORT, 2)
                     cpu0 = peer_defs.process_tree_usage(process.popen.pid)[0]
@@ -126,7 +135,7 @@ def main() -> int:
             for r in doc["rounds"]
         ]
 
-        process = _sidecar(work, dead, held_open=True)
+        process = _sidecar(work, dead, held_open=True, compiled=compiled)
         try:
             run_wrk(BW_PORT, 2)
             rss0 = peer_defs.process_tree_usage(process.popen.pid)[1]
@@ -158,15 +167,16 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "proxy-open.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(doc, indent=2) + "\n")
     long = doc["long"]
     lines = [
         "# Sidecar with its breaker open",
         "",
         f"Recorded {doc['started']} by `{doc['command']}`; load average at the start {doc['loadavg_start']}.",
         "",
-        "The sidecar (every feature on, the policy of `bench/proxy/peers.py`) pinned to core 0; nginx and",
-        "wrk (1 thread, 64 connections, closed loop) on core 1. *Closed*: in front of nginx (1 KiB answers).",
+        f"The sidecar ({args.build} hot path; every feature on, the policy of `bench/proxy/peers.py`)",
+        "pinned to core 0; nginx and wrk (1 thread, 64 connections, closed loop) on core 1. *Closed*:",
+        "in front of nginx (1 KiB answers).",
         "*Open*: in front of a dead port, tripped, held open; every answer is the sidecar's 503.",
         "",
         f"Median over {args.repeat} interleaved rounds: closed **{closed:,.0f} rps**, open "
@@ -194,8 +204,8 @@ def main() -> int:
         "Sidecar counters after the long run: `" + json.dumps(long["stats"]) + "`",
         "",
     ]
-    (args.out / "proxy-open.md").write_text("\n".join(lines))
-    print(f"wrote {args.out / 'proxy-open.md'}")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines))
+    print(f"wrote {args.out / f'{args.name}.md'}")
     return 0
 
 

@@ -2,7 +2,8 @@
 
 Not a test. Run ``.venv/bin/python bench/proxy_perf.py`` (needs nginx, haproxy and perf; ~2 minutes).
 All traffic stays on 127.0.0.1: nginx (a static 1 KiB file) and the open-loop load on core 1, each
-peer in turn alone on core 0 (HAProxy, the bare Python forwarder, the sidecar with every feature on).
+peer in turn alone on core 0 (HAProxy, the bare Python forwarder, the sidecar with every feature on,
+interpreted and with its hot path compiled as the image runs it).
 Per peer, `bench/proxy/cores.py` first measures core 0's exact busy time (less steal) at the fixed rate, then
 `perf record -C 0` samples core 0 (cpu-clock, call graphs) for as long again (sampling perturbs the
 core too much to be timed with it). Each sample of the peer goes in one bucket by its stack (the
@@ -35,7 +36,7 @@ from proxy.loadgen import run_fixed_rate
 
 REPO = Path(__file__).resolve().parents[1]
 UPSTREAM_PORT, PEER_PORT, BW_FORWARD_PORT, BW_ADMIN_PORT = 18780, 18784, 18785, 18790
-PEER_COMMS = {"haproxy": "haproxy", "bare": "python", "breakwater": "python"}
+PEER_COMMS = {"haproxy": "haproxy", "bare": "python", "breakwater": "python", "breakwater-compiled": "python"}
 
 # Kernel buckets, first match on the sample's stack (leaf first).
 KERNEL_PATHS: list[tuple[str, Callable[[list[str]], bool]]] = [
@@ -48,6 +49,7 @@ KERNEL_PATHS: list[tuple[str, Callable[[list[str]], bool]]] = [
 ]
 _HALTED = frozenset({"pv_native_safe_halt", "native_safe_halt", "default_idle", "poll_idle"})
 USER_DSOS = [
+    ("user: the hot path compiled by mypyc", "__mypyc."),
     ("user: the interpreter (libpython)", "libpython"),
     ("user: httptools (llhttp)", "parser.cpython"),
     ("user: uvloop (libuv)", "loop.cpython"),
