@@ -4,7 +4,8 @@ Not a test. Run ``.venv/bin/python bench/proxy_calls.py`` (a few seconds; writes
 ``bench/results/proxy-calls.md`` and ``.json``; ``--out -`` prints only). To count another source tree
 (an older commit, say), put its ``operator/`` first on the path:
 ``git archive COMMIT operator | tar -x -C /tmp/old && PYTHONPATH=/tmp/old/operator .venv/bin/python
-bench/proxy_calls.py --out -``.
+bench/proxy_calls.py --out -``. ``--build compiled --name proxy-calls-compiled`` counts the hot path as
+the image runs it, compiled by mypyc: what Python is left then is what the compiled modules still call.
 
 The sidecar runs in this process, on uvloop in the main thread, with every feature on (the policy of
 `bench/proxy/peers.py`: breaker on a time window, Cached fallback, bulkhead with a line, retries with
@@ -38,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy.peers import breakwater_config
+from proxy.peers import breakwater_config, compiled_build
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = b"x" * 1024
@@ -235,7 +236,20 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="a directory, or - to print")
+    parser.add_argument(
+        "--build", choices=("interpreted", "compiled"), default="interpreted",
+        help="the sources as they are (default), or the hot path compiled by mypyc as the image runs it: "
+        "what is left of Python then is what the compiled modules still call",
+    )  # fmt: skip
+    parser.add_argument("--name", default="proxy-calls", help="result file stem")
     args = parser.parse_args()
+    if args.build == "compiled":
+        sys.path.insert(0, str(compiled_build()))
+    from breakwater.proxy.compiled import hot_path_build
+
+    if hot_path_build() != args.build:
+        print(f"the sidecar imported here is {hot_path_build()}, not {args.build}", file=sys.stderr)
+        return 2
     import uvloop
 
     results = []
@@ -260,8 +274,10 @@ def main() -> int:
         return 0
     import breakwater
 
+    # The compiled build is made from this checkout; another tree put first on the path is its own.
+    sources = REPO if args.build == "compiled" else Path(breakwater.__file__).parent
     commit = subprocess.run(
-        ["git", "-C", str(Path(breakwater.__file__).parent), "rev-parse", "--short", "HEAD"],
+        ["git", "-C", str(sources), "rev-parse", "--short", "HEAD"],
         capture_output=True,
         text=True,
     ).stdout.strip()
@@ -269,13 +285,14 @@ def main() -> int:
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "recorded": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "commit": commit,
+        "build": args.build,
         "results": results,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "proxy-calls.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "proxy-calls.md").write_text(_markdown(record))
-    print(f"wrote {out / 'proxy-calls.md'}")
+    (out / f"{args.name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{args.name}.md").write_text(_markdown(record))
+    print(f"wrote {out / f'{args.name}.md'}")
     return 0
 
 
@@ -283,7 +300,8 @@ def _markdown(record: dict[str, Any]) -> str:
     lines = [
         "# Python-level calls per proxied request on the fast path",
         "",
-        f"Recorded {record['recorded']} by `{record['command']}` (sources at {record['commit'] or '?'}).",
+        f"Recorded {record['recorded']} by `{record['command']}` (sources at {record['commit'] or '?'}, "
+        f"{record['build']}).",
         "",
         "The sidecar in-process with every feature on (`bench/proxy/peers.py`'s policy), one keep-alive",
         "client connection, one request at a time, a real upstream on 127.0.0.1 answering 1 KiB;",
@@ -300,9 +318,9 @@ def _markdown(record: dict[str, Any]) -> str:
         )
     for r in record["results"]:
         lines += ["", f"{r['kind']}, the functions called at least every other request (calls/request):", ""]
-        lines += [f"- {n} `{label}`" for label, n in r["top"]]
+        lines += [f"- {n} `{label}`" for label, n in r["top"]] or ["- none"]
         lines += ["", f"{r['kind']}, bytecode instructions per request by function:", ""]
-        lines += [f"- {n} `{label}`" for label, n in r["top_opcodes"]]
+        lines += [f"- {n} `{label}`" for label, n in r["top_opcodes"]] or ["- none"]
     return "\n".join(lines) + "\n"
 
 
