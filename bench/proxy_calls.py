@@ -39,7 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from proxy.peers import breakwater_config, compiled_build
+from proxy.peers import add_build_argument, breakwater_config, build_path
 
 REPO = Path(__file__).resolve().parents[1]
 BODY = b"x" * 1024
@@ -236,15 +236,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--out", default=str(REPO / "bench" / "results"), help="a directory, or - to print")
-    parser.add_argument(
-        "--build", choices=("interpreted", "compiled"), default="interpreted",
-        help="the sources as they are (default), or the hot path compiled by mypyc as the image runs it: "
-        "what is left of Python then is what the compiled modules still call",
-    )  # fmt: skip
+    add_build_argument(parser, default="interpreted", note="; compiled: the calls it still makes")
     parser.add_argument("--name", default="proxy-calls", help="result file stem")
     args = parser.parse_args()
-    if args.build == "compiled":
-        sys.path.insert(0, str(compiled_build()))
+    compiled = build_path(args.build)
+    if compiled is not None:
+        sys.path.insert(0, str(compiled))
     from breakwater.proxy.compiled import hot_path_build
 
     if hot_path_build() != args.build:

@@ -84,10 +84,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="each wrk run of the rounds")
     parser.add_argument("--rejections", type=int, default=1_000_000, help="at least this many, long run")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument(
-        "--build", choices=("compiled", "interpreted"), default="compiled",
-        help="the sidecar's hot path compiled by mypyc, as the image runs it (default), or interpreted",
-    )  # fmt: skip
+    peer_defs.add_build_argument(parser)
     parser.add_argument("--name", default="proxy-open", help="result file stem")
     args = parser.parse_args()
     if shutil.which("nginx") is None or shutil.which("wrk") is None:
@@ -97,7 +94,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-open-"))
     work.chmod(0o755)
     dead = _free_port()
-    compiled = peer_defs.compiled_build() if args.build == "compiled" else None
+    compiled = peer_defs.build_path(args.build)
     doc: dict[str, Any] = {
         "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),

@@ -71,10 +71,7 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--rate", type=float, default=1000.0)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    parser.add_argument(
-        "--build", choices=("compiled", "interpreted"), default="compiled",
-        help="the sidecar's hot path compiled by mypyc, as the image runs it (default), or interpreted",
-    )  # fmt: skip
+    peer_defs.add_build_argument(parser)
     parser.add_argument("--name", default="proxy-soak", help="result file stem")
     args = parser.parse_args()
     if shutil.which("nginx") is None:
@@ -84,7 +81,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bw-proxy-soak-"))
     work.chmod(0o755)
     upstream = peer_defs.start_upstream(work, UPSTREAM_PORT, cpu=1)
-    compiled = peer_defs.compiled_build() if args.build == "compiled" else None
+    compiled = peer_defs.build_path(args.build)
     sidecar = peer_defs.breakwater(
         work, BW_PORT, UPSTREAM_PORT, BW_ADMIN_PORT, BW_FORWARD_PORT, compiled=compiled
     )

@@ -5,6 +5,7 @@ Every process listens on 127.0.0.1 only and is started (and stopped) by the benc
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -18,10 +19,13 @@ from pathlib import Path
 
 __all__ = [
     "BODY_PATH",
+    "BUILDS",
     "Peer",
     "Process",
+    "add_build_argument",
     "bare_forwarder",
     "breakwater_config",
+    "build_path",
     "compared_on_cpu",
     "missing_tools",
     "process_tree_usage",
@@ -246,6 +250,21 @@ def compiled_build() -> Path:
         ["bash", str(REPO / "hack" / "build-compiled.sh")], stdout=subprocess.PIPE, text=True, check=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+BUILDS = ("compiled", "interpreted")
+"""The `--build` choices: the hot path compiled by mypyc as the image runs it, or the sources interpreted."""
+
+
+def add_build_argument(parser: argparse.ArgumentParser, *, default: str = "compiled", note: str = "") -> None:
+    """The `--build` option of the scripts that measure one build of the sidecar at a time."""
+    text = "compiled: the hot path compiled by mypyc, as the image runs it; interpreted: the sources as is"
+    parser.add_argument("--build", choices=BUILDS, default=default, help=f"{text}{note} (default {default})")
+
+
+def build_path(build: str) -> Path | None:
+    """What PYTHONPATH needs for `build` (`BUILDS`): the compiled build's directory, or None."""
+    return compiled_build() if build == "compiled" else None
 
 
 def breakwater(
