@@ -26,7 +26,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /src
 # Only what the build needs (see .dockerignore): metadata first, then the sources.
-COPY pyproject.toml setup.py README.md ./
+COPY pyproject.toml setup.py ./
 COPY operator/ operator/
 
 # /opt/build holds the compiler's side (mypy, setuptools) and never reaches the image: breakwater's own

@@ -23,7 +23,7 @@ include="$("${python}" -c 'import sysconfig; print(sysconfig.get_paths()["includ
 [[ -f "${include}/Python.h" ]] || die "no Python headers in ${include}: apt-get install python3-dev"
 
 sources() {
-  (cd "${repo}" && { printf '%s\n' pyproject.toml setup.py README.md;
+  (cd "${repo}" && { printf '%s\n' pyproject.toml setup.py;
     find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*'; } | LC_ALL=C sort)
 }
 key="$( { "${python}" -c 'import sys; print(sys.version)'; "${python}" -m mypy --version;

@@ -51,7 +51,7 @@ build_ref="localhost/breakwater-build-base:${build_key}"
 
 # --- the image: every file the Dockerfile reads (the .dockerignore allow-list), and this script -----
 context_files() {
-  (cd "${repo}" && { printf '%s\n' Dockerfile .dockerignore pyproject.toml README.md; [[ ! -f setup.py ]] || echo setup.py;
+  (cd "${repo}" && { printf '%s\n' Dockerfile .dockerignore pyproject.toml; [[ ! -f setup.py ]] || echo setup.py;
     find operator -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -path '*.egg-info/*'; } | LC_ALL=C sort)
 }
 key="$( { echo "${base_key}" "${build_key}" "${image_name}" "$(buildah --version)"; sha256sum "${BASH_SOURCE[0]}" | cut -d' ' -f1;
