@@ -71,8 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    if not argv or argv[0] not in COMMANDS:
-        parser.parse_args(argv or ["--help"])  # --version and --help exit here
+    if not argv:  # no command: the usage, as an error
+        parser.print_help(sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        parser.parse_args(argv)  # --version, --help and an unknown command exit here
         return 2
     module = _load(argv[0])
     cmd_parser = argparse.ArgumentParser(prog=f"breakwater {argv[0]}", description=COMMANDS[argv[0]][1])

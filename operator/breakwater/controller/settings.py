@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +21,12 @@ DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
     "requests": {"cpu": "20m", "memory": "48Mi"},
     "limits": {"memory": "128Mi"},
 }
+
+
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_OBJECT_NAME = re.compile(r"[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?")
+_QUANTITY = re.compile(r"[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?")
 
 
 class SettingsError(InvalidInput):
@@ -85,12 +94,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--all-namespaces", action="store_true", help="watch every namespace (the default)")
     add(
         "--kubeconfig",
-        default=os.environ.get("KUBECONFIG"),
-        help="kubeconfig file; default: in-cluster config",
+        default=None,
+        help="kubeconfig file; default: the in-cluster service account, else $KUBECONFIG (its files merged "
+        "as kubectl does) or ~/.kube/config",
     )
     add("--operator-namespace", default=os.environ.get("POD_NAMESPACE", _env("OPERATOR_NAMESPACE")))
     add("--sidecar-image", default=_env("SIDECAR_IMAGE"))
-    add("--sidecar-image-pull-policy", default=_env("SIDECAR_IMAGE_PULL_POLICY"))
+    add(
+        "--sidecar-image-pull-policy",
+        choices=PULL_POLICIES,
+        default=_env("SIDECAR_IMAGE_PULL_POLICY"),
+        help="the injected container's imagePullPolicy (default IfNotPresent)",
+    )
     add(
         "--sidecar-resources",
         default=_env("SIDECAR_RESOURCES"),
@@ -99,14 +114,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--sidecar-admin-port",
         type=int,
-        default=int(_env("SIDECAR_ADMIN_PORT") or SIDECAR_ADMIN_PORT),
+        default=_env("SIDECAR_ADMIN_PORT") or str(SIDECAR_ADMIN_PORT),
         help=f"the injected sidecar's admin port unless a policy sets spec.sidecar.adminPort "
         f"(default {SIDECAR_ADMIN_PORT})",
     )
     add(
         "--sidecar-proxy-port",
         type=int,
-        default=int(_env("SIDECAR_PROXY_PORT") or SIDECAR_FORWARD_PROXY_PORT),
+        default=_env("SIDECAR_PROXY_PORT") or str(SIDECAR_FORWARD_PROXY_PORT),
         help=f"the injected sidecar's forward-proxy port unless a policy sets spec.sidecar.proxyPort "
         f"(default {SIDECAR_FORWARD_PROXY_PORT})",
     )
@@ -136,7 +151,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("Ignore", "Fail"),
         default=_env("WEBHOOK_FAILURE_POLICY", "Ignore"),
     )
-    add("--webhook-timeout-seconds", type=int, default=int(_env("WEBHOOK_TIMEOUT_SECONDS", "5") or 5))
+    add(
+        "--webhook-timeout-seconds",
+        type=int,
+        default=_env("WEBHOOK_TIMEOUT_SECONDS") or "5",
+        help="how long the API server waits for the pod webhook, 1 to 30 (default 5)",
+    )
     add(
         "--health-listen",
         default=_env("HEALTH_LISTEN", "0.0.0.0:8080"),
@@ -162,32 +182,116 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(
         "--lease-seconds",
         type=float,
-        default=float(_env("LEASE_SECONDS", "10") or 10),
+        default=_env("LEASE_SECONDS") or "10",
         help="how long a leader that stopped renewing its Lease holds it",
     )
     add(
         "--shutdown-delay-seconds",
         type=float,
-        default=float(_env("SHUTDOWN_DELAY_SECONDS", "0") or 0),
+        default=_env("SHUTDOWN_DELAY_SECONDS") or "0",
         help="after SIGTERM, keep answering admissions (not ready) this long, while the endpoints drop it",
     )
     add("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"))
-    add("--stale-after-seconds", type=float, default=float(_env("STALE_AFTER_SECONDS", "30") or 30))
+    add(
+        "--stale-after-seconds",
+        type=float,
+        default=_env("STALE_AFTER_SECONDS") or "30",
+        help="a sidecar not heard from this long is no longer counted (default 30)",
+    )
     add("--verbose", "-v", action="store_true", help="debug logging")
+
+
+def _namespace(value: str, flag: str) -> str:
+    if not _NAMESPACE.fullmatch(value):
+        raise SettingsError(f"{flag}: {value!r} is not a namespace name (lowercase letters, digits, '-')")
+    return value
+
+
+def _reference(value: str, flag: str) -> tuple[str, str, str]:
+    """NAMESPACE/NAME[:PORT], each part checked; the port '' when absent."""
+    ref, _, port = value.partition(":")
+    namespace, _, name = ref.partition("/")
+    if not namespace or not name:
+        raise SettingsError(f"{flag}: expected NAMESPACE/NAME, got {value!r}")
+    _namespace(namespace, flag)
+    if not _OBJECT_NAME.fullmatch(name):
+        raise SettingsError(f"{flag}: {name!r} is not an object name")
+    if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        raise SettingsError(f"{flag}: expected a port 1 to 65535 after ':', got {port!r}")
+    return namespace, name, port
+
+
+def _url(value: str, flag: str, schemes: tuple[str, ...]) -> str:
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+    except ValueError as exc:
+        raise SettingsError(f"{flag}: {value!r} is not a URL: {exc}") from exc
+    if parts.scheme not in schemes or not parts.hostname:
+        raise SettingsError(f"{flag}: expected a {' or '.join(schemes)} URL with a host, got {value!r}")
+    return value
+
+
+def _resources(text: str) -> dict[str, Any]:
+    """The sidecar's ResourceRequirements: checked here, since every injected pod would carry a bad
+    value and the API server would refuse each of them."""
+    try:
+        resources = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"--sidecar-resources: not JSON: {exc}") from exc
+    if not isinstance(resources, dict):
+        raise SettingsError("--sidecar-resources: expected a JSON object")
+    for kind, amounts in resources.items():
+        if kind not in ("limits", "requests", "claims"):
+            raise SettingsError(f"--sidecar-resources: unknown field {kind!r} (limits, requests, claims)")
+        if kind == "claims":
+            if not isinstance(amounts, list):
+                raise SettingsError("--sidecar-resources: claims must be a list")
+            continue
+        if not isinstance(amounts, dict):
+            raise SettingsError(f"--sidecar-resources: {kind} must map resource names to quantities")
+        for resource, amount in amounts.items():
+            is_number_or_text = isinstance(amount, str | int | float) and not isinstance(amount, bool)
+            if not is_number_or_text or not _QUANTITY.fullmatch(str(amount)):
+                raise SettingsError(f"--sidecar-resources: {kind}.{resource}: {amount!r} is not a quantity")
+    return resources
 
 
 def from_args(args: argparse.Namespace) -> OperatorSettings:
     namespaces = tuple(args.namespaces or ())
     if not namespaces and not args.all_namespaces:
         namespaces = tuple(ns for ns in (_env("WATCH_NAMESPACES") or "").split(",") if ns)
-    resources = DEFAULT_SIDECAR_RESOURCES
-    if args.sidecar_resources:
-        try:
-            resources = json.loads(args.sidecar_resources)
-        except json.JSONDecodeError as exc:
-            raise SettingsError(f"--sidecar-resources: not JSON: {exc}") from exc
-        if not isinstance(resources, dict):
-            raise SettingsError("--sidecar-resources: expected a JSON object")
+    for namespace in namespaces:
+        _namespace(namespace, "--namespace")
+    if args.operator_namespace:
+        _namespace(args.operator_namespace, "--operator-namespace")
+    resources = _resources(args.sidecar_resources) if args.sidecar_resources else DEFAULT_SIDECAR_RESOURCES
+    # Choices given by an environment variable are not checked by argparse.
+    for flag, value, allowed in (
+        ("--sidecar-image-pull-policy", args.sidecar_image_pull_policy or "IfNotPresent", PULL_POLICIES),
+        ("--webhook-manage", args.webhook_manage, ("full", "ca-only", "none")),
+        ("--webhook-failure-policy", args.webhook_failure_policy, ("Ignore", "Fail")),
+        ("--log-format", args.log_format, ("text", "json")),
+    ):
+        if value not in allowed:
+            raise SettingsError(f"{flag}: expected one of {', '.join(allowed)}, got {value!r}")
+    if not 1 <= args.webhook_timeout_seconds <= 30:
+        raise SettingsError(
+            f"--webhook-timeout-seconds: expected 1 to 30 (the API server's bounds), "
+            f"got {args.webhook_timeout_seconds}"
+        )
+    if not (math.isfinite(args.stale_after_seconds) and args.stale_after_seconds > 0):
+        raise SettingsError(
+            f"--stale-after-seconds: expected a positive number, got {args.stale_after_seconds:g}"
+        )
+    if args.webhook_service:
+        _reference(args.webhook_service, "--webhook-service")
+    if args.webhook_secret:
+        _reference(args.webhook_secret, "--webhook-secret")
+    if args.webhook_url:
+        _url(args.webhook_url, "--webhook-url", ("https",))
+    if args.report_url:
+        _url(args.report_url, "--report-url", ("https", "http"))
     webhook_host, webhook_port = _host_port(args.webhook_listen, "--webhook-listen")
     report_host, report_port = _host_port(args.report_listen, "--report-listen")
     if args.health_listen:

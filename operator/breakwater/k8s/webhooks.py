@@ -32,9 +32,13 @@ def desired_configuration(
     timeout_seconds: int,
 ) -> dict[str, Any]:
     """The whole configuration: the sidecar injection, and the policy CREATEs the pod webhook needs
-    to know of. `client_config(handler_id)` says where each is served."""
+    to know of. `client_config(handler_id)` says where each is served. `failure_policy` is the pod
+    webhook's: the policy webhook only takes note of names, so it is always Ignore (an operator that
+    cannot be reached must never block a policy), as in the chart."""
 
-    def webhook(webhook_name: str, handler_id: str, rule: dict[str, Any]) -> dict[str, Any]:
+    def webhook(
+        webhook_name: str, handler_id: str, rule: dict[str, Any], failure_policy: str
+    ) -> dict[str, Any]:
         return {
             "name": webhook_name,
             "clientConfig": client_config(handler_id),
@@ -57,11 +61,13 @@ def desired_configuration(
                 WEBHOOK_NAME,
                 INJECT_SIDECAR_ID,
                 {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
+                failure_policy,
             ),
             webhook(
                 POLICY_WEBHOOK_NAME,
                 EXPECT_POLICY_ID,
                 {"apiGroups": [GROUP], "apiVersions": [VERSION], "resources": [PLURAL]},
+                "Ignore",
             ),
         ],
     }

@@ -49,3 +49,17 @@ def test_the_configuration_sends_pod_and_policy_creations_never_blocking_them() 
     assert policies["rules"][0]["resources"] == ["circuitbreakerpolicies"]
     assert all(w["rules"][0]["operations"] == ["CREATE"] for w in body["webhooks"])
     assert all((w["failurePolicy"], w["sideEffects"]) == ("Ignore", "None") for w in body["webhooks"])
+
+
+def test_a_fail_policy_blocks_pods_but_never_policies() -> None:
+    """With --webhook-failure-policy=Fail an unreachable operator holds back pods (what the user asked
+    for), never a policy CREATE: the policy webhook only notes names."""
+    body = desired_configuration(
+        name="breakwater",
+        client_config=lambda handler: {"url": f"https://127.0.0.1:9443/{handler}"},
+        namespace_selector={},
+        failure_policy="Fail",
+        timeout_seconds=5,
+    )
+    pods, policies = body["webhooks"]
+    assert (pods["failurePolicy"], policies["failurePolicy"]) == ("Fail", "Ignore")

@@ -3,6 +3,7 @@ real kubeconfig files, real certificates, real token files that change under a r
 
 from __future__ import annotations
 
+import argparse
 import base64
 import datetime
 import json
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from breakwater.controller import settings
 from breakwater.k8s import kubeconfig
 from breakwater.k8s.client import ApiClient, api_client, request
 from breakwater.k8s.kubeconfig import KubeconfigError
@@ -285,3 +287,20 @@ def test_a_kubeconfig_that_is_not_utf8_fails_in_one_line_at_the_command_line(tmp
     with pytest.raises(KubeconfigError, match=r"kubeconfig .*kc: 'utf-8' codec can't decode"):
         api_client(str(path))
     _operator_refuses(path)
+
+
+def test_the_operator_without_kubeconfig_flag_merges_the_kubeconfig_env_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$KUBECONFIG is not the flag's default: it would be read as one path, and win over the
+    in-cluster account. Without the flag, the operator's settings leave the choice to `load`."""
+    with api_server(tls=False) as server:
+        first = write_kubeconfig(tmp_path, {"server": server.url}, {"token": "one"}, name="first")
+        second = write_kubeconfig(tmp_path, {"server": "http://127.0.0.1:9"}, {"token": "two"}, name="second")
+        monkeypatch.setenv("KUBECONFIG", os.pathsep.join([str(first), str(second)]))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        parser = argparse.ArgumentParser()
+        settings.add_arguments(parser)
+        operator_settings = settings.from_args(parser.parse_args(["--webhook-manage=none"]))
+        assert operator_settings.kubeconfig is None
+        assert get(api_client(operator_settings.kubeconfig), server)["Authorization"] == "Bearer one"
