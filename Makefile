@@ -97,7 +97,7 @@ cluster: $(STAMP) control-plane $(REAL_NODE) ## start a local control plane (NOD
 demo: $(STAMP) control-plane $(REAL_NODE) ## the breaker demo (NODE=real: on real pods of a real node)
 	$(BIN)/python -m breakwater.testing.demo --node $(NODE)
 
-demo-adaptive: $(STAMP) control-plane ## the tuner moving a threshold from the sidecars' history (~3 min)
+demo-adaptive: $(STAMP) control-plane ## the tuner moving a threshold from the sidecars' history (about 4½ min)
 	$(BIN)/python -m breakwater.testing.demo_adaptive
 
 bench: $(STAMP) control-plane ## run the benchmarks and record results in bench/results/

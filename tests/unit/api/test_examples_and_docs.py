@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from breakwater.api import parse_policy
+from breakwater.api.constants import MESH_PORT_RANGES
 from breakwater.api.docgen import EXAMPLE, api_markdown
 from breakwater.api.manifests import load_documents
 from breakwater.api.validate import run
+from breakwater.injection.mesh import in_mesh_range
 from tests.unit.api.invalid_table import EXAMPLES, REPO
 
 DOCS = REPO / "docs" / "api.md"
@@ -36,6 +38,16 @@ def test_every_example_parses_into_the_models_without_a_namespace(path: Path) ->
     assert policy.metadata.namespace is None, "examples are applied with -n NAMESPACE"
     for upstream in policy.spec.upstreams:
         policy.spec.settings_for(upstream.name)
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_can_be_injected_into_a_meshed_pod(path: Path) -> None:
+    """The docs promise the examples' listenPorts are outside every mesh's range: a pod of Istio or
+    Linkerd selected by an example is injected, not skipped as MeshPortClash."""
+    spec = parse_policy(load_documents(path.read_text())[0]).spec
+    ports = [(u.name, u.listen_port) for u in spec.upstreams if u.listen_port is not None]
+    for mesh in MESH_PORT_RANGES:
+        assert in_mesh_range(mesh, ports) == []
 
 
 def test_the_examples_show_what_they_are_named_for() -> None:
