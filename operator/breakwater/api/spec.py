@@ -30,7 +30,15 @@ from breakwater.api.plain.sidecar import FallbackKind
 from breakwater.api.scalars import Duration, Percent, Timestamp
 from breakwater.api.selector import LabelSelector, LabelSelectorRequirement, SelectorOperator
 from breakwater.api.sidecar_ports import SidecarPorts
-from breakwater.breaker.settings import BreakerSettings, Mode, WindowKind
+from breakwater.breaker.settings import (
+    MAX_CONSECUTIVE_FAILURES,
+    MAX_HALF_OPEN_CALLS,
+    MAX_MINIMUM_CALLS,
+    MAX_WINDOW_SIZE,
+    BreakerSettings,
+    Mode,
+    WindowKind,
+)
 
 __all__ = [
     "Adaptive",
@@ -118,7 +126,7 @@ class Window(SpecModel):
 
     kind: WindowKindField
     """Count (the last `size` calls) or Time (the calls of the last `duration`)."""
-    size: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    size: Annotated[int, Field(ge=1, le=MAX_WINDOW_SIZE)] | None = None
     """For kind Count: how many of the most recent calls count."""
     duration: Duration | None = None
     """For kind Time: how far back calls count, e.g. 30s."""
@@ -131,7 +139,7 @@ class FailureRate(SpecModel):
 
     percent: Percent = 50
     """Failure rate, in percent of the calls in the window, at or above which the breaker trips."""
-    minimum_calls: Annotated[int, Field(ge=1, le=100_000)] = 20
+    minimum_calls: Annotated[int, Field(ge=1, le=MAX_MINIMUM_CALLS)] = 20
     """Calls the window must hold before the rate is judged (so 1 failure of 1 call does not trip)."""
     window: Window = Field(default=Window(kind=WindowKind.TIME, duration=Duration("30s")))
     """The window the rate is computed over (default: the last 30s)."""
@@ -157,7 +165,7 @@ class Trip(SpecModel):
 
     __cel_rules__ = (rules.TRIP_NEEDS_A_RULE,)
 
-    consecutive_failures: Annotated[int, Field(ge=0, le=10_000)] = 5
+    consecutive_failures: Annotated[int, Field(ge=0, le=MAX_CONSECUTIVE_FAILURES)] = 5
     """Trip after this many failures in a row (the classic rule); 0 turns this rule off."""
     failure_rate: FailureRate | None = None
     """Trip on the failure rate over a sliding window (unset: off)."""
@@ -210,9 +218,9 @@ class HalfOpen(SpecModel):
 
     __cel_rules__ = (rules.HALF_OPEN_SUCCESSES,)
 
-    permitted_calls: Annotated[int, Field(ge=1, le=1000)] = 3
+    permitted_calls: Annotated[int, Field(ge=1, le=MAX_HALF_OPEN_CALLS)] = 3
     """Trial calls let through while half-open; further calls are rejected until they finish."""
-    successes_to_close: Annotated[int, Field(ge=1, le=1000)] | None = None
+    successes_to_close: Annotated[int, Field(ge=1, le=MAX_HALF_OPEN_CALLS)] | None = None
     """Successful trial calls needed to close (default: permittedCalls). Any failure re-opens."""
     max_wait: Duration | None = None
     """Re-open if the trial calls have not decided within this time (unset: wait for them)."""

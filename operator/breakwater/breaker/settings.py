@@ -44,6 +44,15 @@ class WindowKind(enum.StrEnum):
     TIME = "Time"
 
 
+MAX_WINDOW_SIZE = 100_000
+"""The most calls a count window holds (it keeps one slot per call)."""
+MAX_MINIMUM_CALLS = 100_000
+MAX_CONSECUTIVE_FAILURES = 10_000
+MAX_HALF_OPEN_CALLS = 1000
+"""The bounds of the spec's fields (api/spec.py), checked here too: a sidecar given a config by other
+means than the operator must refuse what no policy could say."""
+
+
 class InvalidBreakerSettings(InvalidInput):
     """A `BreakerSettings` value the engine cannot run with (the message names the field)."""
 
@@ -84,8 +93,15 @@ class BreakerSettings:
 
         if not isinstance(self.window_kind, WindowKind):
             raise bad("window_kind", self.window_kind, "must be a WindowKind")
+
+        def at_most(field: str, value: int, bound: int) -> None:
+            if value > bound:
+                raise bad(field, value, f"must be <= {bound}")
+
         if self.consecutive_failures is not None and self.consecutive_failures < 1:
             raise bad("consecutive_failures", self.consecutive_failures, "must be >= 1 or None")
+        if self.consecutive_failures is not None:
+            at_most("consecutive_failures", self.consecutive_failures, MAX_CONSECUTIVE_FAILURES)
         for name in ("failure_rate_percent", "slow_call_percent"):
             pct = getattr(self, name)
             if pct is not None and not (0.0 < pct <= 100.0):
@@ -98,8 +114,10 @@ class BreakerSettings:
             raise bad("slow_call_percent", self.slow_call_percent, "needs slow_call_seconds")
         if self.minimum_calls < 1:
             raise bad("minimum_calls", self.minimum_calls, "must be >= 1")
+        at_most("minimum_calls", self.minimum_calls, MAX_MINIMUM_CALLS)
         if self.window_size < 1:
             raise bad("window_size", self.window_size, "must be >= 1")
+        at_most("window_size", self.window_size, MAX_WINDOW_SIZE)
         finite("window_seconds", self.window_seconds)
         if self.window_seconds <= 0:
             raise bad("window_seconds", self.window_seconds, "must be > 0")
@@ -116,8 +134,10 @@ class BreakerSettings:
             raise bad("jitter", self.jitter, "must be in [0, 1)")
         if self.half_open_permitted_calls < 1:
             raise bad("half_open_permitted_calls", self.half_open_permitted_calls, "must be >= 1")
+        at_most("half_open_permitted_calls", self.half_open_permitted_calls, MAX_HALF_OPEN_CALLS)
         if self.half_open_successes_to_close < 1:
             raise bad("half_open_successes_to_close", self.half_open_successes_to_close, "must be >= 1")
+        at_most("half_open_successes_to_close", self.half_open_successes_to_close, MAX_HALF_OPEN_CALLS)
         if self.half_open_max_wait_seconds is not None:
             finite("half_open_max_wait_seconds", self.half_open_max_wait_seconds)
             if self.half_open_max_wait_seconds <= 0:

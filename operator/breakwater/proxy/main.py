@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import ipaddress
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable, Coroutine
@@ -26,6 +28,33 @@ __all__ = ["add_arguments", "run"]
 log = logging.getLogger(__name__)
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 1 to 65535, got {port}")
+    return port
+
+
+def _address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an IP address, got {text!r}") from None
+
+
+def _seconds(*, positive: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        value = float(text)
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise argparse.ArgumentTypeError(
+                f"expected {'a positive' if positive else 'a'} number of seconds"
+            )
+        return value
+
+    parse.__name__ = "seconds"  # what argparse's "invalid ... value" message calls the type
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", metavar="FILE", help="the sidecar config (JSON), watched")
@@ -36,12 +65,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pod = parser.add_argument_group("injected mode (--policies-dir)")
     pod.add_argument("--pod-labels", metavar="FILE", help="the downward-API labels file of this pod")
-    pod.add_argument("--listen-address", default="127.0.0.1", help="where upstream listeners bind")
-    pod.add_argument("--admin-address", default="0.0.0.0", help="where the admin listener binds")
-    pod.add_argument("--admin-port", type=int, default=SIDECAR_ADMIN_PORT)
+    pod.add_argument(
+        "--listen-address", type=_address, default="127.0.0.1", help="where upstream listeners bind"
+    )
+    pod.add_argument(
+        "--admin-address", type=_address, default="0.0.0.0", help="where the admin listener binds"
+    )
+    pod.add_argument(
+        "--admin-port",
+        type=_port,
+        default=SIDECAR_ADMIN_PORT,
+        help=f"the admin listener's port: probes, /stats, /metrics (default {SIDECAR_ADMIN_PORT})",
+    )
     pod.add_argument(
         "--proxy-port",
-        type=int,
+        type=_port,
         default=SIDECAR_FORWARD_PROXY_PORT,
         help="the forward proxy's port (transparent mode)",
     )
@@ -49,24 +87,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--report-url", default=os.environ.get("BREAKWATER_REPORT_URL"), help="the operator's report endpoint"
     )
     pod.add_argument(
-        "--report-interval", type=float, default=5.0, metavar="S", help="summary report interval"
+        "--report-interval",
+        type=_seconds(positive=True),
+        default=5.0,
+        metavar="S",
+        help="seconds between summary reports (default 5)",
     )
     pod.add_argument(
         "--token-file", default=os.environ.get("BREAKWATER_TOKEN_FILE"), help="projected SA token"
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
     parser.add_argument(
-        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), type=str.upper
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        type=str.upper,
+        help="the least severe level logged (default INFO)",
     )
     parser.add_argument(
         "--drain-seconds",
-        type=float,
+        type=_seconds(positive=False),
         default=10.0,
         metavar="S",
         help="on SIGTERM, how long requests in flight may take to finish (default 10)",
     )
     parser.add_argument(
-        "--poll-seconds", type=float, default=1.0, metavar="S", help="config file check interval (default 1)"
+        "--poll-seconds",
+        type=_seconds(positive=True),
+        default=1.0,
+        metavar="S",
+        help="config file check interval (default 1)",
     )
 
 
@@ -119,7 +169,11 @@ async def _serve_pod(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await sidecar.start()
+    try:
+        await sidecar.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     clock = _mode_clock(sidecar)
     _freeze_startup_objects()
     tasks = [asyncio.create_task(source.follow(sidecar, interval=args.poll_seconds))]

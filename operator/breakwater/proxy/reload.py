@@ -116,8 +116,14 @@ class ConfigWatcher:
             return False
         try:
             await self._apply(config, f"file:{self.path}")
-        except Exception as exc:  # the sidecar recorded and logged it; keep watching
-            log.debug("applying %s failed: %s", self.path, exc)
+        except StaleConfigError as exc:  # the mounted copy lags what the operator pushed: not an error
+            log.info("not applying %s: %s", self.path, exc)
+            return False
+        except ConfigApplyError:  # recorded (on /readyz and /stats) and logged by the sidecar
+            return False
+        except Exception as exc:  # a defect: said once per content, and the running config stays
+            log.exception("applying %s failed", self.path)
+            self._report_error(str(self.path), f"internal error: {type(exc).__name__}: {exc}")
             return False
         return True
 

@@ -72,3 +72,28 @@ def test_the_cli_serves_logs_json_lines_and_drains_on_sigterm(tmp_path: Path) ->
     assert (transitions[0]["upstream"], transitions[0]["to"]) == ("up", "Open")
     assert any(line["msg"] == "config applied" and line["config_hash"] == "cli" for line in lines)
     assert any(line["msg"] == "sidecar stopped" for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--admin-port=70000", "argument --admin-port: expected a port 1 to 65535, got 70000"),
+        ("--admin-address=garbage", "argument --admin-address: expected an IP address, got 'garbage'"),
+        ("--listen-address=localhost", "argument --listen-address: expected an IP address"),
+        ("--poll-seconds=0", "argument --poll-seconds: expected a positive number of seconds"),
+        ("--poll-seconds=nan", "argument --poll-seconds: expected a positive number of seconds"),
+        ("--drain-seconds=-5", "argument --drain-seconds: expected a number of seconds"),
+        ("--report-interval=inf", "argument --report-interval: expected a positive number of seconds"),
+    ],
+)
+def test_a_flag_the_sidecar_cannot_run_with_is_a_usage_error(flag: str, message: str) -> None:
+    """Before, --admin-port 70000 bound port 4464 (uvloop wraps it) and --poll-seconds 0 spun a core."""
+    run = subprocess.run(
+        [sys.executable, "-m", "breakwater.cli", "proxy", "--policies-dir=/nonexistent", flag],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert message in run.stderr
+    assert "Traceback" not in run.stderr

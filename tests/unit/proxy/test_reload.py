@@ -12,6 +12,7 @@ import pytest
 from breakwater.api.plain.sidecar import PlainAdminConfig
 from breakwater.breaker import State
 from breakwater.proxy import ConfigApplyError, Sidecar, StaleConfigError
+from breakwater.proxy.logs import CONFIG_CHANNEL
 from breakwater.proxy.sidecar import run_sidecar
 from tests.unit.proxy.helpers import (
     FaultyUpstream,
@@ -203,6 +204,18 @@ async def test_an_older_generation_is_refused(
     with pytest.raises(StaleConfigError):
         await sidecar.apply_config(older)
     assert sidecar.routes.config.generation == 5
+
+
+async def test_a_file_older_than_the_running_generation_is_kept_out_and_said_once(
+    start_sidecar: SidecarFactory, upstream: FaultyUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The mounted copy lags what the operator pushed: not an error for /readyz, but said in the log."""
+    sidecar = await start_sidecar(sidecar_doc(upstream_doc("a", upstream.port), generation=5))
+    caplog.set_level("INFO", logger=CONFIG_CHANNEL)
+    start_sidecar.write(sidecar_doc(upstream_doc("a", upstream.port), generation=3, configHash="older"))
+    await eventually(lambda: "generation 3 is older than the running generation 5" in caplog.text)
+    assert sidecar.routes.config.generation == 5
+    assert sidecar.last_reload_error is None
 
 
 # --------------------------------------------------------------------------------------------------

@@ -104,6 +104,27 @@ def test_fields_may_be_given_by_python_name_too() -> None:
             },
             "managed by the proxy",
         ),
+        (  # a count window keeps a slot per call: no policy can ask for more than the spec's bound
+            {
+                "upstreams": [
+                    {
+                        "name": "a",
+                        "host": "h",
+                        "port": 1,
+                        "breaker": {"windowKind": "Count", "windowSize": 10**12},
+                    }
+                ]
+            },
+            r"upstreams\[0\].breaker: .*window_size=1000000000000: must be <= 100000",
+        ),
+        (
+            {
+                "upstreams": [
+                    {"name": "a", "host": "h", "port": 1, "breaker": {"halfOpenPermittedCalls": 10**9}}
+                ]
+            },
+            r"half_open_permitted_calls=1000000000: must be <= 1000",
+        ),
         ({"upstreams": [{"name": "a", "host": "http://h/", "port": 1}]}, "is not a host name"),
         ({"listenAddress": "localhost"}, "is not an IP address"),
     ],
