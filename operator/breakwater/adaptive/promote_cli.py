@@ -39,14 +39,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--upstream", action="append", help="promote only this upstream (repeatable)")
 
 
-def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Mapping[str, Any]) -> dict[str, Any]:
+def _number(suggested: Mapping[str, Any], key: str, name: str) -> float:
+    value = suggested[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidInput(f"status.upstreams[{name}].suggested.{key}: {value!r} is not a number")
+    return value
+
+
+def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Any) -> dict[str, Any]:
     """The trip, open and halfOpen sections of upstream `name` with the suggested values in them."""
+    if not isinstance(suggested, Mapping):
+        raise InvalidInput(f"status.upstreams[{name}].suggested: expected a mapping, got {suggested!r}")
     settings = spec.settings_for(name)
     trip, opened, half_open = settings.trip.to_dict(), settings.open.to_dict(), settings.half_open.to_dict()
     if "consecutiveFailures" in suggested and trip.get("consecutiveFailures"):
-        trip["consecutiveFailures"] = int(suggested["consecutiveFailures"])
+        trip["consecutiveFailures"] = int(_number(suggested, "consecutiveFailures", name))
     if "failureRatePercent" in suggested and "failureRate" in trip:
-        trip["failureRate"]["percent"] = round(float(suggested["failureRatePercent"]))
+        trip["failureRate"]["percent"] = round(_number(suggested, "failureRatePercent", name))
     if "slowerThan" in suggested and "slowCalls" in trip:
         trip["slowCalls"]["slowerThan"] = str(suggested["slowerThan"])
     if "openDuration" in suggested:
@@ -54,8 +63,30 @@ def _changes(spec: CircuitBreakerPolicySpec, name: str, suggested: Mapping[str, 
     if "openMaxDuration" in suggested:
         opened["maxDuration"] = str(suggested["openMaxDuration"])
     if "successesToClose" in suggested:
-        half_open["successesToClose"] = int(suggested["successesToClose"])
+        half_open["successesToClose"] = int(_number(suggested, "successesToClose", name))
     return {"trip": trip, "open": opened, "halfOpen": half_open}
+
+
+def _merged(target: Any, patch: Any) -> Any:
+    """`patch` applied to `target` as a JSON merge patch (RFC 7386), as `kubectl patch --type merge`."""
+    if not isinstance(patch, Mapping):
+        return patch
+    out = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merged(out.get(key), value)
+    return out
+
+
+def _checked(policy: Mapping[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch`, once the spec it makes passes the API server's checks (else the patch is refused)."""
+    try:
+        parse_spec(_merged(policy.get("spec") or {}, patch["spec"]))
+    except PolicyError as exc:
+        raise InvalidInput(f"the suggestion would make the policy invalid, not promoted: {exc}") from None
+    return patch
 
 
 def promotion_patch(policy: Mapping[str, Any], only: list[str] | None = None) -> dict[str, Any]:
@@ -84,7 +115,7 @@ def promotion_patch(policy: Mapping[str, Any], only: list[str] | None = None) ->
     )
     if single and not overridden:
         name = spec.upstreams[0].name
-        return {"spec": _changes(spec, name, suggestions[name])}
+        return _checked(policy, {"spec": _changes(spec, name, suggestions[name])})
     upstreams = []
     for upstream in (policy.get("spec") or {}).get("upstreams") or ():
         entry = dict(upstream)
@@ -93,7 +124,7 @@ def promotion_patch(policy: Mapping[str, Any], only: list[str] | None = None) ->
             overrides.update(_changes(spec, upstream["name"], suggestions[upstream["name"]]))
             entry["overrides"] = overrides
         upstreams.append(entry)
-    return {"spec": {"upstreams": upstreams}}
+    return _checked(policy, {"spec": {"upstreams": upstreams}})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from breakwater.adaptive.promote_cli import NothingToPromote, promotion_patch
 from breakwater.adaptive.shapes import SHAPES
 from breakwater.api.policy import parse_spec
 from breakwater.cli import main
+from breakwater.errors import InvalidInput
 
 POLICY = {
     "apiVersion": "breakwater.dev/v1alpha1",
@@ -167,6 +169,34 @@ def test_promote_refuses_an_upstream_the_spec_has_not(
     (tmp_path / "policy.json").write_text(json.dumps(with_suggestion(POLICY, consecutiveFailures=8)))
     assert main(["promote", str(tmp_path / "policy.json"), "--upstream", "ledger"]) == 1
     assert "no upstream 'ledger' in spec (its upstreams: payments)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("suggested", "message"),
+    [
+        ({"consecutiveFailures": -4}, r"would make the policy invalid.*spec.trip.consecutiveFailures"),
+        ({"openDuration": 5}, r"would make the policy invalid.*spec.open.duration"),
+        ({"openDuration": "10m"}, r"would make the policy invalid"),  # over maxDuration, 5m
+        ({"consecutiveFailures": [1]}, r"suggested.consecutiveFailures: \[1\] is not a number"),
+        ({"successesToClose": "abc"}, r"suggested.successesToClose: 'abc' is not a number"),
+    ],
+)
+def test_promote_refuses_a_suggestion_the_api_server_would_refuse(
+    suggested: dict[str, object], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A status edited by hand or by another tool: the patch printed is always one that applies."""
+    policy = with_suggestion(POLICY, **suggested)
+    (tmp_path / "policy.json").write_text(json.dumps(policy))
+    assert main(["promote", str(tmp_path / "policy.json")]) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err
+
+
+def test_promote_refuses_a_suggestion_that_is_not_a_mapping() -> None:
+    policy = {**POLICY, "status": {"upstreams": [{"name": "payments", "suggested": "yes"}]}}
+    with pytest.raises(InvalidInput, match="suggested: expected a mapping, got 'yes'"):
+        promotion_patch(policy)
 
 
 def test_validate_warns_about_an_override_that_has_already_ended(
