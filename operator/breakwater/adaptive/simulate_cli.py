@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import random
 import sys
 from collections.abc import Mapping
@@ -41,6 +42,18 @@ class HistoryError(InvalidInput):
     """A history file that cannot be read as calls."""
 
 
+MAX_SPAN_SECONDS = 7 * 86400
+"""The longest history replayed: the replay steps through every report interval (a week takes about
+half a minute), and a stray far-off time would otherwise run for hours."""
+
+
+def _pods(text: str) -> int:
+    pods = int(text)
+    if pods < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1 pod, got {pods}")
+    return pods
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("policy", metavar="POLICY.yaml", help="the CircuitBreakerPolicy manifest")
     parser.add_argument(
@@ -48,19 +61,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--upstream", help="the upstream to replay (default: the policy's first)")
     parser.add_argument("--adaptive", action="store_true", help="also replay with tuning, even if off")
-    parser.add_argument("--pods", type=int, default=1, help="pods to spread an exported history over")
+    parser.add_argument("--pods", type=_pods, default=1, help="pods to spread an exported history over")
     parser.add_argument("--seed", type=int, default=0, help="randomness of the replay (jitter, layout)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def _time(text: str) -> float:
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         stamp = parse_timestamp(text)
         if stamp is None:
             raise HistoryError(f"{text!r} is neither seconds nor an RFC 3339 time") from None
         return stamp.timestamp()
+    if not math.isfinite(seconds):
+        raise HistoryError(f"time {text!r} is not a finite number of seconds")
+    return seconds
+
+
+def _duration(text: str) -> float:
+    milliseconds = float(text)
+    if not (math.isfinite(milliseconds) and milliseconds >= 0):
+        raise HistoryError(f"duration_ms {text!r} is not a finite number >= 0")
+    return milliseconds / 1000
 
 
 def calls_from_csv(text: str) -> list[Call]:
@@ -73,17 +96,23 @@ def calls_from_csv(text: str) -> list[Call]:
     pods: dict[str, int] = {}
     for number, row in enumerate(rows, start=2):
         try:
+            missing = sorted(column for column in wanted if row.get(column) is None)
+            if missing:
+                raise HistoryError(f"no value for {', '.join(missing)}")
             outcome = row["outcome"].strip().lower()
             if outcome not in ("success", "failure"):
                 raise HistoryError(f"outcome must be success or failure, not {row['outcome']!r}")
             pod = pods.setdefault(row["pod"], len(pods))
-            calls.append(
-                Call(_time(row["time"]), pod, float(row["duration_ms"]) / 1000, outcome == "success")
-            )
+            calls.append(Call(_time(row["time"]), pod, _duration(row["duration_ms"]), outcome == "success"))
         except (HistoryError, ValueError) as exc:
             raise HistoryError(f"line {number}: {exc}") from exc
     calls.sort(key=lambda c: c.at)
     start = calls[0].at if calls else 0.0
+    span = calls[-1].at - start if calls else 0.0
+    if span > MAX_SPAN_SECONDS:
+        raise HistoryError(
+            f"the calls span {span / 86400:,.1f} days; at most {MAX_SPAN_SECONDS // 86400} days are replayed"
+        )
     return [Call(c.at - start, c.pod, c.duration, c.ok) for c in calls]
 
 
@@ -109,18 +138,32 @@ def calls_from_history(history: History, *, pods: int, seed: int) -> list[Call]:
     return calls
 
 
-def _exported(document: Mapping[str, Any], policy: str, upstream: str) -> History:
-    data = document.get("data") or {}
+def _exported(document: Any, policy: str, upstream: str) -> History:
+    """The history of `upstream` in a ConfigMap as `kubectl get -o json` prints it; its shape checked
+    at each step (a file edited by hand, or another ConfigMap)."""
+    shape = "not the ConfigMap breakwater-adaptive-history as kubectl get -o json prints it"
+    data = document.get("data") if isinstance(document, Mapping) else None
+    if not isinstance(data, Mapping):
+        raise HistoryError(f"the exported history has no data: {shape}")
     record = data.get(f"{policy}.json")
     if record is None:
         raise HistoryError(
-            f"the exported history has no record of policy {policy!r} (keys: {', '.join(data)})"
+            f"the exported history has no record of policy {policy!r} (keys: {', '.join(map(str, data))})"
         )
-    saved = (json.loads(record).get("upstreams") or {}).get(upstream)
+    if not isinstance(record, str):
+        raise HistoryError(f"data.{policy}.json: expected a JSON string: {shape}")
+    try:
+        upstreams = json.loads(record).get("upstreams") or {}
+        saved = upstreams.get(upstream)
+    except (ValueError, AttributeError):
+        raise HistoryError(f"data.{policy}.json: not a history record: {shape}") from None
     if saved is None:
         raise HistoryError(f"the history of policy {policy!r} has no upstream {upstream!r}")
+    encoded = saved.get("history") if isinstance(saved, Mapping) else None
+    if not isinstance(encoded, str):
+        raise HistoryError(f"data.{policy}.json: upstreams.{upstream}.history: expected the encoded history")
     try:
-        return History.decode(saved["history"])
+        return History.decode(encoded)
     except ValueError as exc:
         raise HistoryError(str(exc)) from exc
 

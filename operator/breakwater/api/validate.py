@@ -30,7 +30,7 @@ from breakwater.api.durations import parse_timestamp
 from breakwater.api.manifests import ManifestError, load_documents
 from breakwater.api.policy import Problem, check_policy, is_policy_manifest
 
-__all__ = ["DocumentVerdict", "add_arguments", "run", "validate_text"]
+__all__ = ["DocumentVerdict", "add_arguments", "manifest_objects", "run", "validate_text"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class DocumentVerdict:
         return self.skipped is not None or not self.problems
 
 
-def _objects(documents: list[Any]) -> Iterator[tuple[str, Any]]:
+def manifest_objects(documents: list[Any]) -> Iterator[tuple[str, Any]]:
+    """Each object of the documents (a ``kind: List``'s items one by one), with where it is."""
     several = len(documents) > 1
     for index, document in enumerate(documents, start=1):
         where = f"document {index}" if several else ""
@@ -64,7 +65,7 @@ def validate_text(text: str) -> list[DocumentVerdict]:
     """Verdicts for every document of a YAML text (raises `ManifestError` on bad YAML)."""
     documents = [d for d in load_documents(text) if d is not None]
     verdicts: list[DocumentVerdict] = []
-    for where, document in _objects(documents):
+    for where, document in manifest_objects(documents):
         if not isinstance(document, Mapping):
             problem = Problem("", "not a Kubernetes object: expected a mapping with apiVersion and kind")
             verdicts.append(DocumentVerdict(where, (problem,)))

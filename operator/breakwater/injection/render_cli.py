@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import sys
 from pathlib import Path
 
 from breakwater.api.bundle import PolicyBundle
-from breakwater.api.constants import KIND
 from breakwater.api.manifests import ManifestError, load_documents
+from breakwater.api.policy import check_policy, is_policy_manifest
+from breakwater.api.validate import manifest_objects
 from breakwater.injection.render import RenderError, render_bundle
 from breakwater.injection.resolve import resolve
+
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_labels(text: str) -> dict[str, str]:
-    labels = {}
+    labels: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep or not key:
             raise ValueError(f"--labels: expected key=value, got {part!r}")
+        if key in labels:
+            raise ValueError(f"--labels: {key!r} given twice")
         labels[key] = value
     return labels
 
@@ -42,6 +48,8 @@ def parse_labels(text: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     try:
         labels = parse_labels(args.labels)
+        if not _NAMESPACE.fullmatch(args.namespace):
+            raise ValueError(f"--namespace: {args.namespace!r} is not a namespace name")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -57,9 +65,15 @@ def run(args: argparse.Namespace) -> int:
         except (ManifestError, UnicodeDecodeError) as exc:
             print(f"{name}: {exc}", file=sys.stderr)
             return 1
-        for index, doc in enumerate(documents):
-            if not isinstance(doc, dict) or doc.get("kind") != KIND:
-                continue
+        for where, doc in manifest_objects([d for d in documents if d is not None]):
+            if not isinstance(doc, dict) or not is_policy_manifest(doc):
+                continue  # other kinds: a policy file may carry its Deployment too
+            at = f"{name} ({where})" if where else name
+            problems = check_policy(doc)
+            if problems:  # what the API server would refuse is not rendered (a typo in kind included)
+                for problem in problems:
+                    print(f"{at}: {problem}", file=sys.stderr)
+                return 1
             meta = dict(doc.get("metadata") or {})
             meta.setdefault("namespace", args.namespace)
             # Creation order decides conflicts in a cluster; offline, files are taken in the order given.
@@ -69,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 bundles.append(render_bundle({**doc, "metadata": meta}))
             except RenderError as exc:
-                print(f"{name} (document {index + 1}): {type(exc).__name__}: {exc}", file=sys.stderr)
+                print(f"{at}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 return 1
     resolution = resolve(labels, bundles)
     for conflict in resolution.conflicts:

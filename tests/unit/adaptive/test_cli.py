@@ -100,6 +100,51 @@ def test_simulate_says_what_is_wrong_with_a_history(
     assert "needs the columns" in capsys.readouterr().err
 
 
+CSV_HEAD = "time,pod,duration_ms,outcome\n"
+
+
+def _exported(record: object) -> str:
+    """A ConfigMap as `kubectl get -o json` prints it, with `record` as the policy's history."""
+    return json.dumps({"data": {"payments.json": json.dumps(record)}})
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        (CSV_HEAD + "0,a,5\n", "line 2: no value for outcome"),
+        (CSV_HEAD + "inf,a,5,success\n", "line 2: time 'inf' is not a finite number of seconds"),
+        (CSV_HEAD + "nan,a,5,success\n", "line 2: time 'nan' is not a finite number of seconds"),
+        (CSV_HEAD + "0,a,-5,success\n", "line 2: duration_ms '-5' is not a finite number >= 0"),
+        (CSV_HEAD + "0,a,5,success\n31536000,a,5,success\n", "the calls span 365.0 days; at most 7 days"),
+        ('{"data": {"payments.json": {"upstreams": {}}}}', "data.payments.json: expected a JSON string"),
+        ('{"data": {"payments.json": "[1]"}}', "data.payments.json: not a history record"),
+        (_exported({"upstreams": {"payments": {}}}), "expected the encoded history"),
+        (_exported({"upstreams": {"payments": {"history": 5}}}), "expected the encoded history"),
+        ('{"kind": "ConfigMap"}', "the exported history has no data"),
+    ],
+    ids=["missing-column", "inf-time", "nan-time", "negative-duration", "a-year", "record-object",
+         "record-list", "no-history", "history-number", "no-data"],
+)  # fmt: skip
+def test_simulate_refuses_a_bad_history_in_one_line(
+    history: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each of these was a traceback or a replay that never ended (a far-off time)."""
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    (tmp_path / "history").write_text(history)
+    assert main(["simulate", str(tmp_path / "policy.yaml"), "--history", str(tmp_path / "history")]) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_simulate_needs_at_least_one_pod(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(POLICY))
+    with pytest.raises(SystemExit) as exited:
+        main(["simulate", str(tmp_path / "policy.yaml"), "--history", "h.csv", "--pods", "0"])
+    assert exited.value.code == 2
+    assert "argument --pods: expected at least 1 pod, got 0" in capsys.readouterr().err
+
+
 def test_simulate_names_the_upstreams_when_asked_for_one_the_policy_has_not(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
