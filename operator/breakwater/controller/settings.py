@@ -98,8 +98,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="kubeconfig file; default: the in-cluster service account, else $KUBECONFIG (its files merged "
         "as kubectl does) or ~/.kube/config",
     )
-    add("--operator-namespace", default=os.environ.get("POD_NAMESPACE", _env("OPERATOR_NAMESPACE")))
-    add("--sidecar-image", default=_env("SIDECAR_IMAGE"))
+    add(
+        "--operator-namespace",
+        default=os.environ.get("POD_NAMESPACE", _env("OPERATOR_NAMESPACE")),
+        help="the operator's own namespace: its Lease, and never injected (default $POD_NAMESPACE, "
+        "else breakwater-system)",
+    )
+    add(
+        "--sidecar-image",
+        default=_env("SIDECAR_IMAGE"),
+        help="the injected sidecar's image (default this release's)",
+    )
     add(
         "--sidecar-image-pull-policy",
         choices=PULL_POLICIES,
@@ -144,12 +153,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("WEBHOOK_SERVICE"),
         help="NAMESPACE/NAME[:PORT] of the webhook Service",
     )
-    add("--webhook-configuration", default=_env("WEBHOOK_CONFIGURATION", "breakwater"))
-    add("--webhook-manage", choices=("full", "ca-only", "none"), default=_env("WEBHOOK_MANAGE", "full"))
+    add(
+        "--webhook-configuration",
+        default=_env("WEBHOOK_CONFIGURATION", "breakwater"),
+        help="name of the MutatingWebhookConfiguration (default breakwater)",
+    )
+    add(
+        "--webhook-manage",
+        choices=("full", "ca-only", "none"),
+        default=_env("WEBHOOK_MANAGE", "full"),
+        help="full: create the configuration (local runs); ca-only: keep its caBundle (the chart); "
+        "none: leave it alone (cert-manager)",
+    )
     add(
         "--webhook-failure-policy",
         choices=("Ignore", "Fail"),
         default=_env("WEBHOOK_FAILURE_POLICY", "Ignore"),
+        help="with --webhook-manage=full, the pod webhook's failurePolicy (the policy webhook's is Ignore)",
     )
     add(
         "--webhook-timeout-seconds",
@@ -191,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("SHUTDOWN_DELAY_SECONDS") or "0",
         help="after SIGTERM, keep answering admissions (not ready) this long, while the endpoints drop it",
     )
-    add("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"))
+    add("--log-format", choices=("text", "json"), default=_env("LOG_FORMAT", "text"), help="log line format")
     add(
         "--stale-after-seconds",
         type=float,

@@ -63,38 +63,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="injected mode: the mounted policy bundles, resolved with --pod-labels (watched)",
     )
-    pod = parser.add_argument_group("injected mode (--policies-dir)")
+    pod = parser.add_argument_group("injected mode (--policies-dir; with --config the file decides)")
     pod.add_argument("--pod-labels", metavar="FILE", help="the downward-API labels file of this pod")
     pod.add_argument(
-        "--listen-address", type=_address, default="127.0.0.1", help="where upstream listeners bind"
+        "--listen-address", type=_address, help="where upstream listeners bind (default 127.0.0.1)"
     )
     pod.add_argument(
-        "--admin-address", type=_address, default="0.0.0.0", help="where the admin listener binds"
+        "--admin-address", type=_address, help="where the admin listener binds (default 0.0.0.0)"
     )
     pod.add_argument(
         "--admin-port",
         type=_port,
-        default=SIDECAR_ADMIN_PORT,
         help=f"the admin listener's port: probes, /stats, /metrics (default {SIDECAR_ADMIN_PORT})",
     )
     pod.add_argument(
         "--proxy-port",
         type=_port,
-        default=SIDECAR_FORWARD_PROXY_PORT,
-        help="the forward proxy's port (transparent mode)",
+        help=f"the forward proxy's port in transparent mode (default {SIDECAR_FORWARD_PROXY_PORT})",
     )
-    pod.add_argument(
-        "--report-url", default=os.environ.get("BREAKWATER_REPORT_URL"), help="the operator's report endpoint"
-    )
+    pod.add_argument("--report-url", help="the operator's report endpoint (default $BREAKWATER_REPORT_URL)")
     pod.add_argument(
         "--report-interval",
         type=_seconds(positive=True),
-        default=5.0,
         metavar="S",
         help="seconds between summary reports (default 5)",
     )
     pod.add_argument(
-        "--token-file", default=os.environ.get("BREAKWATER_TOKEN_FILE"), help="projected SA token"
+        "--token-file", help="the projected service-account token (default $BREAKWATER_TOKEN_FILE)"
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format")
     parser.add_argument(
@@ -118,6 +113,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="config file check interval (default 1)",
     )
+
+
+def _injected_mode_defaults(args: argparse.Namespace) -> None:
+    """The injected-mode flags not given take their defaults (None until now: given with --config,
+    they would be ignored, which `run` refuses)."""
+    defaults = {
+        "listen_address": "127.0.0.1",
+        "admin_address": "0.0.0.0",
+        "admin_port": SIDECAR_ADMIN_PORT,
+        "proxy_port": SIDECAR_FORWARD_PROXY_PORT,
+        "report_url": os.environ.get("BREAKWATER_REPORT_URL"),
+        "report_interval": 5.0,
+        "token_file": os.environ.get("BREAKWATER_TOKEN_FILE"),
+    }
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+
+
+_INJECTED_MODE_FLAGS = (
+    "pod_labels",
+    "listen_address",
+    "admin_address",
+    "admin_port",
+    "proxy_port",
+    "report_url",
+    "report_interval",
+    "token_file",
+)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -241,4 +265,12 @@ def _runner() -> Callable[[Coroutine[Any, Any, int]], int]:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(fmt=args.log_format, level=args.log_level)
+    if args.config:
+        given = [
+            f"--{name.replace('_', '-')}" for name in _INJECTED_MODE_FLAGS if getattr(args, name) is not None
+        ]
+        if given:
+            log.error("%s only with --policies-dir: with --config, the file decides", ", ".join(given))
+            return 2
+    _injected_mode_defaults(args)
     return _runner()(_serve(args))

@@ -97,3 +97,17 @@ def test_a_flag_the_sidecar_cannot_run_with_is_a_usage_error(flag: str, message:
     assert run.returncode == 2
     assert message in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_injected_mode_flags_with_a_config_file_are_refused_not_ignored(tmp_path: Path) -> None:
+    """With --config the file's admin block decides: --admin-port was accepted and did nothing."""
+    config = tmp_path / "sidecar.json"
+    config.write_text(json.dumps(sidecar_doc()))
+    run = subprocess.run(
+        [sys.executable, "-m", "breakwater.cli", "proxy", "--config", str(config), "--admin-port=39111"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "--admin-port only with --policies-dir: with --config, the file decides" in run.stdout + run.stderr
