@@ -85,7 +85,9 @@ class BreakerSettings:
 
     def __post_init__(self) -> None:
         def bad(field: str, value: object, why: str) -> InvalidBreakerSettings:
-            return InvalidBreakerSettings(f"{field}={value!r}: {why}")
+            # Named as the sidecar config (the wire) names it: that is where a user meets these.
+            first, *rest = field.split("_")
+            return InvalidBreakerSettings(f"{first}{''.join(w.capitalize() for w in rest)}={value!r}: {why}")
 
         def finite(field: str, value: float) -> None:
             if not math.isfinite(value):
@@ -99,19 +101,19 @@ class BreakerSettings:
                 raise bad(field, value, f"must be <= {bound}")
 
         if self.consecutive_failures is not None and self.consecutive_failures < 1:
-            raise bad("consecutive_failures", self.consecutive_failures, "must be >= 1 or None")
+            raise bad("consecutive_failures", self.consecutive_failures, "must be >= 1, or unset")
         if self.consecutive_failures is not None:
             at_most("consecutive_failures", self.consecutive_failures, MAX_CONSECUTIVE_FAILURES)
         for name in ("failure_rate_percent", "slow_call_percent"):
             pct = getattr(self, name)
             if pct is not None and not (0.0 < pct <= 100.0):
-                raise bad(name, pct, "must be in (0, 100] or None")
+                raise bad(name, pct, "must be in (0, 100], or unset")
         if self.slow_call_seconds is not None:
             finite("slow_call_seconds", self.slow_call_seconds)
             if self.slow_call_seconds <= 0:
                 raise bad("slow_call_seconds", self.slow_call_seconds, "must be > 0")
         if self.slow_call_percent is not None and self.slow_call_seconds is None:
-            raise bad("slow_call_percent", self.slow_call_percent, "needs slow_call_seconds")
+            raise bad("slow_call_percent", self.slow_call_percent, "needs slowCallSeconds")
         if self.minimum_calls < 1:
             raise bad("minimum_calls", self.minimum_calls, "must be >= 1")
         at_most("minimum_calls", self.minimum_calls, MAX_MINIMUM_CALLS)
@@ -126,7 +128,7 @@ class BreakerSettings:
         if self.open_seconds < 0:
             raise bad("open_seconds", self.open_seconds, "must be >= 0")
         if self.open_max_seconds < self.open_seconds:
-            raise bad("open_max_seconds", self.open_max_seconds, "must be >= open_seconds")
+            raise bad("open_max_seconds", self.open_max_seconds, "must be >= openSeconds")
         finite("backoff_multiplier", self.backoff_multiplier)
         if self.backoff_multiplier < 1.0:
             raise bad("backoff_multiplier", self.backoff_multiplier, "must be >= 1")

@@ -42,10 +42,16 @@ from .fakes import FakeClock, fail, settings_with, succeed
         ("half_open_successes_to_close", 0),
         ("half_open_max_wait_seconds", 0),
         ("open_seconds", float("nan")),
+        ("window_size", 100_001),  # the spec's bounds: a count window keeps a slot per call
+        ("minimum_calls", 100_001),
+        ("consecutive_failures", 10_001),
+        ("half_open_permitted_calls", 1001),
     ],
 )
 def test_settings_the_engine_cannot_run_with_are_refused_naming_the_field(field: str, value: object) -> None:
-    with pytest.raises(InvalidBreakerSettings, match=field):
+    """Named as the sidecar config names them (camelCase): that is where a user reads the message."""
+    first, *rest = field.split("_")
+    with pytest.raises(InvalidBreakerSettings, match=first + "".join(w.capitalize() for w in rest)):
         settings_with(**{field: value})  # type: ignore[arg-type]
 
 

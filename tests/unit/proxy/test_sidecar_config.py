@@ -90,7 +90,7 @@ def test_fields_may_be_given_by_python_name_too() -> None:
         ),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "breaker": {"slowCallPercent": 50}}]},
-            r"upstreams\[0\].breaker: .*slow_call_percent=50.0: needs slow_call_seconds",
+            r"upstreams\[0\].breaker: .*slowCallPercent=50.0: needs slowCallSeconds",
         ),
         (
             {"upstreams": [{"name": "a", "host": "h", "port": 1, "retry": {"retryOn": ["sometimes"]}}]},
@@ -115,7 +115,7 @@ def test_fields_may_be_given_by_python_name_too() -> None:
                     }
                 ]
             },
-            r"upstreams\[0\].breaker: .*window_size=1000000000000: must be <= 100000",
+            r"upstreams\[0\].breaker: .*windowSize=1000000000000: must be <= 100000",
         ),
         (
             {
@@ -123,7 +123,7 @@ def test_fields_may_be_given_by_python_name_too() -> None:
                     {"name": "a", "host": "h", "port": 1, "breaker": {"halfOpenPermittedCalls": 10**9}}
                 ]
             },
-            r"half_open_permitted_calls=1000000000: must be <= 1000",
+            r"halfOpenPermittedCalls=1000000000: must be <= 1000",
         ),
         ({"upstreams": [{"name": "a", "host": "http://h/", "port": 1}]}, "is not a host name"),
         ({"listenAddress": "localhost"}, "is not an IP address"),
@@ -222,7 +222,7 @@ def test_a_missing_or_partial_breaker_block_takes_the_policy_defaults() -> None:
 
 def test_breaker_settings_the_engine_refuses_are_refused_with_the_config() -> None:
     bad = {"name": "a", "host": "h", "port": 1, "breaker": {"openSeconds": 10, "openMaxSeconds": 5}}
-    with pytest.raises(SidecarConfigError, match="open_max_seconds"):
+    with pytest.raises(SidecarConfigError, match=r"openMaxSeconds=5\.0: must be >= openSeconds"):
         parse_sidecar_config({"upstreams": [bad]})
 
 
