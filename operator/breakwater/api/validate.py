@@ -48,6 +48,10 @@ class DocumentVerdict:
         return self.skipped is not None or not self.problems
 
 
+ITEMS_NOT_A_LIST = object()
+"""What `manifest_objects` yields for a ``kind: List`` whose ``items`` is not a list."""
+
+
 def manifest_objects(documents: list[Any]) -> Iterator[tuple[str, Any]]:
     """Each object of the documents (a ``kind: List``'s items one by one), with where it is."""
     several = len(documents) > 1
@@ -55,7 +59,10 @@ def manifest_objects(documents: list[Any]) -> Iterator[tuple[str, Any]]:
         where = f"document {index}" if several else ""
         if isinstance(document, Mapping) and document.get("kind") == "List":
             items = document.get("items") or []
-            for item_index, item in enumerate(items if isinstance(items, list) else [], start=1):
+            if not isinstance(items, list):
+                yield where, ITEMS_NOT_A_LIST
+                continue
+            for item_index, item in enumerate(items, start=1):
                 yield (f"{where}, item {item_index}" if where else f"item {item_index}"), item
         else:
             yield where, document
@@ -66,7 +73,9 @@ def validate_text(text: str) -> list[DocumentVerdict]:
     documents = [d for d in load_documents(text) if d is not None]
     verdicts: list[DocumentVerdict] = []
     for where, document in manifest_objects(documents):
-        if not isinstance(document, Mapping):
+        if document is ITEMS_NOT_A_LIST:
+            verdicts.append(DocumentVerdict(where, (Problem("items", "Invalid value: must be a list"),)))
+        elif not isinstance(document, Mapping):
             problem = Problem("", "not a Kubernetes object: expected a mapping with apiVersion and kind")
             verdicts.append(DocumentVerdict(where, (problem,)))
         elif not is_policy_manifest(document):

@@ -84,6 +84,7 @@ def test_a_list_is_validated_item_by_item(tmp_path: Path, capsys: pytest.Capture
     [
         ("spec: [\n", "invalid YAML: "),
         ("- 1\n- 2\n", "not a Kubernetes object"),
+        ("apiVersion: v1\nkind: List\nitems: 5\n", "items: Invalid value: must be a list"),
         ("\x00\x01binary", "invalid YAML"),
         ("spec:\n  timeout: 2s\n  timeout: 5s\n", "invalid YAML: duplicate key 'timeout' (line 3, column 3)"),
         ("a: &a [*a]\n", "invalid YAML: an alias refers to a node that contains it"),
@@ -96,7 +97,16 @@ def test_a_list_is_validated_item_by_item(tmp_path: Path, capsys: pytest.Capture
             "invalid YAML: excessive aliasing (more than 1,000,000 values)",
         ),
     ],
-    ids=["unclosed", "list", "binary", "duplicate-key", "recursive-alias", "deep", "alias-bomb"],
+    ids=[
+        "unclosed",
+        "list",
+        "list-items-not-a-list",
+        "binary",
+        "duplicate-key",
+        "recursive-alias",
+        "deep",
+        "alias-bomb",
+    ],
 )
 def test_broken_input_is_reported_not_raised(
     text: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
