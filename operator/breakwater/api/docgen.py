@@ -32,6 +32,8 @@ from breakwater.api.constants import (
 )
 from breakwater.api.crdgen import PRINTER_COLUMNS, openapi_schema
 from breakwater.api.durations import MAX_DURATION
+from breakwater.api.manifests import ManifestError, load_documents
+from breakwater.api.policy import check_policy
 
 __all__ = ["add_arguments", "api_markdown", "run"]
 
@@ -318,7 +320,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         type=Path,
         default=EXAMPLE,
-        help=f"the complete example (default {EXAMPLE})",
+        help="the complete example (default examples/full-featured.yaml of the source tree)",
     )
 
 
@@ -328,6 +330,20 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or exc
         print(f"{args.example}: cannot read the example policy: {why}", file=sys.stderr)
+        return 1
+    # The reference shows it as a policy that works: one the API server would refuse is not embedded.
+    try:
+        documents = [d for d in load_documents(example) if d is not None]
+    except ManifestError as exc:
+        print(f"{args.example}: {exc}", file=sys.stderr)
+        return 1
+    if len(documents) != 1:
+        print(f"{args.example}: expected exactly one CircuitBreakerPolicy", file=sys.stderr)
+        return 1
+    problems = check_policy(documents[0])
+    for problem in problems:
+        print(f"{args.example}: {problem}", file=sys.stderr)
+    if problems:
         return 1
     text = api_markdown(example)
     if args.write is not None:

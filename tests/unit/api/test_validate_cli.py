@@ -181,6 +181,16 @@ def test_the_crd_command_checks_drift(tmp_path: Path, capsys: pytest.CaptureFixt
     assert capsys.readouterr().out.startswith("# GENERATED")
 
 
+def test_the_api_docs_command_refuses_an_example_the_api_server_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = write(tmp_path, "example.yaml", MINIMAL.replace("port: 8080", "port: 99999"))
+    assert main(["api-docs", "--example", example]) == 1
+    printed = capsys.readouterr()
+    assert printed.out == ""
+    assert f"{example}: spec.upstreams[0].port: Invalid value: 99999" in printed.err
+
+
 def test_the_api_docs_command_writes_and_checks(tmp_path: Path) -> None:
     path = tmp_path / "api.md"
     assert main(["api-docs", "--write", str(path)]) == 0
