@@ -92,7 +92,8 @@ Usage: include "breakwater.imageRef" (dict "image" .Values.image "fallback" .Val
 */}}
 {{- define "breakwater.imageRef" -}}
 {{- $repository := .image.repository | default .fallback.repository | required "image.repository is required: no public Breakwater image exists yet. Build one with `make image`, push it to your registry and set image.repository (see docs/install.md, \"The image\")" }}
-{{- $digest := .image.digest | default "" }}
+{{- /* One image for both: the operator's digest too, unless the sidecar names a repository or tag of its own. */}}
+{{- $digest := .image.digest | default (and (not .image.repository) (not .image.tag) .fallback.digest) | default "" }}
 {{- if $digest }}
 {{- printf "%s@%s" $repository $digest }}
 {{- else }}

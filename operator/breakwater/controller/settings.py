@@ -12,6 +12,7 @@ import os
 import re
 import urllib.parse
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
@@ -274,7 +275,40 @@ def _resources(text: str) -> dict[str, Any]:
             is_number_or_text = isinstance(amount, str | int | float) and not isinstance(amount, bool)
             if not is_number_or_text or not _QUANTITY.fullmatch(str(amount)):
                 raise SettingsError(f"--sidecar-resources: {kind}.{resource}: {amount!r} is not a quantity")
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    for resource in requests.keys() & limits.keys():
+        if _quantity(requests[resource]) > _quantity(limits[resource]):
+            raise SettingsError(
+                f"--sidecar-resources: requests.{resource} {requests[resource]} is above limits.{resource} "
+                f"{limits[resource]} (the API server would refuse every pod given the sidecar)"
+            )
     return resources
+
+
+_SUFFIXES = {
+    **{s: Decimal(10) ** e for s, e in (("n", -9), ("u", -6), ("m", -3), ("", 0), ("k", 3), ("M", 6))},
+    **{s: Decimal(10) ** e for s, e in (("G", 9), ("T", 12), ("P", 15), ("E", 18))},
+    **{s: Decimal(1024) ** e for s, e in (("Ki", 1), ("Mi", 2), ("Gi", 3), ("Ti", 4), ("Pi", 5), ("Ei", 6))},
+}
+
+
+def _quantity(amount: str | float) -> Decimal:
+    """A Kubernetes quantity's value (one `_QUANTITY` matched), to compare a request with its limit."""
+    text = str(amount).lstrip("+")
+    number = re.match(r"([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?", text)
+    assert number is not None
+    return Decimal(number.group(0)) * _SUFFIXES[text[number.end() :]]
+
+
+def _distinct(listeners: dict[str, tuple[str, int]]) -> None:
+    """Two listeners on one port (on one address, or one of them on every address) cannot both bind."""
+    flags = list(listeners)
+    for i, first in enumerate(flags):
+        for second in flags[i + 1 :]:
+            (host_a, port_a), (host_b, port_b) = listeners[first], listeners[second]
+            wildcard = {"0.0.0.0", "::", ""}
+            if port_a == port_b and (host_a == host_b or host_a in wildcard or host_b in wildcard):
+                raise SettingsError(f"{first} and {second} must differ: both listen on port {port_a}")
 
 
 def from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -314,8 +348,15 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         _url(args.report_url, "--report-url", ("https", "http"))
     webhook_host, webhook_port = _host_port(args.webhook_listen, "--webhook-listen")
     report_host, report_port = _host_port(args.report_listen, "--report-listen")
+    listeners = {
+        "--webhook-listen": (webhook_host, webhook_port),
+        "--report-listen": (report_host, report_port),
+    }
     if args.health_listen:
-        _host_port(args.health_listen, "--health-listen")
+        listeners["--health-listen"] = _host_port(args.health_listen, "--health-listen")
+    if args.metrics_listen:
+        listeners["--metrics-listen"] = _host_port(args.metrics_listen, "--metrics-listen")
+    _distinct(listeners)
     advertise = args.report_advertise or ""
     if advertise:
         _host_port(advertise, "--report-advertise")

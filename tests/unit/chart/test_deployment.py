@@ -97,7 +97,10 @@ def test_the_sidecar_uses_the_operator_image_unless_told_otherwise(helm: Path, c
     digest = "sha256:" + "b" * 64
     rendered = render(helm, chart, values={"image": {"repository": "registry.example/bw", "digest": digest}})
     assert rendered.container["image"] == f"registry.example/bw@{digest}"
-    assert settings_of(rendered).sidecar_image == "registry.example/bw:0.1.0"
+    assert settings_of(rendered).sidecar_image == f"registry.example/bw@{digest}"  # pushed by digest only
+    own_tag = {"repository": "registry.example/bw", "digest": digest}
+    rendered = render(helm, chart, values={"image": own_tag, "sidecar": {"image": {"tag": "0.1.1"}}})
+    assert settings_of(rendered).sidecar_image == "registry.example/bw:0.1.1"
     rendered = render(helm, chart, values={"image": {"tag": "0.2.0"}})
     assert rendered.container["image"] == "registry.example/breakwater:0.2.0"
     assert settings_of(rendered).sidecar_image == "registry.example/breakwater:0.2.0"
@@ -248,6 +251,48 @@ def test_the_disruption_budget(
         render(helm, chart, values={"podDisruptionBudget": {"enabled": False}}).maybe("PodDisruptionBudget")
         is None
     )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"podDisruptionBudget": {"minAvailable": 2}},
+            "podDisruptionBudget.minAvailable (2) must be below replicaCount (2): no replica could ever",
+        ),
+        (
+            {"podDisruptionBudget": {"minAvailable": "100%"}},
+            "podDisruptionBudget.minAvailable (100%) must be below",
+        ),
+        (
+            {"podDisruptionBudget": {"minAvailable": None, "maxUnavailable": 0}},
+            "podDisruptionBudget.maxUnavailable must not be 0",
+        ),
+        (
+            {"updateStrategy": {"rollingUpdate": {"maxSurge": 0}}},
+            "maxSurge and maxUnavailable cannot both be 0",
+        ),
+        (
+            {"operator": {"shutdownDelaySeconds": 30}},
+            "operator.shutdownDelaySeconds (30) must be below terminationGracePeriodSeconds (30)",
+        ),
+    ],
+    ids=[
+        "budget-equal-to-replicas",
+        "budget-100-percent",
+        "no-unavailable",
+        "no-surge-no-unavailable",
+        "delay",
+    ],
+)
+def test_values_that_would_block_drains_or_rollouts_are_refused_by_name(
+    helm: Path, chart: Path, values: dict[str, Any], message: str
+) -> None:
+    """Each rendered before, into a drain that waits for ever, a Deployment the API server refuses, or a
+    replica killed in its shutdown delay."""
+    proc = helm_template(helm, chart, values=values)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr
 
 
 def test_the_pod_monitor_scrapes_the_admin_port_the_injected_sidecar_declares(

@@ -122,6 +122,10 @@ REJECTED: dict[str, tuple[list[str], str]] = {
     "unknown failure policy": (["webhook.failurePolicy=Sometimes"], "/webhook/failurePolicy"),
     "timeout beyond the API server's 30 s": (["webhook.timeoutSeconds=31"], "/webhook/timeoutSeconds"),
     "zero timeout": (["webhook.timeoutSeconds=0"], "/webhook/timeoutSeconds"),
+    "a liveness probe needing several successes": (
+        ["livenessProbe.successThreshold=3"],
+        "/livenessProbe/successThreshold",
+    ),
     "more replicas than the chart supports": (["replicaCount=11"], "/replicaCount"),
     "an unknown anti-affinity": (["podAntiAffinity=always"], "/podAntiAffinity"),
     "a typo in a top-level key": (["webhok.failurePolicy=Fail"], "webhok"),

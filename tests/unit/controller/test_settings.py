@@ -40,6 +40,22 @@ def parsed(*flags: str) -> settings.OperatorSettings:
         ('--sidecar-resources={"limits":{"memory":"lots"}}', "limits.memory: 'lots' is not a quantity"),
         ('--sidecar-resources={"limits":{"cpu":true}}', "limits.cpu: True is not a quantity"),
         ('--sidecar-resources={"limit":{}}', "--sidecar-resources: unknown field 'limit'"),
+        (  # the chart's default limit kept, the request raised: every injected pod would be refused
+            '--sidecar-resources={"requests":{"memory":"256Mi"},"limits":{"memory":"128Mi"}}',
+            "requests.memory 256Mi is above limits.memory 128Mi",
+        ),
+        (
+            '--sidecar-resources={"requests":{"cpu":"1.5"},"limits":{"cpu":"1200m"}}',
+            "requests.cpu 1.5 is above",
+        ),
+        (
+            "--health-listen=0.0.0.0:9443",
+            "--webhook-listen and --health-listen must differ: both listen on port 9443",
+        ),
+        (
+            "--metrics-listen=127.0.0.1:9444",
+            "--report-listen and --metrics-listen must differ: both listen on port 9444",
+        ),
     ],
 )
 def test_a_flag_the_operator_cannot_run_with_is_refused_by_name(flag: str, message: str) -> None:
@@ -48,7 +64,7 @@ def test_a_flag_the_operator_cannot_run_with_is_refused_by_name(flag: str, messa
 
 
 def test_values_the_chart_passes_are_accepted() -> None:
-    resources = '{"requests":{"cpu":"20m","memory":"48Mi"},"limits":{"memory":"128Mi","cpu":0.5}}'
+    resources = '{"requests":{"cpu":"20m","memory":"48Mi"},"limits":{"memory":"0.125Gi","cpu":0.5}}'
     got = parsed(
         "--webhook-service=breakwater-system/breakwater-webhook:443",
         "--webhook-secret=breakwater-system/breakwater-webhook-tls",
@@ -58,7 +74,7 @@ def test_values_the_chart_passes_are_accepted() -> None:
         f"--sidecar-resources={resources}",
         "--webhook-timeout-seconds=30",
     )
-    assert got.sidecar_resources["limits"] == {"memory": "128Mi", "cpu": 0.5}
+    assert got.sidecar_resources["limits"] == {"memory": "0.125Gi", "cpu": 0.5}
     assert (got.webhook_timeout_seconds, got.sidecar_image_pull_policy) == (30, "Always")
 
 
