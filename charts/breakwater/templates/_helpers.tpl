@@ -39,6 +39,21 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
+commonLabels and podLabels may not set a label the chart sets itself: the key would appear twice, and
+the one that wins could make the pods miss their Deployment's selector.
+*/}}
+{{- define "breakwater.checkLabels" -}}
+{{- $own := list "helm.sh/chart" "app.kubernetes.io/name" "app.kubernetes.io/instance" "app.kubernetes.io/component" "app.kubernetes.io/version" "app.kubernetes.io/managed-by" "app.kubernetes.io/part-of" }}
+{{- range $values := list "commonLabels" "podLabels" }}
+{{- range $key, $_ := (get $.Values $values) }}
+{{- if has $key $own }}
+{{- fail (printf "%s may not set %s: the chart sets it (and selects its pods by the app.kubernetes.io ones)" $values $key) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Labels on every object.
 */}}
 {{- define "breakwater.labels" -}}

@@ -276,6 +276,14 @@ def test_the_disruption_budget(
             {"operator": {"shutdownDelaySeconds": 30}},
             "operator.shutdownDelaySeconds (30) must be below terminationGracePeriodSeconds (30)",
         ),
+        (
+            {"podLabels": {"app.kubernetes.io/instance": "other"}},
+            "podLabels may not set app.kubernetes.io/instance: the chart sets it",
+        ),
+        (
+            {"commonLabels": {"app.kubernetes.io/name": "shared"}},
+            "commonLabels may not set app.kubernetes.io/name",
+        ),
     ],
     ids=[
         "budget-equal-to-replicas",
@@ -283,9 +291,11 @@ def test_the_disruption_budget(
         "no-unavailable",
         "no-surge-no-unavailable",
         "delay",
+        "pod-label-over-the-selector",
+        "common-label-over-the-name",
     ],
 )
-def test_values_that_would_block_drains_or_rollouts_are_refused_by_name(
+def test_values_that_would_block_drains_rollouts_or_selectors_are_refused_by_name(
     helm: Path, chart: Path, values: dict[str, Any], message: str
 ) -> None:
     """Each rendered before, into a drain that waits for ever, a Deployment the API server refuses, or a
