@@ -231,7 +231,9 @@ def api_markdown(example: str) -> str:
         "- `kubectl explain cbp.spec.trip.failureRate` shows the same descriptions as this page.",
         "- `breakwater validate [-R] FILE|DIR...` checks manifests offline with the rules the API server "
         "applies (same schema, same cross-field rules, the API server's wording), problems on stderr; exit "
-        "code 1 on any problem, a typo in `kind` or `apiVersion` included.",
+        "code 1 on any problem, a typo in `kind` or `apiVersion` included; YAML is read as kubectl reads "
+        "it (go-yaml's scalars; a key given twice in one mapping is an error, as with kubectl's strict "
+        "field validation).",
         "- Defaults are applied by the API server: `kubectl get cbp NAME -o yaml` shows every value "
         "in force.",
         "",
