@@ -129,6 +129,14 @@ REJECTED: dict[str, tuple[list[str], str]] = {
     "more replicas than the chart supports": (["replicaCount=11"], "/replicaCount"),
     "an unknown anti-affinity": (["podAntiAffinity=always"], "/podAntiAffinity"),
     "a typo in a top-level key": (["webhok.failurePolicy=Fail"], "webhok"),
+    "a Localhost seccomp profile without its file": (
+        ["podSecurityContext.seccompProfile.type=Localhost"],
+        "/podSecurityContext/seccompProfile",
+    ),
+    "a container running as root": (
+        ["containerSecurityContext.runAsUser=0"],
+        "/containerSecurityContext/runAsUser",
+    ),
     "a name override that is no DNS label": (["nameOverride=Bad_Name"], "/nameOverride"),
     "a full name a Service cannot have": (["fullnameOverride=9bw"], "/fullnameOverride"),
     "a typo in a nested key": (["webhook.certManager.enable=true"], "enable"),
