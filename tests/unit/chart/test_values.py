@@ -141,6 +141,12 @@ REJECTED: dict[str, tuple[list[str], str]] = {
     "a full name a Service cannot have": (["fullnameOverride=9bw"], "/fullnameOverride"),
     "a typo in a nested key": (["webhook.certManager.enable=true"], "enable"),
     "a digest that is not sha256": (["image.digest=latest"], "/image/digest"),
+    "a tag with a space": (["image.tag=a b"], "/image/tag"),
+    "a repository with its tag": (["image.repository=reg.example/bw:1.0"], "/image/repository"),
+    "a sidecar repository in capitals": (
+        ["sidecar.image.repository=Reg.example/BW"],
+        "/sidecar/image/repository",
+    ),
     "an unknown pull policy": (["image.pullPolicy=Sometimes"], "/image/pullPolicy"),
     "a privileged port the non-root image cannot bind": (["ports.webhook=443"], "/ports/webhook"),
     "privilege escalation": (
