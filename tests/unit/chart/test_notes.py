@@ -66,3 +66,17 @@ def test_the_notes_follow_the_values(helm: Path, chart: Path, tmp_path: Path) ->
     assert "not needed: injectAllNamespaces is on" in notes
     assert "pod creation in selected namespaces FAILS" in notes
     assert "WARNING: replicaCount is 0" in notes
+
+
+def test_the_notes_warn_when_a_down_operator_would_block_every_namespace(
+    helm: Path, chart: Path, tmp_path: Path
+) -> None:
+    """With Fail and every namespace, an operator that cannot come back (its certificate issuer or the
+    CNI down too) blocks the pods the cluster needs to recover: the user is told which to exclude."""
+    webhook = {"injectAllNamespaces": True, "failurePolicy": "Fail", "excludeNamespaces": ["cert-manager"]}
+    notes = _notes(helm, chart, tmp_path, {"webhook": webhook})
+    assert "WARNING: injectAllNamespaces with failurePolicy Fail" in notes
+    assert "kube-node-lease, breakwater-system, cert-manager." in notes.replace("\n", " ")
+    (tmp_path / "labelled").mkdir()
+    only_labelled = _notes(helm, chart, tmp_path / "labelled", {"webhook": {"failurePolicy": "Fail"}})
+    assert "WARNING: injectAllNamespaces" not in only_labelled
