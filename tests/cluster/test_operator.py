@@ -262,3 +262,23 @@ def test_a_time_boxed_override_ends_by_itself(
 
     cluster.wait_for("ForceOpen while the override lasts", lambda: modes() == ["ForceOpen"])
     cluster.wait_for("Enforce once it has expired", lambda: modes() == ["Enforce"], timeout=15)
+
+
+def test_a_removed_override_leaves_the_status(
+    cluster: Cluster, namespace: str, running_operator: OperatorProcess
+) -> None:
+    """status.override named an override no longer in the spec: `kubectl describe` said Mode Disabled
+    while the MODE column said Enforce."""
+    override = {"mode": "Disabled", "until": "2031-01-01T00:00:00Z", "reason": "INC-7"}
+    cluster.apply(policy_manifest("payments", override=override), namespace=namespace)
+
+    def status() -> dict[str, Any]:
+        got = cluster.kubectl("get", "cbp", "payments", "-n", namespace, "-o", "json", check=False)
+        return dict(json.loads(got.stdout).get("status") or {}) if got.returncode == 0 else {}
+
+    cluster.wait_for("the override in the status", lambda: (status().get("override") or {}).get("active"))
+    cluster.kubectl(
+        "patch", "cbp", "payments", "-n", namespace, "--type=merge", "-p", '{"spec":{"override":null}}'
+    )
+    cluster.wait_for("no override in the status", lambda: "override" not in status(), timeout=30)
+    assert status()["summary"]["mode"] == "Enforce"

@@ -23,6 +23,7 @@ import kopf
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.constants import CONDITION_PORT_CONFLICT
+from breakwater.api.status import CircuitBreakerPolicyStatus
 from breakwater.controller.adaptive import Adaptation, Evaluation
 from breakwater.controller.fleet import TransitionClock, UpstreamFleet
 from breakwater.controller.pods import PodFacts
@@ -81,13 +82,25 @@ EventPoster = Callable[
 ]  # (policy body, type, reason, message)
 
 
+OWNED_STATUS_KEYS = frozenset(
+    field.alias or name for name, field in CircuitBreakerPolicyStatus.model_fields.items()
+)
+"""The top-level status keys the operator writes: one of them gone from what it wants is nulled."""
+
+
+def gone_keys(wanted: dict[str, Any], stored: dict[str, Any]) -> list[str]:
+    """Keys the operator wrote before and no longer wants (`override` once the override is removed)."""
+    return [name for name in stored if name in OWNED_STATUS_KEYS and name not in wanted]
+
+
 def status_patch(wanted: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
     """The merge patch that makes the stored status `wanted`.
 
     A merge patch keeps the keys it does not name: the ones that went away (summary.message once
-    every breaker closed) are nulled, or the stored status would keep them and never equal `wanted`.
+    every breaker closed, the whole `override` once it is removed) are nulled, or the stored status
+    would keep them and never equal `wanted`.
     """
-    patch: dict[str, Any] = {}
+    patch: dict[str, Any] = dict.fromkeys(gone_keys(wanted, stored))
     for name, value in wanted.items():
         old = stored.get(name)
         if isinstance(value, dict) and isinstance(old, dict):
@@ -254,10 +267,11 @@ class Refresher:
             tuning=tuning,
         ).to_dict()
         comparable_previous = {k: previous.get(k) for k in wanted}
-        if without_times(wanted) == without_times(comparable_previous):
+        gone = gone_keys(wanted, previous)
+        if not gone and without_times(wanted) == without_times(comparable_previous):
             return
         # State changes are written at once; figures alone (failure rate, trips) at most every 10 s.
-        if significant(wanted) == significant(comparable_previous):
+        if not gone and significant(wanted) == significant(comparable_previous):
             since = time.monotonic() - state.last_write.get(key, 0)
             if since < FIGURES_EVERY_SECONDS:
                 return  # the sweep comes back when the figures may be written

@@ -50,3 +50,10 @@ def test_the_status_patch_nulls_what_went_away_and_replaces_lists_whole() -> Non
     }
     wanted = {"summary": {"state": "Closed"}, "upstreams": []}
     assert status_patch(wanted, stored) == {"summary": {"message": None, "state": "Closed"}, "upstreams": []}
+
+
+def test_a_whole_key_that_went_away_is_nulled_and_keys_of_others_are_kept() -> None:
+    """`override` is left out once the override is removed: kept, it would show for ever."""
+    stored = {"override": {"active": True, "mode": "Disabled"}, "summary": {"state": "Closed"}, "other": 1}
+    wanted = {"summary": {"state": "Closed"}}
+    assert status_patch(wanted, stored) == {"override": None, "summary": {"state": "Closed"}}
