@@ -191,8 +191,10 @@ def _ready(bundle: PolicyBundle | None, view: PodView, fleet: FleetView) -> Cond
     if injected < selected:
         return condition(CONDITION_READY, False, "PodsNotInjected", not_injected_message(view))
     if fleet.reporting < injected:
-        stale = f"{fleet.stale} stale or outdated"
-        message = f"{fleet.reporting}/{injected} sidecars report the current config ({stale})"
+        silent = injected - fleet.reporting - fleet.stale  # no report from them yet
+        why = [f"{fleet.stale} stale or outdated"] if fleet.stale else []
+        why += [f"{silent} not heard from yet"] if silent else []
+        message = f"{fleet.reporting}/{injected} sidecars report the current config ({', '.join(why)})"
         return condition(CONDITION_READY, False, "SidecarsNotReporting", message)
     return condition(
         CONDITION_READY,

@@ -155,6 +155,29 @@ def test_a_pod_running_another_config_counts_as_stale_and_the_policy_not_ready()
     assert conditions(status)["Ready"] == ("False", "SidecarsNotReporting")
 
 
+def test_sidecars_not_heard_from_yet_are_told_apart_from_stale_ones() -> None:
+    """Four pods restarted, none reported yet: '0/4 ... (0 stale or outdated)' contradicted itself."""
+    pods = [pod(name) for name in ("a", "b", "c")]
+    resolver = lambda labels: resolve(dict(labels), [BUNDLE])  # noqa: E731
+    view = view_pods(POLICY, BUNDLE, pods, resolver)
+    reports = {"a": reported("Closed"), "b": reported("Closed", config_hash="something-older")}
+    fleet = fleet_view(POLICY, BUNDLE, view, resolver, reports, stale_after=30, grace=False, now=101.0)
+    status = desired_status(
+        generation=1, previous=None, outcome=ACCEPTED, bundle=BUNDLE, view=view, fleet=fleet
+    ).to_dict()
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (
+        ready["message"]
+        == "1/3 sidecars report the current config (1 stale or outdated, 1 not heard from yet)"
+    )
+    silent = fleet_view(POLICY, BUNDLE, view, resolver, {}, stale_after=30, grace=False, now=101.0)
+    status = desired_status(
+        generation=1, previous=None, outcome=ACCEPTED, bundle=BUNDLE, view=view, fleet=silent
+    ).to_dict()
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["message"] == "0/3 sidecars report the current config (3 not heard from yet)"
+
+
 def test_without_reports_the_circuit_is_unknown_and_an_unreconciled_policy_pending() -> None:
     view = view_pods(POLICY, BUNDLE, [pod("a")], lambda labels: resolve(dict(labels), [BUNDLE]))
     status = desired_status(
