@@ -38,7 +38,8 @@ def test_json_logs_carry_the_policy_namespace_and_pod(
 
     def found() -> tuple[dict[str, Any], dict[str, Any]] | None:
         logged = records(running_operator)
-        rendered = [r for r in logged if r.get("policy") == "payments" and r.get("namespace") == namespace]
+        ours = [r for r in logged if r.get("policy") == "payments" and r.get("namespace") == namespace]
+        rendered = [r for r in ours if "generation" in r]
         injected = [r for r in logged if r.get("namespace") == namespace and "pod" in r and "policies" in r]
         return (rendered[0], injected[0]) if rendered and injected else None
 
@@ -47,3 +48,6 @@ def test_json_logs_carry_the_policy_namespace_and_pod(
     assert rendered["generation"] == 1
     assert injected["policies"] == [f"{namespace}/payments"]
     assert injected["pod"].startswith("checkout-")
+    # kopf's own lines about the policy say which policy too (they were the same for every policy).
+    handled = [r for r in records(running_operator) if r["msg"] == "Handler 'reconcile_policy' succeeded."]
+    assert any((r.get("policy"), r.get("namespace")) == ("payments", namespace) for r in handled), handled

@@ -32,7 +32,14 @@ _RESERVED: Final = "fields"
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     value = getattr(record, _RESERVED, None)
-    return value if isinstance(value, dict) else {}
+    fields = value if isinstance(value, dict) else {}
+    # kopf's per-object loggers (the operator's handlers) say which object in `k8s_ref`: without it,
+    # "Handler 'reconcile_policy' succeeded." is the same line for every policy.
+    ref = getattr(record, "k8s_ref", None)
+    if isinstance(ref, dict) and ref.get("name"):
+        named = {"policy" if ref.get("kind") == "CircuitBreakerPolicy" else "object": ref["name"]}
+        fields = {**named, **({"namespace": ref["namespace"]} if ref.get("namespace") else {}), **fields}
+    return fields
 
 
 def _timestamp(record: logging.LogRecord) -> str:
