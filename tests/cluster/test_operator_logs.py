@@ -48,6 +48,10 @@ def test_json_logs_carry_the_policy_namespace_and_pod(
     assert rendered["generation"] == 1
     assert injected["policies"] == [f"{namespace}/payments"]
     assert injected["pod"].startswith("checkout-")
+    # Named before the API server picks its name: its owner and the admission tell two such pods apart.
+    assert injected["pod"].endswith("*")
+    assert injected["owner"].startswith("ReplicaSet/checkout-")
+    assert injected["admission"]
     # kopf's own lines about the policy say which policy too (they were the same for every policy).
     handled = [r for r in records(running_operator) if r["msg"] == "Handler 'reconcile_policy' succeeded."]
     assert any((r.get("policy"), r.get("namespace")) == ("payments", namespace) for r in handled), handled

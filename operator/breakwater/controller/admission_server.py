@@ -176,8 +176,7 @@ class AdmissionServer:
             admin_port=settings.sidecar_admin_port,
             proxy_port=settings.sidecar_proxy_port,
         )
-        meta = pod.get("metadata") or {}
-        name = meta.get("name") or meta.get("generateName", "?")
+        name, who = _pod_named(pod, str(request.get("uid") or ""))
         if decision is None:
             return "not-selected", AdmissionAnswer([], [])
         after = copy.deepcopy(pod)
@@ -186,7 +185,7 @@ class AdmissionServer:
             annotations[constants.ANNOTATION_NOT_INJECTED] = f"{decision.reason}: {decision.detail}"
             logger.warning(
                 "not injecting %s/%s: %s (%s)", namespace, name, decision.reason, decision.detail,
-                extra={"fields": {"namespace": namespace, "pod": name, "reason": decision.reason}},
+                extra={"fields": {"namespace": namespace, "pod": name, "reason": decision.reason, **who}},
             )  # fmt: skip
             return "skipped", AdmissionAnswer(patch_of(pod, after), [])
         resolution = decision.resolution
@@ -210,7 +209,7 @@ class AdmissionServer:
             "injecting the sidecar into %s/%s (policies %s, config %s)",
             namespace, name, ",".join(resolution.policies), resolution.config_hash,
             extra={"fields": {"namespace": namespace, "pod": name, "policies": list(resolution.policies),
-                              "configHash": resolution.config_hash}},
+                              "configHash": resolution.config_hash, **who}},
         )  # fmt: skip
         return "injected", AdmissionAnswer(patch_of(pod, after), [])
 
@@ -224,3 +223,18 @@ class AdmissionServer:
         return admission.consistent_bundles(
             listed, await cached, render=lambda body: render_bundle(body, sidecar_ports=ports)
         )
+
+
+def _pod_named(pod: dict[str, Any], admission_uid: str) -> tuple[str, dict[str, str]]:
+    """How the log names a pod being admitted, and fields that tell two apart. A pod of a ReplicaSet
+    has no name yet (the API server picks it after admission, from generateName): it is named
+    ``<generateName>*`` and logged with its owner and the admission's uid (the API server's audit
+    log has it too)."""
+    meta = pod.get("metadata") or {}
+    if meta.get("name"):
+        return str(meta["name"]), {}
+    fields = {"admission": admission_uid} if admission_uid else {}
+    owners = [o for o in meta.get("ownerReferences") or () if isinstance(o, dict) and o.get("controller")]
+    if owners:
+        fields["owner"] = f"{owners[0].get('kind')}/{owners[0].get('name')}"
+    return f"{meta.get('generateName') or '?'}*", fields
