@@ -15,6 +15,7 @@ from breakwater.api.constants import (
     CONDITION_DEGRADED,
     CONDITION_PORT_CONFLICT,
     CONDITION_READY,
+    NAMESPACE_LABEL,
     SKIP_HOST_NETWORK,
     SKIP_LISTEN_PORT_CLASH,
     SKIP_MESH_PORT_CLASH,
@@ -149,7 +150,8 @@ def not_injected_message(view: PodView) -> str:
         parts.append(
             f"{len(restartable)} ({_sample(restartable)}) were created before the policy or while the "
             "webhook was unavailable: restart them to inject it, e.g. "
-            "`kubectl rollout restart deployment/NAME`."
+            "`kubectl rollout restart deployment/NAME` (unless the webhook does not select this namespace: "
+            f"then label it first, `kubectl label namespace NAMESPACE {NAMESPACE_LABEL}=enabled`)."
         )
     skipped: dict[str, list[str]] = {}
     for pod in missing:

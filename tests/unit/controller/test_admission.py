@@ -139,6 +139,8 @@ def test_pods_not_injected_say_whether_a_restart_helps_or_what_must_change_first
     message = not_injected_message(PodView(pods, pods[:1], ()))
     assert message.startswith("3 of 4 selected pods run without the sidecar.")
     assert "1 (early) were created before the policy or while the webhook was unavailable: restart" in message
+    # A namespace that never opted in looks the same from the pod: the hint says what to do then.
+    assert "label it first, `kubectl label namespace NAMESPACE breakwater.dev/injection=enabled`" in message
     assert (
         "1 (clash) cannot carry it (ListenPortClash: the app already declares port 15210): change" in message
     )
