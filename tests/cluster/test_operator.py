@@ -182,6 +182,17 @@ def test_two_policies_claiming_one_upstream_mark_the_newer_one_conflicting(
     assert f"{namespace}/first" in conflict["message"]
     assert condition(policy(cluster, namespace, "first"), "Conflict").get("status") == "False"
 
+    def warnings() -> list[dict[str, Any]]:
+        out = cluster.kubectl(
+            "get", "events", "-n", namespace, "--field-selector",
+            "involvedObject.name=second,reason=Conflict", "-o", "json",
+        ).stdout  # fmt: skip
+        items: list[dict[str, Any]] = json.loads(out)["items"]
+        return items
+
+    (event,) = cluster.wait_for("a Conflict Event on the newer policy", warnings, timeout=30)
+    assert (event["type"], event["message"]) == ("Warning", conflict["message"])
+
 
 def test_a_sigkilled_operator_restarts_without_duplicate_sidecars_and_status_converges(
     cluster: Cluster, namespace: str, running_operator: OperatorProcess

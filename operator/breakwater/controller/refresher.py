@@ -22,7 +22,7 @@ from typing import Any
 import kopf
 
 from breakwater.api.bundle import PolicyBundle
-from breakwater.api.constants import CONDITION_PORT_CONFLICT
+from breakwater.api.constants import CONDITION_CONFLICT, CONDITION_PORT_CONFLICT
 from breakwater.api.status import CircuitBreakerPolicyStatus
 from breakwater.controller.adaptive import Adaptation, Evaluation
 from breakwater.controller.fleet import TransitionClock, UpstreamFleet
@@ -282,7 +282,7 @@ class Refresher:
         record.status = await self.write_status(namespace, name, patch)
         self.writes += 1
         self._post_transition_events(record, previous, wanted)
-        self._post_port_conflict(record, previous, wanted)
+        self._post_conflicts(record, previous, wanted)
 
     def _with_trips(self, record: PolicyRecord, policy_id: str, fleet: FleetView) -> FleetView:
         """The fleet view with trips since the policy was created (`controller.trips`), not the sum of
@@ -393,21 +393,24 @@ class Refresher:
                 message += f"; {skipped} earlier changes not shown (rate-limited)"
             self._spawn(self.post_event(record.body, kind, reason, message))
 
-    def _post_port_conflict(
-        self, record: PolicyRecord, previous: dict[str, Any], wanted: dict[str, Any]
-    ) -> None:
-        """A Warning Event when PortConflict turns True or names other pods or ports (rate-limited)."""
-        before, now = _port_conflict_of(previous), _port_conflict_of(wanted)
-        message = str(now.get("message", ""))
-        if now.get("status") != "True" or (before.get("status"), before.get("message")) == ("True", message):
-            return
-        meta = record.body["metadata"]
-        namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
-        fields = {"namespace": namespace, "policy": name, "reason": CONDITION_PORT_CONFLICT}
-        logger.warning("policy %s/%s: %s", namespace, name, message, extra={"fields": fields})
-        admitted, _ = self.state.events.admit((namespace, name, "ports"))
-        if admitted and self.post_event is not None:
-            self._spawn(self.post_event(record.body, "Warning", CONDITION_PORT_CONFLICT, message))
+    def _post_conflicts(self, record: PolicyRecord, previous: dict[str, Any], wanted: dict[str, Any]) -> None:
+        """A Warning Event, named after its condition, when PortConflict or Conflict turns True or names
+        other pods, ports or policies (rate-limited): the pods it concerns do not run what the user wrote."""
+        for kind, bucket in ((CONDITION_PORT_CONFLICT, "ports"), (CONDITION_CONFLICT, "upstreams")):
+            before, now = _condition_of(previous, kind), _condition_of(wanted, kind)
+            message = str(now.get("message", ""))
+            if now.get("status") != "True" or (before.get("status"), before.get("message")) == (
+                "True",
+                message,
+            ):
+                continue
+            meta = record.body["metadata"]
+            namespace, name = str(meta.get("namespace") or ""), str(meta.get("name"))
+            fields = {"namespace": namespace, "policy": name, "reason": kind}
+            logger.warning("policy %s/%s: %s", namespace, name, message, extra={"fields": fields})
+            admitted, _ = self.state.events.admit((namespace, name, bucket))
+            if admitted and self.post_event is not None:
+                self._spawn(self.post_event(record.body, "Warning", kind, message))
 
     def _post_transition_events(
         self, record: PolicyRecord, previous: dict[str, Any], wanted: dict[str, Any]
@@ -438,9 +441,8 @@ class Refresher:
             logger.info("policy %s/%s: %s", namespace, name, message, extra={"fields": fields})
 
 
-def _port_conflict_of(status: dict[str, Any]) -> dict[str, Any]:
-    found = (c for c in status.get("conditions") or () if c.get("type") == CONDITION_PORT_CONFLICT)
-    return next(found, {})
+def _condition_of(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or () if c.get("type") == kind), {})
 
 
 def _release_cause(fleet: UpstreamFleet | None) -> str:
