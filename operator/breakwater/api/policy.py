@@ -24,6 +24,8 @@ __all__ = [
     "PolicyError",
     "Problem",
     "check_policy",
+    "is_namespace_name",
+    "is_object_name",
     "is_policy_manifest",
     "parse_policy",
     "parse_spec",
@@ -110,6 +112,16 @@ _LABEL_MESSAGE = (
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+def is_namespace_name(text: str) -> bool:
+    """An RFC 1123 label of at most 63 characters, as the API server checks a namespace's name."""
+    return len(text) <= 63 and _DNS_LABEL.fullmatch(text) is not None
+
+
+def is_object_name(text: str) -> bool:
+    """An RFC 1123 subdomain of at most 253 characters: the name of a Secret, a Service, a policy."""
+    return len(text) <= 253 and _DNS_SUBDOMAIN.fullmatch(text) is not None
+
+
 def _kind_and_version(document: Mapping[str, Any]) -> list[Problem]:
     """A manifest of our group (or of our kind) with a typo: said as such, with the likely fix."""
     problems = []
@@ -134,9 +146,7 @@ def _metadata(metadata: Any) -> list[Problem]:
         )
     elif not _DNS_SUBDOMAIN.fullmatch(name):
         problems.append(Problem("metadata.name", f"Invalid value: {json.dumps(name)}: {_SUBDOMAIN_MESSAGE}"))
-    if namespace is not None and (
-        not isinstance(namespace, str) or len(namespace) > 63 or not _DNS_LABEL.fullmatch(namespace)
-    ):
+    if namespace is not None and (not isinstance(namespace, str) or not is_namespace_name(namespace)):
         problems.append(
             Problem("metadata.namespace", f"Invalid value: {json.dumps(namespace)}: {_LABEL_MESSAGE}")
         )

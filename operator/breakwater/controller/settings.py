@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from breakwater.api.constants import SIDECAR_ADMIN_PORT, SIDECAR_FORWARD_PROXY_PORT
+from breakwater.api.policy import is_namespace_name, is_object_name
 from breakwater.errors import InvalidInput
 
 DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
@@ -25,8 +26,6 @@ DEFAULT_SIDECAR_RESOURCES: dict[str, Any] = {
 
 
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_OBJECT_NAME = re.compile(r"[a-z0-9]([-.a-z0-9]{0,251}[a-z0-9])?")
 _QUANTITY = re.compile(r"[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+|[numkMGTPE]|[KMGTPE]i)?")
 
 
@@ -223,7 +222,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _namespace(value: str, flag: str) -> str:
-    if not _NAMESPACE.fullmatch(value):
+    if not is_namespace_name(value):
         raise SettingsError(f"{flag}: {value!r} is not a namespace name (lowercase letters, digits, '-')")
     return value
 
@@ -235,7 +234,7 @@ def _reference(value: str, flag: str) -> tuple[str, str, str]:
     if not namespace or not name:
         raise SettingsError(f"{flag}: expected NAMESPACE/NAME, got {value!r}")
     _namespace(namespace, flag)
-    if not _OBJECT_NAME.fullmatch(name):
+    if not is_object_name(name):
         raise SettingsError(f"{flag}: {name!r} is not an object name")
     if port and not (port.isdigit() and 1 <= int(port) <= 65535):
         raise SettingsError(f"{flag}: expected a port 1 to 65535 after ':', got {port!r}")

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import sys
 from pathlib import Path
 
 from breakwater.api.bundle import PolicyBundle
 from breakwater.api.manifests import ManifestError, load_documents
-from breakwater.api.policy import check_policy, is_policy_manifest
+from breakwater.api.policy import check_policy, is_namespace_name, is_policy_manifest
 from breakwater.api.validate import manifest_objects
 from breakwater.injection.render import RenderError, render_bundle
 from breakwater.injection.resolve import resolve
-
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +45,7 @@ def parse_labels(text: str) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     try:
         labels = parse_labels(args.labels)
-        if not _NAMESPACE.fullmatch(args.namespace):
+        if not is_namespace_name(args.namespace):
             raise ValueError(f"--namespace: {args.namespace!r} is not a namespace name")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
